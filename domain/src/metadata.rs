@@ -1,0 +1,55 @@
+//! Metadata recorded with every event: who asked, on whose behalf, and which request and
+//! conversation of commands it belongs to.
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::TenantId;
+
+/// The version of the metadata document itself; bumped when its shape changes.
+pub const METADATA_SCHEMA: u32 = 1;
+
+/// Metadata stored beside each event's payload. Every event of one command carries the same
+/// metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventMetadata {
+    pub tenant_id: TenantId,
+    /// The principal that issued the command: an API key id, a JWT subject, or `system`.
+    pub actor: String,
+    /// The HTTP request id (`x-request-id`) or the id of the job that issued the command.
+    pub request_id: String,
+    /// Shared by every event caused, directly or not, by one original request.
+    pub correlation_id: String,
+    /// The event or command that directly caused this one, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    /// The client's `Idempotency-Key`, when the command came with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// The command's name, e.g. `CreateEntity`.
+    pub command: String,
+    pub schema: u32,
+}
+
+impl EventMetadata {
+    /// Metadata for a command that starts a new correlation (the request id doubles as the
+    /// correlation id).
+    pub fn new(
+        tenant_id: TenantId,
+        actor: impl Into<String>,
+        request_id: impl Into<String>,
+        command: impl Into<String>,
+    ) -> Self {
+        let request_id = request_id.into();
+        Self {
+            tenant_id,
+            actor: actor.into(),
+            correlation_id: request_id.clone(),
+            request_id,
+            causation_id: None,
+            idempotency_key: None,
+            command: command.into(),
+            schema: METADATA_SCHEMA,
+        }
+    }
+}

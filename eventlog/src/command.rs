@@ -1,0 +1,153 @@
+//! Running a command of a cqrs-es [`Aggregate`] against the log.
+//!
+//! The aggregate is rebuilt from its stream, decides, and its events are appended with the
+//! version it decided against. When another writer got there first, the command is decided
+//! again on the new state (it may now be refused, for example by an `If-Match` check), up to
+//! [`MAX_ATTEMPTS`] times; then [`CommandError::Conflict`] reaches the caller.
+//!
+//! `CqrsFramework::execute` is not used: it commits one command per transaction through a
+//! repository that cannot carry the gateway's columns, cursors or shared transactions.
+
+use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
+use domain::metadata::EventMetadata;
+
+use crate::cursor::Cursor;
+use crate::store::{AppendError, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId};
+
+/// How many times a command is decided before a concurrency conflict is reported.
+pub const MAX_ATTEMPTS: usize = 5;
+
+/// The result of a command that the aggregate accepted.
+#[derive(Debug)]
+pub struct CommandOutcome<A> {
+    /// The aggregate's state after the command.
+    pub aggregate: A,
+    /// The stream's version after the command.
+    pub version: u64,
+    /// The events the command recorded (empty when it changed nothing).
+    pub events: Vec<RecordedEvent>,
+    /// The cursor of the stream's last event: the one just written, or, when the command
+    /// changed nothing, the latest one already there.
+    pub cursor: Option<Cursor>,
+}
+
+/// Why a command did not record its events.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The aggregate refused the command.
+    #[error(transparent)]
+    Rejected(E),
+    /// Other writers kept changing the stream; nothing was written.
+    #[error("the aggregate was modified concurrently; retry the command")]
+    Conflict,
+    #[error("a stored event could not be read: {0}")]
+    Corrupt(serde_json::Error),
+    #[error(transparent)]
+    Append(AppendError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl<E: std::error::Error> From<AppendError> for CommandError<E> {
+    fn from(error: AppendError) -> Self {
+        match error {
+            AppendError::Database(error) => Self::Database(error),
+            other => Self::Append(other),
+        }
+    }
+}
+
+/// A stream rebuilt into its aggregate.
+pub struct Loaded<A> {
+    pub aggregate: A,
+    pub version: u64,
+    pub cursor: Option<Cursor>,
+}
+
+impl EventLog {
+    /// Loads a stream and folds its events into the aggregate.
+    pub async fn load_aggregate<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let history = self.load(stream, 0).await?;
+        let mut aggregate = A::default();
+        for event in &history {
+            aggregate.apply(event.decode::<A::Event>().map_err(CommandError::Corrupt)?);
+        }
+        Ok(Loaded {
+            aggregate,
+            version: history.last().map_or(0, |e| e.sequence as u64),
+            cursor: history.last().map(|e| e.cursor),
+        })
+    }
+
+    /// Decides `command` on the stream's current state and appends the resulting events.
+    pub async fn execute<A>(
+        &self,
+        stream: &StreamId,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &EventMetadata,
+    ) -> Result<CommandOutcome<A>, CommandError<A::Error>>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Loaded {
+                mut aggregate,
+                version,
+                cursor,
+            } = self.load_aggregate::<A>(stream).await?;
+            let sink = EventSink::default();
+            aggregate
+                .handle(command.clone(), services, &sink)
+                .await
+                .map_err(CommandError::Rejected)?;
+            let decided = sink.collect().await;
+            if decided.is_empty() {
+                return Ok(CommandOutcome {
+                    aggregate,
+                    version,
+                    events: Vec::new(),
+                    cursor,
+                });
+            }
+            let events = decided
+                .iter()
+                .map(NewEvent::from_domain)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(AppendError::from)?;
+            let append = StreamAppend {
+                stream: stream.clone(),
+                expected_version: version,
+                events,
+                metadata: metadata.clone(),
+            };
+            match self.append(std::slice::from_ref(&append)).await {
+                Ok(appended) => {
+                    let cursor = appended.last_cursor();
+                    return Ok(CommandOutcome {
+                        aggregate,
+                        version: version + appended.events.len() as u64,
+                        events: appended.events,
+                        cursor,
+                    });
+                }
+                Err(AppendError::Conflict { .. }) if attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(
+                        aggregate_id = %stream.aggregate_id,
+                        attempt,
+                        "concurrent append; deciding the command again"
+                    );
+                }
+                Err(AppendError::Conflict { .. }) => return Err(CommandError::Conflict),
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}

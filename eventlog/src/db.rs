@@ -1,0 +1,219 @@
+//! Connection pools for either backend, migrations, and write transactions.
+//!
+//! The gateway speaks to PostgreSQL or SQLite with the same SQL wherever the two dialects
+//! agree; [`on_pool!`](crate::on_pool) and [`on_tx!`](crate::on_tx) compile one block of
+//! query code once per backend, so only the statements that really differ are written twice.
+//!
+//! SQLite has one writer at a time. The gateway gives it exactly one write connection and
+//! opens every write transaction with `BEGIN IMMEDIATE`, so writes queue in the pool instead
+//! of failing with `SQLITE_BUSY`, and the order of `global_position` is the commit order.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+
+/// Which database engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// The SQLite pools: many readers, one writer.
+#[derive(Debug, Clone)]
+pub struct SqlitePools {
+    pub reader: SqlitePool,
+    pub writer: SqlitePool,
+}
+
+/// A handle on the gateway's database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Postgres(PgPool),
+    Sqlite(SqlitePools),
+}
+
+/// A write transaction on either backend.
+#[derive(Debug)]
+pub enum Tx {
+    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+/// Runs `$body` with `$pool` bound to the backend's read pool (`&PgPool` or `&SqlitePool`).
+/// The body is compiled once per backend, so it may only use SQL both dialects accept.
+#[macro_export]
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::Db::Postgres(pg) => {
+                let $pool = pg;
+                $body
+            }
+            $crate::Db::Sqlite(sqlite) => {
+                let $pool = &sqlite.reader;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$conn` bound to the transaction's connection (`&mut PgConnection` or
+/// `&mut SqliteConnection`). Use `&mut *$conn` as the executor of each query.
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            $crate::Tx::Postgres(tx) => {
+                let $conn: &mut sqlx::PgConnection = &mut *tx;
+                $body
+            }
+            $crate::Tx::Sqlite(tx) => {
+                let $conn: &mut sqlx::SqliteConnection = &mut *tx;
+                $body
+            }
+        }
+    };
+}
+
+/// Pool sizes and timeouts.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Db {
+    /// Connects to `url`: `postgres://…` or `sqlite://path` (`sqlite:` URLs and bare paths
+    /// ending in `.db` also work). A SQLite file and its folder are created when missing.
+    pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Db, sqlx::Error> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(settings.acquire_timeout)
+                .connect_with(options)
+                .await?;
+            return Ok(Db::Postgres(pool));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        if let Some(parent) = Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
+        }
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed transaction survives a power loss, so a 2xx means the events
+            // are on disk.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(settings.acquire_timeout.max(Duration::from_secs(30)))
+            .connect_with(base.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(settings.max_connections.max(2))
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(Db::Sqlite(SqlitePools { reader, writer }))
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Postgres(_) => Backend::Postgres,
+            Db::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Applies the embedded migrations of this backend (`migrations/postgres` or
+    /// `migrations/sqlite`). Concurrent callers are safe: sqlx takes an advisory lock on
+    /// PostgreSQL, and SQLite has one writer.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match self {
+            Db::Postgres(pool) => sqlx::migrate!("../migrations/postgres").run(pool).await,
+            Db::Sqlite(pools) => {
+                sqlx::migrate!("../migrations/sqlite")
+                    .run(&pools.writer)
+                    .await
+            }
+        }
+    }
+
+    /// Begins a write transaction.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Db::Sqlite(pools) => Tx::Sqlite(pools.writer.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        crate::on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Postgres(pool) => pool.close().await,
+            Db::Sqlite(pools) => {
+                pools.writer.close().await;
+                pools.reader.close().await;
+            }
+        }
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Postgres(tx) => tx.commit().await,
+            Tx::Sqlite(tx) => tx.commit().await,
+        }
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Postgres(tx) => tx.rollback().await,
+            Tx::Sqlite(tx) => tx.rollback().await,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Tx::Postgres(_) => Backend::Postgres,
+            Tx::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+}

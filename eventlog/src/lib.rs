@@ -1,0 +1,26 @@
+//! The event log: the single source of truth of the gateway.
+//!
+//! Every write is a command checked by an aggregate; the events it produces are appended here,
+//! in one `events` table, on PostgreSQL or SQLite. Projectors and the NATS relay tail the same
+//! table by [`Cursor`]. This crate replaces the event repositories of postgres-es and
+//! sqlite-es (the table keeps their columns) because the gateway needs what they do not give:
+//! a global order that readers can tail without skipping, event ids, tenant ids,
+//! multi-aggregate atomic appends and appends that share a caller's transaction.
+//!
+//! Code map:
+//! - [`db`]: the connection pools of either backend, migrations, and write transactions.
+//! - [`cursor`]: the position of an event in the global order, and its opaque string form.
+//! - [`store`]: [`EventLog`]: append, load one stream, tail after a cursor.
+//! - [`command`]: running a cqrs-es aggregate's command against the log, with optimistic
+//!   concurrency and bounded retries.
+#![forbid(unsafe_code)]
+
+pub mod command;
+pub mod cursor;
+pub mod db;
+pub mod store;
+
+pub use command::{CommandError, CommandOutcome};
+pub use cursor::Cursor;
+pub use db::{Backend, Db, Tx};
+pub use store::{AppendError, Appended, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId};

@@ -1,0 +1,636 @@
+//! Appending to, loading from and tailing the `events` table.
+//!
+//! Guarantees (tested in `tests/eventlog.rs`):
+//! - **Optimistic concurrency.** `(tenant_id, aggregate_type, aggregate_id, sequence)` is the
+//!   primary key, and an append names the version it expects. Two writers racing on one
+//!   stream: one commits, the other gets [`AppendError::Conflict`].
+//! - **Atomic batches.** One [`EventLog::append`] call writes all events of all its streams in
+//!   one transaction, or none. Rows are inserted in a fixed order (by stream, then sequence)
+//!   so that two batches touching the same streams cannot deadlock.
+//! - **Shared transactions.** [`EventLog::append_in`] writes into a caller's transaction, so
+//!   several commands (and their idempotency records) can commit together.
+//! - **Readers never skip.** [`EventLog::read_after`] returns events in cursor order and, on
+//!   PostgreSQL, only those written by transactions older than the oldest one still running
+//!   (`pg_snapshot_xmin(pg_current_snapshot())`). A transaction that is still open can
+//!   therefore never commit "behind" a reader.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use cqrs_es::persist::{EventUpcaster, SerializedEvent};
+use domain::metadata::EventMetadata;
+use domain::names::TenantId;
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::types::Json;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::cursor::Cursor;
+use crate::db::{Db, Tx};
+
+/// The PostgreSQL `NOTIFY` channel on which every append is announced, so that projectors
+/// and relays in other processes wake up at once.
+pub const NOTIFY_CHANNEL: &str = "gateway_events";
+
+/// Most rows in one `INSERT` statement (keeps well under both engines' bind limits).
+const INSERT_CHUNK: usize = 500;
+
+/// One aggregate instance's stream of events.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId {
+    pub tenant_id: TenantId,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+}
+
+impl StreamId {
+    pub fn new(
+        tenant_id: TenantId,
+        aggregate_type: impl Into<String>,
+        aggregate_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            tenant_id,
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: aggregate_id.into(),
+        }
+    }
+}
+
+/// An event about to be appended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub event_version: String,
+    /// The event's fields, without the enum tag (which is `event_type`).
+    pub payload: Value,
+}
+
+impl NewEvent {
+    /// Serializes a cqrs-es domain event. The payload stored is the variant's content, so
+    /// that consumers of the log and of NATS read `{"id": …}`, not `{"EntityCreated": {…}}`.
+    pub fn from_domain<E: DomainEvent>(event: &E) -> Result<Self, serde_json::Error> {
+        let event_type = event.event_type();
+        let payload = match serde_json::to_value(event)? {
+            Value::Object(mut tagged) if tagged.len() == 1 => {
+                tagged.remove(&event_type).unwrap_or(Value::Null)
+            }
+            // A unit variant serializes as its name alone.
+            Value::String(_) => Value::Null,
+            other => other,
+        };
+        Ok(Self {
+            event_id: Uuid::now_v7(),
+            event_type,
+            event_version: event.event_version(),
+            payload,
+        })
+    }
+}
+
+/// The events one command adds to one stream.
+#[derive(Debug, Clone)]
+pub struct StreamAppend {
+    pub stream: StreamId,
+    /// The stream's version (its last sequence) that the events were decided against.
+    pub expected_version: u64,
+    pub events: Vec<NewEvent>,
+    pub metadata: EventMetadata,
+}
+
+/// An event as stored in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    pub cursor: Cursor,
+    pub event_id: Uuid,
+    pub tenant_id: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    /// Deserializes the payload as the domain event enum `E`.
+    pub fn decode<E: DomainEvent>(&self) -> Result<E, serde_json::Error> {
+        let tagged = if self.payload.is_null() {
+            Value::String(self.event_type.clone())
+        } else {
+            let mut map = serde_json::Map::with_capacity(1);
+            map.insert(self.event_type.clone(), self.payload.clone());
+            Value::Object(map)
+        };
+        serde_json::from_value(tagged)
+    }
+
+    /// The metadata, when it has the current shape.
+    pub fn event_metadata(&self) -> Option<EventMetadata> {
+        serde_json::from_value(self.metadata.clone()).ok()
+    }
+}
+
+/// What an append wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    /// The events in the order they were given.
+    pub events: Vec<RecordedEvent>,
+}
+
+impl Appended {
+    /// The cursor of the last event written, if any.
+    pub fn last_cursor(&self) -> Option<Cursor> {
+        self.events.iter().map(|e| e.cursor).max()
+    }
+}
+
+/// Why an append did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer appended to `stream` since its expected version was read. Nothing of the
+    /// batch was written. `stream` is `None` when the conflicting stream of a multi-stream
+    /// batch in a caller's transaction could not be told.
+    #[error("concurrent modification of a stream")]
+    Conflict { stream: Option<StreamId> },
+    #[error("event could not be serialized: {0}")]
+    Serialization(#[from] serde_json::Error),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+struct Inner {
+    db: Db,
+    upcasters: Vec<Box<dyn EventUpcaster>>,
+    appended: watch::Sender<Cursor>,
+}
+
+/// The event log. Cheap to clone; clones share the in-process "appended" signal.
+#[derive(Clone)]
+pub struct EventLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("backend", &self.inner.db.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+const PG_COLUMNS: &str = "global_position, transaction_id::text::bigint AS transaction_id, \
+     event_id, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, \
+     payload, metadata, recorded_at";
+const SQLITE_COLUMNS: &str = "global_position, 0 AS transaction_id, \
+     event_id, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, \
+     payload, metadata, recorded_at";
+
+/// Decodes one `events` row selected with `PG_COLUMNS` or `SQLITE_COLUMNS`. A macro rather
+/// than a function because the row type differs per backend.
+macro_rules! decode_row {
+    ($row:expr) => {{
+        let row = $row;
+        let payload: Json<Value> = row.try_get("payload")?;
+        let metadata: Json<Value> = row.try_get("metadata")?;
+        RecordedEvent {
+            cursor: Cursor::new(
+                row.try_get("transaction_id")?,
+                row.try_get("global_position")?,
+            ),
+            event_id: row.try_get("event_id")?,
+            tenant_id: row.try_get("tenant_id")?,
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("event_type")?,
+            event_version: row.try_get("event_version")?,
+            payload: payload.0,
+            metadata: metadata.0,
+            recorded_at: row.try_get("recorded_at")?,
+        }
+    }};
+}
+
+impl EventLog {
+    pub fn new(db: Db, upcasters: Vec<Box<dyn EventUpcaster>>) -> Self {
+        let (appended, _) = watch::channel(Cursor::START);
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                upcasters,
+                appended,
+            }),
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// A receiver that changes whenever this process appends to the log. Other processes'
+    /// appends arrive through PostgreSQL `LISTEN` (see the workers crate), which calls
+    /// [`EventLog::notify_appended`].
+    pub fn subscribe(&self) -> watch::Receiver<Cursor> {
+        self.inner.appended.subscribe()
+    }
+
+    /// Wakes every in-process reader of the log.
+    pub fn notify_appended(&self, cursor: Cursor) {
+        self.inner
+            .appended
+            .send_modify(|last| *last = (*last).max(cursor));
+    }
+
+    /// Appends a batch atomically in its own transaction.
+    pub async fn append(&self, batch: &[StreamAppend]) -> Result<Appended, AppendError> {
+        let mut tx = self.inner.db.begin().await?;
+        match self.append_in(&mut tx, batch).await {
+            Ok(appended) => {
+                tx.commit().await?;
+                if let Some(cursor) = appended.last_cursor() {
+                    self.notify_appended(cursor);
+                }
+                Ok(appended)
+            }
+            Err(AppendError::Conflict { stream: None }) => {
+                tx.rollback().await?;
+                Err(AppendError::Conflict {
+                    stream: self.find_conflict(batch).await?,
+                })
+            }
+            Err(error) => {
+                tx.rollback().await?;
+                Err(error)
+            }
+        }
+    }
+
+    /// Appends a batch inside the caller's transaction. Nothing is visible until the caller
+    /// commits; after the commit, the caller should call [`EventLog::notify_appended`].
+    /// On [`AppendError::Conflict`] the transaction is no longer usable on PostgreSQL and must
+    /// be rolled back (or the append wrapped in a savepoint).
+    pub async fn append_in(
+        &self,
+        tx: &mut Tx,
+        batch: &[StreamAppend],
+    ) -> Result<Appended, AppendError> {
+        // Fixed insertion order: by stream, then sequence. Two batches that touch the same
+        // streams take their index locks in the same order and cannot deadlock.
+        let mut rows: Vec<(usize, &StreamAppend, i64, &NewEvent)> = Vec::new();
+        for append in batch {
+            for (offset, event) in append.events.iter().enumerate() {
+                let sequence = append.expected_version as i64 + offset as i64 + 1;
+                rows.push((rows.len(), append, sequence, event));
+            }
+        }
+        let mut ordered = rows.clone();
+        ordered.sort_by(|a, b| (&a.1.stream, a.2).cmp(&(&b.1.stream, b.2)));
+
+        let recorded_at = Utc::now();
+        let metadata: Vec<Value> = batch
+            .iter()
+            .map(|append| serde_json::to_value(&append.metadata))
+            .collect::<Result<_, _>>()?;
+        let metadata_of = |append: &StreamAppend| -> &Value {
+            let index = batch
+                .iter()
+                .position(|candidate| std::ptr::eq(candidate, append))
+                .expect("append belongs to the batch");
+            &metadata[index]
+        };
+
+        let mut written: HashMap<Uuid, (i64, i64)> = HashMap::with_capacity(rows.len());
+        let backend = tx.backend();
+        for chunk in ordered.chunks(INSERT_CHUNK) {
+            let sql = insert_sql(chunk.len(), backend);
+            let result: Result<Vec<(Uuid, i64, i64)>, sqlx::Error> = crate::on_tx!(tx, conn => {
+                let mut query = sqlx::query(&sql);
+                for (_, append, sequence, event) in chunk {
+                    query = query
+                        .bind(event.event_id)
+                        .bind(append.stream.tenant_id.as_str())
+                        .bind(append.stream.aggregate_type.as_str())
+                        .bind(append.stream.aggregate_id.as_str())
+                        .bind(*sequence)
+                        .bind(event.event_type.as_str())
+                        .bind(event.event_version.as_str())
+                        .bind(Json(&event.payload))
+                        .bind(Json(metadata_of(append)))
+                        .bind(recorded_at);
+                }
+                match query.fetch_all(&mut *conn).await {
+                    Ok(rows) => rows
+                        .iter()
+                        .map(|row| Ok((
+                            row.try_get("event_id")?,
+                            row.try_get("transaction_id")?,
+                            row.try_get("global_position")?,
+                        )))
+                        .collect(),
+                    Err(error) => Err(error),
+                }
+            });
+            match result {
+                Ok(ids) => {
+                    written.extend(ids.into_iter().map(|(id, tx, pos)| (id, (tx, pos))));
+                }
+                Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                    let stream = (batch.len() == 1).then(|| batch[0].stream.clone());
+                    return Err(AppendError::Conflict { stream });
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if matches!(tx, Tx::Postgres(_)) && !rows.is_empty() {
+            crate::on_tx!(tx, conn => {
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(NOTIFY_CHANNEL)
+                    .execute(&mut *conn)
+                    .await?;
+            });
+        }
+
+        let events = rows
+            .into_iter()
+            .map(|(_, append, sequence, event)| {
+                let (transaction_id, position) = written[&event.event_id];
+                RecordedEvent {
+                    cursor: Cursor::new(transaction_id, position),
+                    event_id: event.event_id,
+                    tenant_id: append.stream.tenant_id.to_string(),
+                    aggregate_type: append.stream.aggregate_type.clone(),
+                    aggregate_id: append.stream.aggregate_id.clone(),
+                    sequence,
+                    event_type: event.event_type.clone(),
+                    event_version: event.event_version.clone(),
+                    payload: event.payload.clone(),
+                    metadata: metadata_of(append).clone(),
+                    recorded_at,
+                }
+            })
+            .collect();
+        Ok(Appended { events })
+    }
+
+    /// After a failed batch: the first stream whose stored version moved past the expected one.
+    async fn find_conflict(&self, batch: &[StreamAppend]) -> Result<Option<StreamId>, sqlx::Error> {
+        for append in batch {
+            if self.version(&append.stream).await? != append.expected_version {
+                return Ok(Some(append.stream.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The stream's current version: its last sequence, 0 when it has no events.
+    pub async fn version(&self, stream: &StreamId) -> Result<u64, sqlx::Error> {
+        let version: Option<i64> = crate::on_pool!(&self.inner.db, pool => {
+            sqlx::query_scalar(
+                "SELECT max(sequence) FROM events \
+                 WHERE tenant_id = $1 AND aggregate_type = $2 AND aggregate_id = $3",
+            )
+            .bind(stream.tenant_id.as_str())
+            .bind(stream.aggregate_type.as_str())
+            .bind(stream.aggregate_id.as_str())
+            .fetch_one(pool)
+            .await?
+        });
+        Ok(version.unwrap_or(0) as u64)
+    }
+
+    /// Loads a stream's events with a sequence above `after_sequence`, upcast to their current
+    /// versions.
+    pub async fn load(
+        &self,
+        stream: &StreamId,
+        after_sequence: u64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let where_clause = "WHERE tenant_id = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
+                            AND sequence > $4 ORDER BY sequence";
+        let events = match &self.inner.db {
+            Db::Postgres(pool) => {
+                let sql = format!("SELECT {PG_COLUMNS} FROM events {where_clause}");
+                let rows = bind_stream(sqlx::query(&sql), stream, after_sequence)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok(decode_row!(row)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+            Db::Sqlite(pools) => {
+                let sql = format!("SELECT {SQLITE_COLUMNS} FROM events {where_clause}");
+                let rows = bind_stream(sqlx::query(&sql), stream, after_sequence)
+                    .fetch_all(&pools.reader)
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok(decode_row!(row)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+        };
+        Ok(self.upcast_all(events))
+    }
+
+    /// Up to `limit` events after `after`, in cursor order, upcast. Never returns an event
+    /// that could be followed by an earlier one committing later.
+    pub async fn read_after(
+        &self,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let events = match &self.inner.db {
+            Db::Postgres(pool) => {
+                let rows = sqlx::query(&pg_tail_sql())
+                    .bind(after.transaction_id.to_string())
+                    .bind(after.position)
+                    .bind(limit as i64)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok(decode_row!(row)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+            Db::Sqlite(pools) => {
+                let rows = sqlx::query(&sqlite_tail_sql())
+                    .bind(after.position)
+                    .bind(limit as i64)
+                    .fetch_all(&pools.reader)
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok(decode_row!(row)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+        };
+        Ok(self.upcast_all(events))
+    }
+
+    /// [`EventLog::read_after`] inside a transaction, so that a projector reads and applies
+    /// under the same lock. On SQLite the write transaction sees every committed event.
+    pub async fn read_after_in(
+        &self,
+        tx: &mut Tx,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let events = match tx {
+            Tx::Postgres(tx) => {
+                let rows = sqlx::query(&pg_tail_sql())
+                    .bind(after.transaction_id.to_string())
+                    .bind(after.position)
+                    .bind(limit as i64)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok(decode_row!(row)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+            Tx::Sqlite(tx) => {
+                let rows = sqlx::query(&sqlite_tail_sql())
+                    .bind(after.position)
+                    .bind(limit as i64)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok(decode_row!(row)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+        };
+        Ok(self.upcast_all(events))
+    }
+
+    /// How far the log is ahead of `cursor`: the number of readable events after it and the
+    /// time the oldest of them was recorded.
+    pub async fn backlog(
+        &self,
+        cursor: Cursor,
+    ) -> Result<(u64, Option<DateTime<Utc>>), sqlx::Error> {
+        let row = match &self.inner.db {
+            Db::Postgres(pool) => {
+                let row = sqlx::query(
+                    "SELECT count(*) AS behind, min(recorded_at) AS oldest FROM events \
+                     WHERE (transaction_id, global_position) > ($1::text::xid8, $2)",
+                )
+                .bind(cursor.transaction_id.to_string())
+                .bind(cursor.position)
+                .fetch_one(pool)
+                .await?;
+                (row.try_get::<i64, _>("behind")?, row.try_get("oldest")?)
+            }
+            Db::Sqlite(pools) => {
+                let row = sqlx::query(
+                    "SELECT count(*) AS behind, min(recorded_at) AS oldest FROM events \
+                     WHERE global_position > $1",
+                )
+                .bind(cursor.position)
+                .fetch_one(&pools.reader)
+                .await?;
+                (row.try_get::<i64, _>("behind")?, row.try_get("oldest")?)
+            }
+        };
+        Ok((row.0 as u64, row.1))
+    }
+
+    fn upcast_all(&self, events: Vec<RecordedEvent>) -> Vec<RecordedEvent> {
+        if self.inner.upcasters.is_empty() {
+            return events;
+        }
+        events.into_iter().map(|event| self.upcast(event)).collect()
+    }
+
+    fn upcast(&self, event: RecordedEvent) -> RecordedEvent {
+        let needs_upcast = self
+            .inner
+            .upcasters
+            .iter()
+            .any(|u| u.can_upcast(&event.event_type, &event.event_version));
+        if !needs_upcast {
+            return event;
+        }
+        let mut serialized = SerializedEvent::new(
+            event.aggregate_id.clone(),
+            event.sequence as usize,
+            event.aggregate_type.clone(),
+            event.event_type.clone(),
+            event.event_version.clone(),
+            event.payload.clone(),
+            event.metadata.clone(),
+        );
+        for upcaster in &self.inner.upcasters {
+            if upcaster.can_upcast(&serialized.event_type, &serialized.event_version) {
+                serialized = upcaster.upcast(serialized);
+            }
+        }
+        RecordedEvent {
+            event_type: serialized.event_type,
+            event_version: serialized.event_version,
+            payload: serialized.payload,
+            metadata: serialized.metadata,
+            ..event
+        }
+    }
+}
+
+fn bind_stream<'q, DB: sqlx::Database>(
+    query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    stream: &'q StreamId,
+    after_sequence: u64,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query
+        .bind(stream.tenant_id.as_str())
+        .bind(stream.aggregate_type.as_str())
+        .bind(stream.aggregate_id.as_str())
+        .bind(after_sequence as i64)
+}
+
+fn pg_tail_sql() -> String {
+    format!(
+        "SELECT {PG_COLUMNS} FROM events \
+         WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+           AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY transaction_id, global_position \
+         LIMIT $3"
+    )
+}
+
+fn sqlite_tail_sql() -> String {
+    format!(
+        "SELECT {SQLITE_COLUMNS} FROM events WHERE global_position > $1 \
+         ORDER BY global_position LIMIT $2"
+    )
+}
+
+fn insert_sql(rows: usize, backend: crate::Backend) -> String {
+    const COLUMNS: usize = 10;
+    let mut sql = String::from(
+        "INSERT INTO events (event_id, tenant_id, aggregate_type, aggregate_id, sequence, \
+         event_type, event_version, payload, metadata, recorded_at) VALUES ",
+    );
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..COLUMNS {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "${}", row * COLUMNS + column + 1);
+        }
+        sql.push(')');
+    }
+    sql.push_str(match backend {
+        crate::Backend::Postgres => {
+            " RETURNING event_id, transaction_id::text::bigint AS transaction_id, global_position"
+        }
+        crate::Backend::Sqlite => " RETURNING event_id, 0 AS transaction_id, global_position",
+    });
+    sql
+}

@@ -1,0 +1,69 @@
+//! The `projector_checkpoints` table: how far each projector (or relay) has read the log.
+
+use eventlog::{Cursor, Db, Tx};
+use sqlx::Row;
+
+/// Creates the checkpoint row at the start of the log if it does not exist yet.
+pub async fn ensure(db: &Db, name: &str) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    eventlog::on_tx!(&mut tx, conn => {
+        sqlx::query("INSERT INTO projector_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+    });
+    tx.commit().await
+}
+
+/// The checkpoint as last committed, or `None` when the row does not exist.
+pub async fn read(db: &Db, name: &str) -> Result<Option<Cursor>, sqlx::Error> {
+    let sql = "SELECT transaction_id, global_position FROM projector_checkpoints WHERE name = $1";
+    let row = eventlog::on_pool!(db, pool => {
+        sqlx::query(sql).bind(name).fetch_optional(pool).await?
+            .map(|row| Ok::<_, sqlx::Error>(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
+            .transpose()?
+    });
+    Ok(row)
+}
+
+/// The checkpoint as seen inside `tx`.
+pub async fn read_in(tx: &mut Tx, name: &str) -> Result<Option<Cursor>, sqlx::Error> {
+    let sql = "SELECT transaction_id, global_position FROM projector_checkpoints WHERE name = $1";
+    let row = eventlog::on_tx!(tx, conn => {
+        sqlx::query(sql).bind(name).fetch_optional(&mut *conn).await?
+            .map(|row| Ok::<_, sqlx::Error>(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
+            .transpose()?
+    });
+    Ok(row)
+}
+
+/// Moves the checkpoint inside `tx` (creating it when missing).
+pub async fn write_in(tx: &mut Tx, name: &str, cursor: Cursor) -> Result<(), sqlx::Error> {
+    let now = chrono::Utc::now();
+    eventlog::on_tx!(tx, conn => {
+        sqlx::query(
+            "INSERT INTO projector_checkpoints (name, transaction_id, global_position, updated_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
+             global_position = excluded.global_position, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(cursor.transaction_id)
+        .bind(cursor.position)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Removes a checkpoint inside `tx`.
+pub async fn delete_in(tx: &mut Tx, name: &str) -> Result<(), sqlx::Error> {
+    eventlog::on_tx!(tx, conn => {
+        sqlx::query("DELETE FROM projector_checkpoints WHERE name = $1")
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+    });
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Read models: what the API queries instead of replaying the log.
+//!
+//! A [`Projector`] turns events into rows. The workers crate runs each projector in
+//! transactions that move its rows and its checkpoint together, so effects are exactly-once
+//! even after a crash. This crate holds the projectors, their checkpoints and the query
+//! functions the API calls; it does not run loops and knows nothing of HTTP.
+//!
+//! Every query takes the tenant and filters by it in SQL: tenant isolation does not depend on
+//! the API remembering to check.
+#![forbid(unsafe_code)]
+
+pub mod checkpoints;
+pub mod entities;
+pub mod progress;
+
+use async_trait::async_trait;
+use eventlog::{RecordedEvent, Tx};
+
+/// Why a projector could not apply a batch. The batch's transaction is rolled back and the
+/// batch is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("event {event_id} could not be decoded: {source}")]
+    Decode {
+        event_id: uuid::Uuid,
+        source: serde_json::Error,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Where a projector writes: its live tables, or the shadow tables of a rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Live,
+    Rebuild,
+}
+
+impl Target {
+    /// Suffix of the shadow tables a rebuild fills before it swaps them in.
+    pub const REBUILD_SUFFIX: &'static str = "__rebuild";
+
+    /// The name of `table` for this target.
+    pub fn table(self, table: &str) -> String {
+        match self {
+            Target::Live => table.to_string(),
+            Target::Rebuild => format!("{table}{}", Self::REBUILD_SUFFIX),
+        }
+    }
+}
+
+/// A named function from events to read-model rows.
+#[async_trait]
+pub trait Projector: Send + Sync + 'static {
+    /// The projector's name: its checkpoint row and its name on the command line.
+    fn name(&self) -> &'static str;
+
+    /// The tables it owns. A rebuild recreates exactly these.
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Applies a batch of events, in log order, inside `tx`. Events the projector does not
+    /// care about are skipped.
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        target: Target,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError>;
+}
+
+/// Every projector of the gateway.
+pub fn all() -> Vec<std::sync::Arc<dyn Projector>> {
+    vec![std::sync::Arc::new(entities::EntitiesProjector)]
+}

@@ -1,0 +1,53 @@
+//! The gateway's long-running loops.
+//!
+//! - [`runner`]: runs one projector: lock, read the next batch after its checkpoint, apply,
+//!   move the checkpoint, commit. Any number of processes may run the same projector; the lock
+//!   lets one at a time apply a batch, and the checkpoint moving in the same transaction makes
+//!   each event's effect exactly-once.
+//! - [`listener`]: PostgreSQL `LISTEN` on the append channel, so runners wake as soon as any
+//!   process appends. Runners also poll, so a lost notification only delays them.
+//! - [`rebuild`]: replays a projector from the start of the log into shadow tables and swaps
+//!   them in.
+//!
+//! Every loop stops at the next batch boundary when its `CancellationToken` is cancelled.
+#![forbid(unsafe_code)]
+
+pub mod listener;
+pub mod rebuild;
+pub mod runner;
+
+use std::sync::Arc;
+
+use eventlog::{Db, EventLog};
+use projections::Projector;
+use projections::progress::Progress;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use runner::RunnerSettings;
+
+/// Starts a runner for every projector, and on PostgreSQL the `LISTEN` wake-up task.
+pub fn start(
+    log: &EventLog,
+    projectors: &[Arc<dyn Projector>],
+    progress: &Progress,
+    settings: &RunnerSettings,
+    shutdown: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let mut handles: Vec<JoinHandle<()>> = projectors
+        .iter()
+        .map(|projector| {
+            runner::spawn(
+                log.clone(),
+                projector.clone(),
+                progress.clone(),
+                settings.clone(),
+                shutdown.clone(),
+            )
+        })
+        .collect();
+    if let Db::Postgres(pool) = log.db() {
+        handles.push(listener::spawn(pool.clone(), log.clone(), shutdown.clone()));
+    }
+    handles
+}
