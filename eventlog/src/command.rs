@@ -8,6 +8,7 @@
 //! `CqrsFramework::execute` is not used: it commits one command per transaction through a
 //! repository that cannot carry the gateway's columns, cursors or shared transactions.
 
+use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use domain::metadata::EventMetadata;
@@ -30,6 +31,10 @@ pub struct CommandOutcome<A> {
     /// The cursor of the stream's last event: the one just written, or, when the command
     /// changed nothing, the latest one already there.
     pub cursor: Option<Cursor>,
+    /// When the stream's first event was recorded.
+    pub created_at: Option<DateTime<Utc>>,
+    /// When the stream's last event was recorded.
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// Why a command did not record its events.
@@ -63,6 +68,8 @@ pub struct Loaded<A> {
     pub aggregate: A,
     pub version: u64,
     pub cursor: Option<Cursor>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 impl EventLog {
@@ -80,6 +87,8 @@ impl EventLog {
             aggregate,
             version: history.last().map_or(0, |e| e.sequence as u64),
             cursor: history.last().map(|e| e.cursor),
+            created_at: history.first().map(|e| e.recorded_at),
+            updated_at: history.last().map(|e| e.recorded_at),
         })
     }
 
@@ -102,6 +111,8 @@ impl EventLog {
                 mut aggregate,
                 version,
                 cursor,
+                created_at,
+                updated_at,
             } = self.load_aggregate::<A>(stream).await?;
             let sink = EventSink::default();
             aggregate
@@ -115,6 +126,8 @@ impl EventLog {
                     version,
                     events: Vec::new(),
                     cursor,
+                    created_at,
+                    updated_at,
                 });
             }
             let events = decided
@@ -131,11 +144,14 @@ impl EventLog {
             match self.append(std::slice::from_ref(&append)).await {
                 Ok(appended) => {
                     let cursor = appended.last_cursor();
+                    let recorded_at = appended.events.last().map(|e| e.recorded_at);
                     return Ok(CommandOutcome {
                         aggregate,
                         version: version + appended.events.len() as u64,
-                        events: appended.events,
                         cursor,
+                        created_at: created_at.or(recorded_at),
+                        updated_at: recorded_at,
+                        events: appended.events,
                     });
                 }
                 Err(AppendError::Conflict { .. }) if attempt < MAX_ATTEMPTS => {

@@ -1,0 +1,295 @@
+//! The one error type of the HTTP layer and its mapping to status codes.
+//!
+//! Every failure a handler can have is an [`ApiError`] variant; [`ApiError::parts`] is the
+//! single `match` that gives each its status and stable code. Handlers return the error; the
+//! [`envelope`] middleware writes the body `{"error": {code, message, details, requestId}}`
+//! with the request's id, and logs internal causes once, inside the request's span. Responses
+//! that axum produces on its own (unknown route, wrong method, body too large) are rewritten
+//! into the same envelope, so a client never sees another error shape.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use crate::request_id::RequestId;
+
+/// Everything that can go wrong in a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `TENANT_REQUIRED`: no `x-tenant-id` header.
+    #[error("the x-tenant-id header is required")]
+    TenantRequired,
+    /// 400 `INVALID_TENANT`: the tenant id is malformed.
+    #[error("invalid tenant id: {0}")]
+    InvalidTenant(String),
+    /// 400 `INVALID_ENTITY_TYPE`: the entity type in the path is malformed or reserved.
+    #[error("invalid entity type: {0}")]
+    InvalidEntityType(String),
+    /// 400 `INVALID_ID`: the record id is malformed.
+    #[error("invalid id: {0}")]
+    InvalidId(String),
+    /// 400 `INVALID_JSON`: the body is not JSON, or not the JSON this route takes.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// 415 `UNSUPPORTED_MEDIA_TYPE`: a JSON body without `Content-Type: application/json`.
+    #[error("expected a body with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// 400 `INVALID_PARAMETER`: a query parameter or header is malformed.
+    #[error("invalid {name}: {reason}")]
+    InvalidParameter { name: &'static str, reason: String },
+    /// 422 `VALIDATION_ERROR`: well-formed JSON that breaks a rule; one entry per field.
+    #[error("the request body is not valid")]
+    Validation(Vec<FieldError>),
+    /// 404 `ENTITY_NOT_FOUND`.
+    #[error("no {entity_type} record with id '{id}'")]
+    EntityNotFound { entity_type: String, id: String },
+    /// 409 `ENTITY_ALREADY_EXISTS`: a create with an id that is taken (also by a deleted record).
+    #[error("a {entity_type} record with id '{id}' already exists")]
+    EntityAlreadyExists { entity_type: String, id: String },
+    /// 409 `VERSION_CONFLICT`: `If-Match` names a version that is not the current one.
+    #[error("the record is at version {actual}, not {expected}")]
+    VersionConflict { expected: u64, actual: u64 },
+    /// 409 `CONCURRENT_MODIFICATION`: other writers kept changing the record; retry.
+    #[error("the record is being modified concurrently; retry the request")]
+    ConcurrentModification,
+    /// 503 `PROJECTION_STALE`: strict consistency was asked for and the read model had not
+    /// caught up in time.
+    #[error("the read model has not caught up with the requested position yet")]
+    ProjectionStale { events_behind: u64 },
+    /// 503 `DATABASE_UNAVAILABLE`: the database did not answer in time.
+    #[error("the database is unavailable")]
+    DatabaseUnavailable,
+    /// 500 `INTERNAL_ERROR`: a bug or an unexpected failure; the cause is logged, not sent.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// One invalid field of a request body.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+pub struct FieldError {
+    /// The field's name or JSON path.
+    pub field: String,
+    pub message: String,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+/// The error itself.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// Stable, UPPER_SNAKE_CASE; safe to match on.
+    #[schema(example = "ENTITY_NOT_FOUND")]
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+    #[serde(skip_serializing_if = "Value::is_null")]
+    #[schema(value_type = Object)]
+    pub details: Value,
+    #[schema(example = "req_0192f0c5a1b27c4d8e9f0a1b2c3d4e5f")]
+    pub request_id: String,
+}
+
+/// The error of a response, carried from the handler to the [`envelope`] middleware.
+#[derive(Debug, Clone)]
+struct PendingError {
+    code: &'static str,
+    message: String,
+    details: Value,
+    internal: Option<String>,
+}
+
+impl ApiError {
+    /// Status, code and details of every variant.
+    fn parts(&self) -> (StatusCode, &'static str, Value) {
+        use ApiError::*;
+        match self {
+            TenantRequired => (StatusCode::BAD_REQUEST, "TENANT_REQUIRED", Value::Null),
+            InvalidTenant(_) => (StatusCode::BAD_REQUEST, "INVALID_TENANT", Value::Null),
+            InvalidEntityType(_) => (StatusCode::BAD_REQUEST, "INVALID_ENTITY_TYPE", Value::Null),
+            InvalidId(_) => (StatusCode::BAD_REQUEST, "INVALID_ID", Value::Null),
+            InvalidJson(_) => (StatusCode::BAD_REQUEST, "INVALID_JSON", Value::Null),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                Value::Null,
+            ),
+            InvalidParameter { name, .. } => (
+                StatusCode::BAD_REQUEST,
+                "INVALID_PARAMETER",
+                json!({ "parameter": name }),
+            ),
+            Validation(fields) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "VALIDATION_ERROR",
+                json!({ "fields": fields }),
+            ),
+            EntityNotFound { entity_type, id } => (
+                StatusCode::NOT_FOUND,
+                "ENTITY_NOT_FOUND",
+                json!({ "entity": entity_type, "id": id }),
+            ),
+            EntityAlreadyExists { entity_type, id } => (
+                StatusCode::CONFLICT,
+                "ENTITY_ALREADY_EXISTS",
+                json!({ "entity": entity_type, "id": id }),
+            ),
+            VersionConflict { expected, actual } => (
+                StatusCode::CONFLICT,
+                "VERSION_CONFLICT",
+                json!({ "expectedVersion": expected, "currentVersion": actual }),
+            ),
+            ConcurrentModification => {
+                (StatusCode::CONFLICT, "CONCURRENT_MODIFICATION", Value::Null)
+            }
+            ProjectionStale { events_behind } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "PROJECTION_STALE",
+                json!({ "eventsBehind": events_behind }),
+            ),
+            DatabaseUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "DATABASE_UNAVAILABLE",
+                Value::Null,
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL_ERROR",
+                Value::Null,
+            ),
+        }
+    }
+
+    /// Wraps any unexpected failure.
+    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                tracing::warn!(%error, "database unavailable");
+                Self::DatabaseUnavailable
+            }
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
+            other => Self::InvalidJson(other.body_text()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, details) = self.parts();
+        let internal = match &self {
+            ApiError::Internal(cause) => Some(format!("{cause:#}")),
+            _ => None,
+        };
+        let mut response = status.into_response();
+        if let ApiError::ProjectionStale { .. } | ApiError::DatabaseUnavailable = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response.extensions_mut().insert(PendingError {
+            code,
+            message: self.to_string(),
+            details,
+            internal,
+        });
+        response
+    }
+}
+
+/// Writes the error envelope of every error response, with the request id, and logs the
+/// internal cause of server errors.
+pub async fn envelope(request: Request, next: Next) -> Response {
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_default();
+    let mut response = next.run(request).await;
+    let status = response.status();
+    let pending = match response.extensions_mut().remove::<PendingError>() {
+        Some(pending) => pending,
+        None if status.is_client_error() || status.is_server_error() => {
+            // Produced by axum or a tower layer, not by a handler.
+            let (code, message) = match status {
+                StatusCode::NOT_FOUND => ("NOT_FOUND", "no such route"),
+                StatusCode::METHOD_NOT_ALLOWED => {
+                    ("METHOD_NOT_ALLOWED", "method not allowed on this route")
+                }
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    ("PAYLOAD_TOO_LARGE", "the request body is too large")
+                }
+                StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => {
+                    ("TIMEOUT", "the request took too long")
+                }
+                s if s.is_server_error() => ("INTERNAL_ERROR", "internal error"),
+                _ => ("BAD_REQUEST", "bad request"),
+            };
+            PendingError {
+                code,
+                message: message.into(),
+                details: Value::Null,
+                internal: status
+                    .is_server_error()
+                    .then(|| "server error without a cause".into()),
+            }
+        }
+        None => return response,
+    };
+    if let Some(cause) = &pending.internal {
+        tracing::error!(code = pending.code, %status, cause = %cause, "request failed");
+    } else if status.is_server_error() {
+        tracing::warn!(code = pending.code, %status, "request failed");
+    }
+    let body = ErrorEnvelope {
+        error: ErrorBody {
+            code: pending.code.to_string(),
+            message: pending.message,
+            details: pending.details,
+            request_id,
+        },
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// `Json<T>` whose rejections are [`ApiError`]s.
+#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+impl<T: Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        Json(self.0).into_response()
+    }
+}

@@ -1,0 +1,25 @@
+//! The gateway's HTTP API and its entry points.
+//!
+//! Code map:
+//! - [`startup`]: [`startup::Application`]: connect, migrate, start workers, bind, serve,
+//!   shut down gracefully. `main` and the tests both use it.
+//! - [`settings`]: the one typed configuration.
+//! - [`routes`]: every route and the OpenAPI document generated from them.
+//! - [`error`]: [`error::ApiError`], its status codes and the error envelope.
+//! - [`extract`]: tenant, command context, consistency and `If-Match` extractors.
+//! - [`request_id`], [`metrics`], [`telemetry`]: request ids, spans, logs and Prometheus.
+//! - [`cli`]: the `gateway` command line.
+//!
+//! Only this crate knows HTTP.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod request_id;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

@@ -1,0 +1,12 @@
+//! The `gateway` binary: parse the command line, load settings, set up logging, run.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = api::cli::Cli::parse();
+    let settings = api::settings::Settings::load(cli.config.as_deref())?;
+    api::telemetry::init(&settings.log_filter, settings.log_format);
+    api::cli::run(cli, settings).await
+}

@@ -1,0 +1,166 @@
+//! Prometheus metrics, served as text at `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    command: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AggregateLabels {
+    aggregate_type: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProjectorLabels {
+    projector: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric of the gateway.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    commands: Family<CommandLabels, Counter>,
+    events_appended: Family<AggregateLabels, Counter>,
+    projector_lag_events: Family<ProjectorLabels, Gauge>,
+    projector_lag_seconds: Family<ProjectorLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_seconds =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        let commands = Family::<CommandLabels, Counter>::default();
+        let events_appended = Family::<AggregateLabels, Counter>::default();
+        let projector_lag_events = Family::<ProjectorLabels, Gauge>::default();
+        let projector_lag_seconds = Family::<ProjectorLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route pattern and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by method and route pattern",
+            request_seconds.clone(),
+        );
+        registry.register(
+            "commands",
+            "Commands by name and outcome (accepted, rejected, conflict, error)",
+            commands.clone(),
+        );
+        registry.register(
+            "events_appended",
+            "Events appended to the log by aggregate type",
+            events_appended.clone(),
+        );
+        registry.register(
+            "projector_lag_events",
+            "Events in the log not yet applied by the projector",
+            projector_lag_events.clone(),
+        );
+        registry.register(
+            "projector_lag_seconds",
+            "Age of the oldest event not yet applied by the projector",
+            projector_lag_seconds.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_seconds,
+            commands,
+            events_appended,
+            projector_lag_events,
+            projector_lag_seconds,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+        self.request_seconds
+            .get_or_create(&RouteLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn command(&self, command: &str, outcome: &str) {
+        self.commands
+            .get_or_create(&CommandLabels {
+                command: command.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn events_appended(&self, aggregate_type: &str, count: usize) {
+        self.events_appended
+            .get_or_create(&AggregateLabels {
+                aggregate_type: aggregate_type.to_string(),
+            })
+            .inc_by(count as u64);
+    }
+
+    pub fn projector_lag(&self, projector: &str, events: u64, seconds: f64) {
+        let labels = ProjectorLabels {
+            projector: projector.to_string(),
+        };
+        self.projector_lag_events
+            .get_or_create(&labels)
+            .set(events as i64);
+        self.projector_lag_seconds
+            .get_or_create(&labels)
+            .set(seconds);
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,492 @@
+//! `/v1/{entity}`: generic records of tenant-defined entity types.
+//!
+//! Commands go through the `Entity` aggregate and answer from its state after the command,
+//! with the cursor of the last event in `x-event-position`. Reads come from the `entities`
+//! read model; a read with `x-min-position` first waits (bounded) for the projection to pass
+//! that cursor.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::entity::{Entity, EntityCommand, EntityError};
+use domain::names::{EntityId, EntityTypeName, TenantId};
+use eventlog::{CommandError, CommandOutcome, StreamId};
+use projections::entities::{self as read_model, EntityRecord};
+use projections::progress::{self, Freshness};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
+use crate::extract::{
+    CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, PROJECTION_LAG_HEADER, Tenant,
+    etag,
+};
+use crate::state::AppState;
+
+/// Largest page of a list.
+pub const MAX_PAGE_SIZE: u32 = 500;
+/// Page size when `limit` is not given.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_entities, create_entity))
+        .routes(routes!(get_entity, patch_entity, delete_entity))
+}
+
+/// One record.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntityResponse {
+    /// The entity type.
+    #[schema(example = "users")]
+    pub entity: String,
+    #[schema(example = "user-001")]
+    pub id: String,
+    /// Starts at 1 and grows by one with every change; the `ETag`.
+    pub version: u64,
+    /// The record's document.
+    #[schema(value_type = Object)]
+    pub data: Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl From<EntityRecord> for EntityResponse {
+    fn from(record: EntityRecord) -> Self {
+        Self {
+            entity: record.entity_type,
+            id: record.id,
+            version: record.version as u64,
+            data: record.data,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            deleted_at: record.deleted_at,
+        }
+    }
+}
+
+/// A page of records.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntityList {
+    pub items: Vec<EntityResponse>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Query of `GET /v1/{entity}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Include deleted records (they carry `deletedAt`).
+    pub include_deleted: Option<bool>,
+}
+
+fn entity_type(raw: String) -> Result<EntityTypeName, ApiError> {
+    EntityTypeName::parse(raw).map_err(|e| ApiError::InvalidEntityType(e.to_string()))
+}
+
+fn entity_id(raw: String) -> Result<EntityId, ApiError> {
+    EntityId::parse(raw).map_err(|e| ApiError::InvalidId(e.to_string()))
+}
+
+fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
+    match body {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::Validation(vec![FieldError {
+            field: "".into(),
+            message: "the body must be a JSON object".into(),
+        }])),
+    }
+}
+
+fn stream(tenant: &TenantId, entity_type: &EntityTypeName, id: &EntityId) -> StreamId {
+    StreamId::new(tenant.clone(), Entity::TYPE, format!("{entity_type}/{id}"))
+}
+
+/// Runs a command on one record and maps the outcome to HTTP.
+async fn execute(
+    state: &AppState,
+    ctx: &CommandContext,
+    entity_type: &EntityTypeName,
+    id: &EntityId,
+    command: EntityCommand,
+) -> Result<CommandOutcome<Entity>, ApiError> {
+    let name = command.name();
+    let metadata = ctx.metadata(name);
+    let result = state
+        .log
+        .execute::<Entity>(
+            &stream(&ctx.tenant, entity_type, id),
+            command,
+            &(),
+            &metadata,
+        )
+        .await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(CommandError::Rejected(_)) => "rejected",
+        Err(CommandError::Conflict) => "conflict",
+        Err(_) => "error",
+    };
+    state.metrics.command(name, outcome);
+    let not_found = || ApiError::EntityNotFound {
+        entity_type: entity_type.to_string(),
+        id: id.to_string(),
+    };
+    match result {
+        Ok(outcome) => {
+            state
+                .metrics
+                .events_appended(Entity::TYPE, outcome.events.len());
+            Ok(outcome)
+        }
+        Err(CommandError::Rejected(error)) => Err(match error {
+            EntityError::AlreadyExists => ApiError::EntityAlreadyExists {
+                entity_type: entity_type.to_string(),
+                id: id.to_string(),
+            },
+            EntityError::NotFound => not_found(),
+            EntityError::VersionConflict { expected, actual } => {
+                ApiError::VersionConflict { expected, actual }
+            }
+            EntityError::SystemField(field) => ApiError::Validation(vec![FieldError {
+                message: format!("'{field}' is managed by the gateway and cannot be changed"),
+                field,
+            }]),
+        }),
+        Err(CommandError::Conflict) => Err(ApiError::ConcurrentModification),
+        Err(CommandError::Database(error)) => Err(error.into()),
+        Err(other) => Err(ApiError::internal(other)),
+    }
+}
+
+/// The response of a command: the record as the command left it.
+fn command_response(
+    status: StatusCode,
+    entity_type: &EntityTypeName,
+    id: &EntityId,
+    outcome: CommandOutcome<Entity>,
+) -> Response {
+    let updated_at = outcome.updated_at.unwrap_or_else(Utc::now);
+    let deleted = !outcome.aggregate.exists();
+    let body = EntityResponse {
+        entity: entity_type.to_string(),
+        id: id.to_string(),
+        version: outcome.version,
+        data: Value::Object(outcome.aggregate.data().clone()),
+        created_at: outcome.created_at.unwrap_or(updated_at),
+        updated_at,
+        deleted_at: deleted.then_some(updated_at),
+    };
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&etag(outcome.version)) {
+        headers.insert(header::ETAG, value);
+    }
+    if let Some(cursor) = outcome.cursor
+        && let Ok(value) = HeaderValue::from_str(&cursor.to_string())
+    {
+        headers.insert(HeaderName::from_static(EVENT_POSITION_HEADER), value);
+    }
+    if status == StatusCode::CREATED
+        && let Ok(value) = HeaderValue::from_str(&format!("/v1/{entity_type}/{id}"))
+    {
+        headers.insert(header::LOCATION, value);
+    }
+    (status, headers, ApiJson(body)).into_response()
+}
+
+/// Waits for the read model when the request asks for a position; returns the lag header to
+/// send when the data is stale.
+async fn await_consistency(
+    state: &AppState,
+    consistency: Consistency,
+) -> Result<Option<HeaderValue>, ApiError> {
+    let Some(target) = consistency.min_position else {
+        return Ok(None);
+    };
+    let freshness = progress::wait_until(
+        &state.log,
+        &state.progress,
+        read_model::NAME,
+        target,
+        state.settings.consistency_wait(),
+    )
+    .await?;
+    match freshness {
+        Freshness::Fresh => Ok(None),
+        Freshness::Stale { events_behind } if consistency.strict => {
+            Err(ApiError::ProjectionStale { events_behind })
+        }
+        Freshness::Stale { events_behind } => Ok(Some(HeaderValue::from(events_behind))),
+    }
+}
+
+fn with_lag(mut response: Response, lag: Option<HeaderValue>) -> Response {
+    if let Some(lag) = lag {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(PROJECTION_LAG_HEADER), lag);
+    }
+    response
+}
+
+/// Create a record.
+///
+/// The id is the body's `id` (a string) when given, otherwise generated. The rest of the body
+/// is the record's document.
+#[utoipa::path(
+    post,
+    path = "/v1/{entity}",
+    tag = "entities",
+    params(
+        ("entity" = String, Path, description = "Entity type, e.g. `users`"),
+        ("x-tenant-id" = String, Header, description = "Tenant"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Recorded in the events' metadata"),
+    ),
+    request_body(content = Object, description = "The record's document, optionally with `id`"),
+    responses(
+        (status = 201, description = "Created; `ETag`, `Location` and `x-event-position` headers", body = EntityResponse),
+        (status = 400, description = "Malformed tenant, type, id or JSON", body = ErrorEnvelope),
+        (status = 409, description = "ENTITY_ALREADY_EXISTS", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+    )
+)]
+pub async fn create_entity(
+    State(state): State<AppState>,
+    ctx: CommandContext,
+    Path(entity): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let entity_type = entity_type(entity)?;
+    let mut data = object(body)?;
+    let id = match data.remove("id") {
+        None => EntityId::parse(uuid::Uuid::now_v7().to_string()).expect("a uuid is a valid id"),
+        Some(Value::String(id)) => EntityId::parse(id).map_err(|e| {
+            ApiError::Validation(vec![FieldError {
+                field: "id".into(),
+                message: e.to_string(),
+            }])
+        })?,
+        Some(_) => {
+            return Err(ApiError::Validation(vec![FieldError {
+                field: "id".into(),
+                message: "must be a string".into(),
+            }]));
+        }
+    };
+    let command = EntityCommand::CreateEntity {
+        entity_type: entity_type.clone(),
+        id: id.clone(),
+        data,
+    };
+    let outcome = execute(&state, &ctx, &entity_type, &id, command).await?;
+    Ok(command_response(
+        StatusCode::CREATED,
+        &entity_type,
+        &id,
+        outcome,
+    ))
+}
+
+/// Read a record.
+#[utoipa::path(
+    get,
+    path = "/v1/{entity}/{id}",
+    tag = "entities",
+    params(
+        ("entity" = String, Path, description = "Entity type"),
+        ("id" = String, Path, description = "Record id"),
+        ("x-tenant-id" = String, Header, description = "Tenant"),
+        ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`"),
+        ("x-consistency" = Option<String>, Header, description = "`strict`: answer 503 instead of stale data"),
+    ),
+    responses(
+        (status = 200, description = "The record; `ETag` header", body = EntityResponse),
+        (status = 404, description = "ENTITY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 503, description = "PROJECTION_STALE", body = ErrorEnvelope),
+    )
+)]
+pub async fn get_entity(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    consistency: Consistency,
+    Path((entity, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let entity_type = entity_type(entity)?;
+    let id = entity_id(id)?;
+    let lag = await_consistency(&state, consistency).await?;
+    let record = read_model::get(
+        state.log.db(),
+        tenant.as_str(),
+        entity_type.as_str(),
+        id.as_str(),
+    )
+    .await?
+    .filter(|record| record.deleted_at.is_none())
+    .ok_or_else(|| ApiError::EntityNotFound {
+        entity_type: entity_type.to_string(),
+        id: id.to_string(),
+    })?;
+    let tag = etag(record.version as u64);
+    let mut response = ApiJson(EntityResponse::from(record)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&tag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    Ok(with_lag(response, lag))
+}
+
+/// List records, ordered by id.
+#[utoipa::path(
+    get,
+    path = "/v1/{entity}",
+    tag = "entities",
+    params(
+        ("entity" = String, Path, description = "Entity type"),
+        ("x-tenant-id" = String, Header, description = "Tenant"),
+        ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`"),
+        ("x-consistency" = Option<String>, Header, description = "`strict`: answer 503 instead of stale data"),
+        ListQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of records", body = EntityList),
+        (status = 400, description = "INVALID_PARAMETER", body = ErrorEnvelope),
+    )
+)]
+pub async fn list_entities(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    consistency: Consistency,
+    Path(entity): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let entity_type = entity_type(entity)?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        return Err(ApiError::InvalidParameter {
+            name: "limit",
+            reason: format!("must be between 1 and {MAX_PAGE_SIZE}"),
+        });
+    }
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|cursor| {
+            URL_SAFE_NO_PAD
+                .decode(cursor)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or(ApiError::InvalidParameter {
+                    name: "cursor",
+                    reason: "not a cursor returned by the gateway".into(),
+                })
+        })
+        .transpose()?;
+    let lag = await_consistency(&state, consistency).await?;
+    let mut records = read_model::list(
+        state.log.db(),
+        tenant.as_str(),
+        entity_type.as_str(),
+        after.as_deref(),
+        limit + 1,
+        query.include_deleted.unwrap_or(false),
+    )
+    .await?;
+    let next_cursor = if records.len() > limit as usize {
+        records.truncate(limit as usize);
+        records
+            .last()
+            .map(|last| URL_SAFE_NO_PAD.encode(last.id.as_bytes()))
+    } else {
+        None
+    };
+    let body = EntityList {
+        items: records.into_iter().map(EntityResponse::from).collect(),
+        next_cursor,
+    };
+    Ok(with_lag(ApiJson(body).into_response(), lag))
+}
+
+/// Change a record with a JSON merge patch (RFC 7396).
+#[utoipa::path(
+    patch,
+    path = "/v1/{entity}/{id}",
+    tag = "entities",
+    params(
+        ("entity" = String, Path, description = "Entity type"),
+        ("id" = String, Path, description = "Record id"),
+        ("x-tenant-id" = String, Header, description = "Tenant"),
+        ("If-Match" = Option<String>, Header, description = "The `ETag` the record must still have"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Recorded in the events' metadata"),
+    ),
+    request_body(content = Object, description = "A JSON merge patch: `null` removes a field"),
+    responses(
+        (status = 200, description = "The record after the patch", body = EntityResponse),
+        (status = 404, description = "ENTITY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 409, description = "VERSION_CONFLICT", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+    )
+)]
+pub async fn patch_entity(
+    State(state): State<AppState>,
+    ctx: CommandContext,
+    IfMatch(expected_version): IfMatch,
+    Path((entity, id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let entity_type = entity_type(entity)?;
+    let id = entity_id(id)?;
+    let patch = object(body)?;
+    let command = EntityCommand::UpdateEntity {
+        patch,
+        expected_version,
+    };
+    let outcome = execute(&state, &ctx, &entity_type, &id, command).await?;
+    Ok(command_response(StatusCode::OK, &entity_type, &id, outcome))
+}
+
+/// Delete a record. The log keeps its history; reads answer 404 from now on.
+#[utoipa::path(
+    delete,
+    path = "/v1/{entity}/{id}",
+    tag = "entities",
+    params(
+        ("entity" = String, Path, description = "Entity type"),
+        ("id" = String, Path, description = "Record id"),
+        ("x-tenant-id" = String, Header, description = "Tenant"),
+        ("If-Match" = Option<String>, Header, description = "The `ETag` the record must still have"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Recorded in the events' metadata"),
+    ),
+    responses(
+        (status = 200, description = "The deleted record, with `deletedAt`", body = EntityResponse),
+        (status = 404, description = "ENTITY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 409, description = "VERSION_CONFLICT", body = ErrorEnvelope),
+    )
+)]
+pub async fn delete_entity(
+    State(state): State<AppState>,
+    ctx: CommandContext,
+    IfMatch(expected_version): IfMatch,
+    Path((entity, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let entity_type = entity_type(entity)?;
+    let id = entity_id(id)?;
+    let command = EntityCommand::DeleteEntity { expected_version };
+    let outcome = execute(&state, &ctx, &entity_type, &id, command).await?;
+    Ok(command_response(StatusCode::OK, &entity_type, &id, outcome))
+}

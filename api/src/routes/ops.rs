@@ -1,0 +1,138 @@
+//! Operational routes: liveness, readiness, metrics. None of them needs a tenant.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::ApiJson;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3 document of every route", content_type = "application/json")))]
+pub async fn openapi_json() -> Response {
+    axum::Json(super::openapi()).into_response()
+}
+
+/// Liveness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Liveness: the process is up and serving HTTP.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, body = Health)))]
+pub async fn health() -> ApiJson<Health> {
+    ApiJson(Health { status: "ok" })
+}
+
+/// How far one projector is behind the log.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectorLag {
+    pub lag_events: u64,
+    pub lag_seconds: f64,
+}
+
+/// Readiness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`, or `unavailable` when the database does not answer.
+    pub status: &'static str,
+    /// `postgres` or `sqlite`.
+    pub backend: &'static str,
+    /// `ok` or `unreachable`.
+    pub database: &'static str,
+    /// Lag of every projector (absent when the database does not answer).
+    pub projectors: BTreeMap<String, ProjectorLag>,
+}
+
+/// Refreshes the lag gauges and returns the lags; `None` when the database does not answer.
+async fn projector_lags(state: &AppState) -> Option<BTreeMap<String, ProjectorLag>> {
+    let mut lags = BTreeMap::new();
+    for projector in state.projectors.iter() {
+        let lag = match projections::progress::lag(&state.log, projector.name()).await {
+            Ok(lag) => lag,
+            Err(error) => {
+                tracing::warn!(%error, projector = projector.name(), "lag not measurable");
+                return None;
+            }
+        };
+        state
+            .metrics
+            .projector_lag(projector.name(), lag.events, lag.seconds);
+        lags.insert(
+            projector.name().to_string(),
+            ProjectorLag {
+                lag_events: lag.events,
+                lag_seconds: lag.seconds,
+            },
+        );
+    }
+    Some(lags)
+}
+
+/// Readiness: the database answers. Reports each projector's lag; a lagging projector does
+/// not make the gateway unready, since commands and reads still work.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let backend = state.log.db().backend().as_str();
+    let lags = match state.log.db().ping().await {
+        Ok(()) => projector_lags(&state).await,
+        Err(error) => {
+            tracing::warn!(%error, "database unreachable");
+            None
+        }
+    };
+    let (status, body) = match lags {
+        Some(projectors) => (
+            StatusCode::OK,
+            Readiness {
+                status: "ready",
+                backend,
+                database: "ok",
+                projectors,
+            },
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Readiness {
+                status: "unavailable",
+                backend,
+                database: "unreachable",
+                projectors: BTreeMap::new(),
+            },
+        ),
+    };
+    (status, ApiJson(body)).into_response()
+}
+
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    projector_lags(&state).await;
+    let mut response = state.metrics.encode().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,146 @@
+//! The gateway's one typed configuration, loaded once in `main`.
+//!
+//! Sources, later ones winning: built-in defaults, an optional TOML file (`--config` or
+//! `GATEWAY_CONFIG`), then environment variables. The variables are the names operators
+//! already know (`DATABASE_URL`, `PORT`, `RUST_LOG`) and `GATEWAY_*` for the rest; the README
+//! lists every one with its default. Nothing else in the gateway reads the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, human-readable otherwise.
+    Auto,
+    Json,
+    Pretty,
+}
+
+/// Every setting of the gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on; 0 picks a free one.
+    pub port: u16,
+    /// `postgres://…` for PostgreSQL; unset means a SQLite file in `data_dir`.
+    #[serde(serialize_with = "serialize_secret_option")]
+    pub database_url: Option<SecretString>,
+    /// Folder of the embedded SQLite database.
+    pub data_dir: PathBuf,
+    /// Most connections in the database pool.
+    pub database_max_connections: u32,
+    /// `RUST_LOG`-style filter.
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    /// Run the projectors in this process.
+    pub run_projectors: bool,
+    /// Most events a projector applies in one transaction.
+    pub projector_batch_size: usize,
+    /// How often an idle projector looks at the log without a wake-up, in milliseconds.
+    pub projector_poll_ms: u64,
+    /// Longest a read with `x-min-position` waits for the projection, in milliseconds.
+    pub consistency_wait_ms: u64,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest a request may take before it is answered 503, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Longest shutdown waits for requests and workers to finish, in seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+fn serialize_secret_option<S: serde::Serializer>(
+    value: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    // Only used to seed figment with defaults; a configured URL is never printed.
+    value
+        .as_ref()
+        .map(|secret| secret.expose_secret().to_string())
+        .serialize(serializer)
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            database_url: None,
+            data_dir: PathBuf::from("./data"),
+            database_max_connections: 16,
+            log_filter: "info".into(),
+            log_format: LogFormat::Auto,
+            run_projectors: true,
+            projector_batch_size: 500,
+            projector_poll_ms: 500,
+            consistency_wait_ms: 2000,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_ms: 30_000,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads settings from defaults, the optional TOML file and the environment.
+    pub fn load(config_file: Option<&std::path::Path>) -> Result<Self, figment::Error> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        let file = config_file
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("GATEWAY_CONFIG").map(PathBuf::from));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(
+                Env::raw()
+                    .only(&[
+                        "DATABASE_URL",
+                        "PORT",
+                        "HOST",
+                        "RUST_LOG",
+                        "DATABASE_MAX_CONNECTIONS",
+                    ])
+                    .map(|key| match key.as_str() {
+                        "RUST_LOG" => "log_filter".into(),
+                        other => other.to_ascii_lowercase().into(),
+                    }),
+            )
+            .merge(Env::prefixed("GATEWAY_").ignore(&["CONFIG"]))
+            .extract()
+    }
+
+    /// The database URL in effect: the configured one, or the embedded SQLite file.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) if !url.expose_secret().is_empty() => url.expose_secret().to_string(),
+            _ => format!("sqlite://{}", self.data_dir.join("gateway.db").display()),
+        }
+    }
+
+    pub fn consistency_wait(&self) -> Duration {
+        Duration::from_millis(self.consistency_wait_ms)
+    }
+
+    pub fn runner(&self) -> workers::RunnerSettings {
+        workers::RunnerSettings {
+            batch_size: self.projector_batch_size.max(1),
+            poll_interval: Duration::from_millis(self.projector_poll_ms.max(10)),
+        }
+    }
+
+    pub fn pool(&self) -> eventlog::db::PoolSettings {
+        eventlog::db::PoolSettings {
+            max_connections: self.database_max_connections.max(2),
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Building and running the gateway. `main` and the black-box tests both go through
+//! [`Application::build`], so the tests run the real thing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use eventlog::{Db, EventLog};
+use projections::progress::Progress;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::routes;
+use crate::settings::Settings;
+use crate::state::AppState;
+
+/// Connects to the configured database and applies the migrations.
+pub async fn open_log(settings: &Settings) -> anyhow::Result<EventLog> {
+    let url = settings.database_url();
+    let db = Db::connect(&url, &settings.pool())
+        .await
+        .context("connecting to the database")?;
+    db.migrate().await.context("applying migrations")?;
+    Ok(EventLog::new(db, domain::upcasters::all()))
+}
+
+/// A gateway bound to its port, with its workers started, ready to serve.
+pub struct Application {
+    port: u16,
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Connects, migrates, starts the projectors (unless disabled) and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let log = open_log(&settings).await?;
+        let projectors = Arc::new(projections::all());
+        let progress = Progress::default();
+        let shutdown = CancellationToken::new();
+        let workers = if settings.run_projectors {
+            workers::start(&log, &projectors, &progress, &settings.runner(), &shutdown)
+        } else {
+            Vec::new()
+        };
+        let listener = TcpListener::bind((settings.host.as_str(), settings.port))
+            .await
+            .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
+        let port = listener.local_addr()?.port();
+        tracing::info!(
+            port,
+            backend = log.db().backend().as_str(),
+            projectors = settings.run_projectors,
+            "gateway ready"
+        );
+        let state = AppState {
+            log,
+            progress,
+            metrics: Arc::new(Metrics::default()),
+            settings: Arc::new(settings),
+            projectors,
+        };
+        Ok(Self {
+            port,
+            listener,
+            state,
+            shutdown,
+            workers,
+        })
+    }
+
+    /// The port the gateway listens on (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Cancelling this token stops the gateway gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled: then stops accepting connections, lets
+    /// requests in flight finish and workers finish their batch (bounded by the grace
+    /// period), and closes the database pools.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let grace = Duration::from_secs(self.state.settings.shutdown_grace_secs);
+        let router = routes::router(self.state.clone());
+        let token = self.shutdown.clone();
+        let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+            token.cancelled().await;
+            tracing::info!("shutting down: draining requests");
+        });
+        server.await.context("serving HTTP")?;
+        let drain = futures_join_all(self.workers);
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(?grace, "workers did not stop within the grace period");
+        }
+        self.state.log.db().close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn futures_join_all(handles: Vec<JoinHandle<()>>) {
+    for handle in handles {
+        if let Err(error) = handle.await {
+            tracing::error!(%error, "worker task failed");
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
