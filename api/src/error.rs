@@ -38,6 +38,9 @@ pub enum ApiError {
     /// 400 `INVALID_JSON`: the body is not JSON, or not the JSON this route takes.
     #[error("{0}")]
     InvalidJson(String),
+    /// 413 `PAYLOAD_TOO_LARGE`: the body is over the configured limit.
+    #[error("the request body is too large")]
+    PayloadTooLarge,
     /// 415 `UNSUPPORTED_MEDIA_TYPE`: a JSON body without `Content-Type: application/json`.
     #[error("expected a body with Content-Type: application/json")]
     UnsupportedMediaType,
@@ -120,6 +123,11 @@ impl ApiError {
             InvalidEntityType(_) => (StatusCode::BAD_REQUEST, "INVALID_ENTITY_TYPE", Value::Null),
             InvalidId(_) => (StatusCode::BAD_REQUEST, "INVALID_ID", Value::Null),
             InvalidJson(_) => (StatusCode::BAD_REQUEST, "INVALID_JSON", Value::Null),
+            PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                Value::Null,
+            ),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "UNSUPPORTED_MEDIA_TYPE",
@@ -193,6 +201,7 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
             JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
             other => Self::InvalidJson(other.body_text()),
         }
     }

@@ -91,7 +91,7 @@ impl Default for Settings {
 
 impl Settings {
     /// Loads settings from defaults, the optional TOML file and the environment.
-    pub fn load(config_file: Option<&std::path::Path>) -> Result<Self, figment::Error> {
+    pub fn load(config_file: Option<&std::path::Path>) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         let file = config_file
             .map(PathBuf::from)
@@ -116,6 +116,7 @@ impl Settings {
             )
             .merge(Env::prefixed("GATEWAY_").ignore(&["CONFIG"]))
             .extract()
+            .map_err(Box::new)
     }
 
     /// The database URL in effect: the configured one, or the embedded SQLite file.

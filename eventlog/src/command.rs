@@ -5,6 +5,10 @@
 //! again on the new state (it may now be refused, for example by an `If-Match` check), up to
 //! [`MAX_ATTEMPTS`] times; then [`CommandError::Conflict`] reaches the caller.
 //!
+//! Within one process, commands on the same stream take turns (a striped lock keyed by the
+//! stream), so a hot record does not burn its retries on conflicts between requests of the
+//! same process; conflicts with other processes are still resolved optimistically.
+//!
 //! `CqrsFramework::execute` is not used: it commits one command per transaction through a
 //! repository that cannot carry the gateway's columns, cursors or shared transactions.
 
@@ -104,6 +108,7 @@ impl EventLog {
         A: Aggregate,
         A::Command: Clone,
     {
+        let _turn = self.stream_lock(stream).lock().await;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -158,8 +163,14 @@ impl EventLog {
                     tracing::debug!(
                         aggregate_id = %stream.aggregate_id,
                         attempt,
-                        "concurrent append; deciding the command again"
+                        "concurrent append by another process; deciding the command again"
                     );
+                    // Spread the retries of racing processes apart.
+                    let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u8 % 8);
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        (attempt as u64) * 2 + jitter,
+                    ))
+                    .await;
                 }
                 Err(AppendError::Conflict { .. }) => return Err(CommandError::Conflict),
                 Err(error) => return Err(error.into()),

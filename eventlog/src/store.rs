@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use cqrs_es::DomainEvent;
 use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use domain::metadata::EventMetadata;
@@ -166,10 +166,15 @@ pub enum AppendError {
     Database(#[from] sqlx::Error),
 }
 
+/// Number of in-process stream locks (see [`EventLog::stream_lock`]).
+const STREAM_LOCKS: usize = 4096;
+
 struct Inner {
     db: Db,
     upcasters: Vec<Box<dyn EventUpcaster>>,
     appended: watch::Sender<Cursor>,
+    stream_locks: Vec<tokio::sync::Mutex<()>>,
+    hasher: std::hash::RandomState,
 }
 
 /// The event log. Cheap to clone; clones share the in-process "appended" signal.
@@ -227,12 +232,23 @@ impl EventLog {
                 db,
                 upcasters,
                 appended,
+                stream_locks: (0..STREAM_LOCKS).map(|_| Default::default()).collect(),
+                hasher: Default::default(),
             }),
         }
     }
 
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// The in-process lock that commands on `stream` take turns on. Striped: unrelated
+    /// streams share a lock only by hash collision, which costs a short wait, never a
+    /// deadlock (a command holds one stripe at a time).
+    pub(crate) fn stream_lock(&self, stream: &StreamId) -> &tokio::sync::Mutex<()> {
+        use std::hash::BuildHasher;
+        let index = self.inner.hasher.hash_one(stream) as usize % STREAM_LOCKS;
+        &self.inner.stream_locks[index]
     }
 
     /// A receiver that changes whenever this process appends to the log. Other processes'
@@ -294,7 +310,11 @@ impl EventLog {
         let mut ordered = rows.clone();
         ordered.sort_by(|a, b| (&a.1.stream, a.2).cmp(&(&b.1.stream, b.2)));
 
-        let recorded_at = Utc::now();
+        // Both engines store microseconds; truncating here makes what is returned to the
+        // caller identical to what a later read gives.
+        let recorded_at = Utc::now()
+            .duration_trunc(chrono::TimeDelta::microseconds(1))
+            .unwrap_or_else(|_| Utc::now());
         let metadata: Vec<Value> = batch
             .iter()
             .map(|append| serde_json::to_value(&append.metadata))

@@ -1,0 +1,373 @@
+//! The event log's guarantees (DESIGN.md §3), on SQLite and PostgreSQL.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cqrs_es::persist::SemanticVersionEventUpcaster;
+use domain::metadata::EventMetadata;
+use domain::names::TenantId;
+use eventlog::{AppendError, Cursor, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId};
+use serde_json::json;
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestDb};
+
+fn tenant() -> TenantId {
+    TenantId::parse("tenant-a").unwrap()
+}
+
+fn stream(id: &str) -> StreamId {
+    StreamId::new(tenant(), "Widget", id)
+}
+
+fn metadata() -> EventMetadata {
+    EventMetadata::new(tenant(), "key_test", "req_test", "RenameWidget")
+}
+
+fn event(name: &str) -> NewEvent {
+    NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: "WidgetRenamed".into(),
+        event_version: "1.0".into(),
+        payload: json!({ "name": name }),
+    }
+}
+
+fn append(stream: StreamId, expected_version: u64, events: Vec<NewEvent>) -> StreamAppend {
+    StreamAppend {
+        stream,
+        expected_version,
+        events,
+        metadata: metadata(),
+    }
+}
+
+/// Reads until at least `expected` events after `after` are visible. On PostgreSQL, events
+/// become readable once every older transaction of the cluster has ended, which other tests
+/// running in parallel can delay a little.
+async fn read_at_least(
+    log: &EventLog,
+    after: Cursor,
+    expected: usize,
+) -> (Vec<RecordedEvent>, Cursor) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (events, cursor) = read_all(log, after).await;
+        if events.len() >= expected || tokio::time::Instant::now() > deadline {
+            return (events, cursor);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every event after `after` visible now, read in batches of 7 as a projector would.
+async fn read_all(log: &EventLog, mut after: Cursor) -> (Vec<RecordedEvent>, Cursor) {
+    let mut events = Vec::new();
+    loop {
+        let batch = log.read_after(after, 7).await.unwrap();
+        let Some(last) = batch.last() else {
+            return (events, after);
+        };
+        after = last.cursor;
+        events.extend(batch);
+    }
+}
+
+async fn a_reader_never_moves_past_an_open_transaction(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+
+    // Writer A opens a transaction and appends, but does not commit yet.
+    let mut open = log.db().begin().await.unwrap();
+    log.append_in(&mut open, &[append(stream("a"), 0, vec![event("a1")])])
+        .await
+        .unwrap();
+
+    // Other writers append meanwhile. On PostgreSQL they commit; on SQLite they wait for the
+    // single writer.
+    let others: Vec<_> = ["b", "c", "d"]
+        .into_iter()
+        .map(|id| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.append(&[append(stream(id), 0, vec![event(id)])])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    if backend == Backend::Postgres {
+        for other in others.iter() {
+            while !other.is_finished() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    let (seen_before, cursor) = read_all(&log, Cursor::START).await;
+    assert!(
+        seen_before.is_empty(),
+        "the reader moved past an open transaction: {:?}",
+        seen_before
+            .iter()
+            .map(|e| &e.aggregate_id)
+            .collect::<Vec<_>>()
+    );
+
+    open.commit().await.unwrap();
+    for other in others {
+        other.await.unwrap();
+    }
+    let (seen_after, cursor) = read_at_least(&log, cursor, 4).await;
+    assert!(read_all(&log, cursor).await.0.is_empty(), "nothing more");
+    let ids: Vec<_> = seen_after.iter().map(|e| e.aggregate_id.as_str()).collect();
+    assert_eq!(ids.len(), 4, "every event exactly once: {ids:?}");
+    assert_eq!(ids[0], "a", "the open transaction's event comes first");
+    let unique: HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 4);
+}
+both_backends!(
+    a_reader_never_moves_past_an_open_transaction,
+    a_reader_never_moves_past_an_open_transaction
+);
+
+async fn a_tailing_reader_sees_every_event_of_concurrent_writers_exactly_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    let writers = 8;
+    let per_writer = 40;
+
+    let reader = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut cursor = Cursor::START;
+            let mut seen = Vec::new();
+            while seen.len() < writers * per_writer {
+                let batch = log.read_after(cursor, 13).await.unwrap();
+                if let Some(last) = batch.last() {
+                    assert!(last.cursor > cursor, "cursors only move forward");
+                    cursor = last.cursor;
+                }
+                seen.extend(batch.into_iter().map(|e| e.event_id));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            seen
+        })
+    };
+    let mut written = Vec::new();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..per_writer {
+                    let e = event(&format!("{w}-{i}"));
+                    ids.push(e.event_id);
+                    // Some transactions stay open a little while others commit.
+                    let mut tx = log.db().begin().await.unwrap();
+                    log.append_in(
+                        &mut tx,
+                        &[append(stream(&format!("w{w}")), i as u64, vec![e])],
+                    )
+                    .await
+                    .unwrap();
+                    if i % 5 == w % 5 {
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
+                    tx.commit().await.unwrap();
+                }
+                ids
+            })
+        })
+        .collect();
+    for task in tasks {
+        written.extend(task.await.unwrap());
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the reader caught up")
+        .unwrap();
+    assert_eq!(seen.len(), written.len());
+    let seen_set: HashSet<_> = seen.iter().collect();
+    assert_eq!(seen_set.len(), seen.len(), "no event read twice");
+    assert_eq!(
+        seen_set,
+        written.iter().collect::<HashSet<_>>(),
+        "no event skipped"
+    );
+}
+both_backends!(
+    a_tailing_reader_sees_every_event_of_concurrent_writers_exactly_once,
+    a_tailing_reader_sees_every_event_of_concurrent_writers_exactly_once
+);
+
+async fn concurrent_appends_to_one_stream_have_one_winner_per_version(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    let rounds = 4;
+    for version in 0..rounds {
+        let racers: Vec<_> = (0..32)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    log.append(&[append(
+                        stream("contended"),
+                        version,
+                        vec![event(&format!("{version}-{i}"))],
+                    )])
+                    .await
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        let mut conflicts = 0;
+        for racer in racers {
+            match racer.await.unwrap() {
+                Ok(_) => winners += 1,
+                Err(AppendError::Conflict { stream }) => {
+                    assert_eq!(stream.unwrap().aggregate_id, "contended");
+                    conflicts += 1;
+                }
+                Err(other) => panic!("unexpected error: {other}"),
+            }
+        }
+        assert_eq!((winners, conflicts), (1, 31), "round {version}");
+    }
+    let sequences: Vec<i64> = log
+        .load(&stream("contended"), 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence)
+        .collect();
+    assert_eq!(sequences, (1..=rounds as i64).collect::<Vec<_>>());
+}
+both_backends!(
+    concurrent_appends_to_one_stream_have_one_winner_per_version,
+    concurrent_appends_to_one_stream_have_one_winner_per_version
+);
+
+async fn a_batch_with_one_conflicting_stream_writes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    log.append(&[append(stream("taken"), 0, vec![event("first")])])
+        .await
+        .unwrap();
+
+    let batch = [
+        append(stream("new-1"), 0, vec![event("x"), event("y")]),
+        append(stream("taken"), 0, vec![event("stale")]),
+        append(stream("new-2"), 0, vec![event("z")]),
+    ];
+    match log.append(&batch).await {
+        Err(AppendError::Conflict {
+            stream: Some(conflicting),
+        }) => {
+            assert_eq!(conflicting.aggregate_id, "taken")
+        }
+        other => panic!("expected a conflict on 'taken', got {other:?}"),
+    }
+    let (all, _) = read_at_least(&log, Cursor::START, 1).await;
+    assert_eq!(all.len(), 1, "only the first event exists");
+    assert!(log.load(&stream("new-1"), 0).await.unwrap().is_empty());
+    assert!(log.load(&stream("new-2"), 0).await.unwrap().is_empty());
+
+    // The same batch with the right version commits every stream at once.
+    let mut batch = batch;
+    batch[1].expected_version = 1;
+    let appended = log.append(&batch).await.unwrap();
+    assert_eq!(appended.events.len(), 4);
+    assert_eq!(log.version(&stream("taken")).await.unwrap(), 2);
+}
+both_backends!(
+    a_batch_with_one_conflicting_stream_writes_nothing,
+    a_batch_with_one_conflicting_stream_writes_nothing
+);
+
+async fn every_event_carries_its_metadata(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    let mut meta = metadata();
+    meta.correlation_id = "corr-1".into();
+    meta.idempotency_key = Some("key-1".into());
+    let appended = log
+        .append(&[StreamAppend {
+            metadata: meta.clone(),
+            ..append(stream("m"), 0, vec![event("one"), event("two")])
+        }])
+        .await
+        .unwrap();
+    let (stored, _) = read_at_least(&log, Cursor::START, 2).await;
+    assert_eq!(
+        stored, appended.events,
+        "what was returned is what was stored"
+    );
+    for event in stored {
+        assert_eq!(event.tenant_id, "tenant-a");
+        assert_eq!(event.event_metadata().unwrap(), meta);
+        assert_eq!(event.metadata["actor"], "key_test");
+        assert_eq!(event.metadata["requestId"], "req_test");
+        assert_eq!(event.metadata["correlationId"], "corr-1");
+    }
+}
+both_backends!(
+    every_event_carries_its_metadata,
+    every_event_carries_its_metadata
+);
+
+/// The current shape of the test's event: version 2.0 renamed `name` to `newName`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+enum WidgetEvent {
+    WidgetRenamed {
+        #[serde(rename = "newName")]
+        new_name: String,
+    },
+}
+
+impl cqrs_es::DomainEvent for WidgetEvent {
+    fn event_type(&self) -> String {
+        "WidgetRenamed".into()
+    }
+    fn event_version(&self) -> String {
+        "2.0".into()
+    }
+}
+
+async fn a_stored_version_1_event_loads_as_version_2(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let upcaster = SemanticVersionEventUpcaster::new(
+        "WidgetRenamed",
+        "2.0",
+        Box::new(|mut payload| {
+            let name = payload["name"].take();
+            json!({ "newName": name })
+        }),
+    );
+    let log = db.log_with(vec![Box::new(upcaster)]).await;
+    log.append(&[append(stream("old"), 0, vec![event("legacy")])])
+        .await
+        .unwrap();
+
+    let loaded = log.load(&stream("old"), 0).await.unwrap();
+    // cqrs-es's upcaster writes the full semantic version.
+    assert_eq!(loaded[0].event_version, "2.0.0");
+    assert_eq!(
+        loaded[0].decode::<WidgetEvent>().unwrap(),
+        WidgetEvent::WidgetRenamed {
+            new_name: "legacy".into()
+        }
+    );
+    let (tailed, _) = read_at_least(&log, Cursor::START, 1).await;
+    assert_eq!(tailed[0].payload, json!({ "newName": "legacy" }));
+
+    // The stored row itself is unchanged: upcasting happens on read.
+    let plain = db.log().await;
+    assert_eq!(
+        plain.load(&stream("old"), 0).await.unwrap()[0].event_version,
+        "1.0"
+    );
+}
+both_backends!(
+    a_stored_version_1_event_loads_as_version_2,
+    a_stored_version_1_event_loads_as_version_2
+);

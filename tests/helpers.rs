@@ -1,0 +1,253 @@
+//! Starting the application and databases for tests.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use api::settings::Settings;
+use api::startup::Application;
+use eventlog::{Db, EventLog};
+use serde_json::Value;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+/// Runs a test body once per backend: `both_backends!(name, body)` defines `name::sqlite` and
+/// `name::postgres`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body($crate::helpers::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$body($crate::helpers::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database that exists only for one test.
+pub struct TestDb {
+    pub url: String,
+    backend: Backend,
+    _dir: Option<TempDir>,
+}
+
+/// A folder removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("GATEWAY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        let name = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(&name);
+                std::fs::create_dir_all(&dir).expect("temporary folder");
+                let url = format!("sqlite://{}", dir.join("gateway.db").display());
+                Self {
+                    url,
+                    backend,
+                    _dir: Some(TempDir(dir)),
+                }
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!(
+                        "PostgreSQL must be reachable at {admin} (set GATEWAY_TEST_DATABASE_URL): {e}"
+                    )
+                });
+                conn.execute(format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .expect("create the test database");
+                let base = admin
+                    .rsplit_once('/')
+                    .map_or(admin.as_str(), |(base, _)| base);
+                Self {
+                    url: format!("{base}/{name}"),
+                    backend,
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    /// A migrated event log on this database, with its own pools (like another process).
+    pub async fn log(&self) -> EventLog {
+        self.log_with(Vec::new()).await
+    }
+
+    pub async fn log_with(
+        &self,
+        upcasters: Vec<Box<dyn cqrs_es::persist::EventUpcaster>>,
+    ) -> EventLog {
+        let db = Db::connect(&self.url, &Default::default())
+            .await
+            .expect("connect to the test database");
+        db.migrate().await.expect("migrate the test database");
+        EventLog::new(db, upcasters)
+    }
+
+    /// Settings of an application on this database, on a free port.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            host: "127.0.0.1".into(),
+            port: 0,
+            database_url: Some(self.url.clone().into()),
+            consistency_wait_ms: 2_000,
+            projector_poll_ms: 100,
+            shutdown_grace_secs: 5,
+            ..Settings::default()
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        // Best effort: CI also drops leftovers of crashed runs before testing.
+        let url = self.url.clone();
+        let name = url.rsplit('/').next().unwrap_or_default().to_string();
+        let admin = postgres_admin_url();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                    let _ = conn
+                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                        .await;
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+/// A running application and a client for it.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub shutdown: CancellationToken,
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub db: TestDb,
+}
+
+/// Starts the application on a fresh database of `backend`.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts the application with adjusted settings.
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let db = TestDb::new(backend).await;
+    spawn_app_on(db, adjust).await
+}
+
+/// Starts the application on an existing test database.
+pub async fn spawn_app_on(db: TestDb, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = db.settings();
+    adjust(&mut settings);
+    let app = Application::build(settings)
+        .await
+        .expect("the application starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = app.shutdown_token();
+    let server = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        shutdown,
+        server,
+        db,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// A request for `tenant`.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        tenant: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .header("x-tenant-id", tenant)
+    }
+
+    /// `POST /v1/{entity}` and the response.
+    pub async fn create(&self, tenant: &str, entity: &str, body: Value) -> reqwest::Response {
+        self.request(reqwest::Method::POST, &format!("/v1/{entity}"), tenant)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The error code of an error response.
+pub async fn error_code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("an error body is JSON");
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
+        .to_string();
+    assert!(
+        body["error"]["requestId"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "no request id in {body}"
+    );
+    (status, code)
+}

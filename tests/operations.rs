@@ -1,0 +1,157 @@
+//! Health, readiness, metrics, the OpenAPI document, request ids and shutdown.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::helpers::{Backend, eventually, spawn_app};
+
+async fn operational_routes_answer_without_a_tenant(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
+
+    app.create("acme", "users", json!({"id": "u"})).await;
+    let ready: Value = eventually(Duration::from_secs(10), || async {
+        let ready: Value = app
+            .client
+            .get(app.url("/ready"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (ready["projectors"]["entities"]["lagEvents"] == 0).then_some(ready)
+    })
+    .await;
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["database"], "ok");
+    let expected_backend = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    assert_eq!(ready["backend"], expected_backend);
+
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    for needle in [
+        "gateway_http_requests_total{method=\"POST\",route=\"/v1/{entity}\",status=\"201\"} 1",
+        "gateway_commands_total{command=\"CreateEntity\",outcome=\"accepted\"} 1",
+        "gateway_events_appended_total{aggregate_type=\"Entity\"} 1",
+        "gateway_projector_lag_events{projector=\"entities\"} 0",
+        "gateway_projector_lag_seconds{projector=\"entities\"}",
+        "gateway_http_request_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+}
+both_backends!(
+    operational_routes_answer_without_a_tenant,
+    operational_routes_answer_without_a_tenant
+);
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let document: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let expected = [
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+        ("/v1/{entity}", "get"),
+        ("/v1/{entity}", "post"),
+        ("/v1/{entity}/{id}", "get"),
+        ("/v1/{entity}/{id}", "patch"),
+        ("/v1/{entity}/{id}", "delete"),
+    ];
+    let paths = document["paths"].as_object().unwrap();
+    let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(
+        operations,
+        expected.len(),
+        "no undocumented extras: {paths:?}"
+    );
+    for (path, method) in expected {
+        assert!(
+            document["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+    assert!(document["components"]["schemas"]["ErrorEnvelope"].is_object());
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let given = app
+        .client
+        .get(app.url("/health"))
+        .header("x-request-id", "client-id-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "client-id-123");
+    let generated = app
+        .client
+        .get(app.url("/health"))
+        .header("x-request-id", "has spaces and is not an id")
+        .send()
+        .await
+        .unwrap();
+    let id = generated.headers()["x-request-id"].to_str().unwrap();
+    assert!(id.starts_with("req_") && id.len() > 10, "{id}");
+
+    // The request id reaches the events' metadata.
+    let created = app
+        .request(reqwest::Method::POST, "/v1/users", "acme")
+        .header("x-request-id", "trace-me")
+        .json(&json!({"id": "u"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let log = app.db.log().await;
+    let events = log.read_after(eventlog::Cursor::START, 10).await.unwrap();
+    assert_eq!(events[0].metadata["requestId"], "trace-me");
+    assert_eq!(events[0].metadata["tenantId"], "acme");
+    assert_eq!(events[0].metadata["command"], "CreateEntity");
+}
+
+#[tokio::test]
+async fn shutdown_stops_serving_and_returns_cleanly() {
+    let app = spawn_app(Backend::Sqlite).await;
+    assert_eq!(
+        app.client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let health = app.url("/health");
+    app.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), app.server)
+        .await
+        .expect("stopped within the grace period")
+        .unwrap()
+        .expect("stopped without error");
+    assert!(app.client.get(health).send().await.is_err());
+}

@@ -1,0 +1,354 @@
+//! The projector runtime: exactly-once effects, one runner at a time across processes, and
+//! rebuilds that reproduce the live read model.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::metadata::EventMetadata;
+use domain::names::TenantId;
+use eventlog::{Cursor, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId, Tx};
+use projections::progress::Progress;
+use projections::{ProjectionError, Projector, Target, checkpoints};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use workers::runner::{self, BatchOutcome};
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestDb, eventually, spawn_app};
+
+/// Records every event it applies in `test_applied`, without any uniqueness, so that a
+/// double application shows up as a duplicate row.
+struct Counting {
+    /// Fail the next batch once, after writing its rows, when set.
+    fail_once: AtomicBool,
+}
+
+impl Counting {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            fail_once: AtomicBool::new(false),
+        })
+    }
+}
+
+#[async_trait]
+impl Projector for Counting {
+    fn name(&self) -> &'static str {
+        "test_counting"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["test_applied"]
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        target: Target,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let sql = format!(
+            "INSERT INTO {} (event_id) VALUES ($1)",
+            target.table("test_applied")
+        );
+        for event in events {
+            eventlog::on_tx!(&mut *tx, conn => {
+                sqlx::query(&sql)
+                    .bind(event.event_id.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            });
+        }
+        if self.fail_once.swap(false, Ordering::SeqCst) {
+            return Err(ProjectionError::Database(sqlx::Error::Protocol(
+                "injected failure".into(),
+            )));
+        }
+        Ok(())
+    }
+}
+
+async fn create_counting_table(log: &EventLog) {
+    let mut tx = log.db().begin().await.unwrap();
+    eventlog::on_tx!(&mut tx, conn => {
+        sqlx::query("CREATE TABLE test_applied (event_id TEXT NOT NULL)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    });
+    tx.commit().await.unwrap();
+}
+
+async fn applied(log: &EventLog) -> (i64, i64) {
+    eventlog::on_pool!(log.db(), pool => {
+        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM test_applied")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    })
+}
+
+fn tenant() -> TenantId {
+    TenantId::parse("tenant-p").unwrap()
+}
+
+async fn append_events(log: &EventLog, stream_id: &str, count: usize) {
+    for i in 0..count {
+        log.append(&[StreamAppend {
+            stream: StreamId::new(tenant(), "Thing", stream_id),
+            expected_version: i as u64,
+            events: vec![NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: "ThingHappened".into(),
+                event_version: "1.0".into(),
+                payload: json!({ "i": i }),
+            }],
+            metadata: EventMetadata::new(tenant(), "test", "req", "DoThing"),
+        }])
+        .await
+        .unwrap();
+    }
+}
+
+async fn two_processes_running_one_projector_apply_each_event_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let first = db.log().await;
+    let second = db.log().await; // its own pools, as another process would have
+    create_counting_table(&first).await;
+    let shutdown = CancellationToken::new();
+    let settings = workers::RunnerSettings {
+        batch_size: 7,
+        poll_interval: Duration::from_millis(5),
+    };
+    let projector = Counting::new();
+    let runners: Vec<_> = [&first, &second]
+        .into_iter()
+        .flat_map(|log| {
+            (0..2).map(|_| {
+                runner::spawn(
+                    log.clone(),
+                    projector.clone(),
+                    Progress::default(),
+                    settings.clone(),
+                    shutdown.clone(),
+                )
+            })
+        })
+        .collect();
+
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let log = if w % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            tokio::spawn(async move { append_events(&log, &format!("s{w}"), 50).await })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let total = 200;
+    eventually(Duration::from_secs(30), || async {
+        (applied(&first).await.0 >= total).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        applied(&first).await,
+        (total, total),
+        "each event applied once"
+    );
+    shutdown.cancel();
+    for runner in runners {
+        runner.await.unwrap();
+    }
+    let checkpoint = checkpoints::read(first.db(), "test_counting")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.backlog(checkpoint).await.unwrap().0,
+        0,
+        "checkpoint at the end"
+    );
+}
+both_backends!(
+    two_processes_running_one_projector_apply_each_event_once,
+    two_processes_running_one_projector_apply_each_event_once
+);
+
+async fn a_failed_batch_leaves_no_effect_and_is_applied_once_on_retry(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    create_counting_table(&log).await;
+    append_events(&log, "s", 5).await;
+    let projector = Counting::new();
+    projector.fail_once.store(true, Ordering::SeqCst);
+    eventually(Duration::from_secs(20), || async {
+        (log.read_after(Cursor::START, 10).await.unwrap().len() == 5).then_some(())
+    })
+    .await;
+
+    let failed =
+        runner::run_batch(&log, projector.as_ref(), Target::Live, "test_counting", 3).await;
+    assert!(failed.is_err());
+    assert_eq!(
+        applied(&log).await,
+        (0, 0),
+        "the failed batch's rows were rolled back"
+    );
+    assert_eq!(
+        checkpoints::read(log.db(), "test_counting").await.unwrap(),
+        None
+    );
+
+    let mut outcomes = Vec::new();
+    loop {
+        let outcome = runner::run_batch(&log, projector.as_ref(), Target::Live, "test_counting", 3)
+            .await
+            .unwrap();
+        outcomes.push(outcome);
+        if outcome == BatchOutcome::Idle {
+            break;
+        }
+    }
+    assert!(matches!(
+        outcomes[0],
+        BatchOutcome::Applied { events: 3, .. }
+    ));
+    assert!(matches!(
+        outcomes[1],
+        BatchOutcome::Applied { events: 2, .. }
+    ));
+    assert_eq!(applied(&log).await, (5, 5));
+}
+both_backends!(
+    a_failed_batch_leaves_no_effect_and_is_applied_once_on_retry,
+    a_failed_batch_leaves_no_effect_and_is_applied_once_on_retry
+);
+
+type Timestamp = chrono::DateTime<chrono::Utc>;
+type EntityRow = (
+    String,
+    String,
+    String,
+    sqlx::types::Json<Value>,
+    i64,
+    Timestamp,
+    Timestamp,
+    Option<Timestamp>,
+);
+
+async fn entities_table(log: &EventLog) -> Vec<Value> {
+    eventlog::on_pool!(log.db(), pool => {
+        let rows: Vec<EntityRow> =
+            sqlx::query_as(
+                "SELECT tenant_id, entity_type, id, data, version, created_at, updated_at, deleted_at \
+                 FROM entities ORDER BY tenant_id, entity_type, id",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|(tenant, kind, id, data, version, created, updated, deleted)| {
+                json!([tenant, kind, id, data.0, version, created, updated, deleted])
+            })
+            .collect()
+    })
+}
+
+async fn a_rebuilt_projection_equals_the_live_one(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut target = Cursor::START;
+    let mut remember = |response: &reqwest::Response| {
+        let position: Cursor = response.headers()["x-event-position"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        target = target.max(position);
+    };
+    for i in 0..30 {
+        let tenant = if i % 3 == 0 { "acme" } else { "globex" };
+        let response = app
+            .create(tenant, "users", json!({ "id": format!("u{i}"), "n": i }))
+            .await;
+        assert_eq!(response.status(), 201);
+        remember(&response);
+        if i % 4 == 0 {
+            let response = app
+                .request(reqwest::Method::PATCH, &format!("/v1/users/u{i}"), tenant)
+                .json(&json!({ "n": null, "patched": true }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            remember(&response);
+        }
+        if i % 5 == 0 {
+            let response = app
+                .request(reqwest::Method::DELETE, &format!("/v1/users/u{i}"), tenant)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            remember(&response);
+        }
+    }
+    let log = app.db.log().await;
+    eventually(Duration::from_secs(10), || async {
+        let checkpoint = checkpoints::read(log.db(), "entities").await.unwrap()?;
+        (checkpoint >= target).then_some(())
+    })
+    .await;
+    let live = entities_table(&log).await;
+    let indexes = workers::rebuild::index_names(log.db(), "entities")
+        .await
+        .unwrap();
+    assert_eq!(live.len(), 30);
+
+    let mut progress = Vec::new();
+    let report = workers::rebuild::rebuild(
+        &log,
+        &projections::entities::EntitiesProjector,
+        4,
+        |done, total| progress.push((done, total)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.events, 30 + 8 + 6);
+    assert_eq!(
+        progress.last(),
+        Some(&(44, 44)),
+        "progress reached the total"
+    );
+    assert_eq!(entities_table(&log).await, live, "row for row");
+    assert_eq!(
+        workers::rebuild::index_names(log.db(), "entities")
+            .await
+            .unwrap(),
+        indexes,
+        "index names survive the swap"
+    );
+    // The live projector carries on from the rebuilt checkpoint.
+    let response = app.create("acme", "users", json!({ "id": "after" })).await;
+    let position = response.headers()["x-event-position"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let found = app
+        .request(reqwest::Method::GET, "/v1/users/after", "acme")
+        .header("x-min-position", position)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(found.status(), 200);
+}
+both_backends!(
+    a_rebuilt_projection_equals_the_live_one,
+    a_rebuilt_projection_equals_the_live_one
+);
