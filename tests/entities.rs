@@ -233,17 +233,21 @@ both_backends!(
 async fn bad_requests_get_a_4xx_with_a_stable_code(backend: Backend) {
     let app = spawn_app(backend).await;
     let post = |tenant: Option<&str>, body: &'static str| {
-        let mut request = app.client.post(app.url("/v1/users"));
-        if let Some(tenant) = tenant {
-            request = request.header("x-tenant-id", tenant);
-        }
+        let request = match tenant {
+            Some(tenant) => app.request(Method::POST, "/v1/users", tenant),
+            None => app.client.post(app.url("/v1/users")),
+        };
         request
             .header("content-type", "application/json")
             .body(body)
     };
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
-        (post(None, "{}"), 400, "TENANT_REQUIRED"),
-        (post(Some("bad tenant!"), "{}"), 400, "INVALID_TENANT"),
+        (post(None, "{}"), 401, "UNAUTHORIZED"),
+        (
+            post(Some("acme"), "{}").header("x-tenant-id", "bad tenant!"),
+            403,
+            "TENANT_MISMATCH",
+        ),
         (post(Some("acme"), "{not json"), 400, "INVALID_JSON"),
         (post(Some("acme"), "[1,2]"), 422, "VALIDATION_ERROR"),
         (post(Some("acme"), r#"{"id": 5}"#), 422, "VALIDATION_ERROR"),
@@ -256,6 +260,12 @@ async fn bad_requests_get_a_4xx_with_a_stable_code(backend: Backend) {
             app.request(Method::POST, "/v1/users", "acme").body("{}"),
             415,
             "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            app.request(Method::POST, "/v1/agents", "acme")
+                .json(&json!({})),
+            400,
+            "INVALID_ENTITY_TYPE",
         ),
         (
             app.request(Method::POST, "/v1/Users", "acme")

@@ -1,5 +1,6 @@
 //! Starting the application and databases for tests.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -118,6 +119,10 @@ impl TestDb {
             consistency_wait_ms: 2_000,
             projector_poll_ms: 100,
             shutdown_grace_secs: 5,
+            admin_key: Some(ADMIN_KEY.to_string().into()),
+            jwt_secret: Some(JWT_SECRET.to_string().into()),
+            jwt_issuer: Some(JWT_ISSUER.into()),
+            jwt_audience: Some(JWT_AUDIENCE.into()),
             ..Settings::default()
         }
     }
@@ -150,6 +155,14 @@ impl Drop for TestDb {
     }
 }
 
+/// The platform admin key of test applications.
+pub const ADMIN_KEY: &str = "test-platform-admin-key-0123456789abcdef";
+pub const JWT_SECRET: &str = "test-jwt-secret-that-is-long-enough";
+pub const JWT_ISSUER: &str = "gateway-tests";
+pub const JWT_AUDIENCE: &str = "gateway";
+/// Tenants every test application starts with, each with an admin key.
+pub const TENANTS: &[&str] = &["acme", "globex", "tenant-a", "tenant-b"];
+
 /// A running application and a client for it.
 pub struct TestApp {
     pub address: String,
@@ -157,6 +170,38 @@ pub struct TestApp {
     pub shutdown: CancellationToken,
     pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub db: TestDb,
+    /// Admin API key of each of [`TENANTS`].
+    pub keys: HashMap<String, String>,
+}
+
+/// Creates `tenant` with an admin key through the same path as `gateway tenants create`, and
+/// applies it to the read models at once. Returns the key.
+pub async fn create_tenant(log: &EventLog, tenant: &str) -> String {
+    let clock: domain::api_key::ApiKeyServices = std::sync::Arc::new(api::state::SystemClock);
+    let id = domain::names::TenantId::parse(tenant).unwrap();
+    let metadata =
+        domain::metadata::EventMetadata::new(id.clone(), "test", "setup", "CreateTenant");
+    let created = api::bootstrap::create_tenant(
+        log,
+        &clock,
+        id,
+        format!("{tenant} Inc."),
+        None,
+        &metadata,
+        None,
+        |_, _| eventlog::idempotency::StoredResponse {
+            status: 201,
+            headers: Vec::new(),
+            body: Vec::new(),
+        },
+    )
+    .await
+    .expect("tenant created");
+    let until = created.appended.last_cursor().unwrap();
+    api::bootstrap::catch_up(log, &projections::all(), until)
+        .await
+        .expect("read models caught up");
+    created.key.token
 }
 
 /// Starts the application on a fresh database of `backend`.
@@ -177,6 +222,12 @@ pub async fn spawn_app_on(db: TestDb, adjust: impl FnOnce(&mut Settings)) -> Tes
     let app = Application::build(settings)
         .await
         .expect("the application starts");
+    let log = db.log().await;
+    let mut keys = HashMap::new();
+    for tenant in TENANTS {
+        keys.insert(tenant.to_string(), create_tenant(&log, tenant).await);
+    }
+    log.db().close().await;
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
@@ -186,6 +237,7 @@ pub async fn spawn_app_on(db: TestDb, adjust: impl FnOnce(&mut Settings)) -> Tes
         shutdown,
         server,
         db,
+        keys,
     }
 }
 
@@ -194,16 +246,35 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
-    /// A request for `tenant`.
+    /// A request with the admin key of `tenant` (one of [`TENANTS`]).
     pub fn request(
         &self,
         method: reqwest::Method,
         path: &str,
         tenant: &str,
     ) -> reqwest::RequestBuilder {
+        let key = self
+            .keys
+            .get(tenant)
+            .unwrap_or_else(|| panic!("no test tenant '{tenant}'"));
+        self.with_key(method, path, key)
+    }
+
+    /// A request with API key `key`.
+    pub fn with_key(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+    ) -> reqwest::RequestBuilder {
         self.client
             .request(method, self.url(path))
-            .header("x-tenant-id", tenant)
+            .header("x-api-key", key)
+    }
+
+    /// A request with the platform admin key.
+    pub fn as_admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.with_key(method, path, ADMIN_KEY)
     }
 
     /// `POST /v1/{entity}` and the response.

@@ -57,7 +57,7 @@ both_backends!(
     operational_routes_answer_without_a_tenant
 );
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_covers_every_route() {
     let app = spawn_app(Backend::Sqlite).await;
     let document: Value = app
@@ -80,6 +80,15 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/{entity}/{id}", "get"),
         ("/v1/{entity}/{id}", "patch"),
         ("/v1/{entity}/{id}", "delete"),
+        ("/v1/me", "get"),
+        ("/v1/tenants", "get"),
+        ("/v1/tenants", "post"),
+        ("/v1/tenants/{id}", "get"),
+        ("/v1/tenants/{id}", "patch"),
+        ("/v1/api-keys", "get"),
+        ("/v1/api-keys", "post"),
+        ("/v1/api-keys/{id}", "get"),
+        ("/v1/api-keys/{id}", "delete"),
     ];
     let paths = document["paths"].as_object().unwrap();
     let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
@@ -95,9 +104,26 @@ async fn the_openapi_document_covers_every_route() {
         );
     }
     assert!(document["components"]["schemas"]["ErrorEnvelope"].is_object());
+    // Every route but the public ones declares the credentials and the role it needs.
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            let public = matches!(
+                path.as_str(),
+                "/health" | "/ready" | "/metrics" | "/openapi.json"
+            );
+            let security = operation["security"].as_array();
+            assert_eq!(
+                security.is_some_and(|s| !s.is_empty()),
+                !public,
+                "{method} {path}: security {security:?}"
+            );
+        }
+    }
+    assert!(document["components"]["securitySchemes"]["api_key"].is_object());
+    assert!(document["components"]["securitySchemes"]["bearer"].is_object());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_ids_are_echoed_or_generated() {
     let app = spawn_app(Backend::Sqlite).await;
     let given = app
@@ -128,13 +154,23 @@ async fn request_ids_are_echoed_or_generated() {
         .unwrap();
     assert_eq!(created.status(), 201);
     let log = app.db.log().await;
-    let events = log.read_after(eventlog::Cursor::START, 10).await.unwrap();
-    assert_eq!(events[0].metadata["requestId"], "trace-me");
-    assert_eq!(events[0].metadata["tenantId"], "acme");
-    assert_eq!(events[0].metadata["command"], "CreateEntity");
+    let events = eventually(Duration::from_secs(10), || async {
+        let events = log.read_after(eventlog::Cursor::START, 100).await.unwrap();
+        events.into_iter().find(|e| e.aggregate_type == "Entity")
+    })
+    .await;
+    assert_eq!(events.metadata["requestId"], "trace-me");
+    assert_eq!(events.metadata["tenantId"], "acme");
+    assert_eq!(events.metadata["command"], "CreateEntity");
+    assert!(
+        events.metadata["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("key_")
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_serving_and_returns_cleanly() {
     let app = spawn_app(Backend::Sqlite).await;
     assert_eq!(

@@ -1,14 +1,25 @@
 //! The `gateway` command line.
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use domain::api_key::{ApiKeyServices, PLATFORM_TENANT};
+use domain::metadata::EventMetadata;
+use domain::names::TenantId;
+use domain::roles::Role;
+use secrecy::ExposeSecret;
+
+use crate::auth::jwt;
+use crate::bootstrap;
 use crate::settings::Settings;
 use crate::startup::{self, Application};
+use crate::state::SystemClock;
 
 /// The gateway: an event-sourced, multi-tenant HTTP backend.
 #[derive(Debug, Parser)]
@@ -30,6 +41,60 @@ pub enum Command {
     /// Projection maintenance.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Tenants.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+    /// API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print a signed service JWT (needs JWT_SECRET), for development and scripts.
+    Token {
+        /// The `service` claim.
+        #[arg(long)]
+        service: String,
+        /// Comma-separated roles.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// The `tenant` claim.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant and its first admin key; prints JSON with both.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// The tenant id; generated (`tnt_…`) when absent.
+        #[arg(long)]
+        id: Option<String>,
+        /// The tenant's request budget per key per minute.
+        #[arg(long)]
+        rate_limit_per_minute: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a key to a tenant (`platform` with `--roles superadmin` for a platform key);
+    /// prints JSON with the key, shown only here.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated roles: admin, writer, reader, analyst (or superadmin).
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// RFC 3339 expiry.
+        #[arg(long)]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -43,11 +108,22 @@ pub enum ProjectionsCommand {
     Status,
 }
 
-/// Runs the command line after settings are loaded and logging is set up.
-pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+/// Runs the command line after settings are loaded and logging is set up. What a command
+/// prints for its user goes to `out`.
+pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let app = Application::build(settings).await?;
+            let mut app = Application::build(settings).await?;
+            if let Some(key) = app.take_bootstrap_key() {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({
+                        "platformAdminKey": key,
+                        "note": "generated on first start; shown once, only its hash is stored",
+                    })
+                )?;
+            }
             let token = app.shutdown_token();
             tokio::spawn(async move {
                 startup::shutdown_signal().await;
@@ -95,7 +171,8 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 .with_context(|| format!("rebuilding {}", projector.name()))?;
                 bar.finish();
                 let seconds = started.elapsed().as_secs_f64();
-                println!(
+                writeln!(
+                    out,
                     "{}",
                     serde_json::json!({
                         "projector": projector.name(),
@@ -104,7 +181,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                         "eventsPerSecond": report.events as f64 / seconds.max(1e-9),
                         "checkpoint": report.cursor.to_string(),
                     })
-                );
+                )?;
             }
             Ok(())
         }
@@ -112,7 +189,8 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             let log = startup::open_log(&settings).await?;
             for projector in projections::all() {
                 let lag = projections::progress::lag(&log, projector.name()).await?;
-                println!(
+                writeln!(
+                    out,
                     "{}",
                     serde_json::json!({
                         "projector": projector.name(),
@@ -120,8 +198,124 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                         "lagEvents": lag.events,
                         "lagSeconds": lag.seconds,
                     })
-                );
+                )?;
             }
+            Ok(())
+        }
+        Command::Tenants(TenantsCommand::Create {
+            name,
+            id,
+            rate_limit_per_minute,
+        }) => {
+            let log = startup::open_log(&settings).await?;
+            let clock: ApiKeyServices = Arc::new(SystemClock);
+            let id = match id {
+                Some(id) => TenantId::parse(id)?,
+                None => TenantId::parse(format!("tnt_{}", uuid::Uuid::now_v7().simple()))?,
+            };
+            let metadata = EventMetadata::new(id.clone(), "cli", "cli", "CreateTenant");
+            let created = bootstrap::create_tenant(
+                &log,
+                &clock,
+                id.clone(),
+                name,
+                rate_limit_per_minute,
+                &metadata,
+                None,
+                |_, _| eventlog::idempotency::StoredResponse {
+                    status: 201,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                },
+            )
+            .await?;
+            let until = created.appended.last_cursor().unwrap_or_default();
+            bootstrap::catch_up(&log, &projections::all(), until).await?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "tenant": { "id": id.as_str(), "name": created.appended.events[0].payload["name"] },
+                    "apiKey": { "id": created.key.id, "roles": ["admin"], "key": created.key.token },
+                })
+            )?;
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Create {
+            tenant,
+            roles,
+            name,
+            expires_at,
+        }) => {
+            let log = startup::open_log(&settings).await?;
+            let clock: ApiKeyServices = Arc::new(SystemClock);
+            let tenant = TenantId::parse(tenant)?;
+            if tenant.as_str() != PLATFORM_TENANT {
+                let stream = eventlog::StreamId::new(
+                    tenant.clone(),
+                    <domain::tenant::Tenant as cqrs_es::Aggregate>::TYPE,
+                    tenant.as_str(),
+                );
+                if log.version(&stream).await? == 0 {
+                    bail!("no tenant '{tenant}'");
+                }
+            }
+            let roles = roles
+                .iter()
+                .map(|r| r.parse::<Role>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let metadata = EventMetadata::new(tenant.clone(), "cli", "cli", "IssueApiKey");
+            let (key, outcome) = bootstrap::issue_key(
+                &log,
+                &clock,
+                &tenant,
+                name,
+                roles.clone(),
+                expires_at,
+                &metadata,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let until = outcome.cursor.unwrap_or_default();
+            bootstrap::catch_up(&log, &projections::all(), until).await?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "tenant": tenant.as_str(),
+                    "apiKey": { "id": key.id, "roles": roles, "key": key.token },
+                })
+            )?;
+            Ok(())
+        }
+        Command::Token {
+            service,
+            roles,
+            tenant,
+            ttl,
+        } => {
+            let secret = settings
+                .jwt_secret
+                .as_ref()
+                .context("JWT_SECRET is not set")?;
+            let claims = jwt::Claims {
+                service: Some(service),
+                sub: None,
+                roles,
+                tenant,
+                exp: chrono::Utc::now().timestamp() + ttl,
+                nbf: None,
+                iss: settings.jwt_issuer.clone(),
+                aud: settings
+                    .jwt_audience
+                    .clone()
+                    .map_or(serde_json::Value::Null, serde_json::Value::String),
+            };
+            writeln!(
+                out,
+                "{}",
+                jwt::sign(&claims, secret.expose_secret().as_bytes())
+            )?;
             Ok(())
         }
     }

@@ -23,6 +23,43 @@ use crate::request_id::RequestId;
 /// Everything that can go wrong in a request.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// 401 `UNAUTHORIZED`: missing, malformed, unknown, wrong, revoked or expired credentials.
+    /// Which of these it was is logged, never said.
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    /// 403 `FORBIDDEN`: the credentials lack the route's role.
+    #[error("this route requires the '{required}' role")]
+    Forbidden { required: domain::roles::Role },
+    /// 403 `TENANT_SUSPENDED`.
+    #[error("the tenant is suspended")]
+    TenantSuspended,
+    /// 403 `TENANT_MISMATCH`: `x-tenant-id` names another tenant than the credentials.
+    #[error("x-tenant-id does not match the credentials' tenant")]
+    TenantMismatch,
+    /// 403 `TENANT_UNKNOWN`: a service token names a tenant that does not exist.
+    #[error("the tenant named by the credentials does not exist")]
+    TenantUnknown,
+    /// 429 `RATE_LIMITED`, with `Retry-After`.
+    #[error("too many requests; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    /// 400 `IDEMPOTENCY_KEY_REQUIRED`.
+    #[error("this route requires an Idempotency-Key header")]
+    IdempotencyKeyRequired,
+    /// 422 `IDEMPOTENCY_KEY_REUSED`: the key was used with another request.
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
+    /// 409 `IDEMPOTENCY_IN_FLIGHT`: a request with this key is still running.
+    #[error("a request with this Idempotency-Key is still in progress")]
+    IdempotencyInFlight,
+    /// 404 `TENANT_NOT_FOUND`.
+    #[error("no tenant '{0}'")]
+    TenantNotFound(String),
+    /// 409 `TENANT_ALREADY_EXISTS`.
+    #[error("a tenant '{0}' already exists")]
+    TenantAlreadyExists(String),
+    /// 404 `API_KEY_NOT_FOUND`.
+    #[error("no API key '{0}'")]
+    ApiKeyNotFound(String),
     /// 400 `TENANT_REQUIRED`: no `x-tenant-id` header.
     #[error("the x-tenant-id header is required")]
     TenantRequired,
@@ -118,6 +155,46 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, Value) {
         use ApiError::*;
         match self {
+            Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", Value::Null),
+            Forbidden { required } => (
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                json!({ "requiredRole": required }),
+            ),
+            TenantSuspended => (StatusCode::FORBIDDEN, "TENANT_SUSPENDED", Value::Null),
+            TenantMismatch => (StatusCode::FORBIDDEN, "TENANT_MISMATCH", Value::Null),
+            TenantUnknown => (StatusCode::FORBIDDEN, "TENANT_UNKNOWN", Value::Null),
+            RateLimited { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                json!({ "retryAfterSeconds": retry_after }),
+            ),
+            IdempotencyKeyRequired => (
+                StatusCode::BAD_REQUEST,
+                "IDEMPOTENCY_KEY_REQUIRED",
+                Value::Null,
+            ),
+            IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                Value::Null,
+            ),
+            IdempotencyInFlight => (StatusCode::CONFLICT, "IDEMPOTENCY_IN_FLIGHT", Value::Null),
+            TenantNotFound(id) => (
+                StatusCode::NOT_FOUND,
+                "TENANT_NOT_FOUND",
+                json!({ "tenantId": id }),
+            ),
+            TenantAlreadyExists(id) => (
+                StatusCode::CONFLICT,
+                "TENANT_ALREADY_EXISTS",
+                json!({ "tenantId": id }),
+            ),
+            ApiKeyNotFound(id) => (
+                StatusCode::NOT_FOUND,
+                "API_KEY_NOT_FOUND",
+                json!({ "keyId": id }),
+            ),
             TenantRequired => (StatusCode::BAD_REQUEST, "TENANT_REQUIRED", Value::Null),
             InvalidTenant(_) => (StatusCode::BAD_REQUEST, "INVALID_TENANT", Value::Null),
             InvalidEntityType(_) => (StatusCode::BAD_REQUEST, "INVALID_ENTITY_TYPE", Value::Null),
@@ -215,10 +292,18 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut response = status.into_response();
-        if let ApiError::ProjectionStale { .. } | ApiError::DatabaseUnavailable = self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match &self {
+            ApiError::ProjectionStale { .. } | ApiError::DatabaseUnavailable => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited { retry_after } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
         }
         response.extensions_mut().insert(PendingError {
             code,
@@ -227,6 +312,23 @@ impl IntoResponse for ApiError {
             internal,
         });
         response
+    }
+}
+
+impl ApiError {
+    /// The status and envelope body of this error, as the client receives it; used to store a
+    /// refused command's answer for idempotent replay.
+    pub fn render(&self, request_id: &str) -> (StatusCode, Vec<u8>) {
+        let (status, code, details) = self.parts();
+        let body = ErrorEnvelope {
+            error: ErrorBody {
+                code: code.to_string(),
+                message: self.to_string(),
+                details,
+                request_id: request_id.to_string(),
+            },
+        };
+        (status, serde_json::to_vec(&body).unwrap_or_default())
     }
 }
 

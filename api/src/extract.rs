@@ -1,13 +1,15 @@
-//! Extractors for what requests carry in headers: the tenant, the command context, the
-//! read-your-writes position and `If-Match`.
+//! Extractors for what requests carry in headers: the command context, the read-your-writes
+//! position and `If-Match`.
 
 use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
+use domain::api_key::PLATFORM_TENANT;
 use domain::metadata::EventMetadata;
 use domain::names::TenantId;
 use eventlog::Cursor;
 
+use crate::auth::{Auth, RequiredRole};
 use crate::error::ApiError;
 use crate::request_id::RequestId;
 
@@ -36,31 +38,21 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a s
         .transpose()
 }
 
-/// The tenant of the request, from `x-tenant-id`.
+/// Who sends a command, with which role, in which request: the source of its events'
+/// metadata and of its idempotency record. `R` is the role the route requires.
 #[derive(Debug, Clone)]
-pub struct Tenant(pub TenantId);
-
-impl<S: Send + Sync> FromRequestParts<S> for Tenant {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let raw = header(&parts.headers, TENANT_HEADER)?.ok_or(ApiError::TenantRequired)?;
-        let tenant = TenantId::parse(raw).map_err(|e| ApiError::InvalidTenant(e.to_string()))?;
-        tracing::Span::current().record("tenant", tenant.as_str());
-        Ok(Tenant(tenant))
-    }
-}
-
-/// Who sends a command and in which request: the source of its events' metadata.
-#[derive(Debug, Clone)]
-pub struct CommandContext {
+pub struct CommandContext<R: RequiredRole> {
+    pub auth: Auth<R>,
     pub tenant: TenantId,
     pub actor: String,
     pub request_id: String,
     pub idempotency_key: Option<String>,
+    pub method: Method,
+    /// Path and query of the request.
+    pub target: String,
 }
 
-impl CommandContext {
+impl<R: RequiredRole> CommandContext<R> {
     /// Metadata for the events of `command`.
     pub fn metadata(&self, command: &str) -> EventMetadata {
         let mut metadata = EventMetadata::new(
@@ -74,11 +66,16 @@ impl CommandContext {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for CommandContext {
+impl<S: Send + Sync, R: RequiredRole> FromRequestParts<S> for CommandContext<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Tenant(tenant) = Tenant::from_request_parts(parts, state).await?;
+        let auth = Auth::<R>::from_request_parts(parts, state).await?;
+        let tenant = auth
+            .principal
+            .tenant
+            .clone()
+            .unwrap_or_else(|| TenantId::parse(PLATFORM_TENANT).expect("a valid tenant id"));
         let request_id = parts
             .extensions
             .get::<RequestId>()
@@ -97,11 +94,16 @@ impl<S: Send + Sync> FromRequestParts<S> for CommandContext {
             })
             .transpose()?;
         Ok(Self {
+            actor: auth.principal.subject.clone(),
             tenant,
-            // Until requests are authenticated, the header-named tenant is the only principal.
-            actor: "anonymous".into(),
+            auth,
             request_id,
             idempotency_key,
+            method: parts.method.clone(),
+            target: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
         })
     }
 }

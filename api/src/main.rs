@@ -8,5 +8,5 @@ async fn main() -> anyhow::Result<()> {
     let cli = api::cli::Cli::parse();
     let settings = api::settings::Settings::load(cli.config.as_deref())?;
     api::telemetry::init(&settings.log_filter, settings.log_format);
-    api::cli::run(cli, settings).await
+    api::cli::run(cli, settings, &mut std::io::stdout()).await
 }

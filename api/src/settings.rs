@@ -55,6 +55,26 @@ pub struct Settings {
     pub request_timeout_ms: u64,
     /// Longest shutdown waits for requests and workers to finish, in seconds.
     pub shutdown_grace_secs: u64,
+    /// The platform admin key (role superadmin). Unset: in embedded mode one is generated on
+    /// first start and printed once.
+    #[serde(serialize_with = "serialize_secret_option")]
+    pub admin_key: Option<SecretString>,
+    /// HS256 secret of service JWTs; unset means JWTs are refused.
+    #[serde(serialize_with = "serialize_secret_option")]
+    pub jwt_secret: Option<SecretString>,
+    /// Required `iss` of service JWTs, when set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of service JWTs, when set.
+    pub jwt_audience: Option<String>,
+    /// Serve `/metrics` without credentials.
+    pub metrics_public: bool,
+    /// Requests per minute per API key or JWT service, unless the tenant has its own limit.
+    pub rate_limit_per_minute: u32,
+    /// How long idempotency records are kept, in hours.
+    pub idempotency_retention_hours: u64,
+    /// How long a request holds its idempotency key before a retry may take it over, in
+    /// seconds (only matters when a request died without answering).
+    pub idempotency_lock_secs: u64,
 }
 
 fn serialize_secret_option<S: serde::Serializer>(
@@ -85,6 +105,14 @@ impl Default for Settings {
             max_body_bytes: 1024 * 1024,
             request_timeout_ms: 30_000,
             shutdown_grace_secs: 30,
+            admin_key: None,
+            jwt_secret: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            metrics_public: true,
+            rate_limit_per_minute: 6000,
+            idempotency_retention_hours: 24,
+            idempotency_lock_secs: 60,
         }
     }
 }
@@ -125,6 +153,19 @@ impl Settings {
             Some(url) if !url.expose_secret().is_empty() => url.expose_secret().to_string(),
             _ => format!("sqlite://{}", self.data_dir.join("gateway.db").display()),
         }
+    }
+
+    /// Whether the gateway runs on the embedded SQLite database.
+    pub fn is_embedded(&self) -> bool {
+        !self.database_url().starts_with("postgres")
+    }
+
+    pub fn idempotency_retention(&self) -> Duration {
+        Duration::from_secs(self.idempotency_retention_hours * 3600)
+    }
+
+    pub fn idempotency_lock(&self) -> Duration {
+        Duration::from_secs(self.idempotency_lock_secs.max(1))
     }
 
     pub fn consistency_wait(&self) -> Duration {

@@ -11,10 +11,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::LastUsed;
+use crate::bootstrap;
 use crate::metrics::Metrics;
+use crate::rate_limit::RateLimiter;
 use crate::routes;
 use crate::settings::Settings;
-use crate::state::AppState;
+use crate::state::{AppState, SystemClock};
 
 /// Connects to the configured database and applies the migrations.
 pub async fn open_log(settings: &Settings) -> anyhow::Result<EventLog> {
@@ -33,6 +36,7 @@ pub struct Application {
     state: AppState,
     shutdown: CancellationToken,
     workers: Vec<JoinHandle<()>>,
+    bootstrap_key: Option<String>,
 }
 
 impl Application {
@@ -42,11 +46,35 @@ impl Application {
         let projectors = Arc::new(projections::all());
         let progress = Progress::default();
         let shutdown = CancellationToken::new();
-        let workers = if settings.run_projectors {
+        let clock: domain::api_key::ApiKeyServices = Arc::new(SystemClock);
+        if !settings.is_embedded() && settings.admin_key.is_none() {
+            tracing::warn!(
+                "GATEWAY_ADMIN_KEY is not set: platform routes need a platform key \
+                 (gateway keys create --tenant platform --roles superadmin)"
+            );
+        }
+        let bootstrap_key = if settings.is_embedded() && settings.admin_key.is_none() {
+            bootstrap::ensure_platform_key(&log, &clock).await?
+        } else {
+            None
+        };
+        let mut workers = if settings.run_projectors {
             workers::start(&log, &projectors, &progress, &settings.runner(), &shutdown)
         } else {
             Vec::new()
         };
+        workers.push(workers::reaper::spawn(
+            log.clone(),
+            settings.idempotency_retention(),
+            Duration::from_secs(60),
+            shutdown.clone(),
+        ));
+        let last_used = Arc::new(LastUsed::default());
+        workers.push(spawn_last_used_flusher(
+            log.clone(),
+            last_used.clone(),
+            shutdown.clone(),
+        ));
         let listener = TcpListener::bind((settings.host.as_str(), settings.port))
             .await
             .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
@@ -63,6 +91,9 @@ impl Application {
             metrics: Arc::new(Metrics::default()),
             settings: Arc::new(settings),
             projectors,
+            rate_limiter: Arc::new(RateLimiter::default()),
+            last_used,
+            clock,
         };
         Ok(Self {
             port,
@@ -70,7 +101,14 @@ impl Application {
             state,
             shutdown,
             workers,
+            bootstrap_key,
         })
+    }
+
+    /// The platform key generated on this first start of an embedded gateway, if this start
+    /// generated one. Shown once; only its hash is stored.
+    pub fn take_bootstrap_key(&mut self) -> Option<String> {
+        self.bootstrap_key.take()
     }
 
     /// The port the gateway listens on (useful with port 0).
@@ -107,6 +145,28 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Writes key last-use times every 5 seconds, and once more at shutdown.
+fn spawn_last_used_flusher(
+    log: EventLog,
+    last_used: Arc<LastUsed>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let stop = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => false,
+                _ = shutdown.cancelled() => true,
+            };
+            if let Err(error) = last_used.flush(log.db()).await {
+                tracing::warn!(%error, "recording key use failed");
+            }
+            if stop {
+                return;
+            }
+        }
+    })
 }
 
 async fn futures_join_all(handles: Vec<JoinHandle<()>>) {

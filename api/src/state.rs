@@ -6,7 +6,9 @@ use eventlog::EventLog;
 use projections::Projector;
 use projections::progress::Progress;
 
+use crate::auth::LastUsed;
 use crate::metrics::Metrics;
+use crate::rate_limit::RateLimiter;
 use crate::settings::Settings;
 
 /// Shared state of the HTTP layer. Cheap to clone.
@@ -17,4 +19,17 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
     pub projectors: Arc<Vec<Arc<dyn Projector>>>,
+    pub rate_limiter: Arc<RateLimiter>,
+    pub last_used: Arc<LastUsed>,
+    pub clock: domain::api_key::ApiKeyServices,
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl domain::clock::Clock for SystemClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
 }

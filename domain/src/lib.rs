@@ -12,10 +12,14 @@
 //! [`upcasters`]).
 #![forbid(unsafe_code)]
 
+pub mod api_key;
+pub mod clock;
 pub mod entity;
 pub mod merge_patch;
 pub mod metadata;
 pub mod names;
+pub mod roles;
+pub mod tenant;
 pub mod upcasters;
 
 pub use cqrs_es::{Aggregate, DomainEvent};

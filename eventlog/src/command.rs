@@ -18,6 +18,7 @@ use cqrs_es::event_sink::EventSink;
 use domain::metadata::EventMetadata;
 
 use crate::cursor::Cursor;
+use crate::idempotency::{IdempotencyKey, StoredResponse};
 use crate::store::{AppendError, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId};
 
 /// How many times a command is decided before a concurrency conflict is reported.
@@ -76,6 +77,26 @@ pub struct Loaded<A> {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// Decides `command` on a new aggregate, without touching the log: for batches that create
+/// several aggregates in one transaction ([`EventLog::append_completing`]).
+pub async fn decide_new<A: Aggregate>(
+    command: A::Command,
+    services: &A::Services,
+) -> Result<Vec<NewEvent>, CommandError<A::Error>> {
+    let mut aggregate = A::default();
+    let sink = EventSink::default();
+    aggregate
+        .handle(command, services, &sink)
+        .await
+        .map_err(CommandError::Rejected)?;
+    sink.collect()
+        .await
+        .iter()
+        .map(NewEvent::from_domain)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CommandError::Append(AppendError::from(e)))
+}
+
 impl EventLog {
     /// Loads a stream and folds its events into the aggregate.
     pub async fn load_aggregate<A: Aggregate>(
@@ -108,6 +129,28 @@ impl EventLog {
         A: Aggregate,
         A::Command: Clone,
     {
+        self.execute_with(stream, command, services, metadata, None, |_| None)
+            .await
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`EventLog::execute`], and, when `idempotency` is given, stores the response that
+    /// `respond` makes of the outcome in the same transaction as the events (or in its own
+    /// when the command recorded none). Returns the outcome and that response.
+    pub async fn execute_with<A, R>(
+        &self,
+        stream: &StreamId,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &EventMetadata,
+        idempotency: Option<&IdempotencyKey>,
+        respond: R,
+    ) -> Result<(CommandOutcome<A>, Option<StoredResponse>), CommandError<A::Error>>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+        R: Fn(&CommandOutcome<A>) -> Option<StoredResponse>,
+    {
         let _turn = self.stream_lock(stream).lock().await;
         let mut attempt = 0;
         loop {
@@ -126,14 +169,19 @@ impl EventLog {
                 .map_err(CommandError::Rejected)?;
             let decided = sink.collect().await;
             if decided.is_empty() {
-                return Ok(CommandOutcome {
+                let outcome = CommandOutcome {
                     aggregate,
                     version,
                     events: Vec::new(),
                     cursor,
                     created_at,
                     updated_at,
-                });
+                };
+                let response = respond(&outcome);
+                if let (Some(key), Some(response)) = (idempotency, &response) {
+                    self.complete_idempotency(key, response).await?;
+                }
+                return Ok((outcome, response));
             }
             let events = decided
                 .iter()
@@ -146,20 +194,14 @@ impl EventLog {
                 events,
                 metadata: metadata.clone(),
             };
-            match self.append(std::slice::from_ref(&append)).await {
-                Ok(appended) => {
-                    let cursor = appended.last_cursor();
-                    let recorded_at = appended.events.last().map(|e| e.recorded_at);
-                    return Ok(CommandOutcome {
-                        aggregate,
-                        version: version + appended.events.len() as u64,
-                        cursor,
-                        created_at: created_at.or(recorded_at),
-                        updated_at: recorded_at,
-                        events: appended.events,
-                    });
-                }
-                Err(AppendError::Conflict { .. }) if attempt < MAX_ATTEMPTS => {
+            let mut tx = self.db().begin().await?;
+            let appended = match self.append_in(&mut tx, std::slice::from_ref(&append)).await {
+                Ok(appended) => appended,
+                Err(AppendError::Conflict { .. }) => {
+                    tx.rollback().await?;
+                    if attempt >= MAX_ATTEMPTS {
+                        return Err(CommandError::Conflict);
+                    }
                     tracing::debug!(
                         aggregate_id = %stream.aggregate_id,
                         attempt,
@@ -171,10 +213,32 @@ impl EventLog {
                         (attempt as u64) * 2 + jitter,
                     ))
                     .await;
+                    continue;
                 }
-                Err(AppendError::Conflict { .. }) => return Err(CommandError::Conflict),
-                Err(error) => return Err(error.into()),
+                Err(error) => {
+                    tx.rollback().await?;
+                    return Err(error.into());
+                }
+            };
+            let cursor = appended.last_cursor();
+            let recorded_at = appended.events.last().map(|e| e.recorded_at);
+            let outcome = CommandOutcome {
+                aggregate,
+                version: version + appended.events.len() as u64,
+                cursor,
+                created_at: created_at.or(recorded_at),
+                updated_at: recorded_at,
+                events: appended.events,
+            };
+            let response = respond(&outcome);
+            if let (Some(key), Some(response)) = (idempotency, &response) {
+                self.complete_idempotency_in(&mut tx, key, response).await?;
             }
+            tx.commit().await?;
+            if let Some(cursor) = cursor {
+                self.notify_appended(cursor);
+            }
+            return Ok((outcome, response));
         }
     }
 }

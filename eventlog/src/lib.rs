@@ -13,11 +13,13 @@
 //! - [`store`]: [`EventLog`]: append, load one stream, tail after a cursor.
 //! - [`command`]: running a cqrs-es aggregate's command against the log, with optimistic
 //!   concurrency and bounded retries.
+//! - [`idempotency`]: idempotency records, completed in the same transaction as the events.
 #![forbid(unsafe_code)]
 
 pub mod command;
 pub mod cursor;
 pub mod db;
+pub mod idempotency;
 pub mod store;
 
 pub use command::{CommandError, CommandOutcome};

@@ -289,6 +289,39 @@ impl EventLog {
         }
     }
 
+    /// Appends a batch atomically and, when `completion` is given, stores the idempotency
+    /// response that `respond` makes of what was appended, in the same transaction.
+    pub async fn append_completing(
+        &self,
+        batch: &[StreamAppend],
+        completion: Option<&crate::idempotency::IdempotencyKey>,
+        respond: impl FnOnce(&Appended) -> crate::idempotency::StoredResponse,
+    ) -> Result<(Appended, crate::idempotency::StoredResponse), AppendError> {
+        let mut tx = self.inner.db.begin().await?;
+        let appended = match self.append_in(&mut tx, batch).await {
+            Ok(appended) => appended,
+            Err(error) => {
+                tx.rollback().await?;
+                return Err(match error {
+                    AppendError::Conflict { stream: None } => AppendError::Conflict {
+                        stream: self.find_conflict(batch).await?,
+                    },
+                    other => other,
+                });
+            }
+        };
+        let response = respond(&appended);
+        if let Some(key) = completion {
+            self.complete_idempotency_in(&mut tx, key, &response)
+                .await?;
+        }
+        tx.commit().await?;
+        if let Some(cursor) = appended.last_cursor() {
+            self.notify_appended(cursor);
+        }
+        Ok((appended, response))
+    }
+
     /// Appends a batch inside the caller's transaction. Nothing is visible until the caller
     /// commits; after the commit, the caller should call [`EventLog::notify_appended`].
     /// On [`AppendError::Conflict`] the transaction is no longer usable on PostgreSQL and must

@@ -9,9 +9,11 @@
 //! the API remembering to check.
 #![forbid(unsafe_code)]
 
+pub mod api_keys;
 pub mod checkpoints;
 pub mod entities;
 pub mod progress;
+pub mod tenants;
 
 use async_trait::async_trait;
 use eventlog::{RecordedEvent, Tx};
@@ -68,7 +70,21 @@ pub trait Projector: Send + Sync + 'static {
     ) -> Result<(), ProjectionError>;
 }
 
+/// Decodes a recorded event as the domain event enum `E`.
+pub(crate) fn decode<E: cqrs_es::DomainEvent>(event: &RecordedEvent) -> Result<E, ProjectionError> {
+    event
+        .decode::<E>()
+        .map_err(|source| ProjectionError::Decode {
+            event_id: event.event_id,
+            source,
+        })
+}
+
 /// Every projector of the gateway.
 pub fn all() -> Vec<std::sync::Arc<dyn Projector>> {
-    vec![std::sync::Arc::new(entities::EntitiesProjector)]
+    vec![
+        std::sync::Arc::new(entities::EntitiesProjector),
+        std::sync::Arc::new(tenants::TenantsProjector),
+        std::sync::Arc::new(api_keys::ApiKeysProjector),
+    ]
 }

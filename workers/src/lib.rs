@@ -6,6 +6,7 @@
 //!   each event's effect exactly-once.
 //! - [`listener`]: PostgreSQL `LISTEN` on the append channel, so runners wake as soon as any
 //!   process appends. Runners also poll, so a lost notification only delays them.
+//! - [`reaper`]: deletes idempotency records past their retention.
 //! - [`rebuild`]: replays a projector from the start of the log into shadow tables and swaps
 //!   them in.
 //!
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod listener;
+pub mod reaper;
 pub mod rebuild;
 pub mod runner;
 

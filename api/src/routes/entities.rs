@@ -6,15 +6,14 @@
 //! that cursor.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::entity::{Entity, EntityCommand, EntityError};
 use domain::names::{EntityId, EntityTypeName, TenantId};
-use eventlog::{CommandError, CommandOutcome, StreamId};
+use eventlog::idempotency::StoredResponse;
+use eventlog::{CommandOutcome, StreamId};
 use projections::entities::{self as read_model, EntityRecord};
 use projections::progress::{self, Freshness};
 use serde::{Deserialize, Serialize};
@@ -23,17 +22,14 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::{Auth, require};
+use crate::commands::{self, Begin};
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{
-    CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, PROJECTION_LAG_HEADER, Tenant,
-    etag,
+    CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, PROJECTION_LAG_HEADER, etag,
 };
+use crate::routes::{Page, page_cursor};
 use crate::state::AppState;
-
-/// Largest page of a list.
-pub const MAX_PAGE_SIZE: u32 = 500;
-/// Page size when `limit` is not given.
-pub const DEFAULT_PAGE_SIZE: u32 = 50;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -119,96 +115,90 @@ fn stream(tenant: &TenantId, entity_type: &EntityTypeName, id: &EntityId) -> Str
     StreamId::new(tenant.clone(), Entity::TYPE, format!("{entity_type}/{id}"))
 }
 
-/// Runs a command on one record and maps the outcome to HTTP.
-async fn execute(
-    state: &AppState,
-    ctx: &CommandContext,
-    entity_type: &EntityTypeName,
-    id: &EntityId,
-    command: EntityCommand,
-) -> Result<CommandOutcome<Entity>, ApiError> {
-    let name = command.name();
-    let metadata = ctx.metadata(name);
-    let result = state
-        .log
-        .execute::<Entity>(
-            &stream(&ctx.tenant, entity_type, id),
-            command,
-            &(),
-            &metadata,
-        )
-        .await;
-    let outcome = match &result {
-        Ok(_) => "accepted",
-        Err(CommandError::Rejected(_)) => "rejected",
-        Err(CommandError::Conflict) => "conflict",
-        Err(_) => "error",
-    };
-    state.metrics.command(name, outcome);
-    let not_found = || ApiError::EntityNotFound {
-        entity_type: entity_type.to_string(),
-        id: id.to_string(),
-    };
-    match result {
-        Ok(outcome) => {
-            state
-                .metrics
-                .events_appended(Entity::TYPE, outcome.events.len());
-            Ok(outcome)
+fn reject(entity_type: &EntityTypeName, id: &EntityId) -> impl Fn(EntityError) -> ApiError {
+    let (entity_type, id) = (entity_type.to_string(), id.to_string());
+    move |error| match error {
+        EntityError::AlreadyExists => ApiError::EntityAlreadyExists {
+            entity_type: entity_type.clone(),
+            id: id.clone(),
+        },
+        EntityError::NotFound => ApiError::EntityNotFound {
+            entity_type: entity_type.clone(),
+            id: id.clone(),
+        },
+        EntityError::VersionConflict { expected, actual } => {
+            ApiError::VersionConflict { expected, actual }
         }
-        Err(CommandError::Rejected(error)) => Err(match error {
-            EntityError::AlreadyExists => ApiError::EntityAlreadyExists {
-                entity_type: entity_type.to_string(),
-                id: id.to_string(),
-            },
-            EntityError::NotFound => not_found(),
-            EntityError::VersionConflict { expected, actual } => {
-                ApiError::VersionConflict { expected, actual }
-            }
-            EntityError::SystemField(field) => ApiError::Validation(vec![FieldError {
-                message: format!("'{field}' is managed by the gateway and cannot be changed"),
-                field,
-            }]),
-        }),
-        Err(CommandError::Conflict) => Err(ApiError::ConcurrentModification),
-        Err(CommandError::Database(error)) => Err(error.into()),
-        Err(other) => Err(ApiError::internal(other)),
+        EntityError::SystemField(field) => ApiError::Validation(vec![FieldError {
+            message: format!("'{field}' is managed by the gateway and cannot be changed"),
+            field,
+        }]),
     }
 }
 
 /// The response of a command: the record as the command left it.
-fn command_response(
+fn respond(
     status: StatusCode,
     entity_type: &EntityTypeName,
     id: &EntityId,
-    outcome: CommandOutcome<Entity>,
+) -> impl Fn(&CommandOutcome<Entity>) -> StoredResponse {
+    let (entity_type, id) = (entity_type.clone(), id.clone());
+    move |outcome| {
+        let updated_at = outcome.updated_at.unwrap_or_else(Utc::now);
+        let deleted = !outcome.aggregate.exists();
+        let body = EntityResponse {
+            entity: entity_type.to_string(),
+            id: id.to_string(),
+            version: outcome.version,
+            data: Value::Object(outcome.aggregate.data().clone()),
+            created_at: outcome.created_at.unwrap_or(updated_at),
+            updated_at,
+            deleted_at: deleted.then_some(updated_at),
+        };
+        let mut headers = vec![("etag".to_string(), etag(outcome.version))];
+        if let Some(cursor) = outcome.cursor {
+            headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
+        }
+        if status == StatusCode::CREATED {
+            headers.push(("location".to_string(), format!("/v1/{entity_type}/{id}")));
+        }
+        commands::json_response(status, headers, &body)
+    }
+}
+
+/// Claims the idempotency key and runs an entity command.
+async fn run(
+    state: &AppState,
+    ctx: &CommandContext<require::Writer>,
+    body: &Value,
+    status: StatusCode,
+    entity_type: &EntityTypeName,
+    id: &EntityId,
+    command: EntityCommand,
 ) -> Response {
-    let updated_at = outcome.updated_at.unwrap_or_else(Utc::now);
-    let deleted = !outcome.aggregate.exists();
-    let body = EntityResponse {
-        entity: entity_type.to_string(),
-        id: id.to_string(),
-        version: outcome.version,
-        data: Value::Object(outcome.aggregate.data().clone()),
-        created_at: outcome.created_at.unwrap_or(updated_at),
-        updated_at,
-        deleted_at: deleted.then_some(updated_at),
+    let key = match commands::begin(state, ctx, body).await {
+        Ok(Begin::Run(key)) => key,
+        Ok(Begin::Replay(response)) => return response,
+        Err(error) => return error.into_response(),
     };
-    let mut headers = HeaderMap::new();
-    if let Ok(value) = HeaderValue::from_str(&etag(outcome.version)) {
-        headers.insert(header::ETAG, value);
-    }
-    if let Some(cursor) = outcome.cursor
-        && let Ok(value) = HeaderValue::from_str(&cursor.to_string())
+    let stream = stream(&ctx.tenant, entity_type, id);
+    let name = command.name();
+    match commands::run::<Entity, _>(
+        state,
+        ctx,
+        key,
+        &stream,
+        name,
+        command,
+        &(),
+        respond(status, entity_type, id),
+        reject(entity_type, id),
+    )
+    .await
     {
-        headers.insert(HeaderName::from_static(EVENT_POSITION_HEADER), value);
+        Ok((_, response)) => commands::to_response(&response, false),
+        Err(response) => response,
     }
-    if status == StatusCode::CREATED
-        && let Ok(value) = HeaderValue::from_str(&format!("/v1/{entity_type}/{id}"))
-    {
-        headers.insert(header::LOCATION, value);
-    }
-    (status, headers, ApiJson(body)).into_response()
 }
 
 /// Waits for the read model when the request asks for a position; returns the lag header to
@@ -254,10 +244,10 @@ fn with_lag(mut response: Response, lag: Option<HeaderValue>) -> Response {
     post,
     path = "/v1/{entity}",
     tag = "entities",
+    security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
     params(
         ("entity" = String, Path, description = "Entity type, e.g. `users`"),
-        ("x-tenant-id" = String, Header, description = "Tenant"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Recorded in the events' metadata"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
     ),
     request_body(content = Object, description = "The record's document, optionally with `id`"),
     responses(
@@ -269,12 +259,12 @@ fn with_lag(mut response: Response, lag: Option<HeaderValue>) -> Response {
 )]
 pub async fn create_entity(
     State(state): State<AppState>,
-    ctx: CommandContext,
+    ctx: CommandContext<require::Writer>,
     Path(entity): Path<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let entity_type = entity_type(entity)?;
-    let mut data = object(body)?;
+    let mut data = object(body.clone())?;
     let id = match data.remove("id") {
         None => EntityId::parse(uuid::Uuid::now_v7().to_string()).expect("a uuid is a valid id"),
         Some(Value::String(id)) => EntityId::parse(id).map_err(|e| {
@@ -295,13 +285,16 @@ pub async fn create_entity(
         id: id.clone(),
         data,
     };
-    let outcome = execute(&state, &ctx, &entity_type, &id, command).await?;
-    Ok(command_response(
+    Ok(run(
+        &state,
+        &ctx,
+        &body,
         StatusCode::CREATED,
         &entity_type,
         &id,
-        outcome,
-    ))
+        command,
+    )
+    .await)
 }
 
 /// Read a record.
@@ -309,10 +302,10 @@ pub async fn create_entity(
     get,
     path = "/v1/{entity}/{id}",
     tag = "entities",
+    security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
     params(
         ("entity" = String, Path, description = "Entity type"),
         ("id" = String, Path, description = "Record id"),
-        ("x-tenant-id" = String, Header, description = "Tenant"),
         ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`"),
         ("x-consistency" = Option<String>, Header, description = "`strict`: answer 503 instead of stale data"),
     ),
@@ -324,12 +317,13 @@ pub async fn create_entity(
 )]
 pub async fn get_entity(
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
+    auth: Auth<require::Reader>,
     consistency: Consistency,
     Path((entity, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let entity_type = entity_type(entity)?;
     let id = entity_id(id)?;
+    let tenant = auth.tenant();
     let lag = await_consistency(&state, consistency).await?;
     let record = read_model::get(
         state.log.db(),
@@ -356,9 +350,9 @@ pub async fn get_entity(
     get,
     path = "/v1/{entity}",
     tag = "entities",
+    security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
     params(
         ("entity" = String, Path, description = "Entity type"),
-        ("x-tenant-id" = String, Header, description = "Tenant"),
         ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`"),
         ("x-consistency" = Option<String>, Header, description = "`strict`: answer 503 instead of stale data"),
         ListQuery,
@@ -370,51 +364,25 @@ pub async fn get_entity(
 )]
 pub async fn list_entities(
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
+    auth: Auth<require::Reader>,
     consistency: Consistency,
     Path(entity): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let entity_type = entity_type(entity)?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::InvalidParameter {
-            name: "limit",
-            reason: format!("must be between 1 and {MAX_PAGE_SIZE}"),
-        });
-    }
-    let after = query
-        .cursor
-        .as_deref()
-        .map(|cursor| {
-            URL_SAFE_NO_PAD
-                .decode(cursor)
-                .ok()
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .ok_or(ApiError::InvalidParameter {
-                    name: "cursor",
-                    reason: "not a cursor returned by the gateway".into(),
-                })
-        })
-        .transpose()?;
+    let page = Page::parse(query.limit, query.cursor.as_deref())?;
+    let tenant = auth.tenant();
     let lag = await_consistency(&state, consistency).await?;
     let mut records = read_model::list(
         state.log.db(),
         tenant.as_str(),
         entity_type.as_str(),
-        after.as_deref(),
-        limit + 1,
+        page.after.as_deref(),
+        page.limit + 1,
         query.include_deleted.unwrap_or(false),
     )
     .await?;
-    let next_cursor = if records.len() > limit as usize {
-        records.truncate(limit as usize);
-        records
-            .last()
-            .map(|last| URL_SAFE_NO_PAD.encode(last.id.as_bytes()))
-    } else {
-        None
-    };
+    let next_cursor = page_cursor(&mut records, page.limit, |r| r.id.as_str());
     let body = EntityList {
         items: records.into_iter().map(EntityResponse::from).collect(),
         next_cursor,
@@ -427,10 +395,10 @@ pub async fn list_entities(
     patch,
     path = "/v1/{entity}/{id}",
     tag = "entities",
+    security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
     params(
         ("entity" = String, Path, description = "Entity type"),
         ("id" = String, Path, description = "Record id"),
-        ("x-tenant-id" = String, Header, description = "Tenant"),
         ("If-Match" = Option<String>, Header, description = "The `ETag` the record must still have"),
         ("Idempotency-Key" = Option<String>, Header, description = "Recorded in the events' metadata"),
     ),
@@ -444,20 +412,30 @@ pub async fn list_entities(
 )]
 pub async fn patch_entity(
     State(state): State<AppState>,
-    ctx: CommandContext,
+    ctx: CommandContext<require::Writer>,
     IfMatch(expected_version): IfMatch,
     Path((entity, id)): Path<(String, String)>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let entity_type = entity_type(entity)?;
     let id = entity_id(id)?;
-    let patch = object(body)?;
+    let patch = object(body.clone())?;
     let command = EntityCommand::UpdateEntity {
         patch,
         expected_version,
     };
-    let outcome = execute(&state, &ctx, &entity_type, &id, command).await?;
-    Ok(command_response(StatusCode::OK, &entity_type, &id, outcome))
+    // If-Match is part of the request: the same key with another If-Match is another request.
+    let hashed = serde_json::json!({ "body": body, "ifMatch": expected_version });
+    Ok(run(
+        &state,
+        &ctx,
+        &hashed,
+        StatusCode::OK,
+        &entity_type,
+        &id,
+        command,
+    )
+    .await)
 }
 
 /// Delete a record. The log keeps its history; reads answer 404 from now on.
@@ -465,10 +443,10 @@ pub async fn patch_entity(
     delete,
     path = "/v1/{entity}/{id}",
     tag = "entities",
+    security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
     params(
         ("entity" = String, Path, description = "Entity type"),
         ("id" = String, Path, description = "Record id"),
-        ("x-tenant-id" = String, Header, description = "Tenant"),
         ("If-Match" = Option<String>, Header, description = "The `ETag` the record must still have"),
         ("Idempotency-Key" = Option<String>, Header, description = "Recorded in the events' metadata"),
     ),
@@ -480,13 +458,22 @@ pub async fn patch_entity(
 )]
 pub async fn delete_entity(
     State(state): State<AppState>,
-    ctx: CommandContext,
+    ctx: CommandContext<require::Writer>,
     IfMatch(expected_version): IfMatch,
     Path((entity, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let entity_type = entity_type(entity)?;
     let id = entity_id(id)?;
     let command = EntityCommand::DeleteEntity { expected_version };
-    let outcome = execute(&state, &ctx, &entity_type, &id, command).await?;
-    Ok(command_response(StatusCode::OK, &entity_type, &id, outcome))
+    let hashed = serde_json::json!({ "ifMatch": expected_version });
+    Ok(run(
+        &state,
+        &ctx,
+        &hashed,
+        StatusCode::OK,
+        &entity_type,
+        &id,
+        command,
+    )
+    .await)
 }

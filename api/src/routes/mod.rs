@@ -1,8 +1,11 @@
 //! The HTTP surface: every route, its middleware, and the OpenAPI document generated from the
 //! routes themselves (a route registered here is in `/openapi.json`, or it does not compile).
 
+pub mod api_keys;
 pub mod entities;
+pub mod me;
 pub mod ops;
+pub mod tenants;
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -16,7 +19,13 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::error::{self, ErrorEnvelope};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use utoipa::Modify;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::auth;
+use crate::error::{self, ApiError, ErrorEnvelope};
 use crate::request_id;
 use crate::state::AppState;
 
@@ -28,11 +37,89 @@ use crate::state::AppState;
     ),
     tags(
         (name = "entities", description = "Generic records of tenant-defined entity types"),
+        (name = "tenants", description = "Tenants (platform admins) and the caller's identity"),
+        (name = "api-keys", description = "A tenant's API keys"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     ),
-    components(schemas(ErrorEnvelope))
+    components(schemas(ErrorEnvelope)),
+    modifiers(&SecuritySchemes)
 )]
 struct ApiDoc;
+
+/// Declares the two credential kinds. Each operation lists them with the role it requires as
+/// the scope, e.g. `{"api_key": ["writer"]}`.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "A tenant's API key, `gw_…`; the scope is the role the route requires",
+            ))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("HS256 service token with `roles` and `tenant` claims"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// A page request of a list route.
+pub struct Page {
+    pub limit: u32,
+    /// The id after which the page starts.
+    pub after: Option<String>,
+}
+
+/// Largest page of a list.
+pub const MAX_PAGE_SIZE: u32 = 500;
+/// Page size when `limit` is not given.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+
+impl Page {
+    /// Validates `limit` (1 to 500, default 50) and decodes `cursor`.
+    pub fn parse(limit: Option<u32>, cursor: Option<&str>) -> Result<Self, ApiError> {
+        let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
+        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+            return Err(ApiError::InvalidParameter {
+                name: "limit",
+                reason: format!("must be between 1 and {MAX_PAGE_SIZE}"),
+            });
+        }
+        let after = cursor
+            .map(|cursor| {
+                URL_SAFE_NO_PAD
+                    .decode(cursor)
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .ok_or(ApiError::InvalidParameter {
+                        name: "cursor",
+                        reason: "not a cursor returned by the gateway".into(),
+                    })
+            })
+            .transpose()?;
+        Ok(Self { limit, after })
+    }
+}
+
+/// Trims a page fetched with `limit + 1` rows and returns the next page's cursor, if any.
+pub fn page_cursor<T>(rows: &mut Vec<T>, limit: u32, id: impl Fn(&T) -> &str) -> Option<String> {
+    if rows.len() <= limit as usize {
+        return None;
+    }
+    rows.truncate(limit as usize);
+    rows.last()
+        .map(|last| URL_SAFE_NO_PAD.encode(id(last).as_bytes()))
+}
 
 /// The OpenAPI document of every route, built once.
 pub fn openapi() -> &'static utoipa::openapi::OpenApi {
@@ -44,6 +131,9 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(ops::router())
+        .merge(me::router())
+        .merge(tenants::router())
+        .merge(api_keys::router())
         .merge(entities::router())
 }
 
@@ -51,8 +141,9 @@ fn api_router() -> OpenApiRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let (router, _) = api_router().split_for_parts();
     let timeout = Duration::from_millis(state.settings.request_timeout_ms);
-    // The first layer is the innermost: panics and timeouts become responses that the error
-    // envelope then wraps, and the request-id layer sees every final response.
+    // The first layer is the innermost: panics and timeouts become responses; authentication
+    // runs after routing (it needs the route pattern) and before any handler; the error
+    // envelope wraps every error; the request-id layer sees every final response.
     router
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
@@ -60,6 +151,10 @@ pub fn router(state: AppState) -> Router {
             timeout,
         ))
         .layer(CatchPanicLayer::new())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(middleware::from_fn(error::envelope))
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,0 +1,385 @@
+//! Authentication, authorization and rate limiting.
+//!
+//! Every route except the public ones (`/health`, `/ready`, `/openapi.json`, and `/metrics`
+//! unless `GATEWAY_METRICS_PUBLIC=false`) needs credentials; the [`authenticate`] middleware
+//! turns them into a [`Principal`] or answers 401 `UNAUTHORIZED` without saying what was
+//! wrong (the reason is logged). Handlers then declare the role they need with an extractor,
+//! [`Auth<R>`] or [`crate::extract::CommandContext<R>`], whose `R` is one of the markers in
+//! [`require`]; their OpenAPI entries list the same role.
+//!
+//! Credentials:
+//! - `X-API-Key: gw_…`: a tenant's key (or a platform key, tenant `platform`), looked up by
+//!   key id in the `api_keys` read model and checked against the stored SHA-256.
+//! - `X-API-Key: <GATEWAY_ADMIN_KEY>`: the configured platform admin key (superadmin).
+//! - `Authorization: Bearer <jwt>`: an HS256 service token (`JWT_SECRET`), see [`jwt`]. Its
+//!   tenant comes from `x-tenant-id` or the `tenant` claim; both present and different: 403
+//!   `TENANT_MISMATCH`.
+//!
+//! A suspended tenant's credentials get 403 `TENANT_SUSPENDED`.
+
+pub mod jwt;
+pub mod keys;
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Mutex;
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use domain::api_key::PLATFORM_TENANT;
+use domain::names::TenantId;
+use domain::roles::Role;
+use domain::tenant::TenantStatus;
+use secrecy::ExposeSecret;
+
+use crate::error::ApiError;
+use crate::extract::TENANT_HEADER;
+use crate::state::AppState;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    /// The tenant the call acts for; `None` for platform credentials.
+    pub tenant: Option<TenantId>,
+    /// The API key id, `jwt:<service>`, or `admin-key`.
+    pub subject: String,
+    pub roles: Vec<Role>,
+    pub kind: PrincipalKind,
+    /// The request budget per minute that applies.
+    pub rate_limit_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    ApiKey,
+    Jwt,
+    AdminKey,
+}
+
+impl PrincipalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::ApiKey => "apiKey",
+            PrincipalKind::Jwt => "jwt",
+            PrincipalKind::AdminKey => "adminKey",
+        }
+    }
+}
+
+/// Why authentication failed. Only the variant's status reaches the client.
+#[derive(Debug)]
+enum Denied {
+    /// 401; the reason is logged.
+    Unauthorized(&'static str),
+    Suspended,
+    Mismatch,
+    UnknownTenant,
+    InvalidTenant(String),
+    Database(sqlx::Error),
+}
+
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Unauthorized(reason) => {
+                tracing::info!(reason, "authentication failed");
+                ApiError::Unauthorized
+            }
+            Denied::Suspended => ApiError::TenantSuspended,
+            Denied::Mismatch => ApiError::TenantMismatch,
+            Denied::UnknownTenant => ApiError::TenantUnknown,
+            Denied::InvalidTenant(reason) => ApiError::InvalidTenant(reason),
+            Denied::Database(error) => error.into(),
+        }
+    }
+}
+
+/// When keys were last used, kept in memory and written out periodically, so that a request
+/// never writes an event (or a row) just for being made.
+#[derive(Debug, Default)]
+pub struct LastUsed {
+    pending: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+impl LastUsed {
+    pub fn touch(&self, key_id: &str) {
+        self.pending
+            .lock()
+            .expect("last-used lock poisoned")
+            .insert(key_id.to_string(), Utc::now());
+    }
+
+    /// Writes out and forgets what was collected.
+    pub async fn flush(&self, db: &eventlog::Db) -> Result<(), sqlx::Error> {
+        let uses: Vec<_> =
+            std::mem::take(&mut *self.pending.lock().expect("last-used lock poisoned"))
+                .into_iter()
+                .collect();
+        projections::api_keys::record_last_used(db, &uses).await
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The tenant's status and rate limit, or why it cannot act.
+async fn tenant_budget(state: &AppState, tenant: &str) -> Result<u32, Denied> {
+    let record = projections::tenants::get(state.log.db(), tenant)
+        .await
+        .map_err(Denied::Database)?
+        .ok_or(Denied::UnknownTenant)?;
+    if record.status == TenantStatus::Suspended.as_str() {
+        return Err(Denied::Suspended);
+    }
+    Ok(record
+        .rate_limit_per_minute
+        .map_or(state.settings.rate_limit_per_minute, |limit| limit as u32))
+}
+
+async fn from_api_key(
+    state: &AppState,
+    headers: &HeaderMap,
+    token: &str,
+) -> Result<Principal, Denied> {
+    if let Some(admin) = &state.settings.admin_key
+        && keys::constant_time_eq(token, admin.expose_secret())
+    {
+        return Ok(Principal {
+            tenant: None,
+            subject: "admin-key".into(),
+            roles: vec![Role::Superadmin],
+            kind: PrincipalKind::AdminKey,
+            rate_limit_per_minute: state.settings.rate_limit_per_minute,
+        });
+    }
+    let (key_id, secret) = keys::parse(token).ok_or(Denied::Unauthorized("malformed key"))?;
+    let credential = projections::api_keys::credential(state.log.db(), key_id)
+        .await
+        .map_err(Denied::Database)?
+        .ok_or(Denied::Unauthorized("unknown key"))?;
+    if !keys::constant_time_eq(&keys::hash_secret(secret), &credential.secret_hash) {
+        return Err(Denied::Unauthorized("wrong secret"));
+    }
+    if credential.revoked {
+        return Err(Denied::Unauthorized("revoked key"));
+    }
+    if credential.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(Denied::Unauthorized("expired key"));
+    }
+    state.last_used.touch(&credential.key_id);
+    let tenant = TenantId::parse(credential.tenant_id.clone())
+        .map_err(|_| Denied::Unauthorized("key of a malformed tenant"))?;
+    if let Some(named) = header(headers, TENANT_HEADER)
+        && named != tenant.as_str()
+    {
+        return Err(Denied::Mismatch);
+    }
+    if tenant.as_str() == PLATFORM_TENANT {
+        return Ok(Principal {
+            tenant: None,
+            subject: credential.key_id,
+            roles: credential.roles,
+            kind: PrincipalKind::ApiKey,
+            rate_limit_per_minute: state.settings.rate_limit_per_minute,
+        });
+    }
+    let rate_limit_per_minute = tenant_budget(state, tenant.as_str()).await?;
+    Ok(Principal {
+        tenant: Some(tenant),
+        subject: credential.key_id,
+        roles: credential.roles,
+        kind: PrincipalKind::ApiKey,
+        rate_limit_per_minute,
+    })
+}
+
+async fn from_jwt(state: &AppState, headers: &HeaderMap, token: &str) -> Result<Principal, Denied> {
+    let secret = state
+        .settings
+        .jwt_secret
+        .as_ref()
+        .ok_or(Denied::Unauthorized("JWT_SECRET is not configured"))?;
+    let expect = jwt::Expectations {
+        issuer: state.settings.jwt_issuer.clone(),
+        audience: state.settings.jwt_audience.clone(),
+    };
+    let claims = jwt::verify(
+        token,
+        secret.expose_secret().as_bytes(),
+        &expect,
+        Utc::now().timestamp(),
+    )
+    .map_err(|error| {
+        tracing::info!(%error, "JWT refused");
+        Denied::Unauthorized("invalid token")
+    })?;
+    let roles: Vec<Role> = claims.roles.iter().filter_map(|r| r.parse().ok()).collect();
+    let subject = format!("jwt:{}", claims.subject().unwrap_or_default());
+    let tenant = match (header(headers, TENANT_HEADER), claims.tenant.as_deref()) {
+        (Some(named), Some(claimed)) if named != claimed => return Err(Denied::Mismatch),
+        (Some(tenant), _) | (None, Some(tenant)) => {
+            Some(TenantId::parse(tenant).map_err(|e| Denied::InvalidTenant(e.to_string()))?)
+        }
+        (None, None) => None,
+    };
+    let rate_limit_per_minute = match &tenant {
+        Some(tenant) => tenant_budget(state, tenant.as_str()).await?,
+        None => state.settings.rate_limit_per_minute,
+    };
+    Ok(Principal {
+        tenant,
+        subject,
+        roles,
+        kind: PrincipalKind::Jwt,
+        rate_limit_per_minute,
+    })
+}
+
+async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Principal, Denied> {
+    if let Some(token) = header(headers, "x-api-key") {
+        return from_api_key(state, headers, token.trim()).await;
+    }
+    if let Some(value) = header(headers, "authorization") {
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(Denied::Unauthorized("unsupported authorization scheme"))?;
+        return from_jwt(state, headers, token.trim()).await;
+    }
+    Err(Denied::Unauthorized("no credentials"))
+}
+
+/// Routes anyone may call.
+fn is_public(route: &str, metrics_public: bool) -> bool {
+    matches!(route, "/health" | "/ready" | "/openapi.json")
+        || (route == "/metrics" && metrics_public)
+}
+
+/// The middleware: authenticates, counts the request against the principal's budget, and
+/// adds the `RateLimit-*` headers to the response.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(route) = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+    else {
+        return next.run(request).await;
+    };
+    if is_public(&route, state.settings.metrics_public) {
+        return next.run(request).await;
+    }
+    let principal = match identify(&state, request.headers()).await {
+        Ok(principal) => principal,
+        Err(denied) => return ApiError::from(denied).into_response(),
+    };
+    if let Some(tenant) = &principal.tenant {
+        tracing::Span::current().record("tenant", tenant.as_str());
+    }
+    let decision = state
+        .rate_limiter
+        .check(&principal.subject, principal.rate_limit_per_minute);
+    let mut response = if decision.allowed {
+        request.extensions_mut().insert(principal);
+        next.run(request).await
+    } else {
+        ApiError::RateLimited {
+            retry_after: decision.reset_seconds,
+        }
+        .into_response()
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("ratelimit-limit", decision.limit as u64),
+        ("ratelimit-remaining", decision.remaining as u64),
+        ("ratelimit-reset", decision.reset_seconds),
+    ] {
+        headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+    }
+    response
+}
+
+/// A role a route requires; implemented by the markers in [`require`].
+pub trait RequiredRole: Send + Sync + 'static {
+    const ROLE: Role;
+}
+
+/// Markers naming the role a route requires: `Auth<require::Reader>`.
+pub mod require {
+    use super::{RequiredRole, Role};
+
+    macro_rules! markers {
+        ($($name:ident),*) => {$(
+            #[derive(Debug, Clone, Copy)]
+            pub struct $name;
+            impl RequiredRole for $name {
+                const ROLE: Role = Role::$name;
+            }
+        )*};
+    }
+    markers!(Superadmin, Admin, Writer, Reader, Analyst);
+}
+
+/// The authenticated principal, holding role `R`. Tenant roles also need a tenant.
+#[derive(Debug, Clone)]
+pub struct Auth<R: RequiredRole> {
+    pub principal: Principal,
+    _role: PhantomData<R>,
+}
+
+impl<R: RequiredRole> Auth<R> {
+    /// The tenant of a tenant-role principal (always present for those).
+    pub fn tenant(&self) -> &TenantId {
+        self.principal
+            .tenant
+            .as_ref()
+            .expect("tenant roles are only granted with a tenant")
+    }
+}
+
+impl<S: Send + Sync, R: RequiredRole> FromRequestParts<S> for Auth<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)?;
+        if !Role::any_grants(&principal.roles, R::ROLE) {
+            return Err(ApiError::Forbidden { required: R::ROLE });
+        }
+        if R::ROLE != Role::Superadmin && principal.tenant.is_none() {
+            return Err(ApiError::TenantRequired);
+        }
+        Ok(Self {
+            principal,
+            _role: PhantomData,
+        })
+    }
+}
+
+/// Any authenticated principal, whatever its roles (for `/v1/me`).
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Authenticated)
+            .ok_or(ApiError::Unauthorized)
+    }
+}

@@ -1,0 +1,243 @@
+//! Running a command from a handler: idempotency, execution, metrics, and the response.
+//!
+//! With an `Idempotency-Key` (scoped to the tenant; the request hash covers method, path,
+//! tenant and canonical body):
+//! - first request: the key is claimed, the command runs, and its response is stored in the
+//!   same transaction as its events;
+//! - same key and same request again: the stored status and body, with
+//!   `x-idempotent-replay: true`, and no command runs;
+//! - same key, another request: 422 `IDEMPOTENCY_KEY_REUSED`;
+//! - same key while the first request still runs: 409 `IDEMPOTENCY_IN_FLIGHT`.
+//!
+//! A command the aggregate refuses (4xx) stores its error response too, so that a retry gets
+//! the same answer. Validation that happens before the command (a malformed body) stores
+//! nothing. A failure without an answer (database down, 5xx) releases the key.
+
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use cqrs_es::Aggregate;
+use eventlog::idempotency::{Claim, IdempotencyKey, StoredResponse};
+use eventlog::{CommandError, CommandOutcome, StreamId};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::auth::RequiredRole;
+use crate::error::ApiError;
+use crate::extract::CommandContext;
+use crate::state::AppState;
+
+/// Header set on replayed responses.
+pub const REPLAY_HEADER: &str = "x-idempotent-replay";
+
+/// JSON with object keys sorted at every level, so that equal documents hash equally.
+pub fn canonical_json(value: &Value) -> String {
+    // Written out by hand: serde_json keeps insertion order when `preserve_order` is enabled
+    // anywhere in the build.
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// What to do with a command request.
+pub enum Begin {
+    /// Run the command; complete this key (if any) with its response.
+    Run(Option<IdempotencyKey>),
+    /// Answer with this replayed response.
+    Replay(Response),
+}
+
+/// Claims the request's idempotency key, if it has one. `body` is the request body as JSON
+/// (`Value::Null` for body-less requests).
+pub async fn begin<R: RequiredRole>(
+    state: &AppState,
+    ctx: &CommandContext<R>,
+    body: &Value,
+) -> Result<Begin, ApiError> {
+    let Some(key) = &ctx.idempotency_key else {
+        return Ok(Begin::Run(None));
+    };
+    let mut hasher = Sha256::new();
+    for part in [
+        ctx.method.as_str(),
+        ctx.target.as_str(),
+        ctx.tenant.as_str(),
+        &canonical_json(body),
+    ] {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    let request_hash: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let key = IdempotencyKey {
+        tenant_id: ctx.tenant.to_string(),
+        key: key.clone(),
+        request_hash,
+    };
+    match state
+        .log
+        .claim_idempotency(&key, state.settings.idempotency_lock())
+        .await?
+    {
+        Claim::Proceed => Ok(Begin::Run(Some(key))),
+        Claim::Replay(stored) => Ok(Begin::Replay(to_response(&stored, true))),
+        Claim::Mismatch => Err(ApiError::IdempotencyKeyReused),
+        Claim::InFlight => Err(ApiError::IdempotencyInFlight),
+    }
+}
+
+/// A JSON response to store and send.
+pub fn json_response(
+    status: StatusCode,
+    headers: Vec<(String, String)>,
+    body: &impl Serialize,
+) -> StoredResponse {
+    let mut headers = headers;
+    headers.push(("content-type".into(), "application/json".into()));
+    StoredResponse {
+        status: status.as_u16(),
+        headers,
+        body: serde_json::to_vec(body).unwrap_or_default(),
+    }
+}
+
+/// Turns a stored response into an HTTP response.
+pub fn to_response(stored: &StoredResponse, replay: bool) -> Response {
+    let mut response = Response::new(Body::from(stored.body.clone()));
+    *response.status_mut() =
+        StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    for (name, value) in &stored.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    if replay {
+        headers.insert(
+            HeaderName::from_static(REPLAY_HEADER),
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+/// Runs `command` on `stream`. `respond` renders the outcome (it is stored for replay when the
+/// request has an idempotency key); `reject` maps the aggregate's refusals.
+#[allow(clippy::too_many_arguments)]
+pub async fn run<A, R>(
+    state: &AppState,
+    ctx: &CommandContext<R>,
+    key: Option<IdempotencyKey>,
+    stream: &StreamId,
+    name: &str,
+    command: A::Command,
+    services: &A::Services,
+    respond: impl Fn(&CommandOutcome<A>) -> StoredResponse,
+    reject: impl Fn(A::Error) -> ApiError,
+) -> Result<(CommandOutcome<A>, StoredResponse), Response>
+where
+    A: Aggregate,
+    A::Command: Clone,
+    A::Error: Send + Sync + 'static,
+    R: RequiredRole,
+{
+    let metadata = ctx.metadata(name);
+    let result = state
+        .log
+        .execute_with::<A, _>(
+            stream,
+            command,
+            services,
+            &metadata,
+            key.as_ref(),
+            |outcome| Some(respond(outcome)),
+        )
+        .await;
+    let label = match &result {
+        Ok(_) => "accepted",
+        Err(CommandError::Rejected(_)) => "rejected",
+        Err(CommandError::Conflict) => "conflict",
+        Err(_) => "error",
+    };
+    state.metrics.command(name, label);
+    let error = match result {
+        Ok((outcome, response)) => {
+            state.metrics.events_appended(A::TYPE, outcome.events.len());
+            let response = response.expect("respond always renders");
+            return Ok((outcome, response));
+        }
+        Err(CommandError::Rejected(error)) => {
+            let error = reject(error);
+            if let Some(key) = &key {
+                // The refusal is the answer to this request: store it for replays.
+                let (status, body) = error.render(&ctx.request_id);
+                let stored = StoredResponse {
+                    status: status.as_u16(),
+                    headers: vec![("content-type".into(), "application/json".into())],
+                    body,
+                };
+                return match state.log.complete_idempotency(key, &stored).await {
+                    Ok(()) => Err(to_response(&stored, false)),
+                    Err(db) => Err(into_response(release(state, key, db.into()).await)),
+                };
+            }
+            error
+        }
+        Err(CommandError::Conflict) => ApiError::ConcurrentModification,
+        Err(CommandError::Database(error)) => error.into(),
+        Err(other) => ApiError::internal(other),
+    };
+    Err(into_response(match &key {
+        Some(key) => release(state, key, error).await,
+        None => error,
+    }))
+}
+
+fn into_response(error: ApiError) -> Response {
+    axum::response::IntoResponse::into_response(error)
+}
+
+/// Releases a claimed key after a failure without a replayable answer.
+async fn release(state: &AppState, key: &IdempotencyKey, error: ApiError) -> ApiError {
+    if let Err(release_error) = state.log.release_idempotency(key).await {
+        tracing::warn!(%release_error, "could not release an idempotency key; it frees itself when its lock expires");
+    }
+    error
+}

@@ -1,0 +1,256 @@
+//! `/v1/api-keys`: a tenant admin's keys (role `admin`).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::api_key::{ApiKey, ApiKeyCommand, ApiKeyError};
+use domain::roles::Role;
+use eventlog::StreamId;
+use projections::api_keys::{self as read_model, ApiKeyRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Auth, keys, require};
+use crate::commands::{self, Begin};
+use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
+use crate::extract::{CommandContext, EVENT_POSITION_HEADER};
+use crate::routes::tenants::PageQuery;
+use crate::routes::{Page, page_cursor};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(get_key, revoke_key))
+}
+
+/// An API key, without its secret.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyView {
+    #[schema(example = "key_0f3k2m9q8r7s6t5u4v3w")]
+    pub id: String,
+    pub name: String,
+    #[schema(value_type = Vec<String>)]
+    pub roles: Vec<Role>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Updated in the background, at most a few seconds late.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKeyRecord> for ApiKeyView {
+    fn from(record: ApiKeyRecord) -> Self {
+        Self {
+            id: record.id,
+            name: record.name,
+            roles: record.roles,
+            expires_at: record.expires_at,
+            created_at: record.created_at,
+            revoked_at: record.revoked_at,
+            last_used_at: record.last_used_at,
+        }
+    }
+}
+
+/// Body of `POST /v1/api-keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateKey {
+    pub name: String,
+    /// Any of `admin`, `writer`, `reader`, `analyst`.
+    #[schema(value_type = Vec<String>)]
+    pub roles: Vec<Role>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+fn key_error(id: &str) -> impl Fn(ApiKeyError) -> ApiError {
+    let id = id.to_string();
+    move |error| {
+        let field = match error {
+            ApiKeyError::NotFound | ApiKeyError::AlreadyIssued => {
+                return ApiError::ApiKeyNotFound(id.clone());
+            }
+            ApiKeyError::NoRoles | ApiKeyError::SuperadminOutsidePlatform => "roles",
+            ApiKeyError::InvalidName => "name",
+            ApiKeyError::ExpiryInPast => "expiresAt",
+        };
+        ApiError::Validation(vec![FieldError {
+            field: field.into(),
+            message: error.to_string(),
+        }])
+    }
+}
+
+/// Issue a key. The secret (`key`) is in this response only.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys",
+    security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "`{apiKey}` with `key`, the secret, shown once"),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+    ))]
+pub async fn create_key(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Admin>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let request: CreateKey =
+        serde_json::from_value(body.clone()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let key = match commands::begin(&state, &ctx, &body).await? {
+        Begin::Run(key) => key,
+        Begin::Replay(response) => return Ok(response),
+    };
+    let generated = keys::generate(None);
+    let stream = StreamId::new(ctx.tenant.clone(), ApiKey::TYPE, generated.id.as_str());
+    let command = ApiKeyCommand::IssueApiKey {
+        id: generated.id.clone(),
+        tenant_id: ctx.tenant.clone(),
+        name: request.name.clone(),
+        roles: request.roles.clone(),
+        expires_at: request.expires_at,
+        secret_hash: generated.secret_hash.clone(),
+    };
+    let respond = |outcome: &eventlog::CommandOutcome<ApiKey>| {
+        let mut roles = request.roles.clone();
+        roles.sort();
+        roles.dedup();
+        let created = outcome.created_at.unwrap_or_else(Utc::now);
+        // The secret is not stored for replays: a replay shows the key's id only.
+        let body = json!({ "apiKey": {
+            "id": generated.id,
+            "name": request.name.trim(),
+            "roles": roles,
+            "expiresAt": request.expires_at,
+            "createdAt": created,
+            "revokedAt": null,
+            "lastUsedAt": null,
+            "key": null,
+        }});
+        let mut headers = vec![(
+            "location".to_string(),
+            format!("/v1/api-keys/{}", generated.id),
+        )];
+        if let Some(cursor) = outcome.cursor {
+            headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
+        }
+        commands::json_response(StatusCode::CREATED, headers, &body)
+    };
+    match commands::run::<ApiKey, _>(
+        &state,
+        &ctx,
+        key,
+        &stream,
+        "IssueApiKey",
+        command,
+        &state.clock,
+        respond,
+        key_error(&generated.id),
+    )
+    .await
+    {
+        Ok((_, stored)) => {
+            let mut live: Value =
+                serde_json::from_slice(&stored.body).map_err(ApiError::internal)?;
+            live["apiKey"]["key"] = Value::String(generated.token.clone());
+            let mut response = commands::to_response(&stored, false);
+            *response.body_mut() = axum::body::Body::from(live.to_string());
+            Ok(response)
+        }
+        Err(response) => Ok(response),
+    }
+}
+
+/// List the tenant's keys, ordered by id.
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys",
+    security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
+    params(PageQuery),
+    responses((status = 200, description = "`{apiKeys, nextCursor}`")))]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    auth: Auth<require::Admin>,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let page = Page::parse(query.limit, query.cursor.as_deref())?;
+    let mut records = read_model::list(
+        state.log.db(),
+        auth.tenant().as_str(),
+        page.after.as_deref(),
+        page.limit + 1,
+    )
+    .await?;
+    let next = page_cursor(&mut records, page.limit, |r| r.id.as_str());
+    let keys: Vec<ApiKeyView> = records.into_iter().map(ApiKeyView::from).collect();
+    Ok(ApiJson(json!({ "apiKeys": keys, "nextCursor": next })).into_response())
+}
+
+/// Read one of the tenant's keys.
+#[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "api-keys",
+    security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
+    params(("id" = String, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "`{apiKey}`"),
+        (status = 404, description = "API_KEY_NOT_FOUND", body = ErrorEnvelope),
+    ))]
+pub async fn get_key(
+    State(state): State<AppState>,
+    auth: Auth<require::Admin>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = read_model::get(state.log.db(), auth.tenant().as_str(), &id)
+        .await?
+        .ok_or_else(|| ApiError::ApiKeyNotFound(id.clone()))?;
+    Ok(ApiJson(json!({ "apiKey": ApiKeyView::from(record) })).into_response())
+}
+
+/// Revoke a key, for good.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys",
+    security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
+    params(("id" = String, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "`{apiKey: {id, revoked: true}}`"),
+        (status = 404, description = "API_KEY_NOT_FOUND", body = ErrorEnvelope),
+    ))]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Admin>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = match commands::begin(&state, &ctx, &Value::Null).await? {
+        Begin::Run(key) => key,
+        Begin::Replay(response) => return Ok(response),
+    };
+    let stream = StreamId::new(ctx.tenant.clone(), ApiKey::TYPE, id.as_str());
+    let respond = |outcome: &eventlog::CommandOutcome<ApiKey>| {
+        let body = json!({ "apiKey": {
+            "id": id, "revoked": true, "revokedAt": outcome.updated_at,
+        }});
+        let headers = outcome
+            .cursor
+            .map(|c| vec![(EVENT_POSITION_HEADER.to_string(), c.to_string())])
+            .unwrap_or_default();
+        commands::json_response(StatusCode::OK, headers, &body)
+    };
+    match commands::run::<ApiKey, _>(
+        &state,
+        &ctx,
+        key,
+        &stream,
+        "RevokeApiKey",
+        ApiKeyCommand::RevokeApiKey,
+        &state.clock,
+        respond,
+        key_error(&id),
+    )
+    .await
+    {
+        Ok((_, stored)) => Ok(commands::to_response(&stored, false)),
+        Err(response) => Ok(response),
+    }
+}

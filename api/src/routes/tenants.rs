@@ -1,0 +1,320 @@
+//! `/v1/tenants`: the platform admin's routes (role `superadmin`).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::names::TenantId;
+use domain::tenant::{Tenant, TenantCommand, TenantError, TenantStatus};
+use eventlog::StreamId;
+use projections::tenants::{self as read_model, TenantRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Auth, require};
+use crate::bootstrap::{self, CreateTenantError};
+use crate::commands::{self, Begin};
+use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
+use crate::extract::{CommandContext, EVENT_POSITION_HEADER};
+use crate::routes::{Page, page_cursor};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tenants, create_tenant))
+        .routes(routes!(get_tenant, update_tenant))
+}
+
+/// A tenant.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantView {
+    pub id: String,
+    pub name: String,
+    /// `active` or `suspended`.
+    pub status: String,
+    /// The tenant's own request budget per key per minute; `null`: the gateway's default.
+    pub rate_limit_per_minute: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<TenantRecord> for TenantView {
+    fn from(record: TenantRecord) -> Self {
+        Self {
+            id: record.id,
+            name: record.name,
+            status: record.status,
+            rate_limit_per_minute: record.rate_limit_per_minute,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+}
+
+/// Body of `POST /v1/tenants`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateTenant {
+    /// Letters, digits, `-` and `_`; generated (`tnt_…`) when absent.
+    pub id: Option<String>,
+    pub name: String,
+    pub rate_limit_per_minute: Option<u32>,
+}
+
+/// Body of `PATCH /v1/tenants/{id}`; absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateTenant {
+    pub name: Option<String>,
+    /// `active` or `suspended`.
+    #[schema(value_type = Option<String>)]
+    pub status: Option<TenantStatus>,
+    /// `null` returns the tenant to the gateway's default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>)]
+    pub rate_limit_per_minute: Option<Option<u32>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from a field left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+fn tenant_error(id: &str) -> impl Fn(TenantError) -> ApiError {
+    let id = id.to_string();
+    move |error| match error {
+        TenantError::NotFound => ApiError::TenantNotFound(id.clone()),
+        TenantError::AlreadyExists | TenantError::ReservedId => {
+            ApiError::TenantAlreadyExists(id.clone())
+        }
+        TenantError::InvalidName => ApiError::Validation(vec![FieldError {
+            field: "name".into(),
+            message: error.to_string(),
+        }]),
+        TenantError::InvalidRateLimit => ApiError::Validation(vec![FieldError {
+            field: "rateLimitPerMinute".into(),
+            message: error.to_string(),
+        }]),
+    }
+}
+
+/// Create a tenant and its first admin API key (shown once).
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants",
+    security(("api_key" = ["superadmin"]), ("bearer" = ["superadmin"])),
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "`{tenant, apiKey}`; `apiKey.key` is the secret, shown only in this response"),
+        (status = 409, description = "TENANT_ALREADY_EXISTS", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+    ))]
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Superadmin>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let request: CreateTenant =
+        serde_json::from_value(body.clone()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let id = match request.id {
+        Some(id) => TenantId::parse(id).map_err(|e| {
+            ApiError::Validation(vec![FieldError {
+                field: "id".into(),
+                message: e.to_string(),
+            }])
+        })?,
+        None => TenantId::parse(format!("tnt_{}", uuid::Uuid::now_v7().simple()))
+            .expect("a valid tenant id"),
+    };
+    let key = match commands::begin(&state, &ctx, &body).await? {
+        Begin::Run(key) => key,
+        Begin::Replay(response) => return Ok(response),
+    };
+    let metadata = ctx.metadata(
+        TenantCommand::CreateTenant {
+            id: id.clone(),
+            name: String::new(),
+            rate_limit_per_minute: None,
+        }
+        .name(),
+    );
+    let result = bootstrap::create_tenant(
+        &state.log,
+        &state.clock,
+        id.clone(),
+        request.name,
+        request.rate_limit_per_minute,
+        &metadata,
+        key.as_ref(),
+        |appended, generated| {
+            let tenant = &appended.events[0];
+            let payload = &tenant.payload;
+            let body = json!({
+                "tenant": {
+                    "id": id.as_str(),
+                    "name": payload["name"],
+                    "status": "active",
+                    "rateLimitPerMinute": payload["rateLimitPerMinute"],
+                    "createdAt": tenant.recorded_at,
+                    "updatedAt": tenant.recorded_at,
+                },
+                // The secret is not stored for replays: a replay shows the key's id only.
+                "apiKey": { "id": generated.id, "roles": ["admin"], "key": null },
+            });
+            let mut headers = vec![("location".into(), format!("/v1/tenants/{id}"))];
+            if let Some(cursor) = appended.last_cursor() {
+                headers.push((EVENT_POSITION_HEADER.into(), cursor.to_string()));
+            }
+            commands::json_response(StatusCode::CREATED, headers, &body)
+        },
+    )
+    .await;
+    state.metrics.command(
+        "CreateTenant",
+        if result.is_ok() {
+            "accepted"
+        } else {
+            "rejected"
+        },
+    );
+    match result {
+        Ok(created) => {
+            state
+                .metrics
+                .events_appended(Tenant::TYPE, created.appended.events.len());
+            let mut live: Value =
+                serde_json::from_slice(&created.response.body).map_err(ApiError::internal)?;
+            live["apiKey"]["key"] = Value::String(created.key.token.clone());
+            let mut response = commands::to_response(&created.response, false);
+            *response.body_mut() = axum::body::Body::from(live.to_string());
+            Ok(response)
+        }
+        Err(error) => {
+            let api_error = match error {
+                CreateTenantError::Tenant(e) => tenant_error(id.as_str())(e),
+                CreateTenantError::AlreadyExists => ApiError::TenantAlreadyExists(id.to_string()),
+                CreateTenantError::Key(e) => ApiError::internal(e),
+                CreateTenantError::Append(eventlog::AppendError::Database(error)) => error.into(),
+                CreateTenantError::Append(error) => ApiError::internal(error),
+            };
+            if let Some(key) = &key {
+                let _ = state.log.release_idempotency(key).await;
+            }
+            Err(api_error)
+        }
+    }
+}
+
+/// Query of the list routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// List tenants, ordered by id.
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants",
+    security(("api_key" = ["superadmin"]), ("bearer" = ["superadmin"])),
+    params(PageQuery),
+    responses((status = 200, description = "`{tenants, nextCursor}`")))]
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    _auth: Auth<require::Superadmin>,
+    Query(query): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let page = Page::parse(query.limit, query.cursor.as_deref())?;
+    let mut records =
+        read_model::list(state.log.db(), page.after.as_deref(), page.limit + 1).await?;
+    let next = page_cursor(&mut records, page.limit, |r| r.id.as_str());
+    let tenants: Vec<TenantView> = records.into_iter().map(TenantView::from).collect();
+    Ok(ApiJson(json!({ "tenants": tenants, "nextCursor": next })).into_response())
+}
+
+/// Read a tenant.
+#[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants",
+    security(("api_key" = ["superadmin"]), ("bearer" = ["superadmin"])),
+    params(("id" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "`{tenant}`"),
+        (status = 404, description = "TENANT_NOT_FOUND", body = ErrorEnvelope),
+    ))]
+pub async fn get_tenant(
+    State(state): State<AppState>,
+    _auth: Auth<require::Superadmin>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = read_model::get(state.log.db(), &id)
+        .await?
+        .ok_or_else(|| ApiError::TenantNotFound(id.clone()))?;
+    Ok(ApiJson(json!({ "tenant": TenantView::from(record) })).into_response())
+}
+
+/// Rename, suspend, reactivate, or change the rate limit of a tenant.
+#[utoipa::path(patch, path = "/v1/tenants/{id}", tag = "tenants",
+    security(("api_key" = ["superadmin"]), ("bearer" = ["superadmin"])),
+    params(("id" = String, Path, description = "Tenant id")),
+    request_body = UpdateTenant,
+    responses(
+        (status = 200, description = "`{tenant}` after the change"),
+        (status = 404, description = "TENANT_NOT_FOUND", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+    ))]
+pub async fn update_tenant(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Superadmin>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let request: UpdateTenant =
+        serde_json::from_value(body.clone()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let tenant = TenantId::parse(id.clone()).map_err(|_| ApiError::TenantNotFound(id.clone()))?;
+    let key = match commands::begin(&state, &ctx, &body).await? {
+        Begin::Run(key) => key,
+        Begin::Replay(response) => return Ok(response),
+    };
+    let command = TenantCommand::UpdateTenant {
+        name: request.name,
+        status: request.status,
+        rate_limit_per_minute: request.rate_limit_per_minute,
+    };
+    let stream = StreamId::new(tenant.clone(), Tenant::TYPE, tenant.as_str());
+    let respond = |outcome: &eventlog::CommandOutcome<Tenant>| {
+        let aggregate = &outcome.aggregate;
+        let now = Utc::now();
+        let body = json!({ "tenant": TenantView {
+            id: tenant.to_string(),
+            name: aggregate.name().to_string(),
+            status: aggregate.status().as_str().to_string(),
+            rate_limit_per_minute: aggregate.rate_limit_per_minute().map(i64::from),
+            created_at: outcome.created_at.unwrap_or(now),
+            updated_at: outcome.updated_at.unwrap_or(now),
+        }});
+        let headers = outcome
+            .cursor
+            .map(|c| vec![(EVENT_POSITION_HEADER.to_string(), c.to_string())])
+            .unwrap_or_default();
+        commands::json_response(StatusCode::OK, headers, &body)
+    };
+    match commands::run::<Tenant, _>(
+        &state,
+        &ctx,
+        key,
+        &stream,
+        "UpdateTenant",
+        command,
+        &(),
+        respond,
+        tenant_error(&id),
+    )
+    .await
+    {
+        Ok((_, stored)) => Ok(commands::to_response(&stored, false)),
+        Err(response) => Ok(response),
+    }
+}

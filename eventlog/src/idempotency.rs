@@ -1,0 +1,190 @@
+//! Idempotency records: the stored response of the first request with an `Idempotency-Key`.
+//!
+//! The life of a key, in the manner of Stripe's idempotency keys:
+//! 1. **Claim** (own transaction): insert the record `in_flight`, locked for a while. A second
+//!    request with the same key and body sees `in_flight` and is told so; with another body it
+//!    is told the key was reused.
+//! 2. **Complete** (in the transaction that appends the command's events): store the response.
+//!    Events and record commit together, so a crash can never leave one without the other.
+//! 3. **Replay**: a later request with the key and the same body gets the stored response.
+//!
+//! A request that dies between claim and commit leaves an `in_flight` record and no events;
+//! when its lock expires, a retry takes the record over and runs the command afresh.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::types::Json;
+
+use crate::db::Tx;
+use crate::store::EventLog;
+
+/// A response as stored for replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub status: u16,
+    /// Headers to replay, lower-case names.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Identifies one idempotency record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub tenant_id: String,
+    pub key: String,
+    /// Hash of method, path, tenant and canonical body.
+    pub request_hash: String,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller owns the key now and must complete or release it.
+    Proceed,
+    /// The key was used before with the same request; here is its response.
+    Replay(StoredResponse),
+    /// The key was used before with another request.
+    Mismatch,
+    /// A request with this key is still running.
+    InFlight,
+}
+
+impl EventLog {
+    /// Claims `key` for a request, locking it for `lock_for`.
+    pub async fn claim_idempotency(
+        &self,
+        key: &IdempotencyKey,
+        lock_for: Duration,
+    ) -> Result<Claim, sqlx::Error> {
+        let now = Utc::now();
+        let locked_until = now + chrono::Duration::from_std(lock_for).unwrap_or_default();
+        let mut tx = self.db().begin().await?;
+        let claim = crate::on_tx!(&mut tx, conn => {
+            let inserted = sqlx::query(
+                "INSERT INTO idempotency_records \
+                 (tenant_id, idempotency_key, request_hash, state, locked_until, created_at) \
+                 VALUES ($1, $2, $3, 'in_flight', $4, $5) \
+                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
+            )
+            .bind(key.tenant_id.as_str())
+            .bind(key.key.as_str())
+            .bind(key.request_hash.as_str())
+            .bind(locked_until)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                Claim::Proceed
+            } else {
+                let row = sqlx::query(
+                    "SELECT request_hash, state, status_code, response_headers, response_body \
+                     FROM idempotency_records WHERE tenant_id = $1 AND idempotency_key = $2",
+                )
+                .bind(key.tenant_id.as_str())
+                .bind(key.key.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
+                let hash: String = row.try_get("request_hash")?;
+                let state: String = row.try_get("state")?;
+                if hash != key.request_hash {
+                    Claim::Mismatch
+                } else if state == "completed" {
+                    let status: i32 = row.try_get("status_code")?;
+                    let headers: Json<Vec<(String, String)>> = row.try_get("response_headers")?;
+                    Claim::Replay(StoredResponse {
+                        status: status as u16,
+                        headers: headers.0,
+                        body: row.try_get("response_body")?,
+                    })
+                } else {
+                    // In flight: take it over only if its lock has expired (its request died).
+                    let taken = sqlx::query(
+                        "UPDATE idempotency_records SET locked_until = $3 \
+                         WHERE tenant_id = $1 AND idempotency_key = $2 \
+                         AND state = 'in_flight' AND locked_until < $4",
+                    )
+                    .bind(key.tenant_id.as_str())
+                    .bind(key.key.as_str())
+                    .bind(locked_until)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                    if taken == 1 { Claim::Proceed } else { Claim::InFlight }
+                }
+            }
+        });
+        tx.commit().await?;
+        Ok(claim)
+    }
+
+    /// Stores the response of a claimed key inside `tx` (the command's own transaction).
+    pub async fn complete_idempotency_in(
+        &self,
+        tx: &mut Tx,
+        key: &IdempotencyKey,
+        response: &StoredResponse,
+    ) -> Result<(), sqlx::Error> {
+        crate::on_tx!(tx, conn => {
+            sqlx::query(
+                "UPDATE idempotency_records SET state = 'completed', status_code = $3, \
+                 response_headers = $4, response_body = $5 \
+                 WHERE tenant_id = $1 AND idempotency_key = $2",
+            )
+            .bind(key.tenant_id.as_str())
+            .bind(key.key.as_str())
+            .bind(i32::from(response.status))
+            .bind(Json(&response.headers))
+            .bind(response.body.as_slice())
+            .execute(&mut *conn)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Stores the response of a claimed key that wrote no events.
+    pub async fn complete_idempotency(
+        &self,
+        key: &IdempotencyKey,
+        response: &StoredResponse,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.db().begin().await?;
+        self.complete_idempotency_in(&mut tx, key, response).await?;
+        tx.commit().await
+    }
+
+    /// Gives a claimed key up (the request failed without an answer worth replaying), so that
+    /// a retry runs afresh.
+    pub async fn release_idempotency(&self, key: &IdempotencyKey) -> Result<(), sqlx::Error> {
+        let mut tx = self.db().begin().await?;
+        crate::on_tx!(&mut tx, conn => {
+            sqlx::query(
+                "DELETE FROM idempotency_records \
+                 WHERE tenant_id = $1 AND idempotency_key = $2 AND state = 'in_flight'",
+            )
+            .bind(key.tenant_id.as_str())
+            .bind(key.key.as_str())
+            .execute(&mut *conn)
+            .await?;
+        });
+        tx.commit().await
+    }
+
+    /// Deletes records created before `before`. Returns how many.
+    pub async fn prune_idempotency(&self, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        let mut tx = self.db().begin().await?;
+        let deleted = crate::on_tx!(&mut tx, conn => {
+            sqlx::query("DELETE FROM idempotency_records WHERE created_at < $1")
+                .bind(before)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        });
+        tx.commit().await?;
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,211 @@
+//! The `api_keys` read model, and the credential lookup every authenticated request makes.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::api_key::{ApiKey, ApiKeyEvent};
+use domain::roles::Role;
+use eventlog::{Db, RecordedEvent, Tx};
+use sqlx::Row;
+
+use crate::{ProjectionError, Projector, Target};
+
+pub const NAME: &str = "api_keys";
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiKeysProjector;
+
+fn roles_text(roles: &[Role]) -> String {
+    roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn parse_roles(text: &str) -> Vec<Role> {
+    text.split(',').filter_map(|r| r.parse().ok()).collect()
+}
+
+#[async_trait]
+impl Projector for ApiKeysProjector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["api_keys"]
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        target: Target,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let table = target.table("api_keys");
+        let insert = format!(
+            "INSERT INTO {table} (key_id, tenant_id, name, roles, secret_hash, expires_at, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key_id) DO NOTHING"
+        );
+        let revoke = format!(
+            "UPDATE {table} SET revoked_at = $3 WHERE key_id = $1 AND tenant_id = $2 \
+             AND revoked_at IS NULL"
+        );
+        for event in events.iter().filter(|e| e.aggregate_type == ApiKey::TYPE) {
+            let at = event.recorded_at;
+            let decoded: ApiKeyEvent = crate::decode(event)?;
+            eventlog::on_tx!(&mut *tx, conn => {
+                match &decoded {
+                    ApiKeyEvent::ApiKeyIssued { id, tenant_id, name, roles, expires_at, secret_hash } => {
+                        sqlx::query(&insert)
+                            .bind(id.as_str())
+                            .bind(tenant_id.as_str())
+                            .bind(name.as_str())
+                            .bind(roles_text(roles))
+                            .bind(secret_hash.as_str())
+                            .bind(*expires_at)
+                            .bind(at)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    ApiKeyEvent::ApiKeyRevoked { id } => {
+                        sqlx::query(&revoke)
+                            .bind(id.as_str())
+                            .bind(event.tenant_id.as_str())
+                            .bind(at)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What authentication needs to know about a key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credential {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub roles: Vec<Role>,
+    pub secret_hash: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked: bool,
+}
+
+/// The key `key_id`, whatever its tenant.
+pub async fn credential(db: &Db, key_id: &str) -> Result<Option<Credential>, sqlx::Error> {
+    let sql = "SELECT key_id, tenant_id, roles, secret_hash, expires_at, revoked_at \
+               FROM api_keys WHERE key_id = $1";
+    Ok(eventlog::on_pool!(db, pool => {
+        match sqlx::query(sql).bind(key_id).fetch_optional(pool).await? {
+            Some(row) => {
+                let roles: String = row.try_get("roles")?;
+                let revoked_at: Option<DateTime<Utc>> = row.try_get("revoked_at")?;
+                Some(Credential {
+                    key_id: row.try_get("key_id")?,
+                    tenant_id: row.try_get("tenant_id")?,
+                    roles: parse_roles(&roles),
+                    secret_hash: row.try_get("secret_hash")?,
+                    expires_at: row.try_get("expires_at")?,
+                    revoked: revoked_at.is_some(),
+                })
+            }
+            None => None,
+        }
+    }))
+}
+
+/// A key as `GET /v1/api-keys` shows it (never the secret or its hash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    pub roles: Vec<Role>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+macro_rules! decode_key {
+    ($row:expr) => {{
+        let row = $row;
+        let roles: String = row.try_get("roles")?;
+        ApiKeyRecord {
+            id: row.try_get("key_id")?,
+            name: row.try_get("name")?,
+            roles: parse_roles(&roles),
+            expires_at: row.try_get("expires_at")?,
+            created_at: row.try_get("created_at")?,
+            revoked_at: row.try_get("revoked_at")?,
+            last_used_at: row.try_get("last_used_at")?,
+        }
+    }};
+}
+
+const SELECT: &str = "SELECT k.key_id, k.name, k.roles, k.expires_at, k.created_at, \
+                      k.revoked_at, u.last_used_at FROM api_keys k \
+                      LEFT JOIN api_key_last_used u ON u.key_id = k.key_id";
+
+/// The tenant's keys ordered by id, after `after`.
+pub async fn list(
+    db: &Db,
+    tenant_id: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<ApiKeyRecord>, sqlx::Error> {
+    let sql =
+        format!("{SELECT} WHERE k.tenant_id = $1 AND k.key_id > $2 ORDER BY k.key_id LIMIT $3");
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(|row| Ok(decode_key!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?
+    }))
+}
+
+/// One of the tenant's keys.
+pub async fn get(
+    db: &Db,
+    tenant_id: &str,
+    key_id: &str,
+) -> Result<Option<ApiKeyRecord>, sqlx::Error> {
+    let sql = format!("{SELECT} WHERE k.tenant_id = $1 AND k.key_id = $2");
+    Ok(eventlog::on_pool!(db, pool => {
+        match sqlx::query(&sql).bind(tenant_id).bind(key_id).fetch_optional(pool).await? {
+            Some(row) => Some(decode_key!(&row)),
+            None => None,
+        }
+    }))
+}
+
+/// Records when keys were last used (many at once; later times win).
+pub async fn record_last_used(
+    db: &Db,
+    uses: &[(String, DateTime<Utc>)],
+) -> Result<(), sqlx::Error> {
+    if uses.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    eventlog::on_tx!(&mut tx, conn => {
+        for (key_id, at) in uses {
+            sqlx::query(
+                "INSERT INTO api_key_last_used (key_id, last_used_at) VALUES ($1, $2) \
+                 ON CONFLICT (key_id) DO UPDATE SET last_used_at = excluded.last_used_at \
+                 WHERE api_key_last_used.last_used_at < excluded.last_used_at",
+            )
+            .bind(key_id.as_str())
+            .bind(*at)
+            .execute(&mut *conn)
+            .await?;
+        }
+    });
+    tx.commit().await
+}

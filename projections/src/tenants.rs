@@ -1,0 +1,136 @@
+//! The `tenants` read model: one row per tenant with its name, status and rate limit.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::tenant::{Tenant, TenantEvent, TenantStatus};
+use eventlog::{Db, RecordedEvent, Tx};
+use sqlx::Row;
+
+use crate::{ProjectionError, Projector, Target};
+
+pub const NAME: &str = "tenants";
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TenantsProjector;
+
+#[async_trait]
+impl Projector for TenantsProjector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["tenants"]
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        target: Target,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let table = target.table("tenants");
+        let insert = format!(
+            "INSERT INTO {table} (tenant_id, name, status, rate_limit_per_minute, created_at, \
+             updated_at) VALUES ($1, $2, 'active', $3, $4, $4) ON CONFLICT (tenant_id) DO NOTHING"
+        );
+        let set_name =
+            format!("UPDATE {table} SET name = $2, updated_at = $3 WHERE tenant_id = $1");
+        let set_status =
+            format!("UPDATE {table} SET status = $2, updated_at = $3 WHERE tenant_id = $1");
+        let set_limit = format!(
+            "UPDATE {table} SET rate_limit_per_minute = $2, updated_at = $3 WHERE tenant_id = $1"
+        );
+        for event in events.iter().filter(|e| e.aggregate_type == Tenant::TYPE) {
+            let tenant = event.tenant_id.as_str();
+            let at = event.recorded_at;
+            let decoded: TenantEvent = crate::decode(event)?;
+            eventlog::on_tx!(&mut *tx, conn => {
+                let query = match &decoded {
+                    TenantEvent::TenantCreated { name, rate_limit_per_minute, .. } => {
+                        sqlx::query(&insert)
+                            .bind(tenant)
+                            .bind(name.as_str())
+                            .bind(rate_limit_per_minute.map(i64::from))
+                            .bind(at)
+                    }
+                    TenantEvent::TenantRenamed { name, .. } => {
+                        sqlx::query(&set_name).bind(tenant).bind(name.as_str()).bind(at)
+                    }
+                    TenantEvent::TenantSuspended { .. } => sqlx::query(&set_status)
+                        .bind(tenant)
+                        .bind(TenantStatus::Suspended.as_str())
+                        .bind(at),
+                    TenantEvent::TenantReactivated { .. } => sqlx::query(&set_status)
+                        .bind(tenant)
+                        .bind(TenantStatus::Active.as_str())
+                        .bind(at),
+                    TenantEvent::TenantRateLimitChanged { rate_limit_per_minute, .. } => {
+                        sqlx::query(&set_limit)
+                            .bind(tenant)
+                            .bind(rate_limit_per_minute.map(i64::from))
+                            .bind(at)
+                    }
+                };
+                query.execute(&mut *conn).await?;
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One tenant as the read model holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRecord {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub rate_limit_per_minute: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "tenant_id, name, status, rate_limit_per_minute, created_at, updated_at";
+
+macro_rules! decode_tenant {
+    ($row:expr) => {{
+        let row = $row;
+        TenantRecord {
+            id: row.try_get("tenant_id")?,
+            name: row.try_get("name")?,
+            status: row.try_get("status")?,
+            rate_limit_per_minute: row.try_get("rate_limit_per_minute")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        }
+    }};
+}
+
+pub async fn get(db: &Db, tenant_id: &str) -> Result<Option<TenantRecord>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id = $1");
+    Ok(eventlog::on_pool!(db, pool => {
+        match sqlx::query(&sql).bind(tenant_id).fetch_optional(pool).await? {
+            Some(row) => Some(decode_tenant!(&row)),
+            None => None,
+        }
+    }))
+}
+
+/// A page of tenants ordered by id, after `after`.
+pub async fn list(
+    db: &Db,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<TenantRecord>, sqlx::Error> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id > $1 ORDER BY tenant_id LIMIT $2");
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = sqlx::query(&sql)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(|row| Ok(decode_tenant!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?
+    }))
+}
