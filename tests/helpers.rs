@@ -212,22 +212,24 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 /// Starts the application with adjusted settings.
 pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let db = TestDb::new(backend).await;
-    spawn_app_on(db, adjust).await
+    let mut app = spawn_app_on(db, adjust).await;
+    let log = app.db.log().await;
+    for tenant in TENANTS {
+        app.keys
+            .insert(tenant.to_string(), create_tenant(&log, tenant).await);
+    }
+    log.db().close().await;
+    app
 }
 
-/// Starts the application on an existing test database.
+/// Starts the application on an existing test database (without creating tenants).
 pub async fn spawn_app_on(db: TestDb, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = db.settings();
     adjust(&mut settings);
     let app = Application::build(settings)
         .await
         .expect("the application starts");
-    let log = db.log().await;
-    let mut keys = HashMap::new();
-    for tenant in TENANTS {
-        keys.insert(tenant.to_string(), create_tenant(&log, tenant).await);
-    }
-    log.db().close().await;
+    let keys = HashMap::new();
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());

@@ -12,3 +12,4 @@ mod entities;
 mod eventlog;
 mod operations;
 mod projections;
+mod security;

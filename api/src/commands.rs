@@ -70,6 +70,21 @@ fn write_canonical(value: &Value, out: &mut String) {
     }
 }
 
+/// The hash that tells two requests with one idempotency key apart: method, path and query,
+/// tenant, and the canonical body.
+pub fn request_hash(method: &str, target: &str, tenant: &str, body: &Value) -> String {
+    let mut hasher = Sha256::new();
+    for part in [method, target, tenant, &canonical_json(body)] {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// What to do with a command request.
 pub enum Begin {
     /// Run the command; complete this key (if any) with its response.
@@ -138,6 +153,7 @@ pub fn json_response(
 /// Turns a stored response into an HTTP response.
 pub fn to_response(stored: &StoredResponse, replay: bool) -> Response {
     let mut response = Response::new(Body::from(stored.body.clone()));
+    response.extensions_mut().insert(crate::error::FinalBody);
     *response.status_mut() =
         StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();

@@ -141,6 +141,11 @@ pub struct ErrorBody {
     pub request_id: String,
 }
 
+/// Marks a response whose body is already final (a stored response being sent or replayed),
+/// which the [`envelope`] middleware must leave as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct FinalBody;
+
 /// The error of a response, carried from the handler to the [`envelope`] middleware.
 #[derive(Debug, Clone)]
 struct PendingError {
@@ -341,6 +346,9 @@ pub async fn envelope(request: Request, next: Next) -> Response {
         .map(|id| id.0.clone())
         .unwrap_or_default();
     let mut response = next.run(request).await;
+    if response.extensions().get::<FinalBody>().is_some() {
+        return response;
+    }
     let status = response.status();
     let pending = match response.extensions_mut().remove::<PendingError>() {
         Some(pending) => pending,

@@ -3,7 +3,7 @@ CREATE TABLE tenants (
     tenant_id             TEXT COLLATE "C" NOT NULL,
     name                  TEXT NOT NULL,
     status                TEXT NOT NULL,
-    rate_limit_per_minute INTEGER,
+    rate_limit_per_minute BIGINT,
     created_at            TIMESTAMPTZ NOT NULL,
     updated_at            TIMESTAMPTZ NOT NULL,
     CONSTRAINT tenants_pkey PRIMARY KEY (tenant_id)
