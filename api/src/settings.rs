@@ -136,6 +136,9 @@ impl Settings {
                         "HOST",
                         "RUST_LOG",
                         "DATABASE_MAX_CONNECTIONS",
+                        "JWT_SECRET",
+                        "JWT_ISSUER",
+                        "JWT_AUDIENCE",
                     ])
                     .map(|key| match key.as_str() {
                         "RUST_LOG" => "log_filter".into(),
@@ -184,5 +187,42 @@ impl Settings {
             max_connections: self.database_max_connections.max(2),
             ..Default::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn environment_variables_override_the_file_and_the_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("gateway.toml", "port = 9000\nrate_limit_per_minute = 10\n")?;
+            jail.set_env("GATEWAY_CONFIG", "gateway.toml");
+            jail.set_env("PORT", "9100");
+            jail.set_env("JWT_SECRET", "s3cret");
+            jail.set_env("JWT_AUDIENCE", "gateway");
+            jail.set_env("GATEWAY_ADMIN_KEY", "admin");
+            jail.set_env("GATEWAY_CONSISTENCY_WAIT_MS", "50");
+            jail.set_env("RUST_LOG", "debug");
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(settings.port, 9100);
+            assert_eq!(settings.rate_limit_per_minute, 10);
+            assert_eq!(
+                settings.jwt_secret.as_ref().unwrap().expose_secret(),
+                "s3cret"
+            );
+            assert_eq!(settings.jwt_audience.as_deref(), Some("gateway"));
+            assert_eq!(
+                settings.admin_key.as_ref().unwrap().expose_secret(),
+                "admin"
+            );
+            assert_eq!(settings.consistency_wait_ms, 50);
+            assert_eq!(settings.log_filter, "debug");
+            assert!(settings.is_embedded());
+            Ok(())
+        });
     }
 }
