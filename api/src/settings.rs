@@ -197,6 +197,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // figment's Jail decides the closure's error type.
+    #[allow(clippy::result_large_err)]
     fn environment_variables_override_the_file_and_the_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("gateway.toml", "port = 9000\nrate_limit_per_minute = 10\n")?;
