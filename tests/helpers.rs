@@ -42,6 +42,8 @@ pub struct TestDb {
     pub url: String,
     backend: Backend,
     _dir: Option<TempDir>,
+    /// Whether dropping this handle drops the database.
+    owner: bool,
 }
 
 /// A folder removed when dropped.
@@ -70,6 +72,7 @@ impl TestDb {
                     url,
                     backend,
                     _dir: Some(TempDir(dir)),
+                    owner: true,
                 }
             }
             Backend::Postgres => {
@@ -89,8 +92,20 @@ impl TestDb {
                     url: format!("{base}/{name}"),
                     backend,
                     _dir: None,
+                    owner: true,
                 }
             }
+        }
+    }
+
+    /// Another handle on the same database, for a second application (like another process).
+    /// The first handle stays the owner and must outlive this one.
+    pub fn share(&self) -> Self {
+        Self {
+            url: self.url.clone(),
+            backend: self.backend,
+            _dir: None,
+            owner: false,
         }
     }
 
@@ -130,7 +145,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if self.backend != Backend::Postgres {
+        if self.backend != Backend::Postgres || !self.owner {
             return;
         }
         // Best effort: CI also drops leftovers of crashed runs before testing.

@@ -354,3 +354,62 @@ both_backends!(
     a_rebuilt_projection_equals_the_live_one,
     a_rebuilt_projection_equals_the_live_one
 );
+
+async fn two_gateways_on_one_database_serve_each_others_writes(backend: Backend) {
+    let first = spawn_app(backend).await;
+    let mut second = crate::helpers::spawn_app_on(first.db.share(), |_| {}).await;
+    second.keys = first.keys.clone();
+    let mut positions = Vec::new();
+    for i in 0..20 {
+        let (writer, reader) = if i % 2 == 0 {
+            (&first, &second)
+        } else {
+            (&second, &first)
+        };
+        let created = writer
+            .create("acme", "orders", json!({ "id": format!("o{i}") }))
+            .await;
+        assert_eq!(created.status(), 201);
+        let at = created.headers()["x-event-position"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let read = reader
+            .request(reqwest::Method::GET, &format!("/v1/orders/o{i}"), "acme")
+            .header("x-min-position", &at)
+            .header("x-consistency", "strict")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            read.status(),
+            200,
+            "gateway B reads gateway A's write at once"
+        );
+        positions.push(at);
+    }
+    let listed: Value = first
+        .request(reqwest::Method::GET, "/v1/orders?limit=100", "acme")
+        .header("x-min-position", positions.last().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 20);
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|item| item["version"] == 1),
+        "each create applied once"
+    );
+    second.shutdown.cancel();
+    let _ = second.server.await;
+}
+both_backends!(
+    two_gateways_on_one_database_serve_each_others_writes,
+    two_gateways_on_one_database_serve_each_others_writes
+);
