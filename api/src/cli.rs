@@ -44,6 +44,9 @@ pub enum Command {
     /// Tenants.
     #[command(subcommand)]
     Tenants(TenantsCommand),
+    /// The NATS relay.
+    #[command(subcommand)]
+    Relay(RelayCommand),
     /// API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -76,6 +79,16 @@ pub enum TenantsCommand {
         /// The tenant's request budget per key per minute.
         #[arg(long)]
         rate_limit_per_minute: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// Publish again every event after a cursor (`beginning` for all). JetStream drops the
+    /// copies of events it stored within its duplicate window; older ones arrive twice.
+    Replay {
+        #[arg(long, value_name = "CURSOR|beginning")]
+        from: String,
     },
 }
 
@@ -285,6 +298,23 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> anyhow::R
                     "tenant": tenant.as_str(),
                     "apiKey": { "id": key.id, "roles": roles, "key": key.token },
                 })
+            )?;
+            Ok(())
+        }
+        Command::Relay(RelayCommand::Replay { from }) => {
+            let log = startup::open_log(&settings).await?;
+            let cursor = if from == "beginning" {
+                eventlog::Cursor::START
+            } else {
+                from.parse::<eventlog::Cursor>()
+                    .map_err(|_| anyhow::anyhow!("--from takes a cursor or 'beginning'"))?
+            };
+            workers::relay::replay_from(&log, cursor).await?;
+            let (behind, _) = log.backlog(cursor).await?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "relayCheckpoint": cursor.to_string(), "eventsToPublish": behind })
             )?;
             Ok(())
         }

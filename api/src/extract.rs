@@ -47,6 +47,8 @@ pub struct CommandContext<R: RequiredRole> {
     pub actor: String,
     pub request_id: String,
     pub idempotency_key: Option<String>,
+    /// The request's W3C `traceparent`, when well formed.
+    pub traceparent: Option<String>,
     pub method: Method,
     /// Path and query of the request.
     pub target: String,
@@ -62,8 +64,19 @@ impl<R: RequiredRole> CommandContext<R> {
             command,
         );
         metadata.idempotency_key = self.idempotency_key.clone();
+        metadata.traceparent = self.traceparent.clone();
         metadata
     }
+}
+
+/// A `traceparent` of the form `00-<32 hex>-<16 hex>-<2 hex>`.
+fn valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    parts.len() == 4
+        && [2, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 impl<S: Send + Sync, R: RequiredRole> FromRequestParts<S> for CommandContext<R> {
@@ -99,6 +112,12 @@ impl<S: Send + Sync, R: RequiredRole> FromRequestParts<S> for CommandContext<R> 
             auth,
             request_id,
             idempotency_key,
+            traceparent: parts
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| valid_traceparent(v))
+                .map(str::to_string),
             method: parts.method.clone(),
             target: parts
                 .uri

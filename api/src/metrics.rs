@@ -54,6 +54,9 @@ pub struct Metrics {
     events_appended: Family<AggregateLabels, Counter>,
     projector_lag_events: Family<ProjectorLabels, Gauge>,
     projector_lag_seconds: Family<ProjectorLabels, Gauge<f64, AtomicU64>>,
+    relay_healthy: Gauge,
+    relay_lag_events: Gauge,
+    relay_lag_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -98,8 +101,29 @@ impl Default for Metrics {
             "Age of the oldest event not yet applied by the projector",
             projector_lag_seconds.clone(),
         );
+        let relay_healthy = Gauge::default();
+        let relay_lag_events = Gauge::default();
+        let relay_lag_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "relay_healthy",
+            "1 when the NATS relay's last publish or connection attempt succeeded",
+            relay_healthy.clone(),
+        );
+        registry.register(
+            "relay_lag_events",
+            "Events in the log not yet published to NATS",
+            relay_lag_events.clone(),
+        );
+        registry.register(
+            "relay_lag_seconds",
+            "Age of the oldest event not yet published to NATS",
+            relay_lag_seconds.clone(),
+        );
         Self {
             registry,
+            relay_healthy,
+            relay_lag_events,
+            relay_lag_seconds,
             requests,
             request_seconds,
             commands,
@@ -154,6 +178,12 @@ impl Metrics {
         self.projector_lag_seconds
             .get_or_create(&labels)
             .set(seconds);
+    }
+
+    pub fn relay(&self, healthy: bool, events: u64, seconds: f64) {
+        self.relay_healthy.set(i64::from(healthy));
+        self.relay_lag_events.set(events as i64);
+        self.relay_lag_seconds.set(seconds);
     }
 
     /// The registry in Prometheus text format.

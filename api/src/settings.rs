@@ -75,6 +75,21 @@ pub struct Settings {
     /// How long a request holds its idempotency key before a retry may take it over, in
     /// seconds (only matters when a request died without answering).
     pub idempotency_lock_secs: u64,
+    /// `nats://…`: publish every event to JetStream. Unset: no relay.
+    pub nats_url: Option<String>,
+    /// JetStream stream the relay creates or updates on start.
+    pub nats_stream: String,
+    /// First token of every subject; the stream takes `<prefix>.>`.
+    pub nats_subject_prefix: String,
+    /// How long the stream keeps messages, in hours.
+    pub nats_max_age_hours: u64,
+    /// JetStream's duplicate window (deduplication by event id), in seconds.
+    pub nats_duplicate_window_secs: u64,
+    pub nats_replicas: usize,
+    /// Most events the relay publishes per batch (and per transaction).
+    pub relay_batch_size: usize,
+    /// Most publishes awaiting JetStream's acknowledgement at once.
+    pub relay_max_in_flight: usize,
 }
 
 fn serialize_secret_option<S: serde::Serializer>(
@@ -113,6 +128,14 @@ impl Default for Settings {
             rate_limit_per_minute: 6000,
             idempotency_retention_hours: 24,
             idempotency_lock_secs: 60,
+            nats_url: None,
+            nats_stream: "GATEWAY".into(),
+            nats_subject_prefix: "gateway".into(),
+            nats_max_age_hours: 24 * 7,
+            nats_duplicate_window_secs: 120,
+            nats_replicas: 1,
+            relay_batch_size: 500,
+            relay_max_in_flight: 256,
         }
     }
 }
@@ -139,6 +162,7 @@ impl Settings {
                         "JWT_SECRET",
                         "JWT_ISSUER",
                         "JWT_AUDIENCE",
+                        "NATS_URL",
                     ])
                     .map(|key| match key.as_str() {
                         "RUST_LOG" => "log_filter".into(),
@@ -169,6 +193,22 @@ impl Settings {
 
     pub fn idempotency_lock(&self) -> Duration {
         Duration::from_secs(self.idempotency_lock_secs.max(1))
+    }
+
+    /// The relay's settings, when `NATS_URL` is set.
+    pub fn relay(&self) -> Option<workers::relay::RelaySettings> {
+        let url = self.nats_url.as_ref().filter(|url| !url.is_empty())?;
+        Some(workers::relay::RelaySettings {
+            url: url.clone(),
+            stream: self.nats_stream.clone(),
+            subject_prefix: self.nats_subject_prefix.clone(),
+            max_age: Duration::from_secs(self.nats_max_age_hours * 3600),
+            duplicate_window: Duration::from_secs(self.nats_duplicate_window_secs),
+            replicas: self.nats_replicas.max(1),
+            batch_size: self.relay_batch_size.max(1),
+            max_in_flight: self.relay_max_in_flight.max(1),
+            poll_interval: Duration::from_millis(self.projector_poll_ms.max(10)),
+        })
     }
 
     pub fn consistency_wait(&self) -> Duration {

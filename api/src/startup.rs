@@ -69,6 +69,16 @@ impl Application {
             Duration::from_secs(60),
             shutdown.clone(),
         ));
+        let relay = settings.relay().map(|relay_settings| {
+            let status = Arc::new(workers::relay::RelayStatus::default());
+            workers.push(workers::relay::spawn(
+                log.clone(),
+                relay_settings,
+                status.clone(),
+                shutdown.clone(),
+            ));
+            status
+        });
         let last_used = Arc::new(LastUsed::default());
         workers.push(spawn_last_used_flusher(
             log.clone(),
@@ -94,6 +104,7 @@ impl Application {
             rate_limiter: Arc::new(RateLimiter::default()),
             last_used,
             clock,
+            relay,
         };
         Ok(Self {
             port,

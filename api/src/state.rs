@@ -22,6 +22,8 @@ pub struct AppState {
     pub rate_limiter: Arc<RateLimiter>,
     pub last_used: Arc<LastUsed>,
     pub clock: domain::api_key::ApiKeyServices,
+    /// The relay's health; `None` when no `NATS_URL` is configured.
+    pub relay: Option<Arc<workers::relay::RelayStatus>>,
 }
 
 /// The system clock.

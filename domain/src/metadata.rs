@@ -28,6 +28,9 @@ pub struct EventMetadata {
     pub idempotency_key: Option<String>,
     /// The command's name, e.g. `CreateEntity`.
     pub command: String,
+    /// The W3C `traceparent` of the request, when it came with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub schema: u32,
 }
 
@@ -49,6 +52,7 @@ impl EventMetadata {
             causation_id: None,
             idempotency_key: None,
             command: command.into(),
+            traceparent: None,
             schema: METADATA_SCHEMA,
         }
     }

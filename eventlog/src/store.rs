@@ -132,6 +132,24 @@ impl RecordedEvent {
         serde_json::from_value(tagged)
     }
 
+    /// The event as it travels to subscribers (NATS, Server-Sent Events): one documented JSON
+    /// shape with its position, identity, payload and metadata.
+    pub fn envelope(&self) -> Value {
+        serde_json::json!({
+            "eventId": self.event_id,
+            "cursor": self.cursor.to_string(),
+            "tenantId": self.tenant_id,
+            "aggregateType": self.aggregate_type,
+            "aggregateId": self.aggregate_id,
+            "sequence": self.sequence,
+            "eventType": self.event_type,
+            "eventVersion": self.event_version,
+            "recordedAt": self.recorded_at,
+            "payload": self.payload,
+            "metadata": self.metadata,
+        })
+    }
+
     /// The metadata, when it has the current shape.
     pub fn event_metadata(&self) -> Option<EventMetadata> {
         serde_json::from_value(self.metadata.clone()).ok()
@@ -522,6 +540,77 @@ impl EventLog {
             }
         };
         Ok(self.upcast_all(events))
+    }
+
+    /// [`EventLog::read_after`] restricted to one tenant's events (live streams, change feeds).
+    pub async fn read_tenant_after(
+        &self,
+        tenant_id: &str,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let events = match &self.inner.db {
+            Db::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT {PG_COLUMNS} FROM events \
+                     WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+                       AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                       AND tenant_id = $4 \
+                     ORDER BY transaction_id, global_position LIMIT $3"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(after.transaction_id.to_string())
+                    .bind(after.position)
+                    .bind(limit as i64)
+                    .bind(tenant_id)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok(decode_row!(row)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+            Db::Sqlite(pools) => {
+                let sql = format!(
+                    "SELECT {SQLITE_COLUMNS} FROM events WHERE global_position > $1 \
+                     AND tenant_id = $3 ORDER BY global_position LIMIT $2"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(after.position)
+                    .bind(limit as i64)
+                    .bind(tenant_id)
+                    .fetch_all(&pools.reader)
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok(decode_row!(row)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+        };
+        Ok(self.upcast_all(events))
+    }
+
+    /// The cursor of the last readable event: a reader starting there sees every event that
+    /// becomes readable later, and none before.
+    pub async fn head(&self) -> Result<Cursor, sqlx::Error> {
+        let row = match &self.inner.db {
+            Db::Postgres(pool) => sqlx::query(
+                "SELECT transaction_id::text::bigint AS transaction_id, global_position FROM events \
+                 WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                 ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await?
+            .map(|row| Ok::<_, sqlx::Error>(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
+            .transpose()?,
+            Db::Sqlite(pools) => sqlx::query(
+                "SELECT 0 AS transaction_id, global_position FROM events \
+                 ORDER BY global_position DESC LIMIT 1",
+            )
+            .fetch_optional(&pools.reader)
+            .await?
+            .map(|row| Ok::<_, sqlx::Error>(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
+            .transpose()?,
+        };
+        Ok(row.unwrap_or(Cursor::START))
     }
 
     /// [`EventLog::read_after`] inside a transaction, so that a projector reads and applies

@@ -67,3 +67,30 @@ pub async fn delete_in(tx: &mut Tx, name: &str) -> Result<(), sqlx::Error> {
     });
     Ok(())
 }
+
+/// Moves the checkpoint from `expected` to `new` inside `tx`, only if it is still at
+/// `expected`. Returns whether it moved.
+pub async fn compare_and_set_in(
+    tx: &mut Tx,
+    name: &str,
+    expected: Cursor,
+    new: Cursor,
+) -> Result<bool, sqlx::Error> {
+    let now = chrono::Utc::now();
+    let moved = eventlog::on_tx!(tx, conn => {
+        sqlx::query(
+            "UPDATE projector_checkpoints SET transaction_id = $4, global_position = $5, \
+             updated_at = $6 WHERE name = $1 AND transaction_id = $2 AND global_position = $3",
+        )
+        .bind(name)
+        .bind(expected.transaction_id)
+        .bind(expected.position)
+        .bind(new.transaction_id)
+        .bind(new.position)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(moved == 1)
+}

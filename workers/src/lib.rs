@@ -7,6 +7,8 @@
 //! - [`listener`]: PostgreSQL `LISTEN` on the append channel, so runners wake as soon as any
 //!   process appends. Runners also poll, so a lost notification only delays them.
 //! - [`reaper`]: deletes idempotency records past their retention.
+//! - [`relay`]: publishes every event to NATS JetStream, in log order, exactly once within
+//!   the stream's duplicate window.
 //! - [`rebuild`]: replays a projector from the start of the log into shadow tables and swaps
 //!   them in.
 //!
@@ -16,6 +18,7 @@
 pub mod listener;
 pub mod reaper;
 pub mod rebuild;
+pub mod relay;
 pub mod runner;
 
 use std::sync::Arc;

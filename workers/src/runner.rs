@@ -39,7 +39,7 @@ pub enum BatchOutcome {
 }
 
 /// The advisory-lock key of a checkpoint (PostgreSQL).
-pub(crate) fn lock_key(checkpoint: &str) -> String {
+pub fn lock_key(checkpoint: &str) -> String {
     format!("projector:{checkpoint}")
 }
 

@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod entities;
+pub mod events;
 pub mod me;
 pub mod ops;
 pub mod tenants;
@@ -39,6 +40,7 @@ use crate::state::AppState;
         (name = "entities", description = "Generic records of tenant-defined entity types"),
         (name = "tenants", description = "Tenants (platform admins) and the caller's identity"),
         (name = "api-keys", description = "A tenant's API keys"),
+        (name = "events", description = "The tenant's events, live"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     ),
     components(schemas(ErrorEnvelope)),
@@ -134,6 +136,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(me::router())
         .merge(tenants::router())
         .merge(api_keys::router())
+        .merge(events::router())
         .merge(entities::router())
 }
 

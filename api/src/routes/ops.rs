@@ -50,6 +50,19 @@ pub struct ProjectorLag {
     pub lag_seconds: f64,
 }
 
+/// The NATS relay's state.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayReport {
+    /// `ok`, `degraded` (NATS unreachable or refusing; commands still succeed and the relay
+    /// catches up later), or `disabled` (no `NATS_URL`).
+    pub status: &'static str,
+    pub lag_events: Option<u64>,
+    pub lag_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Readiness.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
@@ -61,6 +74,37 @@ pub struct Readiness {
     pub database: &'static str,
     /// Lag of every projector (absent when the database does not answer).
     pub projectors: BTreeMap<String, ProjectorLag>,
+    pub relay: RelayReport,
+}
+
+/// The relay's state, refreshing its gauges.
+async fn relay_report(state: &AppState) -> RelayReport {
+    let Some(status) = &state.relay else {
+        return RelayReport {
+            status: "disabled",
+            lag_events: None,
+            lag_seconds: None,
+            error: None,
+        };
+    };
+    let lag = projections::progress::lag(&state.log, workers::relay::CHECKPOINT)
+        .await
+        .ok();
+    if let Some(lag) = lag {
+        state
+            .metrics
+            .relay(status.is_healthy(), lag.events, lag.seconds);
+    }
+    RelayReport {
+        status: if status.is_healthy() {
+            "ok"
+        } else {
+            "degraded"
+        },
+        lag_events: lag.map(|l| l.events),
+        lag_seconds: lag.map(|l| l.seconds),
+        error: status.last_error(),
+    }
 }
 
 /// Refreshes the lag gauges and returns the lags; `None` when the database does not answer.
@@ -88,8 +132,9 @@ async fn projector_lags(state: &AppState) -> Option<BTreeMap<String, ProjectorLa
     Some(lags)
 }
 
-/// Readiness: the database answers. Reports each projector's lag; a lagging projector does
-/// not make the gateway unready, since commands and reads still work.
+/// Readiness: the database answers. Reports each projector's lag and the relay's state; a
+/// lagging projector or a degraded relay does not make the gateway unready, since commands
+/// and reads still work.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
@@ -101,6 +146,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             None
         }
     };
+    let relay = relay_report(&state).await;
     let (status, body) = match lags {
         Some(projectors) => (
             StatusCode::OK,
@@ -109,6 +155,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
                 backend,
                 database: "ok",
                 projectors,
+                relay,
             },
         ),
         None => (
@@ -118,6 +165,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
                 backend,
                 database: "unreachable",
                 projectors: BTreeMap::new(),
+                relay,
             },
         ),
     };
@@ -129,6 +177,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     projector_lags(&state).await;
+    relay_report(&state).await;
     let mut response = state.metrics.encode().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
