@@ -1,9 +1,10 @@
 //! The black-box suite. Each module covers one feature; `helpers` starts the real application
 //! on port 0 against a fresh SQLite file or a fresh PostgreSQL database.
 //!
-//! PostgreSQL is required: tests connect to `GATEWAY_TEST_DATABASE_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`) and fail when it is unreachable, so the
-//! PostgreSQL paths are never skipped silently.
+//! PostgreSQL and NATS are required: tests connect to `GATEWAY_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and `GATEWAY_TEST_NATS_URL` (default
+//! `nats://127.0.0.1:4222`) and fail when they are unreachable, so those paths are never
+//! skipped silently.
 #![forbid(unsafe_code)]
 
 mod helpers;
@@ -13,3 +14,4 @@ mod eventlog;
 mod operations;
 mod projections;
 mod security;
+mod streams;

@@ -89,6 +89,7 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/api-keys", "post"),
         ("/v1/api-keys/{id}", "get"),
         ("/v1/api-keys/{id}", "delete"),
+        ("/v1/events/stream", "get"),
     ];
     let paths = document["paths"].as_object().unwrap();
     let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();

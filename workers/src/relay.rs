@@ -344,9 +344,8 @@ pub fn spawn(
 }
 
 /// Moves the relay's checkpoint back to `from`, so that everything after it is published
-/// again (`gateway relay replay`).
-/// The relay's batch in flight, if any, then fails its compare-and-set and the next batch
-/// starts from `from`.
+/// again (`gateway relay replay`). A batch in flight then fails its compare-and-set, and the
+/// next batch starts from `from`.
 pub async fn replay_from(log: &EventLog, from: Cursor) -> Result<(), sqlx::Error> {
     let mut tx = log.db().begin().await?;
     checkpoints::write_in(&mut tx, CHECKPOINT, from).await?;

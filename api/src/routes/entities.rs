@@ -400,7 +400,7 @@ pub async fn list_entities(
         ("entity" = String, Path, description = "Entity type"),
         ("id" = String, Path, description = "Record id"),
         ("If-Match" = Option<String>, Header, description = "The `ETag` the record must still have"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Recorded in the events' metadata"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
     ),
     request_body(content = Object, description = "A JSON merge patch: `null` removes a field"),
     responses(
@@ -448,7 +448,7 @@ pub async fn patch_entity(
         ("entity" = String, Path, description = "Entity type"),
         ("id" = String, Path, description = "Record id"),
         ("If-Match" = Option<String>, Header, description = "The `ETag` the record must still have"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Recorded in the events' metadata"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
     ),
     responses(
         (status = 200, description = "The deleted record, with `deletedAt`", body = EntityResponse),
