@@ -541,3 +541,67 @@ both_backends!(
     a_resumed_event_stream_continues_exactly_where_it_stopped,
     a_resumed_event_stream_continues_exactly_where_it_stopped
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_consumer_applies_each_event_once() {
+    let names = Names::new();
+    let app = spawn_app_with(Backend::Sqlite, |s| names.apply(s, &nats_url())).await;
+    for i in 0..5 {
+        assert_eq!(
+            app.create("acme", "orders", json!({ "id": format!("c{i}") }))
+                .await
+                .status(),
+            201
+        );
+    }
+    let log = app.db.log().await;
+    assert_published_exactly_once(&names, &log).await;
+    let state = std::env::temp_dir().join(format!("consumer-{}.db", uuid::Uuid::new_v4()));
+    let settings = |durable: &str| workers::consumer::ConsumerSettings {
+        url: nats_url(),
+        stream: names.stream.clone(),
+        durable: durable.into(),
+        filter_subject: Some(format!("{}.acme.Entity.>", names.prefix)),
+        state: state.clone(),
+    };
+    let run = |durable: &'static str| {
+        let settings = settings(durable);
+        async move {
+            let mut out = Vec::new();
+            let report = workers::consumer::run(
+                &settings,
+                None,
+                Some(Duration::from_secs(2)),
+                &mut out,
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+            (report, String::from_utf8(out).unwrap())
+        }
+    };
+    let (first, printed) = run("billing").await;
+    assert_eq!(first.applied, 5);
+    let ids: HashSet<String> = printed
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["aggregateId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 5);
+    // The same durable consumer resumes after what it acknowledged: nothing new.
+    let (again, _) = run("billing").await;
+    assert_eq!(again, workers::consumer::ConsumerReport::default());
+    // A fresh consumer sees every message again (as after a lost ack); the state skips them.
+    let (redelivered, printed) = run("billing-replayed").await;
+    assert_eq!(
+        (redelivered.applied, redelivered.skipped_duplicates),
+        (0, 5)
+    );
+    assert!(printed.is_empty());
+    let _ = std::fs::remove_file(&state);
+    names.delete().await;
+}

@@ -47,6 +47,25 @@ pub enum Command {
     /// The NATS relay.
     #[command(subcommand)]
     Relay(RelayCommand),
+    /// Consume the NATS stream as a downstream service would (durable pull consumer, each
+    /// event applied once, double ack); prints each event's envelope as a JSON line.
+    Subscribe {
+        /// The durable consumer's name; it remembers its position across runs.
+        #[arg(long)]
+        durable: String,
+        /// Subject filter, e.g. `gateway.acme.Entity.>`.
+        #[arg(long)]
+        filter: Option<String>,
+        /// SQLite file of processed event ids (and the example's effects).
+        #[arg(long, default_value = "./data/consumer.db")]
+        state: PathBuf,
+        /// Stop after this many events.
+        #[arg(long)]
+        max: Option<u64>,
+        /// Stop when no event arrived for this many seconds.
+        #[arg(long)]
+        idle_secs: Option<u64>,
+    },
     /// API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -316,6 +335,46 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> anyhow::R
                 "{}",
                 serde_json::json!({ "relayCheckpoint": cursor.to_string(), "eventsToPublish": behind })
             )?;
+            Ok(())
+        }
+        Command::Subscribe {
+            durable,
+            filter,
+            state,
+            max,
+            idle_secs,
+        } => {
+            let url = settings.nats_url.clone().context("NATS_URL is not set")?;
+            if let Some(parent) = state.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let consumer = workers::consumer::ConsumerSettings {
+                url,
+                stream: settings.nats_stream.clone(),
+                durable,
+                filter_subject: filter,
+                state,
+            };
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                startup::shutdown_signal().await;
+                token.cancel();
+            });
+            let report = workers::consumer::run(
+                &consumer,
+                max,
+                idle_secs.map(Duration::from_secs),
+                out,
+                shutdown,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::info!(
+                applied = report.applied,
+                duplicates = report.skipped_duplicates,
+                "consumer stopped"
+            );
             Ok(())
         }
         Command::Token {

@@ -6,6 +6,8 @@
 //!   each event's effect exactly-once.
 //! - [`listener`]: PostgreSQL `LISTEN` on the append channel, so runners wake as soon as any
 //!   process appends. Runners also poll, so a lost notification only delays them.
+//! - [`consumer`]: the downstream consumer pattern (`gateway subscribe`): a durable JetStream
+//!   pull consumer that applies each event exactly once in effect.
 //! - [`reaper`]: deletes idempotency records past their retention.
 //! - [`relay`]: publishes every event to NATS JetStream, in log order, exactly once within
 //!   the stream's duplicate window.
@@ -15,6 +17,7 @@
 //! Every loop stops at the next batch boundary when its `CancellationToken` is cancelled.
 #![forbid(unsafe_code)]
 
+pub mod consumer;
 pub mod listener;
 pub mod reaper;
 pub mod rebuild;
