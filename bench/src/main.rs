@@ -16,10 +16,16 @@ use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Workload {
     /// `POST /v1/bench-items`, each with a fresh `Idempotency-Key`.
     CreateEntities,
+    /// Fill the log of `--database-url` up to `--events` events, then time the NATS relay
+    /// publishing all of them to a fresh JetStream stream (no HTTP).
+    RelayDrain,
+    /// Create entities over HTTP (with `--spawn` and `--nats-url`) and time, per event, from
+    /// the command's response to the event's arrival at a NATS subscriber.
+    CommitToSubscriber,
 }
 
 #[derive(Debug, Parser)]
@@ -45,12 +51,19 @@ struct Args {
     duration: Option<f64>,
     #[arg(long, value_enum, default_value = "create-entities")]
     workload: Workload,
-    /// Tenant of the requests.
-    #[arg(long, default_value = "bench")]
-    tenant: String,
     /// Requests sent (and discarded) before measuring.
     #[arg(long, default_value_t = 200)]
     warmup: u64,
+    /// `X-API-Key` of the requests when the gateway is not spawned by the bench (a spawned one
+    /// gets a tenant and key of its own).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// NATS of the relay workloads.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Log size of `relay-drain`.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
 }
 
 struct Server {
@@ -86,34 +99,63 @@ fn rss(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// The environment of a spawned gateway (and of its CLI).
+fn gateway_command(binary: &PathBuf, env: &[(String, String)]) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL")
+        .env("RUST_LOG", "warn")
+        .env("GATEWAY_LOG_FORMAT", "json")
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+/// Starts the gateway; returns it, its URL and an admin key of a tenant of its own.
 async fn spawn_server(
     binary: &PathBuf,
     database_url: Option<&str>,
-) -> anyhow::Result<(Server, String)> {
+    extra_env: &[(String, String)],
+) -> anyhow::Result<(Server, String, String)> {
     let port = free_port()?;
-    let mut command = Command::new(binary);
-    command
-        .arg("serve")
-        .env("PORT", port.to_string())
-        .env("HOST", "127.0.0.1")
-        .env("RUST_LOG", "warn")
-        .env("GATEWAY_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+    let mut env: Vec<(String, String)> = extra_env.to_vec();
     let data = match database_url {
         Some(url) => {
-            command.env("DATABASE_URL", url);
+            env.push(("DATABASE_URL".into(), url.into()));
             None
         }
         None => {
             let dir = std::env::temp_dir().join(format!("gateway-bench-{}", uuid::Uuid::new_v4()));
-            command
-                .env("GATEWAY_DATA_DIR", &dir)
-                .env_remove("DATABASE_URL");
+            env.push(("GATEWAY_DATA_DIR".into(), dir.display().to_string()));
             Some(TempDir(dir))
         }
     };
+    let tenant = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let created = gateway_command(binary, &env)
+        .args(["tenants", "create", "--name", "bench", "--id", &tenant])
+        .args(["--rate-limit-per-minute", "1000000000"])
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .context("creating the bench tenant")?;
+    if !created.status.success() {
+        bail!("gateway tenants create failed");
+    }
+    let created: Value = serde_json::from_slice(&created.stdout).context("tenant JSON")?;
+    let key = created["apiKey"]["key"]
+        .as_str()
+        .context("no key in the tenant JSON")?
+        .to_string();
+    let mut command = gateway_command(binary, &env);
+    command
+        .arg("serve")
+        .env("PORT", port.to_string())
+        .env("HOST", "127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
     let child = command
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
@@ -137,13 +179,14 @@ async fn spawn_server(
             _data: data,
         },
         url,
+        key,
     ))
 }
 
-fn request(client: &reqwest::Client, url: &str, tenant: &str, n: u64) -> reqwest::RequestBuilder {
+fn request(client: &reqwest::Client, url: &str, key: &str, n: u64) -> reqwest::RequestBuilder {
     client
         .post(format!("{url}/v1/bench-items"))
-        .header("x-tenant-id", tenant)
+        .header("x-api-key", key)
         .header("idempotency-key", uuid::Uuid::new_v4().to_string())
         .json(&json!({
             "n": n,
@@ -156,11 +199,14 @@ fn request(client: &reqwest::Client, url: &str, tenant: &str, n: u64) -> reqwest
 struct Outcome {
     latencies: Vec<Duration>,
     errors: u64,
+    /// Record id and the instant its create's response arrived, for `commit-to-subscriber`.
+    committed: Vec<(String, Instant)>,
 }
 
 async fn run_load(
     client: &reqwest::Client,
     url: &str,
+    key: &str,
     args: &Args,
     total: Option<u64>,
     until: Option<Instant>,
@@ -170,10 +216,11 @@ async fn run_load(
     for _ in 0..args.concurrency {
         let client = client.clone();
         let url = url.to_string();
-        let tenant = args.tenant.clone();
+        let key = key.to_string();
         let issued = issued.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut committed = Vec::new();
             let mut errors = 0u64;
             loop {
                 let n = issued.fetch_add(1, Ordering::Relaxed);
@@ -183,10 +230,13 @@ async fn run_load(
                     break;
                 }
                 let started = Instant::now();
-                let ok = match request(&client, &url, &tenant, n).send().await {
+                let ok = match request(&client, &url, &key, n).send().await {
                     Ok(response) => {
                         let ok = response.status().is_success();
-                        let _ = response.bytes().await;
+                        let body: Value = response.json().await.unwrap_or(Value::Null);
+                        if let Some(id) = body["id"].as_str() {
+                            committed.push((format!("bench-items/{id}"), Instant::now()));
+                        }
                         ok
                     }
                     Err(_) => false,
@@ -196,20 +246,107 @@ async fn run_load(
                     errors += 1;
                 }
             }
-            (latencies, errors)
+            (latencies, errors, committed)
         }));
     }
     let mut outcome = Outcome {
         latencies: Vec::new(),
         errors: 0,
+        committed: Vec::new(),
     };
     for task in tasks {
-        if let Ok((latencies, errors)) = task.await {
+        if let Ok((latencies, errors, committed)) = task.await {
             outcome.latencies.extend(latencies);
             outcome.errors += errors;
+            outcome.committed.extend(committed);
         }
     }
     outcome
+}
+
+/// `relay-drain`: fills the log, then publishes it all through the relay's batch function.
+async fn relay_drain(args: &Args) -> anyhow::Result<()> {
+    let url = args
+        .database_url
+        .clone()
+        .context("relay-drain needs --database-url")?;
+    let db = eventlog::Db::connect(&url, &Default::default()).await?;
+    db.migrate().await?;
+    let log = eventlog::EventLog::new(db, Vec::new());
+    let (existing, _) = log.backlog(eventlog::Cursor::START).await?;
+    let tenant = domain::names::TenantId::parse("bench").expect("a valid tenant");
+    let filling = Instant::now();
+    let mut written = existing;
+    while written < args.events {
+        let n = (args.events - written).min(1000) as usize;
+        let batch: Vec<eventlog::StreamAppend> = (0..n)
+            .map(|i| eventlog::StreamAppend {
+                stream: eventlog::StreamId::new(tenant.clone(), "Backlog", format!("b{written}-{i}")),
+                expected_version: 0,
+                events: vec![eventlog::NewEvent {
+                    event_id: uuid::Uuid::now_v7(),
+                    event_type: "BacklogFilled".into(),
+                    event_version: "1.0".into(),
+                    payload: json!({ "n": written + i as u64, "text": "lorem ipsum dolor sit amet consectetur" }),
+                }],
+                metadata: domain::metadata::EventMetadata::new(tenant.clone(), "bench", "bench", "FillBacklog"),
+            })
+            .collect();
+        log.append(&batch).await?;
+        written += n as u64;
+        if written % 100_000 < 1000 {
+            eprintln!("filled {written} events");
+        }
+    }
+    eprintln!(
+        "log holds {written} events ({:.1} s to fill)",
+        filling.elapsed().as_secs_f64()
+    );
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let settings = workers::relay::RelaySettings {
+        url: args.nats_url.clone(),
+        stream: format!("BENCH_{}", id.to_uppercase()),
+        subject_prefix: format!("bench{id}"),
+        max_age: Duration::from_secs(3600),
+        duplicate_window: Duration::from_secs(120),
+        replicas: 1,
+        batch_size: 500,
+        max_in_flight: 256,
+        poll_interval: Duration::from_millis(100),
+    };
+    let client = async_nats::connect(settings.url.as_str()).await?;
+    let jetstream = async_nats::jetstream::new(client);
+    workers::relay::ensure_stream(&jetstream, &settings)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    projections::checkpoints::ensure(log.db(), workers::relay::CHECKPOINT).await?;
+    workers::relay::replay_from(&log, eventlog::Cursor::START).await?;
+    let started = Instant::now();
+    let mut published = 0u64;
+    while let workers::relay::RelayOutcome::Published { events, .. } =
+        workers::relay::run_batch(&log, &jetstream, &settings)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        published += events as u64;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = jetstream.delete_stream(&settings.stream).await;
+    let report = json!({
+        "workload": "RelayDrain",
+        "events": published,
+        "seconds": seconds,
+        "eventsPerSecond": published as f64 / seconds,
+        "batchSize": settings.batch_size,
+        "maxInFlight": settings.max_in_flight,
+    });
+    println!(
+        "RelayDrain events={published} {:.1}s {:.0} events/s",
+        seconds,
+        published as f64 / seconds
+    );
+    println!("{report}");
+    Ok(())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -226,12 +363,61 @@ async fn main() -> anyhow::Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let (server, url) = match &args.spawn {
+    if args.workload == Workload::RelayDrain {
+        return relay_drain(&args).await;
+    }
+    let subscription_prefix = format!("benchlat{}", uuid::Uuid::new_v4().simple());
+    let mut extra_env = Vec::new();
+    if args.workload == Workload::CommitToSubscriber {
+        extra_env.push(("NATS_URL".to_string(), args.nats_url.clone()));
+        extra_env.push((
+            "GATEWAY_NATS_STREAM".to_string(),
+            subscription_prefix.to_uppercase(),
+        ));
+        extra_env.push((
+            "GATEWAY_NATS_SUBJECT_PREFIX".to_string(),
+            subscription_prefix.clone(),
+        ));
+        extra_env.push(("GATEWAY_PROJECTOR_POLL_MS".to_string(), "50".to_string()));
+    }
+    let (server, url, key) = match &args.spawn {
         Some(binary) => {
-            let (server, url) = spawn_server(binary, args.database_url.as_deref()).await?;
-            (Some(server), url)
+            let (server, url, key) =
+                spawn_server(binary, args.database_url.as_deref(), &extra_env).await?;
+            (Some(server), url, key)
         }
-        None => (None, args.url.trim_end_matches('/').to_string()),
+        None => (
+            None,
+            args.url.trim_end_matches('/').to_string(),
+            args.api_key
+                .clone()
+                .context("--api-key is needed without --spawn")?,
+        ),
+    };
+    let arrivals: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> =
+        Arc::default();
+    let subscriber = if args.workload == Workload::CommitToSubscriber {
+        let client = async_nats::connect(args.nats_url.as_str()).await?;
+        let mut subscription = client.subscribe(format!("{subscription_prefix}.>")).await?;
+        let arrivals = arrivals.clone();
+        Some(tokio::spawn(async move {
+            use futures::StreamExt;
+            while let Some(message) = subscription.next().await {
+                let now = Instant::now();
+                if let Some(id) = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Gateway-Aggregate-Id"))
+                {
+                    arrivals
+                        .lock()
+                        .expect("arrivals lock")
+                        .insert(id.as_str().to_string(), now);
+                }
+            }
+        }))
+    } else {
+        None
     };
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -240,7 +426,7 @@ async fn main() -> anyhow::Result<()> {
     let idle_rss = server.as_ref().and_then(|s| rss(s.pid)).map(|(now, _)| now);
 
     if args.warmup > 0 {
-        run_load(&client, &url, &args, Some(args.warmup), None).await;
+        run_load(&client, &url, &key, &args, Some(args.warmup), None).await;
     }
     let peak_sampler = server.as_ref().map(|s| {
         let pid = s.pid;
@@ -265,8 +451,26 @@ async fn main() -> anyhow::Result<()> {
         (None, None) => (Some(10_000), None),
     };
     let started = Instant::now();
-    let mut outcome = run_load(&client, &url, &args, total, until).await;
+    let mut outcome = run_load(&client, &url, &key, &args, total, until).await;
     let elapsed = started.elapsed().as_secs_f64();
+    let mut delivery = Vec::new();
+    if let Some(subscriber) = subscriber {
+        // Wait (bounded) for the last events to arrive, then match them to their commits.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline
+            && arrivals.lock().expect("arrivals lock").len() < outcome.committed.len()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        subscriber.abort();
+        let arrivals = arrivals.lock().expect("arrivals lock");
+        for (id, committed) in &outcome.committed {
+            if let Some(arrived) = arrivals.get(id) {
+                delivery.push(arrived.saturating_duration_since(*committed));
+            }
+        }
+        delivery.sort();
+    }
 
     let ready: Value = client
         .get(format!("{url}/ready"))
@@ -307,6 +511,13 @@ async fn main() -> anyhow::Result<()> {
         },
         "projectionLagAtEnd": lag,
         "serverIdleRssMb": idle_rss.map(|b| b as f64 / 1048576.0),
+        "commitToSubscriberMs": (!delivery.is_empty()).then(|| json!({
+            "events": delivery.len(),
+            "missing": outcome.committed.len() - delivery.len(),
+            "p50": percentile(&delivery, 0.50),
+            "p99": percentile(&delivery, 0.99),
+            "max": percentile(&delivery, 1.0),
+        })),
         "serverPeakRssMb": peak_rss.map(|b| b as f64 / 1048576.0),
     });
     println!(
