@@ -428,6 +428,26 @@ async fn main() -> anyhow::Result<()> {
     if args.warmup > 0 {
         run_load(&client, &url, &key, &args, Some(args.warmup), None).await;
     }
+    if args.workload == Workload::CommitToSubscriber {
+        // Measure the steady state: the relay connected and caught up with the warm-up.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready: Value = client
+                .get(format!("{url}/ready"))
+                .send()
+                .await?
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            if ready["relay"]["status"] == "ok" && ready["relay"]["lagEvents"] == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the relay did not catch up within 60 s: {ready}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let peak_sampler = server.as_ref().map(|s| {
         let pid = s.pid;
         tokio::spawn(async move {
@@ -457,9 +477,17 @@ async fn main() -> anyhow::Result<()> {
     if let Some(subscriber) = subscriber {
         // Wait (bounded) for the last events to arrive, then match them to their commits.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline
-            && arrivals.lock().expect("arrivals lock").len() < outcome.committed.len()
-        {
+        while Instant::now() < deadline {
+            let all_arrived = {
+                let arrived = arrivals.lock().expect("arrivals lock");
+                outcome
+                    .committed
+                    .iter()
+                    .all(|(id, _)| arrived.contains_key(id))
+            };
+            if all_arrived {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         subscriber.abort();

@@ -516,30 +516,7 @@ impl EventLog {
         after: Cursor,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let events = match &self.inner.db {
-            Db::Postgres(pool) => {
-                let rows = sqlx::query(&pg_tail_sql())
-                    .bind(after.transaction_id.to_string())
-                    .bind(after.position)
-                    .bind(limit as i64)
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter()
-                    .map(|row| Ok(decode_row!(row)))
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
-            Db::Sqlite(pools) => {
-                let rows = sqlx::query(&sqlite_tail_sql())
-                    .bind(after.position)
-                    .bind(limit as i64)
-                    .fetch_all(&pools.reader)
-                    .await?;
-                rows.iter()
-                    .map(|row| Ok(decode_row!(row)))
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
-        };
-        Ok(self.upcast_all(events))
+        self.tail(None, after, limit).await
     }
 
     /// [`EventLog::read_after`] restricted to one tenant's events (live streams, change feeds).
@@ -549,37 +526,40 @@ impl EventLog {
         after: Cursor,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        self.tail(Some(tenant_id), after, limit).await
+    }
+
+    async fn tail(
+        &self,
+        tenant_id: Option<&str>,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         let events = match &self.inner.db {
             Db::Postgres(pool) => {
-                let sql = format!(
-                    "SELECT {PG_COLUMNS} FROM events \
-                     WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
-                       AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                       AND tenant_id = $4 \
-                     ORDER BY transaction_id, global_position LIMIT $3"
-                );
-                let rows = sqlx::query(&sql)
+                let sql = pg_tail_sql(tenant_id.is_some());
+                // Planned with the actual cursor each time: a cached generic plan does not know
+                // how far along the log the cursor is and may scan and sort the whole table.
+                let mut query = sqlx::query(&sql)
+                    .persistent(false)
                     .bind(after.transaction_id.to_string())
                     .bind(after.position)
-                    .bind(limit as i64)
-                    .bind(tenant_id)
-                    .fetch_all(pool)
-                    .await?;
+                    .bind(limit as i64);
+                if let Some(tenant_id) = tenant_id {
+                    query = query.bind(tenant_id);
+                }
+                let rows = query.fetch_all(pool).await?;
                 rows.iter()
                     .map(|row| Ok(decode_row!(row)))
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
             Db::Sqlite(pools) => {
-                let sql = format!(
-                    "SELECT {SQLITE_COLUMNS} FROM events WHERE global_position > $1 \
-                     AND tenant_id = $3 ORDER BY global_position LIMIT $2"
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(after.position)
-                    .bind(limit as i64)
-                    .bind(tenant_id)
-                    .fetch_all(&pools.reader)
-                    .await?;
+                let sql = sqlite_tail_sql(tenant_id.is_some());
+                let mut query = sqlx::query(&sql).bind(after.position).bind(limit as i64);
+                if let Some(tenant_id) = tenant_id {
+                    query = query.bind(tenant_id);
+                }
+                let rows = query.fetch_all(&pools.reader).await?;
                 rows.iter()
                     .map(|row| Ok(decode_row!(row)))
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
@@ -595,7 +575,7 @@ impl EventLog {
             Db::Postgres(pool) => sqlx::query(
                 "SELECT transaction_id::text::bigint AS transaction_id, global_position FROM events \
                  WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-                 ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+                 ORDER BY events.transaction_id DESC, events.global_position DESC LIMIT 1",
             )
             .fetch_optional(pool)
             .await?
@@ -623,7 +603,8 @@ impl EventLog {
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         let events = match tx {
             Tx::Postgres(tx) => {
-                let rows = sqlx::query(&pg_tail_sql())
+                let rows = sqlx::query(&pg_tail_sql(false))
+                    .persistent(false)
                     .bind(after.transaction_id.to_string())
                     .bind(after.position)
                     .bind(limit as i64)
@@ -634,7 +615,7 @@ impl EventLog {
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
             Tx::Sqlite(tx) => {
-                let rows = sqlx::query(&sqlite_tail_sql())
+                let rows = sqlx::query(&sqlite_tail_sql(false))
                     .bind(after.position)
                     .bind(limit as i64)
                     .fetch_all(&mut **tx)
@@ -659,6 +640,7 @@ impl EventLog {
                     "SELECT count(*) AS behind, min(recorded_at) AS oldest FROM events \
                      WHERE (transaction_id, global_position) > ($1::text::xid8, $2)",
                 )
+                .persistent(false)
                 .bind(cursor.transaction_id.to_string())
                 .bind(cursor.position)
                 .fetch_one(pool)
@@ -735,19 +717,25 @@ where
         .bind(after_sequence as i64)
 }
 
-fn pg_tail_sql() -> String {
+/// The tail query; with `by_tenant`, `$4` is the tenant. `ORDER BY` names the table's
+/// columns: the bare name would be the selected `transaction_id::text::bigint` alias, which
+/// no index orders, and every batch would sort the rest of the log.
+fn pg_tail_sql(by_tenant: bool) -> String {
+    let tenant = if by_tenant { "AND tenant_id = $4" } else { "" };
     format!(
         "SELECT {PG_COLUMNS} FROM events \
          WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
-           AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY transaction_id, global_position \
+           AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) {tenant} \
+         ORDER BY events.transaction_id, events.global_position \
          LIMIT $3"
     )
 }
 
-fn sqlite_tail_sql() -> String {
+/// The tail query; with `by_tenant`, `$3` is the tenant.
+fn sqlite_tail_sql(by_tenant: bool) -> String {
+    let tenant = if by_tenant { "AND tenant_id = $3" } else { "" };
     format!(
-        "SELECT {SQLITE_COLUMNS} FROM events WHERE global_position > $1 \
+        "SELECT {SQLITE_COLUMNS} FROM events WHERE global_position > $1 {tenant} \
          ORDER BY global_position LIMIT $2"
     )
 }

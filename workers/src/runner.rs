@@ -89,8 +89,18 @@ pub async fn run_batch(
         return Ok(BatchOutcome::Idle);
     };
     let cursor = last.cursor;
-    projector.apply(&mut tx, target, &events).await?;
-    checkpoints::write_in(&mut tx, checkpoint, cursor).await?;
+    let applied = match projector.apply(&mut tx, target, &events).await {
+        Ok(()) => checkpoints::write_in(&mut tx, checkpoint, cursor)
+            .await
+            .map_err(ProjectionError::from),
+        Err(error) => Err(error),
+    };
+    if let Err(error) = applied {
+        // Roll back now, not when the connection is next used: until then the transaction
+        // would keep the projector's lock and block the retry.
+        let _ = tx.rollback().await;
+        return Err(error);
+    }
     tx.commit().await?;
     Ok(BatchOutcome::Applied {
         events: events.len(),
