@@ -605,3 +605,52 @@ async fn the_example_consumer_applies_each_event_once() {
     let _ = std::fs::remove_file(&state);
     names.delete().await;
 }
+
+async fn a_gateway_started_without_nats_serves_and_publishes_once_nats_is_up(backend: Backend) {
+    let names = Names::new();
+    let proxy = Proxy::start(nats_address().await).await;
+    proxy.cut();
+    let app = spawn_app_with(backend, |s| names.apply(s, &proxy.url())).await;
+    for i in 0..5 {
+        let created = app
+            .create("acme", "orders", json!({ "id": format!("early-{i}") }))
+            .await;
+        assert_eq!(
+            created.status(),
+            201,
+            "the gateway serves commands without NATS"
+        );
+    }
+    let ready: Value = app
+        .client
+        .get(app.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["relay"]["status"], "degraded");
+    proxy.restore();
+    let log = app.db.log().await;
+    assert_published_exactly_once(&names, &log).await;
+
+    // Re-driving the whole log within the duplicate window adds no copy.
+    workers::relay::replay_from(&log, Cursor::START)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), || async {
+        let lag = projections::progress::lag(&log, workers::relay::CHECKPOINT)
+            .await
+            .ok()?;
+        (lag.events == 0).then_some(())
+    })
+    .await;
+    assert_published_exactly_once(&names, &log).await;
+    names.delete().await;
+}
+both_backends!(
+    a_gateway_started_without_nats_serves_and_publishes_once_nats_is_up,
+    a_gateway_started_without_nats_serves_and_publishes_once_nats_is_up
+);
