@@ -263,6 +263,18 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// `GET` of a public route (`/ready`, `/openapi.json`, …) as JSON.
+    pub async fn public_json(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     /// A request with the admin key of `tenant` (one of [`TENANTS`]).
     pub fn request(
         &self,

@@ -293,15 +293,7 @@ both_backends!(
 
 /// Every operation of the OpenAPI document with its required role.
 async fn operations(app: &TestApp) -> Vec<(Method, String, Option<String>)> {
-    let document: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document: Value = app.public_json("/openapi.json").await;
     let mut out = Vec::new();
     for (path, item) in document["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {

@@ -188,15 +188,7 @@ async fn every_event_is_published_once_in_log_order(backend: Backend) {
     assert_eq!(envelope["cursor"], header(order, "Gateway-Cursor"));
     assert!(!header(order, "Gateway-Request-Id").is_empty());
 
-    let ready: Value = app
-        .client
-        .get(app.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.public_json("/ready").await;
     assert_eq!(ready["relay"]["status"], "ok");
     names.delete().await;
 }
@@ -621,15 +613,7 @@ async fn a_gateway_started_without_nats_serves_and_publishes_once_nats_is_up(bac
             "the gateway serves commands without NATS"
         );
     }
-    let ready: Value = app
-        .client
-        .get(app.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.public_json("/ready").await;
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["relay"]["status"], "degraded");
     proxy.restore();
