@@ -382,11 +382,12 @@ async fn a_killed_relay_is_replaced_without_loss_or_duplicates(backend: Backend)
     let names = Names::new();
     let db = TestDb::new(backend).await;
     let log = db.log().await;
-    append_backlog(&log, 3000).await;
+    // Large enough, and published in small enough batches, that the kill lands mid-way.
+    append_backlog(&log, 20_000).await;
     let mut settings = db.settings();
     names.apply(&mut settings, &nats_url());
-    settings.relay_batch_size = 100;
-    settings.relay_max_in_flight = 8;
+    settings.relay_batch_size = 50;
+    settings.relay_max_in_flight = 4;
 
     let first = Process::start(settings.clone());
     eventually(Duration::from_secs(30), || async {
@@ -397,7 +398,7 @@ async fn a_killed_relay_is_replaced_without_loss_or_duplicates(backend: Backend)
     first.kill(); // mid-way through the backlog, possibly mid-batch
     let before_takeover = names.messages().await.len();
     assert!(
-        before_takeover < 3000,
+        before_takeover < 20_000,
         "killed before the end ({before_takeover} published)"
     );
 
