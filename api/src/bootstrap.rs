@@ -113,13 +113,15 @@ pub async fn create_tenant(
         },
     ];
     match log
-        .append_completing(&batch, idempotency, |appended| respond(appended, &key))
+        .append_completing(&batch, idempotency, |appended| {
+            Some(respond(appended, &key))
+        })
         .await
     {
         Ok((appended, response)) => Ok(CreatedTenant {
             appended,
             key,
-            response,
+            response: response.expect("respond always renders"),
         }),
         Err(AppendError::Conflict { .. }) => Err(CreateTenantError::AlreadyExists),
         Err(error) => Err(CreateTenantError::Append(error)),

@@ -174,6 +174,16 @@ pub fn to_response(stored: &StoredResponse, replay: bool) -> Response {
     response
 }
 
+/// The live response of a command that issued a key: the stored response (which never holds
+/// the secret) with the secret put back into `apiKey.key`, for this one response only.
+pub fn with_secret(stored: &StoredResponse, token: &str) -> Result<Response, ApiError> {
+    let mut body: Value = serde_json::from_slice(&stored.body).map_err(ApiError::internal)?;
+    body["apiKey"]["key"] = Value::String(token.to_string());
+    let mut response = to_response(stored, false);
+    *response.body_mut() = Body::from(body.to_string());
+    Ok(response)
+}
+
 /// Runs `command` on `stream`. `respond` renders the outcome (it is stored for replay when the
 /// request has an idempotency key); `reject` maps the aggregate's refusals.
 #[allow(clippy::too_many_arguments)]

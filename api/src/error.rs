@@ -42,9 +42,6 @@ pub enum ApiError {
     /// 429 `RATE_LIMITED`, with `Retry-After`.
     #[error("too many requests; retry after {retry_after} s")]
     RateLimited { retry_after: u64 },
-    /// 400 `IDEMPOTENCY_KEY_REQUIRED`.
-    #[error("this route requires an Idempotency-Key header")]
-    IdempotencyKeyRequired,
     /// 422 `IDEMPOTENCY_KEY_REUSED`: the key was used with another request.
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,
@@ -173,11 +170,6 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "RATE_LIMITED",
                 json!({ "retryAfterSeconds": retry_after }),
-            ),
-            IdempotencyKeyRequired => (
-                StatusCode::BAD_REQUEST,
-                "IDEMPOTENCY_KEY_REQUIRED",
-                Value::Null,
             ),
             IdempotencyKeyReused => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -325,16 +317,24 @@ impl ApiError {
     /// refused command's answer for idempotent replay.
     pub fn render(&self, request_id: &str) -> (StatusCode, Vec<u8>) {
         let (status, code, details) = self.parts();
-        let body = ErrorEnvelope {
-            error: ErrorBody {
-                code: code.to_string(),
-                message: self.to_string(),
-                details,
-                request_id: request_id.to_string(),
-            },
-        };
-        (status, serde_json::to_vec(&body).unwrap_or_default())
+        (
+            status,
+            envelope_body(code, self.to_string(), details, request_id.to_string()),
+        )
     }
+}
+
+/// The bytes of an error envelope.
+fn envelope_body(code: &str, message: String, details: Value, request_id: String) -> Vec<u8> {
+    let body = ErrorEnvelope {
+        error: ErrorBody {
+            code: code.to_string(),
+            message,
+            details,
+            request_id,
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 /// Writes the error envelope of every error response, with the request id, and logs the
@@ -384,21 +384,13 @@ pub async fn envelope(request: Request, next: Next) -> Response {
     } else if status.is_server_error() {
         tracing::warn!(code = pending.code, %status, "request failed");
     }
-    let body = ErrorEnvelope {
-        error: ErrorBody {
-            code: pending.code.to_string(),
-            message: pending.message,
-            details: pending.details,
-            request_id,
-        },
-    };
+    let body = envelope_body(pending.code, pending.message, pending.details, request_id);
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    let body = serde_json::to_vec(&body).unwrap_or_default();
     Response::from_parts(parts, Body::from(body))
 }
 

@@ -41,7 +41,11 @@ impl RateLimiter {
         if windows.len() > 100_000 {
             windows.retain(|_, (w, _)| *w == window);
         }
-        let entry = windows.entry(principal.to_string()).or_insert((window, 0));
+        // Look up before inserting: the key is allocated once per principal, not per request.
+        if !windows.contains_key(principal) {
+            windows.insert(principal.to_string(), (window, 0));
+        }
+        let entry = windows.get_mut(principal).expect("just inserted");
         if entry.0 != window {
             *entry = (window, 0);
         }

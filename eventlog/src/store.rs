@@ -285,36 +285,20 @@ impl EventLog {
 
     /// Appends a batch atomically in its own transaction.
     pub async fn append(&self, batch: &[StreamAppend]) -> Result<Appended, AppendError> {
-        let mut tx = self.inner.db.begin().await?;
-        match self.append_in(&mut tx, batch).await {
-            Ok(appended) => {
-                tx.commit().await?;
-                if let Some(cursor) = appended.last_cursor() {
-                    self.notify_appended(cursor);
-                }
-                Ok(appended)
-            }
-            Err(AppendError::Conflict { stream: None }) => {
-                tx.rollback().await?;
-                Err(AppendError::Conflict {
-                    stream: self.find_conflict(batch).await?,
-                })
-            }
-            Err(error) => {
-                tx.rollback().await?;
-                Err(error)
-            }
-        }
+        self.append_completing(batch, None, |_| None)
+            .await
+            .map(|(appended, _)| appended)
     }
 
-    /// Appends a batch atomically and, when `completion` is given, stores the idempotency
-    /// response that `respond` makes of what was appended, in the same transaction.
+    /// Appends a batch atomically and, when `completion` is given and `respond` makes a
+    /// response of what was appended, stores it as that key's idempotency record in the same
+    /// transaction.
     pub async fn append_completing(
         &self,
         batch: &[StreamAppend],
         completion: Option<&crate::idempotency::IdempotencyKey>,
-        respond: impl FnOnce(&Appended) -> crate::idempotency::StoredResponse,
-    ) -> Result<(Appended, crate::idempotency::StoredResponse), AppendError> {
+        respond: impl FnOnce(&Appended) -> Option<crate::idempotency::StoredResponse>,
+    ) -> Result<(Appended, Option<crate::idempotency::StoredResponse>), AppendError> {
         let mut tx = self.inner.db.begin().await?;
         let appended = match self.append_in(&mut tx, batch).await {
             Ok(appended) => appended,
@@ -329,9 +313,8 @@ impl EventLog {
             }
         };
         let response = respond(&appended);
-        if let Some(key) = completion {
-            self.complete_idempotency_in(&mut tx, key, &response)
-                .await?;
+        if let (Some(key), Some(response)) = (completion, &response) {
+            self.complete_idempotency_in(&mut tx, key, response).await?;
         }
         tx.commit().await?;
         if let Some(cursor) = appended.last_cursor() {

@@ -155,14 +155,7 @@ pub async fn create_key(
     )
     .await
     {
-        Ok((_, stored)) => {
-            let mut live: Value =
-                serde_json::from_slice(&stored.body).map_err(ApiError::internal)?;
-            live["apiKey"]["key"] = Value::String(generated.token.clone());
-            let mut response = commands::to_response(&stored, false);
-            *response.body_mut() = axum::body::Body::from(live.to_string());
-            Ok(response)
-        }
+        Ok((_, stored)) => commands::with_secret(&stored, &generated.token),
         Err(response) => Ok(response),
     }
 }

@@ -252,7 +252,7 @@ fn with_lag(mut response: Response, lag: Option<HeaderValue>) -> Response {
     request_body(content = Object, description = "The record's document, optionally with `id`"),
     responses(
         (status = 201, description = "Created; `ETag`, `Location` and `x-event-position` headers", body = EntityResponse),
-        (status = 400, description = "Malformed tenant, type, id or JSON", body = ErrorEnvelope),
+        (status = 400, description = "Malformed entity type, id or JSON", body = ErrorEnvelope),
         (status = 409, description = "ENTITY_ALREADY_EXISTS", body = ErrorEnvelope),
         (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     )

@@ -133,14 +133,7 @@ pub async fn create_tenant(
         Begin::Run(key) => key,
         Begin::Replay(response) => return Ok(response),
     };
-    let metadata = ctx.metadata(
-        TenantCommand::CreateTenant {
-            id: id.clone(),
-            name: String::new(),
-            rate_limit_per_minute: None,
-        }
-        .name(),
-    );
+    let metadata = ctx.metadata("CreateTenant");
     let result = bootstrap::create_tenant(
         &state.log,
         &state.clock,
@@ -172,25 +165,18 @@ pub async fn create_tenant(
         },
     )
     .await;
-    state.metrics.command(
-        "CreateTenant",
-        if result.is_ok() {
-            "accepted"
-        } else {
-            "rejected"
-        },
-    );
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(CreateTenantError::Append(eventlog::AppendError::Database(_))) => "error",
+        Err(_) => "rejected",
+    };
+    state.metrics.command("CreateTenant", outcome);
     match result {
         Ok(created) => {
             state
                 .metrics
                 .events_appended(Tenant::TYPE, created.appended.events.len());
-            let mut live: Value =
-                serde_json::from_slice(&created.response.body).map_err(ApiError::internal)?;
-            live["apiKey"]["key"] = Value::String(created.key.token.clone());
-            let mut response = commands::to_response(&created.response, false);
-            *response.body_mut() = axum::body::Body::from(live.to_string());
-            Ok(response)
+            commands::with_secret(&created.response, &created.key.token)
         }
         Err(error) => {
             let api_error = match error {
