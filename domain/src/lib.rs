@@ -12,13 +12,16 @@
 //! [`upcasters`]).
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api_key;
 pub mod clock;
 pub mod entity;
 pub mod merge_patch;
 pub mod metadata;
 pub mod names;
+pub mod provider;
 pub mod roles;
+pub mod session;
 pub mod tenant;
 pub mod upcasters;
 
