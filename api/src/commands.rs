@@ -93,46 +93,52 @@ pub enum Begin {
     Replay(Response),
 }
 
-/// Claims the request's idempotency key, if it has one. `body` is the request body as JSON
-/// (`Value::Null` for body-less requests).
-pub async fn begin<R: RequiredRole>(
+/// What a claimed idempotency key says about a request.
+pub enum Claimed {
+    /// Run the command; complete this key (if any) with its response.
+    Run(Option<IdempotencyKey>),
+    /// The stored response of the first request with this key.
+    Replay(StoredResponse),
+}
+
+/// Claims the request's idempotency key, if it has one. `body` is what identifies the
+/// request besides its method, target and tenant: the request body as JSON (`Value::Null`
+/// for body-less requests).
+pub async fn claim<R: RequiredRole>(
     state: &AppState,
     ctx: &CommandContext<R>,
     body: &Value,
-) -> Result<Begin, ApiError> {
+) -> Result<Claimed, ApiError> {
     let Some(key) = &ctx.idempotency_key else {
-        return Ok(Begin::Run(None));
+        return Ok(Claimed::Run(None));
     };
-    let mut hasher = Sha256::new();
-    for part in [
-        ctx.method.as_str(),
-        ctx.target.as_str(),
-        ctx.tenant.as_str(),
-        &canonical_json(body),
-    ] {
-        hasher.update(part.as_bytes());
-        hasher.update([0u8]);
-    }
-    let request_hash: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     let key = IdempotencyKey {
         tenant_id: ctx.tenant.to_string(),
         key: key.clone(),
-        request_hash,
+        request_hash: request_hash(ctx.method.as_str(), &ctx.target, ctx.tenant.as_str(), body),
     };
     match state
         .log
         .claim_idempotency(&key, state.settings.idempotency_lock())
         .await?
     {
-        Claim::Proceed => Ok(Begin::Run(Some(key))),
-        Claim::Replay(stored) => Ok(Begin::Replay(to_response(&stored, true))),
+        Claim::Proceed => Ok(Claimed::Run(Some(key))),
+        Claim::Replay(stored) => Ok(Claimed::Replay(stored)),
         Claim::Mismatch => Err(ApiError::IdempotencyKeyReused),
         Claim::InFlight => Err(ApiError::IdempotencyInFlight),
     }
+}
+
+/// [`claim`], with a replay turned into its response.
+pub async fn begin<R: RequiredRole>(
+    state: &AppState,
+    ctx: &CommandContext<R>,
+    body: &Value,
+) -> Result<Begin, ApiError> {
+    Ok(match claim(state, ctx, body).await? {
+        Claimed::Run(key) => Begin::Run(key),
+        Claimed::Replay(stored) => Begin::Replay(to_response(&stored, true)),
+    })
 }
 
 /// A JSON response to store and send.
@@ -230,21 +236,7 @@ where
             return Ok((outcome, response));
         }
         Err(CommandError::Rejected(error)) => {
-            let error = reject(error);
-            if let Some(key) = &key {
-                // The refusal is the answer to this request: store it for replays.
-                let (status, body) = error.render(&ctx.request_id);
-                let stored = StoredResponse {
-                    status: status.as_u16(),
-                    headers: vec![("content-type".into(), "application/json".into())],
-                    body,
-                };
-                return match state.log.complete_idempotency(key, &stored).await {
-                    Ok(()) => Err(to_response(&stored, false)),
-                    Err(db) => Err(into_response(release(state, key, db.into()).await)),
-                };
-            }
-            error
+            return Err(refuse(state, &ctx.request_id, key.as_ref(), reject(error)).await);
         }
         Err(CommandError::Conflict) => ApiError::ConcurrentModification,
         Err(CommandError::Database(error)) => error.into(),
@@ -256,12 +248,35 @@ where
     }))
 }
 
+/// The response to a request the gateway refused (a 4xx): with an idempotency key, the
+/// refusal is the answer to the request and is stored for replays.
+pub async fn refuse(
+    state: &AppState,
+    request_id: &str,
+    key: Option<&IdempotencyKey>,
+    error: ApiError,
+) -> Response {
+    let Some(key) = key else {
+        return into_response(error);
+    };
+    let (status, body) = error.render(request_id);
+    let stored = StoredResponse {
+        status: status.as_u16(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body,
+    };
+    match state.log.complete_idempotency(key, &stored).await {
+        Ok(()) => to_response(&stored, false),
+        Err(db) => into_response(release(state, key, db.into()).await),
+    }
+}
+
 fn into_response(error: ApiError) -> Response {
     axum::response::IntoResponse::into_response(error)
 }
 
 /// Releases a claimed key after a failure without a replayable answer.
-async fn release(state: &AppState, key: &IdempotencyKey, error: ApiError) -> ApiError {
+pub async fn release(state: &AppState, key: &IdempotencyKey, error: ApiError) -> ApiError {
     if let Err(release_error) = state.log.release_idempotency(key).await {
         tracing::warn!(%release_error, "could not release an idempotency key; it frees itself when its lock expires");
     }

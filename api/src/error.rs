@@ -96,6 +96,25 @@ pub enum ApiError {
     /// 409 `CONCURRENT_MODIFICATION`: other writers kept changing the record; retry.
     #[error("the record is being modified concurrently; retry the request")]
     ConcurrentModification,
+    /// 400 `IDEMPOTENCY_KEY_REQUIRED`: the route needs an `Idempotency-Key`.
+    #[error("this route requires an Idempotency-Key header")]
+    IdempotencyKeyRequired,
+    /// 404 `AGENT_NOT_FOUND`.
+    #[error("Agent with id '{0}' not found or does not belong to this tenant")]
+    AgentNotFound(String),
+    /// 409 `AGENT_ARCHIVED`: the agent takes no new sessions, messages or changes.
+    #[error("agent '{0}' is archived")]
+    AgentArchived(String),
+    /// 404 `SESSION_NOT_FOUND`.
+    #[error("Session with id '{0}' not found or does not belong to this tenant")]
+    SessionNotFound(String),
+    /// 409 `SESSION_CLOSED`: the session takes no new messages.
+    #[error("session '{0}' is closed")]
+    SessionClosed(String),
+    /// 503 `ALL_PROVIDERS_FAILED`: every provider of the agent failed; the attempts are in
+    /// the details.
+    #[error("all providers failed")]
+    AllProvidersFailed { attempts: Value },
     /// 503 `PROJECTION_STALE`: strict consistency was asked for and the read model had not
     /// caught up in time.
     #[error("the read model has not caught up with the requested position yet")]
@@ -235,6 +254,36 @@ impl ApiError {
             ConcurrentModification => {
                 (StatusCode::CONFLICT, "CONCURRENT_MODIFICATION", Value::Null)
             }
+            IdempotencyKeyRequired => (
+                StatusCode::BAD_REQUEST,
+                "IDEMPOTENCY_KEY_REQUIRED",
+                Value::Null,
+            ),
+            AgentNotFound(id) => (
+                StatusCode::NOT_FOUND,
+                "AGENT_NOT_FOUND",
+                json!({ "agentId": id }),
+            ),
+            AgentArchived(id) => (
+                StatusCode::CONFLICT,
+                "AGENT_ARCHIVED",
+                json!({ "agentId": id }),
+            ),
+            SessionNotFound(id) => (
+                StatusCode::NOT_FOUND,
+                "SESSION_NOT_FOUND",
+                json!({ "sessionId": id }),
+            ),
+            SessionClosed(id) => (
+                StatusCode::CONFLICT,
+                "SESSION_CLOSED",
+                json!({ "sessionId": id }),
+            ),
+            AllProvidersFailed { attempts } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ALL_PROVIDERS_FAILED",
+                json!({ "attempts": attempts }),
+            ),
             ProjectionStale { events_behind } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "PROJECTION_STALE",

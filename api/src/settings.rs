@@ -5,13 +5,17 @@
 //! already know (`DATABASE_URL`, `PORT`, `RUST_LOG`) and `GATEWAY_*` for the rest; the README
 //! lists every one with its default. Nothing else in the gateway reads the environment.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use domain::provider::RetryPolicy;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+
+use crate::providers::ProviderSettings;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,9 +94,16 @@ pub struct Settings {
     pub relay_batch_size: usize,
     /// Most publishes awaiting JetStream's acknowledgement at once.
     pub relay_max_in_flight: usize,
+    /// The AI providers agents may use, by name. Default: the simulated `vendorA` ($0.002
+    /// per 1k tokens) and `vendorB` ($0.003).
+    pub providers: BTreeMap<String, ProviderSettings>,
+    /// Timeout, retries and backoff of provider calls.
+    pub provider_retry: RetryPolicy,
+    /// Most earlier messages of a session sent to the provider as context.
+    pub context_messages: usize,
 }
 
-fn serialize_secret_option<S: serde::Serializer>(
+pub(crate) fn serialize_secret_option<S: serde::Serializer>(
     value: &Option<SecretString>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
@@ -136,6 +147,9 @@ impl Default for Settings {
             nats_replicas: 1,
             relay_batch_size: 500,
             relay_max_in_flight: 256,
+            providers: crate::providers::default_providers(),
+            provider_retry: RetryPolicy::default(),
+            context_messages: 20,
         }
     }
 }
@@ -169,7 +183,7 @@ impl Settings {
                         other => other.to_ascii_lowercase().into(),
                     }),
             )
-            .merge(Env::prefixed("GATEWAY_").ignore(&["CONFIG"]))
+            .merge(Env::prefixed("GATEWAY_").ignore(&["CONFIG"]).split("__"))
             .extract()
             .map_err(Box::new)
     }

@@ -42,6 +42,8 @@ pub struct Application {
 impl Application {
     /// Connects, migrates, starts the projectors (unless disabled) and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let providers =
+            crate::providers::from_settings(&settings).context("configuring the providers")?;
         let log = open_log(&settings).await?;
         let projectors = Arc::new(projections::all());
         let progress = Progress::default();
@@ -105,6 +107,7 @@ impl Application {
             last_used,
             clock,
             relay,
+            providers,
         };
         Ok(Self {
             port,

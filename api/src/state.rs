@@ -24,6 +24,8 @@ pub struct AppState {
     pub clock: domain::api_key::ApiKeyServices,
     /// The relay's health; `None` when no `NATS_URL` is configured.
     pub relay: Option<Arc<workers::relay::RelayStatus>>,
+    /// The AI providers agents call.
+    pub providers: Arc<crate::providers::Providers>,
 }
 
 /// The system clock.

@@ -75,7 +75,10 @@ impl AgentConfig {
                 .as_ref()
                 .is_some_and(|v| v.chars().count() > MAX_PROMPT_LEN)
             {
-                error(field, format!("must be at most {MAX_PROMPT_LEN} characters"));
+                error(
+                    field,
+                    format!("must be at most {MAX_PROMPT_LEN} characters"),
+                );
             }
         }
         let known = |provider: &str| known_providers.iter().any(|p| p == provider);

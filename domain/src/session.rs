@@ -229,6 +229,8 @@ pub struct Exchange {
 pub struct Session {
     id: Option<String>,
     agent_id: String,
+    customer_id: Option<String>,
+    metadata: Map<String, Value>,
     status: SessionStatus,
     exchanges: BTreeMap<String, Exchange>,
     /// The conversation so far, in order, by message id: what a provider is shown as
@@ -249,6 +251,19 @@ impl Session {
         self.status
     }
 
+    pub fn customer_id(&self) -> Option<&str> {
+        self.customer_id.as_deref()
+    }
+
+    pub fn metadata(&self) -> &Map<String, Value> {
+        &self.metadata
+    }
+
+    /// User and assistant messages recorded so far.
+    pub fn message_count(&self) -> usize {
+        self.conversation.len()
+    }
+
     pub fn exchange(&self, message_id: &str) -> Option<&Exchange> {
         self.exchanges.get(message_id)
     }
@@ -256,7 +271,11 @@ impl Session {
     /// The conversation before `message_id` (at most the last `limit` messages), then
     /// `message_id` itself.
     pub fn context_for(&self, message_id: &str, limit: usize) -> Vec<ChatMessage> {
-        let Some(at) = self.conversation.iter().position(|(id, _)| id == message_id) else {
+        let Some(at) = self
+            .conversation
+            .iter()
+            .position(|(id, _)| id == message_id)
+        else {
             return Vec::new();
         };
         let start = at.saturating_sub(limit);
@@ -403,9 +422,16 @@ impl Aggregate for Session {
 
     fn apply(&mut self, event: Self::Event) {
         match event {
-            SessionEvent::SessionCreated { id, agent_id, .. } => {
+            SessionEvent::SessionCreated {
+                id,
+                agent_id,
+                customer_id,
+                metadata,
+            } => {
                 self.id = Some(id);
                 self.agent_id = agent_id;
+                self.customer_id = customer_id;
+                self.metadata = metadata;
             }
             SessionEvent::SessionClosed { .. } => self.status = SessionStatus::Closed,
             SessionEvent::UserMessageRecorded {

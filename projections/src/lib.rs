@@ -9,10 +9,12 @@
 //! the API remembering to check.
 #![forbid(unsafe_code)]
 
+pub mod agents;
 pub mod api_keys;
 pub mod checkpoints;
 pub mod entities;
 pub mod progress;
+pub mod sessions;
 pub mod tenants;
 
 use async_trait::async_trait;
@@ -86,5 +88,9 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projector>> {
         std::sync::Arc::new(entities::EntitiesProjector),
         std::sync::Arc::new(tenants::TenantsProjector),
         std::sync::Arc::new(api_keys::ApiKeysProjector),
+        std::sync::Arc::new(agents::AgentsProjector),
+        std::sync::Arc::new(sessions::SessionsProjector),
+        std::sync::Arc::new(sessions::TranscriptsProjector),
+        std::sync::Arc::new(sessions::ProviderCallsProjector),
     ]
 }

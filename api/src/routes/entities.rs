@@ -6,7 +6,7 @@
 //! that cursor.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -15,7 +15,6 @@ use domain::names::{EntityId, EntityTypeName, TenantId};
 use eventlog::idempotency::StoredResponse;
 use eventlog::{CommandOutcome, StreamId};
 use projections::entities::{self as read_model, EntityRecord};
-use projections::progress::{self, Freshness};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -25,10 +24,8 @@ use utoipa_axum::routes;
 use crate::auth::{Auth, require};
 use crate::commands::{self, Begin};
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
-use crate::extract::{
-    CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, PROJECTION_LAG_HEADER, etag,
-};
-use crate::routes::{Page, page_cursor};
+use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
+use crate::routes::{Page, await_consistency, page_cursor, with_lag};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -201,41 +198,6 @@ async fn run(
     }
 }
 
-/// Waits for the read model when the request asks for a position; returns the lag header to
-/// send when the data is stale.
-async fn await_consistency(
-    state: &AppState,
-    consistency: Consistency,
-) -> Result<Option<HeaderValue>, ApiError> {
-    let Some(target) = consistency.min_position else {
-        return Ok(None);
-    };
-    let freshness = progress::wait_until(
-        &state.log,
-        &state.progress,
-        read_model::NAME,
-        target,
-        state.settings.consistency_wait(),
-    )
-    .await?;
-    match freshness {
-        Freshness::Fresh => Ok(None),
-        Freshness::Stale { events_behind } if consistency.strict => {
-            Err(ApiError::ProjectionStale { events_behind })
-        }
-        Freshness::Stale { events_behind } => Ok(Some(HeaderValue::from(events_behind))),
-    }
-}
-
-fn with_lag(mut response: Response, lag: Option<HeaderValue>) -> Response {
-    if let Some(lag) = lag {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static(PROJECTION_LAG_HEADER), lag);
-    }
-    response
-}
-
 /// Create a record.
 ///
 /// The id is the body's `id` (a string) when given, otherwise generated. The rest of the body
@@ -324,7 +286,7 @@ pub async fn get_entity(
     let entity_type = entity_type(entity)?;
     let id = entity_id(id)?;
     let tenant = auth.tenant();
-    let lag = await_consistency(&state, consistency).await?;
+    let lag = await_consistency(&state, consistency, read_model::NAME).await?;
     let record = read_model::get(
         state.log.db(),
         tenant.as_str(),
@@ -372,7 +334,7 @@ pub async fn list_entities(
     let entity_type = entity_type(entity)?;
     let page = Page::parse(query.limit, query.cursor.as_deref())?;
     let tenant = auth.tenant();
-    let lag = await_consistency(&state, consistency).await?;
+    let lag = await_consistency(&state, consistency, read_model::NAME).await?;
     let mut records = read_model::list(
         state.log.db(),
         tenant.as_str(),

@@ -1,11 +1,13 @@
 //! The HTTP surface: every route, its middleware, and the OpenAPI document generated from the
 //! routes themselves (a route registered here is in `/openapi.json`, or it does not compile).
 
+pub mod agents;
 pub mod api_keys;
 pub mod entities;
 pub mod events;
 pub mod me;
 pub mod ops;
+pub mod sessions;
 pub mod tenants;
 
 use std::sync::LazyLock;
@@ -27,8 +29,12 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 
 use crate::auth;
 use crate::error::{self, ApiError, ErrorEnvelope};
+use crate::extract::{Consistency, PROJECTION_LAG_HEADER};
 use crate::request_id;
 use crate::state::AppState;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::Response;
+use projections::progress::{self, Freshness};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -41,6 +47,8 @@ use crate::state::AppState;
         (name = "tenants", description = "Tenants (platform admins) and the caller's identity"),
         (name = "api-keys", description = "A tenant's API keys"),
         (name = "events", description = "The tenant's events, live"),
+        (name = "agents", description = "AI agents: providers, model and prompt"),
+        (name = "sessions", description = "Conversations with agents: messages, transcripts, provider calls"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     ),
     components(schemas(ErrorEnvelope)),
@@ -123,6 +131,42 @@ pub fn page_cursor<T>(rows: &mut Vec<T>, limit: u32, id: impl Fn(&T) -> &str) ->
         .map(|last| URL_SAFE_NO_PAD.encode(id(last).as_bytes()))
 }
 
+/// Waits for the read model when the request asks for a position; returns the lag header to
+/// send when the data is stale.
+pub async fn await_consistency(
+    state: &AppState,
+    consistency: Consistency,
+    projector: &str,
+) -> Result<Option<HeaderValue>, ApiError> {
+    let Some(target) = consistency.min_position else {
+        return Ok(None);
+    };
+    let freshness = progress::wait_until(
+        &state.log,
+        &state.progress,
+        projector,
+        target,
+        state.settings.consistency_wait(),
+    )
+    .await?;
+    match freshness {
+        Freshness::Fresh => Ok(None),
+        Freshness::Stale { events_behind } if consistency.strict => {
+            Err(ApiError::ProjectionStale { events_behind })
+        }
+        Freshness::Stale { events_behind } => Ok(Some(HeaderValue::from(events_behind))),
+    }
+}
+
+pub fn with_lag(mut response: Response, lag: Option<HeaderValue>) -> Response {
+    if let Some(lag) = lag {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(PROJECTION_LAG_HEADER), lag);
+    }
+    response
+}
+
 /// The OpenAPI document of every route, built once.
 pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> =
@@ -137,6 +181,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(tenants::router())
         .merge(api_keys::router())
         .merge(events::router())
+        .merge(agents::router())
+        .merge(sessions::router())
         .merge(entities::router())
 }
 

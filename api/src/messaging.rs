@@ -1,0 +1,477 @@
+//! Sending a message to an agent (`POST /v1/sessions/{sessionId}/messages`): the one command
+//! of the gateway with a side effect outside its database, the provider call.
+//!
+//! It follows the recovery points of Stripe-style idempotency keys. Each step commits before
+//! the next begins:
+//! 1. **Claim** the `Idempotency-Key` (required). A replay gets the stored answer.
+//! 2. **Record the user message** (`UserMessageRecorded`) under an id derived from tenant,
+//!    session and key. The message is now durable: it is never lost, whatever happens next.
+//! 3. **Call the providers** (outside any transaction); each attempt is recorded as it ends
+//!    (`ProviderCallAttempted`).
+//! 4. **Record the reply with its usage** (`AssistantMessageRecorded`) and the stored
+//!    response in one transaction. This is the only step that bills.
+//!
+//! A crash between 2 and 4 leaves the key claimed and the message recorded without a reply.
+//! Once the key's lock expires (`idempotency_lock_secs`), a retry with the same key takes it
+//! over: step 2 finds the message already there and records nothing, step 3 asks the
+//! provider again, and step 4 bills that one reply. The lost reply of the crashed request was
+//! never recorded, so it is never billed; and the aggregate refuses a second reply for one
+//! message, so two requests racing after a takeover still bill once.
+//!
+//! When every provider fails, `MessageFailed` is recorded, nothing is billed, and the key is
+//! released: a retry with the same key asks the providers again for the same message.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::agent::{Agent, AgentConfig};
+use domain::provider::{BoxFuture, ChatMessage, ChatRole, ChunkSink, micros_to_usd};
+use domain::session::{AssistantReply, ProviderAttempt, Session, SessionCommand, SessionError};
+use eventlog::idempotency::{IdempotencyKey, StoredResponse};
+use eventlog::{CommandError, StreamId};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::auth::require;
+use crate::commands::{self, Claimed};
+use crate::error::{ApiError, FieldError};
+use crate::extract::CommandContext;
+use crate::providers::{AttemptRecorder, CallPlan};
+use crate::state::AppState;
+
+type Ctx = CommandContext<require::Writer>;
+
+/// A message exchange whose user message is recorded and whose reply is still to come.
+pub struct Exchange {
+    state: AppState,
+    ctx: Ctx,
+    key: IdempotencyKey,
+    stream: StreamId,
+    session_id: String,
+    agent_id: String,
+    agent: AgentConfig,
+    message_id: String,
+    reply_id: String,
+    session: Session,
+}
+
+/// `msg_` and 32 hex digits of a hash of the parts: the same request gets the same ids.
+fn derived_id(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("msg_{hex}")
+}
+
+/// The stream of a session.
+pub fn session_stream(ctx_tenant: &domain::names::TenantId, session_id: &str) -> StreamId {
+    StreamId::new(ctx_tenant.clone(), Session::TYPE, session_id)
+}
+
+/// The stream of an agent.
+pub fn agent_stream(ctx_tenant: &domain::names::TenantId, agent_id: &str) -> StreamId {
+    StreamId::new(ctx_tenant.clone(), Agent::TYPE, agent_id)
+}
+
+/// Maps a session's refusals.
+pub fn session_error(session_id: &str, agent_id: &str) -> impl Fn(SessionError) -> ApiError {
+    let (session_id, agent_id) = (session_id.to_string(), agent_id.to_string());
+    move |error| match error {
+        SessionError::NotFound => ApiError::SessionNotFound(session_id.clone()),
+        SessionError::Closed => ApiError::SessionClosed(session_id.clone()),
+        SessionError::AgentArchived => ApiError::AgentArchived(agent_id.clone()),
+        SessionError::Invalid { field, message } => {
+            ApiError::Validation(vec![FieldError { field, message }])
+        }
+        SessionError::AlreadyExists
+        | SessionError::UnknownMessage(_)
+        | SessionError::AlreadyAnswered(_) => ApiError::internal(error),
+    }
+}
+
+fn command_error(
+    error: CommandError<SessionError>,
+    reject: impl Fn(SessionError) -> ApiError,
+) -> ApiError {
+    match error {
+        CommandError::Rejected(error) => reject(error),
+        CommandError::Conflict => ApiError::ConcurrentModification,
+        CommandError::Database(error) => error.into(),
+        other => ApiError::internal(other),
+    }
+}
+
+/// A stored first answer, replayed: 200 instead of 201 and `idempotency.replayed: true`.
+pub fn replay(stored: &StoredResponse) -> Response {
+    if stored.status != StatusCode::CREATED.as_u16() {
+        return commands::to_response(stored, true);
+    }
+    let mut replayed = stored.clone();
+    replayed.status = StatusCode::OK.as_u16();
+    if let Ok(mut body) = serde_json::from_slice::<Value>(&stored.body) {
+        body["metadata"]["idempotency"]["replayed"] = Value::Bool(true);
+        replayed.body = body.to_string().into_bytes();
+    }
+    commands::to_response(&replayed, true)
+}
+
+/// Steps 1 and 2: claims the key and records the user message. `Err` is the response to
+/// send instead (a replay or a refusal).
+pub async fn prepare(
+    state: &AppState,
+    ctx: Ctx,
+    session_id: String,
+    content: String,
+) -> Result<Exchange, Response> {
+    let Some(raw_key) = ctx.idempotency_key.clone() else {
+        return Err(ApiError::IdempotencyKeyRequired.into_response());
+    };
+    // What identifies the request: the message, not how its answer is delivered.
+    let identity = json!({ "role": "user", "content": content });
+    let key = match commands::claim(state, &ctx, &identity).await {
+        Ok(Claimed::Run(Some(key))) => key,
+        Ok(Claimed::Run(None)) => unreachable!("the request has a key"),
+        Ok(Claimed::Replay(stored)) => return Err(replay(&stored)),
+        Err(error) => return Err(error.into_response()),
+    };
+    let fail = |error: ApiError| {
+        let state = state.clone();
+        let key = key.clone();
+        async move { commands::release(&state, &key, error).await.into_response() }
+    };
+    let stream = session_stream(&ctx.tenant, &session_id);
+    let loaded = match state.log.load_aggregate::<Session>(&stream).await {
+        Ok(loaded) => loaded,
+        Err(error) => return Err(fail(command_error(error, ApiError::internal)).await),
+    };
+    if !loaded.aggregate.exists() {
+        let error = ApiError::SessionNotFound(session_id.clone());
+        return Err(commands::refuse(state, &ctx.request_id, Some(&key), error).await);
+    }
+    let agent_id = loaded.aggregate.agent_id().to_string();
+    let agent = match state
+        .log
+        .load_aggregate::<Agent>(&agent_stream(&ctx.tenant, &agent_id))
+        .await
+    {
+        Ok(loaded) => loaded.aggregate,
+        Err(error) => return Err(fail(ApiError::internal(error)).await),
+    };
+    let Some(config) = agent.config().cloned() else {
+        let error =
+            anyhow::anyhow!("session {session_id} names agent {agent_id}, which has no events");
+        return Err(fail(ApiError::internal(error)).await);
+    };
+    let tenant = ctx.tenant.to_string();
+    let message_id = derived_id(&[&tenant, &session_id, &raw_key]);
+    let reply_id = derived_id(&[&tenant, &session_id, &raw_key, "reply"]);
+    let command = SessionCommand::RecordUserMessage {
+        message_id: message_id.clone(),
+        content,
+        agent_status: agent.status(),
+    };
+    let outcome = match state
+        .log
+        .execute::<Session>(&stream, command, &(), &ctx.metadata("RecordUserMessage"))
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(CommandError::Rejected(error)) => {
+            let error = session_error(&session_id, &agent_id)(error);
+            return Err(commands::refuse(state, &ctx.request_id, Some(&key), error).await);
+        }
+        Err(error) => return Err(fail(command_error(error, ApiError::internal)).await),
+    };
+    state
+        .metrics
+        .events_appended(Session::TYPE, outcome.events.len());
+    let exchange = Exchange {
+        state: state.clone(),
+        ctx,
+        key: key.clone(),
+        stream,
+        session_id,
+        agent_id,
+        agent: config,
+        message_id,
+        reply_id,
+        session: outcome.aggregate,
+    };
+    if let Some(reply) = exchange
+        .session
+        .exchange(&exchange.message_id)
+        .and_then(|e| e.reply.clone())
+    {
+        // Answered by an earlier request whose idempotency record is gone: answer with that
+        // reply; nothing new is recorded or billed.
+        let stored = exchange.respond(&reply, outcome.updated_at);
+        return Err(
+            match state.log.complete_idempotency(&exchange.key, &stored).await {
+                Ok(()) => replay(&stored),
+                Err(error) => fail(error.into()).await,
+            },
+        );
+    }
+    Ok(exchange)
+}
+
+/// Records each provider attempt as an event as soon as it ends.
+struct Recorder<'a> {
+    exchange: &'a Exchange,
+}
+
+impl AttemptRecorder for Recorder<'_> {
+    fn record(&self, attempt: ProviderAttempt) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let exchange = self.exchange;
+            let command = SessionCommand::RecordProviderAttempt {
+                message_id: exchange.message_id.clone(),
+                attempt,
+            };
+            let metadata = exchange.ctx.metadata(command.name());
+            if let Err(error) = exchange
+                .state
+                .log
+                .execute::<Session>(&exchange.stream, command, &(), &metadata)
+                .await
+            {
+                tracing::warn!(%error, "a provider attempt could not be recorded");
+            }
+        })
+    }
+}
+
+impl Exchange {
+    /// Steps 3 and 4: asks the providers, then records the reply and the stored response
+    /// together. `on_chunk` streams the reply; `disconnected` tells whether the client of a
+    /// stream has gone (the reply is still taken whole and billed).
+    pub async fn answer(
+        self,
+        on_chunk: Option<ChunkSink<'_>>,
+        disconnected: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<StoredResponse, ApiError> {
+        let state = self.state.clone();
+        let mut messages = Vec::new();
+        if let Some(prompt) = self.agent.system_prompt.as_ref().filter(|p| !p.is_empty()) {
+            messages.push(ChatMessage {
+                role: ChatRole::System,
+                content: prompt.clone(),
+            });
+        }
+        messages.extend(
+            self.session
+                .context_for(&self.message_id, state.settings.context_messages),
+        );
+        let plan = CallPlan {
+            providers: self
+                .agent
+                .providers()
+                .map(|p| (p.to_string(), self.agent.model_for(p).map(String::from)))
+                .collect(),
+            messages,
+            temperature: self.agent.temperature,
+            max_tokens: self.agent.max_tokens,
+        };
+        let answer = state
+            .providers
+            .call(&plan, &Recorder { exchange: &self }, on_chunk)
+            .await;
+        let reject = session_error(&self.session_id, &self.agent_id);
+        let Some(answer) = answer else {
+            let command = SessionCommand::RecordMessageFailure {
+                message_id: self.message_id.clone(),
+            };
+            let metadata = self.ctx.metadata(command.name());
+            if let Err(error) = state
+                .log
+                .execute::<Session>(&self.stream, command, &(), &metadata)
+                .await
+            {
+                tracing::warn!(%error, "a failed message could not be recorded");
+            }
+            let attempts = self.attempts().await;
+            let error = ApiError::AllProvidersFailed {
+                attempts: summarise(&attempts),
+            };
+            return Err(commands::release(&state, &self.key, error).await);
+        };
+        let price = state
+            .providers
+            .price(&answer.provider, &answer.completion.model);
+        let completion = answer.completion;
+        let reply = AssistantReply {
+            message_id: self.reply_id.clone(),
+            reply_to: self.message_id.clone(),
+            cost_micros: price.cost_micros(completion.tokens_in, completion.tokens_out),
+            content: completion.content,
+            provider: answer.provider,
+            model: completion.model,
+            tokens_in: completion.tokens_in,
+            tokens_out: completion.tokens_out,
+            price,
+            fallback_used: answer.fallback_used,
+            streamed: on_chunk.is_some(),
+            client_disconnected: on_chunk.is_some() && disconnected(),
+            incomplete: answer.incomplete,
+        };
+        let command = SessionCommand::RecordAssistantReply(reply);
+        let metadata = self.ctx.metadata(command.name());
+        let attempts_so_far = self.attempts().await;
+        let respond = |outcome: &eventlog::CommandOutcome<Session>| {
+            let reply = outcome
+                .aggregate
+                .exchange(&self.message_id)
+                .and_then(|e| e.reply.as_ref())?;
+            Some(self.respond_with(reply, &attempts_so_far, outcome.updated_at))
+        };
+        match state
+            .log
+            .execute_with::<Session, _>(
+                &self.stream,
+                command,
+                &(),
+                &metadata,
+                Some(&self.key),
+                respond,
+            )
+            .await
+        {
+            Ok((outcome, Some(stored))) => {
+                state
+                    .metrics
+                    .events_appended(Session::TYPE, outcome.events.len());
+                Ok(stored)
+            }
+            Ok((_, None)) => Err(commands::release(
+                &state,
+                &self.key,
+                ApiError::internal(anyhow::anyhow!("a recorded reply is missing")),
+            )
+            .await),
+            Err(CommandError::Rejected(SessionError::AlreadyAnswered(_))) => {
+                // Another request with this key took it over and answered first; its reply
+                // stands and this one is not billed.
+                let loaded = state
+                    .log
+                    .load_aggregate::<Session>(&self.stream)
+                    .await
+                    .map_err(|e| command_error(e, &reject))?;
+                let reply = loaded
+                    .aggregate
+                    .exchange(&self.message_id)
+                    .and_then(|e| e.reply.clone())
+                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("reply vanished")))?;
+                Ok(self.respond(&reply, loaded.updated_at))
+            }
+            Err(error) => {
+                Err(commands::release(&state, &self.key, command_error(error, &reject)).await)
+            }
+        }
+    }
+
+    /// The attempts recorded for this message so far, from its session's stream.
+    async fn attempts(&self) -> Vec<ProviderAttempt> {
+        match self.state.log.load_aggregate::<Session>(&self.stream).await {
+            Ok(loaded) => loaded
+                .aggregate
+                .exchange(&self.message_id)
+                .map(|e| e.attempts.clone())
+                .unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(%error, "could not reload the attempts of a message");
+                Vec::new()
+            }
+        }
+    }
+
+    fn respond(&self, reply: &AssistantReply, at: Option<DateTime<Utc>>) -> StoredResponse {
+        let attempts = self
+            .session
+            .exchange(&self.message_id)
+            .map(|e| e.attempts.clone())
+            .unwrap_or_default();
+        self.respond_with(reply, &attempts, at)
+    }
+
+    /// Seed 004's response body of a sent message.
+    fn respond_with(
+        &self,
+        reply: &AssistantReply,
+        attempts: &[ProviderAttempt],
+        at: Option<DateTime<Utc>>,
+    ) -> StoredResponse {
+        let summary = summarise(attempts);
+        let attempted = |provider: &str| attempts.iter().any(|a| a.provider == provider);
+        let fallback = self.agent.fallback_provider.as_deref();
+        let mut message = json!({
+            "id": reply.message_id,
+            "sessionId": self.session_id,
+            "role": "assistant",
+            "content": reply.content,
+            "createdAt": at.unwrap_or_else(Utc::now),
+            "replyTo": reply.reply_to,
+        });
+        if reply.incomplete {
+            message["incomplete"] = Value::Bool(true);
+        }
+        let body = json!({
+            "message": message,
+            "metadata": {
+                "agentId": self.agent_id,
+                "providerUsed": reply.provider,
+                "model": reply.model,
+                "primaryAttempted": self.agent.primary_provider,
+                "fallbackAttempted": fallback.filter(|f| attempted(f)),
+                "fallbackUsed": reply.fallback_used,
+                "attempts": summary,
+                "usage": {
+                    "tokensIn": reply.tokens_in,
+                    "tokensOut": reply.tokens_out,
+                    "costUsd": micros_to_usd(reply.cost_micros),
+                    "costMicros": reply.cost_micros,
+                    "pricing": { "usdPer1kTokens": reply.price.usd_per_1k_tokens() },
+                },
+                "streamed": reply.streamed,
+                "clientDisconnected": reply.client_disconnected,
+                "idempotency": { "key": self.key.key, "replayed": false },
+                "requestId": self.ctx.request_id,
+            },
+        });
+        commands::json_response(StatusCode::CREATED, Vec::new(), &body)
+    }
+}
+
+/// Seed 004's `attempts[]`: one entry per provider asked, in order, with its retries, the
+/// total latency, the last HTTP status and, when it failed, the last error code.
+pub fn summarise(attempts: &[ProviderAttempt]) -> Value {
+    let mut providers: Vec<&str> = Vec::new();
+    for attempt in attempts {
+        if !providers.contains(&attempt.provider.as_str()) {
+            providers.push(&attempt.provider);
+        }
+    }
+    providers
+        .into_iter()
+        .map(|provider| {
+            let calls: Vec<&ProviderAttempt> =
+                attempts.iter().filter(|a| a.provider == provider).collect();
+            let last = calls.last().expect("at least one call per provider");
+            let succeeded = last.succeeded();
+            json!({
+                "provider": provider,
+                "status": if succeeded { "success" } else { "error" },
+                "httpStatus": last.http_status,
+                "latencyMs": calls.iter().map(|a| a.latency_ms).sum::<u64>(),
+                "retries": calls.len() - 1,
+                "errorCode": if succeeded { None } else { last.error_code.clone() },
+                "calls": calls,
+            })
+        })
+        .collect::<Vec<_>>()
+        .into()
+}

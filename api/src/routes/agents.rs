@@ -1,0 +1,373 @@
+//! `/v1/agents`: a tenant's AI agents (seed 004's paths and bodies: `{"agent": {…}}`,
+//! `{"agents": […]}`).
+//!
+//! Commands go through the `Agent` aggregate and answer from its state after the command;
+//! reads come from the `agents` read model (with `x-min-position` for read-your-writes).
+//! `DELETE` archives: the agent keeps its history and its sessions, and takes no new ones.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use domain::agent::{Agent, AgentChange, AgentCommand, AgentConfig, AgentError, AgentServices};
+use eventlog::CommandOutcome;
+use eventlog::idempotency::StoredResponse;
+use projections::agents::{self as read_model, AgentRecord};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Auth, require};
+use crate::commands::{self, Begin};
+use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
+use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
+use crate::messaging::agent_stream;
+use crate::routes::{Page, await_consistency, page_cursor, with_lag};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_agents, create_agent))
+        .routes(routes!(
+            get_agent,
+            replace_agent,
+            patch_agent,
+            archive_agent
+        ))
+}
+
+/// An agent as the API shows it: its configuration with id, status, version and times.
+fn agent_json(
+    id: &str,
+    config: &AgentConfig,
+    status: &str,
+    version: u64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+) -> Value {
+    let mut body = serde_json::to_value(config).expect("a config serializes");
+    let object = body.as_object_mut().expect("a config is an object");
+    object.insert("id".into(), json!(id));
+    object.insert("status".into(), json!(status));
+    object.insert("version".into(), json!(version));
+    object.insert("createdAt".into(), json!(created_at));
+    object.insert("updatedAt".into(), json!(updated_at));
+    body
+}
+
+fn record_json(record: &AgentRecord) -> Value {
+    agent_json(
+        &record.id,
+        &record.config,
+        &record.status,
+        record.version as u64,
+        record.created_at,
+        record.updated_at,
+    )
+}
+
+/// The configuration in a request body: `{"agent": {…}}` or the bare object.
+fn unwrap_agent(body: Value) -> Result<Map<String, Value>, ApiError> {
+    let body = match body {
+        Value::Object(mut map) if map.len() == 1 && map.contains_key("agent") => {
+            map.remove("agent").unwrap_or_default()
+        }
+        other => other,
+    };
+    match body {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::Validation(vec![FieldError {
+            field: String::new(),
+            message: "the body must be a JSON object".into(),
+        }])),
+    }
+}
+
+fn parse_config(body: Value) -> Result<AgentConfig, ApiError> {
+    let mut map = unwrap_agent(body)?;
+    for managed in ["id", "status", "version", "createdAt", "updatedAt"] {
+        map.remove(managed);
+    }
+    serde_json::from_value(Value::Object(map)).map_err(|e| {
+        ApiError::Validation(vec![FieldError {
+            field: String::new(),
+            message: e.to_string(),
+        }])
+    })
+}
+
+fn services(state: &AppState) -> AgentServices {
+    AgentServices {
+        providers: state.providers.names(),
+    }
+}
+
+fn reject(id: &str) -> impl Fn(AgentError) -> ApiError {
+    let id = id.to_string();
+    move |error| match error {
+        AgentError::AlreadyExists => ApiError::internal(anyhow::anyhow!("agent id {id} reused")),
+        AgentError::NotFound => ApiError::AgentNotFound(id.clone()),
+        AgentError::Archived => ApiError::AgentArchived(id.clone()),
+        AgentError::VersionConflict { expected, actual } => {
+            ApiError::VersionConflict { expected, actual }
+        }
+        AgentError::Invalid(fields) => ApiError::Validation(
+            fields
+                .into_iter()
+                .map(|(field, message)| FieldError { field, message })
+                .collect(),
+        ),
+    }
+}
+
+fn respond(status: StatusCode, id: &str) -> impl Fn(&CommandOutcome<Agent>) -> StoredResponse {
+    let id = id.to_string();
+    move |outcome| {
+        let updated_at = outcome.updated_at.unwrap_or_else(Utc::now);
+        let config = outcome
+            .aggregate
+            .config()
+            .expect("an accepted command leaves a configured agent");
+        let body = json!({ "agent": agent_json(
+            &id,
+            config,
+            outcome.aggregate.status().as_str(),
+            outcome.version,
+            outcome.created_at.unwrap_or(updated_at),
+            updated_at,
+        )});
+        let mut headers = vec![("etag".to_string(), etag(outcome.version))];
+        if let Some(cursor) = outcome.cursor {
+            headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
+        }
+        if status == StatusCode::CREATED {
+            headers.push(("location".to_string(), format!("/v1/agents/{id}")));
+        }
+        commands::json_response(status, headers, &body)
+    }
+}
+
+async fn run(
+    state: &AppState,
+    ctx: &CommandContext<require::Writer>,
+    body: &Value,
+    status: StatusCode,
+    id: &str,
+    command: AgentCommand,
+) -> Response {
+    let key = match commands::begin(state, ctx, body).await {
+        Ok(Begin::Run(key)) => key,
+        Ok(Begin::Replay(response)) => return response,
+        Err(error) => return error.into_response(),
+    };
+    let name = command.name();
+    match commands::run::<Agent, _>(
+        state,
+        ctx,
+        key,
+        &agent_stream(&ctx.tenant, id),
+        name,
+        command,
+        &services(state),
+        respond(status, id),
+        reject(id),
+    )
+    .await
+    {
+        Ok((_, response)) => commands::to_response(&response, false),
+        Err(response) => response,
+    }
+}
+
+/// Query of `GET /v1/agents`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListAgents {
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Include archived agents.
+    pub include_archived: Option<bool>,
+}
+
+/// List the tenant's agents, oldest first.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents",
+    security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
+    params(ListAgents),
+    responses(
+        (status = 200, description = "`{\"agents\": [...], \"nextCursor\": ...}`"),
+        (status = 400, description = "INVALID_PARAMETER", body = ErrorEnvelope),
+    ))]
+pub async fn list_agents(
+    State(state): State<AppState>,
+    auth: Auth<require::Reader>,
+    consistency: Consistency,
+    Query(query): Query<ListAgents>,
+) -> Result<Response, ApiError> {
+    let page = Page::parse(query.limit, query.cursor.as_deref())?;
+    let lag = await_consistency(&state, consistency, read_model::NAME).await?;
+    let mut records = read_model::list(
+        state.log.db(),
+        auth.tenant().as_str(),
+        page.after.as_deref(),
+        page.limit + 1,
+        query.include_archived.unwrap_or(false),
+    )
+    .await?;
+    let next_cursor = page_cursor(&mut records, page.limit, |r| &r.id);
+    let agents: Vec<Value> = records.iter().map(record_json).collect();
+    let body = json!({ "agents": agents, "nextCursor": next_cursor });
+    Ok(with_lag(ApiJson(body).into_response(), lag))
+}
+
+/// Create an agent.
+///
+/// Body: the configuration, bare or as `{"agent": {...}}`: `name`, `primaryProvider`, and
+/// optionally `description`, `fallbackProvider`, `model`, `models` (per provider),
+/// `systemPrompt`, `temperature` (0–2), `maxTokens`.
+#[utoipa::path(post, path = "/v1/agents", tag = "agents",
+    security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request")),
+    request_body(content = Object, description = "The agent's configuration"),
+    responses(
+        (status = 201, description = "`{\"agent\": {...}}`; `ETag`, `Location`, `x-event-position`"),
+        (status = 422, description = "VALIDATION_ERROR, one entry per field", body = ErrorEnvelope),
+    ))]
+pub async fn create_agent(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Writer>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let config = parse_config(body.clone())?;
+    let id = format!("agt_{}", uuid::Uuid::now_v7().simple());
+    let command = AgentCommand::CreateAgent {
+        id: id.clone(),
+        config,
+    };
+    Ok(run(&state, &ctx, &body, StatusCode::CREATED, &id, command).await)
+}
+
+/// Read an agent.
+#[utoipa::path(get, path = "/v1/agents/{agentId}", tag = "agents",
+    security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
+    params(("agentId" = String, Path, description = "Agent id, `agt_…`"),
+        ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`")),
+    responses(
+        (status = 200, description = "`{\"agent\": {...}}`; `ETag`"),
+        (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
+    ))]
+pub async fn get_agent(
+    State(state): State<AppState>,
+    auth: Auth<require::Reader>,
+    consistency: Consistency,
+    Path(agent_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let lag = await_consistency(&state, consistency, read_model::NAME).await?;
+    let record = read_model::get(state.log.db(), auth.tenant().as_str(), &agent_id)
+        .await?
+        .ok_or(ApiError::AgentNotFound(agent_id))?;
+    let mut response = ApiJson(json!({ "agent": record_json(&record) })).into_response();
+    if let Ok(value) = etag(record.version as u64).parse() {
+        response
+            .headers_mut()
+            .insert(axum::http::header::ETAG, value);
+    }
+    Ok(with_lag(response, lag))
+}
+
+/// Replace an agent's configuration.
+#[utoipa::path(put, path = "/v1/agents/{agentId}", tag = "agents",
+    security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
+    params(("agentId" = String, Path, description = "Agent id"),
+        ("If-Match" = Option<String>, Header, description = "Refuse with 409 unless the agent is at this version"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request")),
+    request_body(content = Object, description = "The whole configuration"),
+    responses(
+        (status = 200, description = "`{\"agent\": {...}}`"),
+        (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
+        (status = 409, description = "AGENT_ARCHIVED or VERSION_CONFLICT", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+    ))]
+pub async fn replace_agent(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Writer>,
+    IfMatch(expected_version): IfMatch,
+    Path(agent_id): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let config = parse_config(body.clone())?;
+    let command = AgentCommand::UpdateAgent {
+        change: AgentChange::Replace(config),
+        expected_version,
+    };
+    Ok(run(&state, &ctx, &body, StatusCode::OK, &agent_id, command).await)
+}
+
+/// Change part of an agent's configuration (JSON merge patch; `null` removes an optional
+/// field).
+#[utoipa::path(patch, path = "/v1/agents/{agentId}", tag = "agents",
+    security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
+    params(("agentId" = String, Path, description = "Agent id"),
+        ("If-Match" = Option<String>, Header, description = "Refuse with 409 unless the agent is at this version"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request")),
+    request_body(content = Object, description = "A JSON merge patch of the configuration"),
+    responses(
+        (status = 200, description = "`{\"agent\": {...}}`"),
+        (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
+        (status = 409, description = "AGENT_ARCHIVED or VERSION_CONFLICT", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+    ))]
+pub async fn patch_agent(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Writer>,
+    IfMatch(expected_version): IfMatch,
+    Path(agent_id): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let mut patch = unwrap_agent(body.clone())?;
+    for managed in ["id", "status", "version", "createdAt", "updatedAt"] {
+        if patch.remove(managed).is_some() {
+            return Err(ApiError::Validation(vec![FieldError {
+                field: managed.into(),
+                message: "is managed by the gateway and cannot be changed".into(),
+            }]));
+        }
+    }
+    let command = AgentCommand::UpdateAgent {
+        change: AgentChange::Patch(patch),
+        expected_version,
+    };
+    Ok(run(&state, &ctx, &body, StatusCode::OK, &agent_id, command).await)
+}
+
+/// Archive an agent: it keeps its sessions and history and takes no new sessions or
+/// messages. Archiving twice is harmless.
+#[utoipa::path(delete, path = "/v1/agents/{agentId}", tag = "agents",
+    security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
+    params(("agentId" = String, Path, description = "Agent id"),
+        ("If-Match" = Option<String>, Header, description = "Refuse with 409 unless the agent is at this version")),
+    responses(
+        (status = 200, description = "`{\"agent\": {...}}` with status `archived`"),
+        (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
+    ))]
+pub async fn archive_agent(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Writer>,
+    IfMatch(expected_version): IfMatch,
+    Path(agent_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let command = AgentCommand::ArchiveAgent { expected_version };
+    Ok(run(
+        &state,
+        &ctx,
+        &Value::Null,
+        StatusCode::OK,
+        &agent_id,
+        command,
+    )
+    .await)
+}

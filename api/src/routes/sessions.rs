@@ -1,0 +1,546 @@
+//! `/v1/sessions`: conversations with agents, their messages and transcripts (seed 004).
+
+use std::convert::Infallible;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use domain::provider::micros_to_usd;
+use domain::session::{Session, SessionCommand, SessionStatus};
+use eventlog::CommandOutcome;
+use eventlog::idempotency::StoredResponse;
+use projections::sessions::{self as read_model, SessionFilter, SessionRecord};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Auth, require};
+use crate::commands::{self, Begin};
+use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
+use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER};
+use crate::messaging::{self, agent_stream, session_error, session_stream};
+use crate::routes::{Page, await_consistency, page_cursor, with_lag};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_sessions, create_session))
+        .routes(routes!(get_session))
+        .routes(routes!(close_session))
+        .routes(routes!(send_message))
+        .routes(routes!(get_transcript))
+        .routes(routes!(list_provider_calls))
+}
+
+fn record_json(record: &SessionRecord) -> Value {
+    json!({
+        "id": record.id,
+        "agentId": record.agent_id,
+        "customerId": record.customer_id,
+        "status": record.status,
+        "metadata": record.metadata,
+        "messageCount": record.message_count,
+        "createdAt": record.created_at,
+        "lastActivityAt": record.last_activity_at,
+        "closedAt": record.closed_at,
+    })
+}
+
+fn respond(status: StatusCode, id: &str) -> impl Fn(&CommandOutcome<Session>) -> StoredResponse {
+    let id = id.to_string();
+    move |outcome| {
+        let session = &outcome.aggregate;
+        let updated_at = outcome.updated_at.unwrap_or_else(Utc::now);
+        let closed = session.status() == SessionStatus::Closed;
+        let body = json!({ "session": {
+            "id": id,
+            "agentId": session.agent_id(),
+            "customerId": session.customer_id(),
+            "status": session.status().as_str(),
+            "metadata": session.metadata(),
+            "messageCount": session.message_count(),
+            "createdAt": outcome.created_at.unwrap_or(updated_at),
+            "lastActivityAt": updated_at,
+            "closedAt": closed.then_some(updated_at),
+        }});
+        let mut headers = Vec::new();
+        if let Some(cursor) = outcome.cursor {
+            headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
+        }
+        if status == StatusCode::CREATED {
+            headers.push(("location".to_string(), format!("/v1/sessions/{id}")));
+        }
+        commands::json_response(status, headers, &body)
+    }
+}
+
+/// Body of `POST /v1/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewSession {
+    agent_id: String,
+    #[serde(default)]
+    customer_id: Option<String>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+fn invalid(message: impl ToString) -> ApiError {
+    ApiError::Validation(vec![FieldError {
+        field: String::new(),
+        message: message.to_string(),
+    }])
+}
+
+/// Start a session with an agent.
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions",
+    security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request")),
+    request_body(content = Object, description = "`{\"agentId\": \"agt_…\", \"customerId\": \"…\", \"metadata\": {...}}`"),
+    responses(
+        (status = 201, description = "`{\"session\": {...}}`; `Location`, `x-event-position`"),
+        (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
+        (status = 409, description = "AGENT_ARCHIVED", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+    ))]
+pub async fn create_session(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Writer>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let request: NewSession = serde_json::from_value(body.clone()).map_err(invalid)?;
+    let key = match commands::begin(&state, &ctx, &body).await? {
+        Begin::Run(key) => key,
+        Begin::Replay(response) => return Ok(response),
+    };
+    // The agent is read from its own stream, not from a read model: a session is never
+    // created for an agent that was archived a moment ago.
+    let agent = match state
+        .log
+        .load_aggregate::<domain::agent::Agent>(&agent_stream(&ctx.tenant, &request.agent_id))
+        .await
+    {
+        Ok(loaded) => loaded.aggregate,
+        Err(error) => {
+            let error = ApiError::internal(error);
+            return Err(match &key {
+                Some(key) => commands::release(&state, key, error).await,
+                None => error,
+            });
+        }
+    };
+    if !agent.exists() {
+        let error = ApiError::AgentNotFound(request.agent_id);
+        return Ok(commands::refuse(&state, &ctx.request_id, key.as_ref(), error).await);
+    }
+    let id = format!("ses_{}", uuid::Uuid::now_v7().simple());
+    let command = SessionCommand::CreateSession {
+        id: id.clone(),
+        agent_id: request.agent_id.clone(),
+        agent_status: agent.status(),
+        customer_id: request.customer_id,
+        metadata: request.metadata.unwrap_or_default(),
+    };
+    let name = command.name();
+    Ok(
+        match commands::run::<Session, _>(
+            &state,
+            &ctx,
+            key,
+            &session_stream(&ctx.tenant, &id),
+            name,
+            command,
+            &(),
+            respond(StatusCode::CREATED, &id),
+            session_error(&id, &request.agent_id),
+        )
+        .await
+        {
+            Ok((_, response)) => commands::to_response(&response, false),
+            Err(response) => response,
+        },
+    )
+}
+
+/// Query of `GET /v1/sessions`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListSessions {
+    pub agent_id: Option<String>,
+    pub customer_id: Option<String>,
+    /// `active` or `closed`.
+    pub status: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// List the tenant's sessions, oldest first, optionally by agent, customer or status.
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions",
+    security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
+    params(ListSessions),
+    responses(
+        (status = 200, description = "`{\"sessions\": [...], \"nextCursor\": ...}`"),
+        (status = 400, description = "INVALID_PARAMETER", body = ErrorEnvelope),
+    ))]
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    auth: Auth<require::Reader>,
+    consistency: Consistency,
+    Query(query): Query<ListSessions>,
+) -> Result<Response, ApiError> {
+    let page = Page::parse(query.limit, query.cursor.as_deref())?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some("active") => Some(SessionStatus::Active),
+        Some("closed") => Some(SessionStatus::Closed),
+        Some(_) => {
+            return Err(ApiError::InvalidParameter {
+                name: "status",
+                reason: "must be 'active' or 'closed'".into(),
+            });
+        }
+    };
+    let filter = SessionFilter {
+        agent_id: query.agent_id,
+        customer_id: query.customer_id,
+        status,
+    };
+    let lag = await_consistency(&state, consistency, read_model::SESSIONS).await?;
+    let mut records = read_model::list(
+        state.log.db(),
+        auth.tenant().as_str(),
+        &filter,
+        page.after.as_deref(),
+        page.limit + 1,
+    )
+    .await?;
+    let next_cursor = page_cursor(&mut records, page.limit, |r| &r.id);
+    let sessions: Vec<Value> = records.iter().map(record_json).collect();
+    let body = json!({ "sessions": sessions, "nextCursor": next_cursor });
+    Ok(with_lag(ApiJson(body).into_response(), lag))
+}
+
+async fn session_record(
+    state: &AppState,
+    tenant: &str,
+    session_id: &str,
+) -> Result<SessionRecord, ApiError> {
+    read_model::get(state.log.db(), tenant, session_id)
+        .await?
+        .ok_or_else(|| ApiError::SessionNotFound(session_id.to_string()))
+}
+
+/// Read a session.
+#[utoipa::path(get, path = "/v1/sessions/{sessionId}", tag = "sessions",
+    security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
+    params(("sessionId" = String, Path, description = "Session id, `ses_…`"),
+        ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`")),
+    responses(
+        (status = 200, description = "`{\"session\": {...}}`"),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
+    ))]
+pub async fn get_session(
+    State(state): State<AppState>,
+    auth: Auth<require::Reader>,
+    consistency: Consistency,
+    Path(session_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let lag = await_consistency(&state, consistency, read_model::SESSIONS).await?;
+    let record = session_record(&state, auth.tenant().as_str(), &session_id).await?;
+    let body = json!({ "session": record_json(&record) });
+    Ok(with_lag(ApiJson(body).into_response(), lag))
+}
+
+/// Close a session: it takes no new messages. Closing twice is harmless.
+#[utoipa::path(post, path = "/v1/sessions/{sessionId}/close", tag = "sessions",
+    security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
+    params(("sessionId" = String, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "`{\"session\": {...}}` with status `closed`"),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
+    ))]
+pub async fn close_session(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Writer>,
+    Path(session_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = match commands::begin(&state, &ctx, &Value::Null).await? {
+        Begin::Run(key) => key,
+        Begin::Replay(response) => return Ok(response),
+    };
+    Ok(
+        match commands::run::<Session, _>(
+            &state,
+            &ctx,
+            key,
+            &session_stream(&ctx.tenant, &session_id),
+            "CloseSession",
+            SessionCommand::CloseSession,
+            &(),
+            respond(StatusCode::OK, &session_id),
+            session_error(&session_id, ""),
+        )
+        .await
+        {
+            Ok((_, response)) => commands::to_response(&response, false),
+            Err(response) => response,
+        },
+    )
+}
+
+/// Body of `POST /v1/sessions/{sessionId}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewMessage {
+    #[serde(default)]
+    role: Option<String>,
+    content: String,
+    #[serde(default)]
+    stream: bool,
+}
+
+/// Send a message and get the agent's reply.
+///
+/// Requires `Idempotency-Key`. The reply comes from the agent's primary provider, retried on
+/// failure with exponential backoff (honouring `retryAfterMs` on 429), then from its fallback.
+/// With `"stream": true` or `Accept: text/event-stream` the reply is streamed as Server-Sent
+/// Events: `chunk` events (`{"content": "…"}`), then one `done` event carrying the same body
+/// as the JSON answer, or one `error` event with an error envelope.
+#[utoipa::path(post, path = "/v1/sessions/{sessionId}/messages", tag = "sessions",
+    security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
+    params(("sessionId" = String, Path, description = "Session id"),
+        ("Idempotency-Key" = String, Header, description = "Required: the same key and message replay the first answer, with no new usage")),
+    request_body(content = Object, description = "`{\"role\": \"user\", \"content\": \"…\", \"stream\": false}`"),
+    responses(
+        (status = 201, description = "`{\"message\": {...}, \"metadata\": {...}}`, or a `text/event-stream` when streaming (status 200)"),
+        (status = 200, description = "A replay: the first answer with `metadata.idempotency.replayed: true`"),
+        (status = 400, description = "IDEMPOTENCY_KEY_REQUIRED", body = ErrorEnvelope),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
+        (status = 409, description = "SESSION_CLOSED, AGENT_ARCHIVED or IDEMPOTENCY_IN_FLIGHT", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR or IDEMPOTENCY_KEY_REUSED", body = ErrorEnvelope),
+        (status = 503, description = "ALL_PROVIDERS_FAILED, with the attempts", body = ErrorEnvelope),
+    ))]
+pub async fn send_message(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Writer>,
+    headers: HeaderMap,
+    Path(session_id): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    if ctx.idempotency_key.is_none() {
+        return Err(ApiError::IdempotencyKeyRequired);
+    }
+    let message: NewMessage = serde_json::from_value(body).map_err(invalid)?;
+    if message.role.as_deref().is_some_and(|role| role != "user") {
+        return Err(ApiError::Validation(vec![FieldError {
+            field: "role".into(),
+            message: "must be 'user'".into(),
+        }]));
+    }
+    let stream = message.stream
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/event-stream"));
+    let request_id = ctx.request_id.clone();
+    let exchange = match messaging::prepare(&state, ctx, session_id, message.content).await {
+        Ok(exchange) => exchange,
+        Err(response) if stream && response.status().is_success() => {
+            return Ok(replayed_stream(response).await);
+        }
+        Err(response) => return Ok(response),
+    };
+    if !stream {
+        let stored = exchange.answer(None, &|| false).await?;
+        return Ok(commands::to_response(&stored, false));
+    }
+    // The exchange runs to its end in its own task, whether or not the client stays: a
+    // reply the provider produced is recorded and billed even if nobody reads it.
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    tokio::spawn(async move {
+        let chunks = sender.clone();
+        let on_chunk = move |chunk: &str| {
+            let _ = chunks.send(
+                Event::default()
+                    .event("chunk")
+                    .data(json!({ "content": chunk }).to_string()),
+            );
+        };
+        let gone = sender.clone();
+        let disconnected = move || gone.is_closed();
+        let last = match exchange.answer(Some(&on_chunk), &disconnected).await {
+            Ok(stored) => Event::default()
+                .event("done")
+                .data(String::from_utf8_lossy(&stored.body)),
+            Err(error) => {
+                let (_, body) = error.render(&request_id);
+                Event::default()
+                    .event("error")
+                    .data(String::from_utf8_lossy(&body))
+            }
+        };
+        let _ = sender.send(last);
+    });
+    let events = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver
+            .recv()
+            .await
+            .map(|event| (Ok::<_, Infallible>(event), receiver))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// A replayed answer to a streaming request: one `done` event with the stored body.
+async fn replayed_stream(response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let event = Event::default()
+        .event("done")
+        .data(String::from_utf8_lossy(&bytes));
+    let mut sse = Sse::new(futures::stream::iter([Ok::<_, Infallible>(event)])).into_response();
+    if let Some(replay) = parts.headers.get(commands::REPLAY_HEADER) {
+        sse.headers_mut()
+            .insert(commands::REPLAY_HEADER, replay.clone());
+    }
+    sse
+}
+
+/// Query of the transcript.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct TranscriptQuery {
+    /// Most messages, 1 to 500 (default 500).
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A session's messages in order, with provider and usage on assistant messages.
+#[utoipa::path(get, path = "/v1/sessions/{sessionId}/transcript", tag = "sessions",
+    security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
+    params(("sessionId" = String, Path, description = "Session id"), TranscriptQuery,
+        ("x-min-position" = Option<String>, Header, description = "Wait until the transcript reflects this `x-event-position`")),
+    responses(
+        (status = 200, description = "`{\"session\": {...}, \"messages\": [...], \"nextCursor\": ...}`"),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
+    ))]
+pub async fn get_transcript(
+    State(state): State<AppState>,
+    auth: Auth<require::Reader>,
+    consistency: Consistency,
+    Path(session_id): Path<String>,
+    Query(query): Query<TranscriptQuery>,
+) -> Result<Response, ApiError> {
+    let page = Page::parse(query.limit.or(Some(500)), query.cursor.as_deref())?;
+    let after: i64 = match page.after.as_deref() {
+        None => 0,
+        Some(raw) => raw.parse().map_err(|_| ApiError::InvalidParameter {
+            name: "cursor",
+            reason: "not a cursor returned by the gateway".into(),
+        })?,
+    };
+    let lag = await_consistency(&state, consistency, read_model::TRANSCRIPTS).await?;
+    let tenant = auth.tenant().as_str();
+    let session = session_record(&state, tenant, &session_id).await?;
+    let mut rows: Vec<_> =
+        read_model::transcript(state.log.db(), tenant, &session_id, after, page.limit + 1)
+            .await?
+            .into_iter()
+            .map(|(sequence, message)| (sequence.to_string(), message))
+            .collect();
+    let next_cursor = page_cursor(&mut rows, page.limit, |(sequence, _)| sequence);
+    let messages: Vec<Value> = rows
+        .iter()
+        .map(|(_, m)| {
+            let mut message = json!({
+                "id": m.id,
+                "role": m.role,
+                "content": m.content,
+                "createdAt": m.created_at,
+            });
+            if let Some(usage) = &m.usage {
+                let micros = usage["costMicros"].as_u64().unwrap_or(0);
+                let price = usage["priceMicroUsdPer1kTokens"].as_u64().unwrap_or(0);
+                message["replyTo"] = json!(m.reply_to);
+                message["provider"] = json!(m.provider);
+                message["model"] = json!(m.model);
+                message["usage"] = json!({
+                    "tokensIn": usage["tokensIn"],
+                    "tokensOut": usage["tokensOut"],
+                    "costUsd": micros_to_usd(micros),
+                    "costMicros": micros,
+                    "pricing": { "usdPer1kTokens": micros_to_usd(price) },
+                });
+                for flag in [
+                    "fallbackUsed",
+                    "streamed",
+                    "clientDisconnected",
+                    "incomplete",
+                ] {
+                    message[flag] = usage[flag].clone();
+                }
+            }
+            message
+        })
+        .collect();
+    let body = json!({
+        "session": record_json(&session),
+        "messages": messages,
+        "nextCursor": next_cursor,
+    });
+    Ok(with_lag(ApiJson(body).into_response(), lag))
+}
+
+/// Every provider call of a session, successful or not, in order (the provider-call log).
+#[utoipa::path(get, path = "/v1/sessions/{sessionId}/provider-calls", tag = "sessions",
+    security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
+    params(("sessionId" = String, Path, description = "Session id"),
+        ("x-min-position" = Option<String>, Header, description = "Wait until the log reflects this `x-event-position`")),
+    responses(
+        (status = 200, description = "`{\"calls\": [...]}`"),
+        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
+    ))]
+pub async fn list_provider_calls(
+    State(state): State<AppState>,
+    auth: Auth<require::Reader>,
+    consistency: Consistency,
+    Path(session_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let lag = await_consistency(&state, consistency, read_model::PROVIDER_CALLS).await?;
+    let tenant = auth.tenant().as_str();
+    session_record(&state, tenant, &session_id).await?;
+    let calls = read_model::provider_calls(state.log.db(), tenant, &session_id).await?;
+    let calls: Vec<Value> = calls
+        .iter()
+        .map(|c| {
+            json!({
+                "messageId": c.message_id,
+                "provider": c.provider,
+                "model": c.model,
+                "attempt": c.attempt,
+                "status": c.status,
+                "httpStatus": c.http_status,
+                "latencyMs": c.latency_ms,
+                "errorCode": c.error_code,
+                "retryAfterMs": c.retry_after_ms,
+                "createdAt": c.created_at,
+            })
+        })
+        .collect();
+    Ok(with_lag(
+        ApiJson(json!({ "calls": calls })).into_response(),
+        lag,
+    ))
+}

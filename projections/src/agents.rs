@@ -1,0 +1,147 @@
+//! The `agents` read model: every agent's current configuration and status.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::agent::{Agent, AgentConfig, AgentEvent, AgentStatus};
+use eventlog::{Db, RecordedEvent, Tx};
+use sqlx::Row;
+use sqlx::types::Json;
+
+use crate::{ProjectionError, Projector, Target};
+
+pub const NAME: &str = "agents";
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AgentsProjector;
+
+#[async_trait]
+impl Projector for AgentsProjector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["agents"]
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        target: Target,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let table = target.table("agents");
+        let insert = format!(
+            "INSERT INTO {table} (tenant_id, id, name, config, status, version, created_at, \
+             updated_at) VALUES ($1, $2, $3, $4, 'active', $5, $6, $6) \
+             ON CONFLICT (tenant_id, id) DO NOTHING"
+        );
+        let update = format!(
+            "UPDATE {table} SET name = $3, config = $4, version = $5, updated_at = $6 \
+             WHERE tenant_id = $1 AND id = $2 AND version < $5"
+        );
+        let archive = format!(
+            "UPDATE {table} SET status = $3, version = $4, updated_at = $5 \
+             WHERE tenant_id = $1 AND id = $2 AND version < $4"
+        );
+        for event in events.iter().filter(|e| e.aggregate_type == Agent::TYPE) {
+            let tenant = event.tenant_id.as_str();
+            let (version, at) = (event.sequence, event.recorded_at);
+            let decoded: AgentEvent = crate::decode(event)?;
+            eventlog::on_tx!(&mut *tx, conn => {
+                let query = match &decoded {
+                    AgentEvent::AgentCreated { id, config } => sqlx::query(&insert)
+                        .bind(tenant)
+                        .bind(id.as_str())
+                        .bind(config.name.as_str())
+                        .bind(Json(config))
+                        .bind(version)
+                        .bind(at),
+                    AgentEvent::AgentUpdated { id, config } => sqlx::query(&update)
+                        .bind(tenant)
+                        .bind(id.as_str())
+                        .bind(config.name.as_str())
+                        .bind(Json(config))
+                        .bind(version)
+                        .bind(at),
+                    AgentEvent::AgentArchived { id } => sqlx::query(&archive)
+                        .bind(tenant)
+                        .bind(id.as_str())
+                        .bind(AgentStatus::Archived.as_str())
+                        .bind(version)
+                        .bind(at),
+                };
+                query.execute(&mut *conn).await?;
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One agent as the read model holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRecord {
+    pub id: String,
+    pub config: AgentConfig,
+    pub status: String,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, config, status, version, created_at, updated_at";
+
+macro_rules! decode_agent {
+    ($row:expr) => {{
+        let row = $row;
+        let config: Json<AgentConfig> = row.try_get("config")?;
+        AgentRecord {
+            id: row.try_get("id")?,
+            config: config.0,
+            status: row.try_get("status")?,
+            version: row.try_get("version")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        }
+    }};
+}
+
+pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<Option<AgentRecord>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2");
+    Ok(eventlog::on_pool!(db, pool => {
+        match sqlx::query(&sql).bind(tenant_id).bind(id).fetch_optional(pool).await? {
+            Some(row) => Some(decode_agent!(&row)),
+            None => None,
+        }
+    }))
+}
+
+/// A page of the tenant's agents ordered by id (creation order), after `after`; archived
+/// agents only when `include_archived`.
+pub async fn list(
+    db: &Db,
+    tenant_id: &str,
+    after: Option<&str>,
+    limit: u32,
+    include_archived: bool,
+) -> Result<Vec<AgentRecord>, sqlx::Error> {
+    let archived = if include_archived {
+        ""
+    } else {
+        "AND status = 'active'"
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM agents WHERE tenant_id = $1 AND id > $2 {archived} \
+         ORDER BY id LIMIT $3"
+    );
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(|row| Ok(decode_agent!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?
+    }))
+}

@@ -1,0 +1,434 @@
+//! Read models of conversations, all built from `Session*` events:
+//! - `sessions`: one row per session, with its status, message count and last activity;
+//! - `transcripts` (table `transcript_messages`): every user and assistant message in order,
+//!   with provider and usage on assistant messages;
+//! - `provider_calls`: every provider call, successful or not (seed 004's provider-call log).
+//!
+//! Rows are keyed by the event's place in its session's stream, so applying an event twice
+//! changes nothing, and timestamps come from the events, so a rebuild reproduces every row.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::session::{Session, SessionEvent, SessionStatus};
+use eventlog::{Db, RecordedEvent, Tx};
+use serde_json::{Map, Value, json};
+use sqlx::Row;
+use sqlx::types::Json;
+
+use crate::{ProjectionError, Projector, Target};
+
+pub const SESSIONS: &str = "sessions";
+pub const TRANSCRIPTS: &str = "transcripts";
+pub const PROVIDER_CALLS: &str = "provider_calls";
+
+fn session_events(events: &[RecordedEvent]) -> impl Iterator<Item = &RecordedEvent> {
+    events.iter().filter(|e| e.aggregate_type == Session::TYPE)
+}
+
+/// Builds `sessions`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionsProjector;
+
+#[async_trait]
+impl Projector for SessionsProjector {
+    fn name(&self) -> &'static str {
+        SESSIONS
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["sessions"]
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        target: Target,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let table = target.table("sessions");
+        let insert = format!(
+            "INSERT INTO {table} (tenant_id, id, agent_id, customer_id, metadata, status, \
+             message_count, version, created_at, last_activity_at) \
+             VALUES ($1, $2, $3, $4, $5, 'active', 0, $6, $7, $7) \
+             ON CONFLICT (tenant_id, id) DO NOTHING"
+        );
+        let close = format!(
+            "UPDATE {table} SET status = $3, closed_at = $4, version = $5 \
+             WHERE tenant_id = $1 AND id = $2 AND version < $5"
+        );
+        let message = format!(
+            "UPDATE {table} SET message_count = message_count + 1, last_activity_at = $3, \
+             version = $4 WHERE tenant_id = $1 AND id = $2 AND version < $4"
+        );
+        let touch = format!(
+            "UPDATE {table} SET version = $3 WHERE tenant_id = $1 AND id = $2 AND version < $3"
+        );
+        for event in session_events(events) {
+            let tenant = event.tenant_id.as_str();
+            let session = event.aggregate_id.as_str();
+            let (version, at) = (event.sequence, event.recorded_at);
+            let decoded: SessionEvent = crate::decode(event)?;
+            eventlog::on_tx!(&mut *tx, conn => {
+                let query = match &decoded {
+                    SessionEvent::SessionCreated { agent_id, customer_id, metadata, .. } => {
+                        sqlx::query(&insert)
+                            .bind(tenant)
+                            .bind(session)
+                            .bind(agent_id.as_str())
+                            .bind(customer_id.as_deref())
+                            .bind(Json(metadata))
+                            .bind(version)
+                            .bind(at)
+                    }
+                    SessionEvent::SessionClosed { .. } => sqlx::query(&close)
+                        .bind(tenant)
+                        .bind(session)
+                        .bind(SessionStatus::Closed.as_str())
+                        .bind(at)
+                        .bind(version),
+                    SessionEvent::UserMessageRecorded { .. }
+                    | SessionEvent::AssistantMessageRecorded { .. } => sqlx::query(&message)
+                        .bind(tenant)
+                        .bind(session)
+                        .bind(at)
+                        .bind(version),
+                    SessionEvent::ProviderCallAttempted { .. }
+                    | SessionEvent::MessageFailed { .. } => sqlx::query(&touch)
+                        .bind(tenant)
+                        .bind(session)
+                        .bind(version),
+                };
+                query.execute(&mut *conn).await?;
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One session as the read model holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    pub id: String,
+    pub agent_id: String,
+    pub customer_id: Option<String>,
+    pub metadata: Map<String, Value>,
+    pub status: String,
+    pub message_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub last_activity_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+const SESSION_COLUMNS: &str = "id, agent_id, customer_id, metadata, status, message_count, \
+     created_at, last_activity_at, closed_at";
+
+macro_rules! decode_session {
+    ($row:expr) => {{
+        let row = $row;
+        let metadata: Json<Map<String, Value>> = row.try_get("metadata")?;
+        SessionRecord {
+            id: row.try_get("id")?,
+            agent_id: row.try_get("agent_id")?,
+            customer_id: row.try_get("customer_id")?,
+            metadata: metadata.0,
+            status: row.try_get("status")?,
+            message_count: row.try_get("message_count")?,
+            created_at: row.try_get("created_at")?,
+            last_activity_at: row.try_get("last_activity_at")?,
+            closed_at: row.try_get("closed_at")?,
+        }
+    }};
+}
+
+pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<Option<SessionRecord>, sqlx::Error> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND id = $2");
+    Ok(eventlog::on_pool!(db, pool => {
+        match sqlx::query(&sql).bind(tenant_id).bind(id).fetch_optional(pool).await? {
+            Some(row) => Some(decode_session!(&row)),
+            None => None,
+        }
+    }))
+}
+
+/// Filters of a session list; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub agent_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub status: Option<SessionStatus>,
+}
+
+/// A page of the tenant's sessions ordered by id (creation order), after `after`.
+pub async fn list(
+    db: &Db,
+    tenant_id: &str,
+    filter: &SessionFilter,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<SessionRecord>, sqlx::Error> {
+    // Conditions are appended with numbered parameters only; no value is spliced into SQL.
+    let mut values: Vec<&str> = vec![tenant_id, after.unwrap_or("")];
+    let mut conditions = String::new();
+    for (column, value) in [
+        ("agent_id", filter.agent_id.as_deref()),
+        ("customer_id", filter.customer_id.as_deref()),
+        ("status", filter.status.map(SessionStatus::as_str)),
+    ] {
+        if let Some(value) = value {
+            values.push(value);
+            conditions.push_str(&format!(" AND {column} = ${}", values.len()));
+        }
+    }
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND id > $2{conditions} \
+         ORDER BY id LIMIT {limit}"
+    );
+    Ok(eventlog::on_pool!(db, pool => {
+        let mut query = sqlx::query(&sql);
+        for value in &values {
+            query = query.bind(*value);
+        }
+        let rows = query.fetch_all(pool).await?;
+        rows.iter().map(|row| Ok(decode_session!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?
+    }))
+}
+
+/// Builds `transcript_messages`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TranscriptsProjector;
+
+#[async_trait]
+impl Projector for TranscriptsProjector {
+    fn name(&self) -> &'static str {
+        TRANSCRIPTS
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["transcript_messages"]
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        target: Target,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let table = target.table("transcript_messages");
+        let insert = format!(
+            "INSERT INTO {table} (tenant_id, session_id, sequence, id, role, content, reply_to, \
+             provider, model, usage, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING"
+        );
+        for event in session_events(events) {
+            let decoded: SessionEvent = crate::decode(event)?;
+            let row = match decoded {
+                SessionEvent::UserMessageRecorded {
+                    message_id,
+                    content,
+                    ..
+                } => (message_id, "user", content, None, None, None, None),
+                SessionEvent::AssistantMessageRecorded { reply, .. } => {
+                    let usage = json!({
+                        "tokensIn": reply.tokens_in,
+                        "tokensOut": reply.tokens_out,
+                        "costMicros": reply.cost_micros,
+                        "priceMicroUsdPer1kTokens": reply.price.micro_usd_per_1k_tokens,
+                        "fallbackUsed": reply.fallback_used,
+                        "streamed": reply.streamed,
+                        "clientDisconnected": reply.client_disconnected,
+                        "incomplete": reply.incomplete,
+                    });
+                    (
+                        reply.message_id,
+                        "assistant",
+                        reply.content,
+                        Some(reply.reply_to),
+                        Some(reply.provider),
+                        Some(reply.model),
+                        Some(usage),
+                    )
+                }
+                _ => continue,
+            };
+            let (id, role, content, reply_to, provider, model, usage) = row;
+            eventlog::on_tx!(&mut *tx, conn => {
+                sqlx::query(&insert)
+                    .bind(event.tenant_id.as_str())
+                    .bind(event.aggregate_id.as_str())
+                    .bind(event.sequence)
+                    .bind(id.as_str())
+                    .bind(role)
+                    .bind(content.as_str())
+                    .bind(reply_to.as_deref())
+                    .bind(provider.as_deref())
+                    .bind(model.as_deref())
+                    .bind(usage.as_ref().map(Json))
+                    .bind(event.recorded_at)
+                    .execute(&mut *conn)
+                    .await?;
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One message of a transcript.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranscriptMessage {
+    pub id: String,
+    pub role: String,
+    pub content: String,
+    pub reply_to: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    /// For assistant messages: tokensIn, tokensOut, costMicros, priceMicroUsdPer1kTokens and
+    /// the reply's flags.
+    pub usage: Option<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A session's messages in order, after position `after_sequence`, at most `limit`.
+pub async fn transcript(
+    db: &Db,
+    tenant_id: &str,
+    session_id: &str,
+    after_sequence: i64,
+    limit: u32,
+) -> Result<Vec<(i64, TranscriptMessage)>, sqlx::Error> {
+    let sql = "SELECT sequence, id, role, content, reply_to, provider, model, usage, created_at \
+               FROM transcript_messages WHERE tenant_id = $1 AND session_id = $2 \
+               AND sequence > $3 ORDER BY sequence LIMIT $4";
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = sqlx::query(sql)
+            .bind(tenant_id)
+            .bind(session_id)
+            .bind(after_sequence)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let usage: Option<Json<Value>> = row.try_get("usage")?;
+                Ok((
+                    row.try_get("sequence")?,
+                    TranscriptMessage {
+                        id: row.try_get("id")?,
+                        role: row.try_get("role")?,
+                        content: row.try_get("content")?,
+                        reply_to: row.try_get("reply_to")?,
+                        provider: row.try_get("provider")?,
+                        model: row.try_get("model")?,
+                        usage: usage.map(|u| u.0),
+                        created_at: row.try_get("created_at")?,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+    }))
+}
+
+/// Builds `provider_calls`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProviderCallsProjector;
+
+#[async_trait]
+impl Projector for ProviderCallsProjector {
+    fn name(&self) -> &'static str {
+        PROVIDER_CALLS
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["provider_calls"]
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        target: Target,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let table = target.table("provider_calls");
+        let insert = format!(
+            "INSERT INTO {table} (tenant_id, session_id, sequence, message_id, provider, model, \
+             attempt, status, http_status, latency_ms, error_code, retry_after_ms, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING"
+        );
+        for event in session_events(events) {
+            let SessionEvent::ProviderCallAttempted {
+                message_id,
+                attempt,
+                ..
+            } = crate::decode(event)?
+            else {
+                continue;
+            };
+            eventlog::on_tx!(&mut *tx, conn => {
+                sqlx::query(&insert)
+                    .bind(event.tenant_id.as_str())
+                    .bind(event.aggregate_id.as_str())
+                    .bind(event.sequence)
+                    .bind(message_id.as_str())
+                    .bind(attempt.provider.as_str())
+                    .bind(attempt.model.as_deref())
+                    .bind(attempt.attempt as i32)
+                    .bind(attempt.status.as_str())
+                    .bind(attempt.http_status.map(i32::from))
+                    .bind(attempt.latency_ms as i64)
+                    .bind(attempt.error_code.as_deref())
+                    .bind(attempt.retry_after_ms.map(|ms| ms as i64))
+                    .bind(event.recorded_at)
+                    .execute(&mut *conn)
+                    .await?;
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One provider call of the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderCall {
+    pub message_id: String,
+    pub provider: String,
+    pub model: Option<String>,
+    pub attempt: i32,
+    pub status: String,
+    pub http_status: Option<i32>,
+    pub latency_ms: i64,
+    pub error_code: Option<String>,
+    pub retry_after_ms: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Every provider call of a session, in order.
+pub async fn provider_calls(
+    db: &Db,
+    tenant_id: &str,
+    session_id: &str,
+) -> Result<Vec<ProviderCall>, sqlx::Error> {
+    let sql = "SELECT message_id, provider, model, attempt, status, http_status, latency_ms, \
+               error_code, retry_after_ms, created_at FROM provider_calls \
+               WHERE tenant_id = $1 AND session_id = $2 ORDER BY sequence";
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = sqlx::query(sql).bind(tenant_id).bind(session_id).fetch_all(pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ProviderCall {
+                    message_id: row.try_get("message_id")?,
+                    provider: row.try_get("provider")?,
+                    model: row.try_get("model")?,
+                    attempt: row.try_get("attempt")?,
+                    status: row.try_get("status")?,
+                    http_status: row.try_get("http_status")?,
+                    latency_ms: row.try_get("latency_ms")?,
+                    error_code: row.try_get("error_code")?,
+                    retry_after_ms: row.try_get("retry_after_ms")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+    }))
+}
