@@ -187,6 +187,8 @@ pub struct TestApp {
     pub db: TestDb,
     /// Admin API key of each of [`TENANTS`].
     pub keys: HashMap<String, String>,
+    /// The application's providers, to change a simulated vendor's behaviour mid-test.
+    pub providers: std::sync::Arc<api::providers::Providers>,
 }
 
 /// Creates `tenant` with an admin key through the same path as `gateway tenants create`, and
@@ -245,6 +247,7 @@ pub async fn spawn_app_on(db: TestDb, adjust: impl FnOnce(&mut Settings)) -> Tes
         .await
         .expect("the application starts");
     let keys = HashMap::new();
+    let providers = app.state().providers.clone();
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
@@ -255,6 +258,7 @@ pub async fn spawn_app_on(db: TestDb, adjust: impl FnOnce(&mut Settings)) -> Tes
         server,
         db,
         keys,
+        providers,
     }
 }
 
@@ -350,4 +354,51 @@ pub async fn error_code(response: reqwest::Response) -> (u16, String) {
         "no request id in {body}"
     );
     (status, code)
+}
+
+/// A gateway in a runtime of its own, which the test can kill abruptly (as `kill -9` would:
+/// no graceful shutdown, tasks dropped mid-flight, connections closed).
+pub struct Process {
+    runtime: Option<tokio::runtime::Runtime>,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl Process {
+    pub fn start(settings: Settings) -> Self {
+        let (runtime, port) = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let port = runtime.block_on(async move {
+                let app = api::startup::Application::build(settings).await.unwrap();
+                let port = app.port();
+                tokio::spawn(app.run_until_stopped());
+                port
+            });
+            (runtime, port)
+        })
+        .join()
+        .unwrap();
+        Self {
+            runtime: Some(runtime),
+            port,
+        }
+    }
+
+    pub fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }

@@ -9,6 +9,7 @@
 
 mod helpers;
 
+mod agents;
 mod entities;
 mod eventlog;
 mod operations;

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::both_backends;
-use crate::helpers::{Backend, TestApp, TestDb, eventually, spawn_app_with};
+use crate::helpers::{Backend, Process, TestApp, TestDb, eventually, spawn_app_with};
 
 fn nats_url() -> String {
     std::env::var("GATEWAY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -315,48 +315,6 @@ both_backends!(
     commands_succeed_while_nats_is_unreachable_and_nothing_is_lost,
     commands_succeed_while_nats_is_unreachable_and_nothing_is_lost
 );
-
-/// A gateway in a runtime of its own, which the test can kill abruptly (as `kill -9` would:
-/// no graceful shutdown, tasks dropped mid-flight, connections closed).
-struct Process {
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Process {
-    fn start(settings: Settings) -> Self {
-        let runtime = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let app = api::startup::Application::build(settings).await.unwrap();
-                tokio::spawn(app.run_until_stopped());
-            });
-            runtime
-        })
-        .join()
-        .unwrap();
-        Self {
-            runtime: Some(runtime),
-        }
-    }
-
-    fn kill(mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
 
 async fn append_backlog(log: &EventLog, events: usize) {
     let tenant = TenantId::parse("acme").unwrap();

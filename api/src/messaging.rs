@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::require;
 use crate::commands::{self, Claimed};
 use crate::error::{ApiError, FieldError};
-use crate::extract::CommandContext;
+use crate::extract::{CommandContext, EVENT_POSITION_HEADER};
 use crate::providers::{AttemptRecorder, CallPlan};
 use crate::state::AppState;
 
@@ -327,7 +327,13 @@ impl Exchange {
                 .aggregate
                 .exchange(&self.message_id)
                 .and_then(|e| e.reply.as_ref())?;
-            Some(self.respond_with(reply, &attempts_so_far, outcome.updated_at))
+            let mut stored = self.respond_with(reply, &attempts_so_far, outcome.updated_at);
+            if let Some(cursor) = outcome.cursor {
+                stored
+                    .headers
+                    .push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
+            }
+            Some(stored)
         };
         match state
             .log

@@ -126,7 +126,6 @@ fn usage(value: &Value) -> Option<(u64, u64)> {
     ))
 }
 
-
 impl OpenAiCompatible {
     async fn complete_whole(
         &self,
@@ -142,8 +141,8 @@ impl OpenAiCompatible {
             .and_then(Value::as_str)
             .ok_or_else(|| bad_response(status, "no choices[0].message.content"))?
             .to_string();
-        let (tokens_in, tokens_out) =
-            usage(&body).unwrap_or_else(|| (super::prompt_tokens(request), estimate_tokens(&content)));
+        let (tokens_in, tokens_out) = usage(&body)
+            .unwrap_or_else(|| (super::prompt_tokens(request), estimate_tokens(&content)));
         Ok(Completion {
             model: body
                 .get("model")

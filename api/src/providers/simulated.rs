@@ -29,7 +29,8 @@ pub struct Simulation {
     pub retry_after_ms: u64,
     /// Share of calls, 0 to 1, that never answer (the caller's timeout ends them).
     pub timeout_rate: f64,
-    /// The first this many calls fail with a 503, whatever the rates.
+    /// The first this many calls (counted from when this behaviour was set) fail with a 503,
+    /// whatever the rates.
     pub fail_first: u64,
     /// Characters per chunk of a streamed reply.
     pub chunk_chars: usize,
@@ -60,20 +61,29 @@ pub struct SimulatedVendor {
     name: String,
     default_model: String,
     behaviour: Arc<std::sync::RwLock<Simulation>>,
-    calls: AtomicU64,
+    calls: Arc<AtomicU64>,
 }
 
 /// A handle to change a simulated vendor's behaviour while it runs.
 #[derive(Clone)]
-pub struct SimulationControl(Arc<std::sync::RwLock<Simulation>>);
+pub struct SimulationControl {
+    behaviour: Arc<std::sync::RwLock<Simulation>>,
+    calls: Arc<AtomicU64>,
+}
 
 impl SimulationControl {
+    /// Replaces the behaviour; `fail_first` counts from now.
     pub fn set(&self, simulation: Simulation) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = simulation;
+        let mut behaviour = self.behaviour.write().unwrap_or_else(|e| e.into_inner());
+        *behaviour = simulation;
+        self.calls.store(0, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> Simulation {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.behaviour
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -83,12 +93,15 @@ impl SimulatedVendor {
             name: name.to_string(),
             default_model: default_model.to_string(),
             behaviour: Arc::new(std::sync::RwLock::new(simulation)),
-            calls: AtomicU64::new(0),
+            calls: Arc::new(AtomicU64::new(0)),
         }
     }
 
     pub fn control(&self) -> SimulationControl {
-        SimulationControl(self.behaviour.clone())
+        SimulationControl {
+            behaviour: self.behaviour.clone(),
+            calls: self.calls.clone(),
+        }
     }
 
     /// The deterministic reply to `request`.

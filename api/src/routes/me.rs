@@ -17,7 +17,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The caller's tenant, principal and roles. Any valid credentials may call it.
 #[utoipa::path(get, path = "/v1/me", tag = "tenants",
     security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, description = "`{tenant, principal, roles}`; `tenant` is null for platform credentials")))]
+    responses((status = 200, description = "`{tenant, principal, roles, pricing}`; `tenant` is null for platform credentials")))]
 pub async fn me(
     State(state): State<AppState>,
     Authenticated(principal): Authenticated,
@@ -41,6 +41,7 @@ pub async fn me(
         "principal": { "type": principal.kind.as_str(), "id": principal.subject },
         "roles": principal.roles,
         "rateLimitPerMinute": principal.rate_limit_per_minute,
+        "pricing": state.providers.pricing(),
     }))
     .into_response())
 }
