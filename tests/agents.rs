@@ -302,8 +302,19 @@ async fn the_seed_004_flow_works_end_to_end(backend: Backend) {
     assert_eq!(messages[1]["provider"], "vendorA");
     assert_eq!(messages[1]["usage"], first["metadata"]["usage"]);
     assert!(messages[0].get("usage").is_none());
-    assert_eq!(shown["session"]["messageCount"], 4);
-    assert_eq!(shown["session"]["status"], "active");
+    let read = eventually(Duration::from_secs(10), || async {
+        let body = json_of(
+            app.request(Method::GET, &format!("/v1/sessions/{session}"), "acme")
+                .send()
+                .await
+                .ok()?,
+        )
+        .await;
+        (body["session"]["messageCount"] == 4).then_some(body)
+    })
+    .await;
+    assert_eq!(read["session"]["status"], "active");
+    assert_eq!(read["session"]["customerId"], "customer_123");
 
     // Sessions list with filters.
     let sessions = json_of(

@@ -262,7 +262,7 @@ async fn bad_requests_get_a_4xx_with_a_stable_code(backend: Backend) {
             "UNSUPPORTED_MEDIA_TYPE",
         ),
         (
-            app.request(Method::POST, "/v1/agents", "acme")
+            app.request(Method::POST, "/v1/usage", "acme")
                 .json(&json!({})),
             400,
             "INVALID_ENTITY_TYPE",

@@ -82,6 +82,19 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/api-keys/{id}", "get"),
         ("/v1/api-keys/{id}", "delete"),
         ("/v1/events/stream", "get"),
+        ("/v1/agents", "get"),
+        ("/v1/agents", "post"),
+        ("/v1/agents/{agentId}", "get"),
+        ("/v1/agents/{agentId}", "put"),
+        ("/v1/agents/{agentId}", "patch"),
+        ("/v1/agents/{agentId}", "delete"),
+        ("/v1/sessions", "get"),
+        ("/v1/sessions", "post"),
+        ("/v1/sessions/{sessionId}", "get"),
+        ("/v1/sessions/{sessionId}/close", "post"),
+        ("/v1/sessions/{sessionId}/messages", "post"),
+        ("/v1/sessions/{sessionId}/transcript", "get"),
+        ("/v1/sessions/{sessionId}/provider-calls", "get"),
     ];
     let paths = document["paths"].as_object().unwrap();
     let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
