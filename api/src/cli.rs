@@ -69,6 +69,9 @@ pub enum Command {
     /// API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Demo and benchmark data.
+    #[command(subcommand)]
+    Seed(SeedCommand),
     /// Print a signed service JWT (needs JWT_SECRET), for development and scripts.
     Token {
         /// The `service` claim.
@@ -98,6 +101,18 @@ pub enum TenantsCommand {
         /// The tenant's request budget per key per minute.
         #[arg(long)]
         rate_limit_per_minute: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SeedCommand {
+    /// A demo tenant with admin, writer and analyst keys, two agents, four sessions and
+    /// eight messages, all through the HTTP API; prints the keys (shown only here).
+    Demo {
+        #[arg(long, default_value = "demo")]
+        tenant: String,
+        #[arg(long, default_value = "Demo Corporation")]
+        name: String,
     },
 }
 
@@ -318,6 +333,11 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> anyhow::R
                     "apiKey": { "id": key.id, "roles": roles, "key": key.token },
                 })
             )?;
+            Ok(())
+        }
+        Command::Seed(SeedCommand::Demo { tenant, name }) => {
+            let summary = crate::seed::demo(settings, &tenant, &name).await?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
             Ok(())
         }
         Command::Relay(RelayCommand::Replay { from }) => {

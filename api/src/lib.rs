@@ -28,6 +28,7 @@ pub mod providers;
 pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
+pub mod seed;
 pub mod settings;
 pub mod startup;
 pub mod state;
