@@ -281,4 +281,52 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    // figment's Jail decides the closure's error type.
+    #[allow(clippy::result_large_err)]
+    fn providers_come_from_the_file_and_nested_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "gateway.toml",
+                r#"
+[providers.vendorA]
+usd_per_1k_tokens = "0.0025"
+model_prices = { "vendor-a-large" = 0.01 }
+
+[providers.vendorA.simulation]
+latency_ms = 150
+
+[providers.openai]
+kind = "openai"
+base_url = "http://127.0.0.1:11434/v1"
+usd_per_1k_tokens = 0.0006
+default_model = "llama3"
+"#,
+            )?;
+            jail.set_env("GATEWAY_CONFIG", "gateway.toml");
+            jail.set_env("GATEWAY_PROVIDER_RETRY__ATTEMPT_TIMEOUT_MS", "750");
+            jail.set_env("GATEWAY_PROVIDERS__OPENAI__API_KEY", "sk-local");
+            let settings = Settings::load(None).map_err(|e| e.to_string())?;
+            let vendor_a = &settings.providers["vendorA"];
+            assert_eq!(vendor_a.usd_per_1k_tokens, crate::providers::Usd(2500));
+            assert_eq!(
+                vendor_a.model_prices["vendor-a-large"],
+                crate::providers::Usd(10_000)
+            );
+            assert_eq!(vendor_a.simulation.latency_ms, 150);
+            assert_eq!(vendor_a.default_model, "vendor-a-1", "defaults stay");
+            assert_eq!(
+                settings.providers["vendorB"].usd_per_1k_tokens,
+                crate::providers::Usd(3000)
+            );
+            let openai = &settings.providers["openai"];
+            assert_eq!(openai.kind, crate::providers::ProviderKind::Openai);
+            assert_eq!(openai.usd_per_1k_tokens, crate::providers::Usd(600));
+            assert_eq!(openai.api_key.as_ref().unwrap().expose_secret(), "sk-local");
+            assert_eq!(settings.provider_retry.attempt_timeout_ms, 750);
+            assert_eq!(settings.provider_retry.max_retries, 2);
+            Ok(())
+        });
+    }
 }
