@@ -981,11 +981,14 @@ both_backends!(
     a_retry_after_a_crash_mid_call_neither_loses_nor_doubles
 );
 
+type Received = (Option<String>, Value);
+
 /// A scripted OpenAI-compatible server: each call takes the next scripted answer.
 #[derive(Clone, Default)]
 struct FakeOpenAi {
     script: Arc<Mutex<Vec<Scripted>>>,
-    requests: Arc<Mutex<Vec<(Option<String>, Value)>>>,
+    /// Each request's `Authorization` header and body.
+    requests: Arc<Mutex<Vec<Received>>>,
 }
 
 #[derive(Clone)]
