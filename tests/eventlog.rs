@@ -30,6 +30,7 @@ fn event(name: &str) -> NewEvent {
         event_type: "WidgetRenamed".into(),
         event_version: "1.0".into(),
         payload: json!({ "name": name }),
+        recorded_at: None,
     }
 }
 

@@ -16,3 +16,4 @@ mod operations;
 mod projections;
 mod security;
 mod streams;
+mod usage;

@@ -95,6 +95,14 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/sessions/{sessionId}/messages", "post"),
         ("/v1/sessions/{sessionId}/transcript", "get"),
         ("/v1/sessions/{sessionId}/provider-calls", "get"),
+        ("/v1/usage/rollup", "get"),
+        ("/v1/usage/events", "get"),
+        ("/v1/usage/query", "get"),
+        ("/v1/budgets", "get"),
+        ("/v1/budgets/tenant", "put"),
+        ("/v1/budgets/tenant", "delete"),
+        ("/v1/budgets/agents/{agentId}", "put"),
+        ("/v1/budgets/agents/{agentId}", "delete"),
     ];
     let paths = document["paths"].as_object().unwrap();
     let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();

@@ -104,6 +104,7 @@ async fn append_events(log: &EventLog, stream_id: &str, count: usize) {
                 event_type: "ThingHappened".into(),
                 event_version: "1.0".into(),
                 payload: json!({ "i": i }),
+                recorded_at: None,
             }],
             metadata: EventMetadata::new(tenant(), "test", "req", "DoThing"),
         }])

@@ -20,19 +20,19 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::both_backends;
 use crate::helpers::{Backend, Process, TestApp, TestDb, eventually, spawn_app_with};
 
-fn nats_url() -> String {
+pub(crate) fn nats_url() -> String {
     std::env::var("GATEWAY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
 /// A JetStream stream and subject prefix used by one test only.
 #[derive(Clone)]
-struct Names {
+pub(crate) struct Names {
     stream: String,
     prefix: String,
 }
 
 impl Names {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         Self {
             stream: format!("GWT_{}", id.to_uppercase()),
@@ -40,7 +40,7 @@ impl Names {
         }
     }
 
-    fn apply(&self, settings: &mut Settings, url: &str) {
+    pub(crate) fn apply(&self, settings: &mut Settings, url: &str) {
         settings.nats_url = Some(url.to_string());
         settings.nats_stream = self.stream.clone();
         settings.nats_subject_prefix = self.prefix.clone();
@@ -60,7 +60,7 @@ impl Names {
     }
 
     /// Every message of the stream, in stream order.
-    async fn messages(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    pub(crate) async fn messages(&self) -> Vec<async_nats::jetstream::message::StreamMessage> {
         let js = self.jetstream().await;
         let Ok(stream) = js.get_stream(&self.stream).await else {
             return Vec::new();
@@ -78,7 +78,7 @@ impl Names {
         out
     }
 
-    async fn delete(&self) {
+    pub(crate) async fn delete(&self) {
         let _ = self.jetstream().await.delete_stream(&self.stream).await;
     }
 }
@@ -328,6 +328,7 @@ async fn append_backlog(log: &EventLog, events: usize) {
                     event_type: "BacklogFilled".into(),
                     event_version: "1.0".into(),
                     payload: json!({ "chunk": chunk, "i": i }),
+                    recorded_at: None,
                 }],
                 metadata: EventMetadata::new(tenant.clone(), "test", "req", "FillBacklog"),
             })

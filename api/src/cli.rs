@@ -72,6 +72,9 @@ pub enum Command {
     /// Demo and benchmark data.
     #[command(subcommand)]
     Seed(SeedCommand),
+    /// Usage metering.
+    #[command(subcommand)]
+    Usage(UsageCommand),
     /// Print a signed service JWT (needs JWT_SECRET), for development and scripts.
     Token {
         /// The `service` claim.
@@ -114,6 +117,25 @@ pub enum SeedCommand {
         #[arg(long, default_value = "Demo Corporation")]
         name: String,
     },
+    /// Billed replies for benchmarks, appended as events in batches with times spread over
+    /// the last `--days` days, then projected; prints timings as JSON.
+    Usage {
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        #[arg(long, default_value = "usage-bench")]
+        tenant: String,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        #[arg(long, default_value_t = 20)]
+        agents: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// Recompute every usage total from the event log and compare it with the rollups and
+    /// the budget spend, to the micro-dollar; exits with an error on any difference.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -338,6 +360,49 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> anyhow::R
         Command::Seed(SeedCommand::Demo { tenant, name }) => {
             let summary = crate::seed::demo(settings, &tenant, &name).await?;
             writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+            Ok(())
+        }
+        Command::Seed(SeedCommand::Usage {
+            count,
+            tenant,
+            days,
+            agents,
+        }) => {
+            let bar = ProgressBar::new(count).with_style(
+                ProgressStyle::with_template(
+                    "{prefix:>8} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+                )
+                .context("progress bar template")?
+                .progress_chars("=> "),
+            );
+            let report = crate::seed::usage(
+                &settings,
+                &tenant,
+                count,
+                days,
+                agents,
+                |stage, done, total| {
+                    bar.set_prefix(stage.to_string());
+                    bar.set_length(total);
+                    bar.set_position(done);
+                },
+            )
+            .await?;
+            bar.finish();
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
+            Ok(())
+        }
+        Command::Usage(UsageCommand::Verify) => {
+            let log = startup::open_log(&settings).await?;
+            let report =
+                projections::usage::verify(&log, settings.projector_batch_size.max(1)).await?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            if !report.mismatches.is_empty() {
+                bail!(
+                    "{} difference(s) between the log and the usage tables",
+                    report.mismatches.len()
+                );
+            }
             Ok(())
         }
         Command::Relay(RelayCommand::Replay { from }) => {

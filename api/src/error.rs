@@ -115,6 +115,16 @@ pub enum ApiError {
     /// the details.
     #[error("all providers failed")]
     AllProvidersFailed { attempts: Value },
+    /// 402 `BUDGET_EXCEEDED`: a hard monthly budget is spent.
+    #[error("the monthly budget of {scope} is spent")]
+    BudgetExceeded {
+        scope: String,
+        limit_micros: u64,
+        spent_micros: u64,
+    },
+    /// 404 `BUDGET_NOT_FOUND`.
+    #[error("no budget is set for this scope")]
+    BudgetNotFound,
     /// 503 `PROJECTION_STALE`: strict consistency was asked for and the read model had not
     /// caught up in time.
     #[error("the read model has not caught up with the requested position yet")]
@@ -284,6 +294,22 @@ impl ApiError {
                 "ALL_PROVIDERS_FAILED",
                 json!({ "attempts": attempts }),
             ),
+            BudgetExceeded {
+                scope,
+                limit_micros,
+                spent_micros,
+            } => (
+                StatusCode::PAYMENT_REQUIRED,
+                "BUDGET_EXCEEDED",
+                json!({
+                    "scope": scope,
+                    "monthlyLimitUsd": domain::provider::micros_to_usd(*limit_micros),
+                    "spentUsd": domain::provider::micros_to_usd(*spent_micros),
+                    "monthlyLimitMicros": limit_micros,
+                    "spentMicros": spent_micros,
+                }),
+            ),
+            BudgetNotFound => (StatusCode::NOT_FOUND, "BUDGET_NOT_FOUND", Value::Null),
             ProjectionStale { events_behind } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "PROJECTION_STALE",

@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::agent::{Agent, AgentConfig};
+use domain::budget::{Budget, BudgetCommand, Enforcement, TENANT_SCOPE, agent_scope};
 use domain::provider::{BoxFuture, ChatMessage, ChatRole, ChunkSink, micros_to_usd};
 use domain::session::{AssistantReply, ProviderAttempt, Session, SessionCommand, SessionError};
 use eventlog::idempotency::{IdempotencyKey, StoredResponse};
@@ -54,6 +55,8 @@ pub struct Exchange {
     message_id: String,
     reply_id: String,
     session: Session,
+    /// The budgets that apply (tenant, agent), to tell when a reply crosses one.
+    budgets: Vec<(StreamId, Budget)>,
 }
 
 /// `msg_` and 32 hex digits of a hash of the parts: the same request gets the same ids.
@@ -167,6 +170,11 @@ pub async fn prepare(
             anyhow::anyhow!("session {session_id} names agent {agent_id}, which has no events");
         return Err(fail(ApiError::internal(error)).await);
     };
+    let budgets = match check_budgets(state, &ctx.tenant, &agent_id).await {
+        Ok(budgets) => budgets,
+        // Not stored for replay: once the budget is raised, the same request may proceed.
+        Err(error) => return Err(fail(error).await),
+    };
     let tenant = ctx.tenant.to_string();
     let message_id = derived_id(&[&tenant, &session_id, &raw_key]);
     let reply_id = derived_id(&[&tenant, &session_id, &raw_key, "reply"]);
@@ -201,6 +209,7 @@ pub async fn prepare(
         message_id,
         reply_id,
         session: outcome.aggregate,
+        budgets,
     };
     if let Some(reply) = exchange
         .session
@@ -218,6 +227,58 @@ pub async fn prepare(
         );
     }
     Ok(exchange)
+}
+
+/// The stream of a budget (`tenant` or `agent:<id>`).
+pub fn budget_stream(tenant: &domain::names::TenantId, scope: &str) -> StreamId {
+    StreamId::new(tenant.clone(), Budget::TYPE, scope)
+}
+
+/// The budgets that apply to a message to `agent_id`; refuses with `BUDGET_EXCEEDED` when a
+/// hard one is spent. Budgets are read from their streams and the spend from the inline
+/// projection, both exact as of the last commit: messages that pass this check while others
+/// are still being answered can overshoot a budget by at most the replies in flight when it
+/// was crossed.
+async fn check_budgets(
+    state: &AppState,
+    tenant: &domain::names::TenantId,
+    agent_id: &str,
+) -> Result<Vec<(StreamId, Budget)>, ApiError> {
+    let mut budgets = Vec::new();
+    for scope in [TENANT_SCOPE.to_string(), agent_scope(agent_id)] {
+        let stream = budget_stream(tenant, &scope);
+        let loaded = state
+            .log
+            .load_aggregate::<Budget>(&stream)
+            .await
+            .map_err(ApiError::internal)?;
+        if loaded.aggregate.limit().is_some() {
+            budgets.push((stream, loaded.aggregate));
+        }
+    }
+    let month = projections::usage::month_of(Utc::now());
+    for (stream, budget) in &budgets {
+        let Some((limit, Enforcement::Hard)) = budget.limit() else {
+            continue;
+        };
+        let scope = &stream.aggregate_id;
+        let spent = projections::usage::spend(
+            state.log.db(),
+            tenant.as_str(),
+            std::slice::from_ref(scope),
+            &month,
+        )
+        .await?;
+        let spent = spent.get(scope).copied().unwrap_or(0).max(0) as u64;
+        if spent >= limit {
+            return Err(ApiError::BudgetExceeded {
+                scope: scope.clone(),
+                limit_micros: limit,
+                spent_micros: spent,
+            });
+        }
+    }
+    Ok(budgets)
 }
 
 /// Records each provider attempt as an event as soon as it ends.
@@ -307,6 +368,7 @@ impl Exchange {
         let reply = AssistantReply {
             message_id: self.reply_id.clone(),
             reply_to: self.message_id.clone(),
+            agent_id: self.agent_id.clone(),
             cost_micros: price.cost_micros(completion.tokens_in, completion.tokens_out),
             content: completion.content,
             provider: answer.provider,
@@ -351,6 +413,7 @@ impl Exchange {
                 state
                     .metrics
                     .events_appended(Session::TYPE, outcome.events.len());
+                self.record_thresholds().await;
                 Ok(stored)
             }
             Ok((_, None)) => Err(commands::release(
@@ -376,6 +439,49 @@ impl Exchange {
             }
             Err(error) => {
                 Err(commands::release(&state, &self.key, command_error(error, &reject)).await)
+            }
+        }
+    }
+
+    /// Records `BudgetThresholdReached` for each budget this month's spend has reached (once
+    /// per month; the aggregate ignores repeats). A failure here is logged: the next reply
+    /// tries again.
+    async fn record_thresholds(&self) {
+        let month = projections::usage::month_of(Utc::now());
+        for (stream, budget) in &self.budgets {
+            let scope = stream.aggregate_id.clone();
+            let spent = match projections::usage::spend(
+                self.state.log.db(),
+                self.ctx.tenant.as_str(),
+                std::slice::from_ref(&scope),
+                &month,
+            )
+            .await
+            {
+                Ok(spent) => spent.get(&scope).copied().unwrap_or(0),
+                Err(error) => {
+                    tracing::warn!(%error, "could not read a budget's spend");
+                    continue;
+                }
+            };
+            let reached = budget
+                .limit()
+                .is_some_and(|(limit, _)| spent as u64 >= limit);
+            if !reached || budget.alerted(&month) {
+                continue;
+            }
+            let command = BudgetCommand::RecordThresholdReached {
+                month: month.clone(),
+                spent_micros: spent as u64,
+            };
+            let metadata = self.ctx.metadata(command.name());
+            if let Err(error) = self
+                .state
+                .log
+                .execute::<Budget>(stream, command, &(), &metadata)
+                .await
+            {
+                tracing::warn!(%error, "could not record a budget threshold");
             }
         }
     }

@@ -189,3 +189,226 @@ async fn populate(base: &str, key: &str) -> anyhow::Result<(Vec<Value>, Vec<Valu
     }
     Ok((agents, sessions, messages))
 }
+
+/// What `gateway seed usage` loaded.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageSeed {
+    pub tenant: String,
+    pub records: u64,
+    pub events: u64,
+    pub append_seconds: f64,
+    pub projection_seconds: f64,
+}
+
+/// Sessions get this many billed replies each.
+const REPLIES_PER_SESSION: u64 = 10;
+
+/// Loads `count` billed replies for `tenant` (created if absent) through the event path:
+/// `SessionCreated`, `UserMessageRecorded` and `AssistantMessageRecorded` events appended in
+/// batches with their times spread over the last `days` days, across `agents` agents, two
+/// providers with two models each and three API keys; then runs the `usage` and `agents`
+/// projectors until they have applied everything. `progress(done, total)` is called as it
+/// goes.
+pub async fn usage(
+    settings: &Settings,
+    tenant: &str,
+    count: u64,
+    days: i64,
+    agents: usize,
+    mut progress: impl FnMut(&str, u64, u64),
+) -> anyhow::Result<UsageSeed> {
+    use domain::agent::{Agent, AgentCommand, AgentConfig, AgentServices};
+    use domain::provider::Price;
+    use domain::session::{AssistantReply, SessionEvent};
+    use eventlog::{NewEvent, StreamAppend, StreamId};
+
+    let log = startup::open_log(settings).await?;
+    let clock: ApiKeyServices = Arc::new(SystemClock);
+    let id = TenantId::parse(tenant)?;
+    let tenant_stream = StreamId::new(
+        id.clone(),
+        <domain::tenant::Tenant as cqrs_es::Aggregate>::TYPE,
+        id.as_str(),
+    );
+    if log.version(&tenant_stream).await? == 0 {
+        let metadata = EventMetadata::new(id.clone(), "seed", "seed", "CreateTenant");
+        bootstrap::create_tenant(
+            &log,
+            &clock,
+            id.clone(),
+            format!("{tenant} (usage benchmark)"),
+            None,
+            &metadata,
+            None,
+            |_, _| eventlog::idempotency::StoredResponse {
+                status: 201,
+                headers: Vec::new(),
+                body: Vec::new(),
+            },
+        )
+        .await?;
+    }
+    let services = AgentServices {
+        providers: crate::providers::from_settings(settings)?.names(),
+    };
+    let mut agent_ids = Vec::new();
+    for index in 0..agents.max(1) {
+        let agent_id = format!("agt_seed{index:04}");
+        let command = AgentCommand::CreateAgent {
+            id: agent_id.clone(),
+            config: AgentConfig {
+                name: format!("Seeded agent {index}"),
+                description: None,
+                primary_provider: "vendorA".into(),
+                fallback_provider: Some("vendorB".into()),
+                model: None,
+                models: Default::default(),
+                system_prompt: None,
+                temperature: None,
+                max_tokens: None,
+            },
+        };
+        let metadata = EventMetadata::new(id.clone(), "seed", "seed", "CreateAgent");
+        let stream = StreamId::new(id.clone(), <Agent as cqrs_es::Aggregate>::TYPE, &agent_id);
+        match log
+            .execute::<Agent>(&stream, command, &services, &metadata)
+            .await
+        {
+            Ok(_) | Err(eventlog::CommandError::Rejected(_)) => agent_ids.push(agent_id),
+            Err(error) => return Err(anyhow::anyhow!("creating {agent_id}: {error}")),
+        }
+    }
+
+    let providers = [
+        ("vendorA", ["vendor-a-1", "vendor-a-large"], 2000u64),
+        ("vendorB", ["vendor-b-1", "vendor-b-large"], 3000u64),
+    ];
+    let keys = ["key_seed_alpha", "key_seed_beta", "key_seed_gamma"];
+    let now = chrono::Utc::now();
+    let span_secs = (days.max(1) * 86_400) as u64;
+    let sessions = count.div_ceil(REPLIES_PER_SESSION);
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let started = std::time::Instant::now();
+    let (mut written, mut events) = (0u64, 0u64);
+    let mut session = 0u64;
+    const SESSIONS_PER_BATCH: u64 = 100;
+    while session < sessions {
+        let mut batch = Vec::new();
+        for s in session..(session + SESSIONS_PER_BATCH).min(sessions) {
+            // Spread sessions evenly over the span, deterministically.
+            let offset = (s.wrapping_mul(2_654_435_761) % span_secs) as i64;
+            let start = now - chrono::Duration::seconds(offset + 60);
+            let session_id = format!("ses_seed{run}{s:09}");
+            let agent_id = &agent_ids[(s % agent_ids.len() as u64) as usize];
+            let (provider, models, price) = providers[(s % 2) as usize];
+            let key = keys[(s % 3) as usize];
+            let mut new_events = vec![NewEvent {
+                recorded_at: Some(start),
+                ..NewEvent::from_domain(&SessionEvent::SessionCreated {
+                    id: session_id.clone(),
+                    agent_id: agent_id.clone(),
+                    customer_id: Some(format!("customer_{}", s % 1000)),
+                    metadata: Default::default(),
+                })?
+            }];
+            let replies = REPLIES_PER_SESSION.min(count - written);
+            for m in 0..replies {
+                let at = start + chrono::Duration::seconds(m as i64 * 3 + 1);
+                let message_id = format!("msg_seed{run}{s:09}{m:02}");
+                let tokens_in = 20 + (s + m) % 180;
+                let tokens_out = 30 + (s * 7 + m) % 400;
+                let price = Price {
+                    micro_usd_per_1k_tokens: price,
+                };
+                new_events.push(NewEvent {
+                    recorded_at: Some(at),
+                    ..NewEvent::from_domain(&SessionEvent::UserMessageRecorded {
+                        session_id: session_id.clone(),
+                        message_id: message_id.clone(),
+                        content: "How much does the large plan cost?".into(),
+                    })?
+                });
+                new_events.push(NewEvent {
+                    recorded_at: Some(at + chrono::Duration::milliseconds(400)),
+                    ..NewEvent::from_domain(&SessionEvent::AssistantMessageRecorded {
+                        session_id: session_id.clone(),
+                        reply: AssistantReply {
+                            message_id: format!("{message_id}r"),
+                            reply_to: message_id,
+                            agent_id: agent_id.clone(),
+                            content: "The large plan costs 40 dollars a month.".into(),
+                            provider: provider.into(),
+                            model: models[(m % 2) as usize].into(),
+                            tokens_in,
+                            tokens_out,
+                            cost_micros: price.cost_micros(tokens_in, tokens_out),
+                            price,
+                            fallback_used: false,
+                            streamed: false,
+                            client_disconnected: false,
+                            incomplete: false,
+                        },
+                    })?
+                });
+            }
+            written += replies;
+            events += new_events.len() as u64;
+            batch.push(StreamAppend {
+                stream: StreamId::new(id.clone(), "Session", &session_id),
+                expected_version: 0,
+                events: new_events,
+                metadata: EventMetadata::new(id.clone(), key, "seed-usage", "SeedUsage"),
+            });
+        }
+        let appended = log.append(&batch).await?;
+        if let Some(cursor) = appended.last_cursor() {
+            log.notify_appended(cursor);
+        }
+        session += SESSIONS_PER_BATCH;
+        progress("append", written, count);
+    }
+    let append_seconds = started.elapsed().as_secs_f64();
+
+    let started = std::time::Instant::now();
+    let all = projections::all();
+    let head = log.head().await?;
+    for name in [projections::agents::NAME, projections::usage::NAME] {
+        let projector = all
+            .iter()
+            .find(|p| p.name() == name)
+            .expect("a known projector");
+        projections::checkpoints::ensure(log.db(), name).await?;
+        let mut applied = 0u64;
+        loop {
+            match workers::runner::run_batch(
+                &log,
+                projector.as_ref(),
+                projections::Target::Live,
+                name,
+                settings.projector_batch_size.max(1),
+            )
+            .await?
+            {
+                workers::runner::BatchOutcome::Applied { events: n, cursor } => {
+                    applied += n as u64;
+                    progress(name, applied, events);
+                    if cursor >= head {
+                        break;
+                    }
+                }
+                workers::runner::BatchOutcome::Idle => break,
+                workers::runner::BatchOutcome::Busy => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    Ok(UsageSeed {
+        tenant: tenant.to_string(),
+        records: written,
+        events,
+        append_seconds,
+        projection_seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -26,7 +26,11 @@ pub async fn open_log(settings: &Settings) -> anyhow::Result<EventLog> {
         .await
         .context("connecting to the database")?;
     db.migrate().await.context("applying migrations")?;
-    Ok(EventLog::new(db, domain::upcasters::all()))
+    Ok(EventLog::with_inline(
+        db,
+        domain::upcasters::all(),
+        vec![Arc::new(projections::usage::SpendProjection)],
+    ))
 }
 
 /// A gateway bound to its port, with its workers started, ready to serve.

@@ -295,6 +295,7 @@ async fn relay_drain(args: &Args) -> anyhow::Result<()> {
                     event_type: "BacklogFilled".into(),
                     event_version: "1.0".into(),
                     payload: json!({ "n": written + i as u64, "text": "lorem ipsum dolor sit amet consectetur" }),
+                    recorded_at: None,
                 }],
                 metadata: domain::metadata::EventMetadata::new(tenant.clone(), "bench", "bench", "FillBacklog"),
             })

@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod api_key;
+pub mod budget;
 pub mod clock;
 pub mod entity;
 pub mod merge_patch;

@@ -61,6 +61,7 @@ impl TenantId {
 pub const RESERVED_ENTITY_TYPES: &[&str] = &[
     "agents",
     "api-keys",
+    "budgets",
     "entity-types",
     "events",
     "health",

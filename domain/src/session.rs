@@ -82,6 +82,9 @@ pub struct AssistantReply {
     pub message_id: String,
     /// The user message it answers.
     pub reply_to: String,
+    /// The agent of the session, so that usage can be attributed without another stream.
+    #[serde(default)]
+    pub agent_id: String,
     pub content: String,
     pub provider: String,
     pub model: String,
@@ -511,6 +514,7 @@ mod tests {
         AssistantReply {
             message_id: format!("{to}-reply"),
             reply_to: to.into(),
+            agent_id: "agt_1".into(),
             content: "Hi!".into(),
             provider: "vendorA".into(),
             model: "a-1".into(),

@@ -25,4 +25,7 @@ pub mod store;
 pub use command::{CommandError, CommandOutcome};
 pub use cursor::Cursor;
 pub use db::{Backend, Db, Tx};
-pub use store::{AppendError, Appended, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId};
+pub use store::{
+    AppendError, Appended, EventLog, InlineProjection, NewEvent, RecordedEvent, StreamAppend,
+    StreamId,
+};

@@ -69,6 +69,9 @@ pub struct NewEvent {
     pub event_version: String,
     /// The event's fields, without the enum tag (which is `event_type`).
     pub payload: Value,
+    /// When the event happened, for imports and seeds that carry their original times;
+    /// `None` (every command) records the time of the append.
+    pub recorded_at: Option<DateTime<Utc>>,
 }
 
 impl NewEvent {
@@ -89,6 +92,7 @@ impl NewEvent {
             event_type,
             event_version: event.event_version(),
             payload,
+            recorded_at: None,
         })
     }
 }
@@ -193,6 +197,19 @@ struct Inner {
     appended: watch::Sender<Cursor>,
     stream_locks: Vec<tokio::sync::Mutex<()>>,
     hasher: std::hash::RandomState,
+    inline: Vec<Arc<dyn InlineProjection>>,
+}
+
+/// A read model updated in the same transaction as the events it is made of, for the few
+/// facts a command must read exactly as of the last commit (a budget's spend). Everything
+/// else is an asynchronous `Projector`, which keeps appends short.
+pub trait InlineProjection: Send + Sync + 'static {
+    /// Applies freshly appended events inside the append's transaction.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        events: &'a [RecordedEvent],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'a>>;
 }
 
 /// The event log. Cheap to clone; clones share the in-process "appended" signal.
@@ -244,6 +261,15 @@ macro_rules! decode_row {
 
 impl EventLog {
     pub fn new(db: Db, upcasters: Vec<Box<dyn EventUpcaster>>) -> Self {
+        Self::with_inline(db, upcasters, Vec::new())
+    }
+
+    /// A log that keeps `inline` projections up to date in the transaction of every append.
+    pub fn with_inline(
+        db: Db,
+        upcasters: Vec<Box<dyn EventUpcaster>>,
+        inline: Vec<Arc<dyn InlineProjection>>,
+    ) -> Self {
         let (appended, _) = watch::channel(Cursor::START);
         Self {
             inner: Arc::new(Inner {
@@ -252,6 +278,7 @@ impl EventLog {
                 appended,
                 stream_locks: (0..STREAM_LOCKS).map(|_| Default::default()).collect(),
                 hasher: Default::default(),
+                inline,
             }),
         }
     }
@@ -378,7 +405,7 @@ impl EventLog {
                         .bind(event.event_version.as_str())
                         .bind(Json(&event.payload))
                         .bind(Json(metadata_of(append)))
-                        .bind(recorded_at);
+                        .bind(event.recorded_at.unwrap_or(recorded_at));
                 }
                 match query.fetch_all(&mut *conn).await {
                     Ok(rows) => rows
@@ -412,7 +439,7 @@ impl EventLog {
             });
         }
 
-        let events = rows
+        let events: Vec<RecordedEvent> = rows
             .into_iter()
             .map(|(_, append, sequence, event)| {
                 let (transaction_id, position) = written[&event.event_id];
@@ -427,10 +454,13 @@ impl EventLog {
                     event_version: event.event_version.clone(),
                     payload: event.payload.clone(),
                     metadata: metadata_of(append).clone(),
-                    recorded_at,
+                    recorded_at: event.recorded_at.unwrap_or(recorded_at),
                 }
             })
             .collect();
+        for inline in &self.inner.inline {
+            inline.apply(tx, &events).await?;
+        }
         Ok(Appended { events })
     }
 

@@ -16,6 +16,7 @@ pub mod entities;
 pub mod progress;
 pub mod sessions;
 pub mod tenants;
+pub mod usage;
 
 use async_trait::async_trait;
 use eventlog::{RecordedEvent, Tx};
@@ -92,5 +93,7 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projector>> {
         std::sync::Arc::new(sessions::SessionsProjector),
         std::sync::Arc::new(sessions::TranscriptsProjector),
         std::sync::Arc::new(sessions::ProviderCallsProjector),
+        std::sync::Arc::new(usage::UsageProjector),
+        std::sync::Arc::new(usage::BudgetsProjector),
     ]
 }

@@ -3,12 +3,14 @@
 
 pub mod agents;
 pub mod api_keys;
+pub mod budgets;
 pub mod entities;
 pub mod events;
 pub mod me;
 pub mod ops;
 pub mod sessions;
 pub mod tenants;
+pub mod usage;
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -48,6 +50,7 @@ use projections::progress::{self, Freshness};
         (name = "api-keys", description = "A tenant's API keys"),
         (name = "events", description = "The tenant's events, live"),
         (name = "agents", description = "AI agents: providers, model and prompt"),
+        (name = "usage", description = "Usage, cost and budgets, for analysts"),
         (name = "sessions", description = "Conversations with agents: messages, transcripts, provider calls"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     ),
@@ -183,6 +186,8 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(agents::router())
         .merge(sessions::router())
+        .merge(usage::router())
+        .merge(budgets::router())
         .merge(entities::router())
 }
 

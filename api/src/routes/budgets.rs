@@ -1,0 +1,272 @@
+//! `/v1/budgets`: monthly cost budgets for the tenant and for single agents (set by admins,
+//! read by analysts). A budget is an aggregate (`BudgetSet`, `BudgetRemoved`,
+//! `BudgetThresholdReached`); the month's spend comes from the inline spend projection.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use domain::budget::{Budget, BudgetCommand, BudgetError, Enforcement, TENANT_SCOPE, agent_scope};
+use domain::provider::micros_to_usd;
+use eventlog::CommandOutcome;
+use eventlog::idempotency::StoredResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Auth, require};
+use crate::commands::{self, Begin};
+use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
+use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER};
+use crate::messaging::{agent_stream, budget_stream};
+use crate::providers::Usd;
+use crate::routes::{await_consistency, with_lag};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_budgets))
+        .routes(routes!(set_tenant_budget, remove_tenant_budget))
+        .routes(routes!(set_agent_budget, remove_agent_budget))
+}
+
+/// Body of a budget.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BudgetBody {
+    /// Dollars per UTC month, an exact decimal (`"25.00"` or `25`).
+    monthly_limit_usd: Usd,
+    enforcement: Enforcement,
+}
+
+fn budget_json(scope: &str, limit: u64, enforcement: &str, spent: i64) -> Value {
+    let agent_id = scope.strip_prefix("agent:");
+    json!({
+        "scope": if agent_id.is_some() { "agent" } else { scope },
+        "agentId": agent_id,
+        "monthlyLimitUsd": micros_to_usd(limit),
+        "monthlyLimitMicros": limit,
+        "enforcement": enforcement,
+        "month": projections::usage::month_of(Utc::now()),
+        "spentUsd": micros_to_usd(spent.max(0) as u64),
+        "spentMicros": spent,
+    })
+}
+
+fn reject(error: BudgetError) -> ApiError {
+    match error {
+        BudgetError::NotSet => ApiError::BudgetNotFound,
+        BudgetError::ZeroLimit => ApiError::Validation(vec![FieldError {
+            field: "monthlyLimitUsd".into(),
+            message: "must be more than zero".into(),
+        }]),
+    }
+}
+
+async fn run(
+    state: &AppState,
+    ctx: &CommandContext<require::Admin>,
+    body: &Value,
+    scope: String,
+    command: BudgetCommand,
+) -> Result<Response, ApiError> {
+    let key = match commands::begin(state, ctx, body).await? {
+        Begin::Run(key) => key,
+        Begin::Replay(response) => return Ok(response),
+    };
+    let stream = budget_stream(&ctx.tenant, &scope);
+    // The spend shown is read before the command; it does not change what is stored.
+    let month = projections::usage::month_of(Utc::now());
+    let spent = projections::usage::spend(
+        state.log.db(),
+        ctx.tenant.as_str(),
+        std::slice::from_ref(&scope),
+        &month,
+    )
+    .await?
+    .get(&scope)
+    .copied()
+    .unwrap_or(0);
+    let respond = move |outcome: &CommandOutcome<Budget>| -> StoredResponse {
+        let budget = outcome
+            .aggregate
+            .limit()
+            .map(|(limit, enforcement)| budget_json(&scope, limit, enforcement.as_str(), spent));
+        let mut headers = Vec::new();
+        if let Some(cursor) = outcome.cursor {
+            headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
+        }
+        commands::json_response(StatusCode::OK, headers, &json!({ "budget": budget }))
+    };
+    let name = command.name();
+    Ok(
+        match commands::run::<Budget, _>(
+            state,
+            ctx,
+            key,
+            &stream,
+            name,
+            command,
+            &(),
+            respond,
+            reject,
+        )
+        .await
+        {
+            Ok((_, response)) => commands::to_response(&response, false),
+            Err(response) => response,
+        },
+    )
+}
+
+async fn set(
+    state: &AppState,
+    ctx: &CommandContext<require::Admin>,
+    body: Value,
+    scope: String,
+) -> Result<Response, ApiError> {
+    let parsed: BudgetBody = serde_json::from_value(body.clone()).map_err(|e| {
+        ApiError::Validation(vec![FieldError {
+            field: String::new(),
+            message: e.to_string(),
+        }])
+    })?;
+    let command = BudgetCommand::SetBudget {
+        scope: scope.clone(),
+        monthly_limit_micros: parsed.monthly_limit_usd.0,
+        enforcement: parsed.enforcement,
+    };
+    run(state, ctx, &body, scope, command).await
+}
+
+async fn ensure_agent(
+    state: &AppState,
+    ctx: &CommandContext<require::Admin>,
+    agent_id: &str,
+) -> Result<(), ApiError> {
+    let loaded = state
+        .log
+        .load_aggregate::<domain::agent::Agent>(&agent_stream(&ctx.tenant, agent_id))
+        .await
+        .map_err(ApiError::internal)?;
+    if loaded.aggregate.exists() {
+        Ok(())
+    } else {
+        Err(ApiError::AgentNotFound(agent_id.to_string()))
+    }
+}
+
+/// The tenant's budgets with this month's spend.
+#[utoipa::path(get, path = "/v1/budgets", tag = "usage",
+    security(("api_key" = ["analyst"]), ("bearer" = ["analyst"])),
+    responses((status = 200, description = "`{\"budgets\": [...]}`")))]
+pub async fn list_budgets(
+    State(state): State<AppState>,
+    auth: Auth<require::Analyst>,
+    consistency: Consistency,
+) -> Result<Response, ApiError> {
+    let lag = await_consistency(&state, consistency, projections::usage::BUDGETS).await?;
+    let tenant = auth.tenant().as_str();
+    let records = projections::usage::budgets(state.log.db(), tenant).await?;
+    let scopes: Vec<String> = records.iter().map(|r| r.scope.clone()).collect();
+    let month = projections::usage::month_of(Utc::now());
+    let spent = projections::usage::spend(state.log.db(), tenant, &scopes, &month).await?;
+    let budgets: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            budget_json(
+                &r.scope,
+                r.monthly_limit_micros as u64,
+                &r.enforcement,
+                spent.get(&r.scope).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    Ok(with_lag(
+        ApiJson(json!({ "budgets": budgets })).into_response(),
+        lag,
+    ))
+}
+
+/// Set the tenant's monthly budget: `{"monthlyLimitUsd": "25.00", "enforcement": "hard"}`.
+#[utoipa::path(put, path = "/v1/budgets/tenant", tag = "usage",
+    security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
+    request_body(content = Object, description = "`{monthlyLimitUsd, enforcement: hard|soft}`"),
+    responses(
+        (status = 200, description = "`{\"budget\": {...}}`"),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+    ))]
+pub async fn set_tenant_budget(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Admin>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    set(&state, &ctx, body, TENANT_SCOPE.to_string()).await
+}
+
+/// Remove the tenant's budget.
+#[utoipa::path(delete, path = "/v1/budgets/tenant", tag = "usage",
+    security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
+    responses(
+        (status = 200, description = "`{\"budget\": null}`"),
+        (status = 404, description = "BUDGET_NOT_FOUND", body = ErrorEnvelope),
+    ))]
+pub async fn remove_tenant_budget(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Admin>,
+) -> Result<Response, ApiError> {
+    let scope = TENANT_SCOPE.to_string();
+    run(
+        &state,
+        &ctx,
+        &Value::Null,
+        scope,
+        BudgetCommand::RemoveBudget,
+    )
+    .await
+}
+
+/// Set an agent's monthly budget.
+#[utoipa::path(put, path = "/v1/budgets/agents/{agentId}", tag = "usage",
+    security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
+    params(("agentId" = String, Path, description = "Agent id")),
+    request_body(content = Object, description = "`{monthlyLimitUsd, enforcement: hard|soft}`"),
+    responses(
+        (status = 200, description = "`{\"budget\": {...}}`"),
+        (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+    ))]
+pub async fn set_agent_budget(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Admin>,
+    Path(agent_id): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    ensure_agent(&state, &ctx, &agent_id).await?;
+    set(&state, &ctx, body, agent_scope(&agent_id)).await
+}
+
+/// Remove an agent's budget.
+#[utoipa::path(delete, path = "/v1/budgets/agents/{agentId}", tag = "usage",
+    security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
+    params(("agentId" = String, Path, description = "Agent id")),
+    responses(
+        (status = 200, description = "`{\"budget\": null}`"),
+        (status = 404, description = "BUDGET_NOT_FOUND", body = ErrorEnvelope),
+    ))]
+pub async fn remove_agent_budget(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Admin>,
+    Path(agent_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let scope = agent_scope(&agent_id);
+    run(
+        &state,
+        &ctx,
+        &Value::Null,
+        scope,
+        BudgetCommand::RemoveBudget,
+    )
+    .await
+}

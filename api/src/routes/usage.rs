@@ -1,0 +1,780 @@
+//! `/v1/usage/*`: usage and cost for analysts (role `analyst` or `admin`), from the `usage`
+//! projection's pre-aggregated tables. Every endpoint answers JSON, or CSV for
+//! `Accept: text/csv`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
+use domain::provider::micros_to_usd;
+use projections::usage::{self as read_model, Dimension, Group, Selection, Sums};
+use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Auth, require};
+use crate::error::{ApiError, ErrorEnvelope};
+use crate::extract::Consistency;
+use crate::providers::Usd;
+use crate::routes::{await_consistency, with_lag};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(usage_rollup))
+        .routes(routes!(usage_events))
+        .routes(routes!(usage_query))
+}
+
+/// Longest range of `/v1/usage/rollup`, in days (inclusive of both ends).
+pub const MAX_ROLLUP_DAYS: i64 = 366;
+/// Longest range of `/v1/usage/query`, in days.
+pub const MAX_QUERY_DAYS: i64 = 400;
+/// Most windows one `/v1/usage/query` may have.
+pub const MAX_WINDOWS: usize = 2000;
+/// Largest page of `/v1/usage/events`.
+pub const MAX_EVENTS_PAGE: u32 = 1000;
+
+fn invalid(name: &'static str, reason: impl Into<String>) -> ApiError {
+    ApiError::InvalidParameter {
+        name,
+        reason: reason.into(),
+    }
+}
+
+/// The query string as pairs, refusing any name not in `known` (a typo should not silently
+/// widen a query).
+fn parameters(
+    pairs: Vec<(String, String)>,
+    known: &[&'static str],
+) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in pairs {
+        let base = name.split('[').next().unwrap_or_default();
+        if !known.contains(&name.as_str()) && !(base == "filter" && known.contains(&"filter")) {
+            return Err(ApiError::InvalidParameter {
+                name: "query",
+                reason: format!("unknown parameter '{name}'"),
+            });
+        }
+        map.entry(name).or_default().push(value);
+    }
+    Ok(map)
+}
+
+fn single<'a>(
+    params: &'a BTreeMap<String, Vec<String>>,
+    name: &'static str,
+) -> Result<Option<&'a str>, ApiError> {
+    match params.get(name).map(Vec::as_slice) {
+        None => Ok(None),
+        Some([value]) => Ok(Some(value.as_str())),
+        Some(_) => Err(invalid(name, "given more than once")),
+    }
+}
+
+fn date(name: &'static str, value: &str) -> Result<NaiveDate, ApiError> {
+    NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        .map_err(|_| invalid(name, format!("'{value}' is not a date like 2026-01-31")))
+}
+
+fn midnight(date: NaiveDate) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).expect("midnight exists"))
+}
+
+/// `from`/`to` as inclusive dates and the UTC range `[from 00:00, to + 1 day 00:00)`.
+fn date_range(
+    from: Option<&str>,
+    to: Option<&str>,
+    max_days: Option<i64>,
+) -> Result<(NaiveDate, NaiveDate, DateTime<Utc>, DateTime<Utc>), ApiError> {
+    let from = date("from", from.ok_or_else(|| invalid("from", "is required"))?)?;
+    let to = date("to", to.ok_or_else(|| invalid("to", "is required"))?)?;
+    if to < from {
+        return Err(invalid("to", "must not be before from"));
+    }
+    let days = (to - from).num_days() + 1;
+    if let Some(max) = max_days
+        && days > max
+    {
+        return Err(invalid(
+            "to",
+            format!("the range is {days} days; at most {max} are allowed"),
+        ));
+    }
+    Ok((from, to, midnight(from), midnight(to) + Duration::days(1)))
+}
+
+fn wants_csv(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/csv"))
+}
+
+/// A CSV field, quoted when it needs to be (RFC 4180).
+fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_string()
+    }
+}
+
+fn csv_response(header_row: &[&str], rows: Vec<Vec<String>>) -> Response {
+    let mut body = header_row.join(",");
+    body.push_str("\r\n");
+    for row in rows {
+        let fields: Vec<String> = row.iter().map(|f| csv_field(f)).collect();
+        body.push_str(&fields.join(","));
+        body.push_str("\r\n");
+    }
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    response
+}
+
+/// Micro-dollars as an exact decimal string, for CSV: `224` → `0.000224`.
+fn usd_text(micros: i64) -> String {
+    String::from(Usd(micros.max(0) as u64))
+}
+
+fn sums_json(sums: &Sums, sessions: i64) -> Value {
+    json!({
+        "sessions": sessions,
+        "messages": sums.messages,
+        "tokensIn": sums.tokens_in,
+        "tokensOut": sums.tokens_out,
+        "tokensTotal": sums.tokens_in + sums.tokens_out,
+        "costUsd": micros_to_usd(sums.cost_micros.max(0) as u64),
+        "costMicros": sums.cost_micros,
+    })
+}
+
+fn sums_csv(sums: &Sums, sessions: i64) -> Vec<String> {
+    vec![
+        sessions.to_string(),
+        sums.messages.to_string(),
+        sums.tokens_in.to_string(),
+        sums.tokens_out.to_string(),
+        (sums.tokens_in + sums.tokens_out).to_string(),
+        usd_text(sums.cost_micros),
+    ]
+}
+
+/// Totals, by provider and the top agents by cost, over inclusive UTC dates.
+///
+/// Seed 004's `{range, totals, byProvider, topAgentsByCost}`. `messages` counts billed
+/// replies; `sessions` counts distinct sessions with at least one. At most 366 days.
+#[utoipa::path(get, path = "/v1/usage/rollup", tag = "usage",
+    security(("api_key" = ["analyst"]), ("bearer" = ["analyst"])),
+    params(
+        ("from" = String, Query, description = "First day, `YYYY-MM-DD` (UTC)"),
+        ("to" = String, Query, description = "Last day, inclusive, `YYYY-MM-DD` (UTC)"),
+        ("Accept" = Option<String>, Header, description = "`text/csv` for CSV"),
+    ),
+    responses(
+        (status = 200, description = "The rollup (JSON or CSV)"),
+        (status = 400, description = "INVALID_PARAMETER (bad or reversed dates, range too long, unknown parameter)", body = ErrorEnvelope),
+    ))]
+pub async fn usage_rollup(
+    State(state): State<AppState>,
+    auth: Auth<require::Analyst>,
+    consistency: Consistency,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let params = parameters(pairs, &["from", "to"])?;
+    let (from, to, start, end) = date_range(
+        single(&params, "from")?,
+        single(&params, "to")?,
+        Some(MAX_ROLLUP_DAYS),
+    )?;
+    let lag = await_consistency(&state, consistency, read_model::NAME).await?;
+    let db = state.log.db();
+    let tenant = auth.tenant().as_str();
+    let selection = Selection {
+        tenant_id: tenant,
+        from: start,
+        to: end,
+        filters: &[],
+    };
+    let total = read_model::totals(db, "usage_daily", &selection, &[], false)
+        .await?
+        .first()
+        .map(|g| g.sums)
+        .unwrap_or_default();
+    let total_sessions = read_model::session_counts(db, &selection, &[])
+        .await?
+        .values()
+        .sum::<i64>();
+    let mut providers =
+        read_model::totals(db, "usage_daily", &selection, &[Dimension::Provider], false).await?;
+    providers.sort_by(|a, b| a.values.cmp(&b.values));
+    let provider_sessions =
+        read_model::session_counts(db, &selection, &[Dimension::Provider]).await?;
+    let mut agents =
+        read_model::totals(db, "usage_daily", &selection, &[Dimension::AgentId], false).await?;
+    agents.sort_by(|a, b| {
+        b.sums
+            .cost_micros
+            .cmp(&a.sums.cost_micros)
+            .then_with(|| a.values.cmp(&b.values))
+    });
+    agents.truncate(10);
+    let agent_sessions = read_model::session_counts(db, &selection, &[Dimension::AgentId]).await?;
+    let mut names = BTreeMap::new();
+    for agent in &agents {
+        let id = &agent.values[0];
+        let name = projections::agents::get(db, tenant, id)
+            .await?
+            .map(|a| a.config.name);
+        names.insert(id.clone(), name);
+    }
+    let sessions_of = |counts: &BTreeMap<Vec<String>, i64>, g: &Group| {
+        counts.get(&g.values).copied().unwrap_or(0)
+    };
+
+    let response = if wants_csv(&headers) {
+        let mut rows = vec![{
+            let mut row = vec!["total".to_string(), String::new(), String::new()];
+            row.extend(sums_csv(&total, total_sessions));
+            row
+        }];
+        for group in &providers {
+            let mut row = vec![
+                "provider".to_string(),
+                group.values[0].clone(),
+                String::new(),
+            ];
+            row.extend(sums_csv(
+                &group.sums,
+                sessions_of(&provider_sessions, group),
+            ));
+            rows.push(row);
+        }
+        for group in &agents {
+            let id = &group.values[0];
+            let name = names.get(id).cloned().flatten().unwrap_or_default();
+            let mut row = vec!["agent".to_string(), id.clone(), name];
+            row.extend(sums_csv(&group.sums, sessions_of(&agent_sessions, group)));
+            rows.push(row);
+        }
+        csv_response(
+            &[
+                "scope",
+                "id",
+                "name",
+                "sessions",
+                "messages",
+                "tokensIn",
+                "tokensOut",
+                "tokensTotal",
+                "costUsd",
+            ],
+            rows,
+        )
+    } else {
+        let by_provider: Vec<Value> = providers
+            .iter()
+            .map(|g| {
+                let mut value = sums_json(&g.sums, sessions_of(&provider_sessions, g));
+                value["provider"] = json!(g.values[0]);
+                value
+            })
+            .collect();
+        let top_agents: Vec<Value> = agents
+            .iter()
+            .map(|g| {
+                let id = &g.values[0];
+                let mut value = sums_json(&g.sums, sessions_of(&agent_sessions, g));
+                value["agentId"] = json!(id);
+                value["agentName"] = json!(names.get(id).cloned().flatten());
+                value
+            })
+            .collect();
+        axum::Json(json!({
+            "range": { "from": from.to_string(), "to": to.to_string() },
+            "totals": sums_json(&total, total_sessions),
+            "byProvider": by_provider,
+            "topAgentsByCost": top_agents,
+        }))
+        .into_response()
+    };
+    Ok(with_lag(response, lag))
+}
+
+fn record_json(record: &read_model::UsageRecord) -> Value {
+    json!({
+        "id": record.message_id,
+        "sessionId": record.session_id,
+        "agentId": record.agent_id,
+        "provider": record.provider,
+        "model": record.model,
+        "apiKey": record.api_key,
+        "tokensIn": record.tokens_in,
+        "tokensOut": record.tokens_out,
+        "tokensTotal": record.tokens_in + record.tokens_out,
+        "costUsd": micros_to_usd(record.cost_micros.max(0) as u64),
+        "costMicros": record.cost_micros,
+        "pricing": { "usdPer1kTokens": micros_to_usd(record.price_micros_per_1k.max(0) as u64) },
+        "createdAt": record.recorded_at,
+    })
+}
+
+/// Usage records (one per billed reply), newest first.
+#[utoipa::path(get, path = "/v1/usage/events", tag = "usage",
+    security(("api_key" = ["analyst"]), ("bearer" = ["analyst"])),
+    params(
+        ("from" = Option<String>, Query, description = "First day, `YYYY-MM-DD` (UTC); with `to`"),
+        ("to" = Option<String>, Query, description = "Last day, inclusive; with `from`"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 200"),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page"),
+        ("Accept" = Option<String>, Header, description = "`text/csv` for CSV"),
+    ),
+    responses(
+        (status = 200, description = "`{range, events, nextCursor}` or CSV"),
+        (status = 400, description = "INVALID_PARAMETER", body = ErrorEnvelope),
+    ))]
+pub async fn usage_events(
+    State(state): State<AppState>,
+    auth: Auth<require::Analyst>,
+    consistency: Consistency,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let params = parameters(pairs, &["from", "to", "limit", "cursor"])?;
+    let (from, to) = (single(&params, "from")?, single(&params, "to")?);
+    let (range, start, end) = match (from, to) {
+        // All time, within what both databases store and compare as times.
+        (None, None) => (
+            Value::Null,
+            midnight(NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date")),
+            midnight(NaiveDate::from_ymd_opt(9999, 12, 31).expect("a date")),
+        ),
+        _ => {
+            let (from, to, start, end) = date_range(from, to, None)?;
+            (
+                json!({ "from": from.to_string(), "to": to.to_string() }),
+                start,
+                end,
+            )
+        }
+    };
+    let limit = match single(&params, "limit")? {
+        None => 200,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=MAX_EVENTS_PAGE).contains(l))
+            .ok_or_else(|| invalid("limit", format!("must be 1 to {MAX_EVENTS_PAGE}")))?,
+    };
+    let before = single(&params, "cursor")?
+        .map(|raw| {
+            URL_SAFE_NO_PAD
+                .decode(raw)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .and_then(|text| {
+                    let (at, id) = text.split_once('|')?;
+                    let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
+                    Some((at, id.to_string()))
+                })
+                .ok_or_else(|| invalid("cursor", "not a cursor returned by the gateway"))
+        })
+        .transpose()?;
+    let lag = await_consistency(&state, consistency, read_model::NAME).await?;
+    let mut records = read_model::records(
+        state.log.db(),
+        auth.tenant().as_str(),
+        start,
+        end,
+        before,
+        limit + 1,
+    )
+    .await?;
+    let next_cursor = (records.len() > limit as usize).then(|| {
+        records.truncate(limit as usize);
+        let last = records.last().expect("a full page");
+        URL_SAFE_NO_PAD.encode(format!(
+            "{}|{}",
+            last.recorded_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            last.message_id
+        ))
+    });
+    let response = if wants_csv(&headers) {
+        let rows = records
+            .iter()
+            .map(|r| {
+                vec![
+                    r.message_id.clone(),
+                    r.recorded_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    r.session_id.clone(),
+                    r.agent_id.clone(),
+                    r.provider.clone(),
+                    r.model.clone(),
+                    r.api_key.clone(),
+                    r.tokens_in.to_string(),
+                    r.tokens_out.to_string(),
+                    usd_text(r.cost_micros),
+                    usd_text(r.price_micros_per_1k),
+                ]
+            })
+            .collect();
+        let mut response = csv_response(
+            &[
+                "id",
+                "createdAt",
+                "sessionId",
+                "agentId",
+                "provider",
+                "model",
+                "apiKey",
+                "tokensIn",
+                "tokensOut",
+                "costUsd",
+                "usdPer1kTokens",
+            ],
+            rows,
+        );
+        if let Some(next) = next_cursor
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            response.headers_mut().insert("x-next-cursor", next);
+        }
+        response
+    } else {
+        let events: Vec<Value> = records.iter().map(record_json).collect();
+        axum::Json(json!({ "range": range, "events": events, "nextCursor": next_cursor }))
+            .into_response()
+    };
+    Ok(with_lag(response, lag))
+}
+
+/// Window sizes of `/v1/usage/query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WindowSize {
+    Hour,
+    Day,
+    Month,
+}
+
+impl WindowSize {
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "HOUR" => Some(Self::Hour),
+            "DAY" => Some(Self::Day),
+            "MONTH" => Some(Self::Month),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Hour => "HOUR",
+            Self::Day => "DAY",
+            Self::Month => "MONTH",
+        }
+    }
+}
+
+/// The start of the window holding `at`, in `tz`.
+fn window_floor(at: DateTime<Utc>, size: WindowSize, tz: Tz) -> DateTime<Tz> {
+    let local = at.with_timezone(&tz);
+    let naive = match size {
+        WindowSize::Hour => local
+            .date_naive()
+            .and_hms_opt(local.hour(), 0, 0)
+            .expect("a valid hour"),
+        WindowSize::Day => local.date_naive().and_hms_opt(0, 0, 0).expect("midnight"),
+        WindowSize::Month => NaiveDate::from_ymd_opt(local.year(), local.month(), 1)
+            .expect("the first of the month")
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight"),
+    };
+    resolve(naive, tz)
+}
+
+/// A local time as an instant: the earlier of two when the clocks went back, the first
+/// instant after the gap when they went forward.
+fn resolve(naive: chrono::NaiveDateTime, tz: Tz) -> DateTime<Tz> {
+    let mut probe = naive;
+    loop {
+        if let Some(at) = tz.from_local_datetime(&probe).earliest() {
+            return at;
+        }
+        probe += Duration::minutes(15);
+    }
+}
+
+/// The start of the window after the one starting at `start`.
+fn window_next(start: DateTime<Tz>, size: WindowSize, tz: Tz) -> DateTime<Tz> {
+    match size {
+        // Hours are physical: a day with a DST change has 23 or 25 of them.
+        WindowSize::Hour => (start.with_timezone(&Utc) + Duration::hours(1)).with_timezone(&tz),
+        WindowSize::Day => {
+            let date = start.date_naive() + Duration::days(1);
+            resolve(date.and_hms_opt(0, 0, 0).expect("midnight"), tz)
+        }
+        WindowSize::Month => {
+            let date = start.date_naive();
+            let (year, month) = if date.month() == 12 {
+                (date.year() + 1, 1)
+            } else {
+                (date.year(), date.month() + 1)
+            };
+            let first = NaiveDate::from_ymd_opt(year, month, 1).expect("the first of a month");
+            resolve(first.and_hms_opt(0, 0, 0).expect("midnight"), tz)
+        }
+    }
+}
+
+fn instant(name: &'static str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+    let at = DateTime::parse_from_rfc3339(value)
+        .map_err(|_| invalid(name, format!("'{value}' is not an RFC 3339 time")))?
+        .with_timezone(&Utc);
+    if at.minute() != 0 || at.second() != 0 || at.nanosecond() != 0 {
+        return Err(invalid(
+            name,
+            "must be on a whole hour: usage is aggregated by the UTC hour",
+        ));
+    }
+    Ok(at)
+}
+
+/// A usage time series, grouped, in the manner of OpenMeter's meter query.
+///
+/// `from` and `to` are RFC 3339 times on whole hours (`to` defaults to the end of the current
+/// hour); `windowSize` is `HOUR`, `DAY` or `MONTH` (absent: one window for the whole range);
+/// windows are aligned in `windowTimeZone` (IANA, default `UTC`), so a `DAY` across a
+/// daylight-saving change lasts 23 or 25 hours. `groupBy` is any of `provider`, `model`,
+/// `agentId`, `apiKey` (comma-separated or repeated); `filter[<dimension>]=value` keeps only
+/// matching usage. Only windows with usage are returned.
+#[utoipa::path(get, path = "/v1/usage/query", tag = "usage",
+    security(("api_key" = ["analyst"]), ("bearer" = ["analyst"])),
+    params(
+        ("from" = String, Query, description = "RFC 3339, on a whole hour"),
+        ("to" = Option<String>, Query, description = "RFC 3339, on a whole hour; default: the end of the current hour"),
+        ("windowSize" = Option<String>, Query, description = "HOUR, DAY or MONTH"),
+        ("windowTimeZone" = Option<String>, Query, description = "IANA time zone, default UTC"),
+        ("groupBy" = Option<String>, Query, description = "provider, model, agentId, apiKey"),
+        ("filter[provider]" = Option<String>, Query, description = "Also filter[model], filter[agentId], filter[apiKey]"),
+        ("Accept" = Option<String>, Header, description = "`text/csv` for CSV"),
+    ),
+    responses(
+        (status = 200, description = "`{from, to, windowSize, windowTimeZone, groupBy, data: [...]}` or CSV"),
+        (status = 400, description = "INVALID_PARAMETER (bad times, window size, time zone, groupBy or filter)", body = ErrorEnvelope),
+    ))]
+pub async fn usage_query(
+    State(state): State<AppState>,
+    auth: Auth<require::Analyst>,
+    consistency: Consistency,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let params = parameters(
+        pairs,
+        &[
+            "from",
+            "to",
+            "windowSize",
+            "windowTimeZone",
+            "groupBy",
+            "filter",
+        ],
+    )?;
+    let from = instant(
+        "from",
+        single(&params, "from")?.ok_or_else(|| invalid("from", "is required"))?,
+    )?;
+    let to = match single(&params, "to")? {
+        Some(raw) => instant("to", raw)?,
+        None => read_model::hour_of(Utc::now()) + Duration::hours(1),
+    };
+    if to <= from {
+        return Err(invalid("to", "must be after from"));
+    }
+    if to - from > Duration::days(MAX_QUERY_DAYS) {
+        return Err(invalid(
+            "to",
+            format!("the range may be at most {MAX_QUERY_DAYS} days"),
+        ));
+    }
+    let size = single(&params, "windowSize")?
+        .map(|raw| {
+            WindowSize::parse(raw)
+                .ok_or_else(|| invalid("windowSize", "must be HOUR, DAY or MONTH"))
+        })
+        .transpose()?;
+    let tz: Tz = match single(&params, "windowTimeZone")? {
+        None => Tz::UTC,
+        Some(raw) => raw.parse().map_err(|_| {
+            invalid(
+                "windowTimeZone",
+                format!("'{raw}' is not an IANA time zone"),
+            )
+        })?,
+    };
+    let mut group_by: Vec<Dimension> = Vec::new();
+    for name in params
+        .get("groupBy")
+        .into_iter()
+        .flatten()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        let dimension = Dimension::parse(name).ok_or_else(|| {
+            invalid(
+                "groupBy",
+                format!("'{name}' is not one of provider, model, agentId, apiKey"),
+            )
+        })?;
+        if !group_by.contains(&dimension) {
+            group_by.push(dimension);
+        }
+    }
+    let mut filters: Vec<(Dimension, String)> = Vec::new();
+    for (name, values) in &params {
+        let Some(inner) = name
+            .strip_prefix("filter[")
+            .and_then(|rest| rest.strip_suffix(']'))
+        else {
+            continue;
+        };
+        let dimension = Dimension::parse(inner).ok_or_else(|| {
+            invalid(
+                "filter",
+                format!("'{inner}' is not one of provider, model, agentId, apiKey"),
+            )
+        })?;
+        let [value] = values.as_slice() else {
+            return Err(invalid(
+                "filter",
+                format!("filter[{inner}] is given more than once"),
+            ));
+        };
+        filters.push((dimension, value.clone()));
+    }
+
+    // The windows: aligned in the time zone, clipped to [from, to), each on whole UTC hours.
+    let mut boundaries = vec![from];
+    if let Some(size) = size {
+        let mut next = window_next(window_floor(from, size, tz), size, tz);
+        while next.with_timezone(&Utc) < to {
+            let at = next.with_timezone(&Utc);
+            if at.minute() != 0 || at.second() != 0 {
+                return Err(invalid(
+                    "windowTimeZone",
+                    format!(
+                        "windows in {tz} do not start on whole UTC hours; usage is aggregated by the UTC hour"
+                    ),
+                ));
+            }
+            boundaries.push(at);
+            if boundaries.len() > MAX_WINDOWS {
+                return Err(invalid(
+                    "windowSize",
+                    format!(
+                        "more than {MAX_WINDOWS} windows; use a larger window or a shorter range"
+                    ),
+                ));
+            }
+            next = window_next(next, size, tz);
+        }
+    }
+    boundaries.push(to);
+    let window_of = |at: DateTime<Utc>| boundaries.partition_point(|b| *b <= at) - 1;
+
+    let lag = await_consistency(&state, consistency, read_model::NAME).await?;
+    let db = state.log.db();
+    let selection = Selection {
+        tenant_id: auth.tenant().as_str(),
+        from,
+        to,
+        filters: &filters,
+    };
+    let mut windows: BTreeMap<(usize, Vec<String>), Sums> = BTreeMap::new();
+    for group in read_model::totals(db, "usage_hourly", &selection, &group_by, true).await? {
+        let bucket = group.bucket.expect("grouped by bucket");
+        windows
+            .entry((window_of(bucket), group.values))
+            .or_default()
+            .merge(&group.sums);
+    }
+    let mut sessions: BTreeMap<(usize, Vec<String>), BTreeSet<String>> = BTreeMap::new();
+    for (bucket, session, values) in read_model::session_hours(db, &selection, &group_by).await? {
+        sessions
+            .entry((window_of(bucket), values))
+            .or_default()
+            .insert(session);
+    }
+    let local = |at: DateTime<Utc>| at.with_timezone(&tz).to_rfc3339();
+    let names: Vec<&str> = group_by.iter().map(|d| d.name()).collect();
+
+    let response = if wants_csv(&headers) {
+        let mut header_row = vec!["windowStart", "windowEnd"];
+        header_row.extend(names.iter().copied());
+        header_row.extend([
+            "sessions",
+            "messages",
+            "tokensIn",
+            "tokensOut",
+            "tokensTotal",
+            "costUsd",
+        ]);
+        let rows = windows
+            .iter()
+            .map(|((window, values), sums)| {
+                let count = sessions
+                    .get(&(*window, values.clone()))
+                    .map_or(0, BTreeSet::len);
+                let mut row = vec![local(boundaries[*window]), local(boundaries[*window + 1])];
+                row.extend(values.iter().cloned());
+                row.extend(sums_csv(sums, count as i64));
+                row
+            })
+            .collect();
+        csv_response(&header_row, rows)
+    } else {
+        let data: Vec<Value> = windows
+            .iter()
+            .map(|((window, values), sums)| {
+                let count = sessions
+                    .get(&(*window, values.clone()))
+                    .map_or(0, BTreeSet::len);
+                let mut row = sums_json(sums, count as i64);
+                row["windowStart"] = json!(local(boundaries[*window]));
+                row["windowEnd"] = json!(local(boundaries[*window + 1]));
+                row["groupBy"] = names
+                    .iter()
+                    .zip(values)
+                    .map(|(name, value)| (name.to_string(), json!(value)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+                row
+            })
+            .collect();
+        axum::Json(json!({
+            "from": local(from),
+            "to": local(to),
+            "windowSize": size.map(WindowSize::name),
+            "windowTimeZone": tz.name(),
+            "groupBy": names,
+            "data": data,
+        }))
+        .into_response()
+    };
+    Ok(with_lag(response, lag))
+}

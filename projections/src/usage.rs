@@ -1,0 +1,909 @@
+//! Usage metering: one usage record per billed reply, rollups by UTC hour and day, the
+//! sessions active in each hour, each month's spend for budgets, and the budgets themselves.
+//!
+//! - [`UsageProjector`] (`usage`): `usage_records`, `usage_hourly`, `usage_daily`,
+//!   `usage_sessions`, from `AssistantMessageRecorded` events. Only billed replies are
+//!   events of that type, so failed attempts never count, and a replayed request records no
+//!   new event, so replays never count twice.
+//! - [`SpendProjection`]: `usage_spend`, kept inline (in the transaction of the append), so
+//!   that a budget check reads the spend as of the last commit.
+//! - [`BudgetsProjector`] (`budgets`): `budgets`, from `Budget*` events.
+//! - [`verify`]: recomputes everything from the log and compares.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Datelike, DurationRound, TimeDelta, TimeZone, Utc};
+use cqrs_es::Aggregate;
+use domain::budget::{Budget, BudgetEvent, TENANT_SCOPE, agent_scope};
+use domain::session::{AssistantReply, Session, SessionEvent};
+use eventlog::{Cursor, Db, EventLog, InlineProjection, RecordedEvent, Tx};
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::{ProjectionError, Projector, Target};
+
+pub const NAME: &str = "usage";
+pub const BUDGETS: &str = "budgets";
+
+/// One billed reply, as the usage tables see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageRecord {
+    pub tenant_id: String,
+    pub message_id: String,
+    pub session_id: String,
+    pub agent_id: String,
+    pub provider: String,
+    pub model: String,
+    /// The API key id or service that sent the message.
+    pub api_key: String,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub cost_micros: i64,
+    pub price_micros_per_1k: i64,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The usage record of an event, when it is a billed reply.
+pub fn record_of(event: &RecordedEvent) -> Result<Option<UsageRecord>, ProjectionError> {
+    if event.aggregate_type != Session::TYPE || event.event_type != "AssistantMessageRecorded" {
+        return Ok(None);
+    }
+    let SessionEvent::AssistantMessageRecorded { session_id, reply } = crate::decode(event)? else {
+        return Ok(None);
+    };
+    let AssistantReply {
+        message_id,
+        agent_id,
+        provider,
+        model,
+        tokens_in,
+        tokens_out,
+        cost_micros,
+        price,
+        ..
+    } = reply;
+    let api_key = event.event_metadata().map(|m| m.actor).unwrap_or_default();
+    Ok(Some(UsageRecord {
+        tenant_id: event.tenant_id.clone(),
+        message_id,
+        session_id,
+        agent_id,
+        provider,
+        model,
+        api_key,
+        tokens_in: tokens_in as i64,
+        tokens_out: tokens_out as i64,
+        cost_micros: cost_micros as i64,
+        price_micros_per_1k: price.micro_usd_per_1k_tokens as i64,
+        recorded_at: event.recorded_at,
+    }))
+}
+
+/// The UTC hour a time falls in.
+pub fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(TimeDelta::hours(1)).unwrap_or(at)
+}
+
+/// The UTC day a time falls in.
+pub fn day_of(at: DateTime<Utc>) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(at.year(), at.month(), at.day(), 0, 0, 0)
+        .single()
+        .unwrap_or(at)
+}
+
+/// The UTC month of a time, `YYYY-MM`: the period of budgets.
+pub fn month_of(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m").to_string()
+}
+
+/// A rollup key: tenant, bucket, provider, model, agent, key.
+pub type GroupKey = (String, DateTime<Utc>, String, String, String, String);
+
+/// Sums of a rollup row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sums {
+    pub messages: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub cost_micros: i64,
+}
+
+impl Sums {
+    pub fn add(&mut self, record: &UsageRecord) {
+        self.messages += 1;
+        self.tokens_in += record.tokens_in;
+        self.tokens_out += record.tokens_out;
+        self.cost_micros += record.cost_micros;
+    }
+
+    pub fn merge(&mut self, other: &Sums) {
+        self.messages += other.messages;
+        self.tokens_in += other.tokens_in;
+        self.tokens_out += other.tokens_out;
+        self.cost_micros += other.cost_micros;
+    }
+}
+
+fn key(record: &UsageRecord, bucket: DateTime<Utc>) -> GroupKey {
+    (
+        record.tenant_id.clone(),
+        bucket,
+        record.provider.clone(),
+        record.model.clone(),
+        record.agent_id.clone(),
+        record.api_key.clone(),
+    )
+}
+
+/// Builds the usage tables.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsageProjector;
+
+#[async_trait]
+impl Projector for UsageProjector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "usage_records",
+            "usage_hourly",
+            "usage_daily",
+            "usage_sessions",
+        ]
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        target: Target,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let insert_record = format!(
+            "INSERT INTO {} (tenant_id, message_id, session_id, agent_id, provider, model, \
+             api_key, tokens_in, tokens_out, cost_micros, price_micros_per_1k, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (tenant_id, message_id) DO NOTHING",
+            target.table("usage_records")
+        );
+        // Only records inserted now count, so applying an event twice changes nothing.
+        let mut hourly: BTreeMap<GroupKey, Sums> = BTreeMap::new();
+        let mut daily: BTreeMap<GroupKey, Sums> = BTreeMap::new();
+        let mut sessions: BTreeSet<(GroupKey, String)> = BTreeSet::new();
+        for event in events {
+            let Some(record) = record_of(event)? else {
+                continue;
+            };
+            let inserted = eventlog::on_tx!(&mut *tx, conn => {
+                sqlx::query(&insert_record)
+                    .bind(record.tenant_id.as_str())
+                    .bind(record.message_id.as_str())
+                    .bind(record.session_id.as_str())
+                    .bind(record.agent_id.as_str())
+                    .bind(record.provider.as_str())
+                    .bind(record.model.as_str())
+                    .bind(record.api_key.as_str())
+                    .bind(record.tokens_in)
+                    .bind(record.tokens_out)
+                    .bind(record.cost_micros)
+                    .bind(record.price_micros_per_1k)
+                    .bind(record.recorded_at)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected()
+            });
+            if inserted == 0 {
+                continue;
+            }
+            let hour = hour_of(record.recorded_at);
+            hourly.entry(key(&record, hour)).or_default().add(&record);
+            daily
+                .entry(key(&record, day_of(record.recorded_at)))
+                .or_default()
+                .add(&record);
+            sessions.insert((key(&record, hour), record.session_id.clone()));
+        }
+        for (table, sums) in [("usage_hourly", &hourly), ("usage_daily", &daily)] {
+            let sql = format!(
+                "INSERT INTO {table} AS t (tenant_id, bucket, provider, model, agent_id, api_key, \
+                 messages, tokens_in, tokens_out, cost_micros) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (tenant_id, bucket, provider, model, agent_id, api_key) DO UPDATE SET \
+                 messages = t.messages + excluded.messages, \
+                 tokens_in = t.tokens_in + excluded.tokens_in, \
+                 tokens_out = t.tokens_out + excluded.tokens_out, \
+                 cost_micros = t.cost_micros + excluded.cost_micros",
+                table = target.table(table)
+            );
+            for ((tenant, bucket, provider, model, agent, api_key), sums) in sums {
+                eventlog::on_tx!(&mut *tx, conn => {
+                    sqlx::query(&sql)
+                        .bind(tenant.as_str())
+                        .bind(*bucket)
+                        .bind(provider.as_str())
+                        .bind(model.as_str())
+                        .bind(agent.as_str())
+                        .bind(api_key.as_str())
+                        .bind(sums.messages)
+                        .bind(sums.tokens_in)
+                        .bind(sums.tokens_out)
+                        .bind(sums.cost_micros)
+                        .execute(&mut *conn)
+                        .await?;
+                });
+            }
+        }
+        let sql = format!(
+            "INSERT INTO {} (tenant_id, bucket, session_id, provider, model, agent_id, api_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            target.table("usage_sessions")
+        );
+        for ((tenant, bucket, provider, model, agent, api_key), session) in &sessions {
+            eventlog::on_tx!(&mut *tx, conn => {
+                sqlx::query(&sql)
+                    .bind(tenant.as_str())
+                    .bind(*bucket)
+                    .bind(session.as_str())
+                    .bind(provider.as_str())
+                    .bind(model.as_str())
+                    .bind(agent.as_str())
+                    .bind(api_key.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Keeps `usage_spend` in the append's own transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpendProjection;
+
+const SPEND_UPSERT: &str = "INSERT INTO usage_spend AS s (tenant_id, scope, month, spent_micros) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, scope, month) \
+     DO UPDATE SET spent_micros = s.spent_micros + excluded.spent_micros";
+
+impl InlineProjection for SpendProjection {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Tx,
+        events: &'a [RecordedEvent],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            // Rows are updated in a fixed order (tenant, scope, month), so that concurrent
+            // appends lock them in the same order and cannot deadlock.
+            let mut spend: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+            for event in events {
+                let record = record_of(event)
+                    .map_err(|e| sqlx::Error::Protocol(format!("usage spend: {e}")))?;
+                let Some(record) = record else { continue };
+                let month = month_of(record.recorded_at);
+                for scope in [TENANT_SCOPE.to_string(), agent_scope(&record.agent_id)] {
+                    *spend
+                        .entry((record.tenant_id.clone(), scope, month.clone()))
+                        .or_default() += record.cost_micros;
+                }
+            }
+            for ((tenant, scope, month), micros) in &spend {
+                eventlog::on_tx!(&mut *tx, conn => {
+                    sqlx::query(SPEND_UPSERT)
+                        .bind(tenant.as_str())
+                        .bind(scope.as_str())
+                        .bind(month.as_str())
+                        .bind(*micros)
+                        .execute(&mut *conn)
+                        .await?;
+                });
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A month's spend of `scopes` (`tenant`, `agent:<id>`), in micro-dollars, as of the last
+/// commit.
+pub async fn spend(
+    db: &Db,
+    tenant_id: &str,
+    scopes: &[String],
+    month: &str,
+) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let mut spent = BTreeMap::new();
+    for scope in scopes {
+        let micros: Option<i64> = eventlog::on_pool!(db, pool => {
+            sqlx::query_scalar(
+                "SELECT spent_micros FROM usage_spend \
+                 WHERE tenant_id = $1 AND scope = $2 AND month = $3",
+            )
+            .bind(tenant_id)
+            .bind(scope.as_str())
+            .bind(month)
+            .fetch_optional(pool)
+            .await?
+        });
+        spent.insert(scope.clone(), micros.unwrap_or(0));
+    }
+    Ok(spent)
+}
+
+/// Builds `budgets`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BudgetsProjector;
+
+#[async_trait]
+impl Projector for BudgetsProjector {
+    fn name(&self) -> &'static str {
+        BUDGETS
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["budgets"]
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        target: Target,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let table = target.table("budgets");
+        let upsert = format!(
+            "INSERT INTO {table} (tenant_id, scope, monthly_limit_micros, enforcement, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, scope) DO UPDATE SET \
+             monthly_limit_micros = excluded.monthly_limit_micros, \
+             enforcement = excluded.enforcement, updated_at = excluded.updated_at"
+        );
+        let delete = format!("DELETE FROM {table} WHERE tenant_id = $1 AND scope = $2");
+        for event in events.iter().filter(|e| e.aggregate_type == Budget::TYPE) {
+            let decoded: BudgetEvent = crate::decode(event)?;
+            let tenant = event.tenant_id.as_str();
+            eventlog::on_tx!(&mut *tx, conn => {
+                match &decoded {
+                    BudgetEvent::BudgetSet { scope, monthly_limit_micros, enforcement } => {
+                        sqlx::query(&upsert)
+                            .bind(tenant)
+                            .bind(scope.as_str())
+                            .bind(*monthly_limit_micros as i64)
+                            .bind(enforcement.as_str())
+                            .bind(event.recorded_at)
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    BudgetEvent::BudgetRemoved { scope } => {
+                        sqlx::query(&delete)
+                            .bind(tenant)
+                            .bind(scope.as_str())
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    BudgetEvent::BudgetThresholdReached { .. } => {}
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A budget as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetRecord {
+    pub scope: String,
+    pub monthly_limit_micros: i64,
+    pub enforcement: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn budgets(db: &Db, tenant_id: &str) -> Result<Vec<BudgetRecord>, sqlx::Error> {
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = sqlx::query(
+            "SELECT scope, monthly_limit_micros, enforcement, updated_at FROM budgets \
+             WHERE tenant_id = $1 ORDER BY scope",
+        )
+        .bind(tenant_id)
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok(BudgetRecord {
+                scope: row.try_get("scope")?,
+                monthly_limit_micros: row.try_get("monthly_limit_micros")?,
+                enforcement: row.try_get("enforcement")?,
+                updated_at: row.try_get("updated_at")?,
+            }))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+    }))
+}
+
+/// A dimension usage can be grouped or filtered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dimension {
+    Provider,
+    Model,
+    AgentId,
+    ApiKey,
+}
+
+impl Dimension {
+    /// Parses the API's name of a dimension.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "provider" => Some(Self::Provider),
+            "model" => Some(Self::Model),
+            "agentId" => Some(Self::AgentId),
+            "apiKey" => Some(Self::ApiKey),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Provider => "provider",
+            Self::Model => "model",
+            Self::AgentId => "agentId",
+            Self::ApiKey => "apiKey",
+        }
+    }
+
+    /// The column: a fixed name, never user input.
+    fn column(self) -> &'static str {
+        match self {
+            Self::Provider => "provider",
+            Self::Model => "model",
+            Self::AgentId => "agent_id",
+            Self::ApiKey => "api_key",
+        }
+    }
+}
+
+/// What a usage query selects: a tenant, a UTC range `[from, to)`, and equality filters.
+#[derive(Debug, Clone)]
+pub struct Selection<'a> {
+    pub tenant_id: &'a str,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub filters: &'a [(Dimension, String)],
+}
+
+impl Selection<'_> {
+    /// `WHERE` conditions with numbered parameters; values are bound, never spliced.
+    fn conditions(&self) -> String {
+        let mut sql = String::from("tenant_id = $1 AND bucket >= $2 AND bucket < $3");
+        for (index, (dimension, _)) in self.filters.iter().enumerate() {
+            sql.push_str(&format!(" AND {} = ${}", dimension.column(), index + 4));
+        }
+        sql
+    }
+}
+
+macro_rules! bind_selection {
+    ($query:expr, $selection:expr) => {{
+        let mut query = $query
+            .bind($selection.tenant_id)
+            .bind($selection.from)
+            .bind($selection.to);
+        for (_, value) in $selection.filters {
+            query = query.bind(value.as_str());
+        }
+        query
+    }};
+}
+
+/// One group of a grouped total: the values of its dimensions, its sums and its distinct
+/// sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub bucket: Option<DateTime<Utc>>,
+    pub values: Vec<String>,
+    pub sums: Sums,
+}
+
+/// Sums of `table` (`usage_hourly` or `usage_daily`) over the selection, grouped by `by`
+/// (and by bucket when `per_bucket`).
+pub async fn totals(
+    db: &Db,
+    table: &str,
+    selection: &Selection<'_>,
+    by: &[Dimension],
+    per_bucket: bool,
+) -> Result<Vec<Group>, sqlx::Error> {
+    let table = match table {
+        "usage_daily" => "usage_daily",
+        _ => "usage_hourly",
+    };
+    let mut columns: Vec<&str> = by.iter().map(|d| d.column()).collect();
+    if per_bucket {
+        columns.insert(0, "bucket");
+    }
+    let select = columns.iter().map(|c| format!("{c}, ")).collect::<String>();
+    let group_by = if columns.is_empty() {
+        String::new()
+    } else {
+        format!(" GROUP BY {}", columns.join(", "))
+    };
+    let sql = format!(
+        "SELECT {select}CAST(COALESCE(SUM(messages), 0) AS BIGINT) AS messages, \
+         CAST(COALESCE(SUM(tokens_in), 0) AS BIGINT) AS tokens_in, \
+         CAST(COALESCE(SUM(tokens_out), 0) AS BIGINT) AS tokens_out, \
+         CAST(COALESCE(SUM(cost_micros), 0) AS BIGINT) AS cost_micros \
+         FROM {table} WHERE {}{group_by}",
+        selection.conditions()
+    );
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = bind_selection!(sqlx::query(&sql), selection).fetch_all(pool).await?;
+        rows.iter()
+            .map(|row| {
+                let values = by
+                    .iter()
+                    .map(|d| row.try_get::<String, _>(d.column()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Group {
+                    bucket: if per_bucket { Some(row.try_get("bucket")?) } else { None },
+                    values,
+                    sums: Sums {
+                        messages: row.try_get("messages")?,
+                        tokens_in: row.try_get("tokens_in")?,
+                        tokens_out: row.try_get("tokens_out")?,
+                        cost_micros: row.try_get("cost_micros")?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+    }))
+}
+
+/// Distinct sessions over the selection, grouped by `by`.
+pub async fn session_counts(
+    db: &Db,
+    selection: &Selection<'_>,
+    by: &[Dimension],
+) -> Result<BTreeMap<Vec<String>, i64>, sqlx::Error> {
+    let columns: Vec<&str> = by.iter().map(|d| d.column()).collect();
+    let select = columns.iter().map(|c| format!("{c}, ")).collect::<String>();
+    let group_by = if columns.is_empty() {
+        String::new()
+    } else {
+        format!(" GROUP BY {}", columns.join(", "))
+    };
+    let sql = format!(
+        "SELECT {select}COUNT(DISTINCT session_id) AS sessions FROM usage_sessions \
+         WHERE {}{group_by}",
+        selection.conditions()
+    );
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = bind_selection!(sqlx::query(&sql), selection).fetch_all(pool).await?;
+        rows.iter()
+            .map(|row| {
+                let values = by
+                    .iter()
+                    .map(|d| row.try_get::<String, _>(d.column()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((values, row.try_get::<i64, _>("sessions")?))
+            })
+            .collect::<Result<BTreeMap<_, _>, sqlx::Error>>()?
+    }))
+}
+
+/// The (hour, session, dimension values) rows of the selection: what distinct session counts
+/// per time window are made of.
+pub async fn session_hours(
+    db: &Db,
+    selection: &Selection<'_>,
+    by: &[Dimension],
+) -> Result<Vec<(DateTime<Utc>, String, Vec<String>)>, sqlx::Error> {
+    let select = by
+        .iter()
+        .map(|d| format!(", {}", d.column()))
+        .collect::<String>();
+    let sql = format!(
+        "SELECT DISTINCT bucket, session_id{select} FROM usage_sessions WHERE {}",
+        selection.conditions()
+    );
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = bind_selection!(sqlx::query(&sql), selection).fetch_all(pool).await?;
+        rows.iter()
+            .map(|row| {
+                let values = by
+                    .iter()
+                    .map(|d| row.try_get::<String, _>(d.column()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((row.try_get("bucket")?, row.try_get("session_id")?, values))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+    }))
+}
+
+/// A page of usage records in `[from, to)`, newest first, after `(recorded_at, message_id)`.
+pub async fn records(
+    db: &Db,
+    tenant_id: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    before: Option<(DateTime<Utc>, String)>,
+    limit: u32,
+) -> Result<Vec<UsageRecord>, sqlx::Error> {
+    // Without a cursor, every record before `to`; with one, those strictly before it in
+    // (recorded_at DESC, message_id DESC) order.
+    let (before_at, before_id) = before.unwrap_or((to, String::new()));
+    let after_cursor = if before_id.is_empty() {
+        "recorded_at < $4"
+    } else {
+        "(recorded_at < $4 OR (recorded_at = $4 AND message_id < $5))"
+    };
+    let sql = format!(
+        "SELECT tenant_id, message_id, session_id, agent_id, provider, model, api_key, \
+         tokens_in, tokens_out, cost_micros, price_micros_per_1k, recorded_at \
+         FROM usage_records WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3 \
+         AND {after_cursor} AND $5 = $5 ORDER BY recorded_at DESC, message_id DESC LIMIT $6"
+    );
+    let cursor_at = before_at;
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(from)
+            .bind(to)
+            .bind(cursor_at)
+            .bind(before_id.as_str())
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok(UsageRecord {
+                tenant_id: row.try_get("tenant_id")?,
+                message_id: row.try_get("message_id")?,
+                session_id: row.try_get("session_id")?,
+                agent_id: row.try_get("agent_id")?,
+                provider: row.try_get("provider")?,
+                model: row.try_get("model")?,
+                api_key: row.try_get("api_key")?,
+                tokens_in: row.try_get("tokens_in")?,
+                tokens_out: row.try_get("tokens_out")?,
+                cost_micros: row.try_get("cost_micros")?,
+                price_micros_per_1k: row.try_get("price_micros_per_1k")?,
+                recorded_at: row.try_get("recorded_at")?,
+            }))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+    }))
+}
+
+/// What `gateway usage verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    /// Billed replies found in the log up to the usage projector's checkpoint.
+    pub replies: u64,
+    /// Their total cost, in micro-dollars.
+    pub cost_micros: i64,
+    pub checkpoint: String,
+    /// Every difference between the log and the tables (empty: they agree exactly).
+    pub mismatches: Vec<String>,
+}
+
+type Table = BTreeMap<GroupKey, Sums>;
+
+async fn read_rollup(db: &Db, table: &str) -> Result<Table, sqlx::Error> {
+    let sql = format!(
+        "SELECT tenant_id, bucket, provider, model, agent_id, api_key, messages, tokens_in, \
+         tokens_out, cost_micros FROM {table}"
+    );
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = sqlx::query(&sql).fetch_all(pool).await?;
+        rows.iter()
+            .map(|row| Ok((
+                (
+                    row.try_get("tenant_id")?,
+                    row.try_get("bucket")?,
+                    row.try_get("provider")?,
+                    row.try_get("model")?,
+                    row.try_get("agent_id")?,
+                    row.try_get("api_key")?,
+                ),
+                Sums {
+                    messages: row.try_get("messages")?,
+                    tokens_in: row.try_get("tokens_in")?,
+                    tokens_out: row.try_get("tokens_out")?,
+                    cost_micros: row.try_get("cost_micros")?,
+                },
+            )))
+            .collect::<Result<Table, sqlx::Error>>()?
+    }))
+}
+
+async fn read_spend(db: &Db) -> Result<BTreeMap<(String, String, String), i64>, sqlx::Error> {
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = sqlx::query("SELECT tenant_id, scope, month, spent_micros FROM usage_spend")
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((
+                (row.try_get("tenant_id")?, row.try_get("scope")?, row.try_get("month")?),
+                row.try_get("spent_micros")?,
+            )))
+            .collect::<Result<BTreeMap<_, _>, sqlx::Error>>()?
+    }))
+}
+
+async fn read_records(db: &Db) -> Result<BTreeMap<String, Sums>, sqlx::Error> {
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = sqlx::query(
+            "SELECT tenant_id, CAST(COUNT(*) AS BIGINT) AS messages, \
+             CAST(SUM(tokens_in) AS BIGINT) AS tokens_in, \
+             CAST(SUM(tokens_out) AS BIGINT) AS tokens_out, \
+             CAST(SUM(cost_micros) AS BIGINT) AS cost_micros \
+             FROM usage_records GROUP BY tenant_id",
+        )
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((
+                row.try_get("tenant_id")?,
+                Sums {
+                    messages: row.try_get("messages")?,
+                    tokens_in: row.try_get("tokens_in")?,
+                    tokens_out: row.try_get("tokens_out")?,
+                    cost_micros: row.try_get("cost_micros")?,
+                },
+            )))
+            .collect::<Result<BTreeMap<_, _>, sqlx::Error>>()?
+    }))
+}
+
+async fn read_sessions(db: &Db) -> Result<BTreeSet<(GroupKey, String)>, sqlx::Error> {
+    Ok(eventlog::on_pool!(db, pool => {
+        let rows = sqlx::query(
+            "SELECT tenant_id, bucket, session_id, provider, model, agent_id, api_key \
+             FROM usage_sessions",
+        )
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((
+                (
+                    row.try_get("tenant_id")?,
+                    row.try_get("bucket")?,
+                    row.try_get("provider")?,
+                    row.try_get("model")?,
+                    row.try_get("agent_id")?,
+                    row.try_get("api_key")?,
+                ),
+                row.try_get("session_id")?,
+            )))
+            .collect::<Result<BTreeSet<_>, sqlx::Error>>()?
+    }))
+}
+
+fn compare<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+    what: &str,
+    expected: &BTreeMap<K, V>,
+    found: &BTreeMap<K, V>,
+    mismatches: &mut Vec<String>,
+) {
+    for (key, value) in expected {
+        match found.get(key) {
+            Some(found) if found == value => {}
+            Some(found) => mismatches.push(format!(
+                "{what} {key:?}: log says {value:?}, table has {found:?}"
+            )),
+            None => mismatches.push(format!(
+                "{what} {key:?}: log says {value:?}, table has none"
+            )),
+        }
+    }
+    for (key, value) in found {
+        if !expected.contains_key(key) {
+            mismatches.push(format!(
+                "{what} {key:?}: table has {value:?}, log has nothing"
+            ));
+        }
+    }
+}
+
+/// Recomputes every usage table from the log and compares, exactly. The asynchronous tables
+/// are compared with the log up to the `usage` projector's checkpoint, the inline spend with
+/// the whole log; the reads are repeated until no event arrived while they ran.
+pub async fn verify(log: &EventLog, batch: usize) -> Result<VerifyReport, ProjectionError> {
+    let db = log.db();
+    for _ in 0..20 {
+        let head_before = log.head().await?;
+        let checkpoint = crate::checkpoints::read(db, NAME)
+            .await?
+            .unwrap_or_default();
+        let (hourly, daily, records, sessions, spend) = (
+            read_rollup(db, "usage_hourly").await?,
+            read_rollup(db, "usage_daily").await?,
+            read_records(db).await?,
+            read_sessions(db).await?,
+            read_spend(db).await?,
+        );
+        let checkpoint_after = crate::checkpoints::read(db, NAME)
+            .await?
+            .unwrap_or_default();
+        if log.head().await? != head_before || checkpoint_after != checkpoint {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        }
+
+        let mut report = VerifyReport {
+            checkpoint: checkpoint.to_string(),
+            ..VerifyReport::default()
+        };
+        let (mut want_hourly, mut want_daily) = (Table::new(), Table::new());
+        let mut want_records: BTreeMap<String, Sums> = BTreeMap::new();
+        let mut want_sessions = BTreeSet::new();
+        let mut want_spend: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+        let mut cursor = Cursor::START;
+        loop {
+            let events = log.read_after(cursor, batch).await?;
+            let Some(last) = events.last() else { break };
+            cursor = last.cursor;
+            for event in &events {
+                let Some(record) = record_of(event)? else {
+                    continue;
+                };
+                if event.cursor > head_before {
+                    continue;
+                }
+                let month = month_of(record.recorded_at);
+                for scope in [TENANT_SCOPE.to_string(), agent_scope(&record.agent_id)] {
+                    *want_spend
+                        .entry((record.tenant_id.clone(), scope, month.clone()))
+                        .or_default() += record.cost_micros;
+                }
+                if event.cursor > checkpoint {
+                    continue;
+                }
+                report.replies += 1;
+                report.cost_micros += record.cost_micros;
+                let hour = hour_of(record.recorded_at);
+                want_hourly
+                    .entry(key(&record, hour))
+                    .or_default()
+                    .add(&record);
+                want_daily
+                    .entry(key(&record, day_of(record.recorded_at)))
+                    .or_default()
+                    .add(&record);
+                want_records
+                    .entry(record.tenant_id.clone())
+                    .or_default()
+                    .add(&record);
+                want_sessions.insert((key(&record, hour), record.session_id.clone()));
+            }
+            if cursor >= head_before {
+                break;
+            }
+        }
+        compare(
+            "usage_hourly",
+            &want_hourly,
+            &hourly,
+            &mut report.mismatches,
+        );
+        compare("usage_daily", &want_daily, &daily, &mut report.mismatches);
+        compare(
+            "usage_records",
+            &want_records,
+            &records,
+            &mut report.mismatches,
+        );
+        compare("usage_spend", &want_spend, &spend, &mut report.mismatches);
+        for missing in want_sessions.difference(&sessions) {
+            report.mismatches.push(format!(
+                "usage_sessions {missing:?}: in the log, not in the table"
+            ));
+        }
+        for extra in sessions.difference(&want_sessions) {
+            report.mismatches.push(format!(
+                "usage_sessions {extra:?}: in the table, not in the log"
+            ));
+        }
+        return Ok(report);
+    }
+    Err(ProjectionError::Database(sqlx::Error::Protocol(
+        "the log kept changing while it was verified; try again when it is quieter".into(),
+    )))
+}

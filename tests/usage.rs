@@ -1,0 +1,837 @@
+//! Usage metering and analyst queries, black-box: exact rollups after a mixed workload,
+//! parameters, time zones, CSV, budgets under concurrency, and `gateway usage verify`.
+
+use std::time::Duration;
+
+use api::providers::simulated::Simulation;
+use api::settings::Settings;
+use chrono::{DateTime, TimeZone, Utc};
+use domain::metadata::EventMetadata;
+use domain::names::TenantId;
+use domain::provider::Price;
+use domain::session::{AssistantReply, SessionEvent};
+use eventlog::{NewEvent, StreamAppend, StreamId};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestApp, error_code, eventually, spawn_app_with};
+use crate::streams::{Names, nats_url};
+
+fn quick(settings: &mut Settings) {
+    settings.provider_retry.backoff_base_ms = 5;
+    settings.provider_retry.jitter_ms = 0;
+    settings.provider_retry.attempt_timeout_ms = 300;
+}
+
+async fn json_of(response: reqwest::Response) -> Value {
+    response.json().await.expect("a JSON body")
+}
+
+async fn agent(app: &TestApp, tenant: &str, name: &str, primary: &str, fallback: &str) -> String {
+    let response = app
+        .request(Method::POST, "/v1/agents", tenant)
+        .json(&json!({"name": name, "primaryProvider": primary, "fallbackProvider": fallback}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    json_of(response).await["agent"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn session(app: &TestApp, tenant: &str, agent: &str) -> String {
+    let response = app
+        .request(Method::POST, "/v1/sessions", tenant)
+        .json(&json!({"agentId": agent}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    json_of(response).await["session"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn send(
+    app: &TestApp,
+    tenant: &str,
+    session: &str,
+    key: &str,
+    text: &str,
+) -> reqwest::Response {
+    app.request(
+        Method::POST,
+        &format!("/v1/sessions/{session}/messages"),
+        tenant,
+    )
+    .header("idempotency-key", key)
+    .json(&json!({"content": text}))
+    .send()
+    .await
+    .unwrap()
+}
+
+async fn get(app: &TestApp, tenant: &str, path: &str) -> reqwest::Response {
+    app.request(Method::GET, path, tenant).send().await.unwrap()
+}
+
+/// The usage projection once it has applied everything in the log.
+async fn settled(app: &TestApp) {
+    let log = app.db.log().await;
+    eventually(Duration::from_secs(20), || async {
+        let head = log.head().await.ok()?;
+        let at = projections::checkpoints::read(log.db(), projections::usage::NAME)
+            .await
+            .ok()??;
+        (at >= head).then_some(())
+    })
+    .await;
+    log.db().close().await;
+}
+
+/// A rollup range around today.
+fn around_today() -> String {
+    let today = Utc::now().date_naive();
+    format!(
+        "from={}&to={}",
+        today - chrono::Duration::days(30),
+        today + chrono::Duration::days(30)
+    )
+}
+
+async fn usage_is_exact_after_a_mixed_workload(backend: Backend) {
+    let app = spawn_app_with(backend, quick).await;
+    let support = agent(&app, "acme", "Support", "vendorA", "vendorB").await;
+    let sales = agent(&app, "acme", "Sales", "vendorB", "vendorA").await;
+    let s1 = session(&app, "acme", &support).await;
+    let s2 = session(&app, "acme", &sales).await;
+    let mut billed: Vec<Value> = Vec::new();
+    let mut expect_201 = |body: Value| billed.push(body["metadata"]["usage"].clone());
+
+    // Plain replies, a replay (not billed again), a fallback, a failure then its retry.
+    let first = send(&app, "acme", &s1, "u-1", "Hello there").await;
+    assert_eq!(first.status(), 201);
+    expect_201(json_of(first).await);
+    let replay = send(&app, "acme", &s1, "u-1", "Hello there").await;
+    assert_eq!(replay.status(), 200);
+    let second = send(&app, "acme", &s2, "u-2", "Pricing please").await;
+    expect_201(json_of(second).await);
+    app.providers
+        .simulation("vendorA")
+        .unwrap()
+        .set(Simulation {
+            error_rate: 1.0,
+            ..Simulation::default()
+        });
+    let fallback = json_of(send(&app, "acme", &s1, "u-3", "Are you there?").await).await;
+    assert_eq!(fallback["metadata"]["providerUsed"], "vendorB");
+    expect_201(fallback);
+    app.providers
+        .simulation("vendorB")
+        .unwrap()
+        .set(Simulation {
+            error_rate: 1.0,
+            ..Simulation::default()
+        });
+    let failed = send(&app, "acme", &s2, "u-4", "Anyone?").await;
+    assert_eq!(failed.status(), 503);
+    app.providers
+        .simulation("vendorA")
+        .unwrap()
+        .set(Simulation::default());
+    let retried = send(&app, "acme", &s2, "u-4", "Anyone?").await;
+    assert_eq!(retried.status(), 201);
+    expect_201(json_of(retried).await);
+    app.providers
+        .simulation("vendorB")
+        .unwrap()
+        .set(Simulation::default());
+    // Another tenant's usage stays its own.
+    let other_agent = agent(&app, "globex", "Globex bot", "vendorA", "vendorB").await;
+    let other = session(&app, "globex", &other_agent).await;
+    assert_eq!(
+        send(&app, "globex", &other, "g-1", "Hi").await.status(),
+        201
+    );
+
+    settled(&app).await;
+    // A rebuild of the usage projection changes nothing.
+    let log = app.db.log().await;
+    let usage = projections::all()
+        .into_iter()
+        .find(|p| p.name() == projections::usage::NAME)
+        .unwrap();
+    workers::rebuild::rebuild(&log, usage.as_ref(), 3, |_, _| {})
+        .await
+        .unwrap();
+    let report = projections::usage::verify(&log, 50).await.unwrap();
+    assert_eq!(report.mismatches, Vec::<String>::new());
+    assert_eq!(
+        report.replies, 5,
+        "4 for acme, 1 for globex; no replay, no failure"
+    );
+
+    let cost: u64 = billed
+        .iter()
+        .map(|u| u["costMicros"].as_u64().unwrap())
+        .sum();
+    let tokens_in: u64 = billed.iter().map(|u| u["tokensIn"].as_u64().unwrap()).sum();
+    let tokens_out: u64 = billed
+        .iter()
+        .map(|u| u["tokensOut"].as_u64().unwrap())
+        .sum();
+    let rollup = json_of(
+        get(
+            &app,
+            "acme",
+            &format!("/v1/usage/rollup?{}", around_today()),
+        )
+        .await,
+    )
+    .await;
+    let today = Utc::now().date_naive();
+    assert_eq!(
+        rollup["range"],
+        json!({
+            "from": (today - chrono::Duration::days(30)).to_string(),
+            "to": (today + chrono::Duration::days(30)).to_string(),
+        })
+    );
+    let totals = &rollup["totals"];
+    assert_eq!(totals["messages"], 4);
+    assert_eq!(totals["sessions"], 2);
+    assert_eq!(totals["costMicros"], cost);
+    assert_eq!(totals["tokensIn"], tokens_in);
+    assert_eq!(totals["tokensOut"], tokens_out);
+    assert_eq!(totals["tokensTotal"], tokens_in + tokens_out);
+    assert_eq!(totals["costUsd"].as_f64().unwrap(), cost as f64 / 1e6);
+    let providers: Vec<(&str, i64)> = rollup["byProvider"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["provider"].as_str().unwrap(),
+                p["messages"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    // vendorA: the first reply and the retried one; vendorB: the sales reply and the fallback.
+    assert_eq!(providers, [("vendorA", 2), ("vendorB", 2)]);
+    let by_provider_cost: u64 = rollup["byProvider"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["costMicros"].as_u64().unwrap())
+        .sum();
+    assert_eq!(by_provider_cost, cost);
+    let top = rollup["topAgentsByCost"].as_array().unwrap();
+    assert_eq!(top.len(), 2);
+    assert!(top[0]["costMicros"].as_u64() >= top[1]["costMicros"].as_u64());
+    let names: Vec<&str> = top
+        .iter()
+        .map(|a| a["agentName"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"Support") && names.contains(&"Sales"));
+    let globex = json_of(
+        get(
+            &app,
+            "globex",
+            &format!("/v1/usage/rollup?{}", around_today()),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(globex["totals"]["messages"], 1);
+
+    // Usage records, newest first, page by page.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/usage/events?limit=3&cursor={c}"),
+            None => "/v1/usage/events?limit=3".to_string(),
+        };
+        let page = json_of(get(&app, "acme", &path).await).await;
+        for event in page["events"].as_array().unwrap() {
+            seen.push(event.clone());
+        }
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 4);
+    let times: Vec<&str> = seen
+        .iter()
+        .map(|e| e["createdAt"].as_str().unwrap())
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(times, sorted, "newest first");
+    assert_eq!(
+        seen.iter()
+            .map(|e| e["costMicros"].as_u64().unwrap())
+            .sum::<u64>(),
+        cost
+    );
+    assert!(
+        seen.iter()
+            .all(|e| e["apiKey"].as_str().unwrap().starts_with("key_"))
+    );
+    let dated = json_of(
+        get(
+            &app,
+            "acme",
+            &format!("/v1/usage/events?{}&limit=200", around_today()),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(dated["events"].as_array().unwrap().len(), 4);
+
+    // The time series, by provider and agent, and filtered.
+    let today = Utc::now().date_naive();
+    let from = Utc.from_utc_datetime(&today.and_hms_opt(0, 0, 0).unwrap());
+    let to = from + chrono::Duration::days(1);
+    let series_path = format!(
+        "/v1/usage/query?from={}&to={}&windowSize=DAY&groupBy=provider,agentId",
+        from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let series = json_of(get(&app, "acme", &series_path).await).await;
+    assert_eq!(series["windowSize"], "DAY");
+    assert_eq!(series["windowTimeZone"], "UTC");
+    let data = series["data"].as_array().unwrap();
+    assert_eq!(data.len(), 4, "two agents, each answered by both providers");
+    assert_eq!(
+        data.iter()
+            .map(|d| d["costMicros"].as_u64().unwrap())
+            .sum::<u64>(),
+        cost
+    );
+    assert!(
+        data.iter()
+            .all(|d| d["groupBy"]["provider"].is_string() && d["groupBy"]["agentId"].is_string())
+    );
+    let filtered = json_of(
+        get(
+            &app,
+            "acme",
+            &format!("{series_path}&filter[provider]=vendorB"),
+        )
+        .await,
+    )
+    .await;
+    let filtered = filtered["data"].as_array().unwrap();
+    assert_eq!(filtered.len(), 2);
+    assert!(
+        filtered
+            .iter()
+            .all(|d| d["groupBy"]["provider"] == "vendorB")
+    );
+    let whole = json_of(
+        get(
+            &app,
+            "acme",
+            &format!(
+                "/v1/usage/query?from={}&to={}",
+                from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(whole["data"].as_array().unwrap().len(), 1);
+    assert_eq!(whole["data"][0]["sessions"], 2);
+    assert_eq!(whole["data"][0]["messages"], 4);
+
+    // CSV, for each endpoint.
+    let csv = |path: String| {
+        let app = &app;
+        async move {
+            let response = app
+                .request(Method::GET, &path, "acme")
+                .header("accept", "text/csv")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            assert!(
+                response.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/csv")
+            );
+            response.text().await.unwrap()
+        }
+    };
+    let rollup_csv = csv(format!("/v1/usage/rollup?{}", around_today())).await;
+    let lines: Vec<&str> = rollup_csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "scope,id,name,sessions,messages,tokensIn,tokensOut,tokensTotal,costUsd"
+    );
+    let total: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(total[0], "total");
+    assert_eq!(total[4], "4");
+    assert_eq!(
+        total[8],
+        format!("{}.{:06}", cost / 1_000_000, cost % 1_000_000)
+    );
+    assert_eq!(lines.len(), 1 + 1 + 2 + 2);
+    let events_csv = csv("/v1/usage/events".into()).await;
+    assert_eq!(events_csv.lines().count(), 5);
+    assert!(events_csv.starts_with("id,createdAt,sessionId,agentId,provider,model,apiKey,"));
+    let series_csv = csv(series_path.clone()).await;
+    assert!(series_csv.starts_with("windowStart,windowEnd,provider,agentId,sessions,"));
+    assert_eq!(series_csv.lines().count(), 5);
+
+    // Analysts read usage; writers do not.
+    let analyst = app
+        .request(Method::POST, "/v1/api-keys", "acme")
+        .json(&json!({"name": "analyst", "roles": ["analyst"]}))
+        .send()
+        .await
+        .unwrap();
+    let analyst = json_of(analyst).await["apiKey"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let seen_by_analyst = eventually(Duration::from_secs(10), || async {
+        let response = app
+            .with_key(
+                Method::GET,
+                &format!("/v1/usage/rollup?{}", around_today()),
+                &analyst,
+            )
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 200).then_some(response)
+    })
+    .await;
+    assert_eq!(json_of(seen_by_analyst).await["totals"]["messages"], 4);
+    let writer = app
+        .request(Method::POST, "/v1/api-keys", "acme")
+        .json(&json!({"name": "writer", "roles": ["writer"]}))
+        .send()
+        .await
+        .unwrap();
+    let writer = json_of(writer).await["apiKey"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused = eventually(Duration::from_secs(10), || async {
+        let response = app
+            .with_key(Method::GET, "/v1/usage/events", &writer)
+            .send()
+            .await
+            .ok()?;
+        (response.status() != 401).then_some(response)
+    })
+    .await;
+    assert_eq!(error_code(refused).await, (403, "FORBIDDEN".into()));
+}
+both_backends!(
+    usage_is_exact_after_a_mixed_workload,
+    usage_is_exact_after_a_mixed_workload
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_parameter_error_is_a_clear_400() {
+    let app = spawn_app_with(Backend::Sqlite, quick).await;
+    let cases = [
+        "/v1/usage/rollup",
+        "/v1/usage/rollup?from=2026-01-01",
+        "/v1/usage/rollup?from=2026-13-01&to=2026-12-31",
+        "/v1/usage/rollup?from=yesterday&to=2026-01-02",
+        "/v1/usage/rollup?from=2026-02-01&to=2026-01-01",
+        "/v1/usage/rollup?from=2024-01-01&to=2026-01-01",
+        "/v1/usage/rollup?from=2026-01-01&to=2026-01-02&colour=red",
+        "/v1/usage/rollup?from=2026-01-01&from=2026-01-02&to=2026-01-03",
+        "/v1/usage/events?limit=0",
+        "/v1/usage/events?limit=1001",
+        "/v1/usage/events?cursor=%%%",
+        "/v1/usage/events?from=2026-01-01",
+        "/v1/usage/query",
+        "/v1/usage/query?from=2026-01-01",
+        "/v1/usage/query?from=2026-01-01T00:30:00Z",
+        "/v1/usage/query?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "/v1/usage/query?from=2024-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+        "/v1/usage/query?from=2026-01-01T00:00:00Z&windowSize=WEEK",
+        "/v1/usage/query?from=2026-01-01T00:00:00Z&windowTimeZone=Mars/Olympus",
+        "/v1/usage/query?from=2026-01-01T00:00:00Z&to=2026-01-05T00:00:00Z&windowSize=DAY&windowTimeZone=Asia/Kolkata",
+        "/v1/usage/query?from=2026-01-01T00:00:00Z&groupBy=provider,colour",
+        "/v1/usage/query?from=2026-01-01T00:00:00Z&filter[colour]=red",
+        "/v1/usage/query?from=2025-01-01T00:00:00Z&to=2026-01-01T00:00:00Z&windowSize=HOUR",
+    ];
+    for path in cases {
+        let (status, code) = error_code(get(&app, "acme", path).await).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "INVALID_PARAMETER"),
+            "{path}"
+        );
+    }
+    // Valid edge cases.
+    for path in [
+        "/v1/usage/rollup?from=2026-01-01&to=2026-01-01",
+        "/v1/usage/rollup?from=2025-01-01&to=2026-01-01",
+        "/v1/usage/query?from=2026-01-01T00:00:00Z&to=2026-01-05T00:00:00Z&windowSize=DAY&windowTimeZone=Asia/Tokyo",
+        "/v1/usage/query?from=2026-01-01T00:00:00%2B01:00&to=2026-01-02T00:00:00Z&groupBy=apiKey&groupBy=model",
+    ] {
+        assert_eq!(get(&app, "acme", path).await.status(), 200, "{path}");
+    }
+}
+
+/// Appends one billed reply for `tenant` at `at` (as an import would), in a session of its
+/// own.
+async fn reply_at(log: &eventlog::EventLog, tenant: &str, at: DateTime<Utc>, tokens: u64) {
+    let tenant = TenantId::parse(tenant).unwrap();
+    let session = format!("ses_at{}", at.timestamp());
+    let price = Price {
+        micro_usd_per_1k_tokens: 2000,
+    };
+    let events = vec![
+        SessionEvent::SessionCreated {
+            id: session.clone(),
+            agent_id: "agt_dst".into(),
+            customer_id: None,
+            metadata: Default::default(),
+        },
+        SessionEvent::UserMessageRecorded {
+            session_id: session.clone(),
+            message_id: format!("{session}-m"),
+            content: "hi".into(),
+        },
+        SessionEvent::AssistantMessageRecorded {
+            session_id: session.clone(),
+            reply: AssistantReply {
+                message_id: format!("{session}-r"),
+                reply_to: format!("{session}-m"),
+                agent_id: "agt_dst".into(),
+                content: "hello".into(),
+                provider: "vendorA".into(),
+                model: "vendor-a-1".into(),
+                tokens_in: tokens,
+                tokens_out: 0,
+                cost_micros: price.cost_micros(tokens, 0),
+                price,
+                fallback_used: false,
+                streamed: false,
+                client_disconnected: false,
+                incomplete: false,
+            },
+        },
+    ];
+    let events = events
+        .iter()
+        .map(|e| NewEvent {
+            recorded_at: Some(at),
+            ..NewEvent::from_domain(e).unwrap()
+        })
+        .collect();
+    log.append(&[StreamAppend {
+        stream: StreamId::new(tenant.clone(), "Session", session),
+        expected_version: 0,
+        events,
+        metadata: EventMetadata::new(tenant, "key_import", "import", "ImportUsage"),
+    }])
+    .await
+    .unwrap();
+}
+
+async fn day_windows_follow_daylight_saving_time(backend: Backend) {
+    let app = spawn_app_with(backend, quick).await;
+    let log = app.db.log().await;
+    // Europe/Berlin moved from +01:00 to +02:00 at 2026-03-29T01:00:00Z: that local day has
+    // 23 hours, from 2026-03-28T23:00Z to 2026-03-29T22:00Z.
+    let utc = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    reply_at(&log, "acme", utc("2026-03-28T22:30:00Z"), 1000).await; // 28th, 23:30 local
+    reply_at(&log, "acme", utc("2026-03-28T23:30:00Z"), 2000).await; // 29th, 00:30 local
+    reply_at(&log, "acme", utc("2026-03-29T21:30:00Z"), 3000).await; // 29th, 23:30 local
+    reply_at(&log, "acme", utc("2026-03-29T22:30:00Z"), 4000).await; // 30th, 00:30 local
+    log.db().close().await;
+    settled(&app).await;
+
+    let query = "/v1/usage/query?from=2026-03-27T23:00:00Z&to=2026-03-30T22:00:00Z&windowSize=DAY&windowTimeZone=Europe/Berlin";
+    let body = json_of(get(&app, "acme", query).await).await;
+    let windows: Vec<(String, String, i64)> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["windowStart"].as_str().unwrap().to_string(),
+                d["windowEnd"].as_str().unwrap().to_string(),
+                d["tokensIn"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            (
+                "2026-03-28T00:00:00+01:00".into(),
+                "2026-03-29T00:00:00+01:00".into(),
+                1000
+            ),
+            (
+                "2026-03-29T00:00:00+01:00".into(),
+                "2026-03-30T00:00:00+02:00".into(),
+                5000
+            ),
+            (
+                "2026-03-30T00:00:00+02:00".into(),
+                "2026-03-31T00:00:00+02:00".into(),
+                4000
+            ),
+        ]
+    );
+    assert_eq!(body["data"][1]["sessions"], 2);
+    // In UTC the same replies fall into other days.
+    let utc_days = json_of(
+        get(
+            &app,
+            "acme",
+            "/v1/usage/query?from=2026-03-28T00:00:00Z&to=2026-03-31T00:00:00Z&windowSize=DAY",
+        )
+        .await,
+    )
+    .await;
+    let tokens: Vec<i64> = utc_days["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["tokensIn"].as_i64().unwrap())
+        .collect();
+    assert_eq!(tokens, [3000, 7000]);
+    // Hours are physical: the local day of the change has 23 hourly windows' worth of range.
+    let hours = json_of(
+        get(
+            &app,
+            "acme",
+            "/v1/usage/query?from=2026-03-28T23:00:00Z&to=2026-03-29T22:00:00Z&windowSize=HOUR&windowTimeZone=Europe/Berlin",
+        )
+        .await,
+    )
+    .await;
+    let starts: Vec<&str> = hours["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["windowStart"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        starts,
+        ["2026-03-29T00:00:00+01:00", "2026-03-29T23:00:00+02:00"]
+    );
+    // A month in New York, across its own change (2026-03-08).
+    let month = json_of(
+        get(
+            &app,
+            "acme",
+            "/v1/usage/query?from=2026-03-01T05:00:00Z&to=2026-04-01T04:00:00Z&windowSize=MONTH&windowTimeZone=America/New_York",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(month["data"][0]["windowStart"], "2026-03-01T00:00:00-05:00");
+    assert_eq!(month["data"][0]["windowEnd"], "2026-04-01T00:00:00-04:00");
+    assert_eq!(month["data"][0]["tokensIn"], 10_000);
+    // The rollup by UTC dates sees the same totals.
+    let rollup = json_of(
+        get(
+            &app,
+            "acme",
+            "/v1/usage/rollup?from=2026-03-28&to=2026-03-29",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(rollup["totals"]["tokensIn"], 10_000);
+    assert_eq!(rollup["totals"]["messages"], 4);
+    assert_eq!(rollup["totals"]["costMicros"], 20_000);
+}
+both_backends!(
+    day_windows_follow_daylight_saving_time,
+    day_windows_follow_daylight_saving_time
+);
+
+async fn hard_budgets_hold_under_concurrency_and_soft_ones_tell(backend: Backend) {
+    let names = Names::new();
+    let app = spawn_app_with(backend, |settings| {
+        quick(settings);
+        names.apply(settings, &nats_url());
+    })
+    .await;
+    let support = agent(&app, "acme", "Support", "vendorA", "vendorB").await;
+    let warm = session(&app, "acme", &support).await;
+    // One reply tells what a reply costs (the simulated vendors are deterministic).
+    let first = json_of(send(&app, "acme", &warm, "b-0", "Same question").await).await;
+    let cost = first["metadata"]["usage"]["costMicros"].as_u64().unwrap();
+
+    // A hard tenant budget with room for five more replies; a soft agent budget already
+    // reached by the sixth.
+    let allowed = 5;
+    let limit = cost * (allowed + 1);
+    let set = app
+        .request(Method::PUT, "/v1/budgets/tenant", "acme")
+        .json(&json!({"monthlyLimitUsd": format!("{}.{:06}", limit / 1_000_000, limit % 1_000_000), "enforcement": "hard"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
+    let set = json_of(set).await;
+    assert_eq!(set["budget"]["monthlyLimitMicros"], limit);
+    assert_eq!(set["budget"]["spentMicros"], cost);
+    let soft = app
+        .request(
+            Method::PUT,
+            &format!("/v1/budgets/agents/{support}"),
+            "acme",
+        )
+        .json(&json!({"monthlyLimitUsd": limit as f64 / 1e6 / 2.0, "enforcement": "soft"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(soft.status(), 200);
+
+    // 50 concurrent sends, each in its own session so none waits for another's stream.
+    let mut sessions = Vec::new();
+    for _ in 0..50 {
+        sessions.push(session(&app, "acme", &support).await);
+    }
+    let sends = sessions.iter().enumerate().map(|(i, s)| {
+        let app = &app;
+        async move { send(app, "acme", s, &format!("b-{}", i + 1), "Same question").await }
+    });
+    let responses = futures::future::join_all(sends).await;
+    let mut accepted = 0u64;
+    for response in responses {
+        match response.status().as_u16() {
+            201 => accepted += 1,
+            _ => {
+                let (status, code) = error_code(response).await;
+                assert_eq!((status, code.as_str()), (402, "BUDGET_EXCEEDED"));
+            }
+        }
+    }
+    assert!(
+        accepted >= allowed,
+        "no message refused while the budget had room"
+    );
+    // Nothing is accepted once the crossing is committed.
+    let late = session(&app, "acme", &support).await;
+    let refused = send(&app, "acme", &late, "b-late", "Same question").await;
+    let body = json_of(refused).await;
+    assert_eq!(body["error"]["code"], "BUDGET_EXCEEDED");
+    assert_eq!(body["error"]["details"]["scope"], "tenant");
+    let spent = body["error"]["details"]["spentMicros"].as_u64().unwrap();
+    // Exact accounting: the spend is every accepted reply, once.
+    assert_eq!(spent, cost * (accepted + 1));
+
+    // Each budget told of its crossing once, and it went out on NATS.
+    let log = app.db.log().await;
+    let thresholds = |scope: &'static str| {
+        let log = log.clone();
+        async move {
+            let stream = StreamId::new(TenantId::parse("acme").unwrap(), "Budget", scope);
+            log.load(&stream, 0)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|e| e.event_type == "BudgetThresholdReached")
+                .count()
+        }
+    };
+    assert_eq!(thresholds("tenant").await, 1);
+    let agent_scope: &'static str = Box::leak(format!("agent:{support}").into_boxed_str());
+    assert_eq!(thresholds(agent_scope).await, 1);
+    let published = eventually(Duration::from_secs(20), || async {
+        let subjects: Vec<String> = names
+            .messages()
+            .await
+            .iter()
+            .map(|m| m.subject.to_string())
+            .filter(|s| s.contains(".BudgetThresholdReached."))
+            .collect();
+        (subjects.len() == 2).then_some(subjects)
+    })
+    .await;
+    assert!(
+        published
+            .iter()
+            .all(|s| s.contains(".acme.Budget.BudgetThresholdReached.")),
+        "{published:?}"
+    );
+
+    // Analysts see the budgets with their spend; raising the limit lets messages through.
+    let listed = json_of(get(&app, "acme", "/v1/budgets").await).await;
+    let listed = listed["budgets"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed
+            .iter()
+            .any(|b| b["scope"] == "tenant" && b["spentMicros"] == spent)
+    );
+    assert!(
+        listed
+            .iter()
+            .any(|b| b["scope"] == "agent" && b["agentId"] == support.as_str())
+    );
+    let raised = app
+        .request(Method::PUT, "/v1/budgets/tenant", "acme")
+        .json(&json!({"monthlyLimitUsd": "1000", "enforcement": "hard"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raised.status(), 200);
+    assert_eq!(
+        send(&app, "acme", &late, "b-late", "Same question")
+            .await
+            .status(),
+        201
+    );
+    let removed = app
+        .request(Method::DELETE, "/v1/budgets/tenant", "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    let again = app
+        .request(Method::DELETE, "/v1/budgets/tenant", "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(again).await, (404, "BUDGET_NOT_FOUND".into()));
+    let bad = app
+        .request(Method::PUT, "/v1/budgets/tenant", "acme")
+        .json(&json!({"monthlyLimitUsd": "0.0000001", "enforcement": "hard"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(bad).await, (422, "VALIDATION_ERROR".into()));
+    let unknown = app
+        .request(Method::PUT, "/v1/budgets/agents/agt_nope", "acme")
+        .json(&json!({"monthlyLimitUsd": "1", "enforcement": "soft"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(unknown).await, (404, "AGENT_NOT_FOUND".into()));
+
+    settled(&app).await;
+    let report = projections::usage::verify(&log, 100).await.unwrap();
+    assert_eq!(report.mismatches, Vec::<String>::new());
+    names.delete().await;
+}
+both_backends!(
+    hard_budgets_hold_under_concurrency_and_soft_ones_tell,
+    hard_budgets_hold_under_concurrency_and_soft_ones_tell
+);
