@@ -498,7 +498,7 @@ async fn reply_at(log: &eventlog::EventLog, tenant: &str, at: DateTime<Utc>, tok
     let price = Price {
         micro_usd_per_1k_tokens: 2000,
     };
-    let events = vec![
+    let events = [
         SessionEvent::SessionCreated {
             id: session.clone(),
             agent_id: "agt_dst".into(),

@@ -56,7 +56,8 @@ fn parameters(
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in pairs {
         let base = name.split('[').next().unwrap_or_default();
-        if !known.contains(&name.as_str()) && !(base == "filter" && known.contains(&"filter")) {
+        let filter = base == "filter" && known.contains(&"filter");
+        if !(filter || known.contains(&name.as_str())) {
             return Err(ApiError::InvalidParameter {
                 name: "query",
                 reason: format!("unknown parameter '{name}'"),
