@@ -195,6 +195,8 @@ async fn populate(base: &str, key: &str) -> anyhow::Result<(Vec<Value>, Vec<Valu
 #[serde(rename_all = "camelCase")]
 pub struct UsageSeed {
     pub tenant: String,
+    /// An analyst key of the tenant, for the query benchmarks (shown only here).
+    pub analyst_key: String,
     pub records: u64,
     pub events: u64,
     pub append_seconds: f64,
@@ -249,6 +251,18 @@ pub async fn usage(
         )
         .await?;
     }
+    let metadata = EventMetadata::new(id.clone(), "seed", "seed", "IssueApiKey");
+    let (analyst, _) = bootstrap::issue_key(
+        &log,
+        &clock,
+        &id,
+        "usage-bench-analyst".into(),
+        vec![Role::Analyst],
+        None,
+        &metadata,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let services = AgentServices {
         providers: crate::providers::from_settings(settings)?.names(),
     };
@@ -373,7 +387,12 @@ pub async fn usage(
     let started = std::time::Instant::now();
     let all = projections::all();
     let head = log.head().await?;
-    for name in [projections::agents::NAME, projections::usage::NAME] {
+    for name in [
+        projections::tenants::NAME,
+        projections::api_keys::NAME,
+        projections::agents::NAME,
+        projections::usage::NAME,
+    ] {
         let projector = all
             .iter()
             .find(|p| p.name() == name)
@@ -406,6 +425,7 @@ pub async fn usage(
     }
     Ok(UsageSeed {
         tenant: tenant.to_string(),
+        analyst_key: analyst.token,
         records: written,
         events,
         append_seconds,

@@ -26,6 +26,9 @@ enum Workload {
     /// Create entities over HTTP (with `--spawn` and `--nats-url`) and time, per event, from
     /// the command's response to the event's arrival at a NATS subscriber.
     CommitToSubscriber,
+    /// Time the analyst queries of `/v1/usage/*` against a gateway holding usage (see
+    /// `gateway seed usage`), one at a time: `--requests` of each, with `--api-key`.
+    UsageQueries,
 }
 
 #[derive(Debug, Parser)]
@@ -271,6 +274,91 @@ async fn run_load(
     outcome
 }
 
+/// `usage-queries`: p50/p99 of each analyst query, sent one at a time.
+async fn usage_queries(args: &Args) -> anyhow::Result<()> {
+    let key = args
+        .api_key
+        .clone()
+        .context("usage-queries needs --api-key (printed by `gateway seed usage`)")?;
+    let client = reqwest::Client::new();
+    let today = chrono::Utc::now().date_naive();
+    let tomorrow = today + chrono::Duration::days(1);
+    let day = |d: chrono::NaiveDate| d.format("%Y-%m-%d").to_string();
+    let instant = |d: chrono::NaiveDate| format!("{}T00:00:00Z", day(d));
+    let queries = [
+        (
+            "rollup, 30 days",
+            format!(
+                "/v1/usage/rollup?from={}&to={}",
+                day(today - chrono::Duration::days(29)),
+                day(today)
+            ),
+        ),
+        (
+            "rollup, 365 days",
+            format!(
+                "/v1/usage/rollup?from={}&to={}",
+                day(today - chrono::Duration::days(364)),
+                day(today)
+            ),
+        ),
+        (
+            "query DAY by provider,agentId, 30 days",
+            format!(
+                "/v1/usage/query?from={}&to={}&windowSize=DAY&groupBy=provider,agentId",
+                instant(tomorrow - chrono::Duration::days(30)),
+                instant(tomorrow)
+            ),
+        ),
+        (
+            "query DAY by provider,agentId, 365 days",
+            format!(
+                "/v1/usage/query?from={}&to={}&windowSize=DAY&groupBy=provider,agentId",
+                instant(tomorrow - chrono::Duration::days(365)),
+                instant(tomorrow)
+            ),
+        ),
+    ];
+    let count = args.requests.unwrap_or(200);
+    let mut results = Vec::new();
+    for (name, path) in &queries {
+        let url = format!("{}{path}", args.url);
+        for _ in 0..args.warmup.min(20) {
+            client
+                .get(&url)
+                .header("x-api-key", &key)
+                .send()
+                .await?
+                .bytes()
+                .await?;
+        }
+        let mut latencies = Vec::with_capacity(count as usize);
+        let mut body = Value::Null;
+        for _ in 0..count {
+            let started = Instant::now();
+            let response = client.get(&url).header("x-api-key", &key).send().await?;
+            if !response.status().is_success() {
+                bail!("{name}: {} {}", response.status(), response.text().await?);
+            }
+            body = response.json().await?;
+            latencies.push(started.elapsed());
+        }
+        latencies.sort();
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        results.push(json!({
+            "query": name,
+            "requests": count,
+            "p50Ms": at(0.50).as_secs_f64() * 1000.0,
+            "p99Ms": at(0.99).as_secs_f64() * 1000.0,
+            "messages": body["totals"]["messages"].as_i64()
+                .or_else(|| body["data"].as_array().map(|d| d.iter().filter_map(|w| w["messages"].as_i64()).sum())),
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&results)?);
+    Ok(())
+}
+
 /// `relay-drain`: fills the log, then publishes it all through the relay's batch function.
 async fn relay_drain(args: &Args) -> anyhow::Result<()> {
     let url = args
@@ -370,6 +458,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
+    }
+    if args.workload == Workload::UsageQueries {
+        return usage_queries(&args).await;
     }
     if args.workload == Workload::RelayDrain {
         return relay_drain(&args).await;
