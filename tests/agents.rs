@@ -1277,6 +1277,29 @@ async fn the_demo_seed_builds_a_tenant_whose_projections_rebuild_identically(bac
         before,
         "row for row"
     );
+
+    // The analyst key sees the demo's usage: eight billed replies over four sessions.
+    let analyst = keys[2]["key"].as_str().unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let rollup = eventually(Duration::from_secs(10), || async {
+        let body = json_of(
+            app.with_key(
+                Method::GET,
+                &format!("/v1/usage/rollup?from={today}&to={today}"),
+                analyst,
+            )
+            .send()
+            .await
+            .ok()?,
+        )
+        .await;
+        (body["totals"]["messages"] == 8).then_some(body)
+    })
+    .await;
+    assert_eq!(rollup["totals"]["sessions"], 4);
+    // vendorB failed throughout, so vendorA answered everything (directly or as fallback).
+    assert_eq!(rollup["byProvider"][0]["provider"], "vendorA");
+    assert_eq!(rollup["byProvider"].as_array().unwrap().len(), 1);
 }
 both_backends!(
     the_demo_seed_builds_a_tenant_whose_projections_rebuild_identically,

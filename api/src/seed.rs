@@ -114,7 +114,12 @@ pub async fn demo(settings: Settings, tenant: &str, name: &str) -> anyhow::Resul
         "messages": messages,
         "try": [
             format!("curl -H 'X-API-Key: {}' http://localhost:8080/v1/agents", created.key.token),
-            format!("curl -H 'X-API-Key: {}' 'http://localhost:8080/v1/usage/rollup?from=2020-01-01&to=2100-01-01'", keys[2]["key"].as_str().unwrap_or_default()),
+            format!(
+                "curl -H 'X-API-Key: {}' 'http://localhost:8080/v1/usage/rollup?from={}&to={}'",
+                keys[2]["key"].as_str().unwrap_or_default(),
+                chrono::Utc::now().format("%Y-%m-01"),
+                chrono::Utc::now().format("%Y-%m-%d"),
+            ),
         ],
         "note": "API keys are shown once; only their hashes are stored",
     });

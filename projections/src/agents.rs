@@ -145,3 +145,29 @@ pub async fn list(
         rows.iter().map(|row| Ok(decode_agent!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?
     }))
 }
+
+/// The names of the tenant's agents among `ids`, in one query.
+pub async fn names(
+    db: &Db,
+    tenant_id: &str,
+    ids: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!(
+        "SELECT id, name FROM agents WHERE tenant_id = $1 AND id IN ({})",
+        placeholders.join(", ")
+    );
+    Ok(eventlog::on_pool!(db, pool => {
+        let mut query = sqlx::query(&sql).bind(tenant_id);
+        for id in ids {
+            query = query.bind(id.as_str());
+        }
+        let rows = query.fetch_all(pool).await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("id")?, row.try_get("name")?)))
+            .collect::<Result<std::collections::BTreeMap<_, _>, sqlx::Error>>()?
+    }))
+}

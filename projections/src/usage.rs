@@ -163,101 +163,140 @@ impl Projector for UsageProjector {
         target: Target,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let insert_record = format!(
-            "INSERT INTO {} (tenant_id, message_id, session_id, agent_id, provider, model, \
-             api_key, tokens_in, tokens_out, cost_micros, price_micros_per_1k, recorded_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (tenant_id, message_id) DO NOTHING",
-            target.table("usage_records")
-        );
+        let mut records = Vec::new();
+        for event in events {
+            if let Some(record) = record_of(event)? {
+                records.push(record);
+            }
+        }
         // Only records inserted now count, so applying an event twice changes nothing.
+        let mut inserted: BTreeSet<(String, String)> = BTreeSet::new();
+        for chunk in records.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO {} (tenant_id, message_id, session_id, agent_id, provider, model, \
+                 api_key, tokens_in, tokens_out, cost_micros, price_micros_per_1k, recorded_at) \
+                 VALUES {} ON CONFLICT (tenant_id, message_id) DO NOTHING \
+                 RETURNING tenant_id, message_id",
+                target.table("usage_records"),
+                placeholders(chunk.len(), 12)
+            );
+            eventlog::on_tx!(&mut *tx, conn => {
+                let mut query = sqlx::query(&sql);
+                for r in chunk {
+                    query = query
+                        .bind(r.tenant_id.as_str())
+                        .bind(r.message_id.as_str())
+                        .bind(r.session_id.as_str())
+                        .bind(r.agent_id.as_str())
+                        .bind(r.provider.as_str())
+                        .bind(r.model.as_str())
+                        .bind(r.api_key.as_str())
+                        .bind(r.tokens_in)
+                        .bind(r.tokens_out)
+                        .bind(r.cost_micros)
+                        .bind(r.price_micros_per_1k)
+                        .bind(r.recorded_at);
+                }
+                for row in query.fetch_all(&mut *conn).await? {
+                    inserted.insert((row.try_get(0)?, row.try_get(1)?));
+                }
+            });
+        }
         let mut hourly: BTreeMap<GroupKey, Sums> = BTreeMap::new();
         let mut daily: BTreeMap<GroupKey, Sums> = BTreeMap::new();
         let mut sessions: BTreeSet<(GroupKey, String)> = BTreeSet::new();
-        for event in events {
-            let Some(record) = record_of(event)? else {
-                continue;
-            };
-            let inserted = eventlog::on_tx!(&mut *tx, conn => {
-                sqlx::query(&insert_record)
-                    .bind(record.tenant_id.as_str())
-                    .bind(record.message_id.as_str())
-                    .bind(record.session_id.as_str())
-                    .bind(record.agent_id.as_str())
-                    .bind(record.provider.as_str())
-                    .bind(record.model.as_str())
-                    .bind(record.api_key.as_str())
-                    .bind(record.tokens_in)
-                    .bind(record.tokens_out)
-                    .bind(record.cost_micros)
-                    .bind(record.price_micros_per_1k)
-                    .bind(record.recorded_at)
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected()
-            });
-            if inserted == 0 {
+        for record in &records {
+            if !inserted.contains(&(record.tenant_id.clone(), record.message_id.clone())) {
                 continue;
             }
             let hour = hour_of(record.recorded_at);
-            hourly.entry(key(&record, hour)).or_default().add(&record);
+            hourly.entry(key(record, hour)).or_default().add(record);
             daily
-                .entry(key(&record, day_of(record.recorded_at)))
+                .entry(key(record, day_of(record.recorded_at)))
                 .or_default()
-                .add(&record);
-            sessions.insert((key(&record, hour), record.session_id.clone()));
+                .add(record);
+            sessions.insert((key(record, hour), record.session_id.clone()));
         }
         for (table, sums) in [("usage_hourly", &hourly), ("usage_daily", &daily)] {
-            let sql = format!(
-                "INSERT INTO {table} AS t (tenant_id, bucket, provider, model, agent_id, api_key, \
-                 messages, tokens_in, tokens_out, cost_micros) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                 ON CONFLICT (tenant_id, bucket, provider, model, agent_id, api_key) DO UPDATE SET \
-                 messages = t.messages + excluded.messages, \
-                 tokens_in = t.tokens_in + excluded.tokens_in, \
-                 tokens_out = t.tokens_out + excluded.tokens_out, \
-                 cost_micros = t.cost_micros + excluded.cost_micros",
-                table = target.table(table)
-            );
-            for ((tenant, bucket, provider, model, agent, api_key), sums) in sums {
+            let rows: Vec<_> = sums.iter().collect();
+            for chunk in rows.chunks(CHUNK) {
+                let sql = format!(
+                    "INSERT INTO {} AS t (tenant_id, bucket, provider, model, agent_id, api_key, \
+                     messages, tokens_in, tokens_out, cost_micros) VALUES {} \
+                     ON CONFLICT (tenant_id, bucket, provider, model, agent_id, api_key) \
+                     DO UPDATE SET messages = t.messages + excluded.messages, \
+                     tokens_in = t.tokens_in + excluded.tokens_in, \
+                     tokens_out = t.tokens_out + excluded.tokens_out, \
+                     cost_micros = t.cost_micros + excluded.cost_micros",
+                    target.table(table),
+                    placeholders(chunk.len(), 10)
+                );
                 eventlog::on_tx!(&mut *tx, conn => {
-                    sqlx::query(&sql)
-                        .bind(tenant.as_str())
-                        .bind(*bucket)
-                        .bind(provider.as_str())
-                        .bind(model.as_str())
-                        .bind(agent.as_str())
-                        .bind(api_key.as_str())
-                        .bind(sums.messages)
-                        .bind(sums.tokens_in)
-                        .bind(sums.tokens_out)
-                        .bind(sums.cost_micros)
-                        .execute(&mut *conn)
-                        .await?;
+                    let mut query = sqlx::query(&sql);
+                    for ((tenant, bucket, provider, model, agent, api_key), sums) in chunk {
+                        query = query
+                            .bind(tenant.as_str())
+                            .bind(*bucket)
+                            .bind(provider.as_str())
+                            .bind(model.as_str())
+                            .bind(agent.as_str())
+                            .bind(api_key.as_str())
+                            .bind(sums.messages)
+                            .bind(sums.tokens_in)
+                            .bind(sums.tokens_out)
+                            .bind(sums.cost_micros);
+                    }
+                    query.execute(&mut *conn).await?;
                 });
             }
         }
-        let sql = format!(
-            "INSERT INTO {} (tenant_id, bucket, session_id, provider, model, agent_id, api_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            target.table("usage_sessions")
-        );
-        for ((tenant, bucket, provider, model, agent, api_key), session) in &sessions {
+        let sessions: Vec<_> = sessions.into_iter().collect();
+        for chunk in sessions.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO {} (tenant_id, bucket, session_id, provider, model, agent_id, \
+                 api_key) VALUES {} ON CONFLICT DO NOTHING",
+                target.table("usage_sessions"),
+                placeholders(chunk.len(), 7)
+            );
             eventlog::on_tx!(&mut *tx, conn => {
-                sqlx::query(&sql)
-                    .bind(tenant.as_str())
-                    .bind(*bucket)
-                    .bind(session.as_str())
-                    .bind(provider.as_str())
-                    .bind(model.as_str())
-                    .bind(agent.as_str())
-                    .bind(api_key.as_str())
-                    .execute(&mut *conn)
-                    .await?;
+                let mut query = sqlx::query(&sql);
+                for ((tenant, bucket, provider, model, agent, api_key), session) in chunk {
+                    query = query
+                        .bind(tenant.as_str())
+                        .bind(*bucket)
+                        .bind(session.as_str())
+                        .bind(provider.as_str())
+                        .bind(model.as_str())
+                        .bind(agent.as_str())
+                        .bind(api_key.as_str());
+                }
+                query.execute(&mut *conn).await?;
             });
         }
         Ok(())
     }
+}
+
+/// Rows per multi-row statement (well under both databases' parameter limits).
+const CHUNK: usize = 500;
+
+/// `($1, …, $n), ($n+1, …)`: `rows` groups of `columns` numbered parameters.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut sql = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * columns + column + 1));
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 /// Keeps `usage_spend` in the append's own transaction.
@@ -556,38 +595,6 @@ pub async fn totals(
     }))
 }
 
-/// Distinct sessions over the selection, grouped by `by`.
-pub async fn session_counts(
-    db: &Db,
-    selection: &Selection<'_>,
-    by: &[Dimension],
-) -> Result<BTreeMap<Vec<String>, i64>, sqlx::Error> {
-    let columns: Vec<&str> = by.iter().map(|d| d.column()).collect();
-    let select = columns.iter().map(|c| format!("{c}, ")).collect::<String>();
-    let group_by = if columns.is_empty() {
-        String::new()
-    } else {
-        format!(" GROUP BY {}", columns.join(", "))
-    };
-    let sql = format!(
-        "SELECT {select}COUNT(DISTINCT session_id) AS sessions FROM usage_sessions \
-         WHERE {}{group_by}",
-        selection.conditions()
-    );
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = bind_selection!(sqlx::query(&sql), selection).fetch_all(pool).await?;
-        rows.iter()
-            .map(|row| {
-                let values = by
-                    .iter()
-                    .map(|d| row.try_get::<String, _>(d.column()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((values, row.try_get::<i64, _>("sessions")?))
-            })
-            .collect::<Result<BTreeMap<_, _>, sqlx::Error>>()?
-    }))
-}
-
 /// The (hour, session, dimension values) rows of the selection: what distinct session counts
 /// per time window are made of.
 pub async fn session_hours(
@@ -615,6 +622,64 @@ pub async fn session_hours(
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?
     }))
+}
+
+/// Seed 004's rollup over a selection: totals, by provider and by agent, with distinct
+/// session counts, from two index scans (one of the daily totals, one of session activity).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rollup {
+    pub total: Sums,
+    pub sessions: i64,
+    /// Provider → (sums, sessions).
+    pub by_provider: BTreeMap<String, (Sums, i64)>,
+    /// Agent → (sums, sessions).
+    pub by_agent: BTreeMap<String, (Sums, i64)>,
+}
+
+pub async fn rollup(db: &Db, selection: &Selection<'_>) -> Result<Rollup, sqlx::Error> {
+    let by = [Dimension::Provider, Dimension::AgentId];
+    let mut rollup = Rollup::default();
+    for group in totals(db, "usage_daily", selection, &by, false).await? {
+        rollup.total.merge(&group.sums);
+        rollup
+            .by_provider
+            .entry(group.values[0].clone())
+            .or_default()
+            .0
+            .merge(&group.sums);
+        rollup
+            .by_agent
+            .entry(group.values[1].clone())
+            .or_default()
+            .0
+            .merge(&group.sums);
+    }
+    let sql = format!(
+        "SELECT DISTINCT session_id, provider, agent_id FROM usage_sessions WHERE {}",
+        selection.conditions()
+    );
+    let rows: Vec<(String, String, String)> = eventlog::on_pool!(db, pool => {
+        let rows = bind_selection!(sqlx::query(&sql), selection).fetch_all(pool).await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?
+    });
+    let mut sessions = BTreeSet::new();
+    let mut by_provider = BTreeSet::new();
+    let mut by_agent = BTreeSet::new();
+    for (session, provider, agent) in &rows {
+        sessions.insert(session);
+        by_provider.insert((provider, session));
+        by_agent.insert((agent, session));
+    }
+    rollup.sessions = sessions.len() as i64;
+    for (provider, _) in by_provider {
+        rollup.by_provider.entry(provider.clone()).or_default().1 += 1;
+    }
+    for (agent, _) in by_agent {
+        rollup.by_agent.entry(agent.clone()).or_default().1 += 1;
+    }
+    Ok(rollup)
 }
 
 /// A page of usage records in `[from, to)`, newest first, after `(recorded_at, message_id)`.

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use domain::provider::micros_to_usd;
-use projections::usage::{self as read_model, Dimension, Group, Selection, Sums};
+use projections::usage::{self as read_model, Dimension, Selection, Sums};
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -208,41 +208,19 @@ pub async fn usage_rollup(
         to: end,
         filters: &[],
     };
-    let total = read_model::totals(db, "usage_daily", &selection, &[], false)
-        .await?
-        .first()
-        .map(|g| g.sums)
-        .unwrap_or_default();
-    let total_sessions = read_model::session_counts(db, &selection, &[])
-        .await?
-        .values()
-        .sum::<i64>();
-    let mut providers =
-        read_model::totals(db, "usage_daily", &selection, &[Dimension::Provider], false).await?;
-    providers.sort_by(|a, b| a.values.cmp(&b.values));
-    let provider_sessions =
-        read_model::session_counts(db, &selection, &[Dimension::Provider]).await?;
-    let mut agents =
-        read_model::totals(db, "usage_daily", &selection, &[Dimension::AgentId], false).await?;
+    let rollup = read_model::rollup(db, &selection).await?;
+    let (total, total_sessions) = (rollup.total, rollup.sessions);
+    let providers: Vec<(&String, &(Sums, i64))> = rollup.by_provider.iter().collect();
+    let mut agents: Vec<(&String, &(Sums, i64))> = rollup.by_agent.iter().collect();
     agents.sort_by(|a, b| {
-        b.sums
+        b.1.0
             .cost_micros
-            .cmp(&a.sums.cost_micros)
-            .then_with(|| a.values.cmp(&b.values))
+            .cmp(&a.1.0.cost_micros)
+            .then_with(|| a.0.cmp(b.0))
     });
     agents.truncate(10);
-    let agent_sessions = read_model::session_counts(db, &selection, &[Dimension::AgentId]).await?;
-    let mut names = BTreeMap::new();
-    for agent in &agents {
-        let id = &agent.values[0];
-        let name = projections::agents::get(db, tenant, id)
-            .await?
-            .map(|a| a.config.name);
-        names.insert(id.clone(), name);
-    }
-    let sessions_of = |counts: &BTreeMap<Vec<String>, i64>, g: &Group| {
-        counts.get(&g.values).copied().unwrap_or(0)
-    };
+    let ids: Vec<String> = agents.iter().map(|(id, _)| (*id).clone()).collect();
+    let names = projections::agents::names(db, tenant, &ids).await?;
 
     let response = if wants_csv(&headers) {
         let mut rows = vec![{
@@ -250,23 +228,15 @@ pub async fn usage_rollup(
             row.extend(sums_csv(&total, total_sessions));
             row
         }];
-        for group in &providers {
-            let mut row = vec![
-                "provider".to_string(),
-                group.values[0].clone(),
-                String::new(),
-            ];
-            row.extend(sums_csv(
-                &group.sums,
-                sessions_of(&provider_sessions, group),
-            ));
+        for (provider, (sums, sessions)) in &providers {
+            let mut row = vec!["provider".to_string(), (*provider).clone(), String::new()];
+            row.extend(sums_csv(sums, *sessions));
             rows.push(row);
         }
-        for group in &agents {
-            let id = &group.values[0];
-            let name = names.get(id).cloned().flatten().unwrap_or_default();
-            let mut row = vec!["agent".to_string(), id.clone(), name];
-            row.extend(sums_csv(&group.sums, sessions_of(&agent_sessions, group)));
+        for (id, (sums, sessions)) in &agents {
+            let name = names.get(*id).cloned().unwrap_or_default();
+            let mut row = vec!["agent".to_string(), (*id).clone(), name];
+            row.extend(sums_csv(sums, *sessions));
             rows.push(row);
         }
         csv_response(
@@ -286,19 +256,18 @@ pub async fn usage_rollup(
     } else {
         let by_provider: Vec<Value> = providers
             .iter()
-            .map(|g| {
-                let mut value = sums_json(&g.sums, sessions_of(&provider_sessions, g));
-                value["provider"] = json!(g.values[0]);
+            .map(|(provider, (sums, sessions))| {
+                let mut value = sums_json(sums, *sessions);
+                value["provider"] = json!(provider);
                 value
             })
             .collect();
         let top_agents: Vec<Value> = agents
             .iter()
-            .map(|g| {
-                let id = &g.values[0];
-                let mut value = sums_json(&g.sums, sessions_of(&agent_sessions, g));
+            .map(|(id, (sums, sessions))| {
+                let mut value = sums_json(sums, *sessions);
                 value["agentId"] = json!(id);
-                value["agentName"] = json!(names.get(id).cloned().flatten());
+                value["agentName"] = json!(names.get(*id));
                 value
             })
             .collect();
@@ -707,7 +676,13 @@ pub async fn usage_query(
         filters: &filters,
     };
     let mut windows: BTreeMap<(usize, Vec<String>), Sums> = BTreeMap::new();
-    for group in read_model::totals(db, "usage_hourly", &selection, &group_by, true).await? {
+    // Windows made of whole UTC days read the daily totals: 24 times fewer rows.
+    let table = if boundaries.iter().all(|b| b.hour() == 0) {
+        "usage_daily"
+    } else {
+        "usage_hourly"
+    };
+    for group in read_model::totals(db, table, &selection, &group_by, true).await? {
         let bucket = group.bucket.expect("grouped by bucket");
         windows
             .entry((window_of(bucket), group.values))
