@@ -1,0 +1,10 @@
+-- Which sessions had billed replies on which UTC day, by provider and agent: the distinct
+-- session counts of `/v1/usage/rollup` read this narrow table instead of `usage_sessions`.
+CREATE TABLE usage_session_days (
+    tenant_id  TEXT NOT NULL,
+    bucket     TEXT NOT NULL,
+    provider   TEXT NOT NULL,
+    agent_id   TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    CONSTRAINT usage_session_days_pkey PRIMARY KEY (tenant_id, bucket, provider, agent_id, session_id)
+);
