@@ -5,11 +5,11 @@
 CREATE TABLE usage_records (
     tenant_id   TEXT NOT NULL,
     message_id  TEXT COLLATE "C" NOT NULL,
-    session_id  TEXT NOT NULL,
-    agent_id    TEXT NOT NULL,
-    provider    TEXT NOT NULL,
-    model       TEXT NOT NULL,
-    api_key     TEXT NOT NULL,
+    session_id  TEXT COLLATE "C" NOT NULL,
+    agent_id    TEXT COLLATE "C" NOT NULL,
+    provider    TEXT COLLATE "C" NOT NULL,
+    model       TEXT COLLATE "C" NOT NULL,
+    api_key     TEXT COLLATE "C" NOT NULL,
     tokens_in   BIGINT NOT NULL,
     tokens_out  BIGINT NOT NULL,
     cost_micros BIGINT NOT NULL,
@@ -24,10 +24,10 @@ CREATE INDEX usage_records_tenant_id_recorded_at_message_id_idx
 CREATE TABLE usage_hourly (
     tenant_id   TEXT NOT NULL,
     bucket      TIMESTAMPTZ NOT NULL,
-    provider    TEXT NOT NULL,
-    model       TEXT NOT NULL,
-    agent_id    TEXT NOT NULL,
-    api_key     TEXT NOT NULL,
+    provider    TEXT COLLATE "C" NOT NULL,
+    model       TEXT COLLATE "C" NOT NULL,
+    agent_id    TEXT COLLATE "C" NOT NULL,
+    api_key     TEXT COLLATE "C" NOT NULL,
     messages    BIGINT NOT NULL,
     tokens_in   BIGINT NOT NULL,
     tokens_out  BIGINT NOT NULL,
@@ -38,10 +38,10 @@ CREATE TABLE usage_hourly (
 CREATE TABLE usage_daily (
     tenant_id   TEXT NOT NULL,
     bucket      TIMESTAMPTZ NOT NULL,
-    provider    TEXT NOT NULL,
-    model       TEXT NOT NULL,
-    agent_id    TEXT NOT NULL,
-    api_key     TEXT NOT NULL,
+    provider    TEXT COLLATE "C" NOT NULL,
+    model       TEXT COLLATE "C" NOT NULL,
+    agent_id    TEXT COLLATE "C" NOT NULL,
+    api_key     TEXT COLLATE "C" NOT NULL,
     messages    BIGINT NOT NULL,
     tokens_in   BIGINT NOT NULL,
     tokens_out  BIGINT NOT NULL,
@@ -54,18 +54,18 @@ CREATE TABLE usage_daily (
 CREATE TABLE usage_sessions (
     tenant_id  TEXT NOT NULL,
     bucket     TIMESTAMPTZ NOT NULL,
-    session_id TEXT NOT NULL,
-    provider   TEXT NOT NULL,
-    model      TEXT NOT NULL,
-    agent_id   TEXT NOT NULL,
-    api_key    TEXT NOT NULL,
+    session_id TEXT COLLATE "C" NOT NULL,
+    provider   TEXT COLLATE "C" NOT NULL,
+    model      TEXT COLLATE "C" NOT NULL,
+    agent_id   TEXT COLLATE "C" NOT NULL,
+    api_key    TEXT COLLATE "C" NOT NULL,
     CONSTRAINT usage_sessions_pkey PRIMARY KEY (tenant_id, bucket, session_id, provider, model, agent_id, api_key)
 );
 
 -- Spend per tenant (scope `tenant`) and agent (`agent:<id>`) and UTC month (`YYYY-MM`).
 CREATE TABLE usage_spend (
     tenant_id    TEXT NOT NULL,
-    scope        TEXT NOT NULL,
+    scope        TEXT COLLATE "C" NOT NULL,
     month        TEXT NOT NULL,
     spent_micros BIGINT NOT NULL,
     CONSTRAINT usage_spend_pkey PRIMARY KEY (tenant_id, scope, month)
@@ -73,7 +73,7 @@ CREATE TABLE usage_spend (
 
 CREATE TABLE budgets (
     tenant_id            TEXT NOT NULL,
-    scope                TEXT NOT NULL,
+    scope                TEXT COLLATE "C" NOT NULL,
     monthly_limit_micros BIGINT NOT NULL,
     enforcement          TEXT NOT NULL,
     updated_at           TIMESTAMPTZ NOT NULL,

@@ -691,14 +691,15 @@ pub async fn rollup(db: &Db, selection: &Selection<'_>) -> Result<Rollup, sqlx::
             .0
             .merge(&group.sums);
     }
-    // Distinct sessions overall, by provider and by agent, from the narrow daily table; on
-    // PostgreSQL in one scan (grouping sets), on SQLite in three.
+    // Distinct sessions by provider and by agent, from the narrow daily table; on PostgreSQL
+    // in one scan (grouping sets), on SQLite in two. A session has one agent for life, so
+    // the sessions of all agents add up to the distinct sessions overall.
     let conditions = selection.conditions();
     let counts: Vec<(Option<String>, Option<String>, i64)> = match db {
         Db::Postgres(pool) => {
             let sql = format!(
                 "SELECT provider, agent_id, COUNT(DISTINCT session_id) FROM usage_session_days \
-                 WHERE {conditions} GROUP BY GROUPING SETS ((), (provider), (agent_id))"
+                 WHERE {conditions} GROUP BY GROUPING SETS ((provider), (agent_id))"
             );
             bind_selection!(sqlx::query(&sql), selection)
                 .fetch_all(pool)
@@ -710,7 +711,6 @@ pub async fn rollup(db: &Db, selection: &Selection<'_>) -> Result<Rollup, sqlx::
         Db::Sqlite(sqlite) => {
             let mut counts = Vec::new();
             for (select, group) in [
-                ("NULL, NULL", ""),
                 ("provider, NULL", " GROUP BY provider"),
                 ("NULL, agent_id", " GROUP BY agent_id"),
             ] {
@@ -731,8 +731,11 @@ pub async fn rollup(db: &Db, selection: &Selection<'_>) -> Result<Rollup, sqlx::
     for (provider, agent, sessions) in counts {
         match (provider, agent) {
             (Some(provider), _) => rollup.by_provider.entry(provider).or_default().1 = sessions,
-            (None, Some(agent)) => rollup.by_agent.entry(agent).or_default().1 = sessions,
-            (None, None) => rollup.sessions = sessions,
+            (None, Some(agent)) => {
+                rollup.sessions += sessions;
+                rollup.by_agent.entry(agent).or_default().1 = sessions;
+            }
+            (None, None) => {}
         }
     }
     Ok(rollup)
