@@ -12,16 +12,9 @@ use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::helpers::{
-    Backend, Process, TestApp, TestDb, create_tenant, error_code, eventually, spawn_app_on,
-    spawn_app_with,
+    Backend, Process, TestApp, TestDb, create_agent, create_session, create_tenant, error_code,
+    eventually, json_of, quick, send, spawn_app_on, spawn_app_with,
 };
-
-/// Short waits so that retries and timeouts take milliseconds.
-fn quick(settings: &mut Settings) {
-    settings.provider_retry.backoff_base_ms = 5;
-    settings.provider_retry.jitter_ms = 0;
-    settings.provider_retry.attempt_timeout_ms = 300;
-}
 
 fn simulate(settings: &mut Settings, provider: &str, simulation: Simulation) {
     settings
@@ -39,24 +32,6 @@ async fn app_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> TestA
     .await
 }
 
-async fn json_of(response: reqwest::Response) -> Value {
-    response.json().await.expect("a JSON body")
-}
-
-async fn create_agent(app: &TestApp, tenant: &str, body: Value) -> String {
-    let response = app
-        .request(Method::POST, "/v1/agents", tenant)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    json_of(response).await["agent"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn support_agent() -> Value {
     json!({
         "name": "Customer Support Agent",
@@ -67,39 +42,6 @@ fn support_agent() -> Value {
         "temperature": 0.3,
         "maxTokens": 256,
     })
-}
-
-async fn create_session(app: &TestApp, tenant: &str, agent_id: &str) -> String {
-    let response = app
-        .request(Method::POST, "/v1/sessions", tenant)
-        .json(&json!({"agentId": agent_id, "customerId": "customer_123", "metadata": {"channel": "chat"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    json_of(response).await["session"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-async fn send(
-    app: &TestApp,
-    tenant: &str,
-    session: &str,
-    key: &str,
-    content: &str,
-) -> reqwest::Response {
-    app.request(
-        Method::POST,
-        &format!("/v1/sessions/{session}/messages"),
-        tenant,
-    )
-    .header("idempotency-key", key)
-    .json(&json!({"role": "user", "content": content}))
-    .send()
-    .await
-    .unwrap()
 }
 
 /// The transcript once it holds `messages` messages.

@@ -8,7 +8,8 @@ use std::time::Duration;
 use api::settings::Settings;
 use api::startup::Application;
 use eventlog::{Db, EventLog};
-use serde_json::Value;
+use reqwest::Method;
+use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;
 
@@ -401,4 +402,65 @@ impl Drop for Process {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Short waits so that retries and timeouts take milliseconds.
+pub fn quick(settings: &mut Settings) {
+    settings.provider_retry.backoff_base_ms = 5;
+    settings.provider_retry.jitter_ms = 0;
+    settings.provider_retry.attempt_timeout_ms = 300;
+}
+
+pub async fn json_of(response: reqwest::Response) -> Value {
+    response.json().await.expect("a JSON body")
+}
+
+/// `POST /v1/agents`; returns the new agent's id.
+pub async fn create_agent(app: &TestApp, tenant: &str, body: Value) -> String {
+    let response = app
+        .request(Method::POST, "/v1/agents", tenant)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    json_of(response).await["agent"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `POST /v1/sessions` for `agent_id`; returns the session id.
+pub async fn create_session(app: &TestApp, tenant: &str, agent_id: &str) -> String {
+    let response = app
+        .request(Method::POST, "/v1/sessions", tenant)
+        .json(&json!({"agentId": agent_id, "customerId": "customer_123", "metadata": {"channel": "chat"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    json_of(response).await["session"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `POST /v1/sessions/{session}/messages` with an `Idempotency-Key`.
+pub async fn send(
+    app: &TestApp,
+    tenant: &str,
+    session: &str,
+    key: &str,
+    content: &str,
+) -> reqwest::Response {
+    app.request(
+        Method::POST,
+        &format!("/v1/sessions/{session}/messages"),
+        tenant,
+    )
+    .header("idempotency-key", key)
+    .json(&json!({"role": "user", "content": content}))
+    .send()
+    .await
+    .unwrap()
 }

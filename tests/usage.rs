@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use api::providers::simulated::Simulation;
-use api::settings::Settings;
 use chrono::{DateTime, TimeZone, Utc};
 use domain::metadata::EventMetadata;
 use domain::names::TenantId;
@@ -15,79 +14,49 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{Backend, TestApp, error_code, eventually, spawn_app_with};
+use crate::helpers::{
+    Backend, TestApp, create_agent, create_session, error_code, eventually, json_of, quick, send,
+    spawn_app_with,
+};
 use crate::streams::{Names, nats_url};
 
-fn quick(settings: &mut Settings) {
-    settings.provider_retry.backoff_base_ms = 5;
-    settings.provider_retry.jitter_ms = 0;
-    settings.provider_retry.attempt_timeout_ms = 300;
-}
-
-async fn json_of(response: reqwest::Response) -> Value {
-    response.json().await.expect("a JSON body")
-}
-
 async fn agent(app: &TestApp, tenant: &str, name: &str, primary: &str, fallback: &str) -> String {
-    let response = app
-        .request(Method::POST, "/v1/agents", tenant)
-        .json(&json!({"name": name, "primaryProvider": primary, "fallbackProvider": fallback}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    json_of(response).await["agent"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    let body = json!({"name": name, "primaryProvider": primary, "fallbackProvider": fallback});
+    create_agent(app, tenant, body).await
 }
 
 async fn session(app: &TestApp, tenant: &str, agent: &str) -> String {
-    let response = app
-        .request(Method::POST, "/v1/sessions", tenant)
-        .json(&json!({"agentId": agent}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    json_of(response).await["session"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-async fn send(
-    app: &TestApp,
-    tenant: &str,
-    session: &str,
-    key: &str,
-    text: &str,
-) -> reqwest::Response {
-    app.request(
-        Method::POST,
-        &format!("/v1/sessions/{session}/messages"),
-        tenant,
-    )
-    .header("idempotency-key", key)
-    .json(&json!({"content": text}))
-    .send()
-    .await
-    .unwrap()
+    create_session(app, tenant, agent).await
 }
 
 async fn get(app: &TestApp, tenant: &str, path: &str) -> reqwest::Response {
     app.request(Method::GET, path, tenant).send().await.unwrap()
 }
 
-/// The usage projection once it has applied everything in the log.
+/// The usage projection once it has applied every event committed so far. The target is
+/// the newest committed event, read directly: `EventLog::head` stops below the oldest
+/// transaction still open anywhere on the PostgreSQL server, which other tests hold open.
 async fn settled(app: &TestApp) {
     let log = app.db.log().await;
+    let (transaction, position): (i64, i64) = match log.db() {
+        eventlog::Db::Postgres(pool) => sqlx::query_as(
+            "SELECT transaction_id::text::bigint, global_position FROM events \
+             ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap(),
+        eventlog::Db::Sqlite(pools) => sqlx::query_as("SELECT 0, MAX(global_position) FROM events")
+            .fetch_one(&pools.reader)
+            .await
+            .unwrap(),
+    };
+    let newest = eventlog::Cursor::new(transaction, position);
     eventually(Duration::from_secs(20), || async {
-        let head = log.head().await.ok()?;
         let at = projections::checkpoints::read(log.db(), projections::usage::NAME)
             .await
             .ok()??;
-        (at >= head).then_some(())
+        (at >= newest).then_some(())
     })
     .await;
     log.db().close().await;
