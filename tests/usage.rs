@@ -25,10 +25,6 @@ async fn agent(app: &TestApp, tenant: &str, name: &str, primary: &str, fallback:
     create_agent(app, tenant, body).await
 }
 
-async fn session(app: &TestApp, tenant: &str, agent: &str) -> String {
-    create_session(app, tenant, agent).await
-}
-
 async fn get(app: &TestApp, tenant: &str, path: &str) -> reqwest::Response {
     app.request(Method::GET, path, tenant).send().await.unwrap()
 }
@@ -76,8 +72,8 @@ async fn usage_is_exact_after_a_mixed_workload(backend: Backend) {
     let app = spawn_app_with(backend, quick).await;
     let support = agent(&app, "acme", "Support", "vendorA", "vendorB").await;
     let sales = agent(&app, "acme", "Sales", "vendorB", "vendorA").await;
-    let s1 = session(&app, "acme", &support).await;
-    let s2 = session(&app, "acme", &sales).await;
+    let s1 = create_session(&app, "acme", &support).await;
+    let s2 = create_session(&app, "acme", &sales).await;
     let mut billed: Vec<Value> = Vec::new();
     let mut expect_201 = |body: Value| billed.push(body["metadata"]["usage"].clone());
 
@@ -121,7 +117,7 @@ async fn usage_is_exact_after_a_mixed_workload(backend: Backend) {
         .set(Simulation::default());
     // Another tenant's usage stays its own.
     let other_agent = agent(&app, "globex", "Globex bot", "vendorA", "vendorB").await;
-    let other = session(&app, "globex", &other_agent).await;
+    let other = create_session(&app, "globex", &other_agent).await;
     assert_eq!(
         send(&app, "globex", &other, "g-1", "Hi").await.status(),
         201
@@ -641,7 +637,7 @@ async fn hard_budgets_hold_under_concurrency_and_soft_ones_tell(backend: Backend
     })
     .await;
     let support = agent(&app, "acme", "Support", "vendorA", "vendorB").await;
-    let warm = session(&app, "acme", &support).await;
+    let warm = create_session(&app, "acme", &support).await;
     // One reply tells what a reply costs (the simulated vendors are deterministic).
     let first = json_of(send(&app, "acme", &warm, "b-0", "Same question").await).await;
     let cost = first["metadata"]["usage"]["costMicros"].as_u64().unwrap();
@@ -675,7 +671,7 @@ async fn hard_budgets_hold_under_concurrency_and_soft_ones_tell(backend: Backend
     // 50 concurrent sends, each in its own session so none waits for another's stream.
     let mut sessions = Vec::new();
     for _ in 0..50 {
-        sessions.push(session(&app, "acme", &support).await);
+        sessions.push(create_session(&app, "acme", &support).await);
     }
     let sends = sessions.iter().enumerate().map(|(i, s)| {
         let app = &app;
@@ -697,7 +693,7 @@ async fn hard_budgets_hold_under_concurrency_and_soft_ones_tell(backend: Backend
         "no message refused while the budget had room"
     );
     // Nothing is accepted once the crossing is committed.
-    let late = session(&app, "acme", &support).await;
+    let late = create_session(&app, "acme", &support).await;
     let refused = send(&app, "acme", &late, "b-late", "Same question").await;
     let body = json_of(refused).await;
     assert_eq!(body["error"]["code"], "BUDGET_EXCEEDED");

@@ -211,14 +211,9 @@ pub async fn prepare(
         session: outcome.aggregate,
         budgets,
     };
-    if let Some(reply) = exchange
-        .session
-        .exchange(&exchange.message_id)
-        .and_then(|e| e.reply.clone())
-    {
+    if let Some(stored) = exchange.respond(&exchange.session, outcome.updated_at) {
         // Answered by an earlier request whose idempotency record is gone: answer with that
         // reply; nothing new is recorded or billed.
-        let stored = exchange.respond(&reply, outcome.updated_at);
         return Err(
             match state.log.complete_idempotency(&exchange.key, &stored).await {
                 Ok(()) => replay(&stored),
@@ -348,14 +343,17 @@ impl Exchange {
                 message_id: self.message_id.clone(),
             };
             let metadata = self.ctx.metadata(command.name());
-            if let Err(error) = state
+            let attempts = match state
                 .log
                 .execute::<Session>(&self.stream, command, &(), &metadata)
                 .await
             {
-                tracing::warn!(%error, "a failed message could not be recorded");
-            }
-            let attempts = self.attempts().await;
+                Ok(outcome) => attempts_of(&outcome.aggregate, &self.message_id),
+                Err(error) => {
+                    tracing::warn!(%error, "a failed message could not be recorded");
+                    self.attempts().await
+                }
+            };
             let error = ApiError::AllProvidersFailed {
                 attempts: summarise(&attempts),
             };
@@ -383,13 +381,8 @@ impl Exchange {
         };
         let command = SessionCommand::RecordAssistantReply(reply);
         let metadata = self.ctx.metadata(command.name());
-        let attempts_so_far = self.attempts().await;
         let respond = |outcome: &eventlog::CommandOutcome<Session>| {
-            let reply = outcome
-                .aggregate
-                .exchange(&self.message_id)
-                .and_then(|e| e.reply.as_ref())?;
-            let mut stored = self.respond_with(reply, &attempts_so_far, outcome.updated_at);
+            let mut stored = self.respond(&outcome.aggregate, outcome.updated_at)?;
             if let Some(cursor) = outcome.cursor {
                 stored
                     .headers
@@ -430,12 +423,8 @@ impl Exchange {
                     .load_aggregate::<Session>(&self.stream)
                     .await
                     .map_err(|e| command_error(e, &reject))?;
-                let reply = loaded
-                    .aggregate
-                    .exchange(&self.message_id)
-                    .and_then(|e| e.reply.clone())
-                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("reply vanished")))?;
-                Ok(self.respond(&reply, loaded.updated_at))
+                self.respond(&loaded.aggregate, loaded.updated_at)
+                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("reply vanished")))
             }
             Err(error) => {
                 Err(commands::release(&state, &self.key, command_error(error, &reject)).await)
@@ -489,11 +478,7 @@ impl Exchange {
     /// The attempts recorded for this message so far, from its session's stream.
     async fn attempts(&self) -> Vec<ProviderAttempt> {
         match self.state.log.load_aggregate::<Session>(&self.stream).await {
-            Ok(loaded) => loaded
-                .aggregate
-                .exchange(&self.message_id)
-                .map(|e| e.attempts.clone())
-                .unwrap_or_default(),
+            Ok(loaded) => attempts_of(&loaded.aggregate, &self.message_id),
             Err(error) => {
                 tracing::warn!(%error, "could not reload the attempts of a message");
                 Vec::new()
@@ -501,22 +486,12 @@ impl Exchange {
         }
     }
 
-    fn respond(&self, reply: &AssistantReply, at: Option<DateTime<Utc>>) -> StoredResponse {
-        let attempts = self
-            .session
-            .exchange(&self.message_id)
-            .map(|e| e.attempts.clone())
-            .unwrap_or_default();
-        self.respond_with(reply, &attempts, at)
-    }
-
-    /// Seed 004's response body of a sent message.
-    fn respond_with(
-        &self,
-        reply: &AssistantReply,
-        attempts: &[ProviderAttempt],
-        at: Option<DateTime<Utc>>,
-    ) -> StoredResponse {
+    /// Seed 004's response body of a sent message, from the session's state once the reply
+    /// is recorded (`None` while it is not).
+    fn respond(&self, session: &Session, at: Option<DateTime<Utc>>) -> Option<StoredResponse> {
+        let exchange = session.exchange(&self.message_id)?;
+        let reply = exchange.reply.as_ref()?;
+        let attempts = exchange.attempts.as_slice();
         let summary = summarise(attempts);
         let attempted = |provider: &str| attempts.iter().any(|a| a.provider == provider);
         let fallback = self.agent.fallback_provider.as_deref();
@@ -554,8 +529,20 @@ impl Exchange {
                 "requestId": self.ctx.request_id,
             },
         });
-        commands::json_response(StatusCode::CREATED, Vec::new(), &body)
+        Some(commands::json_response(
+            StatusCode::CREATED,
+            Vec::new(),
+            &body,
+        ))
     }
+}
+
+/// The provider attempts recorded for `message_id`.
+fn attempts_of(session: &Session, message_id: &str) -> Vec<ProviderAttempt> {
+    session
+        .exchange(message_id)
+        .map(|e| e.attempts.clone())
+        .unwrap_or_default()
 }
 
 /// Seed 004's `attempts[]`: one entry per provider asked, in order, with its retries, the

@@ -750,23 +750,16 @@ pub async fn records(
     before: Option<(DateTime<Utc>, String)>,
     limit: u32,
 ) -> Result<Vec<UsageRecord>, sqlx::Error> {
-    // Without a cursor, every record before `to`; with one, those strictly before it in
-    // (recorded_at DESC, message_id DESC) order.
-    let (before_at, before_id) = before.unwrap_or((to, String::new()));
-    let after_cursor = if before_id.is_empty() {
-        "recorded_at < $4"
-    } else {
-        "(recorded_at < $4 OR (recorded_at = $4 AND message_id < $5))"
-    };
-    let sql = format!(
-        "SELECT tenant_id, message_id, session_id, agent_id, provider, model, api_key, \
-         tokens_in, tokens_out, cost_micros, price_micros_per_1k, recorded_at \
-         FROM usage_records WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3 \
-         AND {after_cursor} AND $5 = $5 ORDER BY recorded_at DESC, message_id DESC LIMIT $6"
-    );
-    let cursor_at = before_at;
+    // Records strictly before the cursor in (recorded_at DESC, message_id DESC) order. No
+    // cursor is the cursor (to, ""), which the range condition already implies.
+    let (cursor_at, before_id) = before.unwrap_or((to, String::new()));
+    let sql = "SELECT tenant_id, message_id, session_id, agent_id, provider, model, api_key, \
+               tokens_in, tokens_out, cost_micros, price_micros_per_1k, recorded_at \
+               FROM usage_records WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3 \
+               AND (recorded_at < $4 OR (recorded_at = $4 AND message_id < $5)) \
+               ORDER BY recorded_at DESC, message_id DESC LIMIT $6";
     Ok(eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sql)
             .bind(tenant_id)
             .bind(from)
             .bind(to)
