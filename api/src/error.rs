@@ -91,6 +91,33 @@ pub enum ApiError {
     #[error("a {entity_type} record with id '{id}' already exists")]
     EntityAlreadyExists { entity_type: String, id: String },
     /// 409 `VERSION_CONFLICT`: `If-Match` names a version that is not the current one.
+    #[error("no entity type '{0}'")]
+    EntityTypeNotFound(String),
+
+    #[error("an entity type '{0}' already exists")]
+    EntityTypeAlreadyExists(String),
+
+    #[error("the change is incompatible with records written under the current schema")]
+    IncompatibleSchemaChange(Vec<FieldError>),
+
+    #[error("another {entity_type} record already has this {field}")]
+    UniqueViolation {
+        entity_type: String,
+        field: String,
+        value: Value,
+        existing_id: String,
+    },
+
+    #[error("the {entity_type} record '{id}' is referenced by other records")]
+    ReferenceRestricted {
+        entity_type: String,
+        id: String,
+        referrers: Value,
+    },
+
+    #[error("operation {index} failed: {error}")]
+    OperationFailed { index: usize, error: Box<ApiError> },
+
     #[error("the record is at version {actual}, not {expected}")]
     VersionConflict { expected: u64, actual: u64 },
     /// 409 `CONCURRENT_MODIFICATION`: other writers kept changing the record; retry.
@@ -256,6 +283,51 @@ impl ApiError {
                 "ENTITY_ALREADY_EXISTS",
                 json!({ "entity": entity_type, "id": id }),
             ),
+            EntityTypeNotFound(name) => (
+                StatusCode::NOT_FOUND,
+                "ENTITY_TYPE_NOT_FOUND",
+                json!({ "entity": name }),
+            ),
+            EntityTypeAlreadyExists(name) => (
+                StatusCode::CONFLICT,
+                "ENTITY_TYPE_ALREADY_EXISTS",
+                json!({ "entity": name }),
+            ),
+            IncompatibleSchemaChange(fields) => (
+                StatusCode::CONFLICT,
+                "INCOMPATIBLE_SCHEMA_CHANGE",
+                json!({ "fields": fields }),
+            ),
+            UniqueViolation {
+                entity_type,
+                field,
+                value,
+                existing_id,
+            } => (
+                StatusCode::CONFLICT,
+                "UNIQUE_VIOLATION",
+                json!({ "entity": entity_type, "field": field, "value": value, "existingId": existing_id }),
+            ),
+            ReferenceRestricted {
+                entity_type,
+                id,
+                referrers,
+            } => (
+                StatusCode::CONFLICT,
+                "REFERENCE_RESTRICTED",
+                json!({ "entity": entity_type, "id": id, "referencedBy": referrers }),
+            ),
+            OperationFailed { index, error } => {
+                let (status, code, details) = error.parts();
+                let mut merged = json!({ "operation": index });
+                if let Value::Object(inner) = details {
+                    merged
+                        .as_object_mut()
+                        .expect("an object")
+                        .extend(inner);
+                }
+                (status, code, merged)
+            }
             VersionConflict { expected, actual } => (
                 StatusCode::CONFLICT,
                 "VERSION_CONFLICT",
@@ -331,6 +403,12 @@ impl ApiError {
     /// Wraps any unexpected failure.
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {
         Self::Internal(error.into())
+    }
+
+    /// Whether the error is the client's (a 4xx): the answer to the request, which an
+    /// idempotent retry gets again.
+    pub fn is_refusal(&self) -> bool {
+        self.parts().0.is_client_error()
     }
 }
 

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod commands;
+pub mod entity_writes;
 pub mod error;
 pub mod extract;
 pub mod messaging;

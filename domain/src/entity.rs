@@ -1,14 +1,17 @@
 //! The generic entity: one aggregate per record of a tenant-defined entity type.
 //!
-//! The aggregate protects three rules: a record is created once, a deleted record cannot be
-//! changed, and a command that names the version it expects (`If-Match`) is refused when the
-//! record has moved on.
+//! The aggregate protects four rules: a record is created once, a deleted record cannot be
+//! changed, a command that names the version it expects (`If-Match`) is refused when the
+//! record has moved on, and every document the record takes satisfies its type's schema
+//! (which the command carries, as the type's aggregate decided it). Rules that span records
+//! (unique values, references) live in [`crate::constraints`].
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::entity_type::{FieldViolation, Schema};
 use crate::merge_patch;
 use crate::names::{EntityId, EntityTypeName};
 
@@ -22,11 +25,19 @@ pub enum EntityCommand {
         entity_type: EntityTypeName,
         id: EntityId,
         data: Map<String, Value>,
+        schema: Schema,
     },
     /// Apply a JSON merge patch to the record's document.
     UpdateEntity {
         patch: Map<String, Value>,
         expected_version: Option<u64>,
+        schema: Schema,
+    },
+    /// Replace the record's document.
+    ReplaceEntity {
+        data: Map<String, Value>,
+        expected_version: Option<u64>,
+        schema: Schema,
     },
     DeleteEntity {
         expected_version: Option<u64>,
@@ -38,6 +49,7 @@ impl EntityCommand {
         match self {
             Self::CreateEntity { .. } => "CreateEntity",
             Self::UpdateEntity { .. } => "UpdateEntity",
+            Self::ReplaceEntity { .. } => "ReplaceEntity",
             Self::DeleteEntity { .. } => "DeleteEntity",
         }
     }
@@ -61,6 +73,12 @@ pub enum EntityEvent {
         /// The whole document after the patch.
         data: Map<String, Value>,
     },
+    EntityReplaced {
+        entity_type: EntityTypeName,
+        id: EntityId,
+        /// The whole new document.
+        data: Map<String, Value>,
+    },
     EntityDeleted {
         entity_type: EntityTypeName,
         id: EntityId,
@@ -72,6 +90,7 @@ impl DomainEvent for EntityEvent {
         match self {
             Self::EntityCreated { .. } => "EntityCreated",
             Self::EntityUpdated { .. } => "EntityUpdated",
+            Self::EntityReplaced { .. } => "EntityReplaced",
             Self::EntityDeleted { .. } => "EntityDeleted",
         }
         .to_string()
@@ -93,6 +112,8 @@ pub enum EntityError {
     VersionConflict { expected: u64, actual: u64 },
     #[error("field '{0}' is managed by the gateway and cannot be written")]
     SystemField(String),
+    #[error("the document does not satisfy the entity type's schema")]
+    Invalid(Vec<FieldViolation>),
 }
 
 /// The state of one record, rebuilt from its events.
@@ -117,6 +138,10 @@ impl Entity {
 
     pub fn exists(&self) -> bool {
         self.id.is_some() && !self.deleted
+    }
+
+    pub fn entity_type(&self) -> Option<&EntityTypeName> {
+        self.entity_type.as_ref()
     }
 
     fn identity(&self) -> Result<(EntityTypeName, EntityId), EntityError> {
@@ -147,6 +172,32 @@ fn reject_system_fields(data: &Map<String, Value>) -> Result<(), EntityError> {
     }
 }
 
+/// Checks `data` against `schema` and, for a record that exists, that its key fields keep
+/// their values.
+fn validate(
+    schema: &Schema,
+    before: Option<&Map<String, Value>>,
+    data: &mut Map<String, Value>,
+) -> Result<(), EntityError> {
+    reject_system_fields(data)?;
+    let mut problems = schema.validate(data);
+    if let Some(before) = before {
+        for key in &schema.key {
+            if before.get(key) != data.get(key) && !problems.iter().any(|p| p.field == *key) {
+                problems.push(FieldViolation::new(
+                    key.clone(),
+                    "is part of the record's id and cannot change",
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(EntityError::Invalid(problems))
+    }
+}
+
 impl Aggregate for Entity {
     const TYPE: &'static str = "Entity";
     type Command = EntityCommand;
@@ -164,12 +215,13 @@ impl Aggregate for Entity {
             EntityCommand::CreateEntity {
                 entity_type,
                 id,
-                data,
+                mut data,
+                schema,
             } => {
                 if self.id.is_some() {
                     return Err(EntityError::AlreadyExists);
                 }
-                reject_system_fields(&data)?;
+                validate(&schema, None, &mut data)?;
                 let event = EntityEvent::EntityCreated {
                     entity_type,
                     id,
@@ -180,15 +232,17 @@ impl Aggregate for Entity {
             EntityCommand::UpdateEntity {
                 patch,
                 expected_version,
+                schema,
             } => {
                 let (entity_type, id) = self.identity()?;
                 self.check_version(expected_version)?;
                 reject_system_fields(&patch)?;
                 let mut document = Value::Object(self.data.clone());
                 merge_patch::apply(&mut document, &Value::Object(patch.clone()));
-                let Value::Object(data) = document else {
+                let Value::Object(mut data) = document else {
                     unreachable!("an object patched with an object stays an object");
                 };
+                validate(&schema, Some(&self.data), &mut data)?;
                 if data == self.data {
                     // Nothing changes: record nothing, so that retries and no-op PATCHes do
                     // not grow the log.
@@ -198,6 +252,24 @@ impl Aggregate for Entity {
                     entity_type,
                     id,
                     patch,
+                    data,
+                };
+                sink.write(event, self).await;
+            }
+            EntityCommand::ReplaceEntity {
+                mut data,
+                expected_version,
+                schema,
+            } => {
+                let (entity_type, id) = self.identity()?;
+                self.check_version(expected_version)?;
+                validate(&schema, Some(&self.data), &mut data)?;
+                if data == self.data {
+                    return Ok(());
+                }
+                let event = EntityEvent::EntityReplaced {
+                    entity_type,
+                    id,
                     data,
                 };
                 sink.write(event, self).await;
@@ -224,7 +296,9 @@ impl Aggregate for Entity {
                 self.id = Some(id);
                 self.data = data;
             }
-            EntityEvent::EntityUpdated { data, .. } => self.data = data,
+            EntityEvent::EntityUpdated { data, .. } | EntityEvent::EntityReplaced { data, .. } => {
+                self.data = data
+            }
             EntityEvent::EntityDeleted { .. } => self.deleted = true,
         }
     }
@@ -268,6 +342,7 @@ mod tests {
                 entity_type: users(),
                 id: user_1(),
                 data: object(json!({"name": "Ada", "team": "core"})),
+                schema: Schema::open(),
             })
             .then_expect_events(vec![created()]);
     }
@@ -280,6 +355,7 @@ mod tests {
                 entity_type: users(),
                 id: user_1(),
                 data: Map::new(),
+                schema: Schema::open(),
             })
             .then_expect_error(EntityError::AlreadyExists);
     }
@@ -298,6 +374,7 @@ mod tests {
                 entity_type: users(),
                 id: user_1(),
                 data: Map::new(),
+                schema: Schema::open(),
             })
             .then_expect_error(EntityError::AlreadyExists);
     }
@@ -309,6 +386,7 @@ mod tests {
             .when(EntityCommand::UpdateEntity {
                 patch: object(json!({"team": null, "age": 36})),
                 expected_version: Some(1),
+                schema: Schema::open(),
             })
             .then_expect_events(vec![EntityEvent::EntityUpdated {
                 entity_type: users(),
@@ -325,6 +403,7 @@ mod tests {
             .when(EntityCommand::UpdateEntity {
                 patch: object(json!({"name": "Ada"})),
                 expected_version: None,
+                schema: Schema::open(),
             })
             .then_expect_events(vec![]);
     }
@@ -336,6 +415,7 @@ mod tests {
             .when(EntityCommand::UpdateEntity {
                 patch: object(json!({"name": "Grace"})),
                 expected_version: Some(0),
+                schema: Schema::open(),
             })
             .then_expect_error(EntityError::VersionConflict {
                 expected: 0,
@@ -350,6 +430,7 @@ mod tests {
             .when(EntityCommand::UpdateEntity {
                 patch: object(json!({"name": "Grace"})),
                 expected_version: None,
+                schema: Schema::open(),
             })
             .then_expect_error(EntityError::NotFound);
     }
@@ -377,6 +458,7 @@ mod tests {
             .when(EntityCommand::UpdateEntity {
                 patch: object(json!({"id": "other"})),
                 expected_version: None,
+                schema: Schema::open(),
             })
             .then_expect_error(EntityError::SystemField("id".into()));
     }

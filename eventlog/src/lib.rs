@@ -14,6 +14,7 @@
 //! - [`command`]: running a cqrs-es aggregate's command against the log, with optimistic
 //!   concurrency and bounded retries.
 //! - [`idempotency`]: idempotency records, completed in the same transaction as the events.
+//! - [`unit_of_work`]: commands on several aggregates, committed in one transaction.
 #![forbid(unsafe_code)]
 
 pub mod command;
@@ -21,6 +22,7 @@ pub mod cursor;
 pub mod db;
 pub mod idempotency;
 pub mod store;
+pub mod unit_of_work;
 
 pub use command::{CommandError, CommandOutcome};
 pub use cursor::Cursor;

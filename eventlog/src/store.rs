@@ -290,7 +290,7 @@ impl EventLog {
     /// The in-process lock that commands on `stream` take turns on. Striped: unrelated
     /// streams share a lock only by hash collision, which costs a short wait, never a
     /// deadlock (a command holds one stripe at a time).
-    pub(crate) fn stream_lock(&self, stream: &StreamId) -> &tokio::sync::Mutex<()> {
+    pub fn stream_lock(&self, stream: &StreamId) -> &tokio::sync::Mutex<()> {
         use std::hash::BuildHasher;
         let index = self.inner.hasher.hash_one(stream) as usize % STREAM_LOCKS;
         &self.inner.stream_locks[index]

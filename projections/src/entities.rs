@@ -13,6 +13,7 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::types::Json;
 
+use crate::entity_query::{After, Filter, Scalar, SortKey, Sql, compile, compile_after, order_by};
 use crate::{ProjectionError, Projector, Target};
 
 /// Builds the `entities` table from `Entity*` events.
@@ -76,7 +77,8 @@ impl Projector for EntitiesProjector {
                             .execute(&mut *conn)
                             .await?;
                     }
-                    EntityEvent::EntityUpdated { entity_type, id, data, .. } => {
+                    EntityEvent::EntityUpdated { entity_type, id, data, .. }
+                    | EntityEvent::EntityReplaced { entity_type, id, data } => {
                         sqlx::query(&update)
                             .bind(tenant)
                             .bind(entity_type.as_str())
@@ -159,34 +161,120 @@ pub async fn get(
     Ok(record)
 }
 
-/// A page of the tenant's records of one type, ordered by id, after the id `after`.
+/// Records of the tenant by type and id (deleted ones included), for `expand`.
+pub async fn get_many(
+    db: &Db,
+    tenant_id: &str,
+    entity_type: &str,
+    ids: &[String],
+) -> Result<Vec<EntityRecord>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM entities WHERE tenant_id = $1 AND entity_type = $2 AND id IN ({})",
+        placeholders.join(", ")
+    );
+    let records = eventlog::on_pool!(db, pool => {
+        let mut query = sqlx::query(&sql).bind(tenant_id).bind(entity_type);
+        for id in ids {
+            query = query.bind(id.as_str());
+        }
+        let rows = query.fetch_all(pool).await?;
+        rows.iter().map(|row| Ok(decode_record!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?
+    });
+    Ok(records)
+}
+
+/// What `GET /v1/{entity}` asks for.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub filter: Option<Filter>,
+    pub order: Vec<SortKey>,
+    pub after: Option<After>,
+    pub limit: u32,
+    pub include_deleted: bool,
+    pub count: bool,
+}
+
+/// A page of records and, when asked for, how many records match in all.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub records: Vec<EntityRecord>,
+    pub total: Option<i64>,
+}
+
+macro_rules! bind_all {
+    ($query:expr, $binds:expr, $backend:expr) => {{
+        let mut query = $query;
+        for bind in $binds {
+            query = match bind {
+                Scalar::Text(s) => query.bind(s.clone()),
+                Scalar::Bool(b) => query.bind(*b),
+                Scalar::Number(n) => match $backend {
+                    eventlog::Backend::Postgres => query.bind(n.to_string()),
+                    eventlog::Backend::Sqlite => match n.as_i64() {
+                        Some(i) => query.bind(i),
+                        None => query.bind(n.as_f64().unwrap_or(f64::NAN)),
+                    },
+                },
+            };
+        }
+        query
+    }};
+}
+
+/// A page of the tenant's records of one type: filtered, in the query's order, after its
+/// cursor; `limit` rows at most.
 pub async fn list(
     db: &Db,
     tenant_id: &str,
     entity_type: &str,
-    after: Option<&str>,
-    limit: u32,
-    include_deleted: bool,
-) -> Result<Vec<EntityRecord>, sqlx::Error> {
-    let deleted = if include_deleted {
-        ""
-    } else {
-        "AND deleted_at IS NULL"
-    };
+    query: &ListQuery,
+) -> Result<ListPage, sqlx::Error> {
+    let backend = db.backend();
+    let mut conditions = Sql::default();
+    conditions
+        .text
+        .push_str("tenant_id = $1 AND entity_type = $2");
+    if !query.include_deleted {
+        conditions.text.push_str(" AND deleted_at IS NULL");
+    }
+    if let Some(filter) = &query.filter {
+        conditions.text.push_str(" AND ");
+        compile(backend, filter, &mut conditions);
+    }
+    let count_sql = format!("SELECT COUNT(*) FROM entities WHERE {}", conditions.text);
+    let count_binds = conditions.binds.len();
+    if let Some(after) = &query.after {
+        conditions.text.push_str(" AND ");
+        compile_after(backend, &query.order, after, &mut conditions);
+    }
     let sql = format!(
-        "SELECT {COLUMNS} FROM entities \
-         WHERE tenant_id = $1 AND entity_type = $2 AND id > $3 {deleted} \
-         ORDER BY id LIMIT $4"
+        "SELECT {COLUMNS} FROM entities WHERE {} ORDER BY {} LIMIT {}",
+        conditions.text,
+        order_by(backend, &query.order),
+        query.limit
     );
-    let records = eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(&sql)
-            .bind(tenant_id)
-            .bind(entity_type)
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
+    let page = eventlog::on_pool!(db, pool => {
+        let rows = bind_all!(sqlx::query(&sql).bind(tenant_id).bind(entity_type), &conditions.binds, backend)
             .fetch_all(pool)
             .await?;
-        rows.iter().map(|row| Ok(decode_record!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?
+        let records = rows.iter().map(|row| Ok(decode_record!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let total = if query.count {
+            let total: i64 = bind_all!(
+                sqlx::query_scalar(&count_sql).bind(tenant_id).bind(entity_type),
+                &conditions.binds[..count_binds],
+                backend
+            )
+            .fetch_one(pool)
+            .await?;
+            Some(total)
+        } else {
+            None
+        };
+        ListPage { records, total }
     });
-    Ok(records)
+    Ok(page)
 }

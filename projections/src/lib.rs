@@ -13,6 +13,8 @@ pub mod agents;
 pub mod api_keys;
 pub mod checkpoints;
 pub mod entities;
+pub mod entity_query;
+pub mod entity_types;
 pub mod progress;
 pub mod sessions;
 pub mod tenants;
@@ -87,6 +89,7 @@ pub(crate) fn decode<E: cqrs_es::DomainEvent>(event: &RecordedEvent) -> Result<E
 pub fn all() -> Vec<std::sync::Arc<dyn Projector>> {
     vec![
         std::sync::Arc::new(entities::EntitiesProjector),
+        std::sync::Arc::new(entity_types::EntityTypesProjector),
         std::sync::Arc::new(tenants::TenantsProjector),
         std::sync::Arc::new(api_keys::ApiKeysProjector),
         std::sync::Arc::new(agents::AgentsProjector),

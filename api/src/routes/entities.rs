@@ -10,28 +10,36 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use domain::entity::{Entity, EntityCommand, EntityError};
+use domain::entity::Entity;
+use domain::entity_type::{EntityType, Schema};
 use domain::names::{EntityId, EntityTypeName, TenantId};
-use eventlog::idempotency::StoredResponse;
-use eventlog::{CommandOutcome, StreamId};
-use projections::entities::{self as read_model, EntityRecord};
+use domain::roles::Role;
+use eventlog::idempotency::{IdempotencyKey, StoredResponse};
+use eventlog::unit_of_work::Committed;
+use projections::entities::{self as read_model, EntityRecord, ListPage};
+use projections::entity_query::{self, QueryError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Auth, require};
+use crate::auth::{Auth, RequiredRole, require};
 use crate::commands::{self, Begin};
+use crate::entity_writes::{
+    self, MAX_OPERATIONS, OpKind, OpResult, Operation, WriteFailure, type_stream,
+};
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
-use crate::routes::{Page, await_consistency, page_cursor, with_lag};
+use crate::routes::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, await_consistency, with_lag};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(transact))
         .routes(routes!(list_entities, create_entity))
-        .routes(routes!(get_entity, patch_entity, delete_entity))
+        .routes(routes!(get_entity, put_entity, patch_entity, delete_entity))
+        .routes(routes!(entity_history))
 }
 
 /// One record.
@@ -52,6 +60,10 @@ pub struct EntityResponse {
     pub updated_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<DateTime<Utc>>,
+    /// With `expand`: the referenced records by field (`null` when the record is gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub expanded: Option<Map<String, Value>>,
 }
 
 impl From<EntityRecord> for EntityResponse {
@@ -64,6 +76,7 @@ impl From<EntityRecord> for EntityResponse {
             created_at: record.created_at,
             updated_at: record.updated_at,
             deleted_at: record.deleted_at,
+            expanded: None,
         }
     }
 }
@@ -73,8 +86,12 @@ impl From<EntityRecord> for EntityResponse {
 #[serde(rename_all = "camelCase")]
 pub struct EntityList {
     pub items: Vec<EntityResponse>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
+    /// Pass as `cursor` (with the same `orderBy`) to get the next page; absent on the last
+    /// page.
     pub next_cursor: Option<String>,
+    /// With `count=exact`: how many records match the filter in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
 }
 
 /// Query of `GET /v1/{entity}`.
@@ -86,8 +103,16 @@ pub struct ListQuery {
     pub limit: Option<u32>,
     /// `nextCursor` of the previous page.
     pub cursor: Option<String>,
-    /// Include deleted records (they carry `deletedAt`).
+    /// Include deleted records (they carry `deletedAt`); admins only.
     pub include_deleted: Option<bool>,
+    /// A JSON filter, e.g. `{"userId":"user-001"}` or `{"age":{"gte":18}}`.
+    pub r#where: Option<String>,
+    /// Sort keys, e.g. `age:desc,name:asc` (declared fields; the id breaks ties).
+    pub order_by: Option<String>,
+    /// `exact`: also count the matching records (`total`).
+    pub count: Option<String>,
+    /// Comma-separated reference fields whose records to embed.
+    pub expand: Option<String>,
 }
 
 fn entity_type(raw: String) -> Result<EntityTypeName, ApiError> {
@@ -108,100 +133,146 @@ fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn stream(tenant: &TenantId, entity_type: &EntityTypeName, id: &EntityId) -> StreamId {
-    StreamId::new(tenant.clone(), Entity::TYPE, format!("{entity_type}/{id}"))
-}
-
-fn reject(entity_type: &EntityTypeName, id: &EntityId) -> impl Fn(EntityError) -> ApiError {
-    let (entity_type, id) = (entity_type.to_string(), id.to_string());
-    move |error| match error {
-        EntityError::AlreadyExists => ApiError::EntityAlreadyExists {
-            entity_type: entity_type.clone(),
-            id: id.clone(),
-        },
-        EntityError::NotFound => ApiError::EntityNotFound {
-            entity_type: entity_type.clone(),
-            id: id.clone(),
-        },
-        EntityError::VersionConflict { expected, actual } => {
-            ApiError::VersionConflict { expected, actual }
-        }
-        EntityError::SystemField(field) => ApiError::Validation(vec![FieldError {
-            message: format!("'{field}' is managed by the gateway and cannot be changed"),
-            field,
-        }]),
+/// The body's `id`, when it has one, taken out of the document.
+fn take_id(data: &mut Map<String, Value>) -> Result<Option<EntityId>, ApiError> {
+    match data.remove("id") {
+        None => Ok(None),
+        Some(Value::String(id)) => EntityId::parse(id).map(Some).map_err(|e| {
+            ApiError::Validation(vec![FieldError {
+                field: "id".into(),
+                message: e.to_string(),
+            }])
+        }),
+        Some(_) => Err(ApiError::Validation(vec![FieldError {
+            field: "id".into(),
+            message: "must be a string".into(),
+        }])),
     }
 }
 
-/// The response of a command: the record as the command left it.
-fn respond(
-    status: StatusCode,
+/// The type's current schema, read from the log (exact, not from a read model).
+pub(crate) async fn schema_of(
+    state: &AppState,
+    tenant: &TenantId,
     entity_type: &EntityTypeName,
-    id: &EntityId,
-) -> impl Fn(&CommandOutcome<Entity>) -> StoredResponse {
-    let (entity_type, id) = (entity_type.clone(), id.clone());
-    move |outcome| {
-        let updated_at = outcome.updated_at.unwrap_or_else(Utc::now);
-        let deleted = !outcome.aggregate.exists();
-        let body = EntityResponse {
-            entity: entity_type.to_string(),
-            id: id.to_string(),
-            version: outcome.version,
-            data: Value::Object(outcome.aggregate.data().clone()),
-            created_at: outcome.created_at.unwrap_or(updated_at),
-            updated_at,
-            deleted_at: deleted.then_some(updated_at),
-        };
-        let mut headers = vec![("etag".to_string(), etag(outcome.version))];
-        if let Some(cursor) = outcome.cursor {
-            headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
-        }
-        if status == StatusCode::CREATED {
-            headers.push(("location".to_string(), format!("/v1/{entity_type}/{id}")));
-        }
-        commands::json_response(status, headers, &body)
+) -> Result<Schema, ApiError> {
+    let loaded = state
+        .log
+        .load_aggregate::<EntityType>(&type_stream(tenant, entity_type))
+        .await
+        .map_err(|e| match e {
+            eventlog::CommandError::Database(e) => e.into(),
+            other => ApiError::internal(other),
+        })?;
+    if !loaded.aggregate.exists() {
+        return Err(ApiError::EntityTypeNotFound(entity_type.to_string()));
+    }
+    Ok(loaded.aggregate.schema().clone())
+}
+
+/// The body of a record as a write left it.
+pub(crate) fn result_body(result: &OpResult, committed: &Committed) -> EntityResponse {
+    let updated_at = result.updated_at(committed);
+    EntityResponse {
+        entity: result.entity_type.to_string(),
+        id: result.id.to_string(),
+        version: result.version,
+        data: Value::Object(result.data.clone()),
+        created_at: result.created_at(committed),
+        updated_at,
+        deleted_at: result.deleted.then_some(updated_at),
+        expanded: None,
     }
 }
 
-/// Claims the idempotency key and runs an entity command.
+/// Claims the idempotency key and runs one operation; answers with the record.
 async fn run(
     state: &AppState,
     ctx: &CommandContext<require::Writer>,
-    body: &Value,
+    hashed: &Value,
     status: StatusCode,
-    entity_type: &EntityTypeName,
-    id: &EntityId,
-    command: EntityCommand,
+    operation: Operation,
 ) -> Response {
-    let key = match commands::begin(state, ctx, body).await {
+    let key = match commands::begin(state, ctx, hashed).await {
         Ok(Begin::Run(key)) => key,
         Ok(Begin::Replay(response)) => return response,
         Err(error) => return error.into_response(),
     };
-    let stream = stream(&ctx.tenant, entity_type, id);
-    let name = command.name();
-    match commands::run::<Entity, _>(
-        state,
-        ctx,
-        key,
-        &stream,
-        name,
-        command,
-        &(),
-        respond(status, entity_type, id),
-        reject(entity_type, id),
+    let operations = [operation];
+    let name = entity_writes::command_name(&operations);
+    let render = |results: &[OpResult], committed: &Committed| {
+        let result = &results[0];
+        let mut headers = vec![("etag".to_string(), etag(result.version))];
+        if let Some(cursor) = committed.appended.last_cursor().or(result.cursor) {
+            headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
+        }
+        if status == StatusCode::CREATED {
+            headers.push((
+                "location".to_string(),
+                format!("/v1/{}/{}", result.entity_type, result.id),
+            ));
+        }
+        commands::json_response(status, headers, &result_body(result, committed))
+    };
+    finish(state, ctx, key, name, &operations, render).await
+}
+
+/// Runs `operations` and turns the outcome into the response (stored with the key, or the
+/// key released when there is no answer to store).
+pub(crate) async fn finish<R: RequiredRole>(
+    state: &AppState,
+    ctx: &CommandContext<R>,
+    key: Option<IdempotencyKey>,
+    name: &str,
+    operations: &[Operation],
+    render: impl Fn(&[OpResult], &Committed) -> StoredResponse,
+) -> Response {
+    let metadata = ctx.metadata(name);
+    let result = entity_writes::write(
+        &state.log,
+        &ctx.tenant,
+        operations,
+        &metadata,
+        key.as_ref(),
+        render,
     )
-    .await
-    {
-        Ok((_, response)) => commands::to_response(&response, false),
-        Err(response) => response,
+    .await;
+    match result {
+        Ok((_, committed, response)) => {
+            state.metrics.command(name, "accepted");
+            state
+                .metrics
+                .events_appended(Entity::TYPE, committed.appended.events.len());
+            commands::to_response(&response, false)
+        }
+        Err(WriteFailure { error, operation }) => {
+            let refused = error.is_refusal();
+            state
+                .metrics
+                .command(name, if refused { "rejected" } else { "error" });
+            let error = match operation {
+                Some(index) if operations.len() > 1 => ApiError::OperationFailed {
+                    index,
+                    error: Box::new(error),
+                },
+                _ => error,
+            };
+            if refused {
+                commands::refuse(state, &ctx.request_id, key.as_ref(), error).await
+            } else {
+                match &key {
+                    Some(key) => commands::release(state, key, error).await.into_response(),
+                    None => error.into_response(),
+                }
+            }
+        }
     }
 }
 
 /// Create a record.
 ///
-/// The id is the body's `id` (a string) when given, otherwise generated. The rest of the body
-/// is the record's document.
+/// The id comes from the type's key fields (joined with `:`), else from the body's `id`, else
+/// it is generated. The rest of the body is the record's document, checked against the schema.
 #[utoipa::path(
     post,
     path = "/v1/{entity}",
@@ -215,8 +286,9 @@ async fn run(
     responses(
         (status = 201, description = "Created; `ETag`, `Location` and `x-event-position` headers", body = EntityResponse),
         (status = 400, description = "Malformed entity type, id or JSON", body = ErrorEnvelope),
-        (status = 409, description = "ENTITY_ALREADY_EXISTS", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+        (status = 404, description = "ENTITY_TYPE_NOT_FOUND", body = ErrorEnvelope),
+        (status = 409, description = "ENTITY_ALREADY_EXISTS, UNIQUE_VIOLATION", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR, one entry per field", body = ErrorEnvelope),
     )
 )]
 pub async fn create_entity(
@@ -227,36 +299,74 @@ pub async fn create_entity(
 ) -> Result<Response, ApiError> {
     let entity_type = entity_type(entity)?;
     let mut data = object(body.clone())?;
-    let id = match data.remove("id") {
-        None => EntityId::parse(uuid::Uuid::now_v7().to_string()).expect("a uuid is a valid id"),
-        Some(Value::String(id)) => EntityId::parse(id).map_err(|e| {
-            ApiError::Validation(vec![FieldError {
-                field: "id".into(),
-                message: e.to_string(),
-            }])
-        })?,
-        Some(_) => {
-            return Err(ApiError::Validation(vec![FieldError {
-                field: "id".into(),
-                message: "must be a string".into(),
-            }]));
+    let id = take_id(&mut data)?;
+    let operation = Operation::new(OpKind::Create, entity_type, id, data, None);
+    Ok(run(&state, &ctx, &body, StatusCode::CREATED, operation).await)
+}
+
+/// Query of `GET /v1/{entity}/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct GetQuery {
+    /// Comma-separated reference fields whose records to embed under `expanded`.
+    pub expand: Option<String>,
+}
+
+/// The reference fields named by `expand`.
+fn expand_fields(raw: Option<&str>, schema: &Schema) -> Result<Vec<(String, EntityTypeName)>, ApiError> {
+    let mut fields = Vec::new();
+    for name in raw.unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let target = schema
+            .fields
+            .get(name)
+            .and_then(|spec| spec.references.clone())
+            .ok_or_else(|| ApiError::InvalidParameter {
+                name: "expand",
+                reason: format!("'{name}' is not a reference field of this entity type"),
+            })?;
+        fields.push((name.to_string(), target));
+    }
+    Ok(fields)
+}
+
+/// Embeds the records that `fields` of each response reference (one query per field).
+async fn expand(
+    state: &AppState,
+    tenant: &TenantId,
+    fields: &[(String, EntityTypeName)],
+    responses: &mut [EntityResponse],
+) -> Result<(), ApiError> {
+    for (field, target) in fields {
+        let mut ids: Vec<String> = responses
+            .iter()
+            .filter_map(|r| r.data.get(field).and_then(Value::as_str).map(str::to_string))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let found = read_model::get_many(state.log.db(), tenant.as_str(), target.as_str(), &ids).await?;
+        let by_id: std::collections::HashMap<&str, &EntityRecord> = found
+            .iter()
+            .filter(|r| r.deleted_at.is_none())
+            .map(|r| (r.id.as_str(), r))
+            .collect();
+        for response in responses.iter_mut() {
+            let referenced = response
+                .data
+                .get(field)
+                .and_then(Value::as_str)
+                .and_then(|id| by_id.get(id))
+                .map(|record| {
+                    serde_json::to_value(EntityResponse::from((*record).clone())).unwrap_or_default()
+                })
+                .unwrap_or(Value::Null);
+            response
+                .expanded
+                .get_or_insert_with(Map::new)
+                .insert(field.clone(), referenced);
         }
-    };
-    let command = EntityCommand::CreateEntity {
-        entity_type: entity_type.clone(),
-        id: id.clone(),
-        data,
-    };
-    Ok(run(
-        &state,
-        &ctx,
-        &body,
-        StatusCode::CREATED,
-        &entity_type,
-        &id,
-        command,
-    )
-    .await)
+    }
+    Ok(())
 }
 
 /// Read a record.
@@ -267,13 +377,14 @@ pub async fn create_entity(
     security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
     params(
         ("entity" = String, Path, description = "Entity type"),
-        ("id" = String, Path, description = "Record id"),
+        ("id" = String, Path, description = "Record id; composite keys join their parts with `:`"),
         ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`"),
         ("x-consistency" = Option<String>, Header, description = "`strict`: answer 503 instead of stale data"),
+        GetQuery,
     ),
     responses(
         (status = 200, description = "The record; `ETag` header", body = EntityResponse),
-        (status = 404, description = "ENTITY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "ENTITY_TYPE_NOT_FOUND, ENTITY_NOT_FOUND", body = ErrorEnvelope),
         (status = 503, description = "PROJECTION_STALE", body = ErrorEnvelope),
     )
 )]
@@ -282,10 +393,13 @@ pub async fn get_entity(
     auth: Auth<require::Reader>,
     consistency: Consistency,
     Path((entity, id)): Path<(String, String)>,
+    Query(query): Query<GetQuery>,
 ) -> Result<Response, ApiError> {
     let entity_type = entity_type(entity)?;
     let id = entity_id(id)?;
     let tenant = auth.tenant();
+    let schema = schema_of(&state, tenant, &entity_type).await?;
+    let fields = expand_fields(query.expand.as_deref(), &schema)?;
     let lag = await_consistency(&state, consistency, read_model::NAME).await?;
     let record = read_model::get(
         state.log.db(),
@@ -300,14 +414,28 @@ pub async fn get_entity(
         id: id.to_string(),
     })?;
     let tag = etag(record.version as u64);
-    let mut response = ApiJson(EntityResponse::from(record)).into_response();
+    let mut responses = [EntityResponse::from(record)];
+    expand(&state, tenant, &fields, &mut responses).await?;
+    let [body] = responses;
+    let mut response = ApiJson(body).into_response();
     if let Ok(value) = HeaderValue::from_str(&tag) {
         response.headers_mut().insert(header::ETAG, value);
     }
     Ok(with_lag(response, lag))
 }
 
-/// List records, ordered by id.
+fn invalid(name: &'static str) -> impl Fn(QueryError) -> ApiError {
+    move |e| ApiError::InvalidParameter {
+        name,
+        reason: e.to_string(),
+    }
+}
+
+/// List records: filtered by `where`, sorted by `orderBy`, a page at a time.
+///
+/// `where` is a JSON object: `{"field": value}` (equality), `{"field": {"gt": 1, "lte": 9}}`
+/// (operators `eq ne gt gte lt lte in nin contains startsWith isNull`), paths into json
+/// fields (`"meta.plan"` or nested objects), and `and`/`or` (arrays) and `not` (an object).
 #[utoipa::path(
     get,
     path = "/v1/{entity}",
@@ -321,7 +449,8 @@ pub async fn get_entity(
     ),
     responses(
         (status = 200, description = "A page of records", body = EntityList),
-        (status = 400, description = "INVALID_PARAMETER", body = ErrorEnvelope),
+        (status = 400, description = "INVALID_PARAMETER, naming the parameter", body = ErrorEnvelope),
+        (status = 404, description = "ENTITY_TYPE_NOT_FOUND", body = ErrorEnvelope),
     )
 )]
 pub async fn list_entities(
@@ -332,22 +461,74 @@ pub async fn list_entities(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let entity_type = entity_type(entity)?;
-    let page = Page::parse(query.limit, query.cursor.as_deref())?;
     let tenant = auth.tenant();
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        return Err(ApiError::InvalidParameter {
+            name: "limit",
+            reason: format!("must be between 1 and {MAX_PAGE_SIZE}"),
+        });
+    }
+    let include_deleted = query.include_deleted.unwrap_or(false);
+    if include_deleted && !Role::any_grants(&auth.principal.roles, Role::Admin) {
+        return Err(ApiError::Forbidden {
+            required: Role::Admin,
+        });
+    }
+    let count = match query.count.as_deref() {
+        None => false,
+        Some("exact") => true,
+        Some(_) => {
+            return Err(ApiError::InvalidParameter {
+                name: "count",
+                reason: "the only counting mode is 'exact'".into(),
+            });
+        }
+    };
+    let schema = schema_of(&state, tenant, &entity_type).await?;
+    let filter = query
+        .r#where
+        .as_deref()
+        .map(|raw| {
+            let value: Value = serde_json::from_str(raw).map_err(|e| ApiError::InvalidParameter {
+                name: "where",
+                reason: format!("not JSON: {e}"),
+            })?;
+            entity_query::parse_where(&value, &schema).map_err(invalid("where"))
+        })
+        .transpose()?;
+    let order = entity_query::parse_order(query.order_by.as_deref(), &schema).map_err(invalid("orderBy"))?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|raw| entity_query::decode_cursor(raw, &order).map_err(invalid("cursor")))
+        .transpose()?;
+    let fields = expand_fields(query.expand.as_deref(), &schema)?;
     let lag = await_consistency(&state, consistency, read_model::NAME).await?;
-    let mut records = read_model::list(
-        state.log.db(),
-        tenant.as_str(),
-        entity_type.as_str(),
-        page.after.as_deref(),
-        page.limit + 1,
-        query.include_deleted.unwrap_or(false),
-    )
-    .await?;
-    let next_cursor = page_cursor(&mut records, page.limit, |r| r.id.as_str());
+    let list = read_model::ListQuery {
+        filter,
+        order,
+        after,
+        limit: limit + 1,
+        include_deleted,
+        count,
+    };
+    let ListPage { mut records, total } =
+        read_model::list(state.log.db(), tenant.as_str(), entity_type.as_str(), &list).await?;
+    let next_cursor = if records.len() > limit as usize {
+        records.truncate(limit as usize);
+        records
+            .last()
+            .map(|last| entity_query::encode_cursor(&list.order, &last.id, &last.data))
+    } else {
+        None
+    };
+    let mut items: Vec<EntityResponse> = records.into_iter().map(EntityResponse::from).collect();
+    expand(&state, tenant, &fields, &mut items).await?;
     let body = EntityList {
-        items: records.into_iter().map(EntityResponse::from).collect(),
+        items,
         next_cursor,
+        total,
     };
     Ok(with_lag(ApiJson(body).into_response(), lag))
 }
@@ -367,8 +548,8 @@ pub async fn list_entities(
     request_body(content = Object, description = "A JSON merge patch: `null` removes a field"),
     responses(
         (status = 200, description = "The record after the patch", body = EntityResponse),
-        (status = 404, description = "ENTITY_NOT_FOUND", body = ErrorEnvelope),
-        (status = 409, description = "VERSION_CONFLICT", body = ErrorEnvelope),
+        (status = 404, description = "ENTITY_TYPE_NOT_FOUND, ENTITY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 409, description = "VERSION_CONFLICT, UNIQUE_VIOLATION", body = ErrorEnvelope),
         (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     )
 )]
@@ -382,22 +563,53 @@ pub async fn patch_entity(
     let entity_type = entity_type(entity)?;
     let id = entity_id(id)?;
     let patch = object(body.clone())?;
-    let command = EntityCommand::UpdateEntity {
-        patch,
-        expected_version,
-    };
+    let operation = Operation::new(OpKind::Update, entity_type, Some(id), patch, expected_version);
     // If-Match is part of the request: the same key with another If-Match is another request.
     let hashed = serde_json::json!({ "body": body, "ifMatch": expected_version });
-    Ok(run(
-        &state,
-        &ctx,
-        &hashed,
-        StatusCode::OK,
-        &entity_type,
-        &id,
-        command,
+    Ok(run(&state, &ctx, &hashed, StatusCode::OK, operation).await)
+}
+
+/// Replace a record's document.
+#[utoipa::path(
+    put,
+    path = "/v1/{entity}/{id}",
+    tag = "entities",
+    security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
+    params(
+        ("entity" = String, Path, description = "Entity type"),
+        ("id" = String, Path, description = "Record id"),
+        ("If-Match" = Option<String>, Header, description = "The `ETag` the record must still have"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
+    ),
+    request_body(content = Object, description = "The whole new document (an `id`, if given, must be the record's)"),
+    responses(
+        (status = 200, description = "The record after the replacement", body = EntityResponse),
+        (status = 404, description = "ENTITY_TYPE_NOT_FOUND, ENTITY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 409, description = "VERSION_CONFLICT, UNIQUE_VIOLATION", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     )
-    .await)
+)]
+pub async fn put_entity(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Writer>,
+    IfMatch(expected_version): IfMatch,
+    Path((entity, id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let entity_type = entity_type(entity)?;
+    let id = entity_id(id)?;
+    let mut data = object(body.clone())?;
+    if let Some(given) = take_id(&mut data)?
+        && given != id
+    {
+        return Err(ApiError::Validation(vec![FieldError {
+            field: "id".into(),
+            message: "must be the id in the path".into(),
+        }]));
+    }
+    let operation = Operation::new(OpKind::Replace, entity_type, Some(id), data, expected_version);
+    let hashed = serde_json::json!({ "body": body, "ifMatch": expected_version });
+    Ok(run(&state, &ctx, &hashed, StatusCode::OK, operation).await)
 }
 
 /// Delete a record. The log keeps its history; reads answer 404 from now on.
@@ -414,8 +626,8 @@ pub async fn patch_entity(
     ),
     responses(
         (status = 200, description = "The deleted record, with `deletedAt`", body = EntityResponse),
-        (status = 404, description = "ENTITY_NOT_FOUND", body = ErrorEnvelope),
-        (status = 409, description = "VERSION_CONFLICT", body = ErrorEnvelope),
+        (status = 404, description = "ENTITY_TYPE_NOT_FOUND, ENTITY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 409, description = "VERSION_CONFLICT, REFERENCE_RESTRICTED", body = ErrorEnvelope),
     )
 )]
 pub async fn delete_entity(
@@ -426,16 +638,269 @@ pub async fn delete_entity(
 ) -> Result<Response, ApiError> {
     let entity_type = entity_type(entity)?;
     let id = entity_id(id)?;
-    let command = EntityCommand::DeleteEntity { expected_version };
+    let operation = Operation::new(OpKind::Delete, entity_type, Some(id), Map::new(), expected_version);
     let hashed = serde_json::json!({ "ifMatch": expected_version });
-    Ok(run(
-        &state,
-        &ctx,
-        &hashed,
-        StatusCode::OK,
-        &entity_type,
-        &id,
-        command,
+    Ok(run(&state, &ctx, &hashed, StatusCode::OK, operation).await)
+}
+
+/// One event of a record's history.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// The record's version after this event.
+    pub version: u64,
+    #[schema(example = "EntityUpdated")]
+    pub event_type: String,
+    pub recorded_at: DateTime<Utc>,
+    /// Who: the principal that issued the command.
+    #[schema(example = "key:01J…")]
+    pub actor: Option<String>,
+    pub request_id: Option<String>,
+    pub command: Option<String>,
+    /// What changed: the document (created, replaced), the merge patch (updated), or nothing
+    /// (deleted).
+    #[schema(value_type = Object)]
+    pub changes: Value,
+    /// The event's position in the log.
+    pub cursor: String,
+}
+
+/// A record's history.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    pub entity: String,
+    pub id: String,
+    pub events: Vec<HistoryEntry>,
+}
+
+/// The events of a record, oldest first, read from the log (deleted records included).
+#[utoipa::path(
+    get,
+    path = "/v1/{entity}/{id}/history",
+    tag = "entities",
+    security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
+    params(
+        ("entity" = String, Path, description = "Entity type"),
+        ("id" = String, Path, description = "Record id"),
+    ),
+    responses(
+        (status = 200, description = "Who changed what, when", body = History),
+        (status = 404, description = "ENTITY_TYPE_NOT_FOUND, ENTITY_NOT_FOUND", body = ErrorEnvelope),
     )
-    .await)
+)]
+pub async fn entity_history(
+    State(state): State<AppState>,
+    auth: Auth<require::Reader>,
+    Path((entity, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let entity_type = entity_type(entity)?;
+    let id = entity_id(id)?;
+    let tenant = auth.tenant();
+    schema_of(&state, tenant, &entity_type).await?;
+    let events = state
+        .log
+        .load(&entity_writes::entity_stream(tenant, &entity_type, &id), 0)
+        .await?;
+    if events.is_empty() {
+        return Err(ApiError::EntityNotFound {
+            entity_type: entity_type.to_string(),
+            id: id.to_string(),
+        });
+    }
+    let entries = events
+        .iter()
+        .map(|event| {
+            let metadata = event.event_metadata();
+            let changes = match event.event_type.as_str() {
+                "EntityUpdated" => event.payload.get("patch").cloned(),
+                "EntityCreated" | "EntityReplaced" => event.payload.get("data").cloned(),
+                _ => None,
+            };
+            HistoryEntry {
+                version: event.sequence as u64,
+                event_type: event.event_type.clone(),
+                recorded_at: event.recorded_at,
+                actor: metadata.as_ref().map(|m| m.actor.clone()),
+                request_id: metadata.as_ref().map(|m| m.request_id.clone()),
+                command: metadata.as_ref().map(|m| m.command.clone()),
+                changes: changes.unwrap_or(Value::Null),
+                cursor: event.cursor.to_string(),
+            }
+        })
+        .collect();
+    let body = History {
+        entity: entity_type.to_string(),
+        id: id.to_string(),
+        events: entries,
+    };
+    Ok(ApiJson(body).into_response())
+}
+
+/// One operation of `_transact`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransactOperation {
+    /// `create`, `update` (merge patch), `replace` or `delete`.
+    #[schema(example = "create")]
+    pub op: String,
+    #[schema(example = "users")]
+    pub entity: String,
+    /// Required except for a create (which may also give it in `data` or through key fields).
+    pub id: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+    /// The version the record must still have (the number of its `ETag`).
+    pub if_match: Option<u64>,
+}
+
+/// Body of `POST /v1/_transact`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransactRequest {
+    pub operations: Vec<TransactOperation>,
+}
+
+/// One result of `_transact`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactResult {
+    pub op: String,
+    /// 201 for a create, 200 otherwise.
+    pub status: u16,
+    #[serde(flatten)]
+    pub record: EntityResponse,
+}
+
+/// Response of `POST /v1/_transact`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransactResponse {
+    pub results: Vec<TransactResult>,
+}
+
+fn operation_of(index: usize, raw: TransactOperation) -> Result<Operation, ApiError> {
+    let at = |error: ApiError| ApiError::OperationFailed {
+        index,
+        error: Box::new(error),
+    };
+    let kind = match raw.op.as_str() {
+        "create" => OpKind::Create,
+        "update" => OpKind::Update,
+        "replace" => OpKind::Replace,
+        "delete" => OpKind::Delete,
+        other => {
+            return Err(at(ApiError::Validation(vec![FieldError {
+                field: "op".into(),
+                message: format!("'{other}' is not one of create, update, replace, delete"),
+            }])));
+        }
+    };
+    let entity_type = entity_type(raw.entity).map_err(at)?;
+    let mut data = match (kind, raw.data) {
+        (OpKind::Delete, None) => Map::new(),
+        (OpKind::Delete, Some(_)) => {
+            return Err(at(ApiError::Validation(vec![FieldError {
+                field: "data".into(),
+                message: "a delete takes no data".into(),
+            }])));
+        }
+        (_, None) => {
+            return Err(at(ApiError::Validation(vec![FieldError {
+                field: "data".into(),
+                message: "is required".into(),
+            }])));
+        }
+        (_, Some(data)) => object(data).map_err(at)?,
+    };
+    let in_data = if matches!(kind, OpKind::Create | OpKind::Replace) {
+        take_id(&mut data).map_err(at)?
+    } else {
+        None
+    };
+    let id = match raw.id {
+        Some(id) => Some(entity_id(id).map_err(at)?),
+        None => None,
+    };
+    if let (Some(a), Some(b)) = (&id, &in_data)
+        && a != b
+    {
+        return Err(at(ApiError::Validation(vec![FieldError {
+            field: "data.id".into(),
+            message: "must be the operation's id".into(),
+        }])));
+    }
+    let id = id.or(in_data);
+    if kind != OpKind::Create && id.is_none() {
+        return Err(at(ApiError::Validation(vec![FieldError {
+            field: "id".into(),
+            message: "is required for this operation".into(),
+        }])));
+    }
+    Ok(Operation::new(kind, entity_type, id, data, raw.if_match))
+}
+
+/// Run up to 100 operations atomically: all of them commit, or none does.
+///
+/// Operations run in order and see the earlier ones' effects (create a record, then reference
+/// it). A failing operation fails the whole request with its own error code and
+/// `details.operation` naming its index.
+#[utoipa::path(
+    post,
+    path = "/v1/_transact",
+    tag = "entities",
+    security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
+    ),
+    request_body = TransactRequest,
+    responses(
+        (status = 200, description = "Every operation's record as it left it; `x-event-position`", body = TransactResponse),
+        (status = 400, description = "Malformed request", body = ErrorEnvelope),
+        (status = 404, description = "ENTITY_TYPE_NOT_FOUND, ENTITY_NOT_FOUND (`details.operation`)", body = ErrorEnvelope),
+        (status = 409, description = "VERSION_CONFLICT, UNIQUE_VIOLATION, ENTITY_ALREADY_EXISTS, REFERENCE_RESTRICTED (`details.operation`)", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR (`details.operation`)", body = ErrorEnvelope),
+    )
+)]
+pub async fn transact(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Writer>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let request: TransactRequest = serde_json::from_value(body.clone()).map_err(|e| {
+        ApiError::InvalidJson(format!("not a _transact request: {e}"))
+    })?;
+    if request.operations.is_empty() || request.operations.len() > MAX_OPERATIONS {
+        return Err(ApiError::Validation(vec![FieldError {
+            field: "operations".into(),
+            message: format!("1 to {MAX_OPERATIONS} operations"),
+        }]));
+    }
+    let operations = request
+        .operations
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| operation_of(i, raw))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = match commands::begin(&state, &ctx, &body).await? {
+        Begin::Run(key) => key,
+        Begin::Replay(response) => return Ok(response),
+    };
+    let render = |results: &[OpResult], committed: &Committed| {
+        let body = TransactResponse {
+            results: results
+                .iter()
+                .map(|result| TransactResult {
+                    op: result.kind.as_str().to_string(),
+                    status: if result.kind == OpKind::Create { 201 } else { 200 },
+                    record: result_body(result, committed),
+                })
+                .collect(),
+        };
+        let mut headers = Vec::new();
+        if let Some(cursor) = committed.appended.last_cursor() {
+            headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
+        }
+        commands::json_response(StatusCode::OK, headers, &body)
+    };
+    Ok(finish(&state, &ctx, key, "Transact", &operations, render).await)
 }

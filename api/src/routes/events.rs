@@ -1,4 +1,5 @@
-//! `/v1/events/stream`: the tenant's events, live, as Server-Sent Events.
+//! The tenant's events, read from the log: `/v1/events/stream`, live, as Server-Sent Events,
+//! and `/v1/events`, the same events a page at a time (the change feed).
 //!
 //! Driven by the event log, not by NATS: it works without NATS and never misses what NATS
 //! missed. Each SSE event has `id:` (the event's cursor), `event:` (its type) and `data:` (the
@@ -11,17 +12,18 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::Sse;
+use axum::response::{IntoResponse, Response, Sse};
 use axum::response::sse::{Event, KeepAlive};
 use eventlog::{Cursor, RecordedEvent};
 use futures::Stream;
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Auth, require};
-use crate::error::{ApiError, ErrorEnvelope};
+use crate::error::{ApiError, ApiJson, ErrorEnvelope};
 use crate::state::AppState;
 
 /// Interval of the heartbeat comments that keep idle connections open.
@@ -29,7 +31,9 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 const BATCH: usize = 500;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(stream_events))
+    OpenApiRouter::new()
+        .routes(routes!(stream_events))
+        .routes(routes!(list_events))
 }
 
 /// Filters of the stream.
@@ -155,4 +159,108 @@ pub async fn stream_events(
     use futures::StreamExt;
     Ok(Sse::new(batches.flatten())
         .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+}
+
+/// Largest page of the change feed.
+pub const MAX_FEED_PAGE: usize = 1000;
+/// Events read from the log for one page at most, matching or not: a selective filter over a
+/// long stretch of other events answers with fewer items and a cursor to continue from.
+const MAX_FEED_SCAN: usize = 10_000;
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct FeedQuery {
+    /// Continue after this cursor (`nextCursor` of the previous page); default: the beginning.
+    pub after: Option<String>,
+    /// Comma-separated event types, e.g. `EntityCreated,EntityDeleted`.
+    pub types: Option<String>,
+    /// Only events of records of this entity type, e.g. `users`.
+    pub entity: Option<String>,
+    /// Only events of this aggregate type, e.g. `Agent`.
+    pub aggregate_type: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<usize>,
+}
+
+/// A page of the change feed.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedPage {
+    /// Event envelopes (the NATS payload shape), in log order.
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<Value>,
+    /// Where the next page starts. Always present: at the end of the log, poll again with it.
+    pub next_cursor: String,
+    /// Whether more events were already there when this page was read.
+    pub has_more: bool,
+}
+
+/// The tenant's change feed: its events from the log, in order, a page at a time.
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
+    params(FeedQuery),
+    responses(
+        (status = 200, description = "A page of events and the cursor to continue from", body = FeedPage),
+        (status = 400, description = "INVALID_PARAMETER", body = ErrorEnvelope),
+    ))]
+pub async fn list_events(
+    State(state): State<AppState>,
+    auth: Auth<require::Reader>,
+    Query(query): Query<FeedQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_FEED_PAGE).contains(&limit) {
+        return Err(ApiError::InvalidParameter {
+            name: "limit",
+            reason: format!("must be between 1 and {MAX_FEED_PAGE}"),
+        });
+    }
+    let mut cursor = match query.after.as_deref() {
+        Some(raw) => raw.parse().map_err(|_| ApiError::InvalidParameter {
+            name: "after",
+            reason: "not a cursor returned by the gateway".into(),
+        })?,
+        None => Cursor::START,
+    };
+    let filter = Filter {
+        types: query
+            .types
+            .map(|t| t.split(',').map(|s| s.trim().to_string()).collect()),
+        aggregate_type: query.aggregate_type,
+        entity_prefix: query.entity.map(|e| format!("{e}/")),
+    };
+    let tenant = auth.tenant().as_str();
+    let mut items = Vec::new();
+    let mut scanned = 0;
+    let mut has_more = false;
+    'pages: loop {
+        let want = BATCH.min(MAX_FEED_SCAN - scanned);
+        if want == 0 {
+            has_more = true;
+            break;
+        }
+        let batch = state.log.read_tenant_after(tenant, cursor, want).await?;
+        for event in &batch {
+            if filter.matches(event) {
+                if items.len() == limit {
+                    has_more = true;
+                    break 'pages;
+                }
+                items.push(event.envelope());
+            }
+            cursor = event.cursor;
+            scanned += 1;
+        }
+        if batch.len() < want {
+            break;
+        }
+    }
+    let body = FeedPage {
+        items,
+        next_cursor: cursor.to_string(),
+        has_more,
+    };
+    Ok(ApiJson(body).into_response())
 }

@@ -5,6 +5,7 @@ pub mod agents;
 pub mod api_keys;
 pub mod budgets;
 pub mod entities;
+pub mod entity_types;
 pub mod events;
 pub mod me;
 pub mod ops;
@@ -188,6 +189,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(sessions::router())
         .merge(usage::router())
         .merge(budgets::router())
+        .merge(entity_types::router())
         .merge(entities::router())
 }
 

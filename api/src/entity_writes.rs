@@ -1,0 +1,575 @@
+//! Writes to records of entity types: one operation (`POST`/`PUT`/`PATCH`/`DELETE` on
+//! `/v1/{entity}`) or up to [`MAX_OPERATIONS`] (`POST /v1/_transact`), committed together or
+//! not at all.
+//!
+//! Each operation runs its `Entity` command with the type's schema, then keeps the rules that
+//! span records, in the same unit of work:
+//! - every value of a unique field is claimed on its `UniqueValue` stream (released when the
+//!   record gives it up), so two records racing for one value conflict in the log and the
+//!   second is refused with `UNIQUE_VIOLATION`;
+//! - every reference is added to the referenced record's `References` stream, after checking
+//!   that record exists; deleting a record closes its stream, after refusing
+//!   (`onDelete: restrict`) or nullifying (`onDelete: nullify`) what references it.
+//!
+//! When another writer changed a stream the unit of work read, everything is decided again
+//! (bounded); the operations' outcomes are those of the attempt that committed.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::constraints::{
+    References, ReferencesCommand, ReferencesError, Referrer, UniqueValue, UniqueValueCommand,
+    UniqueValueError,
+};
+use domain::entity::{Entity, EntityCommand, EntityError};
+use domain::entity_type::{EntityType, FieldViolation, OnDelete, Schema};
+use domain::metadata::EventMetadata;
+use domain::names::{EntityId, EntityTypeName, TenantId};
+use eventlog::command::MAX_ATTEMPTS;
+use eventlog::idempotency::{IdempotencyKey, StoredResponse};
+use eventlog::unit_of_work::{CommitError, Committed, UnitOfWork};
+use eventlog::{CommandError, Cursor, EventLog, StreamId};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, FieldError};
+
+/// At most this many operations in one `_transact`.
+pub const MAX_OPERATIONS: usize = 100;
+
+/// What an operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Create,
+    /// JSON merge patch.
+    Update,
+    Replace,
+    Delete,
+}
+
+impl OpKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Replace => "replace",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+/// One operation on one record.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub kind: OpKind,
+    pub entity_type: EntityTypeName,
+    /// The record id; for a create, the body's `id` if it had one.
+    pub id: Option<EntityId>,
+    /// For a create without an id and without key fields: the id it gets. Chosen once, so
+    /// that every attempt creates the same record.
+    pub generated_id: EntityId,
+    /// The document (create, replace) or the merge patch (update).
+    pub data: Map<String, Value>,
+    pub expected_version: Option<u64>,
+}
+
+impl Operation {
+    pub fn new(
+        kind: OpKind,
+        entity_type: EntityTypeName,
+        id: Option<EntityId>,
+        data: Map<String, Value>,
+        expected_version: Option<u64>,
+    ) -> Self {
+        Self {
+            kind,
+            entity_type,
+            id,
+            generated_id: EntityId::parse(uuid::Uuid::now_v7().to_string())
+                .expect("a uuid is a valid id"),
+            data,
+            expected_version,
+        }
+    }
+
+    fn command_name(&self) -> &'static str {
+        match self.kind {
+            OpKind::Create => "CreateEntity",
+            OpKind::Update => "UpdateEntity",
+            OpKind::Replace => "ReplaceEntity",
+            OpKind::Delete => "DeleteEntity",
+        }
+    }
+}
+
+/// A record as an operation left it.
+#[derive(Debug, Clone)]
+pub struct OpResult {
+    pub kind: OpKind,
+    pub entity_type: EntityTypeName,
+    pub id: EntityId,
+    pub version: u64,
+    pub data: Map<String, Value>,
+    pub deleted: bool,
+    /// `None`: created by this commit.
+    pub created_at: Option<DateTime<Utc>>,
+    /// `None`: changed by this commit.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// The record's last event before this commit (for an operation that changed nothing).
+    pub cursor: Option<Cursor>,
+}
+
+impl OpResult {
+    pub fn created_at(&self, committed: &Committed) -> DateTime<Utc> {
+        self.created_at.unwrap_or(committed.recorded_at)
+    }
+
+    pub fn updated_at(&self, committed: &Committed) -> DateTime<Utc> {
+        self.updated_at.unwrap_or(committed.recorded_at)
+    }
+}
+
+/// Why a write did not commit: the error, and which operation caused it.
+#[derive(Debug)]
+pub struct WriteFailure {
+    pub error: ApiError,
+    pub operation: Option<usize>,
+}
+
+pub fn entity_stream(tenant: &TenantId, entity_type: &EntityTypeName, id: &EntityId) -> StreamId {
+    StreamId::new(tenant.clone(), Entity::TYPE, format!("{entity_type}/{id}"))
+}
+
+pub fn type_stream(tenant: &TenantId, entity_type: &EntityTypeName) -> StreamId {
+    StreamId::new(tenant.clone(), EntityType::TYPE, entity_type.as_str())
+}
+
+fn references_stream(tenant: &TenantId, entity_type: &EntityTypeName, id: &EntityId) -> StreamId {
+    StreamId::new(tenant.clone(), References::TYPE, format!("{entity_type}/{id}"))
+}
+
+fn unique_stream(tenant: &TenantId, entity_type: &EntityTypeName, field: &str, value: &Value) -> StreamId {
+    let digest = Sha256::digest(crate::commands::canonical_json(value).as_bytes());
+    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    StreamId::new(
+        tenant.clone(),
+        UniqueValue::TYPE,
+        format!("{entity_type}/{field}/{hash}"),
+    )
+}
+
+fn violations(problems: Vec<FieldViolation>) -> ApiError {
+    ApiError::Validation(
+        problems
+            .into_iter()
+            .map(|p| FieldError {
+                field: p.field,
+                message: p.message,
+            })
+            .collect(),
+    )
+}
+
+/// Maps a failed command of the unit of work; `refused` maps the aggregate's own refusals.
+fn command_error<E: std::error::Error + Send + Sync + 'static>(
+    error: CommandError<E>,
+    refused: impl FnOnce(E) -> ApiError,
+) -> ApiError {
+    match error {
+        CommandError::Rejected(e) => refused(e),
+        CommandError::Conflict => ApiError::ConcurrentModification,
+        CommandError::Database(e) => e.into(),
+        other => ApiError::internal(other),
+    }
+}
+
+fn entity_refusal(entity_type: &EntityTypeName, id: &EntityId) -> impl FnOnce(EntityError) -> ApiError {
+    let (entity_type, id) = (entity_type.to_string(), id.to_string());
+    move |error| match error {
+        EntityError::AlreadyExists => ApiError::EntityAlreadyExists { entity_type, id },
+        EntityError::NotFound => ApiError::EntityNotFound { entity_type, id },
+        EntityError::VersionConflict { expected, actual } => {
+            ApiError::VersionConflict { expected, actual }
+        }
+        EntityError::SystemField(field) => ApiError::Validation(vec![FieldError {
+            message: format!("'{field}' is managed by the gateway and cannot be changed"),
+            field,
+        }]),
+        EntityError::Invalid(problems) => violations(problems),
+    }
+}
+
+/// The operations of one attempt, on one unit of work.
+struct Writer<'a> {
+    uow: UnitOfWork<'a>,
+    tenant: TenantId,
+    schemas: HashMap<EntityTypeName, Option<Schema>>,
+}
+
+impl<'a> Writer<'a> {
+    fn new(log: &'a EventLog, tenant: TenantId) -> Self {
+        Self {
+            uow: UnitOfWork::new(log),
+            tenant,
+            schemas: HashMap::new(),
+        }
+    }
+
+    async fn schema(&mut self, entity_type: &EntityTypeName) -> Result<Schema, ApiError> {
+        if !self.schemas.contains_key(entity_type) {
+            let stream = type_stream(&self.tenant, entity_type);
+            let staged = self
+                .uow
+                .state::<EntityType>(&stream)
+                .await
+                .map_err(|e| command_error(e, |e| ApiError::internal(e)))?;
+            let schema = staged
+                .aggregate
+                .exists()
+                .then(|| staged.aggregate.schema().clone());
+            self.schemas.insert(entity_type.clone(), schema);
+        }
+        self.schemas[entity_type]
+            .clone()
+            .ok_or_else(|| ApiError::EntityTypeNotFound(entity_type.to_string()))
+    }
+
+    async fn entity(&mut self, stream: &StreamId) -> Result<(bool, Map<String, Value>, u64), ApiError> {
+        let staged = self
+            .uow
+            .state::<Entity>(stream)
+            .await
+            .map_err(|e| command_error(e, |e| ApiError::internal(e)))?;
+        Ok((
+            staged.aggregate.exists(),
+            staged.aggregate.data().clone(),
+            staged.version(),
+        ))
+    }
+
+    fn create_id(&self, op: &Operation, schema: &Schema) -> Result<EntityId, ApiError> {
+        let derived = schema
+            .key_of(&op.data)
+            .map_err(|problem| violations(vec![problem]))?;
+        match (derived, &op.id) {
+            (Some(derived), Some(given)) if derived != *given => Err(violations(vec![
+                FieldViolation::new(
+                    "id",
+                    format!("the key fields make the id '{derived}'; leave 'id' out or make it equal"),
+                ),
+            ])),
+            (Some(derived), _) => Ok(derived),
+            (None, Some(given)) => Ok(given.clone()),
+            (None, None) => Ok(op.generated_id.clone()),
+        }
+    }
+
+    /// Runs one operation; nullifying references may run further updates.
+    async fn apply(&mut self, op: &Operation) -> Result<OpResult, ApiError> {
+        let schema = self.schema(&op.entity_type).await?;
+        let entity_type = &op.entity_type;
+        let id = match (op.kind, &op.id) {
+            (OpKind::Create, _) => self.create_id(op, &schema)?,
+            (_, Some(id)) => id.clone(),
+            (_, None) => {
+                return Err(violations(vec![FieldViolation::new(
+                    "id",
+                    "is required for this operation",
+                )]));
+            }
+        };
+        let stream = entity_stream(&self.tenant, entity_type, &id);
+        let (existed, before, version_before) = self.entity(&stream).await?;
+        let command = match op.kind {
+            OpKind::Create => EntityCommand::CreateEntity {
+                entity_type: entity_type.clone(),
+                id: id.clone(),
+                data: op.data.clone(),
+                schema: schema.clone(),
+            },
+            OpKind::Update => EntityCommand::UpdateEntity {
+                patch: op.data.clone(),
+                expected_version: op.expected_version,
+                schema: schema.clone(),
+            },
+            OpKind::Replace => EntityCommand::ReplaceEntity {
+                data: op.data.clone(),
+                expected_version: op.expected_version,
+                schema: schema.clone(),
+            },
+            OpKind::Delete => EntityCommand::DeleteEntity {
+                expected_version: op.expected_version,
+            },
+        };
+        let staged = self
+            .uow
+            .execute::<Entity>(&stream, command, &())
+            .await
+            .map_err(|e| command_error(e, entity_refusal(entity_type, &id)))?;
+        let after = staged.aggregate.exists().then(|| staged.aggregate.data().clone());
+        let changed = staged.version() != version_before;
+        let result = OpResult {
+            kind: op.kind,
+            entity_type: entity_type.clone(),
+            id: id.clone(),
+            version: staged.version(),
+            data: staged.aggregate.data().clone(),
+            deleted: !staged.aggregate.exists(),
+            created_at: staged.created_at,
+            updated_at: if changed { None } else { staged.updated_at },
+            cursor: staged.cursor,
+        };
+        if changed {
+            let before = existed.then_some(before);
+            self.keep_unique(&schema, entity_type, &id, before.as_ref(), after.as_ref())
+                .await?;
+            self.keep_references(&schema, entity_type, &id, before.as_ref(), after.as_ref())
+                .await?;
+            if op.kind == OpKind::Delete {
+                self.release_referrers(entity_type, &id).await?;
+            }
+        }
+        Ok(result)
+    }
+
+    async fn keep_unique(
+        &mut self,
+        schema: &Schema,
+        entity_type: &EntityTypeName,
+        id: &EntityId,
+        before: Option<&Map<String, Value>>,
+        after: Option<&Map<String, Value>>,
+    ) -> Result<(), ApiError> {
+        let value = |doc: Option<&Map<String, Value>>, field: &str| {
+            doc.and_then(|d| d.get(field)).filter(|v| !v.is_null()).cloned()
+        };
+        for field in schema.unique_fields() {
+            let (old, new) = (value(before, field), value(after, field));
+            if old == new {
+                continue;
+            }
+            if let Some(old) = old {
+                let stream = unique_stream(&self.tenant, entity_type, field, &old);
+                let command = UniqueValueCommand::Release { owner: id.clone() };
+                self.uow
+                    .execute::<UniqueValue>(&stream, command, &())
+                    .await
+                    .map_err(|e| command_error(e, |e| ApiError::internal(e)))?;
+            }
+            if let Some(new) = new {
+                let stream = unique_stream(&self.tenant, entity_type, field, &new);
+                let command = UniqueValueCommand::Claim {
+                    entity_type: entity_type.clone(),
+                    field: field.to_string(),
+                    value: new.clone(),
+                    owner: id.clone(),
+                };
+                self.uow
+                    .execute::<UniqueValue>(&stream, command, &())
+                    .await
+                    .map_err(|e| {
+                        command_error(e, |UniqueValueError::Taken { owner }| {
+                            ApiError::UniqueViolation {
+                                entity_type: entity_type.to_string(),
+                                field: field.to_string(),
+                                value: new.clone(),
+                                existing_id: owner.to_string(),
+                            }
+                        })
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn keep_references(
+        &mut self,
+        schema: &Schema,
+        entity_type: &EntityTypeName,
+        id: &EntityId,
+        before: Option<&Map<String, Value>>,
+        after: Option<&Map<String, Value>>,
+    ) -> Result<(), ApiError> {
+        let target = |doc: Option<&Map<String, Value>>, field: &str| {
+            doc.and_then(|d| d.get(field))
+                .and_then(Value::as_str)
+                .and_then(|s| EntityId::parse(s).ok())
+        };
+        for (field, target_type) in schema.reference_fields() {
+            let (old, new) = (target(before, field), target(after, field));
+            if old == new {
+                continue;
+            }
+            let referrer = Referrer {
+                entity_type: entity_type.clone(),
+                id: id.clone(),
+                field: field.to_string(),
+            };
+            if let Some(old) = old {
+                let stream = references_stream(&self.tenant, target_type, &old);
+                let command = ReferencesCommand::Remove {
+                    referrer: referrer.clone(),
+                };
+                self.uow
+                    .execute::<References>(&stream, command, &())
+                    .await
+                    .map_err(|e| command_error(e, |e| ApiError::internal(e)))?;
+            }
+            if let Some(new) = new {
+                let missing = || {
+                    violations(vec![FieldViolation::new(
+                        field,
+                        format!("no {target_type} record '{new}'"),
+                    )])
+                };
+                let target_stream = entity_stream(&self.tenant, target_type, &new);
+                let (exists, _, _) = self.entity(&target_stream).await?;
+                if !exists {
+                    return Err(missing());
+                }
+                let stream = references_stream(&self.tenant, target_type, &new);
+                let command = ReferencesCommand::Add {
+                    target_type: target_type.clone(),
+                    target_id: new.clone(),
+                    referrer,
+                };
+                self.uow
+                    .execute::<References>(&stream, command, &())
+                    .await
+                    .map_err(|e| {
+                        command_error(e, |e| match e {
+                            ReferencesError::TargetDeleted => missing(),
+                            other => ApiError::internal(other),
+                        })
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Before a record goes: refuse if a `restrict` reference points at it, nullify the
+    /// `nullify` ones, then close its references.
+    async fn release_referrers(&mut self, entity_type: &EntityTypeName, id: &EntityId) -> Result<(), ApiError> {
+        let stream = references_stream(&self.tenant, entity_type, id);
+        let referrers: Vec<Referrer> = self
+            .uow
+            .state::<References>(&stream)
+            .await
+            .map_err(|e| command_error(e, |e| ApiError::internal(e)))?
+            .aggregate
+            .referrers()
+            .iter()
+            .cloned()
+            .collect();
+        let mut restricting = Vec::new();
+        let mut nullify = Vec::new();
+        for referrer in referrers {
+            let schema = self.schema(&referrer.entity_type).await?;
+            let policy = schema
+                .fields
+                .get(&referrer.field)
+                .map_or(OnDelete::Restrict, |spec| spec.on_delete());
+            match policy {
+                OnDelete::Restrict => restricting.push(referrer),
+                OnDelete::Nullify => nullify.push(referrer),
+            }
+        }
+        if !restricting.is_empty() {
+            return Err(ApiError::ReferenceRestricted {
+                entity_type: entity_type.to_string(),
+                id: id.to_string(),
+                referrers: serde_json::to_value(&restricting).unwrap_or_default(),
+            });
+        }
+        for referrer in nullify {
+            let mut patch = Map::new();
+            patch.insert(referrer.field.clone(), Value::Null);
+            let op = Operation::new(
+                OpKind::Update,
+                referrer.entity_type.clone(),
+                Some(referrer.id.clone()),
+                patch,
+                None,
+            );
+            Box::pin(self.apply(&op)).await?;
+        }
+        let command = ReferencesCommand::Close {
+            target_type: entity_type.clone(),
+            target_id: id.clone(),
+        };
+        self.uow
+            .execute::<References>(&stream, command, &())
+            .await
+            .map_err(|e| {
+                command_error(e, |e| match e {
+                    ReferencesError::StillReferenced(referrers) => ApiError::ReferenceRestricted {
+                        entity_type: entity_type.to_string(),
+                        id: id.to_string(),
+                        referrers: serde_json::to_value(&referrers).unwrap_or_default(),
+                    },
+                    other => ApiError::internal(other),
+                })
+            })?;
+        Ok(())
+    }
+}
+
+/// The command name recorded in the events' metadata.
+pub fn command_name(operations: &[Operation]) -> &'static str {
+    match operations {
+        [single] => single.command_name(),
+        _ => "Transact",
+    }
+}
+
+/// Runs `operations` in one commit. `render` makes the response stored with an idempotency
+/// key (and returned) from the operations' results and the commit.
+pub async fn write(
+    log: &EventLog,
+    tenant: &TenantId,
+    operations: &[Operation],
+    metadata: &EventMetadata,
+    key: Option<&IdempotencyKey>,
+    render: impl Fn(&[OpResult], &Committed) -> StoredResponse,
+) -> Result<(Vec<OpResult>, Committed, StoredResponse), WriteFailure> {
+    let failure = |error: ApiError, operation: Option<usize>| WriteFailure { error, operation };
+    // Commands of this process on one record take turns instead of conflicting.
+    let lock_stream = match operations {
+        [single] => single
+            .id
+            .as_ref()
+            .map(|id| entity_stream(tenant, &single.entity_type, id)),
+        _ => None,
+    };
+    let _turn = match &lock_stream {
+        Some(stream) => Some(log.stream_lock(stream).lock().await),
+        None => None,
+    };
+    for attempt in 1..=MAX_ATTEMPTS {
+        let mut writer = Writer::new(log, tenant.clone());
+        let mut results = Vec::with_capacity(operations.len());
+        for (index, op) in operations.iter().enumerate() {
+            match writer.apply(op).await {
+                Ok(result) => results.push(result),
+                Err(error) => return Err(failure(error, Some(index))),
+            }
+        }
+        match writer
+            .uow
+            .commit(metadata, key, |committed| render(&results, committed))
+            .await
+        {
+            Ok((committed, response)) => return Ok((results, committed, response)),
+            Err(CommitError::Conflict) => {
+                tracing::debug!(attempt, "a stream changed concurrently; deciding again");
+                let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u8 % 8);
+                tokio::time::sleep(std::time::Duration::from_millis(attempt as u64 * 2 + jitter))
+                    .await;
+            }
+            Err(CommitError::Database(error)) => return Err(failure(error.into(), None)),
+            Err(other) => return Err(failure(ApiError::internal(other), None)),
+        }
+    }
+    Err(failure(ApiError::ConcurrentModification, None))
+}

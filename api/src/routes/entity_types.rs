@@ -1,0 +1,344 @@
+//! `/v1/entity-types`: the tenant's entity types and their schemas.
+//!
+//! Defining and changing a type are commands of the `EntityType` aggregate (admin role); a
+//! change is refused when records written under the current schema might not satisfy the new
+//! one. `GET` of one type reads the log (exact); the list reads the `entity_types` read model.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use domain::entity_type::{EntityType, EntityTypeCommand, EntityTypeError, Schema};
+use domain::names::{EntityTypeName, TenantId};
+use eventlog::CommandOutcome;
+use eventlog::idempotency::StoredResponse;
+use projections::entity_types as read_model;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Auth, require};
+use crate::commands::{self, Begin};
+use crate::entity_writes::type_stream;
+use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
+use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
+use crate::routes::{await_consistency, with_lag};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_entity_types, define_entity_type))
+        .routes(routes!(get_entity_type, change_entity_type))
+}
+
+/// An entity type.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntityTypeResponse {
+    #[schema(example = "users")]
+    pub name: String,
+    /// `key`, `schemaless` and `fields` (each with `type`, `required`, `unique`, `indexed`,
+    /// `enum`, `maxLength`, `references`, `onDelete`).
+    #[schema(value_type = Object)]
+    pub schema: Schema,
+    pub version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// The tenant's entity types.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EntityTypeList {
+    pub items: Vec<EntityTypeResponse>,
+}
+
+/// Body of `POST /v1/entity-types`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DefineRequest {
+    #[schema(example = "users")]
+    pub name: String,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub schema: Value,
+}
+
+fn parse_schema(value: Value) -> Result<Schema, ApiError> {
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::Validation(vec![FieldError {
+            field: "schema".into(),
+            message: e.to_string(),
+        }])
+    })
+}
+
+fn fields(problems: Vec<domain::entity_type::FieldViolation>) -> Vec<FieldError> {
+    problems
+        .into_iter()
+        .map(|p| FieldError {
+            field: p.field,
+            message: p.message,
+        })
+        .collect()
+}
+
+/// The referenced types of `schema` that the tenant has not defined (the type itself aside).
+async fn missing_references(
+    state: &AppState,
+    tenant: &TenantId,
+    name: &EntityTypeName,
+    schema: &Schema,
+) -> Result<Vec<EntityTypeName>, ApiError> {
+    let mut missing = Vec::new();
+    for (_, target) in schema.reference_fields() {
+        if target == name || missing.contains(target) {
+            continue;
+        }
+        let loaded = state
+            .log
+            .load_aggregate::<EntityType>(&type_stream(tenant, target))
+            .await
+            .map_err(ApiError::internal)?;
+        if !loaded.aggregate.exists() {
+            missing.push(target.clone());
+        }
+    }
+    Ok(missing)
+}
+
+fn reject(name: &EntityTypeName) -> impl Fn(EntityTypeError) -> ApiError {
+    let name = name.to_string();
+    move |error| match error {
+        EntityTypeError::AlreadyExists => ApiError::EntityTypeAlreadyExists(name.clone()),
+        EntityTypeError::NotFound => ApiError::EntityTypeNotFound(name.clone()),
+        EntityTypeError::Invalid(problems) => ApiError::Validation(fields(problems)),
+        EntityTypeError::Incompatible(problems) => {
+            ApiError::IncompatibleSchemaChange(fields(problems))
+        }
+        EntityTypeError::VersionConflict { expected, actual } => {
+            ApiError::VersionConflict { expected, actual }
+        }
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    name: &EntityTypeName,
+) -> impl Fn(&CommandOutcome<EntityType>) -> StoredResponse {
+    let name = name.clone();
+    move |outcome| {
+        let body = EntityTypeResponse {
+            name: name.to_string(),
+            schema: outcome.aggregate.schema().clone(),
+            version: outcome.version,
+            created_at: outcome.created_at,
+            updated_at: outcome.updated_at,
+        };
+        let mut headers = vec![("etag".to_string(), etag(outcome.version))];
+        if let Some(cursor) = outcome.cursor {
+            headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
+        }
+        if status == StatusCode::CREATED {
+            headers.push(("location".to_string(), format!("/v1/entity-types/{name}")));
+        }
+        commands::json_response(status, headers, &body)
+    }
+}
+
+async fn run(
+    state: &AppState,
+    ctx: &CommandContext<require::Admin>,
+    hashed: &Value,
+    status: StatusCode,
+    name: &EntityTypeName,
+    command: EntityTypeCommand,
+) -> Response {
+    let key = match commands::begin(state, ctx, hashed).await {
+        Ok(Begin::Run(key)) => key,
+        Ok(Begin::Replay(response)) => return response,
+        Err(error) => return error.into_response(),
+    };
+    let stream = type_stream(&ctx.tenant, name);
+    let command_name = command.name();
+    match commands::run::<EntityType, _>(
+        state,
+        ctx,
+        key,
+        &stream,
+        command_name,
+        command,
+        &(),
+        respond(status, name),
+        reject(name),
+    )
+    .await
+    {
+        Ok((_, response)) => commands::to_response(&response, false),
+        Err(response) => response,
+    }
+}
+
+/// Define an entity type.
+#[utoipa::path(
+    post,
+    path = "/v1/entity-types",
+    tag = "entity-types",
+    security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
+    ),
+    request_body(content = DefineRequest, description = "`name` and the schema: `key`, `schemaless`, `fields`"),
+    responses(
+        (status = 201, description = "Defined", body = EntityTypeResponse),
+        (status = 400, description = "INVALID_ENTITY_TYPE (malformed or reserved name)", body = ErrorEnvelope),
+        (status = 409, description = "ENTITY_TYPE_ALREADY_EXISTS", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR, one entry per problem", body = ErrorEnvelope),
+    )
+)]
+pub async fn define_entity_type(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Admin>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let request: DefineRequest = serde_json::from_value(body.clone()).map_err(|e| {
+        ApiError::Validation(vec![FieldError {
+            field: "name".into(),
+            message: e.to_string(),
+        }])
+    })?;
+    let name = EntityTypeName::parse(request.name)
+        .map_err(|e| ApiError::InvalidEntityType(e.to_string()))?;
+    let schema = parse_schema(request.schema)?;
+    let missing_references = missing_references(&state, &ctx.tenant, &name, &schema).await?;
+    let command = EntityTypeCommand::DefineEntityType {
+        name: name.clone(),
+        schema,
+        missing_references,
+    };
+    Ok(run(&state, &ctx, &body, StatusCode::CREATED, &name, command).await)
+}
+
+/// Change an entity type: the body is the whole new schema (`key`, `schemaless`, `fields`).
+#[utoipa::path(
+    patch,
+    path = "/v1/entity-types/{name}",
+    tag = "entity-types",
+    security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
+    params(
+        ("name" = String, Path, description = "Entity type"),
+        ("If-Match" = Option<String>, Header, description = "The `ETag` the type must still have"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
+    ),
+    request_body(content = Object, description = "The new schema"),
+    responses(
+        (status = 200, description = "The type after the change", body = EntityTypeResponse),
+        (status = 404, description = "ENTITY_TYPE_NOT_FOUND", body = ErrorEnvelope),
+        (status = 409, description = "INCOMPATIBLE_SCHEMA_CHANGE (one entry per field), VERSION_CONFLICT", body = ErrorEnvelope),
+        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+    )
+)]
+pub async fn change_entity_type(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Admin>,
+    IfMatch(expected_version): IfMatch,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let name = EntityTypeName::parse(name).map_err(|e| ApiError::InvalidEntityType(e.to_string()))?;
+    let mut raw = body.clone();
+    if let Some(map) = raw.as_object_mut() {
+        map.remove("name");
+    }
+    let schema = parse_schema(raw)?;
+    let missing_references = missing_references(&state, &ctx.tenant, &name, &schema).await?;
+    let command = EntityTypeCommand::ChangeEntityType {
+        schema,
+        missing_references,
+        expected_version,
+    };
+    let hashed = serde_json::json!({ "body": body, "ifMatch": expected_version });
+    Ok(run(&state, &ctx, &hashed, StatusCode::OK, &name, command).await)
+}
+
+/// Read an entity type (from the log: a type just defined is there at once).
+#[utoipa::path(
+    get,
+    path = "/v1/entity-types/{name}",
+    tag = "entity-types",
+    security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
+    params(("name" = String, Path, description = "Entity type")),
+    responses(
+        (status = 200, description = "The type; `ETag` header", body = EntityTypeResponse),
+        (status = 404, description = "ENTITY_TYPE_NOT_FOUND", body = ErrorEnvelope),
+    )
+)]
+pub async fn get_entity_type(
+    State(state): State<AppState>,
+    auth: Auth<require::Reader>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = EntityTypeName::parse(name).map_err(|e| ApiError::InvalidEntityType(e.to_string()))?;
+    let loaded = state
+        .log
+        .load_aggregate::<EntityType>(&type_stream(auth.tenant(), &name))
+        .await
+        .map_err(ApiError::internal)?;
+    if !loaded.aggregate.exists() {
+        return Err(ApiError::EntityTypeNotFound(name.to_string()));
+    }
+    let body = EntityTypeResponse {
+        name: name.to_string(),
+        schema: loaded.aggregate.schema().clone(),
+        version: loaded.version,
+        created_at: loaded.created_at,
+        updated_at: loaded.updated_at,
+    };
+    let mut response = ApiJson(body).into_response();
+    if let Ok(tag) = axum::http::HeaderValue::from_str(&etag(loaded.version)) {
+        response.headers_mut().insert(axum::http::header::ETAG, tag);
+    }
+    Ok(response)
+}
+
+/// Query of `GET /v1/entity-types` (none; read-your-writes through `x-min-position`).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListTypesQuery {}
+
+/// List the tenant's entity types.
+#[utoipa::path(
+    get,
+    path = "/v1/entity-types",
+    tag = "entity-types",
+    security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
+    params(
+        ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`"),
+    ),
+    responses((status = 200, description = "The types, by name", body = EntityTypeList))
+)]
+pub async fn list_entity_types(
+    State(state): State<AppState>,
+    auth: Auth<require::Reader>,
+    consistency: Consistency,
+    Query(_query): Query<ListTypesQuery>,
+) -> Result<Response, ApiError> {
+    let lag = await_consistency(&state, consistency, read_model::NAME).await?;
+    let records = read_model::list(state.log.db(), auth.tenant().as_str()).await?;
+    let body = EntityTypeList {
+        items: records
+            .into_iter()
+            .map(|r| EntityTypeResponse {
+                name: r.name,
+                schema: r.schema,
+                version: r.version as u64,
+                created_at: Some(r.created_at),
+                updated_at: Some(r.updated_at),
+            })
+            .collect(),
+    };
+    Ok(with_lag(ApiJson(body).into_response(), lag))
+}

@@ -1,0 +1,245 @@
+//! Several commands on several aggregates, committed together or not at all.
+//!
+//! A [`UnitOfWork`] loads each stream it touches once, runs commands on the loaded state (a
+//! later command sees an earlier one's events, also on the same stream), and commits every
+//! stream's new events in one append, each with the version it was loaded at. When another
+//! writer changed any of those streams in between, the commit reports
+//! [`CommitError::Conflict`] and nothing is written: the caller decides everything again on
+//! a fresh unit of work.
+//!
+//! A command that fails leaves the unit of work in an unspecified state: drop it.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
+use domain::metadata::EventMetadata;
+
+use crate::command::{CommandError, Loaded};
+use crate::cursor::Cursor;
+use crate::idempotency::{IdempotencyKey, StoredResponse};
+use crate::store::{AppendError, Appended, EventLog, NewEvent, StreamAppend, StreamId};
+
+/// One stream as a unit of work holds it.
+pub struct Staged<A: Aggregate> {
+    /// The state after the loaded events and the staged ones.
+    pub aggregate: A,
+    /// The stream's version when it was loaded.
+    pub loaded_version: u64,
+    /// Events decided in this unit of work, not yet appended.
+    pub pending: Vec<A::Event>,
+    /// Cursor, first and last time of the loaded events.
+    pub cursor: Option<Cursor>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl<A: Aggregate> Staged<A> {
+    /// The stream's version with the staged events.
+    pub fn version(&self) -> u64 {
+        self.loaded_version + self.pending.len() as u64
+    }
+}
+
+trait AnyStaged: Send + Sync {
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn new_events(&self) -> Result<(u64, Vec<NewEvent>), serde_json::Error>;
+}
+
+impl<A: Aggregate + 'static> AnyStaged for Staged<A> {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn new_events(&self) -> Result<(u64, Vec<NewEvent>), serde_json::Error> {
+        let events = self
+            .pending
+            .iter()
+            .map(NewEvent::from_domain)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((self.loaded_version, events))
+    }
+}
+
+/// Why a unit of work did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Another writer changed a stream this unit of work read; nothing was written.
+    #[error("a stream was modified concurrently")]
+    Conflict,
+    #[error(transparent)]
+    Append(AppendError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<AppendError> for CommitError {
+    fn from(error: AppendError) -> Self {
+        match error {
+            AppendError::Conflict { .. } => Self::Conflict,
+            AppendError::Database(error) => Self::Database(error),
+            other => Self::Append(other),
+        }
+    }
+}
+
+/// What a commit wrote.
+#[derive(Debug)]
+pub struct Committed {
+    pub appended: Appended,
+    /// The time of the commit's events (the time of the commit when it wrote none).
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Commands on several streams, committed in one transaction.
+pub struct UnitOfWork<'a> {
+    log: &'a EventLog,
+    streams: BTreeMap<StreamId, Box<dyn AnyStaged>>,
+}
+
+impl<'a> UnitOfWork<'a> {
+    pub fn new(log: &'a EventLog) -> Self {
+        Self {
+            log,
+            streams: BTreeMap::new(),
+        }
+    }
+
+    /// The stream's state in this unit of work, loading it on first use.
+    pub async fn state<A>(&mut self, stream: &StreamId) -> Result<&Staged<A>, CommandError<A::Error>>
+    where
+        A: Aggregate + 'static,
+    {
+        Ok(&*self.staged_mut::<A>(stream).await?)
+    }
+
+    async fn staged_mut<A>(
+        &mut self,
+        stream: &StreamId,
+    ) -> Result<&mut Staged<A>, CommandError<A::Error>>
+    where
+        A: Aggregate + 'static,
+    {
+        if !self.streams.contains_key(stream) {
+            let Loaded {
+                aggregate,
+                version,
+                cursor,
+                created_at,
+                updated_at,
+            } = self.log.load_aggregate::<A>(stream).await?;
+            let staged = Staged {
+                aggregate,
+                loaded_version: version,
+                pending: Vec::new(),
+                cursor,
+                created_at,
+                updated_at,
+            };
+            self.streams.insert(stream.clone(), Box::new(staged));
+        }
+        let staged = self
+            .streams
+            .get_mut(stream)
+            .expect("inserted above")
+            .as_any_mut()
+            .downcast_mut::<Staged<A>>()
+            .expect("a stream id names one aggregate type");
+        Ok(staged)
+    }
+
+    /// Runs `command` on the stream's staged state; its events are staged for the commit.
+    pub async fn execute<A>(
+        &mut self,
+        stream: &StreamId,
+        command: A::Command,
+        services: &A::Services,
+    ) -> Result<&Staged<A>, CommandError<A::Error>>
+    where
+        A: Aggregate + 'static,
+    {
+        let staged = self.staged_mut::<A>(stream).await?;
+        let sink = EventSink::default();
+        staged
+            .aggregate
+            .handle(command, services, &sink)
+            .await
+            .map_err(CommandError::Rejected)?;
+        staged.pending.extend(sink.collect().await);
+        Ok(&*staged)
+    }
+
+    /// Whether any command staged an event.
+    pub fn has_changes(&self) -> bool {
+        self.streams.values().any(|s| {
+            s.new_events()
+                .map(|(_, events)| !events.is_empty())
+                .unwrap_or(true)
+        })
+    }
+
+    /// Appends every staged event in one transaction, and, with an idempotency key, stores
+    /// the response that `respond` renders from the commit in the same transaction.
+    pub async fn commit(
+        self,
+        metadata: &EventMetadata,
+        idempotency: Option<&IdempotencyKey>,
+        respond: impl FnOnce(&Committed) -> StoredResponse,
+    ) -> Result<(Committed, StoredResponse), CommitError> {
+        let mut batch = Vec::new();
+        for (stream, staged) in &self.streams {
+            let (expected_version, events) = staged
+                .new_events()
+                .map_err(|e| CommitError::Append(AppendError::from(e)))?;
+            if !events.is_empty() {
+                batch.push(StreamAppend {
+                    stream: stream.clone(),
+                    expected_version,
+                    events,
+                    metadata: metadata.clone(),
+                });
+            }
+        }
+        if batch.is_empty() && idempotency.is_none() {
+            let committed = Committed {
+                appended: Appended { events: Vec::new() },
+                recorded_at: Utc::now(),
+            };
+            let response = respond(&committed);
+            return Ok((committed, response));
+        }
+        let mut tx = self.log.db().begin().await?;
+        let appended = if batch.is_empty() {
+            Appended { events: Vec::new() }
+        } else {
+            match self.log.append_in(&mut tx, &batch).await {
+                Ok(appended) => appended,
+                Err(error) => {
+                    tx.rollback().await?;
+                    return Err(error.into());
+                }
+            }
+        };
+        let recorded_at = appended
+            .events
+            .last()
+            .map_or_else(Utc::now, |e| e.recorded_at);
+        let committed = Committed {
+            appended,
+            recorded_at,
+        };
+        let response = respond(&committed);
+        if let Some(key) = idempotency {
+            self.log
+                .complete_idempotency_in(&mut tx, key, &response)
+                .await?;
+        }
+        tx.commit().await?;
+        if let Some(cursor) = committed.appended.last_cursor() {
+            self.log.notify_appended(cursor);
+        }
+        Ok((committed, response))
+    }
+}
