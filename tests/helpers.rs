@@ -192,8 +192,14 @@ pub struct TestApp {
     pub providers: std::sync::Arc<api::providers::Providers>,
 }
 
-/// Creates `tenant` with an admin key through the same path as `gateway tenants create`, and
-/// applies it to the read models at once. Returns the key.
+/// Schemaless entity types every test tenant has, for tests about something else than schemas.
+pub const SCHEMALESS_TYPES: &[&str] = &[
+    "users", "orders", "projects", "tasks", "invoices", "counters",
+];
+
+/// Creates `tenant` with an admin key through the same path as `gateway tenants create`,
+/// defines the [`SCHEMALESS_TYPES`], and applies it all to the read models at once. Returns
+/// the key.
 pub async fn create_tenant(log: &EventLog, tenant: &str) -> String {
     let clock: domain::api_key::ApiKeyServices = std::sync::Arc::new(api::state::SystemClock);
     let id = domain::names::TenantId::parse(tenant).unwrap();
@@ -202,7 +208,7 @@ pub async fn create_tenant(log: &EventLog, tenant: &str) -> String {
     let created = api::bootstrap::create_tenant(
         log,
         &clock,
-        id,
+        id.clone(),
         format!("{tenant} Inc."),
         None,
         &metadata,
@@ -215,7 +221,21 @@ pub async fn create_tenant(log: &EventLog, tenant: &str) -> String {
     )
     .await
     .expect("tenant created");
-    let until = created.appended.last_cursor().unwrap();
+    let mut until = created.appended.last_cursor().unwrap();
+    for name in SCHEMALESS_TYPES {
+        let name = domain::names::EntityTypeName::parse(*name).unwrap();
+        let stream = api::entity_writes::type_stream(&id, &name);
+        let command = domain::entity_type::EntityTypeCommand::DefineEntityType {
+            name,
+            schema: domain::entity_type::Schema::open(),
+            missing_references: Vec::new(),
+        };
+        let outcome = log
+            .execute::<domain::entity_type::EntityType>(&stream, command, &(), &metadata)
+            .await
+            .expect("entity type defined");
+        until = outcome.cursor.unwrap();
+    }
     api::bootstrap::catch_up(log, &projections::all(), until)
         .await
         .expect("read models caught up");

@@ -146,10 +146,19 @@ pub fn type_stream(tenant: &TenantId, entity_type: &EntityTypeName) -> StreamId 
 }
 
 fn references_stream(tenant: &TenantId, entity_type: &EntityTypeName, id: &EntityId) -> StreamId {
-    StreamId::new(tenant.clone(), References::TYPE, format!("{entity_type}/{id}"))
+    StreamId::new(
+        tenant.clone(),
+        References::TYPE,
+        format!("{entity_type}/{id}"),
+    )
 }
 
-fn unique_stream(tenant: &TenantId, entity_type: &EntityTypeName, field: &str, value: &Value) -> StreamId {
+fn unique_stream(
+    tenant: &TenantId,
+    entity_type: &EntityTypeName,
+    field: &str,
+    value: &Value,
+) -> StreamId {
     let digest = Sha256::digest(crate::commands::canonical_json(value).as_bytes());
     let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     StreamId::new(
@@ -184,7 +193,10 @@ fn command_error<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-fn entity_refusal(entity_type: &EntityTypeName, id: &EntityId) -> impl FnOnce(EntityError) -> ApiError {
+fn entity_refusal(
+    entity_type: &EntityTypeName,
+    id: &EntityId,
+) -> impl FnOnce(EntityError) -> ApiError {
     let (entity_type, id) = (entity_type.to_string(), id.to_string());
     move |error| match error {
         EntityError::AlreadyExists => ApiError::EntityAlreadyExists { entity_type, id },
@@ -223,7 +235,7 @@ impl<'a> Writer<'a> {
                 .uow
                 .state::<EntityType>(&stream)
                 .await
-                .map_err(|e| command_error(e, |e| ApiError::internal(e)))?;
+                .map_err(|e| command_error(e, ApiError::internal))?;
             let schema = staged
                 .aggregate
                 .exists()
@@ -235,12 +247,15 @@ impl<'a> Writer<'a> {
             .ok_or_else(|| ApiError::EntityTypeNotFound(entity_type.to_string()))
     }
 
-    async fn entity(&mut self, stream: &StreamId) -> Result<(bool, Map<String, Value>, u64), ApiError> {
+    async fn entity(
+        &mut self,
+        stream: &StreamId,
+    ) -> Result<(bool, Map<String, Value>, u64), ApiError> {
         let staged = self
             .uow
             .state::<Entity>(stream)
             .await
-            .map_err(|e| command_error(e, |e| ApiError::internal(e)))?;
+            .map_err(|e| command_error(e, ApiError::internal))?;
         Ok((
             staged.aggregate.exists(),
             staged.aggregate.data().clone(),
@@ -253,12 +268,14 @@ impl<'a> Writer<'a> {
             .key_of(&op.data)
             .map_err(|problem| violations(vec![problem]))?;
         match (derived, &op.id) {
-            (Some(derived), Some(given)) if derived != *given => Err(violations(vec![
-                FieldViolation::new(
+            (Some(derived), Some(given)) if derived != *given => {
+                Err(violations(vec![FieldViolation::new(
                     "id",
-                    format!("the key fields make the id '{derived}'; leave 'id' out or make it equal"),
-                ),
-            ])),
+                    format!(
+                        "the key fields make the id '{derived}'; leave 'id' out or make it equal"
+                    ),
+                )]))
+            }
             (Some(derived), _) => Ok(derived),
             (None, Some(given)) => Ok(given.clone()),
             (None, None) => Ok(op.generated_id.clone()),
@@ -307,7 +324,10 @@ impl<'a> Writer<'a> {
             .execute::<Entity>(&stream, command, &())
             .await
             .map_err(|e| command_error(e, entity_refusal(entity_type, &id)))?;
-        let after = staged.aggregate.exists().then(|| staged.aggregate.data().clone());
+        let after = staged
+            .aggregate
+            .exists()
+            .then(|| staged.aggregate.data().clone());
         let changed = staged.version() != version_before;
         let result = OpResult {
             kind: op.kind,
@@ -342,7 +362,9 @@ impl<'a> Writer<'a> {
         after: Option<&Map<String, Value>>,
     ) -> Result<(), ApiError> {
         let value = |doc: Option<&Map<String, Value>>, field: &str| {
-            doc.and_then(|d| d.get(field)).filter(|v| !v.is_null()).cloned()
+            doc.and_then(|d| d.get(field))
+                .filter(|v| !v.is_null())
+                .cloned()
         };
         for field in schema.unique_fields() {
             let (old, new) = (value(before, field), value(after, field));
@@ -355,7 +377,7 @@ impl<'a> Writer<'a> {
                 self.uow
                     .execute::<UniqueValue>(&stream, command, &())
                     .await
-                    .map_err(|e| command_error(e, |e| ApiError::internal(e)))?;
+                    .map_err(|e| command_error(e, ApiError::internal))?;
             }
             if let Some(new) = new {
                 let stream = unique_stream(&self.tenant, entity_type, field, &new);
@@ -414,7 +436,7 @@ impl<'a> Writer<'a> {
                 self.uow
                     .execute::<References>(&stream, command, &())
                     .await
-                    .map_err(|e| command_error(e, |e| ApiError::internal(e)))?;
+                    .map_err(|e| command_error(e, ApiError::internal))?;
             }
             if let Some(new) = new {
                 let missing = || {
@@ -450,13 +472,17 @@ impl<'a> Writer<'a> {
 
     /// Before a record goes: refuse if a `restrict` reference points at it, nullify the
     /// `nullify` ones, then close its references.
-    async fn release_referrers(&mut self, entity_type: &EntityTypeName, id: &EntityId) -> Result<(), ApiError> {
+    async fn release_referrers(
+        &mut self,
+        entity_type: &EntityTypeName,
+        id: &EntityId,
+    ) -> Result<(), ApiError> {
         let stream = references_stream(&self.tenant, entity_type, id);
         let referrers: Vec<Referrer> = self
             .uow
             .state::<References>(&stream)
             .await
-            .map_err(|e| command_error(e, |e| ApiError::internal(e)))?
+            .map_err(|e| command_error(e, ApiError::internal))?
             .aggregate
             .referrers()
             .iter()
@@ -564,8 +590,10 @@ pub async fn write(
             Err(CommitError::Conflict) => {
                 tracing::debug!(attempt, "a stream changed concurrently; deciding again");
                 let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u8 % 8);
-                tokio::time::sleep(std::time::Duration::from_millis(attempt as u64 * 2 + jitter))
-                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    attempt as u64 * 2 + jitter,
+                ))
+                .await;
             }
             Err(CommitError::Database(error)) => return Err(failure(error.into(), None)),
             Err(other) => return Err(failure(ApiError::internal(other), None)),

@@ -321,10 +321,7 @@ impl ApiError {
                 let (status, code, details) = error.parts();
                 let mut merged = json!({ "operation": index });
                 if let Value::Object(inner) = details {
-                    merged
-                        .as_object_mut()
-                        .expect("an object")
-                        .extend(inner);
+                    merged.as_object_mut().expect("an object").extend(inner);
                 }
                 (status, code, merged)
             }

@@ -138,9 +138,10 @@ pub fn valid_field_name(name: &str) -> bool {
 
 /// The canonical form of a timestamp: UTC, microseconds.
 pub fn normalize_timestamp(raw: &str) -> Option<String> {
-    DateTime::parse_from_rfc3339(raw)
-        .ok()
-        .map(|t| t.with_timezone(&Utc).to_rfc3339_opts(SecondsFormat::Micros, true))
+    DateTime::parse_from_rfc3339(raw).ok().map(|t| {
+        t.with_timezone(&Utc)
+            .to_rfc3339_opts(SecondsFormat::Micros, true)
+    })
 }
 
 impl Schema {
@@ -710,7 +711,10 @@ mod tests {
         }}));
         let id = s.key_of(&object(json!({"agent": "a", "user": 7}))).unwrap();
         assert_eq!(id.unwrap().as_str(), "a:7");
-        assert!(s.key_of(&object(json!({"agent": "a:b", "user": 7}))).is_err());
+        assert!(
+            s.key_of(&object(json!({"agent": "a:b", "user": 7})))
+                .is_err()
+        );
         assert!(s.key_of(&object(json!({"agent": "a"}))).is_err());
     }
 

@@ -108,7 +108,10 @@ impl<'a> UnitOfWork<'a> {
     }
 
     /// The stream's state in this unit of work, loading it on first use.
-    pub async fn state<A>(&mut self, stream: &StreamId) -> Result<&Staged<A>, CommandError<A::Error>>
+    pub async fn state<A>(
+        &mut self,
+        stream: &StreamId,
+    ) -> Result<&Staged<A>, CommandError<A::Error>>
     where
         A: Aggregate + 'static,
     {

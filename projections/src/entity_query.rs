@@ -190,10 +190,9 @@ fn field_ref(raw_path: &str, schema: &Schema) -> Result<FieldRef, QueryError> {
     }
     let top = schema.fields.get(&path[0]);
     match top {
-        None if !schema.schemaless => err(format!(
-            "'{}' is not a field of this entity type",
-            path[0]
-        )),
+        None if !schema.schemaless => {
+            err(format!("'{}' is not a field of this entity type", path[0]))
+        }
         Some(spec) if path.len() > 1 && spec.kind != FieldKind::Json => err(format!(
             "'{raw_path}': only json fields have paths inside them"
         )),
@@ -315,7 +314,10 @@ impl Parser<'_> {
     /// `"path": value` (equality), `"path": {"op": value, …}`, or `"path": {"nested": …}`.
     fn field(&mut self, path: &str, value: &Value) -> Result<Filter, QueryError> {
         if let Value::Object(ops) = value {
-            let operators = ops.keys().filter(|k| OPERATORS.contains(&k.as_str())).count();
+            let operators = ops
+                .keys()
+                .filter(|k| OPERATORS.contains(&k.as_str()))
+                .count();
             if operators == 0 && !ops.is_empty() {
                 return self.node(value, path);
             }
@@ -340,7 +342,12 @@ impl Parser<'_> {
         self.operator(&field, "eq", value)
     }
 
-    fn operator(&mut self, field: &FieldRef, op: &str, operand: &Value) -> Result<Filter, QueryError> {
+    fn operator(
+        &mut self,
+        field: &FieldRef,
+        op: &str,
+        operand: &Value,
+    ) -> Result<Filter, QueryError> {
         self.count()?;
         let name = field.display();
         let cmp = match op {
@@ -361,7 +368,9 @@ impl Parser<'_> {
             }
             let value = scalar(field, operand)?;
             if matches!(value, Scalar::Bool(_)) && !matches!(cmp, Cmp::Eq | Cmp::Ne) {
-                return err(format!("'{name}': booleans are compared with eq and ne only"));
+                return err(format!(
+                    "'{name}': booleans are compared with eq and ne only"
+                ));
             }
             return Ok(Filter::Compare {
                 field: field.clone(),
@@ -397,7 +406,11 @@ impl Parser<'_> {
                 let Value::String(value) = operand else {
                     return err(format!("'{name}': {op} takes a string"));
                 };
-                if field.declared.and_then(Kind::of).is_some_and(|k| k != Kind::Text) {
+                if field
+                    .declared
+                    .and_then(Kind::of)
+                    .is_some_and(|k| k != Kind::Text)
+                {
                     return err(format!("'{name}': {op} applies to string fields"));
                 }
                 Ok(if op == "contains" {
@@ -448,7 +461,11 @@ pub struct SortKey {
 /// kind is known. The record id is always the last key, so that every order is total.
 pub fn parse_order(raw: Option<&str>, schema: &Schema) -> Result<Vec<SortKey>, QueryError> {
     let mut keys = Vec::new();
-    for part in raw.unwrap_or("").split(',').filter(|p| !p.trim().is_empty()) {
+    for part in raw
+        .unwrap_or("")
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+    {
         let (name, direction) = match part.trim().split_once(':') {
             Some((name, direction)) => (name, direction),
             None => (part.trim(), "asc"),
@@ -473,7 +490,9 @@ pub fn parse_order(raw: Option<&str>, schema: &Schema) -> Result<Vec<SortKey>, Q
             descending,
         });
     }
-    if keys.len() > MAX_SORT_KEYS + 1 || (keys.len() > MAX_SORT_KEYS && !keys.last().is_some_and(|k| k.field.is_id)) {
+    if keys.len() > MAX_SORT_KEYS + 1
+        || (keys.len() > MAX_SORT_KEYS && !keys.last().is_some_and(|k| k.field.is_id))
+    {
         return err(format!("at most {MAX_SORT_KEYS} sort keys"));
     }
     if !keys.iter().any(|k| k.field.is_id) {
@@ -495,7 +514,13 @@ pub fn parse_order(raw: Option<&str>, schema: &Schema) -> Result<Vec<SortKey>, Q
 
 fn order_signature(keys: &[SortKey]) -> String {
     keys.iter()
-        .map(|k| format!("{}:{}", k.field.display(), if k.descending { "d" } else { "a" }))
+        .map(|k| {
+            format!(
+                "{}:{}",
+                k.field.display(),
+                if k.descending { "d" } else { "a" }
+            )
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -611,7 +636,10 @@ pub fn expression(backend: Backend, path: &[String], kind: Kind) -> String {
     match backend {
         Backend::Postgres => {
             let (json, text) = if path.len() == 1 {
-                (format!("data->'{}'", path[0]), format!("data->>'{}'", path[0]))
+                (
+                    format!("data->'{}'", path[0]),
+                    format!("data->>'{}'", path[0]),
+                )
             } else {
                 let p = json_path(backend, path);
                 (format!("data#>{p}"), format!("data#>>{p}"))
@@ -638,7 +666,9 @@ pub fn expression(backend: Backend, path: &[String], kind: Kind) -> String {
                     "(CASE WHEN json_type(data, {p}) IN ('integer', 'real') THEN json_extract(data, {p}) END)"
                 ),
                 Kind::Bool => {
-                    format!("(CASE json_type(data, {p}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 END)")
+                    format!(
+                        "(CASE json_type(data, {p}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 END)"
+                    )
                 }
             }
         }
@@ -674,8 +704,11 @@ pub fn compile(backend: Backend, filter: &Filter, sql: &mut Sql) {
     match filter {
         Filter::And(parts) | Filter::Or(parts) => {
             if parts.is_empty() {
-                sql.text
-                    .push_str(if matches!(filter, Filter::And(_)) { "TRUE" } else { "FALSE" });
+                sql.text.push_str(if matches!(filter, Filter::And(_)) {
+                    "TRUE"
+                } else {
+                    "FALSE"
+                });
                 return;
             }
             let joiner = if matches!(filter, Filter::And(_)) {
@@ -829,7 +862,8 @@ pub fn compile_after(backend: Backend, keys: &[SortKey], after: &After, sql: &mu
     if alternatives.is_empty() {
         sql.text.push_str("FALSE");
     } else {
-        sql.text.push_str(&format!("({})", alternatives.join(" OR ")));
+        sql.text
+            .push_str(&format!("({})", alternatives.join(" OR ")));
     }
 }
 
@@ -855,11 +889,9 @@ pub fn order_by(backend: Backend, keys: &[SortKey]) -> String {
 pub fn index_statement(backend: Backend, field: &str, kind: Kind) -> (String, String) {
     let mut name = format!("entities_{field}_{}_idx", kind.letter());
     if name.len() > 63 {
-        let hash = field
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
+        let hash = field.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
         name = format!("entities_f{hash:016x}_{}_idx", kind.letter());
     }
     let e = expression(backend, &[field.to_string()], kind);
@@ -905,7 +937,10 @@ mod tests {
         );
         assert!(!sql.text.contains("DROP"), "{}", sql.text);
         assert_eq!(sql.binds.len(), 3);
-        let sql = compiled(Backend::Sqlite, json!({"meta.plan.name": {"in": ["a", "b"]}}));
+        let sql = compiled(
+            Backend::Sqlite,
+            json!({"meta.plan.name": {"in": ["a", "b"]}}),
+        );
         assert!(sql.text.contains("'$.meta.plan.name'"), "{}", sql.text);
         assert_eq!(sql.binds.len(), 2);
     }

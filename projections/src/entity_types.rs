@@ -53,7 +53,10 @@ impl Projector for EntityTypesProjector {
              version = excluded.version, updated_at = excluded.updated_at \
              WHERE {table}.version < excluded.version"
         );
-        for event in events.iter().filter(|e| e.aggregate_type == EntityType::TYPE) {
+        for event in events
+            .iter()
+            .filter(|e| e.aggregate_type == EntityType::TYPE)
+        {
             let decoded: EntityTypeEvent = crate::decode(event)?;
             let (EntityTypeEvent::EntityTypeDefined { name, schema }
             | EntityTypeEvent::EntityTypeChanged { name, schema }) = decoded;

@@ -314,9 +314,17 @@ pub struct GetQuery {
 }
 
 /// The reference fields named by `expand`.
-fn expand_fields(raw: Option<&str>, schema: &Schema) -> Result<Vec<(String, EntityTypeName)>, ApiError> {
+fn expand_fields(
+    raw: Option<&str>,
+    schema: &Schema,
+) -> Result<Vec<(String, EntityTypeName)>, ApiError> {
     let mut fields = Vec::new();
-    for name in raw.unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
+    for name in raw
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
         let target = schema
             .fields
             .get(name)
@@ -340,11 +348,17 @@ async fn expand(
     for (field, target) in fields {
         let mut ids: Vec<String> = responses
             .iter()
-            .filter_map(|r| r.data.get(field).and_then(Value::as_str).map(str::to_string))
+            .filter_map(|r| {
+                r.data
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
             .collect();
         ids.sort();
         ids.dedup();
-        let found = read_model::get_many(state.log.db(), tenant.as_str(), target.as_str(), &ids).await?;
+        let found =
+            read_model::get_many(state.log.db(), tenant.as_str(), target.as_str(), &ids).await?;
         let by_id: std::collections::HashMap<&str, &EntityRecord> = found
             .iter()
             .filter(|r| r.deleted_at.is_none())
@@ -357,7 +371,8 @@ async fn expand(
                 .and_then(Value::as_str)
                 .and_then(|id| by_id.get(id))
                 .map(|record| {
-                    serde_json::to_value(EntityResponse::from((*record).clone())).unwrap_or_default()
+                    serde_json::to_value(EntityResponse::from((*record).clone()))
+                        .unwrap_or_default()
                 })
                 .unwrap_or(Value::Null);
             response
@@ -490,14 +505,16 @@ pub async fn list_entities(
         .r#where
         .as_deref()
         .map(|raw| {
-            let value: Value = serde_json::from_str(raw).map_err(|e| ApiError::InvalidParameter {
-                name: "where",
-                reason: format!("not JSON: {e}"),
-            })?;
+            let value: Value =
+                serde_json::from_str(raw).map_err(|e| ApiError::InvalidParameter {
+                    name: "where",
+                    reason: format!("not JSON: {e}"),
+                })?;
             entity_query::parse_where(&value, &schema).map_err(invalid("where"))
         })
         .transpose()?;
-    let order = entity_query::parse_order(query.order_by.as_deref(), &schema).map_err(invalid("orderBy"))?;
+    let order = entity_query::parse_order(query.order_by.as_deref(), &schema)
+        .map_err(invalid("orderBy"))?;
     let after = query
         .cursor
         .as_deref()
@@ -563,7 +580,13 @@ pub async fn patch_entity(
     let entity_type = entity_type(entity)?;
     let id = entity_id(id)?;
     let patch = object(body.clone())?;
-    let operation = Operation::new(OpKind::Update, entity_type, Some(id), patch, expected_version);
+    let operation = Operation::new(
+        OpKind::Update,
+        entity_type,
+        Some(id),
+        patch,
+        expected_version,
+    );
     // If-Match is part of the request: the same key with another If-Match is another request.
     let hashed = serde_json::json!({ "body": body, "ifMatch": expected_version });
     Ok(run(&state, &ctx, &hashed, StatusCode::OK, operation).await)
@@ -607,7 +630,13 @@ pub async fn put_entity(
             message: "must be the id in the path".into(),
         }]));
     }
-    let operation = Operation::new(OpKind::Replace, entity_type, Some(id), data, expected_version);
+    let operation = Operation::new(
+        OpKind::Replace,
+        entity_type,
+        Some(id),
+        data,
+        expected_version,
+    );
     let hashed = serde_json::json!({ "body": body, "ifMatch": expected_version });
     Ok(run(&state, &ctx, &hashed, StatusCode::OK, operation).await)
 }
@@ -638,7 +667,13 @@ pub async fn delete_entity(
 ) -> Result<Response, ApiError> {
     let entity_type = entity_type(entity)?;
     let id = entity_id(id)?;
-    let operation = Operation::new(OpKind::Delete, entity_type, Some(id), Map::new(), expected_version);
+    let operation = Operation::new(
+        OpKind::Delete,
+        entity_type,
+        Some(id),
+        Map::new(),
+        expected_version,
+    );
     let hashed = serde_json::json!({ "ifMatch": expected_version });
     Ok(run(&state, &ctx, &hashed, StatusCode::OK, operation).await)
 }
@@ -866,9 +901,8 @@ pub async fn transact(
     ctx: CommandContext<require::Writer>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let request: TransactRequest = serde_json::from_value(body.clone()).map_err(|e| {
-        ApiError::InvalidJson(format!("not a _transact request: {e}"))
-    })?;
+    let request: TransactRequest = serde_json::from_value(body.clone())
+        .map_err(|e| ApiError::InvalidJson(format!("not a _transact request: {e}")))?;
     if request.operations.is_empty() || request.operations.len() > MAX_OPERATIONS {
         return Err(ApiError::Validation(vec![FieldError {
             field: "operations".into(),
@@ -891,7 +925,11 @@ pub async fn transact(
                 .iter()
                 .map(|result| TransactResult {
                     op: result.kind.as_str().to_string(),
-                    status: if result.kind == OpKind::Create { 201 } else { 200 },
+                    status: if result.kind == OpKind::Create {
+                        201
+                    } else {
+                        200
+                    },
                     record: result_body(result, committed),
                 })
                 .collect(),

@@ -248,7 +248,8 @@ pub async fn change_entity_type(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let name = EntityTypeName::parse(name).map_err(|e| ApiError::InvalidEntityType(e.to_string()))?;
+    let name =
+        EntityTypeName::parse(name).map_err(|e| ApiError::InvalidEntityType(e.to_string()))?;
     let mut raw = body.clone();
     if let Some(map) = raw.as_object_mut() {
         map.remove("name");
@@ -281,7 +282,8 @@ pub async fn get_entity_type(
     auth: Auth<require::Reader>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let name = EntityTypeName::parse(name).map_err(|e| ApiError::InvalidEntityType(e.to_string()))?;
+    let name =
+        EntityTypeName::parse(name).map_err(|e| ApiError::InvalidEntityType(e.to_string()))?;
     let loaded = state
         .log
         .load_aggregate::<EntityType>(&type_stream(auth.tenant(), &name))

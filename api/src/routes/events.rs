@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response, Sse};
 use axum::response::sse::{Event, KeepAlive};
+use axum::response::{IntoResponse, Response, Sse};
 use eventlog::{Cursor, RecordedEvent};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
