@@ -1086,3 +1086,76 @@ both_backends!(
     history_and_change_feed,
     history_and_change_feed_read_the_log
 );
+
+async fn the_entity_seed_loads_through_the_command_path(backend: Backend) {
+    let db = crate::helpers::TestDb::new(backend).await;
+    let settings = db.settings();
+    let mut stages = BTreeSet::new();
+    let report = api::seed::entities(&settings, "seeded", 1_200, 250, 3, |stage, _, _| {
+        stages.insert(stage.to_string());
+    })
+    .await
+    .expect("the seed runs");
+    assert_eq!(report.records, 1_200);
+    // One event per record and no other: no unique fields, no references.
+    assert_eq!(report.events, 1_200);
+    assert!(stages.contains("create") && stages.contains("entities"));
+    // A second run continues the numbering.
+    let again = api::seed::entities(&settings, "seeded", 100, 250, 1, |_, _, _| {})
+        .await
+        .expect("the seed runs again");
+    assert_eq!(again.records, 100);
+
+    let app = crate::helpers::spawn_app_on(db.share(), |_| {}).await;
+    let key = again.reader_key.clone();
+    let all: Value = eventually(Duration::from_secs(20), || async {
+        let all: Value = app
+            .with_key(Method::GET, "/v1/items?count=exact&limit=1", &key)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (all["total"] == 1_300).then_some(all)
+    })
+    .await;
+    assert_eq!(all["items"][0]["id"], "item-00000000");
+    let page: Value = app
+        .with_key(Method::GET, "/v1/items", &key)
+        .query(&[
+            ("where", r#"{"category":"c07","price":{"gte":5000}}"#),
+            ("count", "exact"),
+            ("orderBy", "price:desc"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let total = page["total"].as_i64().unwrap();
+    assert!(total > 0 && total < 1_300, "{page}");
+    let items = page["items"].as_array().unwrap();
+    assert!(items.iter().all(|i| i["data"]["category"] == "c07" && i["data"]["price"].as_i64().unwrap() >= 5000));
+    // The indexes of the indexed fields exist.
+    let log = app.db.log().await;
+    let indexes = workers::rebuild::index_names(log.db(), "entities")
+        .await
+        .unwrap();
+    for name in [
+        "entities_category_t_idx",
+        "entities_price_n_idx",
+        "entities_status_t_idx",
+        "entities_name_t_idx",
+    ] {
+        assert!(
+            indexes.iter().any(|i| i == name),
+            "{name} missing from {indexes:?}"
+        );
+    }
+}
+both_backends!(
+    the_entity_seed,
+    the_entity_seed_loads_through_the_command_path
+);

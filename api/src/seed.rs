@@ -390,23 +390,49 @@ pub async fn usage(
     let append_seconds = started.elapsed().as_secs_f64();
 
     let started = std::time::Instant::now();
+    project(
+        &log,
+        settings,
+        &[
+            projections::tenants::NAME,
+            projections::api_keys::NAME,
+            projections::agents::NAME,
+            projections::usage::NAME,
+        ],
+        events,
+        &mut progress,
+    )
+    .await?;
+    Ok(UsageSeed {
+        tenant: tenant.to_string(),
+        analyst_key: analyst.token,
+        records: written,
+        events,
+        append_seconds,
+        projection_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs the projectors `names`, one after the other, up to the log's head.
+async fn project(
+    log: &eventlog::EventLog,
+    settings: &Settings,
+    names: &[&str],
+    events: u64,
+    progress: &mut impl FnMut(&str, u64, u64),
+) -> anyhow::Result<()> {
     let all = projections::all();
     let head = log.head().await?;
-    for name in [
-        projections::tenants::NAME,
-        projections::api_keys::NAME,
-        projections::agents::NAME,
-        projections::usage::NAME,
-    ] {
+    for name in names {
         let projector = all
             .iter()
-            .find(|p| p.name() == name)
+            .find(|p| p.name() == *name)
             .expect("a known projector");
         projections::checkpoints::ensure(log.db(), name).await?;
         let mut applied = 0u64;
         loop {
             match workers::runner::run_batch(
-                &log,
+                log,
                 projector.as_ref(),
                 projections::Target::Live,
                 name,
@@ -428,12 +454,226 @@ pub async fn usage(
             }
         }
     }
-    Ok(UsageSeed {
+    Ok(())
+}
+
+/// What `gateway seed entities` did.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntitySeed {
+    pub tenant: String,
+    pub entity: String,
+    /// A reader key of the tenant, for `gateway-bench --workload entity-queries`.
+    pub reader_key: String,
+    pub records: u64,
+    pub events: u64,
+    pub batch: usize,
+    pub concurrency: usize,
+    pub load_seconds: f64,
+    pub records_per_second: f64,
+    pub projection_seconds: f64,
+}
+
+/// Number of distinct categories of the seeded items.
+const CATEGORIES: u64 = 20;
+
+/// The document of seeded item `n`: deterministic, so runs are comparable.
+fn item(n: u64) -> serde_json::Map<String, Value> {
+    // A multiplicative hash spreads prices and categories without a random generator.
+    let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let statuses = ["active", "active", "active", "draft", "retired"];
+    let color = ["red", "green", "blue"][((h >> 37) % 3) as usize];
+    let value = json!({
+        "name": format!("item-{n:08}"),
+        "category": format!("c{:02}", (h >> 7) % CATEGORIES),
+        "price": (h >> 17) % 10_000,
+        "status": statuses[((h >> 29) % 5) as usize],
+        "attributes": {"color": color, "weight": (h >> 41) % 100},
+    });
+    match value {
+        Value::Object(map) => map,
+        _ => unreachable!("an object literal"),
+    }
+}
+
+/// `gateway seed entities`: defines the type `items` (indexed `category`, `price`, `status`,
+/// `name`) for `tenant` and creates `count` records through the command path of
+/// `/v1/_transact` (each batch one unit of work: every record's stream loaded and decided,
+/// one commit per batch), `concurrency` batches at a time; then projects them.
+pub async fn entities(
+    settings: &Settings,
+    tenant: &str,
+    count: u64,
+    batch: usize,
+    concurrency: usize,
+    mut progress: impl FnMut(&str, u64, u64),
+) -> anyhow::Result<EntitySeed> {
+    use domain::entity_type::{EntityType, EntityTypeCommand, Schema};
+    use domain::names::EntityTypeName;
+
+    use crate::entity_writes::{OpKind, Operation, type_stream, write};
+
+    let log = startup::open_log(settings).await?;
+    let clock: ApiKeyServices = Arc::new(SystemClock);
+    let id = TenantId::parse(tenant)?;
+    let tenant_stream = eventlog::StreamId::new(
+        id.clone(),
+        <domain::tenant::Tenant as cqrs_es::Aggregate>::TYPE,
+        id.as_str(),
+    );
+    if log.version(&tenant_stream).await? == 0 {
+        let metadata = EventMetadata::new(id.clone(), "seed", "seed", "CreateTenant");
+        bootstrap::create_tenant(
+            &log,
+            &clock,
+            id.clone(),
+            format!("{tenant} (entity benchmark)"),
+            Some(1_000_000_000),
+            &metadata,
+            None,
+            |_, _| eventlog::idempotency::StoredResponse {
+                status: 201,
+                headers: Vec::new(),
+                body: Vec::new(),
+            },
+        )
+        .await?;
+    }
+    let metadata = EventMetadata::new(id.clone(), "seed", "seed", "IssueApiKey");
+    let (reader, _) = bootstrap::issue_key(
+        &log,
+        &clock,
+        &id,
+        "entity-bench-reader".into(),
+        vec![Role::Reader],
+        None,
+        &metadata,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let entity = EntityTypeName::parse("items")?;
+    let schema: Schema = serde_json::from_value(json!({"fields": {
+        "name": {"type": "string", "required": true, "indexed": true},
+        "category": {"type": "string", "required": true, "indexed": true},
+        "price": {"type": "integer", "required": true, "indexed": true},
+        "status": {"type": "string", "enum": ["active", "draft", "retired"], "indexed": true},
+        "attributes": {"type": "json"}
+    }}))?;
+    let define = EntityTypeCommand::DefineEntityType {
+        name: entity.clone(),
+        schema,
+        missing_references: Vec::new(),
+    };
+    let metadata = EventMetadata::new(id.clone(), "seed", "seed", "DefineEntityType");
+    match log
+        .execute::<EntityType>(&type_stream(&id, &entity), define, &(), &metadata)
+        .await
+    {
+        Ok(_) | Err(eventlog::CommandError::Rejected(_)) => {}
+        Err(error) => bail!("defining items: {error}"),
+    }
+    // Continue numbering after what an earlier run created: the first free number, found in
+    // the log (records are numbered from 0 without gaps).
+    let exists = |n: u64| {
+        let stream = crate::entity_writes::entity_stream(
+            &id,
+            &entity,
+            &domain::names::EntityId::parse(format!("item-{n:08}")).expect("a valid id"),
+        );
+        let log = &log;
+        async move { log.version(&stream).await.map(|v| v > 0) }
+    };
+    let (mut low, mut high) = (0u64, 1u64);
+    while exists(high - 1).await? {
+        low = high;
+        high *= 2;
+    }
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if exists(middle).await? {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    let first = low;
+
+    let started = std::time::Instant::now();
+    let batch = batch.clamp(1, crate::entity_writes::MAX_OPERATIONS * 10);
+    let batches = count.div_ceil(batch as u64);
+    let metadata = EventMetadata::new(id.clone(), "seed", "seed-entities", "Transact");
+    let mut written = 0u64;
+    let mut events = 0u64;
+    let mut pending = futures::stream::iter((0..batches).map(|b| {
+        let (log, id, entity, metadata) = (&log, &id, &entity, &metadata);
+        async move {
+            let from = first + b * batch as u64;
+            let to = (from + batch as u64).min(first + count);
+            let operations: Vec<Operation> = (from..to)
+                .map(|n| {
+                    let mut data = item(n);
+                    let record =
+                        domain::names::EntityId::parse(format!("item-{n:08}")).expect("a valid id");
+                    data.remove("id");
+                    Operation::new(OpKind::Create, entity.clone(), Some(record), data, None)
+                })
+                .collect();
+            let written = write(log, id, &operations, metadata, None, |_, _| {
+                eventlog::idempotency::StoredResponse {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                }
+            })
+            .await
+            .map_err(|failure| {
+                anyhow::anyhow!(
+                    "batch {b}: operation {:?}: {}",
+                    failure.operation,
+                    failure.error
+                )
+            })?;
+            Ok::<_, anyhow::Error>((operations.len() as u64, written.1.appended))
+        }
+    }))
+    .buffer_unordered(concurrency.max(1));
+    use futures::StreamExt;
+    while let Some(result) = pending.next().await {
+        let (n, appended) = result?;
+        if let Some(cursor) = appended.last_cursor() {
+            log.notify_appended(cursor);
+        }
+        written += n;
+        events += appended.events.len() as u64;
+        progress("create", written, count);
+    }
+    drop(pending);
+    let load_seconds = started.elapsed().as_secs_f64();
+
+    let started = std::time::Instant::now();
+    project(
+        &log,
+        settings,
+        &[
+            projections::tenants::NAME,
+            projections::api_keys::NAME,
+            projections::entity_types::NAME,
+            projections::entities::NAME,
+        ],
+        events,
+        &mut progress,
+    )
+    .await?;
+    Ok(EntitySeed {
         tenant: tenant.to_string(),
-        analyst_key: analyst.token,
+        entity: entity.to_string(),
+        reader_key: reader.token,
         records: written,
         events,
-        append_seconds,
+        batch,
+        concurrency: concurrency.max(1),
+        load_seconds,
+        records_per_second: written as f64 / load_seconds.max(f64::EPSILON),
         projection_seconds: started.elapsed().as_secs_f64(),
     })
 }

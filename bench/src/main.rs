@@ -29,6 +29,9 @@ enum Workload {
     /// Time the analyst queries of `/v1/usage/*` against a gateway holding usage (see
     /// `gateway seed usage`), one at a time: `--requests` of each, with `--api-key`.
     UsageQueries,
+    /// Time filtered lists of `/v1/items` against a gateway holding `gateway seed entities`,
+    /// one at a time: `--requests` of each, with `--api-key`.
+    EntityQueries,
 }
 
 #[derive(Debug, Parser)]
@@ -174,6 +177,16 @@ async fn spawn_server(
             bail!("the server did not answer /health within 30 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The workloads write to a schemaless type.
+    let defined = client
+        .post(format!("{url}/v1/entity-types"))
+        .header("x-api-key", &key)
+        .json(&json!({"name": "bench-items", "schemaless": true}))
+        .send()
+        .await?;
+    if !defined.status().is_success() {
+        bail!("defining bench-items: {}", defined.text().await?);
     }
     Ok((
         Server {
@@ -359,6 +372,74 @@ async fn usage_queries(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `entity-queries`: filtered, indexed lists over the records of `gateway seed entities`.
+async fn entity_queries(args: &Args) -> anyhow::Result<()> {
+    let key = args
+        .api_key
+        .clone()
+        .context("entity-queries needs --api-key (printed by `gateway seed entities`)")?;
+    let client = reqwest::Client::new();
+    let queries = [
+        ("category = c07, limit 50", r#"{"category":"c07"}"#, ""),
+        (
+            "category = c07 and price >= 9000, by price desc, limit 50",
+            r#"{"category":"c07","price":{"gte":9000}}"#,
+            "price:desc",
+        ),
+        (
+            "price between 5000 and 5010, limit 50",
+            r#"{"price":{"gte":5000,"lte":5010}}"#,
+            "",
+        ),
+        (
+            "name startsWith item-00042, limit 50",
+            r#"{"name":{"startsWith":"item-00042"}}"#,
+            "",
+        ),
+    ];
+    let count = args.requests.unwrap_or(200);
+    let mut results = Vec::new();
+    for (name, filter, order) in queries {
+        let mut query = vec![("where", filter), ("limit", "50")];
+        if !order.is_empty() {
+            query.push(("orderBy", order));
+        }
+        let url = format!("{}/v1/items", args.url);
+        let send = || {
+            client
+                .get(&url)
+                .query(&query)
+                .header("x-api-key", &key)
+                .send()
+        };
+        for _ in 0..args.warmup.min(20) {
+            send().await?.bytes().await?;
+        }
+        let mut latencies = Vec::with_capacity(count as usize);
+        let mut items = 0;
+        for _ in 0..count {
+            let started = Instant::now();
+            let response = send().await?;
+            if !response.status().is_success() {
+                bail!("{name}: {} {}", response.status(), response.text().await?);
+            }
+            let body: Value = response.json().await?;
+            latencies.push(started.elapsed());
+            items = body["items"].as_array().map_or(0, Vec::len);
+        }
+        latencies.sort();
+        results.push(json!({
+            "query": name,
+            "requests": count,
+            "items": items,
+            "p50Ms": percentile(&latencies, 0.50),
+            "p99Ms": percentile(&latencies, 0.99),
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&results)?);
+    Ok(())
+}
+
 /// `relay-drain`: fills the log, then publishes it all through the relay's batch function.
 async fn relay_drain(args: &Args) -> anyhow::Result<()> {
     let url = args
@@ -461,6 +542,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.workload == Workload::UsageQueries {
         return usage_queries(&args).await;
+    }
+    if args.workload == Workload::EntityQueries {
+        return entity_queries(&args).await;
     }
     if args.workload == Workload::RelayDrain {
         return relay_drain(&args).await;
