@@ -1154,6 +1154,18 @@ async fn the_entity_seed_loads_through_the_command_path(backend: Backend) {
             "{name} missing from {indexes:?}"
         );
     }
+    // A rebuild of the records' read model keeps every index under its name.
+    let projector = projections::all()
+        .into_iter()
+        .find(|p| p.name() == "entities")
+        .unwrap();
+    workers::rebuild::rebuild(&log, projector.as_ref(), 500, |_, _| {})
+        .await
+        .expect("the rebuild runs");
+    let rebuilt = workers::rebuild::index_names(log.db(), "entities")
+        .await
+        .unwrap();
+    assert_eq!(rebuilt, indexes);
 }
 both_backends!(
     the_entity_seed,

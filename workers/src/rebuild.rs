@@ -152,29 +152,50 @@ async fn swap_in(tx: &mut Tx, table: &str, sqlite_indexes: Vec<String>) -> Resul
     let shadow = Target::Rebuild.table(table);
     match tx {
         Tx::Postgres(conn) => {
+            // LIKE … INCLUDING ALL named the shadow's indexes after the shadow table; each gets
+            // back the name of the live index with the same definition (renaming a
+            // constraint's index renames the constraint).
+            let definitions = |table: &str| {
+                sqlx::query_as::<_, (String, String)>(
+                    "SELECT indexname::text, indexdef FROM pg_indexes \
+                     WHERE schemaname = current_schema() AND tablename = $1",
+                )
+                .bind(table.to_string())
+            };
+            let live = definitions(table).fetch_all(&mut **conn).await?;
+            let shadowed = definitions(&shadow).fetch_all(&mut **conn).await?;
+            // `CREATE INDEX <name> ON <schema>.<table> USING …`: the part after the table.
+            let body = |definition: &str| {
+                definition
+                    .split_once(" USING ")
+                    .map(|(_, rest)| rest.to_string())
+                    .unwrap_or_default()
+            };
             sqlx::query(&format!("DROP TABLE {table}"))
                 .execute(&mut **conn)
                 .await?;
             sqlx::query(&format!("ALTER TABLE {shadow} RENAME TO {table}"))
                 .execute(&mut **conn)
                 .await?;
-            // LIKE … INCLUDING ALL named the shadow's indexes after the shadow table; give
-            // them back the live names (renaming a constraint's index renames the constraint).
-            let names: Vec<String> = sqlx::query_scalar(
-                "SELECT indexname::text FROM pg_indexes \
-                 WHERE schemaname = current_schema() AND tablename = $1",
-            )
-            .bind(table)
-            .fetch_all(&mut **conn)
-            .await?;
-            for name in names {
-                if let Some(rest) = name.strip_prefix(&shadow) {
-                    sqlx::query(&format!(
-                        "ALTER INDEX \"{name}\" RENAME TO \"{table}{rest}\""
-                    ))
+            let mut taken = std::collections::HashSet::new();
+            for (name, definition) in shadowed {
+                let unique = definition.starts_with("CREATE UNIQUE");
+                let original = live.iter().find(|(live_name, live_definition)| {
+                    !taken.contains(live_name)
+                        && live_definition.starts_with("CREATE UNIQUE") == unique
+                        && body(live_definition) == body(&definition)
+                });
+                let target = match original {
+                    Some((live_name, _)) => live_name.clone(),
+                    None => match name.strip_prefix(&shadow) {
+                        Some(rest) => format!("{table}{rest}"),
+                        None => continue,
+                    },
+                };
+                taken.insert(target.clone());
+                sqlx::query(&format!("ALTER INDEX \"{name}\" RENAME TO \"{target}\""))
                     .execute(&mut **conn)
                     .await?;
-                }
             }
         }
         Tx::Sqlite(conn) => {
