@@ -174,15 +174,6 @@ impl<'a> UnitOfWork<'a> {
         Ok(&*staged)
     }
 
-    /// Whether any command staged an event.
-    pub fn has_changes(&self) -> bool {
-        self.streams.values().any(|s| {
-            s.new_events()
-                .map(|(_, events)| !events.is_empty())
-                .unwrap_or(true)
-        })
-    }
-
     /// Appends every staged event in one transaction, and, with an idempotency key, stores
     /// the response that `respond` renders from the commit in the same transaction.
     pub async fn commit(

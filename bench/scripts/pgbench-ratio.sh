@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Measures, side by side in one run, PostgreSQL's own single-row insert rate (pgbench: one
+# ~300-byte JSON row per transaction into an events-shaped table with a unique key,
+# synchronous_commit on) and the gateway's create-entity rate over HTTP (authenticated, each
+# request with an Idempotency-Key), both at the same number of clients, and prints the ratio.
+#
+#   bench/scripts/pgbench-ratio.sh [clients] [seconds]
+#
+# Needs: a release build (cargo build --release -p api -p gateway-bench), psql and pgbench, and
+# PostgreSQL at $PG_URL (default postgres://postgres@127.0.0.1:5432).
+set -euo pipefail
+
+CLIENTS=${1:-64}
+SECONDS_EACH=${2:-20}
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+GATEWAY=$ROOT/target/release/gateway
+BENCH=$ROOT/target/release/gateway-bench
+DB=gw_ratio_$$
+
+for binary in "$GATEWAY" "$BENCH"; do
+  [ -x "$binary" ] || { echo "missing $binary: cargo build --release -p api -p gateway-bench" >&2; exit 1; }
+done
+
+psql "$PG_URL/postgres" -qc "CREATE DATABASE $DB" >/dev/null
+trap 'psql "$PG_URL/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null' EXIT
+
+psql "$PG_URL/$DB" -q <<'SQL'
+CREATE TABLE pgbench_events (
+    global_position BIGSERIAL PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL,
+    sequence BIGINT NOT NULL,
+    event_type TEXT NOT NULL,
+    payload JSONB NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE (tenant_id, aggregate_type, aggregate_id, sequence)
+);
+SQL
+script=$(mktemp)
+cat > "$script" <<'SQL'
+INSERT INTO pgbench_events (tenant_id, aggregate_type, aggregate_id, sequence, event_type, payload)
+VALUES ('bench', 'Entity', 'items/' || md5(random()::text || clock_timestamp()::text), 1, 'EntityCreated',
+  '{"entityType": "items", "id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "data": {"name": "a benchmark item", "category": "c07", "price": 4200, "status": "active", "attributes": {"color": "red", "weight": 12, "tags": ["one", "two", "three"]}}}');
+SQL
+echo "== pgbench: $CLIENTS clients, ${SECONDS_EACH}s, one row per transaction, synchronous_commit=$(psql "$PG_URL/$DB" -Atc 'SHOW synchronous_commit')"
+pg_tps=$(pgbench -n -c "$CLIENTS" -j 2 -T "$SECONDS_EACH" -f "$script" "$PG_URL/$DB" 2>/dev/null \
+  | awk '/^tps = / {print $3; exit}')
+rm -f "$script"
+echo "pgbench: $pg_tps transactions/s"
+
+echo "== gateway: create-entity over HTTP, $CLIENTS clients, ${SECONDS_EACH}s"
+line=$("$BENCH" --spawn "$GATEWAY" --database-url "$PG_URL/$DB" -c "$CLIENTS" -d "$SECONDS_EACH" | tail -1)
+echo "$line"
+gw_rps=$(echo "$line" | python3 -c 'import json,sys; print(json.load(sys.stdin)["throughputPerSecond"])')
+python3 - "$pg_tps" "$gw_rps" <<'PY'
+import sys
+pg, gw = float(sys.argv[1]), float(sys.argv[2])
+print(f"ratio gateway/pgbench: {gw / pg:.2f} ({gw:.0f} / {pg:.0f})")
+PY
