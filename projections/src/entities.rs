@@ -258,13 +258,15 @@ pub async fn list(
         query.limit
     );
     let page = eventlog::on_pool!(db, pool => {
-        let rows = bind_all!(sqlx::query(&sql).bind(tenant_id).bind(entity_type), &conditions.binds, backend)
+        // Planned with the values each time (an unnamed statement): a cached generic plan
+        // cannot know how selective a filter is and may walk the whole type in id order.
+        let rows = bind_all!(sqlx::query(&sql).persistent(false).bind(tenant_id).bind(entity_type), &conditions.binds, backend)
             .fetch_all(pool)
             .await?;
         let records = rows.iter().map(|row| Ok(decode_record!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?;
         let total = if query.count {
             let total: i64 = bind_all!(
-                sqlx::query_scalar(&count_sql).bind(tenant_id).bind(entity_type),
+                sqlx::query_scalar(&count_sql).persistent(false).bind(tenant_id).bind(entity_type),
                 &conditions.binds[..count_binds],
                 backend
             )

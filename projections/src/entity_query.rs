@@ -872,11 +872,12 @@ pub fn order_by(backend: Backend, keys: &[SortKey]) -> String {
     keys.iter()
         .map(|k| {
             let e = field_expression(backend, &k.field, k.kind);
+            // The id is never NULL: its plain direction matches the index's trailing column.
             let direction = match (backend, k.descending) {
-                (Backend::Postgres, false) => "ASC NULLS FIRST",
-                (Backend::Postgres, true) => "DESC NULLS LAST",
-                (Backend::Sqlite, false) => "ASC",
-                (Backend::Sqlite, true) => "DESC",
+                (Backend::Postgres, false) if !k.field.is_id => "ASC NULLS FIRST",
+                (Backend::Postgres, true) if !k.field.is_id => "DESC NULLS LAST",
+                (_, false) => "ASC",
+                (_, true) => "DESC",
             };
             format!("{e} {direction}")
         })
