@@ -382,24 +382,14 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> anyhow::R
             days,
             agents,
         }) => {
-            let bar = ProgressBar::new(count).with_style(
-                ProgressStyle::with_template(
-                    "{prefix:>8} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
-                )
-                .context("progress bar template")?
-                .progress_chars("=> "),
-            );
+            let bar = seed_bar(count)?;
             let report = crate::seed::usage(
                 &settings,
                 &tenant,
                 count,
                 days,
                 agents,
-                |stage, done, total| {
-                    bar.set_prefix(stage.to_string());
-                    bar.set_length(total);
-                    bar.set_position(done);
-                },
+                |stage, done, total| advance(&bar, stage, done, total),
             )
             .await?;
             bar.finish();
@@ -412,24 +402,14 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> anyhow::R
             batch,
             concurrency,
         }) => {
-            let bar = ProgressBar::new(count).with_style(
-                ProgressStyle::with_template(
-                    "{prefix:>8} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
-                )
-                .context("progress bar template")?
-                .progress_chars("=> "),
-            );
+            let bar = seed_bar(count)?;
             let report = crate::seed::entities(
                 &settings,
                 &tenant,
                 count,
                 batch,
                 concurrency,
-                |stage, done, total| {
-                    bar.set_prefix(stage.to_string());
-                    bar.set_length(total);
-                    bar.set_position(done);
-                },
+                |stage, done, total| advance(&bar, stage, done, total),
             )
             .await?;
             bar.finish();
@@ -537,4 +517,19 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> anyhow::R
             Ok(())
         }
     }
+}
+
+/// The progress bar of the seeds: a stage name, then done of total.
+fn seed_bar(count: u64) -> anyhow::Result<ProgressBar> {
+    Ok(ProgressBar::new(count).with_style(
+        ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .context("progress bar template")?
+            .progress_chars("=> "),
+    ))
+}
+
+fn advance(bar: &ProgressBar, stage: &str, done: u64, total: u64) {
+    bar.set_prefix(stage.to_string());
+    bar.set_length(total);
+    bar.set_position(done);
 }

@@ -231,43 +231,15 @@ pub async fn usage(
     use eventlog::{NewEvent, StreamAppend, StreamId};
 
     let log = startup::open_log(settings).await?;
-    let clock: ApiKeyServices = Arc::new(SystemClock);
     let id = TenantId::parse(tenant)?;
-    let tenant_stream = StreamId::new(
-        id.clone(),
-        <domain::tenant::Tenant as cqrs_es::Aggregate>::TYPE,
-        id.as_str(),
-    );
-    if log.version(&tenant_stream).await? == 0 {
-        let metadata = EventMetadata::new(id.clone(), "seed", "seed", "CreateTenant");
-        bootstrap::create_tenant(
-            &log,
-            &clock,
-            id.clone(),
-            format!("{tenant} (usage benchmark)"),
-            None,
-            &metadata,
-            None,
-            |_, _| eventlog::idempotency::StoredResponse {
-                status: 201,
-                headers: Vec::new(),
-                body: Vec::new(),
-            },
-        )
-        .await?;
-    }
-    let metadata = EventMetadata::new(id.clone(), "seed", "seed", "IssueApiKey");
-    let (analyst, _) = bootstrap::issue_key(
+    let analyst = benchmark_tenant(
         &log,
-        &clock,
         &id,
-        "usage-bench-analyst".into(),
-        vec![Role::Analyst],
-        None,
-        &metadata,
+        "usage benchmark",
+        "usage-bench-analyst",
+        Role::Analyst,
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    .await?;
     let services = AgentServices {
         providers: crate::providers::from_settings(settings)?.names(),
     };
@@ -405,7 +377,7 @@ pub async fn usage(
     .await?;
     Ok(UsageSeed {
         tenant: tenant.to_string(),
-        analyst_key: analyst.token,
+        analyst_key: analyst,
         records: written,
         events,
         append_seconds,
@@ -514,43 +486,15 @@ pub async fn entities(
     use crate::entity_writes::{OpKind, Operation, type_stream, write};
 
     let log = startup::open_log(settings).await?;
-    let clock: ApiKeyServices = Arc::new(SystemClock);
     let id = TenantId::parse(tenant)?;
-    let tenant_stream = eventlog::StreamId::new(
-        id.clone(),
-        <domain::tenant::Tenant as cqrs_es::Aggregate>::TYPE,
-        id.as_str(),
-    );
-    if log.version(&tenant_stream).await? == 0 {
-        let metadata = EventMetadata::new(id.clone(), "seed", "seed", "CreateTenant");
-        bootstrap::create_tenant(
-            &log,
-            &clock,
-            id.clone(),
-            format!("{tenant} (entity benchmark)"),
-            Some(1_000_000_000),
-            &metadata,
-            None,
-            |_, _| eventlog::idempotency::StoredResponse {
-                status: 201,
-                headers: Vec::new(),
-                body: Vec::new(),
-            },
-        )
-        .await?;
-    }
-    let metadata = EventMetadata::new(id.clone(), "seed", "seed", "IssueApiKey");
-    let (reader, _) = bootstrap::issue_key(
+    let reader = benchmark_tenant(
         &log,
-        &clock,
         &id,
-        "entity-bench-reader".into(),
-        vec![Role::Reader],
-        None,
-        &metadata,
+        "entity benchmark",
+        "entity-bench-reader",
+        Role::Reader,
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    .await?;
     let entity = EntityTypeName::parse("items")?;
     let schema: Schema = serde_json::from_value(json!({"fields": {
         "name": {"type": "string", "required": true, "indexed": true},
@@ -667,7 +611,7 @@ pub async fn entities(
     Ok(EntitySeed {
         tenant: tenant.to_string(),
         entity: entity.to_string(),
-        reader_key: reader.token,
+        reader_key: reader,
         records: written,
         events,
         batch,
@@ -676,4 +620,52 @@ pub async fn entities(
         records_per_second: written as f64 / load_seconds.max(f64::EPSILON),
         projection_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Creates the benchmark tenant `id` unless it exists (without a rate limit that a load would
+/// hit), and issues it a key with `role`; returns the key.
+async fn benchmark_tenant(
+    log: &eventlog::EventLog,
+    id: &TenantId,
+    purpose: &str,
+    key_name: &str,
+    role: Role,
+) -> anyhow::Result<String> {
+    let clock: ApiKeyServices = Arc::new(SystemClock);
+    let tenant_stream = eventlog::StreamId::new(
+        id.clone(),
+        <domain::tenant::Tenant as cqrs_es::Aggregate>::TYPE,
+        id.as_str(),
+    );
+    if log.version(&tenant_stream).await? == 0 {
+        let metadata = EventMetadata::new(id.clone(), "seed", "seed", "CreateTenant");
+        bootstrap::create_tenant(
+            log,
+            &clock,
+            id.clone(),
+            format!("{id} ({purpose})"),
+            Some(1_000_000_000),
+            &metadata,
+            None,
+            |_, _| eventlog::idempotency::StoredResponse {
+                status: 201,
+                headers: Vec::new(),
+                body: Vec::new(),
+            },
+        )
+        .await?;
+    }
+    let metadata = EventMetadata::new(id.clone(), "seed", "seed", "IssueApiKey");
+    let (key, _) = bootstrap::issue_key(
+        log,
+        &clock,
+        id,
+        key_name.into(),
+        vec![role],
+        None,
+        &metadata,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(key.token)
 }
