@@ -1009,6 +1009,38 @@ async fn history_and_change_feed_read_the_log(backend: Backend) {
     assert_eq!(events[1]["command"], "UpdateEntity");
     assert!(events[0]["actor"].as_str().unwrap().len() > 3);
     assert_eq!(events[2]["version"], 3);
+    // Deleted records are listed for admins only.
+    let issued: Value = send(
+        &app,
+        Method::POST,
+        "/v1/api-keys",
+        json!({"name": "reader", "roles": ["reader"]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let reader = issued["apiKey"]["key"].as_str().unwrap().to_string();
+    let forbidden = eventually(Duration::from_secs(10), || async {
+        let response = app
+            .with_key(Method::GET, "/v1/users?includeDeleted=true", &reader)
+            .send()
+            .await
+            .ok()?;
+        (response.status() != 401).then_some(response)
+    })
+    .await;
+    assert_eq!(error_code(forbidden).await, (403, "FORBIDDEN".into()));
+    let listed: Value = app
+        .request(Method::GET, "/v1/users?includeDeleted=true", "acme")
+        .header("x-min-position", head(&app).await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(listed["items"][0]["deletedAt"].is_string());
     let none = app
         .request(Method::GET, "/v1/users/nobody/history", "acme")
         .send()
