@@ -541,6 +541,21 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// The streams that `operations` read for sure, to read them all in one query: the types,
+/// the records (for a create without an id, the generated one), and what a delete releases.
+fn streams_read(tenant: &TenantId, operations: &[Operation]) -> Vec<StreamId> {
+    let mut streams = Vec::with_capacity(operations.len() * 2);
+    for op in operations {
+        streams.push(type_stream(tenant, &op.entity_type));
+        let id = op.id.as_ref().unwrap_or(&op.generated_id);
+        streams.push(entity_stream(tenant, &op.entity_type, id));
+        if op.kind == OpKind::Delete {
+            streams.push(references_stream(tenant, &op.entity_type, id));
+        }
+    }
+    streams
+}
+
 /// The command name recorded in the events' metadata.
 pub fn command_name(operations: &[Operation]) -> &'static str {
     match operations {
@@ -574,6 +589,9 @@ pub async fn write(
     };
     for attempt in 1..=MAX_ATTEMPTS {
         let mut writer = Writer::new(log, tenant.clone());
+        if let Err(error) = writer.uow.prefetch(&streams_read(tenant, operations)).await {
+            return Err(failure(error.into(), None));
+        }
         let mut results = Vec::with_capacity(operations.len());
         for (index, op) in operations.iter().enumerate() {
             match writer.apply(op).await {

@@ -97,6 +97,21 @@ pub async fn decide_new<A: Aggregate>(
         .map_err(|e| CommandError::Append(AppendError::from(e)))
 }
 
+/// Folds a stream's events, in sequence order, into its aggregate.
+pub fn fold<A: Aggregate>(history: &[RecordedEvent]) -> Result<Loaded<A>, CommandError<A::Error>> {
+    let mut aggregate = A::default();
+    for event in history {
+        aggregate.apply(event.decode::<A::Event>().map_err(CommandError::Corrupt)?);
+    }
+    Ok(Loaded {
+        aggregate,
+        version: history.last().map_or(0, |e| e.sequence as u64),
+        cursor: history.last().map(|e| e.cursor),
+        created_at: history.first().map(|e| e.recorded_at),
+        updated_at: history.last().map(|e| e.recorded_at),
+    })
+}
+
 impl EventLog {
     /// Loads a stream and folds its events into the aggregate.
     pub async fn load_aggregate<A: Aggregate>(
@@ -104,17 +119,7 @@ impl EventLog {
         stream: &StreamId,
     ) -> Result<Loaded<A>, CommandError<A::Error>> {
         let history = self.load(stream, 0).await?;
-        let mut aggregate = A::default();
-        for event in &history {
-            aggregate.apply(event.decode::<A::Event>().map_err(CommandError::Corrupt)?);
-        }
-        Ok(Loaded {
-            aggregate,
-            version: history.last().map_or(0, |e| e.sequence as u64),
-            cursor: history.last().map(|e| e.cursor),
-            created_at: history.first().map(|e| e.recorded_at),
-            updated_at: history.last().map(|e| e.recorded_at),
-        })
+        fold(&history)
     }
 
     /// Decides `command` on the stream's current state and appends the resulting events.

@@ -61,6 +61,35 @@ impl EventLog {
     ) -> Result<Claim, sqlx::Error> {
         let now = Utc::now();
         let locked_until = now + chrono::Duration::from_std(lock_for).unwrap_or_default();
+        // The usual case, a new key, is one statement in its own implicit transaction; only a
+        // key seen before needs the transaction below.
+        let insert = "INSERT INTO idempotency_records \
+                      (tenant_id, idempotency_key, request_hash, state, locked_until, created_at) \
+                      VALUES ($1, $2, $3, 'in_flight', $4, $5) \
+                      ON CONFLICT (tenant_id, idempotency_key) DO NOTHING";
+        let inserted = match self.db() {
+            crate::Db::Postgres(pool) => sqlx::query(insert)
+                .bind(key.tenant_id.as_str())
+                .bind(key.key.as_str())
+                .bind(key.request_hash.as_str())
+                .bind(locked_until)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            crate::Db::Sqlite(pools) => sqlx::query(insert)
+                .bind(key.tenant_id.as_str())
+                .bind(key.key.as_str())
+                .bind(key.request_hash.as_str())
+                .bind(locked_until)
+                .bind(now)
+                .execute(&pools.writer)
+                .await?
+                .rows_affected(),
+        };
+        if inserted == 1 {
+            return Ok(Claim::Proceed);
+        }
         let mut tx = self.db().begin().await?;
         let claim = crate::on_tx!(&mut tx, conn => {
             let inserted = sqlx::query(

@@ -522,6 +522,45 @@ impl EventLog {
         Ok(self.upcast_all(events))
     }
 
+    /// The events of several streams of one tenant, in one query: stream by stream, each in
+    /// sequence order (a unit of work reads the streams of a batch of commands at once).
+    pub async fn load_many(&self, streams: &[StreamId]) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let Some(first) = streams.first() else {
+            return Ok(Vec::new());
+        };
+        debug_assert!(streams.iter().all(|s| s.tenant_id == first.tenant_id));
+        let mut alternatives = Vec::with_capacity(streams.len());
+        for i in 0..streams.len() {
+            alternatives.push(format!(
+                "(aggregate_type = ${} AND aggregate_id = ${})",
+                2 * i + 2,
+                2 * i + 3
+            ));
+        }
+        let where_clause = format!(
+            "WHERE tenant_id = $1 AND ({}) ORDER BY aggregate_type, aggregate_id, sequence",
+            alternatives.join(" OR ")
+        );
+        let events = crate::on_pool!(&self.inner.db, pool => {
+            let columns = match self.inner.db.backend() {
+                crate::Backend::Postgres => PG_COLUMNS,
+                crate::Backend::Sqlite => SQLITE_COLUMNS,
+            };
+            let sql = format!("SELECT {columns} FROM events {where_clause}");
+            let mut query = sqlx::query(&sql).persistent(false).bind(first.tenant_id.as_str());
+            for stream in streams {
+                query = query
+                    .bind(stream.aggregate_type.as_str())
+                    .bind(stream.aggregate_id.as_str());
+            }
+            let rows = query.fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| Ok(decode_row!(row)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(self.upcast_all(events))
+    }
+
     /// Up to `limit` events after `after`, in cursor order, upcast. Never returns an event
     /// that could be followed by an earlier one committing later.
     pub async fn read_after(

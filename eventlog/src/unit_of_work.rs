@@ -10,17 +10,19 @@
 //! A command that fails leaves the unit of work in an unspecified state: drop it.
 
 use std::any::Any;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use domain::metadata::EventMetadata;
 
-use crate::command::{CommandError, Loaded};
+use crate::command::{CommandError, Loaded, fold};
 use crate::cursor::Cursor;
 use crate::idempotency::{IdempotencyKey, StoredResponse};
-use crate::store::{AppendError, Appended, EventLog, NewEvent, StreamAppend, StreamId};
+use crate::store::{
+    AppendError, Appended, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId,
+};
 
 /// One stream as a unit of work holds it.
 pub struct Staged<A: Aggregate> {
@@ -85,6 +87,9 @@ impl From<AppendError> for CommitError {
     }
 }
 
+/// Most streams read by one prefetch query (two bound values each).
+const PREFETCH_CHUNK: usize = 500;
+
 /// What a commit wrote.
 #[derive(Debug)]
 pub struct Committed {
@@ -97,6 +102,8 @@ pub struct Committed {
 pub struct UnitOfWork<'a> {
     log: &'a EventLog,
     streams: BTreeMap<StreamId, Box<dyn AnyStaged>>,
+    /// Streams read ahead by [`UnitOfWork::prefetch`], not yet staged.
+    prefetched: HashMap<StreamId, Vec<RecordedEvent>>,
 }
 
 impl<'a> UnitOfWork<'a> {
@@ -104,7 +111,36 @@ impl<'a> UnitOfWork<'a> {
         Self {
             log,
             streams: BTreeMap::new(),
+            prefetched: HashMap::new(),
         }
+    }
+
+    /// Reads the streams (of one tenant) that the coming commands will need, in one query
+    /// instead of one per stream. Streams already read are skipped.
+    pub async fn prefetch(&mut self, streams: &[StreamId]) -> Result<(), sqlx::Error> {
+        let mut wanted: Vec<StreamId> = streams
+            .iter()
+            .filter(|s| !self.streams.contains_key(*s) && !self.prefetched.contains_key(*s))
+            .cloned()
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        for chunk in wanted.chunks(PREFETCH_CHUNK) {
+            for stream in chunk {
+                self.prefetched.insert(stream.clone(), Vec::new());
+            }
+            for event in self.log.load_many(chunk).await? {
+                let stream = StreamId::new(
+                    chunk[0].tenant_id.clone(),
+                    event.aggregate_type.clone(),
+                    event.aggregate_id.clone(),
+                );
+                if let Some(history) = self.prefetched.get_mut(&stream) {
+                    history.push(event);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The stream's state in this unit of work, loading it on first use.
@@ -126,13 +162,17 @@ impl<'a> UnitOfWork<'a> {
         A: Aggregate + 'static,
     {
         if !self.streams.contains_key(stream) {
+            let loaded = match self.prefetched.remove(stream) {
+                Some(history) => fold::<A>(&history)?,
+                None => self.log.load_aggregate::<A>(stream).await?,
+            };
             let Loaded {
                 aggregate,
                 version,
                 cursor,
                 created_at,
                 updated_at,
-            } = self.log.load_aggregate::<A>(stream).await?;
+            } = loaded;
             let staged = Staged {
                 aggregate,
                 loaded_version: version,
