@@ -808,6 +808,7 @@ async fn transact_commits_every_operation_or_none(backend: Backend) {
     assert_eq!(u2.status(), 404);
     let o1: Value = app
         .request(Method::GET, "/v1/orders/o1", "acme")
+        .header("x-min-position", head(&app).await)
         .send()
         .await
         .unwrap()

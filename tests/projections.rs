@@ -122,6 +122,7 @@ async fn two_processes_running_one_projector_apply_each_event_once(backend: Back
     let settings = workers::RunnerSettings {
         batch_size: 7,
         poll_interval: Duration::from_millis(5),
+        coalesce: Duration::ZERO,
     };
     let projector = Counting::new();
     let runners: Vec<_> = [&first, &second]

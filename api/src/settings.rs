@@ -51,6 +51,8 @@ pub struct Settings {
     pub projector_batch_size: usize,
     /// How often an idle projector looks at the log without a wake-up, in milliseconds.
     pub projector_poll_ms: u64,
+    /// How long a woken projector waits for more appends before reading, in milliseconds.
+    pub projector_coalesce_ms: u64,
     /// Longest a read with `x-min-position` waits for the projection, in milliseconds.
     pub consistency_wait_ms: u64,
     /// Largest request body accepted, in bytes.
@@ -127,6 +129,7 @@ impl Default for Settings {
             run_projectors: true,
             projector_batch_size: 500,
             projector_poll_ms: 500,
+            projector_coalesce_ms: 5,
             consistency_wait_ms: 2000,
             max_body_bytes: 1024 * 1024,
             request_timeout_ms: 30_000,
@@ -233,6 +236,7 @@ impl Settings {
         workers::RunnerSettings {
             batch_size: self.projector_batch_size.max(1),
             poll_interval: Duration::from_millis(self.projector_poll_ms.max(10)),
+            coalesce: Duration::from_millis(self.projector_coalesce_ms),
         }
     }
 

@@ -529,24 +529,23 @@ impl EventLog {
             return Ok(Vec::new());
         };
         debug_assert!(streams.iter().all(|s| s.tenant_id == first.tenant_id));
-        let mut alternatives = Vec::with_capacity(streams.len());
-        for i in 0..streams.len() {
-            alternatives.push(format!(
-                "(aggregate_type = ${} AND aggregate_id = ${})",
-                2 * i + 2,
-                2 * i + 3
-            ));
-        }
-        let where_clause = format!(
-            "WHERE tenant_id = $1 AND ({}) ORDER BY aggregate_type, aggregate_id, sequence",
-            alternatives.join(" OR ")
+        // A join with the list of streams: each is one lookup in the stream index, on both
+        // engines (an OR of the streams makes SQLite scan the tenant's whole log).
+        let wanted: Vec<String> = (0..streams.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 2, 2 * i + 3))
+            .collect();
+        let (with, from) = (
+            format!("WITH wanted (t, i) AS (VALUES {})", wanted.join(", ")),
+            "FROM wanted CROSS JOIN events \
+             WHERE tenant_id = $1 AND aggregate_type = wanted.t AND aggregate_id = wanted.i \
+             ORDER BY aggregate_type, aggregate_id, sequence",
         );
         let events = crate::on_pool!(&self.inner.db, pool => {
             let columns = match self.inner.db.backend() {
                 crate::Backend::Postgres => PG_COLUMNS,
                 crate::Backend::Sqlite => SQLITE_COLUMNS,
             };
-            let sql = format!("SELECT {columns} FROM events {where_clause}");
+            let sql = format!("{with} SELECT {columns} {from}");
             let mut query = sqlx::query(&sql).persistent(false).bind(first.tenant_id.as_str());
             for stream in streams {
                 query = query

@@ -16,6 +16,9 @@ pub struct RunnerSettings {
     pub batch_size: usize,
     /// How long an idle runner waits before looking at the log again without a wake-up.
     pub poll_interval: Duration,
+    /// How long a woken runner waits for more appends before reading, so that a burst of
+    /// commands is applied as one batch instead of one transaction per command.
+    pub coalesce: Duration,
 }
 
 impl Default for RunnerSettings {
@@ -23,6 +26,7 @@ impl Default for RunnerSettings {
         Self {
             batch_size: 500,
             poll_interval: Duration::from_millis(500),
+            coalesce: Duration::from_millis(5),
         }
     }
 }
@@ -155,7 +159,14 @@ pub fn spawn(
                 }
             };
             tokio::select! {
-                _ = appended.changed(), if failures == 0 => {}
+                _ = appended.changed(), if failures == 0 => {
+                    if !settings.coalesce.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(settings.coalesce) => {}
+                            _ = shutdown.cancelled() => {}
+                        }
+                    }
+                }
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.cancelled() => {}
             }
