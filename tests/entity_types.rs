@@ -757,6 +757,7 @@ async fn transact_commits_every_operation_or_none(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    remember(&app, &response);
     let result: Value = response.json().await.unwrap();
     let results = result["results"].as_array().unwrap();
     assert_eq!(results.len(), 5);

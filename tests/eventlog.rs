@@ -372,3 +372,55 @@ both_backends!(
     a_stored_version_1_event_loads_as_version_2,
     a_stored_version_1_event_loads_as_version_2
 );
+
+async fn group_commit_keeps_each_command_s_outcome(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    log.start_group_commit();
+    // 60 concurrent commands: 58 on streams of their own, and two that race for one stream
+    // at the same version. Whatever groups form, exactly one of the two wins, nothing else
+    // fails, and every accepted command's events are in the log.
+    let commits = (0..60).map(|i| {
+        let log = log.clone();
+        async move {
+            let id = if i >= 58 {
+                "contested".to_string()
+            } else {
+                format!("w{i}")
+            };
+            let batch = vec![append(stream(&id), 0, vec![event(&format!("n{i}"))])];
+            let response = move |_: &eventlog::unit_of_work::Committed| {
+                eventlog::idempotency::StoredResponse {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                }
+            };
+            log.commit_grouped(batch, None, Box::new(response)).await
+        }
+    });
+    let results = futures::future::join_all(commits).await;
+    let mut accepted = 0;
+    let mut conflicts = 0;
+    for result in &results {
+        match result {
+            Ok((committed, _)) => {
+                accepted += 1;
+                assert_eq!(committed.appended.events.len(), 1);
+            }
+            Err(eventlog::unit_of_work::CommitError::Conflict) => conflicts += 1,
+            Err(other) => panic!("unexpected failure: {other}"),
+        }
+    }
+    assert_eq!((accepted, conflicts), (59, 1));
+    for id in (0..58)
+        .map(|i| format!("w{i}"))
+        .chain(["contested".to_string()])
+    {
+        assert_eq!(log.load(&stream(&id), 0).await.unwrap().len(), 1, "{id}");
+    }
+}
+both_backends!(
+    group_commit_keeps_each_commands_outcome,
+    group_commit_keeps_each_command_s_outcome
+);

@@ -572,8 +572,9 @@ pub async fn write(
     operations: &[Operation],
     metadata: &EventMetadata,
     key: Option<&IdempotencyKey>,
-    render: impl Fn(&[OpResult], &Committed) -> StoredResponse,
+    render: impl Fn(&[OpResult], &Committed) -> StoredResponse + Send + Sync + 'static,
 ) -> Result<(Vec<OpResult>, Committed, StoredResponse), WriteFailure> {
+    let render = std::sync::Arc::new(render);
     let failure = |error: ApiError, operation: Option<usize>| WriteFailure { error, operation };
     // Commands of this process on one record take turns instead of conflicting.
     let lock_stream = match operations {
@@ -599,9 +600,10 @@ pub async fn write(
                 Err(error) => return Err(failure(error, Some(index))),
             }
         }
+        let (render, snapshot) = (render.clone(), results.clone());
         match writer
             .uow
-            .commit(metadata, key, |committed| render(&results, committed))
+            .commit(metadata, key, move |committed| render(&snapshot, committed))
             .await
         {
             Ok((committed, response)) => return Ok((results, committed, response)),

@@ -49,6 +49,8 @@ impl Application {
         let providers =
             crate::providers::from_settings(&settings).context("configuring the providers")?;
         let log = open_log(&settings).await?;
+        // Record commands of concurrent requests share commits (see eventlog::group_commit).
+        log.start_group_commit();
         let projectors = Arc::new(projections::all());
         let progress = Progress::default();
         let shutdown = CancellationToken::new();

@@ -15,11 +15,13 @@
 //!   concurrency and bounded retries.
 //! - [`idempotency`]: idempotency records, completed in the same transaction as the events.
 //! - [`unit_of_work`]: commands on several aggregates, committed in one transaction.
+//! - [`group_commit`]: the commits of many concurrent commands in one transaction.
 #![forbid(unsafe_code)]
 
 pub mod command;
 pub mod cursor;
 pub mod db;
+pub mod group_commit;
 pub mod idempotency;
 pub mod store;
 pub mod unit_of_work;

@@ -191,13 +191,15 @@ pub enum AppendError {
 /// Number of in-process stream locks (see [`EventLog::stream_lock`]).
 const STREAM_LOCKS: usize = 4096;
 
-struct Inner {
+pub(crate) struct Inner {
     db: Db,
     upcasters: Vec<Box<dyn EventUpcaster>>,
     appended: watch::Sender<Cursor>,
     stream_locks: Vec<tokio::sync::Mutex<()>>,
     hasher: std::hash::RandomState,
     inline: Vec<Arc<dyn InlineProjection>>,
+    /// The group committer's queue, once started.
+    group: std::sync::OnceLock<crate::group_commit::Queue>,
 }
 
 /// A read model updated in the same transaction as the events it is made of, for the few
@@ -279,8 +281,25 @@ impl EventLog {
                 stream_locks: (0..STREAM_LOCKS).map(|_| Default::default()).collect(),
                 hasher: Default::default(),
                 inline,
+                group: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    /// Starts group commit for this log (see [`crate::group_commit`]); needs a Tokio runtime.
+    /// The committer stops when the last handle of the log is dropped.
+    pub fn start_group_commit(&self) {
+        self.inner
+            .group
+            .get_or_init(|| crate::group_commit::start(Arc::downgrade(&self.inner)));
+    }
+
+    pub(crate) fn group_queue(&self) -> Option<&crate::group_commit::Queue> {
+        self.inner.group.get()
     }
 
     pub fn db(&self) -> &Db {

@@ -215,12 +215,13 @@ impl<'a> UnitOfWork<'a> {
     }
 
     /// Appends every staged event in one transaction, and, with an idempotency key, stores
-    /// the response that `respond` renders from the commit in the same transaction.
+    /// the response that `respond` renders from the commit in the same transaction. With
+    /// group commit started, that transaction may hold other commands' appends too.
     pub async fn commit(
         self,
         metadata: &EventMetadata,
         idempotency: Option<&IdempotencyKey>,
-        respond: impl FnOnce(&Committed) -> StoredResponse,
+        respond: impl FnOnce(&Committed) -> StoredResponse + Send + 'static,
     ) -> Result<(Committed, StoredResponse), CommitError> {
         let mut batch = Vec::new();
         for (stream, staged) in &self.streams {
@@ -236,44 +237,8 @@ impl<'a> UnitOfWork<'a> {
                 });
             }
         }
-        if batch.is_empty() && idempotency.is_none() {
-            let committed = Committed {
-                appended: Appended { events: Vec::new() },
-                recorded_at: Utc::now(),
-            };
-            let response = respond(&committed);
-            return Ok((committed, response));
-        }
-        let mut tx = self.log.db().begin().await?;
-        let appended = if batch.is_empty() {
-            Appended { events: Vec::new() }
-        } else {
-            match self.log.append_in(&mut tx, &batch).await {
-                Ok(appended) => appended,
-                Err(error) => {
-                    tx.rollback().await?;
-                    return Err(error.into());
-                }
-            }
-        };
-        let recorded_at = appended
-            .events
-            .last()
-            .map_or_else(Utc::now, |e| e.recorded_at);
-        let committed = Committed {
-            appended,
-            recorded_at,
-        };
-        let response = respond(&committed);
-        if let Some(key) = idempotency {
-            self.log
-                .complete_idempotency_in(&mut tx, key, &response)
-                .await?;
-        }
-        tx.commit().await?;
-        if let Some(cursor) = committed.appended.last_cursor() {
-            self.log.notify_appended(cursor);
-        }
-        Ok((committed, response))
+        self.log
+            .commit_grouped(batch, idempotency.cloned(), Box::new(respond))
+            .await
     }
 }

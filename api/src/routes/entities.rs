@@ -200,7 +200,7 @@ async fn run(
     };
     let operations = [operation];
     let name = entity_writes::command_name(&operations);
-    let render = |results: &[OpResult], committed: &Committed| {
+    let render = move |results: &[OpResult], committed: &Committed| {
         let result = &results[0];
         let mut headers = vec![("etag".to_string(), etag(result.version))];
         if let Some(cursor) = committed.appended.last_cursor().or(result.cursor) {
@@ -225,7 +225,7 @@ pub(crate) async fn finish<R: RequiredRole>(
     key: Option<IdempotencyKey>,
     name: &str,
     operations: &[Operation],
-    render: impl Fn(&[OpResult], &Committed) -> StoredResponse,
+    render: impl Fn(&[OpResult], &Committed) -> StoredResponse + Send + Sync + 'static,
 ) -> Response {
     let metadata = ctx.metadata(name);
     let result = entity_writes::write(
