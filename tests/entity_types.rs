@@ -1205,3 +1205,36 @@ both_backends!(
     the_entity_seed,
     the_entity_seed_loads_through_the_command_path
 );
+
+async fn concurrent_commands_sharing_commits_replay_exactly(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Concurrent creates share group commits; each one's stored response is its own.
+    let create = |n: usize| {
+        let app = &app;
+        async move {
+            app.request(Method::POST, "/v1/users", "acme")
+                .header("idempotency-key", format!("grouped-{n}"))
+                .json(&json!({"n": n}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = futures::future::join_all((0..30).map(create)).await;
+    let mut originals = Vec::new();
+    for response in first {
+        assert_eq!(response.status(), 201);
+        originals.push(response.json::<Value>().await.unwrap());
+    }
+    let replays = futures::future::join_all((0..30).map(create)).await;
+    for (n, response) in replays.into_iter().enumerate() {
+        assert_eq!(response.headers()["x-idempotent-replay"], "true");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body, originals[n], "replay {n}");
+        assert_eq!(body["data"]["n"], n);
+    }
+}
+both_backends!(
+    concurrent_commands_replay_exactly,
+    concurrent_commands_sharing_commits_replay_exactly
+);

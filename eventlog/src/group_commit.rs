@@ -149,21 +149,19 @@ async fn finish_together(
         let response = (job.respond)(&committed);
         done.push((job.key, committed, response, job.reply));
     }
-    let mut failure = None;
-    for (key, _, response, _) in &done {
-        if let Some(key) = key
-            && let Err(error) = log.complete_idempotency_in(&mut tx, key, response).await
-        {
-            failure = Some(CommitError::from(error));
-            break;
-        }
-    }
-    let failure = match failure {
-        Some(error) => {
+    let completions: Vec<(&IdempotencyKey, &StoredResponse)> = done
+        .iter()
+        .filter_map(|(key, _, response, _)| key.as_ref().map(|key| (key, response)))
+        .collect();
+    let stored = log
+        .complete_idempotency_many_in(&mut tx, &completions)
+        .await;
+    let failure = match stored {
+        Err(error) => {
             let _ = tx.rollback().await;
-            Some(error)
+            Some(CommitError::from(error))
         }
-        None => tx.commit().await.err().map(CommitError::from),
+        Ok(()) => tx.commit().await.err().map(CommitError::from),
     };
     if let Some(error) = failure {
         return Err((done.into_iter().map(|d| d.3).collect(), error));

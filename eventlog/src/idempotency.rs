@@ -175,6 +175,64 @@ impl EventLog {
         Ok(())
     }
 
+    /// [`EventLog::complete_idempotency_in`] for many keys, in one statement per 100 keys
+    /// (group commit).
+    pub async fn complete_idempotency_many_in(
+        &self,
+        tx: &mut Tx,
+        completions: &[(&IdempotencyKey, &StoredResponse)],
+    ) -> Result<(), sqlx::Error> {
+        for chunk in completions.chunks(100) {
+            let backend = tx.backend();
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let n = i * 5;
+                    match backend {
+                        crate::Backend::Postgres => format!(
+                            "(${}::text, ${}::text, ${}::int4, ${}::jsonb, ${}::bytea)",
+                            n + 1,
+                            n + 2,
+                            n + 3,
+                            n + 4,
+                            n + 5
+                        ),
+                        crate::Backend::Sqlite => format!(
+                            "(${}, ${}, ${}, ${}, ${})",
+                            n + 1,
+                            n + 2,
+                            n + 3,
+                            n + 4,
+                            n + 5
+                        ),
+                    }
+                })
+                .collect();
+            let sql = format!(
+                "WITH done (tenant_id, idempotency_key, status_code, response_headers, response_body) \
+                 AS (VALUES {}) \
+                 UPDATE idempotency_records SET state = 'completed', \
+                 status_code = done.status_code, response_headers = done.response_headers, \
+                 response_body = done.response_body \
+                 FROM done WHERE idempotency_records.tenant_id = done.tenant_id \
+                 AND idempotency_records.idempotency_key = done.idempotency_key",
+                rows.join(", ")
+            );
+            crate::on_tx!(&mut *tx, conn => {
+                let mut query = sqlx::query(&sql).persistent(false);
+                for (key, response) in chunk {
+                    query = query
+                        .bind(key.tenant_id.as_str())
+                        .bind(key.key.as_str())
+                        .bind(i32::from(response.status))
+                        .bind(Json(&response.headers))
+                        .bind(response.body.as_slice());
+                }
+                query.execute(&mut *conn).await?;
+            });
+        }
+        Ok(())
+    }
+
     /// Stores the response of a claimed key that wrote no events.
     pub async fn complete_idempotency(
         &self,
