@@ -93,12 +93,18 @@ pub struct Credential {
     pub secret_hash: String,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked: bool,
+    /// The tenant's status and rate limit, read in the same query; `None` when the tenant is
+    /// not in the read model.
+    pub tenant: Option<(String, Option<i64>)>,
 }
 
 /// The key `key_id`, whatever its tenant.
 pub async fn credential(db: &Db, key_id: &str) -> Result<Option<Credential>, sqlx::Error> {
-    let sql = "SELECT key_id, tenant_id, roles, secret_hash, expires_at, revoked_at \
-               FROM api_keys WHERE key_id = $1";
+    // One round trip for what every request with an API key needs: the key and its tenant.
+    let sql = "SELECT k.key_id, k.tenant_id, k.roles, k.secret_hash, k.expires_at, \
+               k.revoked_at, t.status AS tenant_status, t.rate_limit_per_minute \
+               FROM api_keys k LEFT JOIN tenants t ON t.tenant_id = k.tenant_id \
+               WHERE k.key_id = $1";
     Ok(eventlog::on_pool!(db, pool => {
         match sqlx::query(sql).bind(key_id).fetch_optional(pool).await? {
             Some(row) => {
@@ -111,6 +117,10 @@ pub async fn credential(db: &Db, key_id: &str) -> Result<Option<Credential>, sql
                     secret_hash: row.try_get("secret_hash")?,
                     expires_at: row.try_get("expires_at")?,
                     revoked: revoked_at.is_some(),
+                    tenant: row
+                        .try_get::<Option<String>, _>("tenant_status")?
+                        .map(|status| Ok::<_, sqlx::Error>((status, row.try_get("rate_limit_per_minute")?)))
+                        .transpose()?,
                 })
             }
             None => None,

@@ -188,7 +188,11 @@ async fn from_api_key(
             rate_limit_per_minute: state.settings.rate_limit_per_minute,
         });
     }
-    let rate_limit_per_minute = tenant_budget(state, tenant.as_str()).await?;
+    let (status, limit) = credential.tenant.ok_or(Denied::UnknownTenant)?;
+    if status == TenantStatus::Suspended.as_str() {
+        return Err(Denied::Suspended);
+    }
+    let rate_limit_per_minute = limit.map_or(state.settings.rate_limit_per_minute, |l| l as u32);
     Ok(Principal {
         tenant: Some(tenant),
         subject: credential.key_id,
