@@ -138,14 +138,7 @@ async fn finish_together(
 ) -> Result<(), (Replies, CommitError)> {
     let mut done = Vec::with_capacity(group.len());
     for (job, appended) in group.into_iter().zip(shares) {
-        let recorded_at = appended
-            .events
-            .last()
-            .map_or_else(chrono::Utc::now, |e| e.recorded_at);
-        let committed = Committed {
-            appended,
-            recorded_at,
-        };
+        let committed = Committed::new(appended);
         let response = (job.respond)(&committed);
         done.push((job.key, committed, response, job.reply));
     }
@@ -222,10 +215,7 @@ impl EventLog {
         respond: Respond,
     ) -> Result<(Committed, StoredResponse), CommitError> {
         if batch.is_empty() && key.is_none() {
-            let committed = Committed {
-                appended: Appended { events: Vec::new() },
-                recorded_at: chrono::Utc::now(),
-            };
+            let committed = Committed::new(Appended { events: Vec::new() });
             let response = respond(&committed);
             return Ok((committed, response));
         }
@@ -241,14 +231,7 @@ impl EventLog {
                 }
             }
         };
-        let recorded_at = appended
-            .events
-            .last()
-            .map_or_else(chrono::Utc::now, |e| e.recorded_at);
-        let committed = Committed {
-            appended,
-            recorded_at,
-        };
+        let committed = Committed::new(appended);
         let response = respond(&committed);
         if let Some(key) = key {
             self.complete_idempotency_in(&mut tx, key, &response)

@@ -98,6 +98,20 @@ pub struct Committed {
     pub recorded_at: DateTime<Utc>,
 }
 
+impl Committed {
+    /// What a commit that wrote `appended` reports.
+    pub fn new(appended: Appended) -> Self {
+        let recorded_at = appended
+            .events
+            .last()
+            .map_or_else(Utc::now, |e| e.recorded_at);
+        Self {
+            appended,
+            recorded_at,
+        }
+    }
+}
+
 /// Commands on several streams, committed in one transaction.
 pub struct UnitOfWork<'a> {
     log: &'a EventLog,
