@@ -169,15 +169,18 @@ fn unique_stream(
 }
 
 fn violations(problems: Vec<FieldViolation>) -> ApiError {
-    ApiError::Validation(
-        problems
-            .into_iter()
-            .map(|p| FieldError {
-                field: p.field,
-                message: p.message,
-            })
-            .collect(),
-    )
+    ApiError::Validation(problems.into_iter().map(FieldError::from).collect())
+}
+
+/// An entity type as the log holds it (exact, not from a read model).
+pub async fn load_type(
+    log: &EventLog,
+    tenant: &TenantId,
+    entity_type: &EntityTypeName,
+) -> Result<eventlog::command::Loaded<EntityType>, ApiError> {
+    log.load_aggregate::<EntityType>(&type_stream(tenant, entity_type))
+        .await
+        .map_err(|e| command_error(e, ApiError::internal))
 }
 
 /// Maps a failed command of the unit of work; `refused` maps the aggregate's own refusals.

@@ -172,6 +172,15 @@ pub struct FieldError {
     pub message: String,
 }
 
+impl From<domain::entity_type::FieldViolation> for FieldError {
+    fn from(violation: domain::entity_type::FieldViolation) -> Self {
+        Self {
+            field: violation.field,
+            message: violation.message,
+        }
+    }
+}
+
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorEnvelope {

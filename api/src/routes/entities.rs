@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::entity::Entity;
-use domain::entity_type::{EntityType, Schema};
+use domain::entity_type::Schema;
 use domain::names::{EntityId, EntityTypeName, TenantId};
 use domain::roles::Role;
 use eventlog::idempotency::{IdempotencyKey, StoredResponse};
@@ -26,9 +26,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{Auth, RequiredRole, require};
 use crate::commands::{self, Begin};
-use crate::entity_writes::{
-    self, MAX_OPERATIONS, OpKind, OpResult, Operation, WriteFailure, type_stream,
-};
+use crate::entity_writes::{self, MAX_OPERATIONS, OpKind, OpResult, Operation, WriteFailure};
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
 use crate::routes::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, await_consistency, with_lag};
@@ -156,14 +154,7 @@ pub(crate) async fn schema_of(
     tenant: &TenantId,
     entity_type: &EntityTypeName,
 ) -> Result<Schema, ApiError> {
-    let loaded = state
-        .log
-        .load_aggregate::<EntityType>(&type_stream(tenant, entity_type))
-        .await
-        .map_err(|e| match e {
-            eventlog::CommandError::Database(e) => e.into(),
-            other => ApiError::internal(other),
-        })?;
+    let loaded = entity_writes::load_type(&state.log, tenant, entity_type).await?;
     if !loaded.aggregate.exists() {
         return Err(ApiError::EntityTypeNotFound(entity_type.to_string()));
     }

@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{Auth, require};
 use crate::commands::{self, Begin};
-use crate::entity_writes::type_stream;
+use crate::entity_writes::{load_type, type_stream};
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
 use crate::routes::{await_consistency, with_lag};
@@ -77,13 +77,7 @@ fn parse_schema(value: Value) -> Result<Schema, ApiError> {
 }
 
 fn fields(problems: Vec<domain::entity_type::FieldViolation>) -> Vec<FieldError> {
-    problems
-        .into_iter()
-        .map(|p| FieldError {
-            field: p.field,
-            message: p.message,
-        })
-        .collect()
+    problems.into_iter().map(FieldError::from).collect()
 }
 
 /// The referenced types of `schema` that the tenant has not defined (the type itself aside).
@@ -98,12 +92,11 @@ async fn missing_references(
         if target == name || missing.contains(target) {
             continue;
         }
-        let loaded = state
-            .log
-            .load_aggregate::<EntityType>(&type_stream(tenant, target))
-            .await
-            .map_err(ApiError::internal)?;
-        if !loaded.aggregate.exists() {
+        if !load_type(&state.log, tenant, target)
+            .await?
+            .aggregate
+            .exists()
+        {
             missing.push(target.clone());
         }
     }
@@ -284,11 +277,7 @@ pub async fn get_entity_type(
 ) -> Result<Response, ApiError> {
     let name =
         EntityTypeName::parse(name).map_err(|e| ApiError::InvalidEntityType(e.to_string()))?;
-    let loaded = state
-        .log
-        .load_aggregate::<EntityType>(&type_stream(auth.tenant(), &name))
-        .await
-        .map_err(ApiError::internal)?;
+    let loaded = load_type(&state.log, auth.tenant(), &name).await?;
     if !loaded.aggregate.exists() {
         return Err(ApiError::EntityTypeNotFound(name.to_string()));
     }
