@@ -374,7 +374,8 @@ impl Schema {
         problems
     }
 
-    /// Checks a record's whole document and puts timestamps in their canonical form.
+    /// Checks a record's whole document and puts timestamps in their canonical form. (System
+    /// fields such as `id` are the `Entity` aggregate's to refuse.)
     pub fn validate(&self, data: &mut Map<String, Value>) -> Vec<FieldViolation> {
         let mut problems = Vec::new();
         for (name, spec) in &self.fields {
@@ -384,13 +385,6 @@ impl Schema {
             }
         }
         for (name, value) in data.iter_mut() {
-            if crate::entity::SYSTEM_FIELDS.contains(&name.as_str()) {
-                problems.push(FieldViolation::new(
-                    name.clone(),
-                    "is managed by the gateway and cannot be written",
-                ));
-                continue;
-            }
             let Some(spec) = self.fields.get(name) else {
                 if !self.schemaless {
                     problems.push(FieldViolation::new(

@@ -490,9 +490,7 @@ pub fn parse_order(raw: Option<&str>, schema: &Schema) -> Result<Vec<SortKey>, Q
             descending,
         });
     }
-    if keys.len() > MAX_SORT_KEYS + 1
-        || (keys.len() > MAX_SORT_KEYS && !keys.last().is_some_and(|k| k.field.is_id))
-    {
+    if keys.iter().filter(|k| !k.field.is_id).count() > MAX_SORT_KEYS {
         return err(format!("at most {MAX_SORT_KEYS} sort keys"));
     }
     if !keys.iter().any(|k| k.field.is_id) {
@@ -584,6 +582,9 @@ pub fn decode_cursor(raw: &str, keys: &[SortKey]) -> Result<After, QueryError> {
     Ok(After(after))
 }
 
+/// The first placeholder a filter binds: `$1` and `$2` are the tenant and the entity type.
+const FIRST_PARAMETER: usize = 3;
+
 /// SQL text with its bound values; placeholders are `$1`, `$2`, … on both backends.
 #[derive(Debug, Default)]
 pub struct Sql {
@@ -593,7 +594,7 @@ pub struct Sql {
 
 impl Sql {
     fn bind(&mut self, backend: Backend, value: Scalar) -> String {
-        let placeholder = format!("${}", self.binds.len() + 1 + self.offset());
+        let placeholder = format!("${}", self.binds.len() + FIRST_PARAMETER);
         let typed = match (backend, &value) {
             (Backend::Postgres, Scalar::Number(_)) => format!("{placeholder}::numeric"),
             (Backend::Postgres, Scalar::Text(_)) => format!("{placeholder}::text"),
@@ -601,11 +602,6 @@ impl Sql {
         };
         self.binds.push(value);
         typed
-    }
-
-    /// Placeholders taken by the statement before this clause (tenant and entity type).
-    fn offset(&self) -> usize {
-        2
     }
 }
 

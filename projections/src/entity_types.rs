@@ -1,5 +1,5 @@
 //! The `entity_types` read model: every tenant's entity types and their current schemas. The
-//! projector also creates, on `entities`, the index of every `indexed` field, on the same
+//! projector also creates, on `entities`, the index of every `indexed` or `unique` field, on the same
 //! expression the query compiler reads the field with ([`crate::entity_query`]).
 
 use async_trait::async_trait;
@@ -18,7 +18,7 @@ pub const NAME: &str = "entity_types";
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EntityTypesProjector;
 
-/// The `CREATE INDEX` statements the indexed fields of `schema` need.
+/// The `CREATE INDEX` statements the indexed and unique fields of `schema` need.
 pub fn index_statements(backend: eventlog::Backend, schema: &Schema) -> Vec<String> {
     schema
         .fields

@@ -4,7 +4,7 @@
 //! change is refused when records written under the current schema might not satisfy the new
 //! one. `GET` of one type reads the log (exact); the list reads the `entity_types` read model.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -295,11 +295,6 @@ pub async fn get_entity_type(
     Ok(response)
 }
 
-/// Query of `GET /v1/entity-types` (none; read-your-writes through `x-min-position`).
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListTypesQuery {}
-
 /// List the tenant's entity types.
 #[utoipa::path(
     get,
@@ -315,7 +310,6 @@ pub async fn list_entity_types(
     State(state): State<AppState>,
     auth: Auth<require::Reader>,
     consistency: Consistency,
-    Query(_query): Query<ListTypesQuery>,
 ) -> Result<Response, ApiError> {
     let lag = await_consistency(&state, consistency, read_model::NAME).await?;
     let records = read_model::list(state.log.db(), auth.tenant().as_str()).await?;

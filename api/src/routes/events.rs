@@ -58,6 +58,15 @@ struct Filter {
 }
 
 impl Filter {
+    /// From the query parameters: comma-separated `types`, `aggregateType`, `entity`.
+    fn new(types: Option<String>, aggregate_type: Option<String>, entity: Option<String>) -> Self {
+        Self {
+            types: types.map(|t| t.split(',').map(|s| s.trim().to_string()).collect()),
+            aggregate_type,
+            entity_prefix: entity.map(|e| format!("{e}/")),
+        }
+    }
+
     fn matches(&self, event: &RecordedEvent) -> bool {
         self.types
             .as_ref()
@@ -107,13 +116,7 @@ pub async fn stream_events(
         Some(raw) => parse_cursor(raw)?,
         None => state.log.head().await?,
     };
-    let filter = Filter {
-        types: query
-            .types
-            .map(|t| t.split(',').map(|s| s.trim().to_string()).collect()),
-        aggregate_type: query.aggregate_type,
-        entity_prefix: query.entity.map(|e| format!("{e}/")),
-    };
+    let filter = Filter::new(query.types, query.aggregate_type, query.entity);
     let tenant = auth.tenant().to_string();
     let log = state.log.clone();
     let appended = log.subscribe();
@@ -224,13 +227,7 @@ pub async fn list_events(
         })?,
         None => Cursor::START,
     };
-    let filter = Filter {
-        types: query
-            .types
-            .map(|t| t.split(',').map(|s| s.trim().to_string()).collect()),
-        aggregate_type: query.aggregate_type,
-        entity_prefix: query.entity.map(|e| format!("{e}/")),
-    };
+    let filter = Filter::new(query.types, query.aggregate_type, query.entity);
     let tenant = auth.tenant().as_str();
     let mut items = Vec::new();
     let mut scanned = 0;
