@@ -21,13 +21,21 @@ use crate::helpers::{Backend, TestDb, eventually, spawn_app};
 /// Records every event it applies in `test_applied`, without any uniqueness, so that a
 /// double application shows up as a duplicate row.
 struct Counting {
+    name: &'static str,
+    tables: &'static [&'static str],
     /// Fail the next batch once, after writing its rows, when set.
     fail_once: AtomicBool,
 }
 
 impl Counting {
     fn new() -> Arc<Self> {
+        Self::named("test_counting", &["test_applied"])
+    }
+
+    fn named(name: &'static str, tables: &'static [&'static str]) -> Arc<Self> {
         Arc::new(Self {
+            name,
+            tables,
             fail_once: AtomicBool::new(false),
         })
     }
@@ -36,11 +44,11 @@ impl Counting {
 #[async_trait]
 impl Projector for Counting {
     fn name(&self) -> &'static str {
-        "test_counting"
+        self.name
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["test_applied"]
+        self.tables
     }
 
     async fn apply(
@@ -51,7 +59,7 @@ impl Projector for Counting {
     ) -> Result<(), ProjectionError> {
         let sql = format!(
             "INSERT INTO {} (event_id) VALUES ($1)",
-            target.table("test_applied")
+            target.table(self.tables[0])
         );
         for event in events {
             eventlog::on_tx!(&mut *tx, conn => {
@@ -71,9 +79,13 @@ impl Projector for Counting {
 }
 
 async fn create_counting_table(log: &EventLog) {
+    create_table(log, "test_applied").await;
+}
+
+async fn create_table(log: &EventLog, table: &str) {
     let mut tx = log.db().begin().await.unwrap();
     eventlog::on_tx!(&mut tx, conn => {
-        sqlx::query("CREATE TABLE test_applied (event_id TEXT NOT NULL)")
+        sqlx::query(&format!("CREATE TABLE {table} (event_id TEXT NOT NULL)"))
             .execute(&mut *conn)
             .await
             .unwrap();
@@ -82,8 +94,13 @@ async fn create_counting_table(log: &EventLog) {
 }
 
 async fn applied(log: &EventLog) -> (i64, i64) {
+    applied_in(log, "test_applied").await
+}
+
+async fn applied_in(log: &EventLog, table: &str) -> (i64, i64) {
+    let sql = format!("SELECT count(*), count(DISTINCT event_id) FROM {table}");
     eventlog::on_pool!(log.db(), pool => {
-        sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM test_applied")
+        sqlx::query_as(&sql)
             .fetch_one(pool)
             .await
             .unwrap()
@@ -231,6 +248,72 @@ async fn a_failed_batch_leaves_no_effect_and_is_applied_once_on_retry(backend: B
 both_backends!(
     a_failed_batch_leaves_no_effect_and_is_applied_once_on_retry,
     a_failed_batch_leaves_no_effect_and_is_applied_once_on_retry
+);
+
+async fn a_failing_projector_of_a_group_is_rolled_back_alone_and_catches_up(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    create_table(&log, "test_steady").await;
+    create_table(&log, "test_flaky").await;
+    append_events(&log, "s", 5).await;
+    eventually(Duration::from_secs(20), || async {
+        (log.read_after(Cursor::START, 10).await.unwrap().len() == 5).then_some(())
+    })
+    .await;
+    let steady = Counting::named("test_steady", &["test_steady"]);
+    let flaky = Counting::named("test_flaky", &["test_flaky"]);
+    flaky.fail_once.store(true, Ordering::SeqCst);
+    let group: Vec<Arc<dyn Projector>> = vec![steady.clone(), flaky.clone()];
+    let applied_names = |outcome: &runner::GroupOutcome| -> Vec<(&str, usize)> {
+        outcome
+            .applied
+            .iter()
+            .map(|(name, _, events)| (*name, *events))
+            .collect()
+    };
+
+    // The flaky projector fails: its rows and checkpoint are rolled back, the steady one commits.
+    let first = runner::run_group(&log, &group, 3).await.unwrap();
+    assert_eq!(applied_names(&first), [("test_steady", 3)]);
+    assert_eq!(first.failed.len(), 1);
+    assert_eq!(first.failed[0].0, "test_flaky");
+    assert_eq!(applied_in(&log, "test_steady").await, (3, 3));
+    assert_eq!(applied_in(&log, "test_flaky").await, (0, 0));
+    assert_eq!(
+        checkpoints::read(log.db(), "test_flaky").await.unwrap(),
+        None
+    );
+
+    // The retry reads from the earliest checkpoint: only the flaky one has events to apply.
+    let second = runner::run_group(&log, &group, 3).await.unwrap();
+    assert_eq!(applied_names(&second), [("test_flaky", 3)]);
+    let third = runner::run_group(&log, &group, 3).await.unwrap();
+    assert_eq!(
+        applied_names(&third),
+        [("test_steady", 2), ("test_flaky", 2)]
+    );
+    let idle = runner::run_group(&log, &group, 3).await.unwrap();
+    assert!(idle.applied.is_empty() && idle.failed.is_empty() && idle.read == 0);
+    assert_eq!(applied_in(&log, "test_steady").await, (5, 5));
+    assert_eq!(applied_in(&log, "test_flaky").await, (5, 5));
+    let head = log
+        .read_after(Cursor::START, 10)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .cursor;
+    for name in ["test_steady", "test_flaky"] {
+        assert_eq!(
+            checkpoints::read(log.db(), name).await.unwrap(),
+            Some(head),
+            "{name} ends at the head"
+        );
+    }
+}
+both_backends!(
+    a_failing_projector_of_a_group_is_rolled_back_alone_and_catches_up,
+    a_failing_projector_of_a_group_is_rolled_back_alone_and_catches_up
 );
 
 type Timestamp = chrono::DateTime<chrono::Utc>;

@@ -53,6 +53,9 @@ pub struct Settings {
     pub projector_poll_ms: u64,
     /// How long a woken projector waits for more appends before reading, in milliseconds.
     pub projector_coalesce_ms: u64,
+    /// How long an API key read for authentication is reused, in milliseconds (0: read it
+    /// for every request).
+    pub credential_cache_ms: u64,
     /// Longest a read with `x-min-position` waits for the projection, in milliseconds.
     pub consistency_wait_ms: u64,
     /// Largest request body accepted, in bytes.
@@ -130,6 +133,7 @@ impl Default for Settings {
             projector_batch_size: 500,
             projector_poll_ms: 500,
             projector_coalesce_ms: 5,
+            credential_cache_ms: 1000,
             consistency_wait_ms: 2000,
             max_body_bytes: 1024 * 1024,
             request_timeout_ms: 30_000,
@@ -226,6 +230,10 @@ impl Settings {
             max_in_flight: self.relay_max_in_flight.max(1),
             poll_interval: Duration::from_millis(self.projector_poll_ms.max(10)),
         })
+    }
+
+    pub fn credential_cache(&self) -> Duration {
+        Duration::from_millis(self.credential_cache_ms)
     }
 
     pub fn consistency_wait(&self) -> Duration {

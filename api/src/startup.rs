@@ -103,6 +103,9 @@ impl Application {
             projectors = settings.run_projectors,
             "gateway ready"
         );
+        let credentials = Arc::new(crate::auth::CredentialCache::new(
+            settings.credential_cache(),
+        ));
         let state = AppState {
             log,
             progress,
@@ -111,6 +114,7 @@ impl Application {
             projectors,
             rate_limiter: Arc::new(RateLimiter::default()),
             last_used,
+            credentials,
             clock,
             relay,
             providers,

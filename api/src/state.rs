@@ -6,7 +6,7 @@ use eventlog::EventLog;
 use projections::Projector;
 use projections::progress::Progress;
 
-use crate::auth::LastUsed;
+use crate::auth::{CredentialCache, LastUsed};
 use crate::metrics::Metrics;
 use crate::rate_limit::RateLimiter;
 use crate::settings::Settings;
@@ -21,6 +21,7 @@ pub struct AppState {
     pub projectors: Arc<Vec<Arc<dyn Projector>>>,
     pub rate_limiter: Arc<RateLimiter>,
     pub last_used: Arc<LastUsed>,
+    pub credentials: Arc<CredentialCache>,
     pub clock: domain::api_key::ApiKeyServices,
     /// The relay's health; `None` when no `NATS_URL` is configured.
     pub relay: Option<Arc<workers::relay::RelayStatus>>,

@@ -94,3 +94,71 @@ pub async fn compare_and_set_in(
     });
     Ok(moved == 1)
 }
+
+/// The checkpoints of `names` inside `tx`, in one query; names without one are left out.
+pub async fn read_many_in(
+    tx: &mut Tx,
+    names: &[&str],
+) -> Result<std::collections::HashMap<String, Cursor>, sqlx::Error> {
+    let mut found = std::collections::HashMap::with_capacity(names.len());
+    if names.is_empty() {
+        return Ok(found);
+    }
+    let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT name, transaction_id, global_position FROM projector_checkpoints \
+         WHERE name IN ({})",
+        placeholders.join(", ")
+    );
+    eventlog::on_tx!(tx, conn => {
+        let mut query = sqlx::query(&sql);
+        for name in names {
+            query = query.bind(*name);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            found.insert(
+                row.try_get::<String, _>(0)?,
+                Cursor::new(row.try_get(1)?, row.try_get(2)?),
+            );
+        }
+    });
+    Ok(found)
+}
+
+/// [`write_in`] for many checkpoints, in one statement.
+pub async fn write_many_in(tx: &mut Tx, moved: &[(&str, Cursor)]) -> Result<(), sqlx::Error> {
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let now = chrono::Utc::now();
+    let rows: Vec<String> = (0..moved.len())
+        .map(|i| {
+            format!(
+                "(${}, ${}, ${}, ${})",
+                i * 4 + 1,
+                i * 4 + 2,
+                i * 4 + 3,
+                i * 4 + 4
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO projector_checkpoints (name, transaction_id, global_position, updated_at) \
+         VALUES {} \
+         ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
+         global_position = excluded.global_position, updated_at = excluded.updated_at",
+        rows.join(", ")
+    );
+    eventlog::on_tx!(tx, conn => {
+        let mut query = sqlx::query(&sql);
+        for (name, cursor) in moved {
+            query = query
+                .bind(*name)
+                .bind(cursor.transaction_id)
+                .bind(cursor.position)
+                .bind(now);
+        }
+        query.execute(&mut *conn).await?;
+    });
+    Ok(())
+}

@@ -1,7 +1,8 @@
 //! The gateway's long-running loops.
 //!
-//! - [`runner`]: runs one projector: lock, read the next batch after its checkpoint, apply,
-//!   move the checkpoint, commit. Any number of processes may run the same projector; the lock
+//! - [`runner`]: runs the projectors: lock, read the next batch after their checkpoints,
+//!   apply, move the checkpoints, commit (all live projectors in one transaction per batch,
+//!   each in a savepoint, so one that fails does not hold the others back). Any number of processes may run the same projector; the lock
 //!   lets one at a time apply a batch, and the checkpoint moving in the same transaction makes
 //!   each event's effect exactly-once.
 //! - [`listener`]: PostgreSQL `LISTEN` on the append channel, so runners wake as soon as any
@@ -34,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use runner::RunnerSettings;
 
-/// Starts a runner for every projector, and on PostgreSQL the `LISTEN` wake-up task.
+/// Starts one runner for all the projectors, and on PostgreSQL the `LISTEN` wake-up task.
 pub fn start(
     log: &EventLog,
     projectors: &[Arc<dyn Projector>],
@@ -42,18 +43,13 @@ pub fn start(
     settings: &RunnerSettings,
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    let mut handles: Vec<JoinHandle<()>> = projectors
-        .iter()
-        .map(|projector| {
-            runner::spawn(
-                log.clone(),
-                projector.clone(),
-                progress.clone(),
-                settings.clone(),
-                shutdown.clone(),
-            )
-        })
-        .collect();
+    let mut handles = vec![runner::spawn_group(
+        log.clone(),
+        projectors.to_vec(),
+        progress.clone(),
+        settings.clone(),
+        shutdown.clone(),
+    )];
     if let Db::Postgres(pool) = log.db() {
         handles.push(listener::spawn(pool.clone(), log.clone(), shutdown.clone()));
     }

@@ -1,4 +1,6 @@
-//! Running a projector: one batch at a time, each in its own transaction.
+//! Running projectors: one batch at a time, each in its own transaction. The live projectors
+//! of a process share one reader and one transaction per batch ([`spawn_group`]); a rebuild
+//! and the command line run one projector ([`run_batch`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,7 +114,7 @@ pub async fn run_batch(
     })
 }
 
-/// Runs `projector` until `shutdown`, finishing the batch in hand.
+/// Runs `projector` alone until `shutdown` (see [`spawn_group`]).
 pub fn spawn(
     log: EventLog,
     projector: Arc<dyn Projector>,
@@ -120,46 +122,171 @@ pub fn spawn(
     settings: RunnerSettings,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
+    spawn_group(log, vec![projector], progress, settings, shutdown)
+}
+
+/// What one group batch did, per projector.
+#[derive(Debug, Default)]
+pub struct GroupOutcome {
+    /// Projectors whose checkpoint moved: name, new checkpoint, events they were given.
+    pub applied: Vec<(&'static str, Cursor, usize)>,
+    /// Projectors whose batch failed (their effects and checkpoint were rolled back).
+    pub failed: Vec<(&'static str, ProjectionError)>,
+    /// Events read from the log.
+    pub read: usize,
+}
+
+/// Takes the lock of each of `names` that no other transaction holds, inside `tx`, in one
+/// round trip; returns the ones taken.
+async fn lock_free(tx: &mut Tx, names: &[&'static str]) -> Result<Vec<&'static str>, sqlx::Error> {
+    let Tx::Postgres(conn) = tx else {
+        return Ok(names.to_vec());
+    };
+    let keys: Vec<String> = names.iter().map(|name| lock_key(name)).collect();
+    let taken: Vec<String> = sqlx::query_scalar(
+        "SELECT key FROM unnest($1::text[]) AS key \
+         WHERE pg_try_advisory_xact_lock(hashtextextended(key, 0))",
+    )
+    .bind(&keys)
+    .fetch_all(&mut **conn)
+    .await?;
+    Ok(names
+        .iter()
+        .zip(&keys)
+        .filter(|(_, key)| taken.contains(key))
+        .map(|(name, _)| *name)
+        .collect())
+}
+
+async fn execute(tx: &mut Tx, sql: &'static str) -> Result<(), sqlx::Error> {
+    eventlog::on_tx!(tx, conn => {
+        sqlx::query(sql).execute(&mut *conn).await?;
+    });
+    Ok(())
+}
+
+/// Applies the next batch of the log to every projector of `projectors` in one transaction:
+/// the log is read once (from the earliest of their checkpoints, at most `batch_size`
+/// events), each projector gets the events past its own checkpoint, and every checkpoint
+/// that moved is written, with one commit for all. Each projector runs inside a savepoint: one
+/// that fails is rolled back alone and reported in [`GroupOutcome::failed`], the others
+/// commit. Projectors whose lock another process holds are skipped.
+pub async fn run_group(
+    log: &EventLog,
+    projectors: &[Arc<dyn Projector>],
+    batch_size: usize,
+) -> Result<GroupOutcome, ProjectionError> {
+    let mut outcome = GroupOutcome::default();
+    if projectors.is_empty() {
+        return Ok(outcome);
+    }
+    let mut tx = log.db().begin().await?;
+    let names: Vec<&'static str> = projectors.iter().map(|p| p.name()).collect();
+    let locked = lock_free(&mut tx, &names).await?;
+    let positions = checkpoints::read_many_in(&mut tx, &locked).await?;
+    let checkpoint_of = |name: &str| positions.get(name).copied().unwrap_or(Cursor::START);
+    let Some(from) = locked.iter().map(|name| checkpoint_of(name)).min() else {
+        tx.rollback().await?;
+        return Ok(outcome);
+    };
+    let events = log.read_after_in(&mut tx, from, batch_size).await?;
+    outcome.read = events.len();
+    if events.is_empty() {
+        tx.rollback().await?;
+        return Ok(outcome);
+    }
+    for projector in projectors.iter().filter(|p| locked.contains(&p.name())) {
+        let after = checkpoint_of(projector.name());
+        let start = events.partition_point(|event| event.cursor <= after);
+        let Some(last) = events.last().filter(|_| start < events.len()) else {
+            continue;
+        };
+        execute(&mut tx, "SAVEPOINT projector").await?;
+        match projector
+            .apply(&mut tx, Target::Live, &events[start..])
+            .await
+        {
+            Ok(()) => {
+                execute(&mut tx, "RELEASE SAVEPOINT projector").await?;
+                outcome
+                    .applied
+                    .push((projector.name(), last.cursor, events.len() - start));
+            }
+            Err(error) => {
+                execute(&mut tx, "ROLLBACK TO SAVEPOINT projector").await?;
+                outcome.failed.push((projector.name(), error));
+            }
+        }
+    }
+    let moved: Vec<(&str, Cursor)> = outcome
+        .applied
+        .iter()
+        .map(|(name, cursor, _)| (*name, *cursor))
+        .collect();
+    checkpoints::write_many_in(&mut tx, &moved).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// Runs every projector of `projectors` until `shutdown` from one task, one
+/// [`run_group`] transaction per batch, finishing the batch in hand. A projector whose batch
+/// fails is left out, with a growing back-off, until its retry is due; the others go on.
+pub fn spawn_group(
+    log: EventLog,
+    projectors: Vec<Arc<dyn Projector>>,
+    progress: Progress,
+    settings: RunnerSettings,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let name = projector.name();
         let mut appended = log.subscribe();
-        let mut failures: u32 = 0;
-        if let Err(error) = checkpoints::ensure(log.db(), name).await {
-            tracing::error!(projector = name, %error, "could not create the checkpoint");
+        // Failures in a row and the time of the next try, per failing projector.
+        let mut backoff: std::collections::HashMap<&'static str, (u32, tokio::time::Instant)> =
+            std::collections::HashMap::new();
+        let mut group_failures: u32 = 0;
+        for projector in &projectors {
+            if let Err(error) = checkpoints::ensure(log.db(), projector.name()).await {
+                tracing::error!(projector = projector.name(), %error, "could not create the checkpoint");
+            }
         }
         while !shutdown.is_cancelled() {
             appended.mark_unchanged();
-            let outcome = run_batch(
-                &log,
-                projector.as_ref(),
-                Target::Live,
-                name,
-                settings.batch_size,
-            )
-            .await;
-            let delay = match outcome {
-                Ok(BatchOutcome::Applied { events, cursor }) => {
-                    failures = 0;
-                    progress.advance(name, cursor);
-                    tracing::debug!(projector = name, events, "applied batch");
-                    if events == settings.batch_size {
+            let now = tokio::time::Instant::now();
+            let due: Vec<Arc<dyn Projector>> = projectors
+                .iter()
+                .filter(|p| backoff.get(p.name()).is_none_or(|(_, at)| *at <= now))
+                .cloned()
+                .collect();
+            let mut delay = settings.poll_interval;
+            match run_group(&log, &due, settings.batch_size).await {
+                Ok(outcome) => {
+                    group_failures = 0;
+                    for (name, cursor, events) in &outcome.applied {
+                        backoff.remove(name);
+                        progress.advance(name, *cursor);
+                        tracing::debug!(projector = name, events, "applied batch");
+                    }
+                    for (name, error) in outcome.failed {
+                        let failures = backoff.get(name).map_or(1, |(n, _)| n.saturating_add(1));
+                        let wait = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                        tracing::error!(projector = name, %error, backoff = ?wait, "batch failed; retrying");
+                        backoff.insert(name, (failures, tokio::time::Instant::now() + wait));
+                    }
+                    if outcome.read == settings.batch_size {
                         continue;
                     }
-                    settings.poll_interval
-                }
-                Ok(BatchOutcome::Idle | BatchOutcome::Busy) => {
-                    failures = 0;
-                    settings.poll_interval
                 }
                 Err(error) => {
-                    failures = failures.saturating_add(1);
-                    let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
-                    tracing::error!(projector = name, %error, ?backoff, "batch failed; retrying");
-                    backoff
+                    group_failures = group_failures.saturating_add(1);
+                    delay = Duration::from_millis(100 * 2u64.pow(group_failures.min(6)));
+                    tracing::error!(%error, backoff = ?delay, "projector batch failed; retrying");
                 }
-            };
+            }
+            if let Some(next) = backoff.values().map(|(_, at)| *at).min() {
+                delay = delay.min(next.saturating_duration_since(tokio::time::Instant::now()));
+            }
             tokio::select! {
-                _ = appended.changed(), if failures == 0 => {
+                _ = appended.changed(), if group_failures == 0 => {
                     if !settings.coalesce.is_zero() {
                         tokio::select! {
                             _ = tokio::time::sleep(settings.coalesce) => {}
@@ -171,6 +298,6 @@ pub fn spawn(
                 _ = shutdown.cancelled() => {}
             }
         }
-        tracing::debug!(projector = name, "runner stopped");
+        tracing::debug!("projector group stopped");
     })
 }

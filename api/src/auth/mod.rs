@@ -22,7 +22,7 @@ pub mod keys;
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
@@ -34,6 +34,7 @@ use domain::api_key::PLATFORM_TENANT;
 use domain::names::TenantId;
 use domain::roles::Role;
 use domain::tenant::TenantStatus;
+use projections::api_keys::Credential;
 use secrecy::ExposeSecret;
 
 use crate::error::ApiError;
@@ -123,6 +124,52 @@ impl LastUsed {
     }
 }
 
+/// API keys (with their tenant's status and rate limit) as the read model held them a moment
+/// ago, so that a client's requests do not each read them. An entry lives at most `ttl`
+/// (`GATEWAY_CREDENTIAL_CACHE_MS`): a revoked key, a changed role or a suspended tenant takes
+/// effect within that time once the projection has it. Unknown keys are not remembered.
+#[derive(Debug)]
+pub struct CredentialCache {
+    ttl: std::time::Duration,
+    entries: Mutex<HashMap<String, (std::time::Instant, Arc<Credential>)>>,
+}
+
+/// Most keys remembered; past it the cache starts over.
+const CREDENTIAL_CACHE_ENTRIES: usize = 10_000;
+
+impl CredentialCache {
+    pub fn new(ttl: std::time::Duration) -> Self {
+        Self {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key's credential if it was read less than `ttl` ago.
+    pub fn get(&self, key_id: &str) -> Option<Arc<Credential>> {
+        let entries = self.entries.lock().expect("credential cache lock poisoned");
+        let (read_at, credential) = entries.get(key_id)?;
+        (read_at.elapsed() < self.ttl).then(|| credential.clone())
+    }
+
+    /// Remembers a credential just read; returns it.
+    pub fn insert(&self, credential: Credential) -> Arc<Credential> {
+        let credential = Arc::new(credential);
+        if self.ttl.is_zero() {
+            return credential;
+        }
+        let mut entries = self.entries.lock().expect("credential cache lock poisoned");
+        if entries.len() >= CREDENTIAL_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(
+            credential.key_id.clone(),
+            (std::time::Instant::now(), credential.clone()),
+        );
+        credential
+    }
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -158,10 +205,16 @@ async fn from_api_key(
         });
     }
     let (key_id, secret) = keys::parse(token).ok_or(Denied::Unauthorized("malformed key"))?;
-    let credential = projections::api_keys::credential(state.log.db(), key_id)
-        .await
-        .map_err(Denied::Database)?
-        .ok_or(Denied::Unauthorized("unknown key"))?;
+    let credential = match state.credentials.get(key_id) {
+        Some(credential) => credential,
+        None => {
+            let credential = projections::api_keys::credential(state.log.db(), key_id)
+                .await
+                .map_err(Denied::Database)?
+                .ok_or(Denied::Unauthorized("unknown key"))?;
+            state.credentials.insert(credential)
+        }
+    };
     if !keys::constant_time_eq(&keys::hash_secret(secret), &credential.secret_hash) {
         return Err(Denied::Unauthorized("wrong secret"));
     }
@@ -182,21 +235,21 @@ async fn from_api_key(
     if tenant.as_str() == PLATFORM_TENANT {
         return Ok(Principal {
             tenant: None,
-            subject: credential.key_id,
-            roles: credential.roles,
+            subject: credential.key_id.clone(),
+            roles: credential.roles.clone(),
             kind: PrincipalKind::ApiKey,
             rate_limit_per_minute: state.settings.rate_limit_per_minute,
         });
     }
-    let (status, limit) = credential.tenant.ok_or(Denied::UnknownTenant)?;
+    let (status, limit) = credential.tenant.as_ref().ok_or(Denied::UnknownTenant)?;
     if status == TenantStatus::Suspended.as_str() {
         return Err(Denied::Suspended);
     }
     let rate_limit_per_minute = limit.map_or(state.settings.rate_limit_per_minute, |l| l as u32);
     Ok(Principal {
         tenant: Some(tenant),
-        subject: credential.key_id,
-        roles: credential.roles,
+        subject: credential.key_id.clone(),
+        roles: credential.roles.clone(),
         kind: PrincipalKind::ApiKey,
         rate_limit_per_minute,
     })
