@@ -1238,3 +1238,76 @@ both_backends!(
     concurrent_commands_replay_exactly,
     concurrent_commands_sharing_commits_replay_exactly
 );
+
+async fn writes_decided_on_cached_or_assumed_state_are_checked_at_commit(backend: Backend) {
+    let app = spawn_app(backend).await;
+    define(&app, json!({"name": "notes", "schemaless": true})).await;
+    // The first write reads the type (and keeps it in memory for the next ones).
+    created(&app, "notes", json!({"id": "n1", "text": "a long text"})).await;
+
+    // The type changes behind the kept copy: the next write must see the new schema.
+    let response = send(
+        &app,
+        Method::PATCH,
+        "/v1/entity-types/notes",
+        json!({"schemaless": true, "fields": {"text": {"type": "string", "maxLength": 3}}}),
+    )
+    .await;
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let response = create(&app, "notes", json!({"text": "too long"})).await;
+    assert_eq!(error_code(response).await, (422, "VALIDATION_ERROR".into()));
+    created(&app, "notes", json!({"id": "n2", "text": "ok"})).await;
+
+    // A create takes its record as new without reading it; the commit finds it exists.
+    let response = create(&app, "notes", json!({"id": "n1", "text": "abc"})).await;
+    assert_eq!(
+        error_code(response).await,
+        (409, "ENTITY_ALREADY_EXISTS".into())
+    );
+
+    // Ten concurrent creates with one key (and no id): one record, nine exact replays.
+    let responses = futures::future::join_all((0..10).map(|_| {
+        app.request(Method::POST, "/v1/notes", "acme")
+            .header("idempotency-key", "one-note")
+            .json(&json!({"text": "hey"}))
+            .send()
+    }))
+    .await;
+    let mut bodies = Vec::new();
+    let mut replays = 0;
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 201);
+        if response.headers().contains_key("x-idempotent-replay") {
+            replays += 1;
+        }
+        bodies.push(response.json::<Value>().await.unwrap());
+    }
+    assert_eq!(replays, 9);
+    assert!(bodies.iter().all(|body| *body == bodies[0]));
+    let history = send(
+        &app,
+        Method::GET,
+        &format!("/v1/notes/{}/history", bodies[0]["id"].as_str().unwrap()),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(history.status(), 200);
+    let body: Value = history.json().await.unwrap();
+    assert_eq!(body["events"].as_array().unwrap().len(), 1);
+    // The key's first answer was a refusal: a retry is told the same.
+    for _ in 0..2 {
+        let response = app
+            .request(Method::POST, "/v1/notes", "acme")
+            .header("idempotency-key", "refused-note")
+            .json(&json!({"text": "much too long"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(response).await, (422, "VALIDATION_ERROR".into()));
+    }
+}
+both_backends!(
+    cached_and_assumed_state_is_checked,
+    writes_decided_on_cached_or_assumed_state_are_checked_at_commit
+);

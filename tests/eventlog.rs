@@ -396,7 +396,11 @@ async fn group_commit_keeps_each_command_s_outcome(backend: Backend) {
                     body: Vec::new(),
                 }
             };
-            log.commit_grouped(batch, None, Box::new(response)).await
+            let commit = eventlog::group_commit::Commit {
+                batch,
+                ..Default::default()
+            };
+            log.commit_grouped(commit, Box::new(response)).await
         }
     });
     let results = futures::future::join_all(commits).await;

@@ -109,13 +109,8 @@ pub async fn claim<R: RequiredRole>(
     ctx: &CommandContext<R>,
     body: &Value,
 ) -> Result<Claimed, ApiError> {
-    let Some(key) = &ctx.idempotency_key else {
+    let Some(key) = key_of(ctx, body) else {
         return Ok(Claimed::Run(None));
-    };
-    let key = IdempotencyKey {
-        tenant_id: ctx.tenant.to_string(),
-        key: key.clone(),
-        request_hash: request_hash(ctx.method.as_str(), &ctx.target, ctx.tenant.as_str(), body),
     };
     match state
         .log
@@ -127,6 +122,15 @@ pub async fn claim<R: RequiredRole>(
         Claim::Mismatch => Err(ApiError::IdempotencyKeyReused),
         Claim::InFlight => Err(ApiError::IdempotencyInFlight),
     }
+}
+
+/// The request's idempotency key, if it has one, not claimed yet. `body` as for [`claim`].
+pub fn key_of<R: RequiredRole>(ctx: &CommandContext<R>, body: &Value) -> Option<IdempotencyKey> {
+    ctx.idempotency_key.as_ref().map(|key| IdempotencyKey {
+        tenant_id: ctx.tenant.to_string(),
+        key: key.clone(),
+        request_hash: request_hash(ctx.method.as_str(), &ctx.target, ctx.tenant.as_str(), body),
+    })
 }
 
 /// [`claim`], with a replay turned into its response.

@@ -27,7 +27,8 @@ use domain::entity_type::{EntityType, FieldViolation, OnDelete, Schema};
 use domain::metadata::EventMetadata;
 use domain::names::{EntityId, EntityTypeName, TenantId};
 use eventlog::command::MAX_ATTEMPTS;
-use eventlog::idempotency::{IdempotencyKey, StoredResponse};
+use eventlog::group_commit::KeyUse;
+use eventlog::idempotency::StoredResponse;
 use eventlog::unit_of_work::{CommitError, Committed, UnitOfWork};
 use eventlog::{CommandError, Cursor, EventLog, StreamId};
 use serde_json::{Map, Value};
@@ -130,11 +131,30 @@ impl OpResult {
     }
 }
 
-/// Why a write did not commit: the error, and which operation caused it.
+/// Why a write did not commit.
 #[derive(Debug)]
-pub struct WriteFailure {
-    pub error: ApiError,
-    pub operation: Option<usize>,
+pub enum WriteFailure {
+    /// The error, and which operation caused it.
+    Failed {
+        error: ApiError,
+        operation: Option<usize>,
+    },
+    /// The idempotency key to claim in the commit is held by another request (a retry of a
+    /// request that completed, or one still running); nothing was written.
+    KeyTaken,
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Failed {
+                error,
+                operation: Some(index),
+            } => write!(f, "operation {index}: {error}"),
+            Self::Failed { error, .. } => write!(f, "{error}"),
+            Self::KeyTaken => f.write_str("the idempotency key is held by another request"),
+        }
+    }
 }
 
 pub fn entity_stream(tenant: &TenantId, entity_type: &EntityTypeName, id: &EntityId) -> StreamId {
@@ -223,9 +243,15 @@ struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
-    fn new(log: &'a EventLog, tenant: TenantId) -> Self {
+    /// A speculative writer decides on cached entity types and takes records to create as new
+    /// without reading them (see [`UnitOfWork::speculative`]).
+    fn new(log: &'a EventLog, tenant: TenantId, speculative: bool) -> Self {
         Self {
-            uow: UnitOfWork::new(log),
+            uow: if speculative {
+                UnitOfWork::speculative(log)
+            } else {
+                UnitOfWork::new(log)
+            },
             tenant,
             schemas: HashMap::new(),
         }
@@ -300,6 +326,9 @@ impl<'a> Writer<'a> {
             }
         };
         let stream = entity_stream(&self.tenant, entity_type, &id);
+        if op.kind == OpKind::Create {
+            self.uow.assume_new(std::slice::from_ref(&stream));
+        }
         let (existed, before, version_before) = self.entity(&stream).await?;
         let command = match op.kind {
             OpKind::Create => EntityCommand::CreateEntity {
@@ -559,6 +588,19 @@ fn streams_read(tenant: &TenantId, operations: &[Operation]) -> Vec<StreamId> {
     streams
 }
 
+/// The records that creates of `operations` expect not to exist (the ids known before the
+/// schema is: the body's or the generated one).
+fn streams_created(tenant: &TenantId, operations: &[Operation]) -> Vec<StreamId> {
+    operations
+        .iter()
+        .filter(|op| op.kind == OpKind::Create)
+        .map(|op| {
+            let id = op.id.as_ref().unwrap_or(&op.generated_id);
+            entity_stream(tenant, &op.entity_type, id)
+        })
+        .collect()
+}
+
 /// The command name recorded in the events' metadata.
 pub fn command_name(operations: &[Operation]) -> &'static str {
     match operations {
@@ -569,16 +611,22 @@ pub fn command_name(operations: &[Operation]) -> &'static str {
 
 /// Runs `operations` in one commit. `render` makes the response stored with an idempotency
 /// key (and returned) from the operations' results and the commit.
+///
+/// The first attempt is speculative: it decides on cached entity types and takes the records
+/// it creates as new, without reading them, and its commit checks both. A refusal decided that
+/// way is decided again on read state before it is answered; a conflict is decided again on
+/// read state (bounded, with a short random pause).
 pub async fn write(
     log: &EventLog,
     tenant: &TenantId,
     operations: &[Operation],
     metadata: &EventMetadata,
-    key: Option<&IdempotencyKey>,
+    key: Option<KeyUse>,
     render: impl Fn(&[OpResult], &Committed) -> StoredResponse + Send + Sync + 'static,
 ) -> Result<(Vec<OpResult>, Committed, StoredResponse), WriteFailure> {
     let render = std::sync::Arc::new(render);
-    let failure = |error: ApiError, operation: Option<usize>| WriteFailure { error, operation };
+    let failure =
+        |error: ApiError, operation: Option<usize>| WriteFailure::Failed { error, operation };
     // Commands of this process on one record take turns instead of conflicting.
     let lock_stream = match operations {
         [single] => single
@@ -591,8 +639,11 @@ pub async fn write(
         Some(stream) => Some(log.stream_lock(stream).lock().await),
         None => None,
     };
-    for attempt in 1..=MAX_ATTEMPTS {
-        let mut writer = Writer::new(log, tenant.clone());
+    let mut speculative = true;
+    let mut conflicts = 0;
+    'attempt: loop {
+        let mut writer = Writer::new(log, tenant.clone(), speculative);
+        writer.uow.assume_new(&streams_created(tenant, operations));
         if let Err(error) = writer.uow.prefetch(&streams_read(tenant, operations)).await {
             return Err(failure(error.into(), None));
         }
@@ -600,27 +651,39 @@ pub async fn write(
         for (index, op) in operations.iter().enumerate() {
             match writer.apply(op).await {
                 Ok(result) => results.push(result),
+                Err(_) if writer.uow.unverified() => {
+                    // Perhaps decided on a stale guess: decide again on what the log holds.
+                    speculative = false;
+                    continue 'attempt;
+                }
                 Err(error) => return Err(failure(error, Some(index))),
             }
         }
         let (render, snapshot) = (render.clone(), results.clone());
         match writer
             .uow
-            .commit(metadata, key, move |committed| render(&snapshot, committed))
+            .commit(metadata, key.clone(), move |committed| {
+                render(&snapshot, committed)
+            })
             .await
         {
             Ok((committed, response)) => return Ok((results, committed, response)),
             Err(CommitError::Conflict) => {
-                tracing::debug!(attempt, "a stream changed concurrently; deciding again");
+                conflicts += 1;
+                if conflicts >= MAX_ATTEMPTS {
+                    return Err(failure(ApiError::ConcurrentModification, None));
+                }
+                speculative = false;
+                tracing::debug!(conflicts, "a stream changed concurrently; deciding again");
                 let jitter = u64::from(uuid::Uuid::new_v4().as_u128() as u8 % 8);
                 tokio::time::sleep(std::time::Duration::from_millis(
-                    attempt as u64 * 2 + jitter,
+                    conflicts as u64 * 2 + jitter,
                 ))
                 .await;
             }
+            Err(CommitError::KeyTaken) => return Err(WriteFailure::KeyTaken),
             Err(CommitError::Database(error)) => return Err(failure(error.into(), None)),
             Err(other) => return Err(failure(ApiError::internal(other), None)),
         }
     }
-    Err(failure(ApiError::ConcurrentModification, None))
 }

@@ -570,13 +570,7 @@ pub async fn entities(
                 }
             })
             .await
-            .map_err(|failure| {
-                anyhow::anyhow!(
-                    "batch {b}: operation {:?}: {}",
-                    failure.operation,
-                    failure.error
-                )
-            })?;
+            .map_err(|failure| anyhow::anyhow!("batch {b}: {failure}"))?;
             Ok::<_, anyhow::Error>((operations.len() as u64, written.1.appended))
         }
     }))

@@ -51,6 +51,12 @@ impl Application {
         let log = open_log(&settings).await?;
         // Record commands of concurrent requests share commits (see eventlog::group_commit).
         log.start_group_commit();
+        // Every record write reads its entity type; types change rarely (see
+        // eventlog::stream_cache).
+        log.cache_streams(
+            &[<domain::entity_type::EntityType as cqrs_es::Aggregate>::TYPE],
+            10_000,
+        );
         let projectors = Arc::new(projections::all());
         let progress = Progress::default();
         let shutdown = CancellationToken::new();

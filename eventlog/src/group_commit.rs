@@ -1,36 +1,81 @@
-//! Group commit: the appends of many concurrent commands in one transaction.
+//! Group commit: the commits of many concurrent commands in one transaction.
 //!
-//! A command that commits through [`EventLog::commit_grouped`] hands its appends, its
-//! idempotency key and a function that renders its response to one committer task. The task
-//! takes every command queued at that moment, appends all their events with one statement set,
-//! stores each command's response with its key, and commits once: one transaction (and one
-//! WAL flush) for the group instead of one per command. Each command still keeps its own
-//! outcome: when any stream of the group conflicts, the group is rolled back and each command
-//! is committed on its own, so only the conflicting one fails (and is decided again by its
-//! caller). Durability is unchanged: a command hears back only after the commit that holds its
-//! events.
+//! A command that commits through [`EventLog::commit_grouped`] hands a [`Commit`] (its appends,
+//! its idempotency key, the streams it decided on without reading them) and a function that
+//! renders its response to one committer task. The task takes every command queued at that
+//! moment and, in one transaction (and one WAL flush) for the group:
+//! 1. checks the versions of the streams the commands decided on unread (cached or assumed
+//!    new, see [`crate::stream_cache`]); a command whose stream moved fails with
+//!    [`CommitError::Conflict`] and is decided again by its caller on a fresh read;
+//! 2. claims the idempotency keys not claimed yet; a command whose key another request holds
+//!    writes nothing and fails with [`CommitError::KeyTaken`] (its caller then replays the
+//!    stored response);
+//! 3. appends every remaining command's events;
+//! 4. stores each command's response with its key, and commits.
+//!
+//! Each command keeps its own outcome: when anything fails before the commit (a stream that
+//! conflicts in the append, a database error), the group is rolled back and each command is
+//! committed on its own, so only the failing one fails. Durability is unchanged: a command
+//! hears back only after the commit that holds its events.
 
+use std::collections::HashSet;
 use std::sync::Weak;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::idempotency::{IdempotencyKey, StoredResponse};
-use crate::store::{AppendError, Appended, EventLog, StreamAppend};
+use crate::store::{Appended, EventLog, StreamAppend, StreamId};
 use crate::unit_of_work::{CommitError, Committed};
 
 /// Renders a command's response from its commit.
-pub type Respond = Box<dyn FnOnce(&Committed) -> StoredResponse + Send>;
+pub type Respond = Box<dyn Fn(&Committed) -> StoredResponse + Send + Sync>;
 
 /// Most commands in one group.
 pub const MAX_GROUP: usize = 128;
 
+/// How a commit uses an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyUse {
+    /// The request claimed the key before running (it is `in_flight`): store the response.
+    Claimed(IdempotencyKey),
+    /// Claim the key in the commit itself and store the response; when another request holds
+    /// the key, nothing is written ([`CommitError::KeyTaken`]).
+    Unclaimed(IdempotencyKey),
+}
+
+impl KeyUse {
+    pub fn key(&self) -> &IdempotencyKey {
+        match self {
+            Self::Claimed(key) | Self::Unclaimed(key) => key,
+        }
+    }
+
+    fn to_claim(&self) -> Option<&IdempotencyKey> {
+        match self {
+            Self::Claimed(_) => None,
+            Self::Unclaimed(key) => Some(key),
+        }
+    }
+}
+
+/// What one command commits.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    pub batch: Vec<StreamAppend>,
+    pub key: Option<KeyUse>,
+    /// Streams the command decided on without reading them in this attempt and does not
+    /// append to, with the version it took them at; checked in the commit's transaction.
+    pub reads: Vec<(StreamId, u64)>,
+}
+
 /// One command waiting for the committer.
 pub(crate) struct Job {
-    pub batch: Vec<StreamAppend>,
-    pub key: Option<IdempotencyKey>,
+    pub commit: Commit,
     pub respond: Respond,
-    pub reply: oneshot::Sender<Result<(Committed, StoredResponse), CommitError>>,
+    pub reply: oneshot::Sender<Outcome>,
 }
+
+type Outcome = Result<(Committed, StoredResponse), CommitError>;
 
 /// The sending side, kept by the log; the task ends when the log is dropped.
 pub(crate) type Queue = mpsc::UnboundedSender<Job>;
@@ -58,168 +103,184 @@ pub(crate) fn start(log: Weak<crate::store::Inner>) -> Queue {
 }
 
 async fn commit_group(log: &EventLog, group: Vec<Job>) {
-    if group.len() == 1 {
-        for job in group {
-            let result = log
-                .commit_one(&job.batch, job.key.as_ref(), job.respond)
-                .await;
-            let _ = job.reply.send(result);
+    let group = if group.len() == 1 {
+        group
+    } else {
+        match together(log, group).await {
+            Ok(()) => return,
+            Err(rest) => rest,
         }
-        return;
+    };
+    // Each command on its own, so only a failing one fails.
+    for job in group {
+        let outcome = log.commit_one(&job.commit, &job.respond).await;
+        let _ = job.reply.send(outcome);
     }
-    let batch: Vec<StreamAppend> = group.iter().flat_map(|j| j.batch.iter().cloned()).collect();
-    let counts: Vec<usize> = group
-        .iter()
-        .map(|j| j.batch.iter().map(|a| a.events.len()).sum())
-        .collect();
-    match try_together(log, &batch, &counts).await {
-        Ok(Some(appended)) => {
-            // Render and store every response, then commit once.
-            let outcome = finish_together(log, group, appended).await;
-            if let Err((jobs, error)) = outcome {
-                for reply in jobs {
-                    let _ = reply.send(Err(clone_error(&error)));
+}
+
+/// Commits the group in one transaction. Returns the commands still to commit when the
+/// group failed before its commit (rolled back; none of them has been answered).
+async fn together(log: &EventLog, mut group: Vec<Job>) -> Result<(), Vec<Job>> {
+    let Ok(mut tx) = log.db().begin().await else {
+        return Err(group);
+    };
+    macro_rules! or_alone {
+        ($result:expr) => {
+            match $result {
+                Ok(value) => value,
+                Err(_) => {
+                    let _ = tx.rollback().await;
+                    return Err(group);
                 }
             }
-        }
-        Ok(None) => {
-            // A conflict somewhere: each command on its own, so only the conflicting ones fail.
-            for job in group {
-                let result = log
-                    .commit_one(&job.batch, job.key.as_ref(), job.respond)
-                    .await;
-                let _ = job.reply.send(result);
-            }
-        }
-        Err(error) => {
-            for job in group {
-                let _ = job.reply.send(Err(clone_error(&error)));
+        };
+    }
+
+    // 1. Commands decided on streams that moved since are decided again.
+    let reads: Vec<(StreamId, u64)> = group
+        .iter()
+        .flat_map(|job| job.commit.reads.iter().cloned())
+        .collect();
+    if !reads.is_empty() {
+        let stale: HashSet<StreamId> = or_alone!(log.stale_reads_in(&mut tx, &reads).await)
+            .into_iter()
+            .collect();
+        if !stale.is_empty() {
+            let (moved, rest): (Vec<Job>, Vec<Job>) = group.into_iter().partition(|job| {
+                job.commit
+                    .reads
+                    .iter()
+                    .any(|(stream, _)| stale.contains(stream))
+            });
+            group = rest;
+            for job in moved {
+                let _ = job.reply.send(Err(CommitError::Conflict));
             }
         }
     }
-}
 
-/// The group's transaction with every job's events appended, and each job's share of them;
-/// `None` when a stream conflicted (the transaction is rolled back).
-async fn try_together(
-    log: &EventLog,
-    batch: &[StreamAppend],
-    counts: &[usize],
-) -> Result<Option<(crate::Tx, Vec<Appended>)>, CommitError> {
-    let mut tx = log.db().begin().await?;
-    let appended = match log.append_in(&mut tx, batch).await {
-        Ok(appended) => appended,
-        Err(AppendError::Conflict { .. }) => {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        Err(error) => {
-            tx.rollback().await?;
-            return Err(error.into());
-        }
-    };
-    // `append_in` returns the events in the order given: split them back per job.
-    let mut events = appended.events.into_iter();
-    let shares = counts
+    // 2. Keys not claimed yet are claimed; a command whose key is taken writes nothing.
+    let wanted: Vec<&IdempotencyKey> = group
         .iter()
-        .map(|count| Appended {
-            events: events.by_ref().take(*count).collect(),
+        .filter_map(|job| job.commit.key.as_ref().and_then(KeyUse::to_claim))
+        .collect();
+    if !wanted.is_empty() {
+        let mut claimed = or_alone!(log.claim_many_in(&mut tx, &wanted).await);
+        let (taken, rest): (Vec<Job>, Vec<Job>) = group.into_iter().partition(|job| {
+            job.commit
+                .key
+                .as_ref()
+                .and_then(KeyUse::to_claim)
+                // The first command of the group with a key keeps it; a second one is taken.
+                .is_some_and(|key| !claimed.remove(&(key.tenant_id.clone(), key.key.clone())))
+        });
+        group = rest;
+        for job in taken {
+            let _ = job.reply.send(Err(CommitError::KeyTaken));
+        }
+    }
+
+    // 3. Every remaining command's events, split back per command afterwards.
+    let batch: Vec<StreamAppend> = group
+        .iter()
+        .flat_map(|job| job.commit.batch.iter().cloned())
+        .collect();
+    let appended = if batch.is_empty() {
+        Appended { events: Vec::new() }
+    } else {
+        or_alone!(log.append_in(&mut tx, &batch).await)
+    };
+    let mut events = appended.events.into_iter();
+    let shares: Vec<Committed> = group
+        .iter()
+        .map(|job| {
+            let count = job.commit.batch.iter().map(|a| a.events.len()).sum();
+            Committed::new(Appended {
+                events: events.by_ref().take(count).collect(),
+            })
         })
         .collect();
-    Ok(Some((tx, shares)))
-}
 
-type Replies = Vec<oneshot::Sender<Result<(Committed, StoredResponse), CommitError>>>;
-
-async fn finish_together(
-    log: &EventLog,
-    group: Vec<Job>,
-    (mut tx, shares): (crate::Tx, Vec<Appended>),
-) -> Result<(), (Replies, CommitError)> {
-    let mut done = Vec::with_capacity(group.len());
-    for (job, appended) in group.into_iter().zip(shares) {
-        let committed = Committed::new(appended);
-        let response = (job.respond)(&committed);
-        done.push((job.key, committed, response, job.reply));
-    }
-    let completions: Vec<(&IdempotencyKey, &StoredResponse)> = done
+    // 4. Responses stored with their keys, then one commit.
+    let responses: Vec<StoredResponse> = group
         .iter()
-        .filter_map(|(key, _, response, _)| key.as_ref().map(|key| (key, response)))
+        .zip(&shares)
+        .map(|(job, committed)| (job.respond)(committed))
         .collect();
-    let stored = log
-        .complete_idempotency_many_in(&mut tx, &completions)
-        .await;
-    let failure = match stored {
-        Err(error) => {
-            let _ = tx.rollback().await;
-            Some(CommitError::from(error))
+    let completions: Vec<(&IdempotencyKey, &StoredResponse)> = group
+        .iter()
+        .zip(&responses)
+        .filter_map(|(job, response)| job.commit.key.as_ref().map(|k| (k.key(), response)))
+        .collect();
+    or_alone!(
+        log.complete_idempotency_many_in(&mut tx, &completions)
+            .await
+    );
+    if let Err(error) = tx.commit().await {
+        // Whether a failed commit took effect is unknown: no command may be run again.
+        let error = CommitError::from(error);
+        for job in group {
+            let _ = job.reply.send(Err(clone_error(&error)));
         }
-        Ok(()) => tx.commit().await.err().map(CommitError::from),
-    };
-    if let Some(error) = failure {
-        return Err((done.into_iter().map(|d| d.3).collect(), error));
+        return Ok(());
     }
-    if let Some(cursor) = done.iter().filter_map(|d| d.1.appended.last_cursor()).max() {
+    if let Some(cursor) = shares.iter().filter_map(|c| c.appended.last_cursor()).max() {
         log.notify_appended(cursor);
     }
-    for (_, committed, response, reply) in done {
-        let _ = reply.send(Ok((committed, response)));
+    for ((job, committed), response) in group.into_iter().zip(shares).zip(responses) {
+        let _ = job.reply.send(Ok((committed, response)));
     }
     Ok(())
 }
 
 /// The same failure for every command of a failed group.
 fn clone_error(error: &CommitError) -> CommitError {
-    match error {
-        CommitError::Conflict => CommitError::Conflict,
-        other => CommitError::Database(sqlx::Error::Protocol(format!(
-            "group commit failed: {other}"
-        ))),
-    }
+    CommitError::Database(sqlx::Error::Protocol(format!(
+        "group commit failed: {error}"
+    )))
 }
 
 impl EventLog {
     /// Commits through the committer task when the log has one, else in a transaction of its
     /// own.
-    pub async fn commit_grouped(
-        &self,
-        batch: Vec<StreamAppend>,
-        key: Option<IdempotencyKey>,
-        respond: Respond,
-    ) -> Result<(Committed, StoredResponse), CommitError> {
+    pub async fn commit_grouped(&self, commit: Commit, respond: Respond) -> Outcome {
         let Some(queue) = self.group_queue() else {
-            return self.commit_one(&batch, key.as_ref(), respond).await;
+            return self.commit_one(&commit, &respond).await;
         };
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            batch,
-            key,
+            commit,
             respond,
             reply,
         };
         if let Err(mpsc::error::SendError(job)) = queue.send(job) {
-            return self
-                .commit_one(&job.batch, job.key.as_ref(), job.respond)
-                .await;
+            return self.commit_one(&job.commit, &job.respond).await;
         }
         answer.await.map_err(|_| {
             CommitError::Database(sqlx::Error::Protocol("the committer stopped".into()))
         })?
     }
 
-    /// One command's appends and response in a transaction of their own.
-    pub(crate) async fn commit_one(
-        &self,
-        batch: &[StreamAppend],
-        key: Option<&IdempotencyKey>,
-        respond: Respond,
-    ) -> Result<(Committed, StoredResponse), CommitError> {
-        if batch.is_empty() && key.is_none() {
+    /// One command's commit in a transaction of its own (the steps of the module
+    /// documentation).
+    pub(crate) async fn commit_one(&self, commit: &Commit, respond: &Respond) -> Outcome {
+        let Commit { batch, key, reads } = commit;
+        if batch.is_empty() && key.is_none() && reads.is_empty() {
             let committed = Committed::new(Appended { events: Vec::new() });
             let response = respond(&committed);
             return Ok((committed, response));
         }
         let mut tx = self.db().begin().await?;
+        if !reads.is_empty() && !self.stale_reads_in(&mut tx, reads).await?.is_empty() {
+            tx.rollback().await?;
+            return Err(CommitError::Conflict);
+        }
+        if let Some(wanted) = key.as_ref().and_then(KeyUse::to_claim)
+            && self.claim_many_in(&mut tx, &[wanted]).await?.is_empty()
+        {
+            tx.rollback().await?;
+            return Err(CommitError::KeyTaken);
+        }
         let appended = if batch.is_empty() {
             Appended { events: Vec::new() }
         } else {
@@ -234,7 +295,7 @@ impl EventLog {
         let committed = Committed::new(appended);
         let response = respond(&committed);
         if let Some(key) = key {
-            self.complete_idempotency_in(&mut tx, key, &response)
+            self.complete_idempotency_in(&mut tx, key.key(), &response)
                 .await?;
         }
         tx.commit().await?;

@@ -151,6 +151,55 @@ impl EventLog {
         Ok(claim)
     }
 
+    /// Claims every key of `keys` that no request holds yet, inside `tx` (a group commit,
+    /// which stores their responses before it commits, so the claims are never seen in
+    /// flight). Returns the keys claimed; the others were taken already. One statement per
+    /// 100 keys, in key order, so that two transactions claiming the same keys cannot
+    /// deadlock.
+    pub async fn claim_many_in(
+        &self,
+        tx: &mut Tx,
+        keys: &[&IdempotencyKey],
+    ) -> Result<std::collections::HashSet<(String, String)>, sqlx::Error> {
+        let mut keys = keys.to_vec();
+        keys.sort_by(|a, b| (&a.tenant_id, &a.key).cmp(&(&b.tenant_id, &b.key)));
+        keys.dedup_by(|a, b| a.tenant_id == b.tenant_id && a.key == b.key);
+        let now = Utc::now();
+        let mut claimed = std::collections::HashSet::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "(${}, ${}, ${}, 'in_flight', $1, $1)",
+                        3 * i + 2,
+                        3 * i + 3,
+                        3 * i + 4
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO idempotency_records \
+                 (tenant_id, idempotency_key, request_hash, state, locked_until, created_at) \
+                 VALUES {} ON CONFLICT (tenant_id, idempotency_key) DO NOTHING \
+                 RETURNING tenant_id, idempotency_key",
+                rows.join(", ")
+            );
+            crate::on_tx!(&mut *tx, conn => {
+                let mut query = sqlx::query(&sql).persistent(false).bind(now);
+                for key in chunk {
+                    query = query
+                        .bind(key.tenant_id.as_str())
+                        .bind(key.key.as_str())
+                        .bind(key.request_hash.as_str());
+                }
+                for row in query.fetch_all(&mut *conn).await? {
+                    claimed.insert((row.try_get(0)?, row.try_get(1)?));
+                }
+            });
+        }
+        Ok(claimed)
+    }
+
     /// Stores the response of a claimed key inside `tx` (the command's own transaction).
     pub async fn complete_idempotency_in(
         &self,

@@ -16,6 +16,7 @@
 //! - [`idempotency`]: idempotency records, completed in the same transaction as the events.
 //! - [`unit_of_work`]: commands on several aggregates, committed in one transaction.
 //! - [`group_commit`]: the commits of many concurrent commands in one transaction.
+//! - [`stream_cache`]: streams that rarely change, kept in memory and checked at commit.
 #![forbid(unsafe_code)]
 
 pub mod command;
@@ -24,6 +25,7 @@ pub mod db;
 pub mod group_commit;
 pub mod idempotency;
 pub mod store;
+pub mod stream_cache;
 pub mod unit_of_work;
 
 pub use command::{CommandError, CommandOutcome};

@@ -200,6 +200,8 @@ pub(crate) struct Inner {
     inline: Vec<Arc<dyn InlineProjection>>,
     /// The group committer's queue, once started.
     group: std::sync::OnceLock<crate::group_commit::Queue>,
+    /// Streams kept in memory, once configured.
+    pub(crate) cache: std::sync::OnceLock<crate::stream_cache::StreamCache>,
 }
 
 /// A read model updated in the same transaction as the events it is made of, for the few
@@ -282,6 +284,7 @@ impl EventLog {
                 hasher: Default::default(),
                 inline,
                 group: std::sync::OnceLock::new(),
+                cache: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -296,6 +299,10 @@ impl EventLog {
         self.inner
             .group
             .get_or_init(|| crate::group_commit::start(Arc::downgrade(&self.inner)));
+    }
+
+    pub(crate) fn stream_cache(&self) -> &std::sync::OnceLock<crate::stream_cache::StreamCache> {
+        &self.inner.cache
     }
 
     pub(crate) fn group_queue(&self) -> Option<&crate::group_commit::Queue> {
@@ -543,6 +550,67 @@ impl EventLog {
 
     /// The events of several streams of one tenant, in one query: stream by stream, each in
     /// sequence order (a unit of work reads the streams of a batch of commands at once).
+    /// Which of `reads` (a stream and the version a command decided on) have another version
+    /// now, read inside `tx`. One query per 300 streams.
+    pub async fn stale_reads_in(
+        &self,
+        tx: &mut Tx,
+        reads: &[(StreamId, u64)],
+    ) -> Result<Vec<StreamId>, sqlx::Error> {
+        let mut stale = Vec::new();
+        let backend = tx.backend();
+        for chunk in reads.chunks(300) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let n = 4 * i;
+                    match backend {
+                        crate::Backend::Postgres => format!(
+                            "(${}::text, ${}::text, ${}::text, ${}::int8)",
+                            n + 1,
+                            n + 2,
+                            n + 3,
+                            n + 4
+                        ),
+                        crate::Backend::Sqlite => {
+                            format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
+                        }
+                    }
+                })
+                .collect();
+            let sql = format!(
+                "WITH read (t, a, i, v) AS (VALUES {}) \
+                 SELECT t, a, i FROM read WHERE v <> coalesce((SELECT max(sequence) FROM events \
+                 WHERE tenant_id = read.t AND aggregate_type = read.a AND aggregate_id = read.i), 0)",
+                rows.join(", ")
+            );
+            crate::on_tx!(&mut *tx, conn => {
+                let mut query = sqlx::query(&sql).persistent(false);
+                for (stream, version) in chunk {
+                    query = query
+                        .bind(stream.tenant_id.as_str())
+                        .bind(stream.aggregate_type.as_str())
+                        .bind(stream.aggregate_id.as_str())
+                        .bind(*version as i64);
+                }
+                for row in query.fetch_all(&mut *conn).await? {
+                    let tenant: String = row.try_get(0)?;
+                    stale.extend(
+                        chunk
+                            .iter()
+                            .map(|(stream, _)| stream)
+                            .filter(|s| {
+                                s.tenant_id.as_str() == tenant
+                                    && row.try_get::<&str, _>(1).is_ok_and(|a| a == s.aggregate_type)
+                                    && row.try_get::<&str, _>(2).is_ok_and(|i| i == s.aggregate_id)
+                            })
+                            .cloned(),
+                    );
+                }
+            });
+        }
+        Ok(stale)
+    }
+
     pub async fn load_many(&self, streams: &[StreamId]) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         let Some(first) = streams.first() else {
             return Ok(Vec::new());

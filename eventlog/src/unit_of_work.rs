@@ -10,7 +10,7 @@
 //! A command that fails leaves the unit of work in an unspecified state: drop it.
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -19,7 +19,8 @@ use domain::metadata::EventMetadata;
 
 use crate::command::{CommandError, Loaded, fold};
 use crate::cursor::Cursor;
-use crate::idempotency::{IdempotencyKey, StoredResponse};
+use crate::group_commit::{Commit, KeyUse};
+use crate::idempotency::StoredResponse;
 use crate::store::{
     AppendError, Appended, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId,
 };
@@ -71,6 +72,10 @@ pub enum CommitError {
     /// Another writer changed a stream this unit of work read; nothing was written.
     #[error("a stream was modified concurrently")]
     Conflict,
+    /// The idempotency key to claim in the commit is held by another request; nothing was
+    /// written.
+    #[error("the idempotency key is taken")]
+    KeyTaken,
     #[error(transparent)]
     Append(AppendError),
     #[error(transparent)]
@@ -113,11 +118,22 @@ impl Committed {
 }
 
 /// Commands on several streams, committed in one transaction.
+///
+/// A speculative unit of work ([`UnitOfWork::speculative`]) may decide without reading: on
+/// cached streams (see [`crate::stream_cache`]) and on streams its caller expects to be new
+/// ([`UnitOfWork::assume_new`]). Its commit checks those streams' versions (by the append for
+/// streams it writes, by a version check for the others), so a wrong guess is a
+/// [`CommitError::Conflict`]. A refusal decided on such state may be wrong as well: when
+/// [`UnitOfWork::unverified`] is true, decide again on a non-speculative unit of work before
+/// answering with it.
 pub struct UnitOfWork<'a> {
     log: &'a EventLog,
     streams: BTreeMap<StreamId, Box<dyn AnyStaged>>,
     /// Streams read ahead by [`UnitOfWork::prefetch`], not yet staged.
     prefetched: HashMap<StreamId, Vec<RecordedEvent>>,
+    speculative: bool,
+    /// Streams taken from the cache or assumed new instead of read.
+    unread: HashSet<StreamId>,
 }
 
 impl<'a> UnitOfWork<'a> {
@@ -126,17 +142,66 @@ impl<'a> UnitOfWork<'a> {
             log,
             streams: BTreeMap::new(),
             prefetched: HashMap::new(),
+            speculative: false,
+            unread: HashSet::new(),
         }
     }
 
+    /// A unit of work that decides on cached streams and on streams assumed new.
+    pub fn speculative(log: &'a EventLog) -> Self {
+        Self {
+            speculative: true,
+            ..Self::new(log)
+        }
+    }
+
+    /// Whether anything was decided on state that was not read (a refusal then needs a
+    /// second opinion on read state).
+    pub fn unverified(&self) -> bool {
+        !self.unread.is_empty()
+    }
+
+    /// Takes `streams` as empty without reading them (speculative units of work only; the
+    /// others read them when used). For streams that should not exist yet, such as a record
+    /// created under a fresh id.
+    pub fn assume_new(&mut self, streams: &[StreamId]) {
+        if !self.speculative {
+            return;
+        }
+        for stream in streams {
+            if !self.streams.contains_key(stream) && !self.prefetched.contains_key(stream) {
+                self.prefetched.insert(stream.clone(), Vec::new());
+                self.unread.insert(stream.clone());
+            }
+        }
+    }
+
+    /// The stream's cached history, for a speculative unit of work.
+    fn cached_history(&mut self, stream: &StreamId) -> Option<Vec<RecordedEvent>> {
+        if !self.speculative {
+            return None;
+        }
+        let history = self.log.cached(stream)?;
+        self.unread.insert(stream.clone());
+        Some(history.as_ref().clone())
+    }
+
     /// Reads the streams (of one tenant) that the coming commands will need, in one query
-    /// instead of one per stream. Streams already read are skipped.
+    /// instead of one per stream. Streams already read, and cached ones (speculative units
+    /// of work), are skipped.
     pub async fn prefetch(&mut self, streams: &[StreamId]) -> Result<(), sqlx::Error> {
-        let mut wanted: Vec<StreamId> = streams
-            .iter()
-            .filter(|s| !self.streams.contains_key(*s) && !self.prefetched.contains_key(*s))
-            .cloned()
-            .collect();
+        let mut wanted: Vec<StreamId> = Vec::with_capacity(streams.len());
+        for stream in streams {
+            if self.streams.contains_key(stream) || self.prefetched.contains_key(stream) {
+                continue;
+            }
+            match self.cached_history(stream) {
+                Some(history) => {
+                    self.prefetched.insert(stream.clone(), history);
+                }
+                None => wanted.push(stream.clone()),
+            }
+        }
         wanted.sort();
         wanted.dedup();
         for chunk in wanted.chunks(PREFETCH_CHUNK) {
@@ -152,6 +217,9 @@ impl<'a> UnitOfWork<'a> {
                 if let Some(history) = self.prefetched.get_mut(&stream) {
                     history.push(event);
                 }
+            }
+            for stream in chunk {
+                self.log.remember(stream, &self.prefetched[stream]);
             }
         }
         Ok(())
@@ -176,10 +244,18 @@ impl<'a> UnitOfWork<'a> {
         A: Aggregate + 'static,
     {
         if !self.streams.contains_key(stream) {
-            let loaded = match self.prefetched.remove(stream) {
-                Some(history) => fold::<A>(&history)?,
-                None => self.log.load_aggregate::<A>(stream).await?,
+            let history = match self.prefetched.remove(stream) {
+                Some(history) => history,
+                None => match self.cached_history(stream) {
+                    Some(history) => history,
+                    None => {
+                        let history = self.log.load(stream, 0).await?;
+                        self.log.remember(stream, &history);
+                        history
+                    }
+                },
             };
+            let loaded = fold::<A>(&history)?;
             let Loaded {
                 aggregate,
                 version,
@@ -234,10 +310,11 @@ impl<'a> UnitOfWork<'a> {
     pub async fn commit(
         self,
         metadata: &EventMetadata,
-        idempotency: Option<&IdempotencyKey>,
-        respond: impl FnOnce(&Committed) -> StoredResponse + Send + 'static,
+        key: Option<KeyUse>,
+        respond: impl Fn(&Committed) -> StoredResponse + Send + Sync + 'static,
     ) -> Result<(Committed, StoredResponse), CommitError> {
         let mut batch = Vec::new();
+        let mut reads = Vec::new();
         for (stream, staged) in &self.streams {
             let (expected_version, events) = staged
                 .new_events()
@@ -249,10 +326,18 @@ impl<'a> UnitOfWork<'a> {
                     events,
                     metadata: metadata.clone(),
                 });
+            } else if self.unread.contains(stream) {
+                reads.push((stream.clone(), expected_version));
             }
         }
-        self.log
-            .commit_grouped(batch, idempotency.cloned(), Box::new(respond))
-            .await
+        let commit = Commit { batch, key, reads };
+        let result = self.log.commit_grouped(commit, Box::new(respond)).await;
+        if matches!(result, Err(CommitError::Conflict)) {
+            // Whatever was cached may be what conflicted.
+            for stream in &self.unread {
+                self.log.forget(stream);
+            }
+        }
+        result
     }
 }

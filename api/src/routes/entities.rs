@@ -14,7 +14,8 @@ use domain::entity::Entity;
 use domain::entity_type::Schema;
 use domain::names::{EntityId, EntityTypeName, TenantId};
 use domain::roles::Role;
-use eventlog::idempotency::{IdempotencyKey, StoredResponse};
+use eventlog::group_commit::KeyUse;
+use eventlog::idempotency::StoredResponse;
 use eventlog::unit_of_work::Committed;
 use projections::entities::{self as read_model, EntityRecord, ListPage};
 use projections::entity_query::{self, QueryError};
@@ -25,7 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Auth, RequiredRole, require};
-use crate::commands::{self, Begin};
+use crate::commands::{self, Begin, Claimed};
 use crate::entity_writes::{self, MAX_OPERATIONS, OpKind, OpResult, Operation, WriteFailure};
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
@@ -176,7 +177,7 @@ pub(crate) fn result_body(result: &OpResult, committed: &Committed) -> EntityRes
     }
 }
 
-/// Claims the idempotency key and runs one operation; answers with the record.
+/// Runs one operation; answers with the record.
 async fn run(
     state: &AppState,
     ctx: &CommandContext<require::Writer>,
@@ -184,11 +185,6 @@ async fn run(
     status: StatusCode,
     operation: Operation,
 ) -> Response {
-    let key = match commands::begin(state, ctx, hashed).await {
-        Ok(Begin::Run(key)) => key,
-        Ok(Begin::Replay(response)) => return response,
-        Err(error) => return error.into_response(),
-    };
     let operations = [operation];
     let name = entity_writes::command_name(&operations);
     let render = move |results: &[OpResult], committed: &Committed| {
@@ -205,58 +201,88 @@ async fn run(
         }
         commands::json_response(status, headers, &result_body(result, committed))
     };
-    finish(state, ctx, key, name, &operations, render).await
+    finish(state, ctx, hashed, name, &operations, render).await
 }
 
-/// Runs `operations` and turns the outcome into the response (stored with the key, or the
-/// key released when there is no answer to store).
+/// Runs `operations` and turns the outcome into the response. `hashed` identifies the
+/// request for its idempotency key (see [`commands::claim`]).
+///
+/// A request's key is claimed in the commit that holds its events (see
+/// [`eventlog::group_commit`]): a new key costs nothing before the command runs. When the key
+/// turns out taken, or the command is refused (a refusal is stored as the key's answer), the
+/// key is claimed on its own: a completed request's response is replayed, a running one is
+/// reported, and a claimed key runs the command as usual.
 pub(crate) async fn finish<R: RequiredRole>(
     state: &AppState,
     ctx: &CommandContext<R>,
-    key: Option<IdempotencyKey>,
+    hashed: &Value,
     name: &str,
     operations: &[Operation],
     render: impl Fn(&[OpResult], &Committed) -> StoredResponse + Send + Sync + 'static,
 ) -> Response {
     let metadata = ctx.metadata(name);
-    let result = entity_writes::write(
-        &state.log,
-        &ctx.tenant,
-        operations,
-        &metadata,
-        key.as_ref(),
-        render,
-    )
-    .await;
-    match result {
-        Ok((_, committed, response)) => {
-            state.metrics.command(name, "accepted");
-            state
-                .metrics
-                .events_appended(Entity::TYPE, committed.appended.events.len());
-            commands::to_response(&response, false)
-        }
-        Err(WriteFailure { error, operation }) => {
-            let refused = error.is_refusal();
-            state
-                .metrics
-                .command(name, if refused { "rejected" } else { "error" });
-            let error = match operation {
-                Some(index) if operations.len() > 1 => ApiError::OperationFailed {
-                    index,
-                    error: Box::new(error),
-                },
-                _ => error,
-            };
-            if refused {
-                commands::refuse(state, &ctx.request_id, key.as_ref(), error).await
-            } else {
-                match &key {
-                    Some(key) => commands::release(state, key, error).await.into_response(),
-                    None => error.into_response(),
+    let render = std::sync::Arc::new(render);
+    let mut key = commands::key_of(ctx, hashed).map(KeyUse::Unclaimed);
+    loop {
+        let render = render.clone();
+        let result = entity_writes::write(
+            &state.log,
+            &ctx.tenant,
+            operations,
+            &metadata,
+            key.clone(),
+            move |results, committed| render(results, committed),
+        )
+        .await;
+        let (error, operation) = match result {
+            Ok((_, committed, response)) => {
+                state.metrics.command(name, "accepted");
+                state
+                    .metrics
+                    .events_appended(Entity::TYPE, committed.appended.events.len());
+                return commands::to_response(&response, false);
+            }
+            Err(WriteFailure::KeyTaken) => match commands::begin(state, ctx, hashed).await {
+                Ok(Begin::Replay(response)) => return response,
+                Ok(Begin::Run(claimed)) => {
+                    key = claimed.map(KeyUse::Claimed);
+                    continue;
+                }
+                Err(error) => return error.into_response(),
+            },
+            Err(WriteFailure::Failed { error, operation }) => (error, operation),
+        };
+        let refused = error.is_refusal();
+        state
+            .metrics
+            .command(name, if refused { "rejected" } else { "error" });
+        let error = match operation {
+            Some(index) if operations.len() > 1 => ApiError::OperationFailed {
+                index,
+                error: Box::new(error),
+            },
+            _ => error,
+        };
+        return match key {
+            Some(KeyUse::Claimed(key)) if refused => {
+                commands::refuse(state, &ctx.request_id, Some(&key), error).await
+            }
+            Some(KeyUse::Claimed(key)) => {
+                commands::release(state, &key, error).await.into_response()
+            }
+            // The refusal is the key's answer: claim the key to store it, unless the key
+            // already has one.
+            Some(KeyUse::Unclaimed(_)) if refused => {
+                match commands::claim(state, ctx, hashed).await {
+                    Ok(Claimed::Replay(stored)) => commands::to_response(&stored, true),
+                    Ok(Claimed::Run(key)) => {
+                        commands::refuse(state, &ctx.request_id, key.as_ref(), error).await
+                    }
+                    Err(claim_error) => claim_error.into_response(),
                 }
             }
-        }
+            _ => commands::refuse(state, &ctx.request_id, None, error).await,
+        };
     }
 }
 
@@ -906,10 +932,6 @@ pub async fn transact(
         .enumerate()
         .map(|(i, raw)| operation_of(i, raw))
         .collect::<Result<Vec<_>, _>>()?;
-    let key = match commands::begin(&state, &ctx, &body).await? {
-        Begin::Run(key) => key,
-        Begin::Replay(response) => return Ok(response),
-    };
     let render = |results: &[OpResult], committed: &Committed| {
         let body = TransactResponse {
             results: results
@@ -931,5 +953,5 @@ pub async fn transact(
         }
         commands::json_response(StatusCode::OK, headers, &body)
     };
-    Ok(finish(&state, &ctx, key, "Transact", &operations, render).await)
+    Ok(finish(&state, &ctx, &body, "Transact", &operations, render).await)
 }
