@@ -3,6 +3,11 @@
 
 use clap::Parser;
 
+// glibc's allocator spent about a quarter of the gateway's CPU under load (perf, see
+// docs/benchmarks.md); mimalloc's thread-local free lists cost a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = api::cli::Cli::parse();

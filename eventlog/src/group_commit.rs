@@ -7,13 +7,13 @@
 //! 1. checks the versions of the streams the commands decided on unread (cached or assumed
 //!    new, see [`crate::stream_cache`]); a command whose stream moved fails with
 //!    [`CommitError::Conflict`] and is decided again by its caller on a fresh read;
-//! 2. claims the idempotency keys not claimed yet; a command whose key another request holds
-//!    writes nothing and fails with [`CommitError::KeyTaken`] (its caller then replays the
-//!    stored response);
-//! 3. appends every remaining command's events;
-//! 4. stores each command's response with its key, and commits.
+//! 2. appends every remaining command's events;
+//! 3. stores each command's response with its idempotency key (claimed before, or new) and
+//!    commits. When another request holds a new key, the group is rolled back, that command
+//!    fails with [`CommitError::KeyTaken`] (its caller then replays the stored response) and
+//!    the others are committed again without it.
 //!
-//! Each command keeps its own outcome: when anything fails before the commit (a stream that
+//! Up to [`GROUPS_IN_FLIGHT`] groups commit at once. Each command keeps its own outcome: when anything fails before the commit (a stream that
 //! conflicts in the append, a database error), the group is rolled back and each command is
 //! committed on its own, so only the failing one fails. Durability is unchanged: a command
 //! hears back only after the commit that holds its events.
@@ -50,7 +50,8 @@ impl KeyUse {
         }
     }
 
-    fn to_claim(&self) -> Option<&IdempotencyKey> {
+    /// The key to store with the response, if not claimed before.
+    fn to_store(&self) -> Option<&IdempotencyKey> {
         match self {
             Self::Claimed(_) => None,
             Self::Unclaimed(key) => Some(key),
@@ -80,11 +81,23 @@ type Outcome = Result<(Committed, StoredResponse), CommitError>;
 /// The sending side, kept by the log; the task ends when the log is dropped.
 pub(crate) type Queue = mpsc::UnboundedSender<Job>;
 
+/// Most groups committing at once: while one waits for its WAL flush, the next one is
+/// already being written.
+pub const GROUPS_IN_FLIGHT: usize = 4;
+
 /// Starts the committer of `log`; returns its queue.
 pub(crate) fn start(log: Weak<crate::store::Inner>) -> Queue {
     let (sender, mut receiver) = mpsc::unbounded_channel::<Job>();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(GROUPS_IN_FLIGHT));
     tokio::spawn(async move {
-        while let Some(first) = receiver.recv().await {
+        loop {
+            // A group forms once a slot is free, so commands queue up while all are busy.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let Some(first) = receiver.recv().await else {
+                break;
+            };
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
                 match receiver.try_recv() {
@@ -96,33 +109,60 @@ pub(crate) fn start(log: Weak<crate::store::Inner>) -> Queue {
                 break;
             };
             let log = EventLog::from_inner(inner);
-            commit_group(&log, group).await;
+            tokio::spawn(async move {
+                commit_group(&log, group).await;
+                drop(slot);
+            });
         }
     });
     sender
 }
 
 async fn commit_group(log: &EventLog, group: Vec<Job>) {
-    let group = if group.len() == 1 {
-        group
-    } else {
+    // A second command of the group with the same new key waits for the first one's outcome.
+    let mut keys = HashSet::new();
+    let (mut group, repeated): (Vec<Job>, Vec<Job>) =
+        group.into_iter().partition(|job| {
+            match job.commit.key.as_ref().and_then(KeyUse::to_store) {
+                Some(key) => keys.insert((key.tenant_id.clone(), key.key.clone())),
+                None => true,
+            }
+        });
+    while group.len() > 1 {
         match together(log, group).await {
-            Ok(()) => return,
-            Err(rest) => rest,
+            GroupEnd::Done => group = Vec::new(),
+            GroupEnd::Again(rest) => group = rest,
+            GroupEnd::Alone(rest) => {
+                group = rest;
+                break;
+            }
         }
-    };
-    // Each command on its own, so only a failing one fails.
+    }
+    // What is left goes on its own, so only a failing command fails.
     for job in group {
         let outcome = log.commit_one(&job.commit, &job.respond).await;
         let _ = job.reply.send(outcome);
     }
+    for job in repeated {
+        let _ = job.reply.send(Err(CommitError::KeyTaken));
+    }
+}
+/// How [`together`] ended.
+enum GroupEnd {
+    /// Every command was answered.
+    Done,
+    /// Commands whose keys were taken were answered and the group rolled back: these are
+    /// the others, to commit together again.
+    Again(Vec<Job>),
+    /// The group failed before its commit and was rolled back: these commands (none of them
+    /// answered) are to be committed one by one.
+    Alone(Vec<Job>),
 }
 
-/// Commits the group in one transaction. Returns the commands still to commit when the
-/// group failed before its commit (rolled back; none of them has been answered).
-async fn together(log: &EventLog, mut group: Vec<Job>) -> Result<(), Vec<Job>> {
+/// Commits the group in one transaction.
+async fn together(log: &EventLog, mut group: Vec<Job>) -> GroupEnd {
     let Ok(mut tx) = log.db().begin().await else {
-        return Err(group);
+        return GroupEnd::Alone(group);
     };
     macro_rules! or_alone {
         ($result:expr) => {
@@ -130,7 +170,7 @@ async fn together(log: &EventLog, mut group: Vec<Job>) -> Result<(), Vec<Job>> {
                 Ok(value) => value,
                 Err(_) => {
                     let _ = tx.rollback().await;
-                    return Err(group);
+                    return GroupEnd::Alone(group);
                 }
             }
         };
@@ -159,28 +199,7 @@ async fn together(log: &EventLog, mut group: Vec<Job>) -> Result<(), Vec<Job>> {
         }
     }
 
-    // 2. Keys not claimed yet are claimed; a command whose key is taken writes nothing.
-    let wanted: Vec<&IdempotencyKey> = group
-        .iter()
-        .filter_map(|job| job.commit.key.as_ref().and_then(KeyUse::to_claim))
-        .collect();
-    if !wanted.is_empty() {
-        let mut claimed = or_alone!(log.claim_many_in(&mut tx, &wanted).await);
-        let (taken, rest): (Vec<Job>, Vec<Job>) = group.into_iter().partition(|job| {
-            job.commit
-                .key
-                .as_ref()
-                .and_then(KeyUse::to_claim)
-                // The first command of the group with a key keeps it; a second one is taken.
-                .is_some_and(|key| !claimed.remove(&(key.tenant_id.clone(), key.key.clone())))
-        });
-        group = rest;
-        for job in taken {
-            let _ = job.reply.send(Err(CommitError::KeyTaken));
-        }
-    }
-
-    // 3. Every remaining command's events, split back per command afterwards.
+    // 2. Every remaining command's events, split back per command afterwards.
     let batch: Vec<StreamAppend> = group
         .iter()
         .flat_map(|job| job.commit.batch.iter().cloned())
@@ -201,28 +220,54 @@ async fn together(log: &EventLog, mut group: Vec<Job>) -> Result<(), Vec<Job>> {
         })
         .collect();
 
-    // 4. Responses stored with their keys, then one commit.
+    // 3. Responses stored with their keys: claimed keys completed, new ones stored if no
+    // other request holds them.
     let responses: Vec<StoredResponse> = group
         .iter()
         .zip(&shares)
         .map(|(job, committed)| (job.respond)(committed))
         .collect();
-    let completions: Vec<(&IdempotencyKey, &StoredResponse)> = group
-        .iter()
-        .zip(&responses)
-        .filter_map(|(job, response)| job.commit.key.as_ref().map(|k| (k.key(), response)))
-        .collect();
+    let answers = |claimed: bool| -> Vec<(&IdempotencyKey, &StoredResponse)> {
+        group
+            .iter()
+            .zip(&responses)
+            .filter_map(|(job, response)| match &job.commit.key {
+                Some(KeyUse::Claimed(key)) if claimed => Some((key, response)),
+                Some(KeyUse::Unclaimed(key)) if !claimed => Some((key, response)),
+                _ => None,
+            })
+            .collect()
+    };
+    let (old_answers, new_answers) = (answers(true), answers(false));
     or_alone!(
-        log.complete_idempotency_many_in(&mut tx, &completions)
+        log.complete_idempotency_many_in(&mut tx, &old_answers)
             .await
     );
+    if !new_answers.is_empty() {
+        let stored = or_alone!(log.store_new_many_in(&mut tx, &new_answers).await);
+        if stored.len() < new_answers.len() {
+            // Keys that another request holds: their commands must write nothing.
+            let _ = tx.rollback().await;
+            let (taken, rest): (Vec<Job>, Vec<Job>) = group.into_iter().partition(|job| {
+                job.commit
+                    .key
+                    .as_ref()
+                    .and_then(KeyUse::to_store)
+                    .is_some_and(|key| !stored.contains(&(key.tenant_id.clone(), key.key.clone())))
+            });
+            for job in taken {
+                let _ = job.reply.send(Err(CommitError::KeyTaken));
+            }
+            return GroupEnd::Again(rest);
+        }
+    }
     if let Err(error) = tx.commit().await {
         // Whether a failed commit took effect is unknown: no command may be run again.
         let error = CommitError::from(error);
         for job in group {
             let _ = job.reply.send(Err(clone_error(&error)));
         }
-        return Ok(());
+        return GroupEnd::Done;
     }
     if let Some(cursor) = shares.iter().filter_map(|c| c.appended.last_cursor()).max() {
         log.notify_appended(cursor);
@@ -230,7 +275,7 @@ async fn together(log: &EventLog, mut group: Vec<Job>) -> Result<(), Vec<Job>> {
     for ((job, committed), response) in group.into_iter().zip(shares).zip(responses) {
         let _ = job.reply.send(Ok((committed, response)));
     }
-    Ok(())
+    GroupEnd::Done
 }
 
 /// The same failure for every command of a failed group.
@@ -275,12 +320,6 @@ impl EventLog {
             tx.rollback().await?;
             return Err(CommitError::Conflict);
         }
-        if let Some(wanted) = key.as_ref().and_then(KeyUse::to_claim)
-            && self.claim_many_in(&mut tx, &[wanted]).await?.is_empty()
-        {
-            tx.rollback().await?;
-            return Err(CommitError::KeyTaken);
-        }
         let appended = if batch.is_empty() {
             Appended { events: Vec::new() }
         } else {
@@ -294,9 +333,22 @@ impl EventLog {
         };
         let committed = Committed::new(appended);
         let response = respond(&committed);
-        if let Some(key) = key {
-            self.complete_idempotency_in(&mut tx, key.key(), &response)
-                .await?;
+        match key {
+            Some(KeyUse::Claimed(key)) => {
+                self.complete_idempotency_in(&mut tx, key, &response)
+                    .await?;
+            }
+            Some(KeyUse::Unclaimed(key)) => {
+                if self
+                    .store_new_many_in(&mut tx, &[(key, &response)])
+                    .await?
+                    .is_empty()
+                {
+                    tx.rollback().await?;
+                    return Err(CommitError::KeyTaken);
+                }
+            }
+            None => {}
         }
         tx.commit().await?;
         if let Some(cursor) = committed.appended.last_cursor() {

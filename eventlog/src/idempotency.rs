@@ -6,6 +6,11 @@
 //!    is told the key was reused.
 //! 2. **Complete** (in the transaction that appends the command's events): store the response.
 //!    Events and record commit together, so a crash can never leave one without the other.
+//!
+//! Record writes skip the first step: their group commit stores the response under a key no
+//! request holds yet, in the transaction of the events ([`EventLog::store_new_many_in`]);
+//! when the key turns out taken, their events are not committed and the request claims the
+//! key as above, which replays the stored response or reports the running request.
 //! 3. **Replay**: a later request with the key and the same body gets the stored response.
 //!
 //! A request that dies between claim and commit leaves an `in_flight` record and no events;
@@ -151,53 +156,60 @@ impl EventLog {
         Ok(claim)
     }
 
-    /// Claims every key of `keys` that no request holds yet, inside `tx` (a group commit,
-    /// which stores their responses before it commits, so the claims are never seen in
-    /// flight). Returns the keys claimed; the others were taken already. One statement per
-    /// 100 keys, in key order, so that two transactions claiming the same keys cannot
-    /// deadlock.
-    pub async fn claim_many_in(
+    /// Stores each response of `answers` under its key, inside `tx` (the transaction that
+    /// appends the commands' events), for keys that no request holds yet. Returns the keys
+    /// stored; the others were taken already and the caller must not commit their commands.
+    /// One statement per 100 keys, in key order, so that two transactions storing the same
+    /// keys cannot deadlock. The keys must be distinct.
+    pub async fn store_new_many_in(
         &self,
         tx: &mut Tx,
-        keys: &[&IdempotencyKey],
+        answers: &[(&IdempotencyKey, &StoredResponse)],
     ) -> Result<std::collections::HashSet<(String, String)>, sqlx::Error> {
-        let mut keys = keys.to_vec();
-        keys.sort_by(|a, b| (&a.tenant_id, &a.key).cmp(&(&b.tenant_id, &b.key)));
-        keys.dedup_by(|a, b| a.tenant_id == b.tenant_id && a.key == b.key);
+        let mut answers = answers.to_vec();
+        answers.sort_by(|a, b| (&a.0.tenant_id, &a.0.key).cmp(&(&b.0.tenant_id, &b.0.key)));
         let now = Utc::now();
-        let mut claimed = std::collections::HashSet::with_capacity(keys.len());
-        for chunk in keys.chunks(100) {
+        let mut stored = std::collections::HashSet::with_capacity(answers.len());
+        for chunk in answers.chunks(100) {
             let rows: Vec<String> = (0..chunk.len())
                 .map(|i| {
+                    let n = 6 * i + 1;
                     format!(
-                        "(${}, ${}, ${}, 'in_flight', $1, $1)",
-                        3 * i + 2,
-                        3 * i + 3,
-                        3 * i + 4
+                        "(${}, ${}, ${}, 'completed', ${}, ${}, ${}, $1, $1)",
+                        n + 1,
+                        n + 2,
+                        n + 3,
+                        n + 4,
+                        n + 5,
+                        n + 6
                     )
                 })
                 .collect();
             let sql = format!(
                 "INSERT INTO idempotency_records \
-                 (tenant_id, idempotency_key, request_hash, state, locked_until, created_at) \
+                 (tenant_id, idempotency_key, request_hash, state, status_code, \
+                 response_headers, response_body, locked_until, created_at) \
                  VALUES {} ON CONFLICT (tenant_id, idempotency_key) DO NOTHING \
                  RETURNING tenant_id, idempotency_key",
                 rows.join(", ")
             );
             crate::on_tx!(&mut *tx, conn => {
                 let mut query = sqlx::query(&sql).persistent(false).bind(now);
-                for key in chunk {
+                for (key, response) in chunk {
                     query = query
                         .bind(key.tenant_id.as_str())
                         .bind(key.key.as_str())
-                        .bind(key.request_hash.as_str());
+                        .bind(key.request_hash.as_str())
+                        .bind(i32::from(response.status))
+                        .bind(Json(&response.headers))
+                        .bind(response.body.as_slice());
                 }
                 for row in query.fetch_all(&mut *conn).await? {
-                    claimed.insert((row.try_get(0)?, row.try_get(1)?));
+                    stored.insert((row.try_get(0)?, row.try_get(1)?));
                 }
             });
         }
-        Ok(claimed)
+        Ok(stored)
     }
 
     /// Stores the response of a claimed key inside `tx` (the command's own transaction).

@@ -40,11 +40,6 @@ impl Projector for EntitiesProjector {
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
         let table = target.table("entities");
-        let insert = format!(
-            "INSERT INTO {table} (tenant_id, entity_type, id, data, version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) \
-             ON CONFLICT (tenant_id, entity_type, id) DO NOTHING"
-        );
         let update = format!(
             "UPDATE {table} SET data = $4, version = $5, updated_at = $6 \
              WHERE tenant_id = $1 AND entity_type = $2 AND id = $3 AND version < $5"
@@ -53,30 +48,34 @@ impl Projector for EntitiesProjector {
             "UPDATE {table} SET deleted_at = $4, version = $5, updated_at = $4 \
              WHERE tenant_id = $1 AND entity_type = $2 AND id = $3 AND version < $5"
         );
+        // Creates in a row are inserted together; any other event first writes them out, so
+        // every record's events apply in log order.
+        let mut created: Vec<NewRow> = Vec::new();
         for event in events.iter().filter(|e| e.aggregate_type == Entity::TYPE) {
-            let decoded =
-                event
-                    .decode::<EntityEvent>()
-                    .map_err(|source| ProjectionError::Decode {
-                        event_id: event.event_id,
-                        source,
-                    })?;
+            let decoded = crate::decode::<EntityEvent>(event)?;
             let tenant = event.tenant_id.as_str();
             let version = event.sequence;
             let at = event.recorded_at;
+            if let EntityEvent::EntityCreated {
+                entity_type,
+                id,
+                data,
+            } = decoded
+            {
+                created.push(NewRow {
+                    tenant: event.tenant_id.clone(),
+                    entity_type: entity_type.to_string(),
+                    id: id.to_string(),
+                    data: Value::Object(data),
+                    version,
+                    at,
+                });
+                continue;
+            }
+            insert_created(tx, &table, &mut created).await?;
             eventlog::on_tx!(&mut *tx, conn => {
                 match decoded {
-                    EntityEvent::EntityCreated { entity_type, id, data } => {
-                        sqlx::query(&insert)
-                            .bind(tenant)
-                            .bind(entity_type.as_str())
-                            .bind(id.as_str())
-                            .bind(Json(Value::Object(data)))
-                            .bind(version)
-                            .bind(at)
-                            .execute(&mut *conn)
-                            .await?;
-                    }
+                    EntityEvent::EntityCreated { .. } => unreachable!("inserted above"),
                     EntityEvent::EntityUpdated { entity_type, id, data, .. }
                     | EntityEvent::EntityReplaced { entity_type, id, data } => {
                         sqlx::query(&update)
@@ -102,8 +101,68 @@ impl Projector for EntitiesProjector {
                 }
             });
         }
+        insert_created(tx, &table, &mut created).await?;
         Ok(())
     }
+}
+
+/// A record as its creation left it.
+struct NewRow {
+    tenant: String,
+    entity_type: String,
+    id: String,
+    data: Value,
+    version: i64,
+    at: DateTime<Utc>,
+}
+
+/// Most records in one insert (six bound values each).
+const INSERT_CHUNK: usize = 500;
+
+/// Inserts (and empties) `rows`, in statements of up to [`INSERT_CHUNK`] rows; a record
+/// already in the table is left as it is.
+async fn insert_created(
+    tx: &mut Tx,
+    table: &str,
+    rows: &mut Vec<NewRow>,
+) -> Result<(), ProjectionError> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let n = i * 6;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6,
+                    n + 6
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} (tenant_id, entity_type, id, data, version, created_at, updated_at) \
+             VALUES {} ON CONFLICT (tenant_id, entity_type, id) DO NOTHING",
+            values.join(", ")
+        );
+        eventlog::on_tx!(&mut *tx, conn => {
+            let mut query = sqlx::query(&sql).persistent(false);
+            for row in chunk {
+                query = query
+                    .bind(row.tenant.as_str())
+                    .bind(row.entity_type.as_str())
+                    .bind(row.id.as_str())
+                    .bind(Json(&row.data))
+                    .bind(row.version)
+                    .bind(row.at);
+            }
+            query.execute(&mut *conn).await?;
+        });
+    }
+    rows.clear();
+    Ok(())
 }
 
 /// One record as the read model holds it.
