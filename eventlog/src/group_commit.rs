@@ -338,17 +338,16 @@ impl EventLog {
                 self.complete_idempotency_in(&mut tx, key, &response)
                     .await?;
             }
-            Some(KeyUse::Unclaimed(key)) => {
+            Some(KeyUse::Unclaimed(key))
                 if self
                     .store_new_many_in(&mut tx, &[(key, &response)])
                     .await?
-                    .is_empty()
-                {
-                    tx.rollback().await?;
-                    return Err(CommitError::KeyTaken);
-                }
+                    .is_empty() =>
+            {
+                tx.rollback().await?;
+                return Err(CommitError::KeyTaken);
             }
-            None => {}
+            Some(KeyUse::Unclaimed(_)) | None => {}
         }
         tx.commit().await?;
         if let Some(cursor) = committed.appended.last_cursor() {
