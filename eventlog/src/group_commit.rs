@@ -83,7 +83,7 @@ pub(crate) type Queue = mpsc::UnboundedSender<Job>;
 
 /// Most groups committing at once: while one waits for its WAL flush, the next one is
 /// already being written.
-pub const GROUPS_IN_FLIGHT: usize = 4;
+pub const GROUPS_IN_FLIGHT: usize = 2;
 
 /// Starts the committer of `log`; returns its queue.
 pub(crate) fn start(log: Weak<crate::store::Inner>) -> Queue {
