@@ -51,6 +51,10 @@ impl Projector for Counting {
         self.tables
     }
 
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["Thing"]
+    }
+
     async fn apply(
         &self,
         tx: &mut Tx,

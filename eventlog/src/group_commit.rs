@@ -13,7 +13,7 @@
 //!    fails with [`CommitError::KeyTaken`] (its caller then replays the stored response) and
 //!    the others are committed again without it.
 //!
-//! Up to [`GROUPS_IN_FLIGHT`] groups commit at once. Each command keeps its own outcome: when anything fails before the commit (a stream that
+//! Up to [`GROUPS_IN_FLIGHT`] groups commit at once (one on SQLite). Each command keeps its own outcome: when anything fails before the commit (a stream that
 //! conflicts in the append, a database error), the group is rolled back and each command is
 //! committed on its own, so only the failing one fails. Durability is unchanged: a command
 //! hears back only after the commit that holds its events.
@@ -81,14 +81,19 @@ type Outcome = Result<(Committed, StoredResponse), CommitError>;
 /// The sending side, kept by the log; the task ends when the log is dropped.
 pub(crate) type Queue = mpsc::UnboundedSender<Job>;
 
-/// Most groups committing at once: while one waits for its WAL flush, the next one is
-/// already being written.
+/// Most groups committing at once on PostgreSQL: while one waits for its WAL flush, the next
+/// one is already being written (measured at 64 clients: 1 → 7.1k, 2 → 7.4k, 4 → 6.6k
+/// creates/s). SQLite has one writer, so there one group at a time, as large as possible.
 pub const GROUPS_IN_FLIGHT: usize = 2;
 
 /// Starts the committer of `log`; returns its queue.
-pub(crate) fn start(log: Weak<crate::store::Inner>) -> Queue {
+pub(crate) fn start(log: Weak<crate::store::Inner>, backend: crate::Backend) -> Queue {
     let (sender, mut receiver) = mpsc::unbounded_channel::<Job>();
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(GROUPS_IN_FLIGHT));
+    let in_flight = match backend {
+        crate::Backend::Postgres => GROUPS_IN_FLIGHT,
+        crate::Backend::Sqlite => 1,
+    };
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
     tokio::spawn(async move {
         loop {
             // A group forms once a slot is free, so commands queue up while all are busy.

@@ -296,9 +296,9 @@ impl EventLog {
     /// Starts group commit for this log (see [`crate::group_commit`]); needs a Tokio runtime.
     /// The committer stops when the last handle of the log is dropped.
     pub fn start_group_commit(&self) {
-        self.inner
-            .group
-            .get_or_init(|| crate::group_commit::start(Arc::downgrade(&self.inner)));
+        self.inner.group.get_or_init(|| {
+            crate::group_commit::start(Arc::downgrade(&self.inner), self.inner.db.backend())
+        });
     }
 
     pub(crate) fn stream_cache(&self) -> &std::sync::OnceLock<crate::stream_cache::StreamCache> {

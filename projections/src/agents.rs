@@ -25,6 +25,10 @@ impl Projector for AgentsProjector {
         &["agents"]
     }
 
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[Agent::TYPE]
+    }
+
     async fn apply(
         &self,
         tx: &mut Tx,

@@ -37,6 +37,10 @@ impl Projector for ApiKeysProjector {
         &["api_keys"]
     }
 
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[ApiKey::TYPE]
+    }
+
     async fn apply(
         &self,
         tx: &mut Tx,

@@ -33,6 +33,10 @@ impl Projector for EntitiesProjector {
         &["entities"]
     }
 
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[Entity::TYPE]
+    }
+
     async fn apply(
         &self,
         tx: &mut Tx,

@@ -39,6 +39,10 @@ impl Projector for EntityTypesProjector {
         &["entity_types"]
     }
 
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[EntityType::TYPE]
+    }
+
     async fn apply(
         &self,
         tx: &mut Tx,

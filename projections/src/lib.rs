@@ -65,6 +65,10 @@ pub trait Projector: Send + Sync + 'static {
     /// The tables it owns. A rebuild recreates exactly these.
     fn tables(&self) -> &'static [&'static str];
 
+    /// The aggregate types whose events it applies: a batch without any is not given to it
+    /// (its checkpoint still moves past them).
+    fn aggregate_types(&self) -> &'static [&'static str];
+
     /// Applies a batch of events, in log order, inside `tx`. Events the projector does not
     /// care about are skipped.
     async fn apply(

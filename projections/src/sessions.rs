@@ -40,6 +40,10 @@ impl Projector for SessionsProjector {
         &["sessions"]
     }
 
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[Session::TYPE]
+    }
+
     async fn apply(
         &self,
         tx: &mut Tx,
@@ -208,6 +212,10 @@ impl Projector for TranscriptsProjector {
         &["transcript_messages"]
     }
 
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[Session::TYPE]
+    }
+
     async fn apply(
         &self,
         tx: &mut Tx,
@@ -341,6 +349,10 @@ impl Projector for ProviderCallsProjector {
 
     fn tables(&self) -> &'static [&'static str] {
         &["provider_calls"]
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[Session::TYPE]
     }
 
     async fn apply(

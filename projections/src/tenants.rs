@@ -24,6 +24,10 @@ impl Projector for TenantsProjector {
         &["tenants"]
     }
 
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[Tenant::TYPE]
+    }
+
     async fn apply(
         &self,
         tx: &mut Tx,

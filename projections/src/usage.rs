@@ -158,6 +158,10 @@ impl Projector for UsageProjector {
         ]
     }
 
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[Session::TYPE]
+    }
+
     async fn apply(
         &self,
         tx: &mut Tx,
@@ -420,6 +424,10 @@ impl Projector for BudgetsProjector {
 
     fn tables(&self) -> &'static [&'static str] {
         &["budgets"]
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &[Budget::TYPE]
     }
 
     async fn apply(

@@ -201,6 +201,15 @@ pub async fn run_group(
         let Some(last) = events.last().filter(|_| start < events.len()) else {
             continue;
         };
+        let types = projector.aggregate_types();
+        if !events[start..]
+            .iter()
+            .any(|event| types.contains(&event.aggregate_type.as_str()))
+        {
+            // Nothing for it: only its checkpoint moves.
+            outcome.applied.push((projector.name(), last.cursor, 0));
+            continue;
+        }
         execute(&mut tx, "SAVEPOINT projector").await?;
         match projector
             .apply(&mut tx, Target::Live, &events[start..])
