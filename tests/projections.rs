@@ -425,6 +425,24 @@ async fn a_rebuilt_projection_equals_the_live_one(backend: Backend) {
         indexes,
         "index names survive the swap"
     );
+    // A second rebuild starts from what the first one swapped in.
+    let again = workers::rebuild::rebuild(
+        &log,
+        &projections::entities::EntitiesProjector,
+        500,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.events, in_log);
+    assert_eq!(entities_table(&log).await, live, "row for row, again");
+    assert_eq!(
+        workers::rebuild::index_names(log.db(), "entities")
+            .await
+            .unwrap(),
+        indexes,
+        "index names survive a second swap"
+    );
     // The live projector carries on from the rebuilt checkpoint.
     let response = app.create("acme", "users", json!({ "id": "after" })).await;
     let position = response.headers()["x-event-position"]

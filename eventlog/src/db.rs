@@ -30,6 +30,31 @@ impl Backend {
             Backend::Sqlite => "sqlite",
         }
     }
+
+    /// The placeholders of a multi-row `VALUES` list, `rows` rows of `columns` values bound in
+    /// order: `($1, $2), ($3, $4)` on PostgreSQL, `(?, ?), (?, ?)` on SQLite. (SQLite finds a
+    /// numbered parameter's name by a scan of all of them, so binding thousands of `$n` costs
+    /// time quadratic in their number; anonymous ones cost nothing.)
+    pub fn values(self, rows: usize, columns: usize) -> String {
+        use std::fmt::Write;
+        let mut sql = String::with_capacity(rows * columns * 6);
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for column in 0..columns {
+                if column > 0 {
+                    sql.push_str(", ");
+                }
+                match self {
+                    Backend::Postgres => {
+                        let _ = write!(sql, "${}", row * columns + column + 1);
+                    }
+                    Backend::Sqlite => sql.push('?'),
+                }
+            }
+            sql.push(')');
+        }
+        sql
+    }
 }
 
 /// The SQLite pools: many readers, one writer.

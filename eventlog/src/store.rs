@@ -15,7 +15,6 @@
 //!   therefore never commit "behind" a reader.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use chrono::{DateTime, DurationRound, Utc};
@@ -884,16 +883,7 @@ fn insert_sql(rows: usize, backend: crate::Backend) -> String {
         "INSERT INTO events (event_id, tenant_id, aggregate_type, aggregate_id, sequence, \
          event_type, event_version, payload, metadata, recorded_at) VALUES ",
     );
-    for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..COLUMNS {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            let _ = write!(sql, "${}", row * COLUMNS + column + 1);
-        }
-        sql.push(')');
-    }
+    sql.push_str(&backend.values(rows, COLUMNS));
     sql.push_str(match backend {
         crate::Backend::Postgres => {
             " RETURNING event_id, transaction_id::text::bigint AS transaction_id, global_position"

@@ -120,7 +120,7 @@ struct NewRow {
     at: DateTime<Utc>,
 }
 
-/// Most records in one insert (six bound values each).
+/// Most records in one insert (seven bound values each).
 const INSERT_CHUNK: usize = 500;
 
 /// Inserts (and empties) `rows`, in statements of up to [`INSERT_CHUNK`] rows; a record
@@ -131,25 +131,10 @@ async fn insert_created(
     rows: &mut Vec<NewRow>,
 ) -> Result<(), ProjectionError> {
     for chunk in rows.chunks(INSERT_CHUNK) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let n = i * 6;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5,
-                    n + 6,
-                    n + 6
-                )
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO {table} (tenant_id, entity_type, id, data, version, created_at, updated_at) \
              VALUES {} ON CONFLICT (tenant_id, entity_type, id) DO NOTHING",
-            values.join(", ")
+            tx.backend().values(chunk.len(), 7)
         );
         eventlog::on_tx!(&mut *tx, conn => {
             let mut query = sqlx::query(&sql).persistent(false);
@@ -160,6 +145,7 @@ async fn insert_created(
                     .bind(row.id.as_str())
                     .bind(Json(&row.data))
                     .bind(row.version)
+                    .bind(row.at)
                     .bind(row.at);
             }
             query.execute(&mut *conn).await?;

@@ -127,8 +127,11 @@ async fn prepare_shadow_tables(
                     let kind: String = row.try_get("type")?;
                     let sql: String = row.try_get("sql")?;
                     if kind == "table" {
-                        let prefix = format!("CREATE TABLE {table} ");
-                        let Some(rest) = sql.strip_prefix(&prefix) else {
+                        // A table renamed by an earlier rebuild has its name quoted.
+                        let Some(rest) = sql
+                            .strip_prefix(&format!("CREATE TABLE {table} "))
+                            .or_else(|| sql.strip_prefix(&format!("CREATE TABLE \"{table}\" ")))
+                        else {
                             return Err(sqlx::Error::Protocol(format!(
                                 "unexpected definition of table {table}: {sql}"
                             )));
