@@ -20,6 +20,10 @@ use tokio::process::{Child, Command};
 enum Workload {
     /// `POST /v1/bench-items`, each with a fresh `Idempotency-Key`.
     CreateEntities,
+    /// `POST /v1/sessions/{id}/messages` to an agent on the simulated `vendorA` (0 ms), each
+    /// with a fresh `Idempotency-Key`; each client starts a new session every
+    /// [`MESSAGES_PER_SESSION`] messages (session creation is not timed).
+    SendMessages,
     /// Fill the log of `--database-url` up to `--events` events, then time the NATS relay
     /// publishing all of them to a fresh JetStream stream (no HTTP).
     RelayDrain,
@@ -199,6 +203,65 @@ async fn spawn_server(
     ))
 }
 
+/// Messages a `send-messages` client sends in one session before it opens the next.
+const MESSAGES_PER_SESSION: u32 = 20;
+
+/// Creates an agent on the simulated `vendorA`; returns its id.
+async fn create_agent(client: &reqwest::Client, url: &str, key: &str) -> anyhow::Result<String> {
+    let response = client
+        .post(format!("{url}/v1/agents"))
+        .header("x-api-key", key)
+        .json(&json!({"name": "bench agent", "primaryProvider": "vendorA"}))
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        bail!("creating the bench agent: {}", response.text().await?);
+    }
+    let body: Value = response.json().await?;
+    body["id"]
+        .as_str()
+        .or_else(|| body["agent"]["id"].as_str())
+        .map(str::to_string)
+        .context("no id in the created agent")
+}
+
+/// Opens a session with `agent`; returns its id.
+async fn create_session(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    agent: &str,
+) -> Option<String> {
+    let body: Value = client
+        .post(format!("{url}/v1/sessions"))
+        .header("x-api-key", key)
+        .json(&json!({"agentId": agent}))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    body["id"]
+        .as_str()
+        .or_else(|| body["session"]["id"].as_str())
+        .map(str::to_string)
+}
+
+fn message(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    session: &str,
+    n: u64,
+) -> reqwest::RequestBuilder {
+    client
+        .post(format!("{url}/v1/sessions/{session}/messages"))
+        .header("x-api-key", key)
+        .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+        .json(&json!({"role": "user", "content": format!("question {n}: how do I reset my password?")}))
+}
+
 fn request(client: &reqwest::Client, url: &str, key: &str, n: u64) -> reqwest::RequestBuilder {
     client
         .post(format!("{url}/v1/bench-items"))
@@ -224,6 +287,7 @@ async fn run_load(
     url: &str,
     key: &str,
     args: &Args,
+    agent: Option<&str>,
     total: Option<u64>,
     until: Option<Instant>,
 ) -> Outcome {
@@ -234,6 +298,7 @@ async fn run_load(
         let url = url.to_string();
         let key = key.to_string();
         let issued = issued.clone();
+        let agent = agent.map(str::to_string);
         // Only the latency workload needs each record's id; parsing every body would slow
         // the load generator in the others.
         let track_commits = args.workload == Workload::CommitToSubscriber;
@@ -241,6 +306,8 @@ async fn run_load(
             let mut latencies = Vec::new();
             let mut committed = Vec::new();
             let mut errors = 0u64;
+            // send-messages: the client's session and how many messages it has had.
+            let mut session: Option<(String, u32)> = None;
             loop {
                 let n = issued.fetch_add(1, Ordering::Relaxed);
                 if total.is_some_and(|total| n >= total)
@@ -248,8 +315,27 @@ async fn run_load(
                 {
                     break;
                 }
+                let builder = match &agent {
+                    Some(agent) => {
+                        if session
+                            .as_ref()
+                            .is_none_or(|(_, sent)| *sent >= MESSAGES_PER_SESSION)
+                        {
+                            session = create_session(&client, &url, &key, agent)
+                                .await
+                                .map(|id| (id, 0));
+                        }
+                        let Some((id, sent)) = session.as_mut() else {
+                            errors += 1;
+                            continue;
+                        };
+                        *sent += 1;
+                        message(&client, &url, &key, id, n)
+                    }
+                    None => request(&client, &url, &key, n),
+                };
                 let started = Instant::now();
-                let ok = match request(&client, &url, &key, n).send().await {
+                let ok = match builder.send().await {
                     Ok(response) => {
                         let ok = response.status().is_success();
                         if track_commits {
@@ -608,8 +694,21 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     let idle_rss = server.as_ref().and_then(|s| rss(s.pid)).map(|(now, _)| now);
 
+    let agent = match args.workload {
+        Workload::SendMessages => Some(create_agent(&client, &url, &key).await?),
+        _ => None,
+    };
     if args.warmup > 0 {
-        run_load(&client, &url, &key, &args, Some(args.warmup), None).await;
+        run_load(
+            &client,
+            &url,
+            &key,
+            &args,
+            agent.as_deref(),
+            Some(args.warmup),
+            None,
+        )
+        .await;
     }
     if args.workload == Workload::CommitToSubscriber {
         // Measure the steady state: the relay connected and caught up with the warm-up.
@@ -654,7 +753,7 @@ async fn main() -> anyhow::Result<()> {
         (None, None) => (Some(10_000), None),
     };
     let started = Instant::now();
-    let mut outcome = run_load(&client, &url, &key, &args, total, until).await;
+    let mut outcome = run_load(&client, &url, &key, &args, agent.as_deref(), total, until).await;
     let elapsed = started.elapsed().as_secs_f64();
     let mut delivery = Vec::new();
     if let Some(subscriber) = subscriber {
