@@ -7,11 +7,11 @@
 //! checkpoint to where the rebuild stopped. Readers see the old tables or the new ones, never
 //! a half-built one.
 
-use eventlog::{Cursor, Db, EventLog, Tx};
+use eventlog::{Cursor, Db, EventLog, RecordedEvent, Tx};
 use projections::{ProjectionError, Projector, Target, checkpoints};
 use sqlx::Row;
 
-use crate::runner::{self, BatchOutcome};
+use crate::runner;
 
 /// What a rebuild did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,27 +40,49 @@ pub async fn rebuild(
     checkpoints::write_in(&mut tx, &shadow_checkpoint, Cursor::START).await?;
     tx.commit().await?;
 
+    // The log is read ahead by a task of its own (the events up to the horizon are final),
+    // so reading the next batch overlaps with applying this one.
+    let (batches, mut ready) =
+        tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>, sqlx::Error>>(2);
+    let reader = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut cursor = Cursor::START;
+            loop {
+                let batch = log.read_after(cursor, batch_size).await;
+                if let Ok(events) = &batch {
+                    match events.last() {
+                        Some(last) => cursor = last.cursor,
+                        None => break,
+                    }
+                }
+                let failed = batch.is_err();
+                if batches.send(batch).await.is_err() || failed {
+                    break;
+                }
+            }
+        })
+    };
     let mut replayed = 0u64;
     on_progress(0, total);
-    loop {
-        match runner::run_batch(
-            log,
-            projector,
-            Target::Rebuild,
-            &shadow_checkpoint,
-            batch_size,
-        )
-        .await?
-        {
-            BatchOutcome::Applied { events, .. } => {
-                replayed += events as u64;
-                on_progress(replayed, total.max(replayed));
-            }
-            BatchOutcome::Idle => break,
-            BatchOutcome::Busy => {
-                return Err(ProjectionError::Database(sqlx::Error::Protocol(format!(
-                    "another rebuild of '{name}' is running"
-                ))));
+    while let Some(batch) = ready.recv().await {
+        let events = batch?;
+        apply_batch(log, projector, &shadow_checkpoint, &events).await?;
+        replayed += events.len() as u64;
+        on_progress(replayed, total.max(replayed));
+    }
+    let _ = reader.await;
+    // PostgreSQL: the shadow's other indexes, built over the filled tables (outside the swap,
+    // so the live projector waits only for the catch-up).
+    let mut captured = captured;
+    if matches!(log.db(), Db::Postgres(_)) {
+        for statements in &mut captured {
+            for sql in statements.drain(..) {
+                let mut tx = log.db().begin().await?;
+                eventlog::on_tx!(&mut tx, conn => {
+                    sqlx::query(&sql).execute(&mut *conn).await?;
+                });
+                tx.commit().await?;
             }
         }
     }
@@ -91,8 +113,34 @@ pub async fn rebuild(
     })
 }
 
+/// Applies `events` to the shadow tables and moves the rebuild's checkpoint to the last of
+/// them, in one transaction under the rebuild's lock.
+async fn apply_batch(
+    log: &EventLog,
+    projector: &dyn Projector,
+    checkpoint: &str,
+    events: &[RecordedEvent],
+) -> Result<(), ProjectionError> {
+    let Some(last) = events.last() else {
+        return Ok(());
+    };
+    let mut tx = log.db().begin().await?;
+    if !runner::lock(&mut tx, checkpoint, false).await? {
+        tx.rollback().await?;
+        return Err(ProjectionError::Database(sqlx::Error::Protocol(format!(
+            "another rebuild of '{}' is running",
+            projector.name()
+        ))));
+    }
+    projector.apply(&mut tx, Target::Rebuild, events).await?;
+    checkpoints::write_in(&mut tx, checkpoint, last.cursor).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Creates empty shadow copies of `tables`. Returns, per table, the index definitions that
-/// the shadow does not get by itself and that the swap must recreate (SQLite only).
+/// the shadow does not get by itself: on PostgreSQL, the indexes to build on the filled
+/// shadow; on SQLite, the live indexes that the swap recreates.
 async fn prepare_shadow_tables(
     tx: &mut Tx,
     tables: &[&str],
@@ -105,12 +153,52 @@ async fn prepare_shadow_tables(
                 sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}"))
                     .execute(&mut **conn)
                     .await?;
+                // The shadow gets its primary key and unique constraints now (upserts need
+                // them) and its other indexes once it is filled: one sort instead of an
+                // update per row.
                 sqlx::query(&format!(
-                    "CREATE TABLE {shadow} (LIKE {table} INCLUDING ALL)"
+                    "CREATE TABLE {shadow} (LIKE {table} INCLUDING ALL EXCLUDING INDEXES)"
                 ))
                 .execute(&mut **conn)
                 .await?;
-                captured.push(Vec::new());
+                let constraints: Vec<String> = sqlx::query_scalar(
+                    "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+                     WHERE conrelid = $1::regclass AND contype IN ('p', 'u') ORDER BY conname",
+                )
+                .bind(*table)
+                .fetch_all(&mut **conn)
+                .await?;
+                for constraint in constraints {
+                    sqlx::query(&format!("ALTER TABLE {shadow} ADD {constraint}"))
+                        .execute(&mut **conn)
+                        .await?;
+                }
+                let deferred: Vec<String> = sqlx::query_scalar(
+                    "SELECT i.indexdef FROM pg_indexes i \
+                     WHERE i.schemaname = current_schema() AND i.tablename = $1 \
+                     AND NOT EXISTS (SELECT 1 FROM pg_constraint c \
+                     WHERE c.conindid = format('%I.%I', i.schemaname, i.indexname)::regclass) \
+                     ORDER BY i.indexname",
+                )
+                .bind(*table)
+                .fetch_all(&mut **conn)
+                .await?;
+                // `CREATE [UNIQUE] INDEX <name> ON <table> USING …`, rebuilt on the shadow
+                // (the swap gives it back its name).
+                captured.push(
+                    deferred
+                        .iter()
+                        .filter_map(|definition| {
+                            let (head, body) = definition.split_once(" USING ")?;
+                            let unique = if head.starts_with("CREATE UNIQUE") {
+                                "UNIQUE "
+                            } else {
+                                ""
+                            };
+                            Some(format!("CREATE {unique}INDEX ON {shadow} USING {body}"))
+                        })
+                        .collect(),
+                );
             }
             Tx::Sqlite(conn) => {
                 sqlx::query(&format!("DROP TABLE IF EXISTS {shadow}"))
@@ -155,7 +243,7 @@ async fn swap_in(tx: &mut Tx, table: &str, sqlite_indexes: Vec<String>) -> Resul
     let shadow = Target::Rebuild.table(table);
     match tx {
         Tx::Postgres(conn) => {
-            // LIKE … INCLUDING ALL named the shadow's indexes after the shadow table; each gets
+            // The shadow's indexes are named after the shadow table; each gets
             // back the name of the live index with the same definition (renaming a
             // constraint's index renames the constraint).
             let definitions = |table: &str| {
