@@ -137,7 +137,9 @@ async fn insert_created(
             tx.backend().values(chunk.len(), 7)
         );
         eventlog::on_tx!(&mut *tx, conn => {
-            let mut query = sqlx::query(&sql).persistent(false);
+            // Full chunks (rebuilds, catch-up) share one prepared statement; the sizes of
+            // live batches vary too much to keep one per size.
+            let mut query = sqlx::query(&sql).persistent(chunk.len() == INSERT_CHUNK);
             for row in chunk {
                 query = query
                     .bind(row.tenant.as_str())

@@ -73,17 +73,20 @@ pub async fn rebuild(
     }
     let _ = reader.await;
     // PostgreSQL: the shadow's other indexes, built over the filled tables (outside the swap,
-    // so the live projector waits only for the catch-up).
+    // so the live projector waits only for the catch-up), two at a time on connections of
+    // their own.
     let mut captured = captured;
-    if matches!(log.db(), Db::Postgres(_)) {
-        for statements in &mut captured {
-            for sql in statements.drain(..) {
-                let mut tx = log.db().begin().await?;
-                eventlog::on_tx!(&mut tx, conn => {
-                    sqlx::query(&sql).execute(&mut *conn).await?;
-                });
-                tx.commit().await?;
-            }
+    if let Db::Postgres(pool) = log.db() {
+        let statements: Vec<String> = captured.iter_mut().flat_map(|s| s.drain(..)).collect();
+        use futures::StreamExt;
+        let mut builds = futures::stream::iter(
+            statements
+                .iter()
+                .map(|sql| async move { sqlx::query(sql).execute(pool).await }),
+        )
+        .buffer_unordered(2);
+        while let Some(built) = builds.next().await {
+            built?;
         }
     }
 
@@ -185,17 +188,21 @@ async fn prepare_shadow_tables(
                 .await?;
                 // `CREATE [UNIQUE] INDEX <name> ON <table> USING …`, rebuilt on the shadow
                 // (the swap gives it back its name).
+                // Named here: indexes built at the same time would race for one generated name.
                 captured.push(
                     deferred
                         .iter()
-                        .filter_map(|definition| {
+                        .enumerate()
+                        .filter_map(|(n, definition)| {
                             let (head, body) = definition.split_once(" USING ")?;
                             let unique = if head.starts_with("CREATE UNIQUE") {
                                 "UNIQUE "
                             } else {
                                 ""
                             };
-                            Some(format!("CREATE {unique}INDEX ON {shadow} USING {body}"))
+                            Some(format!(
+                                "CREATE {unique}INDEX {shadow}_d{n} ON {shadow} USING {body}"
+                            ))
                         })
                         .collect(),
                 );
