@@ -150,9 +150,9 @@ async fn two_processes_running_one_projector_apply_each_event_once(backend: Back
         .into_iter()
         .flat_map(|log| {
             (0..2).map(|_| {
-                runner::spawn(
+                runner::spawn_group(
                     log.clone(),
-                    projector.clone(),
+                    vec![projector.clone() as Arc<dyn Projector>],
                     Progress::default(),
                     settings.clone(),
                     shutdown.clone(),

@@ -591,20 +591,17 @@ impl EventLog {
                         .bind(stream.aggregate_id.as_str())
                         .bind(*version as i64);
                 }
-                for row in query.fetch_all(&mut *conn).await? {
-                    let tenant: String = row.try_get(0)?;
-                    stale.extend(
-                        chunk
-                            .iter()
-                            .map(|(stream, _)| stream)
-                            .filter(|s| {
-                                s.tenant_id.as_str() == tenant
-                                    && row.try_get::<&str, _>(1).is_ok_and(|a| a == s.aggregate_type)
-                                    && row.try_get::<&str, _>(2).is_ok_and(|i| i == s.aggregate_id)
-                            })
-                            .cloned(),
-                    );
-                }
+                let moved: Vec<(String, String, String)> = query
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .iter()
+                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+                    .collect::<Result<_, sqlx::Error>>()?;
+                stale.extend(chunk.iter().map(|(stream, _)| stream).filter(|s| {
+                    moved.iter().any(|(t, a, i)| {
+                        s.tenant_id.as_str() == t && s.aggregate_type == *a && s.aggregate_id == *i
+                    })
+                }).cloned());
             });
         }
         Ok(stale)

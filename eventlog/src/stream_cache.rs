@@ -42,8 +42,9 @@ impl StreamCache {
             .cloned()
     }
 
+    /// Keeps a stream of a cached type (the caller checks [`StreamCache::caches`]).
     fn put(&self, stream: &StreamId, history: History) {
-        if !self.caches(stream) || history.is_empty() {
+        if history.is_empty() {
             return;
         }
         let mut entries = self.entries.lock().expect("stream cache lock poisoned");

@@ -1,6 +1,6 @@
 //! Running projectors: one batch at a time, each in its own transaction. The live projectors
-//! of a process share one reader and one transaction per batch ([`spawn_group`]); a rebuild
-//! and the command line run one projector ([`run_batch`]).
+//! of a process share one reader and one transaction per batch ([`spawn_group`]); the command
+//! line runs one projector ([`run_batch`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,17 +112,6 @@ pub async fn run_batch(
         events: events.len(),
         cursor,
     })
-}
-
-/// Runs `projector` alone until `shutdown` (see [`spawn_group`]).
-pub fn spawn(
-    log: EventLog,
-    projector: Arc<dyn Projector>,
-    progress: Progress,
-    settings: RunnerSettings,
-    shutdown: CancellationToken,
-) -> JoinHandle<()> {
-    spawn_group(log, vec![projector], progress, settings, shutdown)
 }
 
 /// What one group batch did, per projector.
