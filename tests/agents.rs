@@ -1019,6 +1019,147 @@ impl FakeOpenAi {
     }
 }
 
+/// The message types recorded on a session's stream, counted.
+async fn session_events(app: &TestApp, tenant: &str, session: &str) -> (usize, usize, usize) {
+    let log = app.db.log().await;
+    let stream = eventlog::StreamId::new(
+        domain::names::TenantId::parse(tenant).unwrap(),
+        "Session",
+        session.to_string(),
+    );
+    let events = log.load(&stream, 0).await.unwrap();
+    log.db().close().await;
+    let count = |kind: &str| events.iter().filter(|e| e.event_type == kind).count();
+    (
+        count("UserMessageRecorded"),
+        count("AssistantMessageRecorded"),
+        count("ProviderCallAttempted"),
+    )
+}
+
+/// Messages decide on the session, agent and budgets as their gateway last saw them; what
+/// another gateway (or request) changed meanwhile must still be seen, and a key claimed with
+/// its message must still be answered once.
+async fn messages_decided_on_cached_state_see_every_change(backend: Backend) {
+    let a = app_with(backend, |_| {}).await;
+    let mut b = spawn_app_on(a.db.share(), quick).await;
+    b.keys = a.keys.clone();
+    let agent = create_agent(&a, "acme", support_agent()).await;
+    let session = create_session(&a, "acme", &agent).await;
+
+    // Ten concurrent requests with one key: one message, one billed reply, the same answer.
+    let sends = (0..10).map(|_| send(&a, "acme", &session, "same-key", "Only once"));
+    let mut answers = Vec::new();
+    for response in futures::future::join_all(sends).await {
+        match response.status().as_u16() {
+            200 | 201 => answers.push(json_of(response).await),
+            _ => {
+                let (status, code) = error_code(response).await;
+                assert_eq!((status, code.as_str()), (409, "IDEMPOTENCY_IN_FLIGHT"));
+            }
+        }
+    }
+    assert!(!answers.is_empty());
+    for answer in &answers {
+        assert_eq!(answer["message"]["id"], answers[0]["message"]["id"]);
+        assert_eq!(
+            answer["message"]["content"],
+            answers[0]["message"]["content"]
+        );
+    }
+    assert_eq!(session_events(&a, "acme", &session).await, (1, 1, 1));
+
+    // The two gateways take turns on one session: each one's cached session is behind the
+    // other's writes every time.
+    for i in 0..6 {
+        let app = if i % 2 == 0 { &b } else { &a };
+        let response = send(
+            app,
+            "acme",
+            &session,
+            &format!("turn-{i}"),
+            &format!("Turn {i}"),
+        )
+        .await;
+        assert_eq!(response.status(), 201, "turn {i}");
+    }
+    assert_eq!(session_events(&a, "acme", &session).await, (7, 7, 7));
+    let shown = transcript(&a, "acme", &session, 14).await;
+    let contents: Vec<&str> = shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        [
+            "Only once",
+            "Turn 0",
+            "Turn 1",
+            "Turn 2",
+            "Turn 3",
+            "Turn 4",
+            "Turn 5"
+        ]
+    );
+
+    // A hard budget set through b, on a budget stream a holds as empty: a refuses.
+    let spent = b
+        .request(Method::PUT, "/v1/budgets/tenant", "acme")
+        .json(&json!({"monthlyLimitUsd": "0.000001", "enforcement": "hard"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spent.status(), 200);
+    let (status, code) = error_code(send(&a, "acme", &session, "over-budget", "More").await).await;
+    assert_eq!((status, code.as_str()), (402, "BUDGET_EXCEEDED"));
+    let lifted = b
+        .request(Method::DELETE, "/v1/budgets/tenant", "acme")
+        .send()
+        .await
+        .unwrap();
+    assert!(lifted.status().is_success());
+    let response = send(&a, "acme", &session, "after-budget", "More").await;
+    assert_eq!(response.status(), 201);
+
+    // The agent archived through b, which a holds as active: a refuses.
+    let second = create_session(&a, "acme", &agent).await;
+    assert_eq!(
+        send(&a, "acme", &second, "warm", "Hello").await.status(),
+        201
+    );
+    let archived = b
+        .request(Method::DELETE, &format!("/v1/agents/{agent}"), "acme")
+        .send()
+        .await
+        .unwrap();
+    assert!(archived.status().is_success());
+    let (status, code) = error_code(send(&a, "acme", &second, "archived", "Hello?").await).await;
+    assert_eq!((status, code.as_str()), (409, "AGENT_ARCHIVED"));
+
+    // The session closed through b, which a holds as open: a refuses.
+    let closed = b
+        .request(
+            Method::POST,
+            &format!("/v1/sessions/{session}/close"),
+            "acme",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(closed.status().is_success());
+    let (status, code) = error_code(send(&a, "acme", &session, "closed", "Hello?").await).await;
+    assert_eq!((status, code.as_str()), (409, "SESSION_CLOSED"));
+    assert_eq!(session_events(&a, "acme", &session).await, (8, 8, 8));
+    assert_eq!(session_events(&a, "acme", &second).await, (1, 1, 1));
+}
+both_backends!(
+    messages_decided_on_cached_state_see_every_change,
+    messages_decided_on_cached_state_see_every_change
+);
+
 async fn the_openai_adapter_handles_replies_streams_and_failures(backend: Backend) {
     let fake = FakeOpenAi::default();
     let base_url = fake.start().await;

@@ -20,6 +20,18 @@
 //!
 //! When every provider fails, `MessageFailed` is recorded, nothing is billed, and the key is
 //! released: a retry with the same key asks the providers again for the same message.
+//!
+//! The usual message takes two commits, both through the group commit (shared with other
+//! requests' commits) and both deciding on the session, agent and budgets as this process
+//! last saw them (the stream cache; the commit checks their versions):
+//! - steps 1 and 2 together: the key is claimed in the transaction that records the user
+//!   message, so either both happen or neither;
+//! - the successful provider attempt is recorded with the reply (a failed one is recorded as
+//!   it ends, before the next attempt).
+//!
+//! Anything else (a key already used, a refusal, a session another request changed, a
+//! message recorded before) takes the step-by-step path above, on freshly read state, which
+//! decides and answers it.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -29,7 +41,9 @@ use domain::agent::{Agent, AgentConfig};
 use domain::budget::{Budget, BudgetCommand, Enforcement, TENANT_SCOPE, agent_scope};
 use domain::provider::{BoxFuture, ChatMessage, ChatRole, ChunkSink, micros_to_usd};
 use domain::session::{AssistantReply, ProviderAttempt, Session, SessionCommand, SessionError};
+use eventlog::group_commit::KeyUse;
 use eventlog::idempotency::{IdempotencyKey, StoredResponse};
+use eventlog::unit_of_work::{CommitError, Committed, UnitOfWork};
 use eventlog::{CommandError, StreamId};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -56,6 +70,29 @@ pub struct Exchange {
     reply_id: String,
     session: Session,
     /// The budgets that apply (tenant, agent), to tell when a reply crosses one.
+    budgets: Vec<(StreamId, Budget)>,
+    /// Successful provider attempts, recorded with the reply.
+    succeeded: std::sync::Mutex<Vec<ProviderAttempt>>,
+}
+
+/// What renders the answer to a message: the parts of an [`Exchange`] that the response
+/// names, owned, so that a commit can render it.
+#[derive(Debug, Clone)]
+struct Answer {
+    session_id: String,
+    agent_id: String,
+    message_id: String,
+    primary_provider: String,
+    fallback_provider: Option<String>,
+    key: String,
+    request_id: String,
+}
+
+/// The state steps 1 and 2 leave.
+struct Recorded {
+    agent_id: String,
+    agent: AgentConfig,
+    session: Session,
     budgets: Vec<(StreamId, Budget)>,
 }
 
@@ -136,6 +173,29 @@ pub async fn prepare(
     };
     // What identifies the request: the message, not how its answer is delivered.
     let identity = json!({ "role": "user", "content": content });
+    let stream = session_stream(&ctx.tenant, &session_id);
+    let tenant = ctx.tenant.to_string();
+    let message_id = derived_id(&[&tenant, &session_id, &raw_key]);
+    let reply_id = derived_id(&[&tenant, &session_id, &raw_key, "reply"]);
+    if let Some(key) = commands::key_of(&ctx, &identity)
+        && let Some(recorded) =
+            claim_and_record(state, &ctx, &key, &stream, &message_id, &content).await
+    {
+        return Ok(Exchange {
+            state: state.clone(),
+            ctx,
+            key,
+            stream,
+            session_id,
+            agent_id: recorded.agent_id,
+            agent: recorded.agent,
+            message_id,
+            reply_id,
+            session: recorded.session,
+            budgets: recorded.budgets,
+            succeeded: Default::default(),
+        });
+    }
     let key = match commands::claim(state, &ctx, &identity).await {
         Ok(Claimed::Run(Some(key))) => key,
         Ok(Claimed::Run(None)) => unreachable!("the request has a key"),
@@ -147,7 +207,6 @@ pub async fn prepare(
         let key = key.clone();
         async move { commands::release(&state, &key, error).await.into_response() }
     };
-    let stream = session_stream(&ctx.tenant, &session_id);
     let loaded = match state.log.load_aggregate::<Session>(&stream).await {
         Ok(loaded) => loaded,
         Err(error) => return Err(fail(command_error(error, ApiError::internal)).await),
@@ -175,9 +234,6 @@ pub async fn prepare(
         // Not stored for replay: once the budget is raised, the same request may proceed.
         Err(error) => return Err(fail(error).await),
     };
-    let tenant = ctx.tenant.to_string();
-    let message_id = derived_id(&[&tenant, &session_id, &raw_key]);
-    let reply_id = derived_id(&[&tenant, &session_id, &raw_key, "reply"]);
     let command = SessionCommand::RecordUserMessage {
         message_id: message_id.clone(),
         content,
@@ -210,6 +266,7 @@ pub async fn prepare(
         reply_id,
         session: outcome.aggregate,
         budgets,
+        succeeded: Default::default(),
     };
     if let Some(stored) = exchange.respond(&exchange.session, outcome.updated_at) {
         // Answered by an earlier request whose idempotency record is gone: answer with that
@@ -222,6 +279,89 @@ pub async fn prepare(
         );
     }
     Ok(exchange)
+}
+
+/// Steps 1 and 2 in one commit (see the module documentation), deciding on cached state.
+/// `None` when this message needs the step-by-step path: nothing was written then.
+async fn claim_and_record(
+    state: &AppState,
+    ctx: &Ctx,
+    key: &IdempotencyKey,
+    stream: &StreamId,
+    message_id: &str,
+    content: &str,
+) -> Option<Recorded> {
+    let mut uow = UnitOfWork::speculative(&state.log);
+    let session = &uow.state::<Session>(stream).await.ok()?.aggregate;
+    if !session.exists() {
+        return None;
+    }
+    let agent_id = session.agent_id().to_string();
+    let agent_stream = agent_stream(&ctx.tenant, &agent_id);
+    let scopes = [TENANT_SCOPE.to_string(), agent_scope(&agent_id)];
+    let mut streams: Vec<StreamId> = scopes
+        .iter()
+        .map(|scope| budget_stream(&ctx.tenant, scope))
+        .collect();
+    streams.push(agent_stream.clone());
+    uow.prefetch(&streams).await.ok()?;
+    let agent = &uow.state::<Agent>(&agent_stream).await.ok()?.aggregate;
+    let (config, agent_status) = (agent.config()?.clone(), agent.status());
+    let mut budgets = Vec::new();
+    for stream in &streams[..2] {
+        let budget = &uow.state::<Budget>(stream).await.ok()?.aggregate;
+        if budget.limit().is_some() {
+            budgets.push((stream.clone(), budget.clone()));
+        }
+    }
+    enforce_budgets(state, &ctx.tenant, &budgets).await.ok()?;
+    let command = SessionCommand::RecordUserMessage {
+        message_id: message_id.to_string(),
+        content: content.to_string(),
+        agent_status,
+    };
+    let staged = uow.execute::<Session>(stream, command, &()).await.ok()?;
+    if staged.pending.is_empty() {
+        // Recorded before (a retry after a crash): the step-by-step path knows what follows.
+        return None;
+    }
+    let session = staged.aggregate.clone();
+    let until = Utc::now()
+        + chrono::Duration::from_std(state.settings.idempotency_lock()).unwrap_or_default();
+    // Only claimed here: the response is stored with the reply.
+    let unused = |_: &Committed| StoredResponse {
+        status: StatusCode::ACCEPTED.as_u16(),
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    match uow
+        .commit(
+            &ctx.metadata("RecordUserMessage"),
+            Some(KeyUse::Claim(key.clone(), until)),
+            unused,
+        )
+        .await
+    {
+        Ok((committed, _)) => {
+            state
+                .metrics
+                .events_appended(Session::TYPE, committed.appended.events.len());
+            Some(Recorded {
+                agent_id,
+                agent: config,
+                session,
+                budgets,
+            })
+        }
+        Err(error @ (CommitError::Conflict | CommitError::KeyTaken)) => {
+            tracing::debug!(%error, "a message takes the step-by-step path");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "recording a message with its key failed; trying step by step");
+            None
+        }
+    }
 }
 
 /// The stream of a budget (`tenant` or `agent:<id>`).
@@ -251,8 +391,18 @@ async fn check_budgets(
             budgets.push((stream, loaded.aggregate));
         }
     }
+    enforce_budgets(state, tenant, &budgets).await?;
+    Ok(budgets)
+}
+
+/// Refuses with `BUDGET_EXCEEDED` when one of `budgets` is a hard one already spent.
+async fn enforce_budgets(
+    state: &AppState,
+    tenant: &domain::names::TenantId,
+    budgets: &[(StreamId, Budget)],
+) -> Result<(), ApiError> {
     let month = projections::usage::month_of(Utc::now());
-    for (stream, budget) in &budgets {
+    for (stream, budget) in budgets {
         let Some((limit, Enforcement::Hard)) = budget.limit() else {
             continue;
         };
@@ -273,7 +423,7 @@ async fn check_budgets(
             });
         }
     }
-    Ok(budgets)
+    Ok(())
 }
 
 /// Records each provider attempt as an event as soon as it ends.
@@ -285,6 +435,24 @@ impl AttemptRecorder for Recorder<'_> {
     fn record(&self, attempt: ProviderAttempt) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let exchange = self.exchange;
+            if attempt.succeeded() {
+                exchange
+                    .succeeded
+                    .lock()
+                    .expect("attempts lock poisoned")
+                    .push(attempt);
+                return;
+            }
+            exchange.record_attempt(attempt).await;
+        })
+    }
+}
+
+impl Exchange {
+    /// Records one provider attempt in a commit of its own.
+    async fn record_attempt(&self, attempt: ProviderAttempt) {
+        let exchange = self;
+        {
             let command = SessionCommand::RecordProviderAttempt {
                 message_id: exchange.message_id.clone(),
                 attempt,
@@ -298,7 +466,15 @@ impl AttemptRecorder for Recorder<'_> {
             {
                 tracing::warn!(%error, "a provider attempt could not be recorded");
             }
-        })
+        }
+    }
+
+    /// Records the successful attempts not recorded yet, each in a commit of its own.
+    async fn record_succeeded(&self) {
+        let attempts = std::mem::take(&mut *self.succeeded.lock().expect("attempts lock poisoned"));
+        for attempt in attempts {
+            self.record_attempt(attempt).await;
+        }
     }
 }
 
@@ -339,6 +515,7 @@ impl Exchange {
             .await;
         let reject = session_error(&self.session_id, &self.agent_id);
         let Some(answer) = answer else {
+            self.record_succeeded().await;
             let command = SessionCommand::RecordMessageFailure {
                 message_id: self.message_id.clone(),
             };
@@ -381,6 +558,16 @@ impl Exchange {
         };
         let command = SessionCommand::RecordAssistantReply(reply);
         let metadata = self.ctx.metadata(command.name());
+        match self.record_reply(command.clone(), &metadata).await {
+            Ok(stored) => {
+                self.record_thresholds().await;
+                return Ok(stored);
+            }
+            Err(None) => self.record_succeeded().await,
+            Err(Some(error)) => {
+                return Err(commands::release(&state, &self.key, error.into()).await);
+            }
+        }
         let respond = |outcome: &eventlog::CommandOutcome<Session>| {
             let mut stored = self.respond(&outcome.aggregate, outcome.updated_at)?;
             if let Some(cursor) = outcome.cursor {
@@ -429,6 +616,70 @@ impl Exchange {
             Err(error) => {
                 Err(commands::release(&state, &self.key, command_error(error, &reject)).await)
             }
+        }
+    }
+
+    /// Records the successful attempts and the reply, completing the key, in one group
+    /// commit, deciding on the cached session. `Err(None)` when the reply needs the
+    /// step-by-step path (nothing was written); `Err(Some(_))` when the commit failed.
+    async fn record_reply(
+        &self,
+        reply: SessionCommand,
+        metadata: &domain::metadata::EventMetadata,
+    ) -> Result<StoredResponse, Option<sqlx::Error>> {
+        let log = &self.state.log;
+        let mut uow = UnitOfWork::speculative(log);
+        let attempts = self
+            .succeeded
+            .lock()
+            .expect("attempts lock poisoned")
+            .clone();
+        for attempt in attempts {
+            let command = SessionCommand::RecordProviderAttempt {
+                message_id: self.message_id.clone(),
+                attempt,
+            };
+            uow.execute::<Session>(&self.stream, command, &())
+                .await
+                .map_err(|_| None)?;
+        }
+        let staged = uow
+            .execute::<Session>(&self.stream, reply, &())
+            .await
+            .map_err(|_| None)?;
+        let session = staged.aggregate.clone();
+        let answer = self.answer_parts();
+        answer.render(&session, None).ok_or(None)?;
+        let respond = move |committed: &Committed| {
+            let mut stored = answer
+                .render(&session, Some(committed.recorded_at))
+                .expect("checked before the commit");
+            if let Some(cursor) = committed.appended.last_cursor() {
+                stored
+                    .headers
+                    .push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
+            }
+            stored
+        };
+        match uow
+            .commit(metadata, Some(KeyUse::Claimed(self.key.clone())), respond)
+            .await
+        {
+            Ok((committed, stored)) => {
+                self.succeeded
+                    .lock()
+                    .expect("attempts lock poisoned")
+                    .clear();
+                self.state
+                    .metrics
+                    .events_appended(Session::TYPE, committed.appended.events.len());
+                Ok(stored)
+            }
+            Err(CommitError::Conflict | CommitError::KeyTaken) => Err(None),
+            Err(CommitError::Database(error)) => Err(Some(error)),
+            Err(CommitError::Append(error)) => Err(Some(sqlx::Error::Protocol(format!(
+                "recording a reply: {error}"
+            )))),
         }
     }
 
@@ -489,12 +740,30 @@ impl Exchange {
     /// Seed 004's response body of a sent message, from the session's state once the reply
     /// is recorded (`None` while it is not).
     fn respond(&self, session: &Session, at: Option<DateTime<Utc>>) -> Option<StoredResponse> {
+        self.answer_parts().render(session, at)
+    }
+
+    fn answer_parts(&self) -> Answer {
+        Answer {
+            session_id: self.session_id.clone(),
+            agent_id: self.agent_id.clone(),
+            message_id: self.message_id.clone(),
+            primary_provider: self.agent.primary_provider.clone(),
+            fallback_provider: self.agent.fallback_provider.clone(),
+            key: self.key.key.clone(),
+            request_id: self.ctx.request_id.clone(),
+        }
+    }
+}
+
+impl Answer {
+    fn render(&self, session: &Session, at: Option<DateTime<Utc>>) -> Option<StoredResponse> {
         let exchange = session.exchange(&self.message_id)?;
         let reply = exchange.reply.as_ref()?;
         let attempts = exchange.attempts.as_slice();
         let summary = summarise(attempts);
         let attempted = |provider: &str| attempts.iter().any(|a| a.provider == provider);
-        let fallback = self.agent.fallback_provider.as_deref();
+        let fallback = self.fallback_provider.as_deref();
         let mut message = json!({
             "id": reply.message_id,
             "sessionId": self.session_id,
@@ -512,7 +781,7 @@ impl Exchange {
                 "agentId": self.agent_id,
                 "providerUsed": reply.provider,
                 "model": reply.model,
-                "primaryAttempted": self.agent.primary_provider,
+                "primaryAttempted": self.primary_provider,
                 "fallbackAttempted": fallback.filter(|f| attempted(f)),
                 "fallbackUsed": reply.fallback_used,
                 "attempts": summary,
@@ -525,8 +794,8 @@ impl Exchange {
                 },
                 "streamed": reply.streamed,
                 "clientDisconnected": reply.client_disconnected,
-                "idempotency": { "key": self.key.key, "replayed": false },
-                "requestId": self.ctx.request_id,
+                "idempotency": { "key": self.key, "replayed": false },
+                "requestId": self.request_id,
             },
         });
         Some(commands::json_response(

@@ -43,6 +43,9 @@ pub struct Application {
     bootstrap_key: Option<String>,
 }
 
+/// Most events the stream cache holds (a few tens of megabytes at most).
+const STREAM_CACHE_EVENTS: usize = 20_000;
+
 impl Application {
     /// Connects, migrates, starts the projectors (unless disabled) and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -51,12 +54,21 @@ impl Application {
         let log = open_log(&settings).await?;
         // Record commands of concurrent requests share commits (see eventlog::group_commit).
         log.start_group_commit();
-        // Every record write reads its entity type; types change rarely (see
-        // eventlog::stream_cache).
-        log.cache_streams(
-            &[<domain::entity_type::EntityType as cqrs_es::Aggregate>::TYPE],
-            10_000,
-        );
+        // Every record write reads its entity type, every message its session, agent and
+        // budgets; commands decide on them as this process last saw them, and their commits
+        // check that nothing moved since (see eventlog::stream_cache).
+        {
+            use cqrs_es::Aggregate;
+            log.cache_streams(
+                &[
+                    domain::entity_type::EntityType::TYPE,
+                    domain::session::Session::TYPE,
+                    domain::agent::Agent::TYPE,
+                    domain::budget::Budget::TYPE,
+                ],
+                STREAM_CACHE_EVENTS,
+            );
+        }
         let projectors = Arc::new(projections::all());
         let progress = Progress::default();
         let shutdown = CancellationToken::new();

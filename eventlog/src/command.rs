@@ -5,6 +5,10 @@
 //! again on the new state (it may now be refused, for example by an `If-Match` check), up to
 //! [`MAX_ATTEMPTS`] times; then [`CommandError::Conflict`] reaches the caller.
 //!
+//! A stream of a cached type (see [`crate::stream_cache`]) is taken from the cache; the append
+//! checks its version as it checks a read one. A refusal or a command that changes nothing,
+//! decided on a cached stream, is decided again on a fresh read before it is reported.
+//!
 //! Within one process, commands on the same stream take turns (a striped lock keyed by the
 //! stream), so a hot record does not burn its retries on conflicts between requests of the
 //! same process; conflicts with other processes are still resolved optimistically.
@@ -20,6 +24,7 @@ use domain::metadata::EventMetadata;
 use crate::cursor::Cursor;
 use crate::idempotency::{IdempotencyKey, StoredResponse};
 use crate::store::{AppendError, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId};
+use crate::stream_cache::History;
 
 /// How many times a command is decided before a concurrency conflict is reported.
 pub const MAX_ATTEMPTS: usize = 5;
@@ -113,13 +118,18 @@ pub fn fold<A: Aggregate>(history: &[RecordedEvent]) -> Result<Loaded<A>, Comman
 }
 
 impl EventLog {
-    /// Loads a stream and folds its events into the aggregate.
+    /// Loads a stream (from the database, never from the cache) and folds its events into
+    /// the aggregate.
     pub async fn load_aggregate<A: Aggregate>(
         &self,
         stream: &StreamId,
     ) -> Result<Loaded<A>, CommandError<A::Error>> {
         let history = self.load(stream, 0).await?;
-        fold(&history)
+        let loaded = fold(&history);
+        if self.caches(stream) {
+            self.remember(stream, History::new(history));
+        }
+        loaded
     }
 
     /// Decides `command` on the stream's current state and appends the resulting events.
@@ -158,21 +168,37 @@ impl EventLog {
     {
         let _turn = self.stream_lock(stream).lock().await;
         let mut attempt = 0;
+        let mut use_cache = true;
         loop {
             attempt += 1;
+            let cached = if use_cache { self.cached(stream) } else { None };
+            let from_cache = cached.is_some();
+            let history = match cached {
+                Some(history) => history,
+                None => {
+                    let history = History::new(self.load(stream, 0).await?);
+                    self.remember(stream, history.clone());
+                    history
+                }
+            };
             let Loaded {
                 mut aggregate,
                 version,
                 cursor,
                 created_at,
                 updated_at,
-            } = self.load_aggregate::<A>(stream).await?;
+            } = fold::<A>(&history)?;
             let sink = EventSink::default();
-            aggregate
-                .handle(command.clone(), services, &sink)
-                .await
-                .map_err(CommandError::Rejected)?;
+            let handled = aggregate.handle(command.clone(), services, &sink).await;
             let decided = sink.collect().await;
+            if from_cache && (handled.is_err() || decided.is_empty()) {
+                // Only an append checks cached state: decide this one on a fresh read.
+                self.forget(stream);
+                use_cache = false;
+                attempt -= 1;
+                continue;
+            }
+            handled.map_err(CommandError::Rejected)?;
             if decided.is_empty() {
                 let outcome = CommandOutcome {
                     aggregate,
@@ -204,6 +230,8 @@ impl EventLog {
                 Ok(appended) => appended,
                 Err(AppendError::Conflict { .. }) => {
                     tx.rollback().await?;
+                    self.forget(stream);
+                    use_cache = false;
                     if attempt >= MAX_ATTEMPTS {
                         return Err(CommandError::Conflict);
                     }
@@ -240,6 +268,7 @@ impl EventLog {
                 self.complete_idempotency_in(&mut tx, key, response).await?;
             }
             tx.commit().await?;
+            self.remember_appended(stream, &history, &outcome.events);
             if let Some(cursor) = cursor {
                 self.notify_appended(cursor);
             }

@@ -8,8 +8,8 @@
 //!    new, see [`crate::stream_cache`]); a command whose stream moved fails with
 //!    [`CommitError::Conflict`] and is decided again by its caller on a fresh read;
 //! 2. appends every remaining command's events;
-//! 3. stores each command's response with its idempotency key (claimed before, or new) and
-//!    commits. When another request holds a new key, the group is rolled back, that command
+//! 3. stores each command's response with its idempotency key (claimed before, or new), or
+//!    claims a new key for a command that answers later ([`KeyUse::Claim`]), and commits. When another request holds a new key, the group is rolled back, that command
 //!    fails with [`CommitError::KeyTaken`] (its caller then replays the stored response) and
 //!    the others are committed again without it.
 //!
@@ -21,6 +21,7 @@
 use std::collections::HashSet;
 use std::sync::Weak;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::idempotency::{IdempotencyKey, StoredResponse};
@@ -41,20 +42,24 @@ pub enum KeyUse {
     /// Claim the key in the commit itself and store the response; when another request holds
     /// the key, nothing is written ([`CommitError::KeyTaken`]).
     Unclaimed(IdempotencyKey),
+    /// Claim the key in the commit itself, `in_flight` until the given time, without a
+    /// response (the command's first step; a later commit stores the response). When another
+    /// request holds the key, nothing is written ([`CommitError::KeyTaken`]).
+    Claim(IdempotencyKey, DateTime<Utc>),
 }
 
 impl KeyUse {
     pub fn key(&self) -> &IdempotencyKey {
         match self {
-            Self::Claimed(key) | Self::Unclaimed(key) => key,
+            Self::Claimed(key) | Self::Unclaimed(key) | Self::Claim(key, _) => key,
         }
     }
 
-    /// The key to store with the response, if not claimed before.
-    fn to_store(&self) -> Option<&IdempotencyKey> {
+    /// The key that the commit claims, if not claimed before.
+    fn to_claim(&self) -> Option<&IdempotencyKey> {
         match self {
             Self::Claimed(_) => None,
-            Self::Unclaimed(key) => Some(key),
+            Self::Unclaimed(key) | Self::Claim(key, _) => Some(key),
         }
     }
 }
@@ -128,7 +133,7 @@ async fn commit_group(log: &EventLog, group: Vec<Job>) {
     let mut keys = HashSet::new();
     let (mut group, repeated): (Vec<Job>, Vec<Job>) =
         group.into_iter().partition(|job| {
-            match job.commit.key.as_ref().and_then(KeyUse::to_store) {
+            match job.commit.key.as_ref().and_then(KeyUse::to_claim) {
                 Some(key) => keys.insert((key.tenant_id.clone(), key.key.clone())),
                 None => true,
             }
@@ -244,20 +249,28 @@ async fn together(log: &EventLog, mut group: Vec<Job>) -> GroupEnd {
             .collect()
     };
     let (old_answers, new_answers) = (answers(true), answers(false));
+    let claims: Vec<(&IdempotencyKey, DateTime<Utc>)> = group
+        .iter()
+        .filter_map(|job| match &job.commit.key {
+            Some(KeyUse::Claim(key, until)) => Some((key, *until)),
+            _ => None,
+        })
+        .collect();
     or_alone!(
         log.complete_idempotency_many_in(&mut tx, &old_answers)
             .await
     );
-    if !new_answers.is_empty() {
-        let stored = or_alone!(log.store_new_many_in(&mut tx, &new_answers).await);
-        if stored.len() < new_answers.len() {
+    if !new_answers.is_empty() || !claims.is_empty() {
+        let mut stored = or_alone!(log.store_new_many_in(&mut tx, &new_answers).await);
+        stored.extend(or_alone!(log.claim_new_many_in(&mut tx, &claims).await));
+        if stored.len() < new_answers.len() + claims.len() {
             // Keys that another request holds: their commands must write nothing.
             let _ = tx.rollback().await;
             let (taken, rest): (Vec<Job>, Vec<Job>) = group.into_iter().partition(|job| {
                 job.commit
                     .key
                     .as_ref()
-                    .and_then(KeyUse::to_store)
+                    .and_then(KeyUse::to_claim)
                     .is_some_and(|key| !stored.contains(&(key.tenant_id.clone(), key.key.clone())))
             });
             for job in taken {
@@ -352,7 +365,16 @@ impl EventLog {
                 tx.rollback().await?;
                 return Err(CommitError::KeyTaken);
             }
-            Some(KeyUse::Unclaimed(_)) | None => {}
+            Some(KeyUse::Claim(key, until))
+                if self
+                    .claim_new_many_in(&mut tx, &[(key, *until)])
+                    .await?
+                    .is_empty() =>
+            {
+                tx.rollback().await?;
+                return Err(CommitError::KeyTaken);
+            }
+            Some(KeyUse::Unclaimed(_) | KeyUse::Claim(..)) | None => {}
         }
         tx.commit().await?;
         if let Some(cursor) = committed.appended.last_cursor() {

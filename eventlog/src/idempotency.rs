@@ -7,6 +7,10 @@
 //! 2. **Complete** (in the transaction that appends the command's events): store the response.
 //!    Events and record commit together, so a crash can never leave one without the other.
 //!
+//! A message to an agent claims its key in the transaction that records the user's message
+//! ([`EventLog::claim_new_many_in`]); when the key turns out taken, the message is not
+//! recorded and the request claims the key as above.
+//!
 //! Record writes skip the first step: their group commit stores the response under a key no
 //! request holds yet, in the transaction of the events ([`EventLog::store_new_many_in`]);
 //! when the key turns out taken, their events are not committed and the request claims the
@@ -210,6 +214,57 @@ impl EventLog {
             });
         }
         Ok(stored)
+    }
+
+    /// Claims each of `keys` (`in_flight`, locked until `locked_until`) inside `tx` (the
+    /// transaction that appends the commands' first events), for keys that no request holds
+    /// yet. Returns the keys claimed; the others were taken already and the caller must not
+    /// commit their commands. Like [`EventLog::store_new_many_in`], in key order; the keys
+    /// must be distinct.
+    pub async fn claim_new_many_in(
+        &self,
+        tx: &mut Tx,
+        keys: &[(&IdempotencyKey, DateTime<Utc>)],
+    ) -> Result<std::collections::HashSet<(String, String)>, sqlx::Error> {
+        let mut keys = keys.to_vec();
+        keys.sort_by(|a, b| (&a.0.tenant_id, &a.0.key).cmp(&(&b.0.tenant_id, &b.0.key)));
+        let now = Utc::now();
+        let mut claimed = std::collections::HashSet::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let sql = format!(
+                "INSERT INTO idempotency_records \
+                 (tenant_id, idempotency_key, request_hash, state, locked_until, created_at) \
+                 VALUES {} ON CONFLICT (tenant_id, idempotency_key) DO NOTHING \
+                 RETURNING tenant_id, idempotency_key",
+                (0..chunk.len())
+                    .map(|i| {
+                        let n = 4 * i + 1;
+                        format!(
+                            "(${}, ${}, ${}, 'in_flight', ${}, $1)",
+                            n + 1,
+                            n + 2,
+                            n + 3,
+                            n + 4
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            crate::on_tx!(&mut *tx, conn => {
+                let mut query = sqlx::query(&sql).persistent(false).bind(now);
+                for (key, locked_until) in chunk {
+                    query = query
+                        .bind(key.tenant_id.as_str())
+                        .bind(key.key.as_str())
+                        .bind(key.request_hash.as_str())
+                        .bind(*locked_until);
+                }
+                for row in query.fetch_all(&mut *conn).await? {
+                    claimed.insert((row.try_get(0)?, row.try_get(1)?));
+                }
+            });
+        }
+        Ok(claimed)
     }
 
     /// Stores the response of a claimed key inside `tx` (the command's own transaction).

@@ -21,9 +21,8 @@ use crate::command::{CommandError, Loaded, fold};
 use crate::cursor::Cursor;
 use crate::group_commit::{Commit, KeyUse};
 use crate::idempotency::StoredResponse;
-use crate::store::{
-    AppendError, Appended, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId,
-};
+use crate::store::{AppendError, Appended, EventLog, NewEvent, StreamAppend, StreamId};
+use crate::stream_cache::History;
 
 /// One stream as a unit of work holds it.
 pub struct Staged<A: Aggregate> {
@@ -130,7 +129,9 @@ pub struct UnitOfWork<'a> {
     log: &'a EventLog,
     streams: BTreeMap<StreamId, Box<dyn AnyStaged>>,
     /// Streams read ahead by [`UnitOfWork::prefetch`], not yet staged.
-    prefetched: HashMap<StreamId, Vec<RecordedEvent>>,
+    prefetched: HashMap<StreamId, History>,
+    /// The histories of staged streams of cached types, extended after the commit.
+    histories: HashMap<StreamId, History>,
     speculative: bool,
     /// Streams taken from the cache or assumed new instead of read.
     unread: HashSet<StreamId>,
@@ -142,6 +143,7 @@ impl<'a> UnitOfWork<'a> {
             log,
             streams: BTreeMap::new(),
             prefetched: HashMap::new(),
+            histories: HashMap::new(),
             speculative: false,
             unread: HashSet::new(),
         }
@@ -170,20 +172,20 @@ impl<'a> UnitOfWork<'a> {
         }
         for stream in streams {
             if !self.streams.contains_key(stream) && !self.prefetched.contains_key(stream) {
-                self.prefetched.insert(stream.clone(), Vec::new());
+                self.prefetched.insert(stream.clone(), History::default());
                 self.unread.insert(stream.clone());
             }
         }
     }
 
     /// The stream's cached history, for a speculative unit of work.
-    fn cached_history(&mut self, stream: &StreamId) -> Option<Vec<RecordedEvent>> {
+    fn cached_history(&mut self, stream: &StreamId) -> Option<History> {
         if !self.speculative {
             return None;
         }
         let history = self.log.cached(stream)?;
         self.unread.insert(stream.clone());
-        Some(history.as_ref().clone())
+        Some(history)
     }
 
     /// Reads the streams (of one tenant) that the coming commands will need, in one query
@@ -205,21 +207,22 @@ impl<'a> UnitOfWork<'a> {
         wanted.sort();
         wanted.dedup();
         for chunk in wanted.chunks(PREFETCH_CHUNK) {
-            for stream in chunk {
-                self.prefetched.insert(stream.clone(), Vec::new());
-            }
+            let mut read: HashMap<StreamId, Vec<_>> =
+                chunk.iter().map(|s| (s.clone(), Vec::new())).collect();
             for event in self.log.load_many(chunk).await? {
                 let stream = StreamId::new(
                     chunk[0].tenant_id.clone(),
                     event.aggregate_type.clone(),
                     event.aggregate_id.clone(),
                 );
-                if let Some(history) = self.prefetched.get_mut(&stream) {
+                if let Some(history) = read.get_mut(&stream) {
                     history.push(event);
                 }
             }
-            for stream in chunk {
-                self.log.remember(stream, &self.prefetched[stream]);
+            for (stream, history) in read {
+                let history = History::new(history);
+                self.log.remember(&stream, history.clone());
+                self.prefetched.insert(stream, history);
             }
         }
         Ok(())
@@ -249,13 +252,16 @@ impl<'a> UnitOfWork<'a> {
                 None => match self.cached_history(stream) {
                     Some(history) => history,
                     None => {
-                        let history = self.log.load(stream, 0).await?;
-                        self.log.remember(stream, &history);
+                        let history = History::new(self.log.load(stream, 0).await?);
+                        self.log.remember(stream, history.clone());
                         history
                     }
                 },
             };
             let loaded = fold::<A>(&history)?;
+            if self.log.caches(stream) {
+                self.histories.insert(stream.clone(), history);
+            }
             let Loaded {
                 aggregate,
                 version,
@@ -332,11 +338,28 @@ impl<'a> UnitOfWork<'a> {
         }
         let commit = Commit { batch, key, reads };
         let result = self.log.commit_grouped(commit, Box::new(respond)).await;
-        if matches!(result, Err(CommitError::Conflict)) {
-            // Whatever was cached may be what conflicted.
-            for stream in &self.unread {
-                self.log.forget(stream);
+        match &result {
+            Ok((committed, _)) => {
+                // The cache follows what this commit wrote.
+                for (stream, history) in &self.histories {
+                    if committed
+                        .appended
+                        .events
+                        .iter()
+                        .any(|e| e.aggregate_id == stream.aggregate_id)
+                    {
+                        self.log
+                            .remember_appended(stream, history, &committed.appended.events);
+                    }
+                }
             }
+            // Whatever was cached may be what conflicted.
+            Err(CommitError::Conflict) => {
+                for stream in &self.unread {
+                    self.log.forget(stream);
+                }
+            }
+            Err(_) => {}
         }
         result
     }
