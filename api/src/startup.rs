@@ -44,7 +44,7 @@ pub struct Application {
 }
 
 /// Most events the stream cache holds (a few tens of megabytes at most).
-const STREAM_CACHE_EVENTS: usize = 20_000;
+const STREAM_CACHE_EVENTS: usize = 5_000;
 
 impl Application {
     /// Connects, migrates, starts the projectors (unless disabled) and binds the listener.

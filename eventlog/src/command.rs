@@ -16,6 +16,8 @@
 //! `CqrsFramework::execute` is not used: it commits one command per transaction through a
 //! repository that cannot carry the gateway's columns, cursors or shared transactions.
 
+use std::borrow::Borrow;
+
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
@@ -24,7 +26,7 @@ use domain::metadata::EventMetadata;
 use crate::cursor::Cursor;
 use crate::idempotency::{IdempotencyKey, StoredResponse};
 use crate::store::{AppendError, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId};
-use crate::stream_cache::History;
+use crate::stream_cache::history_of;
 
 /// How many times a command is decided before a concurrency conflict is reported.
 pub const MAX_ATTEMPTS: usize = 5;
@@ -103,17 +105,28 @@ pub async fn decide_new<A: Aggregate>(
 }
 
 /// Folds a stream's events, in sequence order, into its aggregate.
-pub fn fold<A: Aggregate>(history: &[RecordedEvent]) -> Result<Loaded<A>, CommandError<A::Error>> {
+pub fn fold<A: Aggregate, E: Borrow<RecordedEvent>>(
+    history: &[E],
+) -> Result<Loaded<A>, CommandError<A::Error>> {
     let mut aggregate = A::default();
     for event in history {
-        aggregate.apply(event.decode::<A::Event>().map_err(CommandError::Corrupt)?);
+        aggregate.apply(
+            event
+                .borrow()
+                .decode::<A::Event>()
+                .map_err(CommandError::Corrupt)?,
+        );
     }
+    let (first, last) = (
+        history.first().map(Borrow::borrow),
+        history.last().map(Borrow::borrow),
+    );
     Ok(Loaded {
         aggregate,
-        version: history.last().map_or(0, |e| e.sequence as u64),
-        cursor: history.last().map(|e| e.cursor),
-        created_at: history.first().map(|e| e.recorded_at),
-        updated_at: history.last().map(|e| e.recorded_at),
+        version: last.map_or(0, |e| e.sequence as u64),
+        cursor: last.map(|e| e.cursor),
+        created_at: first.map(|e| e.recorded_at),
+        updated_at: last.map(|e| e.recorded_at),
     })
 }
 
@@ -127,7 +140,7 @@ impl EventLog {
         let history = self.load(stream, 0).await?;
         let loaded = fold(&history);
         if self.caches(stream) {
-            self.remember(stream, History::new(history));
+            self.remember(stream, history_of(history));
         }
         loaded
     }
@@ -176,7 +189,7 @@ impl EventLog {
             let history = match cached {
                 Some(history) => history,
                 None => {
-                    let history = History::new(self.load(stream, 0).await?);
+                    let history = history_of(self.load(stream, 0).await?);
                     self.remember(stream, history.clone());
                     history
                 }
@@ -187,7 +200,7 @@ impl EventLog {
                 cursor,
                 created_at,
                 updated_at,
-            } = fold::<A>(&history)?;
+            } = fold::<A, _>(&history)?;
             let sink = EventSink::default();
             let handled = aggregate.handle(command.clone(), services, &sink).await;
             let decided = sink.collect().await;

@@ -125,14 +125,21 @@ pub struct RecordedEvent {
 impl RecordedEvent {
     /// Deserializes the payload as the domain event enum `E`.
     pub fn decode<E: DomainEvent>(&self) -> Result<E, serde_json::Error> {
-        let tagged = if self.payload.is_null() {
-            Value::String(self.event_type.clone())
-        } else {
-            let mut map = serde_json::Map::with_capacity(1);
-            map.insert(self.event_type.clone(), self.payload.clone());
-            Value::Object(map)
-        };
-        serde_json::from_value(tagged)
+        use serde::de::IntoDeserializer;
+        use serde::de::value::{MapAccessDeserializer, MapDeserializer, StrDeserializer};
+        // Externally tagged, read in place: `"Type"` for a unit variant, else
+        // `{"Type": payload}` (without copying the payload into such a map).
+        if self.payload.is_null() {
+            let tag: StrDeserializer<'_, serde_json::Error> =
+                self.event_type.as_str().into_deserializer();
+            return E::deserialize(tag);
+        }
+        E::deserialize(MapAccessDeserializer::new(MapDeserializer::<
+            _,
+            serde_json::Error,
+        >::new(std::iter::once(
+            (self.event_type.as_str(), &self.payload),
+        ))))
     }
 
     /// The event as it travels to subscribers (NATS, Server-Sent Events): one documented JSON

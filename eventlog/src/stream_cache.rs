@@ -20,8 +20,14 @@ use std::sync::{Arc, Mutex};
 
 use crate::store::{EventLog, RecordedEvent, StreamId};
 
-/// A stream's events as last read or written.
-pub type History = Arc<Vec<RecordedEvent>>;
+/// A stream's events as last read or written, shared (a commit extends a history without
+/// copying its events).
+pub type History = Arc<Vec<Arc<RecordedEvent>>>;
+
+/// A history of freshly read events.
+pub(crate) fn history_of(events: Vec<RecordedEvent>) -> History {
+    Arc::new(events.into_iter().map(Arc::new).collect())
+}
 
 /// The longest stream the cache keeps.
 pub const MAX_CACHED_STREAM: usize = 1_000;
@@ -127,7 +133,7 @@ impl EventLog {
     pub(crate) fn remember_appended(
         &self,
         stream: &StreamId,
-        history: &[RecordedEvent],
+        history: &[Arc<RecordedEvent>],
         appended: &[RecordedEvent],
     ) {
         if !self.caches(stream) {
@@ -143,7 +149,7 @@ impl EventLog {
                         && e.aggregate_type == stream.aggregate_type
                         && e.tenant_id.as_str() == stream.tenant_id.as_str()
                 })
-                .cloned(),
+                .map(|e| Arc::new(e.clone())),
         );
         self.remember(stream, Arc::new(extended));
     }

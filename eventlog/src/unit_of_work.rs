@@ -22,7 +22,7 @@ use crate::cursor::Cursor;
 use crate::group_commit::{Commit, KeyUse};
 use crate::idempotency::StoredResponse;
 use crate::store::{AppendError, Appended, EventLog, NewEvent, StreamAppend, StreamId};
-use crate::stream_cache::History;
+use crate::stream_cache::{History, history_of};
 
 /// One stream as a unit of work holds it.
 pub struct Staged<A: Aggregate> {
@@ -220,7 +220,7 @@ impl<'a> UnitOfWork<'a> {
                 }
             }
             for (stream, history) in read {
-                let history = History::new(history);
+                let history = history_of(history);
                 self.log.remember(&stream, history.clone());
                 self.prefetched.insert(stream, history);
             }
@@ -252,13 +252,13 @@ impl<'a> UnitOfWork<'a> {
                 None => match self.cached_history(stream) {
                     Some(history) => history,
                     None => {
-                        let history = History::new(self.log.load(stream, 0).await?);
+                        let history = history_of(self.log.load(stream, 0).await?);
                         self.log.remember(stream, history.clone());
                         history
                     }
                 },
             };
-            let loaded = fold::<A>(&history)?;
+            let loaded = fold::<A, _>(&history)?;
             if self.log.caches(stream) {
                 self.histories.insert(stream.clone(), history);
             }
