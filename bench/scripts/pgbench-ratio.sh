@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Measures, side by side in one run, PostgreSQL's own single-row insert rate (pgbench: one
 # ~300-byte JSON row per transaction into an events-shaped table with a unique key,
-# synchronous_commit on) and the gateway's create-entity rate over HTTP (authenticated, each
-# request with an Idempotency-Key), both at the same number of clients, and prints the ratio.
+# synchronous_commit on) and the gateway's rate over HTTP for one workload (authenticated,
+# each request with an Idempotency-Key), both at the same number of clients, and prints the
+# ratio. The workload is create-entities (the default) or send-messages (an agent on the
+# simulated vendorA at 0 ms), from $WORKLOAD.
 #
 #   bench/scripts/pgbench-ratio.sh [clients] [seconds]
+#   WORKLOAD=send-messages bench/scripts/pgbench-ratio.sh 64 20
 #
 # Needs: a release build (cargo build --release -p api -p gateway-bench), psql and pgbench, and
 # PostgreSQL at $PG_URL (default postgres://postgres@127.0.0.1:5432).
@@ -12,6 +15,7 @@ set -euo pipefail
 
 CLIENTS=${1:-64}
 SECONDS_EACH=${2:-20}
+WORKLOAD=${WORKLOAD:-create-entities}
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 GATEWAY=$ROOT/target/release/gateway
@@ -50,8 +54,9 @@ pg_tps=$(pgbench -n -c "$CLIENTS" -j 2 -T "$SECONDS_EACH" -f "$script" "$PG_URL/
 rm -f "$script"
 echo "pgbench: $pg_tps transactions/s"
 
-echo "== gateway: create-entity over HTTP, $CLIENTS clients, ${SECONDS_EACH}s"
-line=$("$BENCH" --spawn "$GATEWAY" --database-url "$PG_URL/$DB" -c "$CLIENTS" -d "$SECONDS_EACH" | tail -1)
+echo "== gateway: $WORKLOAD over HTTP, $CLIENTS clients, ${SECONDS_EACH}s"
+line=$("$BENCH" --spawn "$GATEWAY" --database-url "$PG_URL/$DB" -c "$CLIENTS" -d "$SECONDS_EACH" \
+  --workload "$WORKLOAD" | tail -1)
 echo "$line"
 gw_rps=$(echo "$line" | python3 -c 'import json,sys; print(json.load(sys.stdin)["throughputPerSecond"])')
 python3 - "$pg_tps" "$gw_rps" <<'PY'
