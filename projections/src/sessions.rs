@@ -7,6 +7,8 @@
 //! Rows are keyed by the event's place in its session's stream, so applying an event twice
 //! changes nothing, and timestamps come from the events, so a rebuild reproduces every row.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -61,18 +63,38 @@ impl Projector for SessionsProjector {
             "UPDATE {table} SET status = $3, closed_at = $4, version = $5 \
              WHERE tenant_id = $1 AND id = $2 AND version < $5"
         );
-        let message = format!(
-            "UPDATE {table} SET message_count = message_count + 1, last_activity_at = $3, \
-             version = $4 WHERE tenant_id = $1 AND id = $2 AND version < $4"
+        // Messages and provider calls only move a session's counters: they are summed per
+        // session and written in one update each, before the batch's next creation or
+        // closing (so every session's events still apply in log order).
+        let progress = format!(
+            "UPDATE {table} SET message_count = message_count + $3, \
+             last_activity_at = coalesce($4, last_activity_at), version = $5 \
+             WHERE tenant_id = $1 AND id = $2 AND version < $5"
         );
-        let touch = format!(
-            "UPDATE {table} SET version = $3 WHERE tenant_id = $1 AND id = $2 AND version < $3"
-        );
+        let mut moved: BTreeMap<(&str, &str), Progress> = BTreeMap::new();
         for event in session_events(events) {
             let tenant = event.tenant_id.as_str();
             let session = event.aggregate_id.as_str();
             let (version, at) = (event.sequence, event.recorded_at);
             let decoded: SessionEvent = crate::decode(event)?;
+            if let SessionEvent::UserMessageRecorded { .. }
+            | SessionEvent::AssistantMessageRecorded { .. }
+            | SessionEvent::ProviderCallAttempted { .. }
+            | SessionEvent::MessageFailed { .. } = &decoded
+            {
+                let entry = moved.entry((tenant, session)).or_default();
+                entry.version = version;
+                if matches!(
+                    decoded,
+                    SessionEvent::UserMessageRecorded { .. }
+                        | SessionEvent::AssistantMessageRecorded { .. }
+                ) {
+                    entry.messages += 1;
+                    entry.last_activity = Some(at);
+                }
+                continue;
+            }
+            write_progress(tx, &progress, &mut moved).await?;
             eventlog::on_tx!(&mut *tx, conn => {
                 let query = match &decoded {
                     SessionEvent::SessionCreated { agent_id, customer_id, metadata, .. } => {
@@ -91,23 +113,44 @@ impl Projector for SessionsProjector {
                         .bind(SessionStatus::Closed.as_str())
                         .bind(at)
                         .bind(version),
-                    SessionEvent::UserMessageRecorded { .. }
-                    | SessionEvent::AssistantMessageRecorded { .. } => sqlx::query(&message)
-                        .bind(tenant)
-                        .bind(session)
-                        .bind(at)
-                        .bind(version),
-                    SessionEvent::ProviderCallAttempted { .. }
-                    | SessionEvent::MessageFailed { .. } => sqlx::query(&touch)
-                        .bind(tenant)
-                        .bind(session)
-                        .bind(version),
+                    _ => unreachable!("summed above"),
                 };
                 query.execute(&mut *conn).await?;
             });
         }
+        write_progress(tx, &progress, &mut moved).await?;
         Ok(())
     }
+}
+
+/// What a session's messages and provider calls in a batch change on its row.
+#[derive(Debug, Default)]
+struct Progress {
+    messages: i64,
+    last_activity: Option<DateTime<Utc>>,
+    /// The last event's sequence.
+    version: i64,
+}
+
+/// Writes (and empties) `moved` with the `progress` statement.
+async fn write_progress(
+    tx: &mut Tx,
+    progress: &str,
+    moved: &mut BTreeMap<(&str, &str), Progress>,
+) -> Result<(), ProjectionError> {
+    for ((tenant, session), change) in std::mem::take(moved) {
+        eventlog::on_tx!(&mut *tx, conn => {
+            sqlx::query(progress)
+                .bind(tenant)
+                .bind(session)
+                .bind(change.messages)
+                .bind(change.last_activity)
+                .bind(change.version)
+                .execute(&mut *conn)
+                .await?;
+        });
+    }
+    Ok(())
 }
 
 /// One session as the read model holds it.
@@ -223,12 +266,7 @@ impl Projector for TranscriptsProjector {
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
         let table = target.table("transcript_messages");
-        let insert = format!(
-            "INSERT INTO {table} (tenant_id, session_id, sequence, id, role, content, reply_to, \
-             provider, model, usage, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING"
-        );
+        let mut rows = Vec::new();
         for event in session_events(events) {
             let decoded: SessionEvent = crate::decode(event)?;
             let row = match decoded {
@@ -260,27 +298,41 @@ impl Projector for TranscriptsProjector {
                 }
                 _ => continue,
             };
-            let (id, role, content, reply_to, provider, model, usage) = row;
+            rows.push((event, row));
+        }
+        // One statement per chunk of messages.
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "INSERT INTO {table} (tenant_id, session_id, sequence, id, role, content, \
+                 reply_to, provider, model, usage, created_at) VALUES {} \
+                 ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING",
+                tx.backend().values(chunk.len(), 11)
+            );
             eventlog::on_tx!(&mut *tx, conn => {
-                sqlx::query(&insert)
-                    .bind(event.tenant_id.as_str())
-                    .bind(event.aggregate_id.as_str())
-                    .bind(event.sequence)
-                    .bind(id.as_str())
-                    .bind(role)
-                    .bind(content.as_str())
-                    .bind(reply_to.as_deref())
-                    .bind(provider.as_deref())
-                    .bind(model.as_deref())
-                    .bind(usage.as_ref().map(Json))
-                    .bind(event.recorded_at)
-                    .execute(&mut *conn)
-                    .await?;
+                let mut query = sqlx::query(&sql).persistent(chunk.len() == INSERT_CHUNK);
+                for (event, (id, role, content, reply_to, provider, model, usage)) in chunk {
+                    query = query
+                        .bind(event.tenant_id.as_str())
+                        .bind(event.aggregate_id.as_str())
+                        .bind(event.sequence)
+                        .bind(id.as_str())
+                        .bind(*role)
+                        .bind(content.as_str())
+                        .bind(reply_to.as_deref())
+                        .bind(provider.as_deref())
+                        .bind(model.as_deref())
+                        .bind(usage.as_ref().map(Json))
+                        .bind(event.recorded_at);
+                }
+                query.execute(&mut *conn).await?;
             });
         }
         Ok(())
     }
 }
+
+/// Most rows in one insert of a projector of this module.
+const INSERT_CHUNK: usize = 200;
 
 /// One message of a transcript.
 #[derive(Debug, Clone, PartialEq)]
@@ -362,38 +414,44 @@ impl Projector for ProviderCallsProjector {
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
         let table = target.table("provider_calls");
-        let insert = format!(
-            "INSERT INTO {table} (tenant_id, session_id, sequence, message_id, provider, model, \
-             attempt, status, http_status, latency_ms, error_code, retry_after_ms, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING"
-        );
+        let mut calls = Vec::new();
         for event in session_events(events) {
-            let SessionEvent::ProviderCallAttempted {
+            if let SessionEvent::ProviderCallAttempted {
                 message_id,
                 attempt,
                 ..
             } = crate::decode(event)?
-            else {
-                continue;
-            };
+            {
+                calls.push((event, message_id, attempt));
+            }
+        }
+        // One statement per chunk of calls.
+        for chunk in calls.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "INSERT INTO {table} (tenant_id, session_id, sequence, message_id, provider, \
+                 model, attempt, status, http_status, latency_ms, error_code, retry_after_ms, \
+                 created_at) VALUES {} ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING",
+                tx.backend().values(chunk.len(), 13)
+            );
             eventlog::on_tx!(&mut *tx, conn => {
-                sqlx::query(&insert)
-                    .bind(event.tenant_id.as_str())
-                    .bind(event.aggregate_id.as_str())
-                    .bind(event.sequence)
-                    .bind(message_id.as_str())
-                    .bind(attempt.provider.as_str())
-                    .bind(attempt.model.as_deref())
-                    .bind(attempt.attempt as i32)
-                    .bind(attempt.status.as_str())
-                    .bind(attempt.http_status.map(i32::from))
-                    .bind(attempt.latency_ms as i64)
-                    .bind(attempt.error_code.as_deref())
-                    .bind(attempt.retry_after_ms.map(|ms| ms as i64))
-                    .bind(event.recorded_at)
-                    .execute(&mut *conn)
-                    .await?;
+                let mut query = sqlx::query(&sql).persistent(chunk.len() == INSERT_CHUNK);
+                for (event, message_id, attempt) in chunk {
+                    query = query
+                        .bind(event.tenant_id.as_str())
+                        .bind(event.aggregate_id.as_str())
+                        .bind(event.sequence)
+                        .bind(message_id.as_str())
+                        .bind(attempt.provider.as_str())
+                        .bind(attempt.model.as_deref())
+                        .bind(attempt.attempt as i32)
+                        .bind(attempt.status.as_str())
+                        .bind(attempt.http_status.map(i32::from))
+                        .bind(attempt.latency_ms as i64)
+                        .bind(attempt.error_code.as_deref())
+                        .bind(attempt.retry_after_ms.map(|ms| ms as i64))
+                        .bind(event.recorded_at);
+                }
+                query.execute(&mut *conn).await?;
             });
         }
         Ok(())
