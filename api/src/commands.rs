@@ -209,7 +209,7 @@ pub async fn run<A, R>(
     reject: impl Fn(A::Error) -> ApiError,
 ) -> Result<(CommandOutcome<A>, StoredResponse), Response>
 where
-    A: Aggregate,
+    A: Aggregate + Clone + 'static,
     A::Command: Clone,
     A::Error: Send + Sync + 'static,
     R: RequiredRole,

@@ -16,8 +16,6 @@
 //! `CqrsFramework::execute` is not used: it commits one command per transaction through a
 //! repository that cannot carry the gateway's columns, cursors or shared transactions.
 
-use std::borrow::Borrow;
-
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
@@ -26,7 +24,6 @@ use domain::metadata::EventMetadata;
 use crate::cursor::Cursor;
 use crate::idempotency::{IdempotencyKey, StoredResponse};
 use crate::store::{AppendError, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId};
-use crate::stream_cache::history_of;
 
 /// How many times a command is decided before a concurrency conflict is reported.
 pub const MAX_ATTEMPTS: usize = 5;
@@ -105,44 +102,31 @@ pub async fn decide_new<A: Aggregate>(
 }
 
 /// Folds a stream's events, in sequence order, into its aggregate.
-pub fn fold<A: Aggregate, E: Borrow<RecordedEvent>>(
-    history: &[E],
-) -> Result<Loaded<A>, CommandError<A::Error>> {
+pub fn fold<A: Aggregate>(history: &[RecordedEvent]) -> Result<Loaded<A>, CommandError<A::Error>> {
     let mut aggregate = A::default();
     for event in history {
-        aggregate.apply(
-            event
-                .borrow()
-                .decode::<A::Event>()
-                .map_err(CommandError::Corrupt)?,
-        );
+        aggregate.apply(event.decode::<A::Event>().map_err(CommandError::Corrupt)?);
     }
-    let (first, last) = (
-        history.first().map(Borrow::borrow),
-        history.last().map(Borrow::borrow),
-    );
     Ok(Loaded {
         aggregate,
-        version: last.map_or(0, |e| e.sequence as u64),
-        cursor: last.map(|e| e.cursor),
-        created_at: first.map(|e| e.recorded_at),
-        updated_at: last.map(|e| e.recorded_at),
+        version: history.last().map_or(0, |e| e.sequence as u64),
+        cursor: history.last().map(|e| e.cursor),
+        created_at: history.first().map(|e| e.recorded_at),
+        updated_at: history.last().map(|e| e.recorded_at),
     })
 }
 
 impl EventLog {
     /// Loads a stream (from the database, never from the cache) and folds its events into
     /// the aggregate.
-    pub async fn load_aggregate<A: Aggregate>(
+    pub async fn load_aggregate<A: Aggregate + Clone + 'static>(
         &self,
         stream: &StreamId,
     ) -> Result<Loaded<A>, CommandError<A::Error>> {
         let history = self.load(stream, 0).await?;
-        let loaded = fold(&history);
-        if self.caches(stream) {
-            self.remember(stream, history_of(history));
-        }
-        loaded
+        let loaded = fold(&history)?;
+        self.remember(stream, &loaded);
+        Ok(loaded)
     }
 
     /// Decides `command` on the stream's current state and appends the resulting events.
@@ -154,7 +138,7 @@ impl EventLog {
         metadata: &EventMetadata,
     ) -> Result<CommandOutcome<A>, CommandError<A::Error>>
     where
-        A: Aggregate,
+        A: Aggregate + Clone + 'static,
         A::Command: Clone,
     {
         self.execute_with(stream, command, services, metadata, None, |_| None)
@@ -175,7 +159,7 @@ impl EventLog {
         respond: R,
     ) -> Result<(CommandOutcome<A>, Option<StoredResponse>), CommandError<A::Error>>
     where
-        A: Aggregate,
+        A: Aggregate + Clone + 'static,
         A::Command: Clone,
         R: Fn(&CommandOutcome<A>) -> Option<StoredResponse>,
     {
@@ -184,15 +168,15 @@ impl EventLog {
         let mut use_cache = true;
         loop {
             attempt += 1;
-            let cached = if use_cache { self.cached(stream) } else { None };
+            let cached = if use_cache {
+                self.cached::<A>(stream)
+            } else {
+                None
+            };
             let from_cache = cached.is_some();
-            let history = match cached {
-                Some(history) => history,
-                None => {
-                    let history = history_of(self.load(stream, 0).await?);
-                    self.remember(stream, history.clone());
-                    history
-                }
+            let loaded = match cached {
+                Some(loaded) => loaded,
+                None => self.load_aggregate::<A>(stream).await?,
             };
             let Loaded {
                 mut aggregate,
@@ -200,7 +184,7 @@ impl EventLog {
                 cursor,
                 created_at,
                 updated_at,
-            } = fold::<A, _>(&history)?;
+            } = loaded;
             let sink = EventSink::default();
             let handled = aggregate.handle(command.clone(), services, &sink).await;
             let decided = sink.collect().await;
@@ -281,7 +265,16 @@ impl EventLog {
                 self.complete_idempotency_in(&mut tx, key, response).await?;
             }
             tx.commit().await?;
-            self.remember_appended(stream, &history, &outcome.events);
+            self.remember(
+                stream,
+                &Loaded {
+                    aggregate: outcome.aggregate.clone(),
+                    version: outcome.version,
+                    cursor: outcome.cursor,
+                    created_at: outcome.created_at,
+                    updated_at: outcome.updated_at,
+                },
+            );
             if let Some(cursor) = cursor {
                 self.notify_appended(cursor);
             }

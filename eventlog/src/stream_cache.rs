@@ -1,54 +1,72 @@
-//! Streams kept in memory between commands, so that a command does not read a stream it (or
-//! another request of this process) read or wrote a moment ago: an entity type's schema, read
-//! by every write to its records; a session, read and appended to by every message.
+//! Aggregates kept in memory between commands, so that a command does not read and fold a
+//! stream it (or another request of this process) read or wrote a moment ago: an entity
+//! type's schema, read by every write to its records; a session, read and appended to by every
+//! message.
 //!
-//! A cached stream is never trusted blindly: a command that decides on a cached stream has the
-//! stream's version checked in the transaction that commits it (when it appends to the stream,
-//! the append's own `(stream, sequence)` uniqueness checks it; otherwise a version check). A
-//! stale entry makes that commit conflict; the entry is dropped and the command is decided
-//! again on a fresh read. A refusal, or a command that changes nothing, decided on a cached
-//! stream is decided again on a fresh read before it is answered.
+//! The cache holds each stream's aggregate as folded at a version, with that version. A cached
+//! aggregate is never trusted blindly: a command that decides on one has the stream's version
+//! checked in the transaction that commits it (when it appends to the stream, the append's own
+//! `(stream, sequence)` uniqueness checks it; otherwise a version check). A stale entry makes
+//! that commit conflict; the entry is dropped and the command is decided again on a fresh
+//! read. A refusal, or a command that changes nothing, decided on a cached aggregate is decided
+//! again on a fresh read before it is answered.
 //!
-//! Streams enter the cache when they are read, and are extended with the events a commit of
-//! this process appends to them. Which aggregate types are cached is set once per log
-//! ([`EventLog::cache_streams`]). The cache holds at most a fixed number of events (an empty
-//! stream counts as one); when full, it drops a random half of its streams. Streams longer
-//! than [`MAX_CACHED_STREAM`] events are not kept.
+//! Aggregates enter the cache when their stream is read, and are replaced by the state a commit
+//! of this process leaves. Which aggregate types are cached is set once per log
+//! ([`EventLog::cache_streams`]). The cache weighs an aggregate by its stream's length (an
+//! empty stream counts as one) and holds at most a fixed weight; when full, it drops a random
+//! half of its entries. Streams longer than [`MAX_CACHED_STREAM`] events are not kept.
 
+use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use crate::store::{EventLog, RecordedEvent, StreamId};
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
 
-/// A stream's events as last read or written, shared (a commit extends a history without
-/// copying its events).
-pub type History = Arc<Vec<Arc<RecordedEvent>>>;
-
-/// A history of freshly read events.
-pub(crate) fn history_of(events: Vec<RecordedEvent>) -> History {
-    Arc::new(events.into_iter().map(Arc::new).collect())
-}
+use crate::command::Loaded;
+use crate::cursor::Cursor;
+use crate::store::{EventLog, StreamId};
 
 /// The longest stream the cache keeps.
-pub const MAX_CACHED_STREAM: usize = 1_000;
+pub const MAX_CACHED_STREAM: u64 = 1_000;
 
-#[derive(Debug)]
+/// An aggregate as folded at a version.
+#[derive(Clone)]
+struct Entry {
+    state: Arc<dyn Any + Send + Sync>,
+    version: u64,
+    cursor: Option<Cursor>,
+    created_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+impl Entry {
+    fn weight(&self) -> usize {
+        self.version.max(1) as usize
+    }
+}
+
 pub(crate) struct StreamCache {
     aggregate_types: HashSet<String>,
-    /// Most events held.
+    /// Most weight held.
     capacity: usize,
     entries: Mutex<Entries>,
 }
 
-#[derive(Debug, Default)]
-struct Entries {
-    streams: HashMap<StreamId, History>,
-    /// Events held (each stream counts at least one).
-    weight: usize,
+impl std::fmt::Debug for StreamCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamCache")
+            .field("aggregate_types", &self.aggregate_types)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
 }
 
-fn weight(history: &History) -> usize {
-    history.len().max(1)
+#[derive(Default)]
+struct Entries {
+    streams: HashMap<StreamId, Entry>,
+    weight: usize,
 }
 
 impl StreamCache {
@@ -56,7 +74,7 @@ impl StreamCache {
         self.aggregate_types.contains(&stream.aggregate_type)
     }
 
-    fn get(&self, stream: &StreamId) -> Option<History> {
+    fn get(&self, stream: &StreamId) -> Option<Entry> {
         if !self.caches(stream) {
             return None;
         }
@@ -68,39 +86,39 @@ impl StreamCache {
             .cloned()
     }
 
-    /// Keeps a stream of a cached type (the caller checks [`StreamCache::caches`]).
-    fn put(&self, stream: &StreamId, history: History) {
+    /// Keeps an aggregate of a cached type (the caller checks [`StreamCache::caches`]).
+    fn put(&self, stream: &StreamId, entry: Entry) {
         let mut entries = self.entries.lock().expect("stream cache lock poisoned");
         if let Some(old) = entries.streams.remove(stream) {
-            entries.weight -= weight(&old);
+            entries.weight -= old.weight();
         }
-        if history.len() > MAX_CACHED_STREAM {
+        if entry.version > MAX_CACHED_STREAM {
             return;
         }
-        if entries.weight + weight(&history) > self.capacity {
+        if entries.weight + entry.weight() > self.capacity {
             let mut keep = false;
             entries.streams.retain(|_, _| {
                 keep = !keep;
                 keep
             });
-            entries.weight = entries.streams.values().map(weight).sum();
+            entries.weight = entries.streams.values().map(Entry::weight).sum();
         }
-        entries.weight += weight(&history);
-        entries.streams.insert(stream.clone(), history);
+        entries.weight += entry.weight();
+        entries.streams.insert(stream.clone(), entry);
     }
 
     fn forget(&self, stream: &StreamId) {
         let mut entries = self.entries.lock().expect("stream cache lock poisoned");
         if let Some(old) = entries.streams.remove(stream) {
-            entries.weight -= weight(&old);
+            entries.weight -= old.weight();
         }
     }
 }
 
 impl EventLog {
-    /// Keeps streams of `aggregate_types`, up to `capacity` events in all, in memory for
-    /// commands that may decide on cached state (see the module documentation). Set once;
-    /// later calls are ignored.
+    /// Keeps aggregates of `aggregate_types`, weighing up to `capacity` events in all, in
+    /// memory for commands that may decide on cached state (see the module documentation).
+    /// Set once; later calls are ignored.
     pub fn cache_streams(&self, aggregate_types: &[&str], capacity: usize) {
         let _ = self.stream_cache().set(StreamCache {
             aggregate_types: aggregate_types.iter().map(|t| t.to_string()).collect(),
@@ -114,44 +132,50 @@ impl EventLog {
         self.stream_cache().get().is_some_and(|c| c.caches(stream))
     }
 
-    /// The stream's cached history, if it is cached.
-    pub(crate) fn cached(&self, stream: &StreamId) -> Option<History> {
-        self.stream_cache().get()?.get(stream)
+    /// Whether the cache holds `stream` now.
+    pub(crate) fn is_cached(&self, stream: &StreamId) -> bool {
+        self.stream_cache()
+            .get()
+            .is_some_and(|c| c.get(stream).is_some())
     }
 
-    /// Remembers a stream's history as just read, if streams of its type are cached.
-    pub(crate) fn remember(&self, stream: &StreamId, history: History) {
+    /// The stream's cached aggregate, if it is cached.
+    pub(crate) fn cached<A: Aggregate + Clone + 'static>(
+        &self,
+        stream: &StreamId,
+    ) -> Option<Loaded<A>> {
+        let entry = self.stream_cache().get()?.get(stream)?;
+        let aggregate = entry.state.downcast_ref::<A>()?.clone();
+        Some(Loaded {
+            aggregate,
+            version: entry.version,
+            cursor: entry.cursor,
+            created_at: entry.created_at,
+            updated_at: entry.updated_at,
+        })
+    }
+
+    /// Remembers a stream's aggregate as just read or committed, if streams of its type are
+    /// cached.
+    pub(crate) fn remember<A: Aggregate + Clone + 'static>(
+        &self,
+        stream: &StreamId,
+        loaded: &Loaded<A>,
+    ) {
         if let Some(cache) = self.stream_cache().get()
             && cache.caches(stream)
         {
-            cache.put(stream, history);
+            cache.put(
+                stream,
+                Entry {
+                    state: Arc::new(loaded.aggregate.clone()),
+                    version: loaded.version,
+                    cursor: loaded.cursor,
+                    created_at: loaded.created_at,
+                    updated_at: loaded.updated_at,
+                },
+            );
         }
-    }
-
-    /// Remembers `history` followed by the events of `stream` among `appended` (a commit of
-    /// this process that wrote after `history`).
-    pub(crate) fn remember_appended(
-        &self,
-        stream: &StreamId,
-        history: &[Arc<RecordedEvent>],
-        appended: &[RecordedEvent],
-    ) {
-        if !self.caches(stream) {
-            return;
-        }
-        let mut extended = Vec::with_capacity(history.len() + appended.len());
-        extended.extend_from_slice(history);
-        extended.extend(
-            appended
-                .iter()
-                .filter(|e| {
-                    e.aggregate_id == stream.aggregate_id
-                        && e.aggregate_type == stream.aggregate_type
-                        && e.tenant_id.as_str() == stream.tenant_id.as_str()
-                })
-                .map(|e| Arc::new(e.clone())),
-        );
-        self.remember(stream, Arc::new(extended));
     }
 
     /// Drops a stream that turned out stale.

@@ -21,8 +21,9 @@ use crate::command::{CommandError, Loaded, fold};
 use crate::cursor::Cursor;
 use crate::group_commit::{Commit, KeyUse};
 use crate::idempotency::StoredResponse;
-use crate::store::{AppendError, Appended, EventLog, NewEvent, StreamAppend, StreamId};
-use crate::stream_cache::{History, history_of};
+use crate::store::{
+    AppendError, Appended, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId,
+};
 
 /// One stream as a unit of work holds it.
 pub struct Staged<A: Aggregate> {
@@ -48,9 +49,38 @@ impl<A: Aggregate> Staged<A> {
 trait AnyStaged: Send + Sync {
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn new_events(&self) -> Result<(u64, Vec<NewEvent>), serde_json::Error>;
+    /// Puts the state a commit left in the stream cache.
+    fn remember_committed(&self, log: &EventLog, stream: &StreamId, appended: &[RecordedEvent]);
 }
 
-impl<A: Aggregate + 'static> AnyStaged for Staged<A> {
+impl<A: Aggregate + Clone + 'static> AnyStaged for Staged<A> {
+    fn remember_committed(&self, log: &EventLog, stream: &StreamId, appended: &[RecordedEvent]) {
+        let mine: Vec<&RecordedEvent> = appended
+            .iter()
+            .filter(|e| {
+                e.aggregate_id == stream.aggregate_id
+                    && e.aggregate_type == stream.aggregate_type
+                    && e.tenant_id.as_str() == stream.tenant_id.as_str()
+            })
+            .collect();
+        let (Some(first), Some(last)) = (mine.first(), mine.last()) else {
+            return;
+        };
+        if mine.len() != self.pending.len() || last.sequence as u64 != self.version() {
+            return;
+        }
+        log.remember(
+            stream,
+            &Loaded {
+                aggregate: self.aggregate.clone(),
+                version: self.version(),
+                cursor: Some(last.cursor),
+                created_at: self.created_at.or(Some(first.recorded_at)),
+                updated_at: Some(last.recorded_at),
+            },
+        );
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
@@ -128,10 +158,8 @@ impl Committed {
 pub struct UnitOfWork<'a> {
     log: &'a EventLog,
     streams: BTreeMap<StreamId, Box<dyn AnyStaged>>,
-    /// Streams read ahead by [`UnitOfWork::prefetch`], not yet staged.
-    prefetched: HashMap<StreamId, History>,
-    /// The histories of staged streams of cached types, extended after the commit.
-    histories: HashMap<StreamId, History>,
+    /// Streams read ahead by [`UnitOfWork::prefetch`] (or assumed new), not yet staged.
+    prefetched: HashMap<StreamId, Vec<RecordedEvent>>,
     speculative: bool,
     /// Streams taken from the cache or assumed new instead of read.
     unread: HashSet<StreamId>,
@@ -143,7 +171,6 @@ impl<'a> UnitOfWork<'a> {
             log,
             streams: BTreeMap::new(),
             prefetched: HashMap::new(),
-            histories: HashMap::new(),
             speculative: false,
             unread: HashSet::new(),
         }
@@ -172,20 +199,23 @@ impl<'a> UnitOfWork<'a> {
         }
         for stream in streams {
             if !self.streams.contains_key(stream) && !self.prefetched.contains_key(stream) {
-                self.prefetched.insert(stream.clone(), History::default());
+                self.prefetched.insert(stream.clone(), Vec::new());
                 self.unread.insert(stream.clone());
             }
         }
     }
 
-    /// The stream's cached history, for a speculative unit of work.
-    fn cached_history(&mut self, stream: &StreamId) -> Option<History> {
+    /// The stream's cached aggregate, for a speculative unit of work.
+    fn cached_state<A: Aggregate + Clone + 'static>(
+        &mut self,
+        stream: &StreamId,
+    ) -> Option<Loaded<A>> {
         if !self.speculative {
             return None;
         }
-        let history = self.log.cached(stream)?;
+        let loaded = self.log.cached::<A>(stream)?;
         self.unread.insert(stream.clone());
-        Some(history)
+        Some(loaded)
     }
 
     /// Reads the streams (of one tenant) that the coming commands will need, in one query
@@ -197,11 +227,10 @@ impl<'a> UnitOfWork<'a> {
             if self.streams.contains_key(stream) || self.prefetched.contains_key(stream) {
                 continue;
             }
-            match self.cached_history(stream) {
-                Some(history) => {
-                    self.prefetched.insert(stream.clone(), history);
-                }
-                None => wanted.push(stream.clone()),
+            // A cached stream is taken from the cache when it is staged (or read then, if it
+            // was dropped meanwhile).
+            if !(self.speculative && self.log.is_cached(stream)) {
+                wanted.push(stream.clone());
             }
         }
         wanted.sort();
@@ -219,11 +248,7 @@ impl<'a> UnitOfWork<'a> {
                     history.push(event);
                 }
             }
-            for (stream, history) in read {
-                let history = history_of(history);
-                self.log.remember(&stream, history.clone());
-                self.prefetched.insert(stream, history);
-            }
+            self.prefetched.extend(read);
         }
         Ok(())
     }
@@ -234,7 +259,7 @@ impl<'a> UnitOfWork<'a> {
         stream: &StreamId,
     ) -> Result<&Staged<A>, CommandError<A::Error>>
     where
-        A: Aggregate + 'static,
+        A: Aggregate + Clone + 'static,
     {
         Ok(&*self.staged_mut::<A>(stream).await?)
     }
@@ -244,24 +269,22 @@ impl<'a> UnitOfWork<'a> {
         stream: &StreamId,
     ) -> Result<&mut Staged<A>, CommandError<A::Error>>
     where
-        A: Aggregate + 'static,
+        A: Aggregate + Clone + 'static,
     {
         if !self.streams.contains_key(stream) {
-            let history = match self.prefetched.remove(stream) {
-                Some(history) => history,
-                None => match self.cached_history(stream) {
-                    Some(history) => history,
-                    None => {
-                        let history = history_of(self.log.load(stream, 0).await?);
-                        self.log.remember(stream, history.clone());
-                        history
+            let loaded = match self.prefetched.remove(stream) {
+                Some(history) => {
+                    let loaded = fold::<A>(&history)?;
+                    if !self.unread.contains(stream) {
+                        self.log.remember(stream, &loaded);
                     }
+                    loaded
+                }
+                None => match self.cached_state::<A>(stream) {
+                    Some(loaded) => loaded,
+                    None => self.log.load_aggregate::<A>(stream).await?,
                 },
             };
-            let loaded = fold::<A, _>(&history)?;
-            if self.log.caches(stream) {
-                self.histories.insert(stream.clone(), history);
-            }
             let Loaded {
                 aggregate,
                 version,
@@ -297,7 +320,7 @@ impl<'a> UnitOfWork<'a> {
         services: &A::Services,
     ) -> Result<&Staged<A>, CommandError<A::Error>>
     where
-        A: Aggregate + 'static,
+        A: Aggregate + Clone + 'static,
     {
         let staged = self.staged_mut::<A>(stream).await?;
         let sink = EventSink::default();
@@ -341,15 +364,9 @@ impl<'a> UnitOfWork<'a> {
         match &result {
             Ok((committed, _)) => {
                 // The cache follows what this commit wrote.
-                for (stream, history) in &self.histories {
-                    if committed
-                        .appended
-                        .events
-                        .iter()
-                        .any(|e| e.aggregate_id == stream.aggregate_id)
-                    {
-                        self.log
-                            .remember_appended(stream, history, &committed.appended.events);
+                for (stream, staged) in &self.streams {
+                    if self.log.caches(stream) {
+                        staged.remember_committed(self.log, stream, &committed.appended.events);
                     }
                 }
             }
