@@ -68,7 +68,8 @@ pub struct Exchange {
     agent: AgentConfig,
     message_id: String,
     reply_id: String,
-    session: Session,
+    /// What the providers are shown: the conversation up to the user's message.
+    context: Vec<ChatMessage>,
     /// The budgets that apply (tenant, agent), to tell when a reply crosses one.
     budgets: Vec<(StreamId, Budget)>,
     /// Successful provider attempts, recorded with the reply.
@@ -81,7 +82,6 @@ pub struct Exchange {
 struct Answer {
     session_id: String,
     agent_id: String,
-    message_id: String,
     primary_provider: String,
     fallback_provider: Option<String>,
     key: String,
@@ -92,7 +92,7 @@ struct Answer {
 struct Recorded {
     agent_id: String,
     agent: AgentConfig,
-    session: Session,
+    context: Vec<ChatMessage>,
     budgets: Vec<(StreamId, Budget)>,
 }
 
@@ -191,7 +191,7 @@ pub async fn prepare(
             agent: recorded.agent,
             message_id,
             reply_id,
-            session: recorded.session,
+            context: recorded.context,
             budgets: recorded.budgets,
             succeeded: Default::default(),
         });
@@ -254,6 +254,9 @@ pub async fn prepare(
     state
         .metrics
         .events_appended(Session::TYPE, outcome.events.len());
+    let context = outcome
+        .aggregate
+        .context_for(&message_id, state.settings.context_messages);
     let exchange = Exchange {
         state: state.clone(),
         ctx,
@@ -264,11 +267,11 @@ pub async fn prepare(
         agent: config,
         message_id,
         reply_id,
-        session: outcome.aggregate,
+        context,
         budgets,
         succeeded: Default::default(),
     };
-    if let Some(stored) = exchange.respond(&exchange.session, outcome.updated_at) {
+    if let Some(stored) = exchange.respond(&outcome.aggregate, outcome.updated_at) {
         // Answered by an earlier request whose idempotency record is gone: answer with that
         // reply; nothing new is recorded or billed.
         return Err(
@@ -325,7 +328,9 @@ async fn claim_and_record(
         // Recorded before (a retry after a crash): the step-by-step path knows what follows.
         return None;
     }
-    let session = staged.aggregate.clone();
+    let context = staged
+        .aggregate
+        .context_for(message_id, state.settings.context_messages);
     let until = Utc::now()
         + chrono::Duration::from_std(state.settings.idempotency_lock()).unwrap_or_default();
     // Only claimed here: the response is stored with the reply.
@@ -349,7 +354,7 @@ async fn claim_and_record(
             Some(Recorded {
                 agent_id,
                 agent: config,
-                session,
+                context,
                 budgets,
             })
         }
@@ -495,10 +500,7 @@ impl Exchange {
                 content: prompt.clone(),
             });
         }
-        messages.extend(
-            self.session
-                .context_for(&self.message_id, state.settings.context_messages),
-        );
+        messages.extend(self.context.iter().cloned());
         let plan = CallPlan {
             providers: self
                 .agent
@@ -647,12 +649,12 @@ impl Exchange {
             .execute::<Session>(&self.stream, reply, &())
             .await
             .map_err(|_| None)?;
-        let session = staged.aggregate.clone();
+        let exchange = staged.aggregate.exchange(&self.message_id).cloned();
         let answer = self.answer_parts();
-        answer.render(&session, None).ok_or(None)?;
+        answer.render(exchange.as_ref(), None).ok_or(None)?;
         let respond = move |committed: &Committed| {
             let mut stored = answer
-                .render(&session, Some(committed.recorded_at))
+                .render(exchange.as_ref(), Some(committed.recorded_at))
                 .expect("checked before the commit");
             if let Some(cursor) = committed.appended.last_cursor() {
                 stored
@@ -740,14 +742,14 @@ impl Exchange {
     /// Seed 004's response body of a sent message, from the session's state once the reply
     /// is recorded (`None` while it is not).
     fn respond(&self, session: &Session, at: Option<DateTime<Utc>>) -> Option<StoredResponse> {
-        self.answer_parts().render(session, at)
+        self.answer_parts()
+            .render(session.exchange(&self.message_id), at)
     }
 
     fn answer_parts(&self) -> Answer {
         Answer {
             session_id: self.session_id.clone(),
             agent_id: self.agent_id.clone(),
-            message_id: self.message_id.clone(),
             primary_provider: self.agent.primary_provider.clone(),
             fallback_provider: self.agent.fallback_provider.clone(),
             key: self.key.key.clone(),
@@ -757,8 +759,13 @@ impl Exchange {
 }
 
 impl Answer {
-    fn render(&self, session: &Session, at: Option<DateTime<Utc>>) -> Option<StoredResponse> {
-        let exchange = session.exchange(&self.message_id)?;
+    /// The answer, once `exchange` (the message's, in the session) has its reply.
+    fn render(
+        &self,
+        exchange: Option<&domain::session::Exchange>,
+        at: Option<DateTime<Utc>>,
+    ) -> Option<StoredResponse> {
+        let exchange = exchange?;
         let reply = exchange.reply.as_ref()?;
         let attempts = exchange.attempts.as_slice();
         let summary = summarise(attempts);

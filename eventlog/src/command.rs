@@ -73,6 +73,7 @@ impl<E: std::error::Error> From<AppendError> for CommandError<E> {
 }
 
 /// A stream rebuilt into its aggregate.
+#[derive(Debug, Clone)]
 pub struct Loaded<A> {
     pub aggregate: A,
     pub version: u64,

@@ -162,13 +162,24 @@ impl EventLog {
         stream: &StreamId,
         loaded: &Loaded<A>,
     ) {
+        if self.caches(stream) {
+            self.keep(stream, loaded.clone());
+        }
+    }
+
+    /// [`EventLog::remember`], taking the aggregate instead of a copy.
+    pub(crate) fn keep<A: Aggregate + Clone + 'static>(
+        &self,
+        stream: &StreamId,
+        loaded: Loaded<A>,
+    ) {
         if let Some(cache) = self.stream_cache().get()
             && cache.caches(stream)
         {
             cache.put(
                 stream,
                 Entry {
-                    state: Arc::new(loaded.aggregate.clone()),
+                    state: Arc::new(loaded.aggregate),
                     version: loaded.version,
                     cursor: loaded.cursor,
                     created_at: loaded.created_at,

@@ -50,11 +50,21 @@ trait AnyStaged: Send + Sync {
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn new_events(&self) -> Result<(u64, Vec<NewEvent>), serde_json::Error>;
     /// Puts the state a commit left in the stream cache.
-    fn remember_committed(&self, log: &EventLog, stream: &StreamId, appended: &[RecordedEvent]);
+    fn remember_committed(
+        self: Box<Self>,
+        log: &EventLog,
+        stream: &StreamId,
+        appended: &[RecordedEvent],
+    );
 }
 
 impl<A: Aggregate + Clone + 'static> AnyStaged for Staged<A> {
-    fn remember_committed(&self, log: &EventLog, stream: &StreamId, appended: &[RecordedEvent]) {
+    fn remember_committed(
+        self: Box<Self>,
+        log: &EventLog,
+        stream: &StreamId,
+        appended: &[RecordedEvent],
+    ) {
         let mine: Vec<&RecordedEvent> = appended
             .iter()
             .filter(|e| {
@@ -69,11 +79,12 @@ impl<A: Aggregate + Clone + 'static> AnyStaged for Staged<A> {
         if mine.len() != self.pending.len() || last.sequence as u64 != self.version() {
             return;
         }
-        log.remember(
+        let version = self.version();
+        log.keep(
             stream,
-            &Loaded {
-                aggregate: self.aggregate.clone(),
-                version: self.version(),
+            Loaded {
+                aggregate: self.aggregate,
+                version,
                 cursor: Some(last.cursor),
                 created_at: self.created_at.or(Some(first.recorded_at)),
                 updated_at: Some(last.recorded_at),
@@ -364,9 +375,9 @@ impl<'a> UnitOfWork<'a> {
         match &result {
             Ok((committed, _)) => {
                 // The cache follows what this commit wrote.
-                for (stream, staged) in &self.streams {
-                    if self.log.caches(stream) {
-                        staged.remember_committed(self.log, stream, &committed.appended.events);
+                for (stream, staged) in self.streams {
+                    if self.log.caches(&stream) {
+                        staged.remember_committed(self.log, &stream, &committed.appended.events);
                     }
                 }
             }
