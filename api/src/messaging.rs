@@ -431,7 +431,8 @@ async fn enforce_budgets(
     Ok(())
 }
 
-/// Records each provider attempt as an event as soon as it ends.
+/// Records each failed provider attempt as an event as soon as it ends; keeps a successful
+/// one for the commit of the reply.
 struct Recorder<'a> {
     exchange: &'a Exchange,
 }
@@ -456,21 +457,18 @@ impl AttemptRecorder for Recorder<'_> {
 impl Exchange {
     /// Records one provider attempt in a commit of its own.
     async fn record_attempt(&self, attempt: ProviderAttempt) {
-        let exchange = self;
+        let command = SessionCommand::RecordProviderAttempt {
+            message_id: self.message_id.clone(),
+            attempt,
+        };
+        let metadata = self.ctx.metadata(command.name());
+        if let Err(error) = self
+            .state
+            .log
+            .execute::<Session>(&self.stream, command, &(), &metadata)
+            .await
         {
-            let command = SessionCommand::RecordProviderAttempt {
-                message_id: exchange.message_id.clone(),
-                attempt,
-            };
-            let metadata = exchange.ctx.metadata(command.name());
-            if let Err(error) = exchange
-                .state
-                .log
-                .execute::<Session>(&exchange.stream, command, &(), &metadata)
-                .await
-            {
-                tracing::warn!(%error, "a provider attempt could not be recorded");
-            }
+            tracing::warn!(%error, "a provider attempt could not be recorded");
         }
     }
 
@@ -481,9 +479,7 @@ impl Exchange {
             self.record_attempt(attempt).await;
         }
     }
-}
 
-impl Exchange {
     /// Steps 3 and 4: asks the providers, then records the reply and the stored response
     /// together. `on_chunk` streams the reply; `disconnected` tells whether the client of a
     /// stream has gone (the reply is still taken whole and billed).

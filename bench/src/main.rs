@@ -218,9 +218,8 @@ async fn create_agent(client: &reqwest::Client, url: &str, key: &str) -> anyhow:
         bail!("creating the bench agent: {}", response.text().await?);
     }
     let body: Value = response.json().await?;
-    body["id"]
+    body["agent"]["id"]
         .as_str()
-        .or_else(|| body["agent"]["id"].as_str())
         .map(str::to_string)
         .context("no id in the created agent")
 }
@@ -242,10 +241,7 @@ async fn create_session(
         .json()
         .await
         .ok()?;
-    body["id"]
-        .as_str()
-        .or_else(|| body["session"]["id"].as_str())
-        .map(str::to_string)
+    body["session"]["id"].as_str().map(str::to_string)
 }
 
 fn message(

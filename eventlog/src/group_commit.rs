@@ -24,7 +24,7 @@ use std::sync::Weak;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::idempotency::{IdempotencyKey, StoredResponse};
+use crate::idempotency::{IdempotencyKey, NewRecord, StoredResponse};
 use crate::store::{Appended, EventLog, StreamAppend, StreamId};
 use crate::unit_of_work::{CommitError, Committed};
 
@@ -60,6 +60,24 @@ impl KeyUse {
         match self {
             Self::Claimed(_) => None,
             Self::Unclaimed(key) | Self::Claim(key, _) => Some(key),
+        }
+    }
+
+    /// The record the commit inserts for a key not claimed before (`response` is the
+    /// command's).
+    fn new_record<'a>(
+        &'a self,
+        response: &'a StoredResponse,
+    ) -> Option<(&'a IdempotencyKey, NewRecord<'a>)> {
+        match self {
+            Self::Claimed(_) => None,
+            Self::Unclaimed(key) => Some((key, NewRecord::Completed(response))),
+            Self::Claim(key, until) => Some((
+                key,
+                NewRecord::InFlight {
+                    locked_until: *until,
+                },
+            )),
         }
     }
 }
@@ -237,33 +255,26 @@ async fn together(log: &EventLog, mut group: Vec<Job>) -> GroupEnd {
         .zip(&shares)
         .map(|(job, committed)| (job.respond)(committed))
         .collect();
-    let answers = |claimed: bool| -> Vec<(&IdempotencyKey, &StoredResponse)> {
-        group
-            .iter()
-            .zip(&responses)
-            .filter_map(|(job, response)| match &job.commit.key {
-                Some(KeyUse::Claimed(key)) if claimed => Some((key, response)),
-                Some(KeyUse::Unclaimed(key)) if !claimed => Some((key, response)),
-                _ => None,
-            })
-            .collect()
-    };
-    let (old_answers, new_answers) = (answers(true), answers(false));
-    let claims: Vec<(&IdempotencyKey, DateTime<Utc>)> = group
+    let old_answers: Vec<(&IdempotencyKey, &StoredResponse)> = group
         .iter()
-        .filter_map(|job| match &job.commit.key {
-            Some(KeyUse::Claim(key, until)) => Some((key, *until)),
+        .zip(&responses)
+        .filter_map(|(job, response)| match &job.commit.key {
+            Some(KeyUse::Claimed(key)) => Some((key, response)),
             _ => None,
         })
+        .collect();
+    let new_records: Vec<(&IdempotencyKey, NewRecord<'_>)> = group
+        .iter()
+        .zip(&responses)
+        .filter_map(|(job, response)| job.commit.key.as_ref()?.new_record(response))
         .collect();
     or_alone!(
         log.complete_idempotency_many_in(&mut tx, &old_answers)
             .await
     );
-    if !new_answers.is_empty() || !claims.is_empty() {
-        let mut stored = or_alone!(log.store_new_many_in(&mut tx, &new_answers).await);
-        stored.extend(or_alone!(log.claim_new_many_in(&mut tx, &claims).await));
-        if stored.len() < new_answers.len() + claims.len() {
+    if !new_records.is_empty() {
+        let stored = or_alone!(log.insert_new_many_in(&mut tx, &new_records).await);
+        if stored.len() < new_records.len() {
             // Keys that another request holds: their commands must write nothing.
             let _ = tx.rollback().await;
             let (taken, rest): (Vec<Job>, Vec<Job>) = group.into_iter().partition(|job| {
@@ -351,30 +362,17 @@ impl EventLog {
         };
         let committed = Committed::new(appended);
         let response = respond(&committed);
-        match key {
-            Some(KeyUse::Claimed(key)) => {
-                self.complete_idempotency_in(&mut tx, key, &response)
-                    .await?;
-            }
-            Some(KeyUse::Unclaimed(key))
-                if self
-                    .store_new_many_in(&mut tx, &[(key, &response)])
-                    .await?
-                    .is_empty() =>
-            {
-                tx.rollback().await?;
-                return Err(CommitError::KeyTaken);
-            }
-            Some(KeyUse::Claim(key, until))
-                if self
-                    .claim_new_many_in(&mut tx, &[(key, *until)])
-                    .await?
-                    .is_empty() =>
-            {
-                tx.rollback().await?;
-                return Err(CommitError::KeyTaken);
-            }
-            Some(KeyUse::Unclaimed(_) | KeyUse::Claim(..)) | None => {}
+        if let Some(KeyUse::Claimed(key)) = key {
+            self.complete_idempotency_in(&mut tx, key, &response)
+                .await?;
+        } else if let Some(record) = key.as_ref().and_then(|k| k.new_record(&response))
+            && self
+                .insert_new_many_in(&mut tx, &[record])
+                .await?
+                .is_empty()
+        {
+            tx.rollback().await?;
+            return Err(CommitError::KeyTaken);
         }
         tx.commit().await?;
         if let Some(cursor) = committed.appended.last_cursor() {

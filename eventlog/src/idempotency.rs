@@ -8,11 +8,11 @@
 //!    Events and record commit together, so a crash can never leave one without the other.
 //!
 //! A message to an agent claims its key in the transaction that records the user's message
-//! ([`EventLog::claim_new_many_in`]); when the key turns out taken, the message is not
+//! ([`EventLog::insert_new_many_in`]); when the key turns out taken, the message is not
 //! recorded and the request claims the key as above.
 //!
 //! Record writes skip the first step: their group commit stores the response under a key no
-//! request holds yet, in the transaction of the events ([`EventLog::store_new_many_in`]);
+//! request holds yet, in the transaction of the events ([`EventLog::insert_new_many_in`]);
 //! when the key turns out taken, their events are not committed and the request claims the
 //! key as above, which replays the stored response or reports the running request.
 //! 3. **Replay**: a later request with the key and the same body gets the stored response.
@@ -46,6 +46,15 @@ pub struct IdempotencyKey {
     pub key: String,
     /// Hash of method, path, tenant and canonical body.
     pub request_hash: String,
+}
+
+/// A record to insert under a key no request holds yet ([`EventLog::insert_new_many_in`]).
+#[derive(Debug, Clone, Copy)]
+pub enum NewRecord<'a> {
+    /// The command is committed with its response.
+    Completed(&'a StoredResponse),
+    /// The command's first step is committed; a later commit stores its response.
+    InFlight { locked_until: DateTime<Utc> },
 }
 
 /// What a claim found.
@@ -160,111 +169,53 @@ impl EventLog {
         Ok(claim)
     }
 
-    /// Stores each response of `answers` under its key, inside `tx` (the transaction that
-    /// appends the commands' events), for keys that no request holds yet. Returns the keys
-    /// stored; the others were taken already and the caller must not commit their commands.
-    /// One statement per 100 keys, in key order, so that two transactions storing the same
-    /// keys cannot deadlock. The keys must be distinct.
-    pub async fn store_new_many_in(
+    /// Inserts a record for each of `keys` inside `tx` (the transaction that appends the
+    /// commands' events), for keys that no request holds yet: completed with its response,
+    /// or in flight. Returns the keys inserted; the others were taken already and the caller
+    /// must not commit their commands. One statement per 100 keys, in key order, so that two
+    /// transactions inserting the same keys cannot deadlock. The keys must be distinct.
+    pub async fn insert_new_many_in(
         &self,
         tx: &mut Tx,
-        answers: &[(&IdempotencyKey, &StoredResponse)],
+        keys: &[(&IdempotencyKey, NewRecord<'_>)],
     ) -> Result<std::collections::HashSet<(String, String)>, sqlx::Error> {
-        let mut answers = answers.to_vec();
-        answers.sort_by(|a, b| (&a.0.tenant_id, &a.0.key).cmp(&(&b.0.tenant_id, &b.0.key)));
+        let mut keys = keys.to_vec();
+        keys.sort_by(|a, b| (&a.0.tenant_id, &a.0.key).cmp(&(&b.0.tenant_id, &b.0.key)));
         let now = Utc::now();
-        let mut stored = std::collections::HashSet::with_capacity(answers.len());
-        for chunk in answers.chunks(100) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let n = 6 * i + 1;
-                    format!(
-                        "(${}, ${}, ${}, 'completed', ${}, ${}, ${}, $1, $1)",
-                        n + 1,
-                        n + 2,
-                        n + 3,
-                        n + 4,
-                        n + 5,
-                        n + 6
-                    )
-                })
-                .collect();
+        let mut inserted = std::collections::HashSet::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
             let sql = format!(
                 "INSERT INTO idempotency_records \
                  (tenant_id, idempotency_key, request_hash, state, status_code, \
                  response_headers, response_body, locked_until, created_at) \
                  VALUES {} ON CONFLICT (tenant_id, idempotency_key) DO NOTHING \
                  RETURNING tenant_id, idempotency_key",
-                rows.join(", ")
+                tx.backend().values(chunk.len(), 9)
             );
             crate::on_tx!(&mut *tx, conn => {
-                let mut query = sqlx::query(&sql).persistent(false).bind(now);
-                for (key, response) in chunk {
+                let mut query = sqlx::query(&sql).persistent(false);
+                for (key, record) in chunk {
+                    let (state, response, locked_until) = match record {
+                        NewRecord::Completed(response) => ("completed", Some(*response), now),
+                        NewRecord::InFlight { locked_until } => ("in_flight", None, *locked_until),
+                    };
                     query = query
                         .bind(key.tenant_id.as_str())
                         .bind(key.key.as_str())
                         .bind(key.request_hash.as_str())
-                        .bind(i32::from(response.status))
-                        .bind(Json(&response.headers))
-                        .bind(response.body.as_slice());
+                        .bind(state)
+                        .bind(response.map(|r| i32::from(r.status)))
+                        .bind(response.map(|r| Json(&r.headers)))
+                        .bind(response.map(|r| r.body.as_slice()))
+                        .bind(locked_until)
+                        .bind(now);
                 }
                 for row in query.fetch_all(&mut *conn).await? {
-                    stored.insert((row.try_get(0)?, row.try_get(1)?));
+                    inserted.insert((row.try_get(0)?, row.try_get(1)?));
                 }
             });
         }
-        Ok(stored)
-    }
-
-    /// Claims each of `keys` (`in_flight`, locked until `locked_until`) inside `tx` (the
-    /// transaction that appends the commands' first events), for keys that no request holds
-    /// yet. Returns the keys claimed; the others were taken already and the caller must not
-    /// commit their commands. Like [`EventLog::store_new_many_in`], in key order; the keys
-    /// must be distinct.
-    pub async fn claim_new_many_in(
-        &self,
-        tx: &mut Tx,
-        keys: &[(&IdempotencyKey, DateTime<Utc>)],
-    ) -> Result<std::collections::HashSet<(String, String)>, sqlx::Error> {
-        let mut keys = keys.to_vec();
-        keys.sort_by(|a, b| (&a.0.tenant_id, &a.0.key).cmp(&(&b.0.tenant_id, &b.0.key)));
-        let now = Utc::now();
-        let mut claimed = std::collections::HashSet::with_capacity(keys.len());
-        for chunk in keys.chunks(100) {
-            let sql = format!(
-                "INSERT INTO idempotency_records \
-                 (tenant_id, idempotency_key, request_hash, state, locked_until, created_at) \
-                 VALUES {} ON CONFLICT (tenant_id, idempotency_key) DO NOTHING \
-                 RETURNING tenant_id, idempotency_key",
-                (0..chunk.len())
-                    .map(|i| {
-                        let n = 4 * i + 1;
-                        format!(
-                            "(${}, ${}, ${}, 'in_flight', ${}, $1)",
-                            n + 1,
-                            n + 2,
-                            n + 3,
-                            n + 4
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            crate::on_tx!(&mut *tx, conn => {
-                let mut query = sqlx::query(&sql).persistent(false).bind(now);
-                for (key, locked_until) in chunk {
-                    query = query
-                        .bind(key.tenant_id.as_str())
-                        .bind(key.key.as_str())
-                        .bind(key.request_hash.as_str())
-                        .bind(*locked_until);
-                }
-                for row in query.fetch_all(&mut *conn).await? {
-                    claimed.insert((row.try_get(0)?, row.try_get(1)?));
-                }
-            });
-        }
-        Ok(claimed)
+        Ok(inserted)
     }
 
     /// Stores the response of a claimed key inside `tx` (the command's own transaction).
