@@ -263,6 +263,9 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> anyhow::R
                         "seconds": seconds,
                         "eventsPerSecond": report.events as f64 / seconds.max(1e-9),
                         "checkpoint": report.cursor.to_string(),
+                        "fillSeconds": report.fill.as_secs_f64(),
+                        "indexSeconds": report.indexes.as_secs_f64(),
+                        "swapSeconds": report.swap.as_secs_f64(),
                     })
                 )?;
             }

@@ -20,6 +20,13 @@ pub struct RebuildReport {
     pub events: u64,
     /// The projector's checkpoint after the swap.
     pub cursor: Cursor,
+    /// Time spent filling the shadow tables from the log.
+    pub fill: std::time::Duration,
+    /// Time spent building the shadow's secondary indexes before the swap (PostgreSQL).
+    pub indexes: std::time::Duration,
+    /// Time the swap held the live projector's lock: the catch-up, the table swap (on SQLite
+    /// with the index builds) and the commit.
+    pub swap: std::time::Duration,
 }
 
 /// Replays `projector` from the start of the log and swaps the result in. `on_progress` is
@@ -64,6 +71,7 @@ pub async fn rebuild(
         })
     };
     let mut replayed = 0u64;
+    let started = std::time::Instant::now();
     on_progress(0, total);
     while let Some(batch) = ready.recv().await {
         let events = batch?;
@@ -72,6 +80,7 @@ pub async fn rebuild(
         on_progress(replayed, total.max(replayed));
     }
     let _ = reader.await;
+    let fill = started.elapsed();
     // PostgreSQL: the shadow's other indexes, built over the filled tables (outside the swap,
     // so the live projector waits only for the catch-up), two at a time on connections of
     // their own.
@@ -89,6 +98,8 @@ pub async fn rebuild(
             built?;
         }
     }
+
+    let indexes = started.elapsed() - fill;
 
     // The swap: everything below happens under the live projector's lock, in one transaction.
     let mut tx = log.db().begin().await?;
@@ -113,6 +124,9 @@ pub async fn rebuild(
     Ok(RebuildReport {
         events: replayed,
         cursor,
+        fill,
+        indexes,
+        swap: started.elapsed() - fill - indexes,
     })
 }
 
