@@ -78,11 +78,18 @@ pub fn request_hash(method: &str, target: &str, tenant: &str, body: &Value) -> S
         hasher.update(part.as_bytes());
         hasher.update([0u8]);
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hasher.finalize())
+}
+
+/// Lower-case hex digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)] as char);
+        out.push(DIGITS[usize::from(byte & 0x0f)] as char);
+    }
+    out
 }
 
 /// What to do with a command request.
@@ -285,4 +292,13 @@ pub async fn release(state: &AppState, key: &IdempotencyKey, error: ApiError) ->
         tracing::warn!(%release_error, "could not release an idempotency key; it frees itself when its lock expires");
     }
     error
+}
+
+#[cfg(test)]
+mod hex_tests {
+    #[test]
+    fn hex_is_two_lower_case_digits_per_byte() {
+        assert_eq!(super::hex(&[]), "");
+        assert_eq!(super::hex(&[0x00, 0x0f, 0xa0, 0xff, 0x5c]), "000fa0ff5c");
+    }
 }

@@ -180,7 +180,7 @@ fn unique_stream(
     value: &Value,
 ) -> StreamId {
     let digest = Sha256::digest(crate::commands::canonical_json(value).as_bytes());
-    let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hash = crate::commands::hex(&digest[..16]);
     StreamId::new(
         tenant.clone(),
         UniqueValue::TYPE,

@@ -104,8 +104,7 @@ fn derived_id(parts: &[&str]) -> String {
         hasher.update([0u8]);
     }
     let digest = hasher.finalize();
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("msg_{hex}")
+    format!("msg_{}", commands::hex(&digest[..16]))
 }
 
 /// The stream of a session.
@@ -767,46 +766,110 @@ impl Answer {
         let summary = summarise(attempts);
         let attempted = |provider: &str| attempts.iter().any(|a| a.provider == provider);
         let fallback = self.fallback_provider.as_deref();
-        let mut message = json!({
-            "id": reply.message_id,
-            "sessionId": self.session_id,
-            "role": "assistant",
-            "content": reply.content,
-            "createdAt": at.unwrap_or_else(Utc::now),
-            "replyTo": reply.reply_to,
-        });
-        if reply.incomplete {
-            message["incomplete"] = Value::Bool(true);
-        }
-        let body = json!({
-            "message": message,
-            "metadata": {
-                "agentId": self.agent_id,
-                "providerUsed": reply.provider,
-                "model": reply.model,
-                "primaryAttempted": self.primary_provider,
-                "fallbackAttempted": fallback.filter(|f| attempted(f)),
-                "fallbackUsed": reply.fallback_used,
-                "attempts": summary,
-                "usage": {
-                    "tokensIn": reply.tokens_in,
-                    "tokensOut": reply.tokens_out,
-                    "costUsd": micros_to_usd(reply.cost_micros),
-                    "costMicros": reply.cost_micros,
-                    "pricing": { "usdPer1kTokens": reply.price.usd_per_1k_tokens() },
-                },
-                "streamed": reply.streamed,
-                "clientDisconnected": reply.client_disconnected,
-                "idempotency": { "key": self.key, "replayed": false },
-                "requestId": self.request_id,
+        let body = AnswerBody {
+            message: AnswerMessage {
+                content: &reply.content,
+                created_at: at.unwrap_or_else(Utc::now),
+                id: &reply.message_id,
+                incomplete: reply.incomplete,
+                reply_to: &reply.reply_to,
+                role: "assistant",
+                session_id: &self.session_id,
             },
-        });
+            metadata: AnswerMetadata {
+                agent_id: &self.agent_id,
+                attempts: summary,
+                client_disconnected: reply.client_disconnected,
+                fallback_attempted: fallback.filter(|f| attempted(f)),
+                fallback_used: reply.fallback_used,
+                idempotency: AnswerIdempotency {
+                    key: &self.key,
+                    replayed: false,
+                },
+                model: &reply.model,
+                primary_attempted: &self.primary_provider,
+                provider_used: &reply.provider,
+                request_id: &self.request_id,
+                streamed: reply.streamed,
+                usage: AnswerUsage {
+                    cost_micros: reply.cost_micros,
+                    cost_usd: micros_to_usd(reply.cost_micros),
+                    pricing: AnswerPricing {
+                        usd_per_1k_tokens: reply.price.usd_per_1k_tokens(),
+                    },
+                    tokens_in: reply.tokens_in,
+                    tokens_out: reply.tokens_out,
+                },
+            },
+        };
         Some(commands::json_response(
             StatusCode::CREATED,
             Vec::new(),
             &body,
         ))
     }
+}
+
+// Seed 004's body of a sent message, serialized straight from the reply (no `Value` tree
+// built and dropped per message). Fields are declared in alphabetical order, the order a
+// `serde_json::Value` object serializes its keys in, so the body is what it always was.
+
+#[derive(serde::Serialize)]
+struct AnswerBody<'a> {
+    message: AnswerMessage<'a>,
+    metadata: AnswerMetadata<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AnswerMessage<'a> {
+    content: &'a str,
+    created_at: DateTime<Utc>,
+    id: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    incomplete: bool,
+    reply_to: &'a str,
+    role: &'static str,
+    session_id: &'a str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AnswerMetadata<'a> {
+    agent_id: &'a str,
+    attempts: Value,
+    client_disconnected: bool,
+    fallback_attempted: Option<&'a str>,
+    fallback_used: bool,
+    idempotency: AnswerIdempotency<'a>,
+    model: &'a str,
+    primary_attempted: &'a str,
+    provider_used: &'a str,
+    request_id: &'a str,
+    streamed: bool,
+    usage: AnswerUsage,
+}
+
+#[derive(serde::Serialize)]
+struct AnswerIdempotency<'a> {
+    key: &'a str,
+    replayed: bool,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AnswerUsage {
+    cost_micros: u64,
+    cost_usd: f64,
+    pricing: AnswerPricing,
+    tokens_in: u64,
+    tokens_out: u64,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AnswerPricing {
+    usd_per_1k_tokens: f64,
 }
 
 /// The provider attempts recorded for `message_id`.
@@ -845,4 +908,79 @@ pub fn summarise(attempts: &[ProviderAttempt]) -> Value {
         })
         .collect::<Vec<_>>()
         .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::provider::Price;
+    use domain::session::Exchange;
+
+    fn attempt(provider: &str, status: &str) -> ProviderAttempt {
+        ProviderAttempt {
+            provider: provider.into(),
+            model: Some("m-1".into()),
+            attempt: 1,
+            status: status.into(),
+            http_status: Some(if status == "success" { 200 } else { 503 }),
+            latency_ms: 7,
+            error_code: (status != "success").then(|| "PROVIDER_ERROR".to_string()),
+            retry_after_ms: None,
+        }
+    }
+
+    /// The body is written from structs, whose fields must come in the order a
+    /// `serde_json::Value` object (sorted keys) gives: the same bytes as ever.
+    #[test]
+    fn answer_body_keeps_sorted_keys() {
+        for incomplete in [false, true] {
+            let exchange = Exchange {
+                content: "hello".into(),
+                attempts: vec![attempt("vendorA", "error"), attempt("vendorB", "success")],
+                reply: Some(AssistantReply {
+                    message_id: "msg_2".into(),
+                    reply_to: "msg_1".into(),
+                    agent_id: "agent-1".into(),
+                    content: "hi \"there\"".into(),
+                    provider: "vendorB".into(),
+                    model: "m-1".into(),
+                    tokens_in: 12,
+                    tokens_out: 30,
+                    cost_micros: 1_260,
+                    price: Price {
+                        micro_usd_per_1k_tokens: 30_000,
+                    },
+                    fallback_used: true,
+                    streamed: false,
+                    client_disconnected: false,
+                    incomplete,
+                }),
+                failed: false,
+            };
+            let answer = Answer {
+                session_id: "sess-1".into(),
+                agent_id: "agent-1".into(),
+                primary_provider: "vendorA".into(),
+                fallback_provider: Some("vendorB".into()),
+                key: "key-1".into(),
+                request_id: "req-1".into(),
+            };
+            let at = DateTime::parse_from_rfc3339("2026-11-23T10:00:00.123456Z")
+                .unwrap()
+                .with_timezone(&Utc);
+            let stored = answer.render(Some(&exchange), Some(at)).expect("a reply");
+            let value: Value = serde_json::from_slice(&stored.body).unwrap();
+            assert_eq!(stored.body, serde_json::to_vec(&value).unwrap());
+            assert_eq!(
+                value["message"]["incomplete"].as_bool(),
+                incomplete.then_some(true)
+            );
+            assert_eq!(
+                value["metadata"]["usage"]["pricing"]["usdPer1kTokens"],
+                0.03
+            );
+            assert_eq!(value["metadata"]["fallbackAttempted"], "vendorB");
+            assert_eq!(value["message"]["createdAt"], "2026-11-23T10:00:00.123456Z");
+        }
+    }
 }

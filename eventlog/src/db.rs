@@ -36,7 +36,6 @@ impl Backend {
     /// numbered parameter's name by a scan of all of them, so binding thousands of `$n` costs
     /// time quadratic in their number; anonymous ones cost nothing.)
     pub fn values(self, rows: usize, columns: usize) -> String {
-        use std::fmt::Write;
         let mut sql = String::with_capacity(rows * columns * 6);
         for row in 0..rows {
             sql.push_str(if row == 0 { "(" } else { ", (" });
@@ -46,7 +45,8 @@ impl Backend {
                 }
                 match self {
                     Backend::Postgres => {
-                        let _ = write!(sql, "${}", row * columns + column + 1);
+                        sql.push('$');
+                        push_decimal(&mut sql, row * columns + column + 1);
                     }
                     Backend::Sqlite => sql.push('?'),
                 }
@@ -54,6 +54,25 @@ impl Backend {
             sql.push(')');
         }
         sql
+    }
+}
+
+/// Appends the decimal digits of `n` (what `write!(sql, "{n}")` does, without the formatting
+/// machinery: statements of a few hundred rows have thousands of placeholders).
+fn push_decimal(sql: &mut String, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[at..] {
+        sql.push(char::from(digit));
     }
 }
 
@@ -240,5 +259,21 @@ impl Tx {
             Tx::Postgres(_) => Backend::Postgres,
             Tx::Sqlite(_) => Backend::Sqlite,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backend;
+
+    #[test]
+    fn values_number_placeholders_in_order() {
+        assert_eq!(Backend::Postgres.values(1, 1), "($1)");
+        assert_eq!(Backend::Postgres.values(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        let many = Backend::Postgres.values(500, 10);
+        assert!(many.starts_with("($1, $2, "));
+        assert!(many.ends_with("$4998, $4999, $5000)"));
+        assert_eq!(many.matches('$').count(), 5000);
+        assert_eq!(Backend::Sqlite.values(2, 2), "(?, ?), (?, ?)");
     }
 }

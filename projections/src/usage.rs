@@ -183,7 +183,7 @@ impl Projector for UsageProjector {
                  VALUES {} ON CONFLICT (tenant_id, message_id) DO NOTHING \
                  RETURNING tenant_id, message_id",
                 target.table("usage_records"),
-                placeholders(chunk.len(), 12)
+                tx.backend().values(chunk.len(), 12)
             );
             eventlog::on_tx!(&mut *tx, conn => {
                 let mut query = sqlx::query(&sql);
@@ -236,7 +236,7 @@ impl Projector for UsageProjector {
                      tokens_out = t.tokens_out + excluded.tokens_out, \
                      cost_micros = t.cost_micros + excluded.cost_micros",
                     target.table(table),
-                    placeholders(chunk.len(), 10)
+                    tx.backend().values(chunk.len(), 10)
                 );
                 eventlog::on_tx!(&mut *tx, conn => {
                     let mut query = sqlx::query(&sql);
@@ -263,7 +263,7 @@ impl Projector for UsageProjector {
                 "INSERT INTO {} (tenant_id, bucket, session_id, provider, model, agent_id, \
                  api_key) VALUES {} ON CONFLICT DO NOTHING",
                 target.table("usage_sessions"),
-                placeholders(chunk.len(), 7)
+                tx.backend().values(chunk.len(), 7)
             );
             eventlog::on_tx!(&mut *tx, conn => {
                 let mut query = sqlx::query(&sql);
@@ -286,7 +286,7 @@ impl Projector for UsageProjector {
                 "INSERT INTO {} (tenant_id, bucket, provider, agent_id, session_id) VALUES {} \
                  ON CONFLICT DO NOTHING",
                 target.table("usage_session_days"),
-                placeholders(chunk.len(), 5)
+                tx.backend().values(chunk.len(), 5)
             );
             eventlog::on_tx!(&mut *tx, conn => {
                 let mut query = sqlx::query(&sql);
@@ -320,25 +320,6 @@ fn session_day(record: &UsageRecord) -> SessionDay {
 
 /// Rows per multi-row statement (well under both databases' parameter limits).
 const CHUNK: usize = 500;
-
-/// `($1, …, $n), ($n+1, …)`: `rows` groups of `columns` numbered parameters.
-fn placeholders(rows: usize, columns: usize) -> String {
-    let mut sql = String::with_capacity(rows * columns * 5);
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for column in 0..columns {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("${}", row * columns + column + 1));
-        }
-        sql.push(')');
-    }
-    sql
-}
 
 /// Keeps `usage_spend` in the append's own transaction.
 #[derive(Debug, Clone, Copy, Default)]
