@@ -394,7 +394,8 @@ async fn project(
     progress: &mut impl FnMut(&str, u64, u64),
 ) -> anyhow::Result<()> {
     let all = projections::all();
-    let head = log.head().await?;
+    // Everything appended so far, readable yet or not.
+    let head = log.last_committed().await?;
     for name in names {
         let projector = all
             .iter()
@@ -419,7 +420,16 @@ async fn project(
                         break;
                     }
                 }
-                workers::runner::BatchOutcome::Idle => break,
+                // Nothing readable yet: done if the checkpoint is at the head; otherwise an
+                // older transaction of the PostgreSQL cluster still holds back the log's
+                // horizon: wait for it rather than report a projection that is not there.
+                workers::runner::BatchOutcome::Idle => {
+                    let at = projections::checkpoints::read(log.db(), name).await?;
+                    if at.unwrap_or(eventlog::Cursor::START) >= head {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
                 workers::runner::BatchOutcome::Busy => {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }

@@ -734,6 +734,28 @@ impl EventLog {
         Ok(row.unwrap_or(Cursor::START))
     }
 
+    /// The cursor of the last committed event, readable yet or not: on PostgreSQL an event
+    /// becomes readable once every older transaction of the cluster has ended, so this can be
+    /// ahead of [`EventLog::head`]. A reader that has reached it has seen everything committed
+    /// before the call.
+    pub async fn last_committed(&self) -> Result<Cursor, sqlx::Error> {
+        match &self.inner.db {
+            Db::Postgres(pool) => {
+                let row = sqlx::query(
+                    "SELECT transaction_id::text::bigint AS transaction_id, global_position \
+                     FROM events ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
+                )
+                .fetch_optional(pool)
+                .await?;
+                row.map(|row| Ok(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
+                    .transpose()
+                    .map(|cursor| cursor.unwrap_or(Cursor::START))
+            }
+            // One writer: every committed event is readable.
+            Db::Sqlite(_) => self.head().await,
+        }
+    }
+
     /// [`EventLog::read_after`] inside a transaction, so that a projector reads and applies
     /// under the same lock. On SQLite the write transaction sees every committed event.
     pub async fn read_after_in(
