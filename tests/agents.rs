@@ -1160,6 +1160,58 @@ both_backends!(
     messages_decided_on_cached_state_see_every_change
 );
 
+/// A session's cached state is handed to the message that reads it (not copied) and put back
+/// by its commit; messages arriving meanwhile read the session from the log. Concurrent
+/// messages with their own keys on one session all land, each once, and a later message sees
+/// all of them.
+async fn concurrent_messages_on_one_session_each_land_once(backend: Backend) {
+    let app = app_with(backend, |_| {}).await;
+    let agent = create_agent(&app, "acme", support_agent()).await;
+    let session = create_session(&app, "acme", &agent).await;
+    assert_eq!(
+        send(&app, "acme", &session, "first", "First")
+            .await
+            .status(),
+        201
+    );
+    let sends = (0..8).map(|i| {
+        let app = &app;
+        let session = &session;
+        async move {
+            let response = send(app, "acme", session, &format!("c-{i}"), &format!("C {i}")).await;
+            (i, response.status().as_u16())
+        }
+    });
+    for (i, status) in futures::future::join_all(sends).await {
+        assert_eq!(status, 201, "message {i}");
+    }
+    let response = send(&app, "acme", &session, "last", "Last").await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(session_events(&app, "acme", &session).await, (10, 10, 10));
+    let shown = transcript(&app, "acme", &session, 20).await;
+    let users: Vec<&str> = shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(users.len(), 10);
+    assert_eq!((users[0], users[9]), ("First", "Last"));
+    for i in 0..8 {
+        let content = format!("C {i}");
+        assert_eq!(
+            users.iter().filter(|u| **u == content).count(),
+            1,
+            "{content}"
+        );
+    }
+}
+both_backends!(
+    concurrent_messages_on_one_session,
+    concurrent_messages_on_one_session_each_land_once
+);
+
 async fn the_openai_adapter_handles_replies_streams_and_failures(backend: Backend) {
     let fake = FakeOpenAi::default();
     let base_url = fake.start().await;

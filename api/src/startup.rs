@@ -66,6 +66,8 @@ impl Application {
                     domain::agent::Agent::TYPE,
                     domain::budget::Budget::TYPE,
                 ],
+                // Every message appends to its session: hand it out rather than copy it.
+                &[domain::session::Session::TYPE],
                 STREAM_CACHE_EVENTS,
             );
         }

@@ -13,7 +13,12 @@
 //!
 //! Aggregates enter the cache when their stream is read, and are replaced by the state a commit
 //! of this process leaves. Which aggregate types are cached is set once per log
-//! ([`EventLog::cache_streams`]). The cache weighs an aggregate by its stream's length (an
+//! ([`EventLog::cache_streams`]), and so are the types whose aggregate is *handed out*: taken
+//! out of the cache by the command that reads it instead of copied, and put back by that
+//! command's commit. That is for streams nearly every reader appends to (a session: its copy
+//! would grow with its conversation, twice per message); a concurrent reader of the same
+//! stream meanwhile reads it from the log, which is always correct, because correctness never
+//! rests on the cache. The cache weighs an aggregate by its stream's length (an
 //! empty stream counts as one) and holds at most a fixed weight; when full, it drops a random
 //! half of its entries. Streams longer than [`MAX_CACHED_STREAM`] events are not kept.
 
@@ -49,6 +54,8 @@ impl Entry {
 
 pub(crate) struct StreamCache {
     aggregate_types: HashSet<String>,
+    /// Types whose aggregate is taken out of the cache by its reader, not copied.
+    handed_out: HashSet<String>,
     /// Most weight held.
     capacity: usize,
     entries: Mutex<Entries>,
@@ -58,6 +65,7 @@ impl std::fmt::Debug for StreamCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamCache")
             .field("aggregate_types", &self.aggregate_types)
+            .field("handed_out", &self.handed_out)
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
     }
@@ -84,6 +92,17 @@ impl StreamCache {
             .streams
             .get(stream)
             .cloned()
+    }
+
+    /// Takes a stream's entry out of the cache.
+    fn take(&self, stream: &StreamId) -> Option<Entry> {
+        if !self.caches(stream) {
+            return None;
+        }
+        let mut entries = self.entries.lock().expect("stream cache lock poisoned");
+        let entry = entries.streams.remove(stream)?;
+        entries.weight -= entry.weight();
+        Some(entry)
     }
 
     /// Keeps an aggregate of a cached type (the caller checks [`StreamCache::caches`]).
@@ -117,11 +136,13 @@ impl StreamCache {
 
 impl EventLog {
     /// Keeps aggregates of `aggregate_types`, weighing up to `capacity` events in all, in
-    /// memory for commands that may decide on cached state (see the module documentation).
+    /// memory for commands that may decide on cached state; those of `handed_out` (among
+    /// them) are handed to their reader instead of copied (see the module documentation).
     /// Set once; later calls are ignored.
-    pub fn cache_streams(&self, aggregate_types: &[&str], capacity: usize) {
+    pub fn cache_streams(&self, aggregate_types: &[&str], handed_out: &[&str], capacity: usize) {
         let _ = self.stream_cache().set(StreamCache {
             aggregate_types: aggregate_types.iter().map(|t| t.to_string()).collect(),
+            handed_out: handed_out.iter().map(|t| t.to_string()).collect(),
             capacity: capacity.max(1),
             entries: Mutex::new(Entries::default()),
         });
@@ -139,13 +160,22 @@ impl EventLog {
             .is_some_and(|c| c.get(stream).is_some())
     }
 
-    /// The stream's cached aggregate, if it is cached.
+    /// The stream's cached aggregate, if it is cached: taken out of the cache for a handed-out
+    /// type, a copy otherwise.
     pub(crate) fn cached<A: Aggregate + Clone + 'static>(
         &self,
         stream: &StreamId,
     ) -> Option<Loaded<A>> {
-        let entry = self.stream_cache().get()?.get(stream)?;
-        let aggregate = entry.state.downcast_ref::<A>()?.clone();
+        let cache = self.stream_cache().get()?;
+        let entry = if cache.handed_out.contains(&stream.aggregate_type) {
+            cache.take(stream)?
+        } else {
+            cache.get(stream)?
+        };
+        let state = entry.state.downcast::<A>().ok()?;
+        // Copied only while someone else holds the state too (the cache, for a type that is
+        // not handed out).
+        let aggregate = Arc::try_unwrap(state).unwrap_or_else(|shared| (*shared).clone());
         Some(Loaded {
             aggregate,
             version: entry.version,
