@@ -162,7 +162,7 @@ impl RecordedEvent {
 
     /// The metadata, when it has the current shape.
     pub fn event_metadata(&self) -> Option<EventMetadata> {
-        serde_json::from_value(self.metadata.clone()).ok()
+        serde::Deserialize::deserialize(&self.metadata).ok()
     }
 }
 
@@ -557,61 +557,63 @@ impl EventLog {
     /// The events of several streams of one tenant, in one query: stream by stream, each in
     /// sequence order (a unit of work reads the streams of a batch of commands at once).
     /// Which of `reads` (a stream and the version a command decided on) have another version
-    /// now, read inside `tx`. One query per 300 streams.
+    /// now, read inside `tx`. PostgreSQL: one prepared statement over arrays, whatever the
+    /// number of reads; SQLite: one query per 300 streams.
     pub async fn stale_reads_in(
         &self,
         tx: &mut Tx,
         reads: &[(StreamId, u64)],
     ) -> Result<Vec<StreamId>, sqlx::Error> {
-        let mut stale = Vec::new();
-        let backend = tx.backend();
-        for chunk in reads.chunks(300) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let n = 4 * i;
-                    match backend {
-                        crate::Backend::Postgres => format!(
-                            "(${}::text, ${}::text, ${}::text, ${}::int8)",
-                            n + 1,
-                            n + 2,
-                            n + 3,
-                            n + 4
-                        ),
-                        crate::Backend::Sqlite => {
-                            format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
-                        }
+        const MOVED: &str = "SELECT t, a, i FROM read WHERE v <> coalesce((SELECT max(sequence) \
+             FROM events WHERE tenant_id = read.t AND aggregate_type = read.a \
+             AND aggregate_id = read.i), 0)";
+        let moved: Vec<(String, String, String)> = match tx {
+            Tx::Postgres(conn) => {
+                let column = |f: fn(&(StreamId, u64)) -> &str| -> Vec<&str> {
+                    reads.iter().map(f).collect()
+                };
+                let versions: Vec<i64> = reads.iter().map(|(_, v)| *v as i64).collect();
+                sqlx::query_as(&format!(
+                    "WITH read (t, a, i, v) AS (SELECT * FROM \
+                     unnest($1::text[], $2::text[], $3::text[], $4::int8[])) {MOVED}"
+                ))
+                .bind(column(|(s, _)| s.tenant_id.as_str()))
+                .bind(column(|(s, _)| s.aggregate_type.as_str()))
+                .bind(column(|(s, _)| s.aggregate_id.as_str()))
+                .bind(versions)
+                .fetch_all(&mut **conn)
+                .await?
+            }
+            Tx::Sqlite(conn) => {
+                let mut moved = Vec::new();
+                for chunk in reads.chunks(300) {
+                    let sql = format!(
+                        "WITH read (t, a, i, v) AS (VALUES {}) {MOVED}",
+                        crate::Backend::Sqlite.values(chunk.len(), 4)
+                    );
+                    let mut query = sqlx::query_as(&sql).persistent(false);
+                    for (stream, version) in chunk {
+                        query = query
+                            .bind(stream.tenant_id.as_str())
+                            .bind(stream.aggregate_type.as_str())
+                            .bind(stream.aggregate_id.as_str())
+                            .bind(*version as i64);
                     }
-                })
-                .collect();
-            let sql = format!(
-                "WITH read (t, a, i, v) AS (VALUES {}) \
-                 SELECT t, a, i FROM read WHERE v <> coalesce((SELECT max(sequence) FROM events \
-                 WHERE tenant_id = read.t AND aggregate_type = read.a AND aggregate_id = read.i), 0)",
-                rows.join(", ")
-            );
-            crate::on_tx!(&mut *tx, conn => {
-                let mut query = sqlx::query(&sql).persistent(false);
-                for (stream, version) in chunk {
-                    query = query
-                        .bind(stream.tenant_id.as_str())
-                        .bind(stream.aggregate_type.as_str())
-                        .bind(stream.aggregate_id.as_str())
-                        .bind(*version as i64);
+                    moved.extend(query.fetch_all(&mut **conn).await?);
                 }
-                let moved: Vec<(String, String, String)> = query
-                    .fetch_all(&mut *conn)
-                    .await?
-                    .iter()
-                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-                    .collect::<Result<_, sqlx::Error>>()?;
-                stale.extend(chunk.iter().map(|(stream, _)| stream).filter(|s| {
-                    moved.iter().any(|(t, a, i)| {
-                        s.tenant_id.as_str() == t && s.aggregate_type == *a && s.aggregate_id == *i
-                    })
-                }).cloned());
-            });
-        }
-        Ok(stale)
+                moved
+            }
+        };
+        Ok(reads
+            .iter()
+            .map(|(stream, _)| stream)
+            .filter(|s| {
+                moved.iter().any(|(t, a, i)| {
+                    s.tenant_id.as_str() == t && s.aggregate_type == *a && s.aggregate_id == *i
+                })
+            })
+            .cloned()
+            .collect())
     }
 
     pub async fn load_many(&self, streams: &[StreamId]) -> Result<Vec<RecordedEvent>, sqlx::Error> {
