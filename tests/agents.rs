@@ -1037,6 +1037,18 @@ async fn session_events(app: &TestApp, tenant: &str, session: &str) -> (usize, u
     )
 }
 
+/// The user messages of a session's transcript (once it shows `messages` in all), in order.
+async fn user_messages(app: &TestApp, tenant: &str, session: &str, messages: usize) -> Vec<String> {
+    let shown = transcript(app, tenant, session, messages).await;
+    shown["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Messages decide on the session, agent and budgets as their gateway last saw them; what
 /// another gateway (or request) changed meanwhile must still be seen, and a key claimed with
 /// its message must still be answered once.
@@ -1084,16 +1096,8 @@ async fn messages_decided_on_cached_state_see_every_change(backend: Backend) {
         assert_eq!(response.status(), 201, "turn {i}");
     }
     assert_eq!(session_events(&a, "acme", &session).await, (7, 7, 7));
-    let shown = transcript(&a, "acme", &session, 14).await;
-    let contents: Vec<&str> = shown["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "user")
-        .map(|m| m["content"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        contents,
+        user_messages(&a, "acme", &session, 14).await,
         [
             "Only once",
             "Turn 0",
@@ -1188,16 +1192,9 @@ async fn concurrent_messages_on_one_session_each_land_once(backend: Backend) {
     let response = send(&app, "acme", &session, "last", "Last").await;
     assert_eq!(response.status(), 201);
     assert_eq!(session_events(&app, "acme", &session).await, (10, 10, 10));
-    let shown = transcript(&app, "acme", &session, 20).await;
-    let users: Vec<&str> = shown["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "user")
-        .map(|m| m["content"].as_str().unwrap())
-        .collect();
+    let users = user_messages(&app, "acme", &session, 20).await;
     assert_eq!(users.len(), 10);
-    assert_eq!((users[0], users[9]), ("First", "Last"));
+    assert_eq!((users[0].as_str(), users[9].as_str()), ("First", "Last"));
     for i in 0..8 {
         let content = format!("C {i}");
         assert_eq!(
