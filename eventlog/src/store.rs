@@ -554,8 +554,6 @@ impl EventLog {
         Ok(self.upcast_all(events))
     }
 
-    /// The events of several streams of one tenant, in one query: stream by stream, each in
-    /// sequence order (a unit of work reads the streams of a batch of commands at once).
     /// Which of `reads` (a stream and the version a command decided on) have another version
     /// now, read inside `tx`. PostgreSQL: one prepared statement over arrays, whatever the
     /// number of reads; SQLite: one query per 300 streams.
@@ -616,6 +614,8 @@ impl EventLog {
             .collect())
     }
 
+    /// The events of several streams of one tenant, in one query: stream by stream, each in
+    /// sequence order (a unit of work reads the streams of a batch of commands at once).
     pub async fn load_many(&self, streams: &[StreamId]) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         let Some(first) = streams.first() else {
             return Ok(Vec::new());
