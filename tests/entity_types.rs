@@ -1121,6 +1121,45 @@ both_backends!(
     history_and_change_feed_read_the_log
 );
 
+/// A seed reports its records only once they are projected, even while an older transaction
+/// of the PostgreSQL cluster holds back the log's readable horizon (events become readable
+/// only when every older transaction has ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entity_seed_waits_for_the_read_horizon() {
+    use sqlx::{Connection, Executor};
+    let db = crate::helpers::TestDb::new(Backend::Postgres).await;
+    let settings = db.settings();
+    // A transaction with an id older than every event the seed writes, ended only after the
+    // seed has written its records.
+    let mut older = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    older.execute("BEGIN").await.unwrap();
+    older.execute("SELECT pg_current_xact_id()").await.unwrap();
+    let written = std::sync::Arc::new(tokio::sync::Notify::new());
+    let end_older = {
+        let written = written.clone();
+        tokio::spawn(async move {
+            written.notified().await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            older.execute("COMMIT").await.unwrap();
+        })
+    };
+    let report = api::seed::entities(&settings, "horizon", 300, 100, 2, |stage, done, total| {
+        if stage == "create" && done == total {
+            written.notify_one();
+        }
+    })
+    .await
+    .expect("the seed runs");
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let projected: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM entities WHERE tenant_id = 'horizon'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!((report.records, projected), (300, 300));
+    end_older.await.unwrap();
+}
+
 async fn the_entity_seed_loads_through_the_command_path(backend: Backend) {
     let db = crate::helpers::TestDb::new(backend).await;
     let settings = db.settings();
