@@ -428,3 +428,39 @@ both_backends!(
     group_commit_keeps_each_commands_outcome,
     group_commit_keeps_each_command_s_outcome
 );
+
+/// The commands of a group often decided on the same cached stream at the same version: the
+/// check reads each distinct one once, and still reports every read of a stream that moved.
+async fn repeated_reads_of_a_moved_stream_are_each_reported(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    log.append(&[append(stream("moved"), 0, vec![event("a")])])
+        .await
+        .unwrap();
+    log.append(&[append(stream("kept"), 0, vec![event("b")])])
+        .await
+        .unwrap();
+    // Read at version 1 by three commands; then the stream moves on.
+    log.append(&[append(stream("moved"), 1, vec![event("c")])])
+        .await
+        .unwrap();
+    let reads = vec![
+        (stream("moved"), 1),
+        (stream("kept"), 1),
+        (stream("moved"), 1),
+        (stream("kept"), 1),
+        (stream("moved"), 1),
+        (stream("moved"), 2),
+        (stream("never-written"), 0),
+    ];
+    let mut tx = log.db().begin().await.unwrap();
+    let stale = log.stale_reads_in(&mut tx, &reads).await.unwrap();
+    tx.rollback().await.unwrap();
+    // Every read of "moved" is named, the one at its current version included, as the
+    // caller matches stale streams by name; "kept" and the empty stream are current.
+    assert_eq!(stale, vec![stream("moved"); 4]);
+}
+both_backends!(
+    repeated_reads_of_a_moved_stream_are_each_reported,
+    repeated_reads_of_a_moved_stream_are_each_reported
+);

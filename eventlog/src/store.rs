@@ -14,7 +14,7 @@
 //!   (`pg_snapshot_xmin(pg_current_snapshot())`). A transaction that is still open can
 //!   therefore never commit "behind" a reader.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, DurationRound, Utc};
@@ -555,8 +555,9 @@ impl EventLog {
     }
 
     /// Which of `reads` (a stream and the version a command decided on) have another version
-    /// now, read inside `tx`. PostgreSQL: one prepared statement over arrays, whatever the
-    /// number of reads; SQLite: one query per 300 streams.
+    /// now, read inside `tx`. Each distinct read is checked once (the commands of a group
+    /// mostly read the same cached entity type). PostgreSQL: one prepared statement over
+    /// arrays, whatever the number of reads; SQLite: one query per 300 streams.
     pub async fn stale_reads_in(
         &self,
         tx: &mut Tx,
@@ -565,12 +566,14 @@ impl EventLog {
         const MOVED: &str = "SELECT t, a, i FROM read WHERE v <> coalesce((SELECT max(sequence) \
              FROM events WHERE tenant_id = read.t AND aggregate_type = read.a \
              AND aggregate_id = read.i), 0)";
+        let mut seen = HashSet::with_capacity(reads.len());
+        let distinct: Vec<&(StreamId, u64)> = reads.iter().filter(|r| seen.insert(*r)).collect();
         let moved: Vec<(String, String, String)> = match tx {
             Tx::Postgres(conn) => {
                 let column = |f: fn(&(StreamId, u64)) -> &str| -> Vec<&str> {
-                    reads.iter().map(f).collect()
+                    distinct.iter().map(|read| f(read)).collect()
                 };
-                let versions: Vec<i64> = reads.iter().map(|(_, v)| *v as i64).collect();
+                let versions: Vec<i64> = distinct.iter().map(|(_, v)| *v as i64).collect();
                 sqlx::query_as(&format!(
                     "WITH read (t, a, i, v) AS (SELECT * FROM \
                      unnest($1::text[], $2::text[], $3::text[], $4::int8[])) {MOVED}"
@@ -584,7 +587,7 @@ impl EventLog {
             }
             Tx::Sqlite(conn) => {
                 let mut moved = Vec::new();
-                for chunk in reads.chunks(300) {
+                for chunk in distinct.chunks(300) {
                     let sql = format!(
                         "WITH read (t, a, i, v) AS (VALUES {}) {MOVED}",
                         crate::Backend::Sqlite.values(chunk.len(), 4)
