@@ -29,29 +29,11 @@ done
 psql "$PG_URL/postgres" -qc "CREATE DATABASE $DB" >/dev/null
 trap 'psql "$PG_URL/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null' EXIT
 
-psql "$PG_URL/$DB" -q <<'SQL'
-CREATE TABLE pgbench_events (
-    global_position BIGSERIAL PRIMARY KEY,
-    tenant_id TEXT NOT NULL,
-    aggregate_type TEXT NOT NULL,
-    aggregate_id TEXT NOT NULL,
-    sequence BIGINT NOT NULL,
-    event_type TEXT NOT NULL,
-    payload JSONB NOT NULL,
-    recorded_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    UNIQUE (tenant_id, aggregate_type, aggregate_id, sequence)
-);
-SQL
-script=$(mktemp)
-cat > "$script" <<'SQL'
-INSERT INTO pgbench_events (tenant_id, aggregate_type, aggregate_id, sequence, event_type, payload)
-VALUES ('bench', 'Entity', 'items/' || md5(random()::text || clock_timestamp()::text), 1, 'EntityCreated',
-  '{"entityType": "items", "id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "data": {"name": "a benchmark item", "category": "c07", "price": 4200, "status": "active", "attributes": {"color": "red", "weight": 12, "tags": ["one", "two", "three"]}}}');
-SQL
+psql "$PG_URL/$DB" -q -v ON_ERROR_STOP=1 -f "$ROOT/bench/scripts/sql/single-row-table.sql"
+script=$ROOT/bench/scripts/sql/single-row.sql
 echo "== pgbench: $CLIENTS clients, ${SECONDS_EACH}s, one row per transaction, synchronous_commit=$(psql "$PG_URL/$DB" -Atc 'SHOW synchronous_commit')"
 pg_tps=$(pgbench -n -c "$CLIENTS" -j 2 -T "$SECONDS_EACH" -f "$script" "$PG_URL/$DB" 2>/dev/null \
   | awk '/^tps = / {print $3; exit}')
-rm -f "$script"
 echo "pgbench: $pg_tps transactions/s"
 
 echo "== gateway: $WORKLOAD over HTTP, $CLIENTS clients, ${SECONDS_EACH}s"
