@@ -429,8 +429,9 @@ both_backends!(
     group_commit_keeps_each_command_s_outcome
 );
 
-/// The commands of a group often decided on the same cached stream at the same version: the
-/// check reads each distinct one once, and still reports every read of a stream that moved.
+/// The commands of a group often decided on the same cached stream at the same version, and
+/// the check sends each distinct read once; every read of a stream that moved must still be
+/// reported, as the committer matches them command by command.
 async fn repeated_reads_of_a_moved_stream_are_each_reported(backend: Backend) {
     let db = TestDb::new(backend).await;
     let log = db.log().await;
