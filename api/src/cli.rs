@@ -198,14 +198,15 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> anyhow::R
         Command::Serve => {
             let mut app = Application::build(settings).await?;
             if let Some(key) = app.take_bootstrap_key() {
-                writeln!(
-                    out,
+                // On stderr, apart from the log stream (stdout), which is often shipped
+                // somewhere a secret must not go.
+                eprintln!(
                     "{}",
                     serde_json::json!({
                         "platformAdminKey": key,
                         "note": "generated on first start; shown once, only its hash is stored",
                     })
-                )?;
+                );
             }
             let token = app.shutdown_token();
             tokio::spawn(async move {

@@ -12,6 +12,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let cli = api::cli::Cli::parse();
     let settings = api::settings::Settings::load(cli.config.as_deref())?;
-    api::telemetry::init(&settings.log_filter, settings.log_format);
+    let target = match cli.command {
+        None | Some(api::cli::Command::Serve) => api::telemetry::LogTarget::Stdout,
+        Some(_) => api::telemetry::LogTarget::Stderr,
+    };
+    api::telemetry::init(&settings.log_filter, settings.log_format, target);
     api::cli::run(cli, settings, &mut std::io::stdout()).await
 }

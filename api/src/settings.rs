@@ -2,8 +2,9 @@
 //!
 //! Sources, later ones winning: built-in defaults, an optional TOML file (`--config` or
 //! `GATEWAY_CONFIG`), then environment variables. The variables are the names operators
-//! already know (`DATABASE_URL`, `PORT`, `RUST_LOG`) and `GATEWAY_*` for the rest; the README
-//! lists every one with its default. Nothing else in the gateway reads the environment.
+//! already know (`DATABASE_URL`, `PORT`, `RUST_LOG`) and `GATEWAY_*` for the rest;
+//! docs/configuration.md lists every one with its default. Nothing else in the gateway reads
+//! the environment.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
