@@ -14,6 +14,7 @@ mod entities;
 mod entity_query;
 mod entity_types;
 mod eventlog;
+mod hostile;
 mod operations;
 mod projections;
 mod security;

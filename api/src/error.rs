@@ -72,6 +72,13 @@ pub enum ApiError {
     /// 400 `INVALID_JSON`: the body is not JSON, or not the JSON this route takes.
     #[error("{0}")]
     InvalidJson(String),
+    /// 400 `JSON_TOO_DEEP`: the body nests objects and arrays more than [`MAX_JSON_DEPTH`]
+    /// levels deep.
+    #[error("the request body nests {depth} levels deep; at most {MAX_JSON_DEPTH} are allowed")]
+    JsonTooDeep { depth: usize },
+    /// 400 `JSON_NUL_CHARACTER`: a string or key of the body contains U+0000.
+    #[error("strings and keys of the request body may not contain U+0000")]
+    JsonNulCharacter,
     /// 413 `PAYLOAD_TOO_LARGE`: the body is over the configured limit.
     #[error("the request body is too large")]
     PayloadTooLarge,
@@ -262,6 +269,12 @@ impl ApiError {
             InvalidEntityType(_) => (StatusCode::BAD_REQUEST, "INVALID_ENTITY_TYPE", Value::Null),
             InvalidId(_) => (StatusCode::BAD_REQUEST, "INVALID_ID", Value::Null),
             InvalidJson(_) => (StatusCode::BAD_REQUEST, "INVALID_JSON", Value::Null),
+            JsonTooDeep { depth } => (
+                StatusCode::BAD_REQUEST,
+                "JSON_TOO_DEEP",
+                json!({ "depth": depth, "maxDepth": MAX_JSON_DEPTH }),
+            ),
+            JsonNulCharacter => (StatusCode::BAD_REQUEST, "JSON_NUL_CHARACTER", Value::Null),
             PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "PAYLOAD_TOO_LARGE",
@@ -553,10 +566,83 @@ pub async fn envelope(request: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(body))
 }
 
-/// `Json<T>` whose rejections are [`ApiError`]s.
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// The most levels of objects and arrays a request body may nest.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// `Json<T>` whose rejections are [`ApiError`]s, and which refuses what the gateway could
+/// store but not serve: bodies nested more than [`MAX_JSON_DEPTH`] levels (`JSON_TOO_DEEP`)
+/// and strings or keys with a NUL character (`JSON_NUL_CHARACTER`; PostgreSQL cannot store it,
+/// so neither backend takes it).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::InvalidJson(rejection.body_text())
+                }
+            })?;
+        parse_body(&bytes).map(Self)
+    }
+}
+
+/// Parses a request body as `T`, refusing what [`ApiJson`] refuses.
+pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let depth = eventlog::json::nesting_depth(bytes);
+    if depth > MAX_JSON_DEPTH {
+        return Err(ApiError::JsonTooDeep { depth });
+    }
+    if has_nul_escape(bytes) {
+        return Err(ApiError::JsonNulCharacter);
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::InvalidJson(format!(
+            "Failed to deserialize the JSON body into the target type: {e}"
+        ))
+    })
+}
+
+/// Whether a JSON text has `\u0000` in a string (a raw NUL byte is not JSON at all).
+fn has_nul_escape(bytes: &[u8]) -> bool {
+    let mut in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match (in_string, bytes[i]) {
+            (false, b'"') => in_string = true,
+            (true, b'"') => in_string = false,
+            (true, b'\\') => {
+                if bytes.get(i + 1..i + 6) == Some(b"u0000".as_slice()) {
+                    return true;
+                }
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
 
 impl<T: Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {

@@ -13,6 +13,7 @@
 //! - [`store`]: [`EventLog`]: append, load one stream, tail after a cursor.
 //! - [`command`]: running a cqrs-es aggregate's command against the log, with optimistic
 //!   concurrency and bounded retries.
+//! - [`json`]: JSON columns read back however deeply they nest.
 //! - [`idempotency`]: idempotency records, completed in the same transaction as the events.
 //! - [`unit_of_work`]: commands on several aggregates, committed in one transaction.
 //! - [`group_commit`]: the commits of many concurrent commands in one transaction.
@@ -24,6 +25,7 @@ pub mod cursor;
 pub mod db;
 pub mod group_commit;
 pub mod idempotency;
+pub mod json;
 pub mod store;
 pub mod stream_cache;
 pub mod unit_of_work;

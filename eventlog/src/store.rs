@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use crate::cursor::Cursor;
 use crate::db::{Db, Tx};
+use crate::json::DeepJson;
 
 /// The PostgreSQL `NOTIFY` channel on which every append is announced, so that projectors
 /// and relays in other processes wake up at once.
@@ -248,8 +249,8 @@ const SQLITE_COLUMNS: &str = "global_position, 0 AS transaction_id, \
 macro_rules! decode_row {
     ($row:expr) => {{
         let row = $row;
-        let payload: Json<Value> = row.try_get("payload")?;
-        let metadata: Json<Value> = row.try_get("metadata")?;
+        let payload: DeepJson = row.try_get("payload")?;
+        let metadata: DeepJson = row.try_get("metadata")?;
         RecordedEvent {
             cursor: Cursor::new(
                 row.try_get("transaction_id")?,

@@ -174,7 +174,7 @@ const COLUMNS: &str = "entity_type, id, data, version, created_at, updated_at, d
 macro_rules! decode_record {
     ($row:expr) => {{
         let row = $row;
-        let data: Json<Value> = row.try_get("data")?;
+        let data: eventlog::json::DeepJson = row.try_get("data")?;
         EntityRecord {
             entity_type: row.try_get("entity_type")?,
             id: row.try_get("id")?,

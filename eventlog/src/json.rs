@@ -1,0 +1,147 @@
+//! JSON columns read back without serde_json's nesting limit.
+//!
+//! serde_json refuses documents nested more than 128 levels deep, and sqlx's `Json<T>` decodes
+//! with that limit. A row the gateway wrote must always read back, whatever a client put in it:
+//! one unreadable event would stop every reader of the log. [`DeepJson`] decodes a `JSONB`
+//! (PostgreSQL) or `TEXT` (SQLite) column with the limit lifted, after checking that the
+//! document stays within [`MAX_READ_DEPTH`] levels, which bounds the stack the parse (and the
+//! drop of the value) can take. Nothing the gateway accepts comes near it: request bodies are
+//! refused beyond 64 levels, and earlier versions refused them beyond 128.
+
+use serde_json::Value;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgTypeInfo, PgValueFormat, PgValueRef, Postgres};
+use sqlx::sqlite::{Sqlite, SqliteTypeInfo, SqliteValueRef};
+use sqlx::types::Json;
+use sqlx::{Decode, Type, TypeInfo, ValueRef};
+
+/// The deepest document [`DeepJson`] reads. Each level costs a few hundred bytes of stack in
+/// the parse; a thousand stay far below the two mebibytes of a runtime thread.
+pub const MAX_READ_DEPTH: usize = 1_000;
+
+/// A JSON column decoded without serde_json's recursion limit (see the module's docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeepJson(pub Value);
+
+/// How deeply `bytes`, a JSON text, nests objects and arrays (0 for a scalar). Brackets in
+/// strings do not count. Does not validate the text: a parser does that afterwards.
+pub fn nesting_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Parses a JSON text of at most [`MAX_READ_DEPTH`] levels, however deep beyond serde_json's
+/// own limit of 128.
+pub fn parse_deep(bytes: &[u8]) -> Result<Value, BoxDynError> {
+    let depth = nesting_depth(bytes);
+    if depth > MAX_READ_DEPTH {
+        return Err(
+            format!("a JSON document nested {depth} levels deep (most: {MAX_READ_DEPTH})").into(),
+        );
+    }
+    if depth < 120 {
+        return Ok(serde_json::from_slice(bytes)?);
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    deserializer.disable_recursion_limit();
+    let value = serde::Deserialize::deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
+
+impl Type<Postgres> for DeepJson {
+    fn type_info() -> PgTypeInfo {
+        <Json<Value> as Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <Json<Value> as Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for DeepJson {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        let binary_jsonb =
+            value.format() == PgValueFormat::Binary && value.type_info().name() == "JSONB";
+        let mut bytes = value.as_bytes()?;
+        if binary_jsonb {
+            // JSONB's binary form is a version byte, then the text.
+            match bytes.split_first() {
+                Some((1, text)) => bytes = text,
+                _ => return Err("unsupported JSONB format version".into()),
+            }
+        }
+        parse_deep(bytes).map(Self)
+    }
+}
+
+impl Type<Sqlite> for DeepJson {
+    fn type_info() -> SqliteTypeInfo {
+        <Json<Value> as Type<Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &SqliteTypeInfo) -> bool {
+        <Json<Value> as Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'r> Decode<'r, Sqlite> for DeepJson {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        let text = <&str as Decode<Sqlite>>::decode(value)?;
+        parse_deep(text.as_bytes()).map(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth))
+    }
+
+    #[test]
+    fn depth_counts_containers_outside_strings() {
+        assert_eq!(nesting_depth(b"1"), 0);
+        assert_eq!(nesting_depth(br#"{"a":[1,{"b":2}]}"#), 3);
+        assert_eq!(nesting_depth(br#"{"a":"[[[{{{\"]]]"}"#), 1);
+        assert_eq!(nesting_depth(nested(200).as_bytes()), 200);
+    }
+
+    #[test]
+    fn documents_deeper_than_serde_json_allows_read_back() {
+        assert!(serde_json::from_str::<Value>(&nested(200)).is_err());
+        let value = parse_deep(nested(200).as_bytes()).unwrap();
+        assert_eq!(serde_json::to_string(&value).unwrap(), nested(200));
+        assert_eq!(parse_deep(nested(3).as_bytes()).unwrap()["a"]["a"]["a"], 1);
+    }
+
+    #[test]
+    fn documents_beyond_the_read_depth_are_an_error_not_a_crash() {
+        assert!(parse_deep(nested(MAX_READ_DEPTH + 1).as_bytes()).is_err());
+        assert!(parse_deep(b"{\"a\": 1} trailing").is_err());
+    }
+}
