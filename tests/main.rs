@@ -10,6 +10,7 @@
 mod helpers;
 
 mod agents;
+mod cli;
 mod entities;
 mod entity_query;
 mod entity_types;

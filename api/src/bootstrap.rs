@@ -157,6 +157,68 @@ pub async fn issue_key(
     Ok((key, outcome))
 }
 
+/// Revokes key `key_id` of `tenant`. Revoking a revoked key changes nothing.
+pub async fn revoke_key(
+    log: &EventLog,
+    clock: &ApiKeyServices,
+    tenant: &TenantId,
+    key_id: &str,
+    metadata: &EventMetadata,
+) -> Result<CommandOutcome<ApiKey>, CommandError<ApiKeyError>> {
+    log.execute::<ApiKey>(
+        &StreamId::new(tenant.clone(), ApiKey::TYPE, key_id),
+        ApiKeyCommand::RevokeApiKey,
+        clock,
+        metadata,
+    )
+    .await
+}
+
+/// Issues a new platform key (role `superadmin`) and revokes every other platform key that is
+/// not revoked yet. Returns the new key and the ids revoked. (`GATEWAY_ADMIN_KEY` is not a
+/// key of the log: it changes with the setting.)
+pub async fn rotate_platform_key(
+    log: &EventLog,
+    clock: &ApiKeyServices,
+    name: String,
+) -> anyhow::Result<(GeneratedKey, Vec<String>, eventlog::Cursor)> {
+    let platform = TenantId::parse(PLATFORM_TENANT).expect("a valid tenant id");
+    let issue = EventMetadata::new(platform.clone(), "cli", "cli", "IssueApiKey");
+    let (key, outcome) = issue_key(
+        log,
+        clock,
+        &platform,
+        name,
+        vec![Role::Superadmin],
+        None,
+        &issue,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("issuing the new platform key: {e}"))?;
+    let mut until = outcome.cursor.unwrap_or_default();
+    catch_up(log, &projections::all(), until).await?;
+    let mut revoked = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page =
+            projections::api_keys::list(log.db(), PLATFORM_TENANT, after.as_deref(), 500).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for old in page
+            .iter()
+            .filter(|k| k.id != key.id && k.revoked_at.is_none())
+        {
+            let metadata = EventMetadata::new(platform.clone(), "cli", "cli", "RevokeApiKey");
+            let outcome = revoke_key(log, clock, &platform, &old.id, &metadata)
+                .await
+                .map_err(|e| anyhow::anyhow!("revoking platform key {}: {e}", old.id))?;
+            until = outcome.cursor.unwrap_or(until);
+            revoked.push(old.id.clone());
+        }
+    }
+    Ok((key, revoked, until))
+}
+
 /// On the first start of an embedded gateway without `GATEWAY_ADMIN_KEY`, issues a platform
 /// key and returns its token (to print once). Later starts, and other processes racing on the
 /// first start, return `None`.

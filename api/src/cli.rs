@@ -178,6 +178,21 @@ pub enum KeysCommand {
         #[arg(long)]
         expires_at: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// Revoke a key (`--tenant platform` for a platform key); it stops working at once on
+    /// this database and within GATEWAY_CREDENTIAL_CACHE_MS on running gateways.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        /// The key's id (`key_…`, the part of the key before its last `_`).
+        #[arg(long)]
+        id: String,
+    },
+    /// Issue a new platform key (role `superadmin`) and revoke every other one, the key
+    /// generated on first start included; prints the new key, shown only here.
+    RotatePlatform {
+        #[arg(long, default_value = "platform")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -371,6 +386,47 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> anyhow::R
                 serde_json::json!({
                     "tenant": tenant.as_str(),
                     "apiKey": { "id": key.id, "roles": roles, "key": key.token },
+                })
+            )?;
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Revoke { tenant, id }) => {
+            let log = startup::open_log(&settings).await?;
+            let clock: ApiKeyServices = Arc::new(SystemClock);
+            let tenant = TenantId::parse(tenant)?;
+            let stream = eventlog::StreamId::new(
+                tenant.clone(),
+                <domain::api_key::ApiKey as cqrs_es::Aggregate>::TYPE,
+                id.as_str(),
+            );
+            if log.version(&stream).await? == 0 {
+                bail!("no key '{id}' in tenant '{tenant}'");
+            }
+            let metadata = EventMetadata::new(tenant.clone(), "cli", "cli", "RevokeApiKey");
+            let outcome = bootstrap::revoke_key(&log, &clock, &tenant, &id, &metadata)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(until) = outcome.cursor {
+                bootstrap::catch_up(&log, &projections::all(), until).await?;
+            }
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "tenant": tenant.as_str(), "apiKey": { "id": id, "revoked": true } })
+            )?;
+            Ok(())
+        }
+        Command::Keys(KeysCommand::RotatePlatform { name }) => {
+            let log = startup::open_log(&settings).await?;
+            let clock: ApiKeyServices = Arc::new(SystemClock);
+            let (key, revoked, until) = bootstrap::rotate_platform_key(&log, &clock, name).await?;
+            bootstrap::catch_up(&log, &projections::all(), until).await?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "apiKey": { "id": key.id, "roles": ["superadmin"], "key": key.token },
+                    "revoked": revoked,
                 })
             )?;
             Ok(())

@@ -12,6 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let cli = api::cli::Cli::parse();
     let settings = api::settings::Settings::load(cli.config.as_deref())?;
+    settings.check_secrets()?;
     let target = match cli.command {
         None | Some(api::cli::Command::Serve) => api::telemetry::LogTarget::Stdout,
         Some(_) => api::telemetry::LogTarget::Stderr,

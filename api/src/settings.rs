@@ -162,6 +162,9 @@ impl Default for Settings {
     }
 }
 
+/// The fewest bytes a secret setting (`GATEWAY_ADMIN_KEY`, `JWT_SECRET`) may have.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 impl Settings {
     /// Loads settings from defaults, the optional TOML file and the environment.
     pub fn load(config_file: Option<&std::path::Path>) -> Result<Self, Box<figment::Error>> {
@@ -194,6 +197,27 @@ impl Settings {
             .merge(Env::prefixed("GATEWAY_").ignore(&["CONFIG"]).split("__"))
             .extract()
             .map_err(Box::new)
+    }
+
+    /// Refuses secrets that would let anyone in: an empty or short (under
+    /// [`MIN_SECRET_BYTES`]) `GATEWAY_ADMIN_KEY` or `JWT_SECRET`. A set but empty variable is a
+    /// mistake, never a way to turn a check off; unset them instead.
+    pub fn check_secrets(&self) -> anyhow::Result<()> {
+        for (name, secret) in [
+            ("GATEWAY_ADMIN_KEY", &self.admin_key),
+            ("JWT_SECRET", &self.jwt_secret),
+        ] {
+            if let Some(secret) = secret {
+                let len = secret.expose_secret().len();
+                if len < MIN_SECRET_BYTES {
+                    anyhow::bail!(
+                        "{name} is {len} bytes long; it must be at least {MIN_SECRET_BYTES} \
+                         (generate one with `openssl rand -hex 32`), or unset"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The database URL in effect: the configured one, or the embedded SQLite file.
@@ -262,6 +286,41 @@ mod tests {
     use secrecy::ExposeSecret;
 
     use super::*;
+
+    #[test]
+    fn empty_or_short_secrets_are_refused_naming_the_setting() {
+        let mut settings = Settings::default();
+        assert!(settings.check_secrets().is_ok(), "unset secrets are fine");
+        for (value, ok) in [
+            ("", false),
+            ("short", false),
+            (&*"k".repeat(31), false),
+            (&*"k".repeat(32), true),
+        ] {
+            settings.admin_key = Some(value.to_string().into());
+            settings.jwt_secret = None;
+            let admin = settings.check_secrets();
+            assert_eq!(
+                admin.is_ok(),
+                ok,
+                "GATEWAY_ADMIN_KEY of {} bytes",
+                value.len()
+            );
+            if let Err(error) = admin {
+                assert!(
+                    error.to_string().starts_with("GATEWAY_ADMIN_KEY is"),
+                    "{error}"
+                );
+            }
+            settings.admin_key = None;
+            settings.jwt_secret = Some(value.to_string().into());
+            let jwt = settings.check_secrets();
+            assert_eq!(jwt.is_ok(), ok, "JWT_SECRET of {} bytes", value.len());
+            if let Err(error) = jwt {
+                assert!(error.to_string().starts_with("JWT_SECRET is"), "{error}");
+            }
+        }
+    }
 
     #[test]
     // figment's Jail decides the closure's error type.

@@ -49,6 +49,7 @@ const STREAM_CACHE_EVENTS: usize = 5_000;
 impl Application {
     /// Connects, migrates, starts the projectors (unless disabled) and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.check_secrets()?;
         let providers =
             crate::providers::from_settings(&settings).context("configuring the providers")?;
         let log = open_log(&settings).await?;

@@ -64,9 +64,24 @@ pub fn parse(token: &str) -> Option<(&str, &str)> {
 
 /// Compares two strings in time that depends only on their lengths.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
+    // Empty input never matches, whatever it is compared with.
+    !a.is_empty()
+        && a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn empty_input_never_matches() {
+        assert!(!constant_time_eq("", ""));
+        assert!(!constant_time_eq("", "secret"));
+        assert!(constant_time_eq("secret", "secret"));
+        assert!(!constant_time_eq("secret", "secreT"));
+    }
 }
