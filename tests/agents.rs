@@ -1285,6 +1285,17 @@ async fn the_openai_adapter_handles_replies_streams_and_failures(backend: Backen
     );
     assert_eq!(body["metadata"]["attempts"][0]["httpStatus"], 503);
 
+    // Absurd token counts are a bad response, retried and then failed over, never billed.
+    fake.script(vec![
+        Scripted::Reply("absurd", u64::MAX, 1),
+        Scripted::Reply("absurd", 1, u64::MAX / 2),
+        Scripted::Reply("absurd", 1_000_000_001, 0),
+    ]);
+    let body = json_of(send(&app, "acme", &session, "o-absurd", "Count this").await).await;
+    assert_eq!(body["metadata"]["providerUsed"], "vendorB");
+    assert_eq!(body["metadata"]["attempts"][0]["errorCode"], "BAD_RESPONSE");
+    assert!(body["metadata"]["usage"]["costMicros"].as_u64().unwrap() < 1_000_000);
+
     // A malformed body, a timeout, then a 400 that is not retried.
     fake.script(vec![
         Scripted::Malformed,

@@ -486,7 +486,7 @@ async fn reply_at(log: &eventlog::EventLog, tenant: &str, at: DateTime<Utc>, tok
                 model: "vendor-a-1".into(),
                 tokens_in: tokens,
                 tokens_out: 0,
-                cost_micros: price.cost_micros(tokens, 0),
+                cost_micros: price.cost_micros(tokens, 0).unwrap(),
                 price,
                 fallback_used: false,
                 streamed: false,
@@ -783,6 +783,20 @@ async fn hard_budgets_hold_under_concurrency_and_soft_ones_tell(backend: Backend
         .await
         .unwrap();
     assert_eq!(error_code(bad).await, (422, "VALIDATION_ERROR".into()));
+    // A limit beyond what the signed 64-bit sums hold is refused, not wrapped.
+    for huge in ["1000000000000.000001", "18446744073709"] {
+        let bad = app
+            .request(Method::PUT, "/v1/budgets/tenant", "acme")
+            .json(&json!({"monthlyLimitUsd": huge, "enforcement": "hard"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(bad).await,
+            (422, "VALIDATION_ERROR".into()),
+            "{huge}"
+        );
+    }
     let unknown = app
         .request(Method::PUT, "/v1/budgets/agents/agt_nope", "acme")
         .json(&json!({"monthlyLimitUsd": "1", "enforcement": "soft"}))

@@ -541,7 +541,11 @@ impl Exchange {
             message_id: self.reply_id.clone(),
             reply_to: self.message_id.clone(),
             agent_id: self.agent_id.clone(),
-            cost_micros: price.cost_micros(completion.tokens_in, completion.tokens_out),
+            // Within MAX_REPORTED_TOKENS (checked as the provider answered) and
+            // MAX_PRICE_MICROS_PER_1K (checked at start), every cost fits.
+            cost_micros: price
+                .cost_micros(completion.tokens_in, completion.tokens_out)
+                .unwrap_or(i64::MAX as u64),
             content: completion.content,
             provider: answer.provider,
             model: completion.model,

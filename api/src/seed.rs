@@ -312,6 +312,9 @@ pub async fn usage(
                 let price = Price {
                     micro_usd_per_1k_tokens: price,
                 };
+                let cost_micros = price
+                    .cost_micros(tokens_in, tokens_out)
+                    .context("a seeded reply's cost is out of range")?;
                 new_events.push(NewEvent {
                     recorded_at: Some(at),
                     ..NewEvent::from_domain(&SessionEvent::UserMessageRecorded {
@@ -333,7 +336,7 @@ pub async fn usage(
                             model: models[(m % 2) as usize].into(),
                             tokens_in,
                             tokens_out,
-                            cost_micros: price.cost_micros(tokens_in, tokens_out),
+                            cost_micros,
                             price,
                             fallback_used: false,
                             streamed: false,

@@ -216,13 +216,33 @@ pub struct Price {
     pub micro_usd_per_1k_tokens: u64,
 }
 
+/// The most tokens one provider call may report, in or out. A report beyond it is a
+/// provider error (`BAD_RESPONSE`), never a number that wraps and bills nonsense.
+pub const MAX_REPORTED_TOKENS: u64 = 1_000_000_000;
+
+/// The highest price a provider may be configured with: $1,000,000 per 1,000 tokens. With
+/// [`MAX_REPORTED_TOKENS`] it keeps every reply's cost (at most 2·10¹⁸ micro-dollars) inside
+/// the signed 64-bit integers the usage tables store.
+pub const MAX_PRICE_MICROS_PER_1K: u64 = 1_000_000_000_000;
+
+impl Completion {
+    /// Whether the provider's token counts are within [`MAX_REPORTED_TOKENS`].
+    pub fn usage_in_range(&self) -> bool {
+        self.tokens_in <= MAX_REPORTED_TOKENS && self.tokens_out <= MAX_REPORTED_TOKENS
+    }
+}
+
 impl Price {
     /// The cost of a reply in micro-dollars: `(tokensIn + tokensOut) / 1000 × price`, rounded
     /// half up to a whole micro-dollar. Integers throughout; no float ever touches money.
-    pub fn cost_micros(self, tokens_in: u64, tokens_out: u64) -> u64 {
+    /// `None` when the cost does not fit a signed 64-bit integer (the stored sums' type), which
+    /// tokens and prices within [`MAX_REPORTED_TOKENS`] and [`MAX_PRICE_MICROS_PER_1K`] never
+    /// reach.
+    pub fn cost_micros(self, tokens_in: u64, tokens_out: u64) -> Option<u64> {
         let tokens = u128::from(tokens_in) + u128::from(tokens_out);
-        let scaled = tokens * u128::from(self.micro_usd_per_1k_tokens);
-        ((scaled + 500) / 1000) as u64
+        let scaled = tokens.checked_mul(u128::from(self.micro_usd_per_1k_tokens))?;
+        let micros = u64::try_from(scaled.checked_add(500)? / 1000).ok()?;
+        (micros <= i64::MAX as u64).then_some(micros)
     }
 
     /// The price in dollars per 1k tokens, for display only.
@@ -253,15 +273,39 @@ mod tests {
             micro_usd_per_1k_tokens: 2000,
         };
         // Seed 004's example: 45 + 67 tokens at $0.002 per 1k is $0.000224.
-        assert_eq!(vendor_a.cost_micros(45, 67), 224);
+        assert_eq!(vendor_a.cost_micros(45, 67), Some(224));
         let odd = Price {
             micro_usd_per_1k_tokens: 1500,
         };
-        assert_eq!(odd.cost_micros(1, 0), 2, "1.5 micro-dollars rounds half up");
-        assert_eq!(odd.cost_micros(0, 0), 0);
+        assert_eq!(
+            odd.cost_micros(1, 0),
+            Some(2),
+            "1.5 micro-dollars rounds half up"
+        );
+        assert_eq!(odd.cost_micros(0, 0), Some(0));
         // A million replies of 112 tokens add up exactly.
-        let total: u64 = (0..1_000_000).map(|_| vendor_a.cost_micros(45, 67)).sum();
+        let total: u64 = (0..1_000_000)
+            .map(|_| vendor_a.cost_micros(45, 67).unwrap())
+            .sum();
         assert_eq!(total, 224_000_000);
+    }
+
+    #[test]
+    fn costs_beyond_a_signed_64_bit_sum_are_none_not_wrapped() {
+        let highest = Price {
+            micro_usd_per_1k_tokens: MAX_PRICE_MICROS_PER_1K,
+        };
+        let cost = highest.cost_micros(MAX_REPORTED_TOKENS, MAX_REPORTED_TOKENS);
+        assert_eq!(
+            cost,
+            Some(2_000_000_000_000_000_000),
+            "the bounds' worst case fits"
+        );
+        let absurd = Price {
+            micro_usd_per_1k_tokens: u64::MAX,
+        };
+        assert_eq!(absurd.cost_micros(u64::MAX, u64::MAX), None);
+        assert_eq!(highest.cost_micros(u64::MAX, 0), None);
     }
 
     #[test]

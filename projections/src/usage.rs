@@ -73,12 +73,19 @@ pub fn record_of(event: &RecordedEvent) -> Result<Option<UsageRecord>, Projectio
         provider,
         model,
         api_key,
-        tokens_in: tokens_in as i64,
-        tokens_out: tokens_out as i64,
-        cost_micros: cost_micros as i64,
-        price_micros_per_1k: price.micro_usd_per_1k_tokens as i64,
+        tokens_in: stored(tokens_in),
+        tokens_out: stored(tokens_out),
+        cost_micros: stored(cost_micros),
+        price_micros_per_1k: stored(price.micro_usd_per_1k_tokens),
         recorded_at: event.recorded_at,
     }))
+}
+
+/// A count or amount as the signed integer the tables store. The gateway bounds what it
+/// writes (tokens, prices and budgets) far below `i64::MAX`; an event from elsewhere beyond it
+/// is stored as `i64::MAX` rather than wrapped to a negative number.
+fn stored(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// The UTC hour a time falls in.
@@ -434,7 +441,7 @@ impl Projector for BudgetsProjector {
                         sqlx::query(&upsert)
                             .bind(tenant)
                             .bind(scope.as_str())
-                            .bind(*monthly_limit_micros as i64)
+                            .bind(stored(*monthly_limit_micros))
                             .bind(enforcement.as_str())
                             .bind(event.recorded_at)
                             .execute(&mut *conn)

@@ -219,6 +219,17 @@ impl Providers {
                     )
                 }
             };
+            for usd in
+                std::iter::once(&provider.usd_per_1k_tokens).chain(provider.model_prices.values())
+            {
+                if usd.0 > domain::provider::MAX_PRICE_MICROS_PER_1K {
+                    anyhow::bail!(
+                        "provider '{name}': a price of ${} per 1k tokens is over the most the \
+                         gateway bills ($1000000)",
+                        String::from(*usd)
+                    );
+                }
+            }
             let price = |usd: Usd| Price {
                 micro_usd_per_1k_tokens: usd.0,
             };
@@ -314,7 +325,24 @@ impl Providers {
             loop {
                 attempt += 1;
                 let started = Instant::now();
-                let result = self.attempt(entry, &request, on_chunk).await;
+                let result = self
+                    .attempt(entry, &request, on_chunk)
+                    .await
+                    .and_then(|completion| {
+                        if completion.usage_in_range() {
+                            Ok(completion)
+                        } else {
+                            Err(ProviderFailure::new(
+                                FailureKind::BadResponse,
+                                format!(
+                                    "reported {} tokens in and {} out; at most {} are believed",
+                                    completion.tokens_in,
+                                    completion.tokens_out,
+                                    domain::provider::MAX_REPORTED_TOKENS
+                                ),
+                            ))
+                        }
+                    });
                 let latency_ms = started.elapsed().as_millis() as u64;
                 let model_used = match &result {
                     Ok(completion) => completion.model.clone(),

@@ -120,6 +120,9 @@ async fn run(
     )
 }
 
+/// The highest monthly limit: a trillion dollars.
+const MAX_BUDGET_MICROS: u64 = 1_000_000_000_000_000_000;
+
 async fn set(
     state: &AppState,
     ctx: &CommandContext<require::Admin>,
@@ -132,6 +135,14 @@ async fn set(
             message: e.to_string(),
         }])
     })?;
+    // Spend is summed in signed 64-bit micro-dollars; a limit beyond it could never be met
+    // and would wrap when stored.
+    if parsed.monthly_limit_usd.0 > MAX_BUDGET_MICROS {
+        return Err(ApiError::Validation(vec![FieldError {
+            field: "monthlyLimitUsd".into(),
+            message: "at most 1000000000000 dollars".into(),
+        }]));
+    }
     let command = BudgetCommand::SetBudget {
         scope: scope.clone(),
         monthly_limit_micros: parsed.monthly_limit_usd.0,

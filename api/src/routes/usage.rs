@@ -118,12 +118,44 @@ fn wants_csv(headers: &HeaderMap) -> bool {
         .is_some_and(|accept| accept.contains("text/csv"))
 }
 
-/// A CSV field, quoted when it needs to be (RFC 4180).
+/// A CSV field, quoted when it needs to be (RFC 4180). Text that a spreadsheet would take
+/// for a formula (starting with `=`, `+`, `-`, `@`, a tab or a carriage return, as OWASP
+/// lists them) gets a leading `'`, so that an agent or model name never runs in an analyst's
+/// spreadsheet; numbers are left alone.
 fn csv_field(value: &str) -> String {
-    if value.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
+    let formula =
+        value.starts_with(['=', '+', '-', '@', '\t', '\r']) && value.parse::<f64>().is_err();
+    let value = if formula {
+        format!("'{value}")
     } else {
         value.to_string()
+    };
+    if formula || value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value
+    }
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::csv_field;
+
+    #[test]
+    fn formulas_are_neutralised_and_numbers_kept() {
+        assert_eq!(csv_field("vendorA"), "vendorA");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(
+            csv_field("+1+cmd|' /C calc'!A0"),
+            "\"'+1+cmd|' /C calc'!A0\""
+        );
+        assert_eq!(csv_field("-2+3"), "\"'-2+3\"");
+        assert_eq!(csv_field("@SUM(A1)"), "\"'@SUM(A1)\"");
+        assert_eq!(csv_field("\tx"), "\"'\tx\"");
+        assert_eq!(csv_field("-5"), "-5");
+        assert_eq!(csv_field("0.000224"), "0.000224");
     }
 }
 
