@@ -292,3 +292,105 @@ both_backends!(
     a_deep_event_stops_no_reader,
     a_deep_event_in_the_log_stops_no_reader
 );
+
+/// Runs one statement on the app's database, behind the gateway's back.
+async fn behind_the_back(log: &eventlog::EventLog, sql: &str) {
+    let mut tx = log.db().begin().await.unwrap();
+    eventlog::on_tx!(&mut tx, conn => {
+        sqlx::query(sql).execute(&mut *conn).await.unwrap();
+    });
+    tx.commit().await.unwrap();
+}
+
+/// A projector that cannot apply an event stops alone: the others go on, `/ready` and
+/// `/metrics` name the event and the error, and it resumes by itself once the cause is gone.
+async fn a_failing_projector_stops_alone_and_says_where(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.projector_poll_ms = 50).await;
+    let log = app.db.log().await;
+    behind_the_back(&log, "ALTER TABLE entities RENAME TO entities_away").await;
+
+    let created = app.create("acme", "tasks", json!({ "id": "stuck" })).await;
+    assert_eq!(created.status(), 201);
+    let event_id = json_of(
+        app.request(Method::GET, "/v1/events?entity=tasks", "acme")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await["items"][0]["eventId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let ready = eventually(Duration::from_secs(15), || async {
+        let ready = app.public_json("/ready").await;
+        (ready["projectors"]["entities"]["failingEventId"] == event_id.as_str()).then_some(ready)
+    })
+    .await;
+    assert_eq!(ready["status"], "degraded");
+    assert_eq!(ready["projectors"]["entities"]["status"], "failing");
+    assert!(
+        ready["projectors"]["entities"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("entities")
+    );
+    assert_eq!(ready["projectors"]["api_keys"]["status"], "ok");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gateway_projector_failing{projector=\"entities\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "gateway_projector_failing_event{{projector=\"entities\",event_id=\"{event_id}\"}} 1"
+    )));
+
+    // The other projectors go on: a key issued now works.
+    let issued = json_of(
+        app.request(Method::POST, "/v1/api-keys", "acme")
+            .json(&json!({ "name": "meanwhile", "roles": ["reader"] }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let key = issued["apiKey"]["key"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(10), || async {
+        let response = app
+            .with_key(Method::GET, "/v1/me", &key)
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+
+    // Fixed behind its back too: it resumes by itself, and the record is there.
+    behind_the_back(&log, "ALTER TABLE entities_away RENAME TO entities").await;
+    eventually(Duration::from_secs(15), || async {
+        let ready = app.public_json("/ready").await;
+        (ready["status"] == "ready" && ready["projectors"]["entities"]["status"] == "ok")
+            .then_some(())
+    })
+    .await;
+    let read = app
+        .request(Method::GET, "/v1/tasks/stuck", "acme")
+        .header("x-min-position", position(&created))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    log.db().close().await;
+}
+both_backends!(
+    a_failing_projector_stops_alone,
+    a_failing_projector_stops_alone_and_says_where
+);

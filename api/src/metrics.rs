@@ -39,6 +39,12 @@ struct ProjectorLabels {
     projector: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailingEventLabels {
+    projector: String,
+    event_id: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms to ~16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -54,6 +60,11 @@ pub struct Metrics {
     events_appended: Family<AggregateLabels, Counter>,
     projector_lag_events: Family<ProjectorLabels, Gauge>,
     projector_lag_seconds: Family<ProjectorLabels, Gauge<f64, AtomicU64>>,
+    projector_failing: Family<ProjectorLabels, Gauge>,
+    projector_failing_event_info: Family<FailingEventLabels, Gauge>,
+    /// The label set of each projector's failing-event series, to remove it when it changes.
+    projector_failing_event:
+        std::sync::Mutex<std::collections::HashMap<String, FailingEventLabels>>,
     relay_healthy: Gauge,
     relay_lag_events: Gauge,
     relay_lag_seconds: Gauge<f64, AtomicU64>,
@@ -101,6 +112,18 @@ impl Default for Metrics {
             "Age of the oldest event not yet applied by the projector",
             projector_lag_seconds.clone(),
         );
+        let projector_failing = Family::<ProjectorLabels, Gauge>::default();
+        registry.register(
+            "projector_failing",
+            "1 while the projector's batches fail (it retries with a back-off; others go on)",
+            projector_failing.clone(),
+        );
+        let projector_failing_event_info = Family::<FailingEventLabels, Gauge>::default();
+        registry.register(
+            "projector_failing_event",
+            "The event a failing projector stumbles on (value 1; the event in the label)",
+            projector_failing_event_info.clone(),
+        );
         let relay_healthy = Gauge::default();
         let relay_lag_events = Gauge::default();
         let relay_lag_seconds = Gauge::<f64, AtomicU64>::default();
@@ -130,6 +153,9 @@ impl Default for Metrics {
             events_appended,
             projector_lag_events,
             projector_lag_seconds,
+            projector_failing,
+            projector_failing_event_info,
+            projector_failing_event: Default::default(),
         }
     }
 }
@@ -168,10 +194,37 @@ impl Metrics {
             .inc_by(count as u64);
     }
 
-    pub fn projector_lag(&self, projector: &str, events: u64, seconds: f64) {
+    /// A projector's lag, and whether it fails (`failing`: `Some`, with the event it fails on
+    /// when known).
+    pub fn projector_lag(
+        &self,
+        projector: &str,
+        events: u64,
+        seconds: f64,
+        failing: Option<Option<uuid::Uuid>>,
+    ) {
         let labels = ProjectorLabels {
             projector: projector.to_string(),
         };
+        self.projector_failing
+            .get_or_create(&labels)
+            .set(i64::from(failing.is_some()));
+        // One series per projector: the event it fails on now, or none.
+        let mut failing_events = self.projector_failing_event.lock().expect("metrics lock");
+        if let Some(previous) = failing_events.remove(projector) {
+            self.projector_failing_event_info.remove(&previous);
+        }
+        if let Some(Some(event_id)) = failing {
+            let labels = FailingEventLabels {
+                projector: projector.to_string(),
+                event_id: event_id.to_string(),
+            };
+            self.projector_failing_event_info
+                .get_or_create(&labels)
+                .set(1);
+            failing_events.insert(projector.to_string(), labels);
+        }
+        drop(failing_events);
         self.projector_lag_events
             .get_or_create(&labels)
             .set(events as i64);

@@ -7,10 +7,23 @@ use std::sync::{Arc, Mutex};
 use eventlog::Cursor;
 use tokio::sync::watch;
 
-/// One watch channel per projector name.
+/// One watch channel per projector name, and the failure of each projector that is failing.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
     channels: Arc<Mutex<HashMap<String, watch::Sender<Cursor>>>>,
+    failures: Arc<Mutex<HashMap<String, Failure>>>,
+}
+
+/// Why a projector stands still: the event it cannot apply and the error it gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// The event it fails on, when its batch was narrowed down to one event.
+    pub event_id: Option<uuid::Uuid>,
+    pub error: String,
+    /// When it first failed in this run of failures.
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Failed tries in a row.
+    pub attempts: u32,
 }
 
 impl Progress {
@@ -31,6 +44,36 @@ impl Progress {
             }
             moved
         });
+    }
+
+    /// Records that projector `name` failed on `event_id` (when known) with `error`.
+    pub fn fail(&self, name: &str, event_id: Option<uuid::Uuid>, error: String) {
+        let mut failures = self.failures.lock().expect("progress lock poisoned");
+        let previous = failures.get(name);
+        let failure = Failure {
+            since: previous.map_or_else(chrono::Utc::now, |p| p.since),
+            attempts: previous.map_or(1, |p| p.attempts.saturating_add(1)),
+            event_id: event_id.or(previous.and_then(|p| p.event_id)),
+            error,
+        };
+        failures.insert(name.to_string(), failure);
+    }
+
+    /// Records that projector `name` applies events again.
+    pub fn recovered(&self, name: &str) {
+        self.failures
+            .lock()
+            .expect("progress lock poisoned")
+            .remove(name);
+    }
+
+    /// Why projector `name` stands still, if it does.
+    pub fn failure(&self, name: &str) -> Option<Failure> {
+        self.failures
+            .lock()
+            .expect("progress lock poisoned")
+            .get(name)
+            .cloned()
     }
 
     /// A receiver that changes when projector `name` advances in this process.

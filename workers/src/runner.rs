@@ -114,6 +114,74 @@ pub async fn run_batch(
     })
 }
 
+/// Applies the one event after the checkpoint of `projector` in a transaction of its own: how
+/// a runner finds the event a failing batch stumbles on. `Ok(Some(cursor))` when it was
+/// applied, `Ok(None)` when there was nothing to apply (or another process holds the lock),
+/// and on failure the event's id with the error.
+pub async fn apply_one(
+    log: &EventLog,
+    projector: &dyn Projector,
+) -> Result<Option<Cursor>, (Option<uuid::Uuid>, ProjectionError)> {
+    let fail = |error: ProjectionError| (None, error);
+    let mut tx = log.db().begin().await.map_err(|e| fail(e.into()))?;
+    if !lock(&mut tx, projector.name(), false)
+        .await
+        .map_err(|e| fail(e.into()))?
+    {
+        let _ = tx.rollback().await;
+        return Ok(None);
+    }
+    let after = checkpoints::read_in(&mut tx, projector.name())
+        .await
+        .map_err(|e| fail(e.into()))?
+        .unwrap_or(Cursor::START);
+    let events = log
+        .read_after_in(&mut tx, after, 1)
+        .await
+        .map_err(|e| fail(e.into()))?;
+    let Some(event) = events.first() else {
+        let _ = tx.rollback().await;
+        return Ok(None);
+    };
+    let applied = match projector.apply(&mut tx, Target::Live, &events).await {
+        Ok(()) => checkpoints::write_in(&mut tx, projector.name(), event.cursor)
+            .await
+            .map_err(ProjectionError::from),
+        Err(error) => Err(error),
+    };
+    if let Err(error) = applied {
+        let _ = tx.rollback().await;
+        return Err((Some(event.event_id), error));
+    }
+    tx.commit().await.map_err(|e| fail(e.into()))?;
+    Ok(Some(event.cursor))
+}
+
+/// After a failed batch of `projector`, applies its events one at a time, at most `limit`, to
+/// find the one it fails on; reports the failure (with that event's id) to `progress`, or
+/// clears it when every event went through (the batch's failure passed).
+async fn narrow_down(
+    log: &EventLog,
+    projector: &dyn Projector,
+    progress: &Progress,
+    limit: usize,
+    batch_error: ProjectionError,
+) {
+    for _ in 0..limit {
+        match apply_one(log, projector).await {
+            Ok(Some(cursor)) => progress.advance(projector.name(), cursor),
+            Ok(None) => break,
+            Err((event_id, error)) => {
+                tracing::error!(projector = projector.name(), event_id = ?event_id, %error, "projector fails on an event; retrying");
+                progress.fail(projector.name(), event_id, error.to_string());
+                return;
+            }
+        }
+    }
+    tracing::warn!(projector = projector.name(), error = %batch_error, "a failed batch went through one event at a time");
+    progress.recovered(projector.name());
+}
+
 /// What one group batch did, per projector.
 #[derive(Debug, Default)]
 pub struct GroupOutcome {
@@ -262,6 +330,7 @@ pub fn spawn_group(
                     for (name, cursor, events) in &outcome.applied {
                         backoff.remove(name);
                         progress.advance(name, *cursor);
+                        progress.recovered(name);
                         tracing::debug!(projector = name, events, "applied batch");
                     }
                     for (name, error) in outcome.failed {
@@ -269,6 +338,16 @@ pub fn spawn_group(
                         let wait = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
                         tracing::error!(projector = name, %error, backoff = ?wait, "batch failed; retrying");
                         backoff.insert(name, (failures, tokio::time::Instant::now() + wait));
+                        if let Some(projector) = projectors.iter().find(|p| p.name() == name) {
+                            narrow_down(
+                                &log,
+                                projector.as_ref(),
+                                &progress,
+                                settings.batch_size,
+                                error,
+                            )
+                            .await;
+                        }
                     }
                     if outcome.read == settings.batch_size {
                         continue;

@@ -42,12 +42,27 @@ pub async fn health() -> ApiJson<Health> {
     ApiJson(Health { status: "ok" })
 }
 
-/// How far one projector is behind the log.
+/// How far one projector is behind the log, and whether it is failing.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectorLag {
+    /// `ok`, or `failing`: its last batch failed and it retries with a growing back-off (the
+    /// other projectors and the relay go on). It resumes by itself once the cause is gone.
+    pub status: &'static str,
     pub lag_events: u64,
     pub lag_seconds: f64,
+    /// The event it fails on, when narrowed down to one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = "uuid")]
+    pub failing_event_id: Option<uuid::Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it started failing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Failed tries in a row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_attempts: Option<u32>,
 }
 
 /// The NATS relay's state.
@@ -66,7 +81,9 @@ pub struct RelayReport {
 /// Readiness.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready`, or `unavailable` when the database does not answer.
+    /// `ready`; `degraded` when a projector is failing (commands and reads still work, and
+    /// what it projects stands still until it recovers); `unavailable` when the database
+    /// does not answer (503).
     pub status: &'static str,
     /// `postgres` or `sqlite`.
     pub backend: &'static str,
@@ -118,14 +135,23 @@ async fn projector_lags(state: &AppState) -> Option<BTreeMap<String, ProjectorLa
                 return None;
             }
         };
-        state
-            .metrics
-            .projector_lag(projector.name(), lag.events, lag.seconds);
+        let failure = state.progress.failure(projector.name());
+        state.metrics.projector_lag(
+            projector.name(),
+            lag.events,
+            lag.seconds,
+            failure.as_ref().map(|f| f.event_id),
+        );
         lags.insert(
             projector.name().to_string(),
             ProjectorLag {
+                status: if failure.is_some() { "failing" } else { "ok" },
                 lag_events: lag.events,
                 lag_seconds: lag.seconds,
+                failing_event_id: failure.as_ref().and_then(|f| f.event_id),
+                error: failure.as_ref().map(|f| f.error.clone()),
+                failing_since: failure.as_ref().map(|f| f.since),
+                failed_attempts: failure.as_ref().map(|f| f.attempts),
             },
         );
     }
@@ -151,7 +177,11 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         Some(projectors) => (
             StatusCode::OK,
             Readiness {
-                status: "ready",
+                status: if projectors.values().any(|p| p.status == "failing") {
+                    "degraded"
+                } else {
+                    "ready"
+                },
                 backend,
                 database: "ok",
                 projectors,
