@@ -394,3 +394,373 @@ both_backends!(
     a_failing_projector_stops_alone,
     a_failing_projector_stops_alone_and_says_where
 );
+
+/// Reads from `stream` until the server closes it; false when it stays open for `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = vec![0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+fn host(app: &TestApp) -> String {
+    app.address.trim_start_matches("http://").to_string()
+}
+
+async fn slow_silent_and_idle_clients_are_cut_off(backend: Backend) {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(backend, |s| {
+        s.header_read_timeout_ms = 500;
+        s.idle_timeout_ms = 1_000;
+    })
+    .await;
+    let connect = || tokio::net::TcpStream::connect(host(&app));
+    let mut silent = connect().await.unwrap();
+    let mut slow = connect().await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let (mut slow_read, mut slow_write) = slow.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            if slow_write.write_all(b"x-a: b\r\n").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut idle = connect().await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)).await,
+        "a silent client"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)).await,
+        "an idle keep-alive client"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = vec![0u8; 4096];
+        loop {
+            match slow_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a client sending its headers a byte at a time"
+    );
+    trickle.abort();
+    // Clients that behave are served meanwhile.
+    assert_eq!(app.public_json("/health").await["status"], "ok");
+}
+both_backends!(
+    slow_silent_and_idle_clients_are_cut_off,
+    slow_silent_and_idle_clients_are_cut_off
+);
+
+async fn connections_beyond_the_limit_wait_their_turn(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.max_connections = 2).await;
+    let first = tokio::net::TcpStream::connect(host(&app)).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(host(&app)).await.unwrap();
+    let fresh = || {
+        reqwest::Client::builder()
+            .timeout(Duration::from_millis(800))
+            .build()
+            .unwrap()
+    };
+    assert!(
+        fresh().get(app.url("/health")).send().await.is_err(),
+        "a third connection is not served while two are open"
+    );
+    drop(first);
+    eventually(Duration::from_secs(10), || async {
+        fresh()
+            .get(app.url("/health"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
+    })
+    .await;
+}
+both_backends!(
+    connections_beyond_the_limit_wait_their_turn,
+    connections_beyond_the_limit_wait_their_turn
+);
+
+async fn long_targets_and_headers_get_the_error_envelope(backend: Backend) {
+    let app = spawn_app_with(backend, |_| {}).await;
+    let long = format!("/v1/tasks?where={}", "a".repeat(10_000));
+    let response = app
+        .request(Method::GET, &long, "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response).await, (414, "URI_TOO_LONG".into()));
+    let response = app
+        .request(Method::GET, "/v1/tasks", "acme")
+        .header("x-padding", "p".repeat(40_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(response).await,
+        (431, "REQUEST_HEADERS_TOO_LARGE".into())
+    );
+}
+both_backends!(
+    long_targets_and_headers_get_the_error_envelope,
+    long_targets_and_headers_get_the_error_envelope
+);
+
+/// A credential works, or stops working, on the very next request after the answer that
+/// created or changed it, however far behind the projector is.
+async fn credentials_are_read_as_written(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
+        // A slow projector and a long-lived cache: what would otherwise hide the race.
+        s.projector_coalesce_ms = 400;
+        s.credential_cache_ms = 60_000;
+    })
+    .await;
+    let issued = app
+        .request(Method::POST, "/v1/api-keys", "acme")
+        .json(&json!({ "name": "fresh", "roles": ["reader"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), 201);
+    let issued = json_of(issued).await;
+    let key = issued["apiKey"]["key"].as_str().unwrap().to_string();
+    let id = issued["apiKey"]["id"].as_str().unwrap().to_string();
+    let me = app
+        .with_key(Method::GET, "/v1/me", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        me.status(),
+        200,
+        "a key works on the request after its creation"
+    );
+
+    // Revoked: with the revocation's position, the cached key is refused at once.
+    let revoked = app
+        .request(Method::DELETE, &format!("/v1/api-keys/{id}"), "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let me = app
+        .with_key(Method::GET, "/v1/me", &key)
+        .header("x-min-position", position(&revoked))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        me.status(),
+        401,
+        "a revoked key fails on the request after the revocation"
+    );
+
+    // A tenant created a moment ago is known to a service token at once.
+    let created = app
+        .as_admin(Method::POST, "/v1/tenants")
+        .json(&json!({ "id": "brand-new", "name": "Brand New" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let token = api::auth::jwt::sign(
+        &api::auth::jwt::Claims {
+            service: Some("svc".into()),
+            sub: None,
+            roles: vec!["reader".into()],
+            tenant: Some("brand-new".into()),
+            exp: chrono::Utc::now().timestamp() + 60,
+            nbf: None,
+            iss: Some(crate::helpers::JWT_ISSUER.into()),
+            aud: json!(crate::helpers::JWT_AUDIENCE),
+        },
+        crate::helpers::JWT_SECRET.as_bytes(),
+    );
+    let me = app
+        .client
+        .get(app.url("/v1/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+}
+both_backends!(
+    credentials_are_read_as_written,
+    credentials_are_read_as_written
+);
+
+async fn unknown_keys_are_rate_limited_before_the_database(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.unknown_key_lookups_per_minute = 3).await;
+    let real = app.keys["acme"].clone();
+    let unknown = |n: usize| format!("{}{:0>20}{}", &real[..7], n, &real[27..]);
+    for n in 0..3 {
+        let response = app
+            .with_key(Method::GET, "/v1/me", &unknown(n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "unknown key {n}");
+    }
+    let response = app
+        .with_key(Method::GET, "/v1/me", &unknown(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response).await, (429, "RATE_LIMITED".into()));
+}
+both_backends!(
+    unknown_keys_are_rate_limited,
+    unknown_keys_are_rate_limited_before_the_database
+);
+
+/// Reads a Server-Sent Events response until an event of type `wanted` arrives (its data as
+/// JSON) or the stream ends (`None`), for at most `within`.
+async fn sse_until(
+    response: &mut reqwest::Response,
+    wanted: &str,
+    within: Duration,
+) -> Option<Value> {
+    let mut text = String::new();
+    tokio::time::timeout(within, async {
+        loop {
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+                };
+                if field("event:").as_deref() == Some(wanted) {
+                    return field("data:").and_then(|d| serde_json::from_str(&d).ok());
+                }
+            }
+            match response.chunk().await {
+                Ok(Some(chunk)) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stream answered in time")
+}
+
+/// An open live stream follows its credentials: revoked, it closes with a last event saying
+/// why; a suspended tenant's stream too; and shutting down closes every stream.
+async fn live_streams_follow_their_credentials(backend: Backend) {
+    let mut app = spawn_app_with(backend, |s| {
+        s.stream_recheck_ms = 200;
+        s.shutdown_grace_secs = 3;
+    })
+    .await;
+    let issued = json_of(
+        app.request(Method::POST, "/v1/api-keys", "acme")
+            .json(&json!({ "name": "watcher", "roles": ["reader"] }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let key = issued["apiKey"]["key"].as_str().unwrap().to_string();
+    let id = issued["apiKey"]["id"].as_str().unwrap().to_string();
+    let mut stream = app
+        .with_key(Method::GET, "/v1/events/stream", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    app.create("acme", "tasks", json!({ "id": "seen" })).await;
+    assert!(
+        sse_until(&mut stream, "EntityCreated", Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    let revoked = app
+        .request(Method::DELETE, &format!("/v1/api-keys/{id}"), "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let close = sse_until(&mut stream, "close", Duration::from_secs(10))
+        .await
+        .expect("a close event");
+    assert_eq!(close["code"], "UNAUTHORIZED");
+    assert!(close["cursor"].is_string());
+    assert!(
+        sse_until(&mut stream, "anything", Duration::from_secs(5))
+            .await
+            .is_none(),
+        "ended"
+    );
+
+    // A suspended tenant's stream closes with TENANT_SUSPENDED.
+    let mut globex = app
+        .request(Method::GET, "/v1/events/stream", "globex")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(globex.status(), 200);
+    let suspended = app
+        .as_admin(Method::PATCH, "/v1/tenants/globex")
+        .json(&json!({ "status": "suspended" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(suspended.status(), 200);
+    let close = sse_until(&mut globex, "close", Duration::from_secs(10))
+        .await
+        .expect("a close event");
+    assert_eq!(close["code"], "TENANT_SUSPENDED");
+
+    // Shutting down ends the streams still open, and the server, within the grace period.
+    let mut open = app
+        .request(Method::GET, "/v1/events/stream", "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    let started = std::time::Instant::now();
+    app.shutdown.cancel();
+    let close = sse_until(&mut open, "close", Duration::from_secs(10))
+        .await
+        .expect("a close event");
+    assert_eq!(close["code"], "SERVER_STOPPING");
+    let server = std::mem::replace(&mut app.server, tokio::spawn(async { Ok(()) }));
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+both_backends!(
+    live_streams_follow_their_credentials,
+    live_streams_follow_their_credentials
+);

@@ -79,6 +79,12 @@ pub enum ApiError {
     /// 400 `JSON_NUL_CHARACTER`: a string or key of the body contains U+0000.
     #[error("strings and keys of the request body may not contain U+0000")]
     JsonNulCharacter,
+    /// 414 `URI_TOO_LONG`: the request target is over `GATEWAY_MAX_URI_BYTES`.
+    #[error("the request target is {length} bytes; at most {limit} are accepted")]
+    UriTooLong { length: usize, limit: usize },
+    /// 431 `REQUEST_HEADERS_TOO_LARGE`: the headers are over `GATEWAY_MAX_HEADER_BYTES`.
+    #[error("the request headers are {length} bytes; at most {limit} are accepted")]
+    HeadersTooLarge { length: usize, limit: usize },
     /// 413 `PAYLOAD_TOO_LARGE`: the body is over the configured limit.
     #[error("the request body is too large")]
     PayloadTooLarge,
@@ -275,6 +281,16 @@ impl ApiError {
                 json!({ "depth": depth, "maxDepth": MAX_JSON_DEPTH }),
             ),
             JsonNulCharacter => (StatusCode::BAD_REQUEST, "JSON_NUL_CHARACTER", Value::Null),
+            UriTooLong { length, limit } => (
+                StatusCode::URI_TOO_LONG,
+                "URI_TOO_LONG",
+                json!({ "length": length, "limit": limit }),
+            ),
+            HeadersTooLarge { length, limit } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "REQUEST_HEADERS_TOO_LARGE",
+                json!({ "length": length, "limit": limit }),
+            ),
             PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "PAYLOAD_TOO_LARGE",
@@ -534,6 +550,7 @@ pub async fn envelope(request: Request, next: Next) -> Response {
                 StatusCode::PAYLOAD_TOO_LARGE => {
                     ("PAYLOAD_TOO_LARGE", "the request body is too large")
                 }
+                StatusCode::URI_TOO_LONG => ("URI_TOO_LONG", "the request target is too long"),
                 StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => {
                     ("TIMEOUT", "the request took too long")
                 }

@@ -3,6 +3,7 @@
 //! Code map:
 //! - [`startup`]: [`startup::Application`]: connect, migrate, start workers, bind, serve,
 //!   shut down gracefully. `main` and the tests both use it.
+//! - [`server`]: the HTTP/1.1 accept loop with its limits (connections, timeouts).
 //! - [`settings`]: the one typed configuration.
 //! - [`routes`]: every route and the OpenAPI document generated from them.
 //! - [`error`]: [`error::ApiError`], its status codes and the error envelope.
@@ -30,6 +31,7 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod routes;
 pub mod seed;
+pub mod server;
 pub mod settings;
 pub mod startup;
 pub mod state;

@@ -34,6 +34,17 @@ impl RateLimiter {
         self.check_at(principal, limit, now)
     }
 
+    /// Whether `principal` has spent its `limit` this minute, without counting a request;
+    /// `Some(seconds until the window ends)` when it has.
+    pub fn exhausted(&self, principal: &str, limit: u32) -> Option<u64> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let windows = self.windows.lock().expect("rate limiter lock poisoned");
+        let (window, spent) = windows.get(principal)?;
+        (*window == now / 60 && *spent >= limit).then_some(60 - now % 60)
+    }
+
     fn check_at(&self, principal: &str, limit: u32, now: u64) -> Decision {
         let window = now / 60;
         let reset_seconds = 60 - now % 60;

@@ -65,6 +65,21 @@ pub struct Settings {
     pub request_timeout_ms: u64,
     /// Longest shutdown waits for requests and workers to finish, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Longest a client may take to send a request's head (slow-header clients).
+    pub header_read_timeout_ms: u64,
+    /// A connection with no byte moving either way for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Most connections open at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Longest request target (path and query) in bytes; longer: 414.
+    pub max_uri_bytes: usize,
+    /// Most bytes of request headers (names and values); more: 431.
+    pub max_header_bytes: usize,
+    /// How often a live stream checks its credentials again (revoked, expired, suspended).
+    pub stream_recheck_ms: u64,
+    /// Lookups of well-formed but unknown API keys one client address may cause per minute;
+    /// more are refused before they reach the database.
+    pub unknown_key_lookups_per_minute: u32,
     /// The platform admin key (role superadmin). Unset: in embedded mode one is generated on
     /// first start and printed once.
     #[serde(serialize_with = "serialize_secret_option")]
@@ -139,6 +154,13 @@ impl Default for Settings {
             max_body_bytes: 1024 * 1024,
             request_timeout_ms: 30_000,
             shutdown_grace_secs: 30,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            max_connections: 1024,
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
+            unknown_key_lookups_per_minute: 60,
+            stream_recheck_ms: 5_000,
             admin_key: None,
             jwt_secret: None,
             jwt_issuer: None,

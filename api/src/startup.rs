@@ -134,11 +134,13 @@ impl Application {
             settings: Arc::new(settings),
             projectors,
             rate_limiter: Arc::new(RateLimiter::default()),
+            unknown_keys: Arc::new(RateLimiter::default()),
             last_used,
             credentials,
             clock,
             relay,
             providers,
+            shutdown: shutdown.clone(),
         };
         Ok(Self {
             port,
@@ -174,16 +176,28 @@ impl Application {
     /// requests in flight finish and workers finish their batch (bounded by the grace
     /// period), and closes the database pools.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let grace = Duration::from_secs(self.state.settings.shutdown_grace_secs);
+        let settings = &self.state.settings;
+        let grace = Duration::from_secs(settings.shutdown_grace_secs);
+        let limits = crate::server::Limits {
+            header_read_timeout: Duration::from_millis(settings.header_read_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(settings.idle_timeout_ms.max(1)),
+            max_connections: settings.max_connections,
+            grace,
+        };
         let router = routes::router(self.state.clone());
         let token = self.shutdown.clone();
-        let server = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+        let stopping = tokio::spawn(async move {
             token.cancelled().await;
             tracing::info!("shutting down: draining requests");
+            tokio::time::Instant::now() + grace
         });
-        server.await.context("serving HTTP")?;
+        crate::server::serve(self.listener, router, limits, self.shutdown.clone()).await;
+        // The whole shutdown, requests and workers together, stays within the grace period.
+        let deadline = stopping
+            .await
+            .unwrap_or_else(|_| tokio::time::Instant::now() + grace);
         let drain = futures_join_all(self.workers);
-        if tokio::time::timeout(grace, drain).await.is_err() {
+        if tokio::time::timeout_at(deadline, drain).await.is_err() {
             tracing::warn!(?grace, "workers did not stop within the grace period");
         }
         self.state.log.db().close().await;

@@ -20,6 +20,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub projectors: Arc<Vec<Arc<dyn Projector>>>,
     pub rate_limiter: Arc<RateLimiter>,
+    /// Lookups of unknown API keys per client address (`GATEWAY_UNKNOWN_KEY_LOOKUPS_PER_MINUTE`).
+    pub unknown_keys: Arc<RateLimiter>,
     pub last_used: Arc<LastUsed>,
     pub credentials: Arc<CredentialCache>,
     pub clock: domain::api_key::ApiKeyServices,
@@ -27,6 +29,9 @@ pub struct AppState {
     pub relay: Option<Arc<workers::relay::RelayStatus>>,
     /// The AI providers agents call.
     pub providers: Arc<crate::providers::Providers>,
+    /// Cancelled when the gateway starts shutting down: long-lived responses (live streams)
+    /// end on it.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The system clock.

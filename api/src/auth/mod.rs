@@ -22,9 +22,10 @@ pub mod keys;
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
@@ -34,11 +35,12 @@ use domain::api_key::PLATFORM_TENANT;
 use domain::names::TenantId;
 use domain::roles::Role;
 use domain::tenant::TenantStatus;
+use eventlog::Cursor;
 use projections::api_keys::Credential;
 use secrecy::ExposeSecret;
 
 use crate::error::ApiError;
-use crate::extract::TENANT_HEADER;
+use crate::extract::{MIN_POSITION_HEADER, TENANT_HEADER};
 use crate::state::AppState;
 
 /// Who is calling.
@@ -80,6 +82,10 @@ enum Denied {
     Mismatch,
     UnknownTenant,
     InvalidTenant(String),
+    /// 429: this client address looked up too many unknown keys this minute.
+    TooManyUnknownKeys {
+        retry_after: u64,
+    },
     Database(sqlx::Error),
 }
 
@@ -94,6 +100,10 @@ impl From<Denied> for ApiError {
             Denied::Mismatch => ApiError::TenantMismatch,
             Denied::UnknownTenant => ApiError::TenantUnknown,
             Denied::InvalidTenant(reason) => ApiError::InvalidTenant(reason),
+            Denied::TooManyUnknownKeys { retry_after } => {
+                tracing::warn!("unknown API keys from one address over their budget");
+                ApiError::RateLimited { retry_after }
+            }
             Denied::Database(error) => error.into(),
         }
     }
@@ -174,11 +184,51 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// What a request asks of the credential read models: the `x-min-position` it sends (its
+/// credentials must reflect that write), and the address it comes from.
+#[derive(Debug, Clone, Copy, Default)]
+struct Asking {
+    min_position: Option<Cursor>,
+    peer: Option<IpAddr>,
+}
+
+/// Waits, at most `GATEWAY_CONSISTENCY_WAIT_MS`, until the read models credentials are read
+/// from (keys and tenants) have applied `target`.
+async fn credentials_reach(state: &AppState, target: Cursor) -> Result<(), Denied> {
+    for name in [projections::api_keys::NAME, projections::tenants::NAME] {
+        projections::progress::wait_until(
+            &state.log,
+            &state.progress,
+            name,
+            target,
+            state.settings.consistency_wait(),
+        )
+        .await
+        .map_err(Denied::Database)?;
+    }
+    Ok(())
+}
+
+/// Reads something a credential needs; when it is not there, waits for the credential read
+/// models to apply everything committed so far and reads again, so that a key or tenant
+/// created a moment ago (whose creation's answer the client already has) is found.
+async fn read_fresh<T, F, Fut>(state: &AppState, read: F) -> Result<Option<T>, Denied>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, sqlx::Error>>,
+{
+    if let Some(found) = read().await.map_err(Denied::Database)? {
+        return Ok(Some(found));
+    }
+    let committed = state.log.last_committed().await.map_err(Denied::Database)?;
+    credentials_reach(state, committed).await?;
+    read().await.map_err(Denied::Database)
+}
+
 /// The tenant's status and rate limit, or why it cannot act.
 async fn tenant_budget(state: &AppState, tenant: &str) -> Result<u32, Denied> {
-    let record = projections::tenants::get(state.log.db(), tenant)
-        .await
-        .map_err(Denied::Database)?
+    let record = read_fresh(state, || projections::tenants::get(state.log.db(), tenant))
+        .await?
         .ok_or(Denied::UnknownTenant)?;
     if record.status == TenantStatus::Suspended.as_str() {
         return Err(Denied::Suspended);
@@ -192,6 +242,7 @@ async fn from_api_key(
     state: &AppState,
     headers: &HeaderMap,
     token: &str,
+    asking: Asking,
 ) -> Result<Principal, Denied> {
     if let Some(admin) = &state.settings.admin_key
         && keys::constant_time_eq(token, admin.expose_secret())
@@ -205,13 +256,35 @@ async fn from_api_key(
         });
     }
     let (key_id, secret) = keys::parse(token).ok_or(Denied::Unauthorized("malformed key"))?;
-    let credential = match state.credentials.get(key_id) {
+    // A request that names the position of a write (a key issued, revoked or changed, a
+    // tenant suspended) is authenticated on read models that have it, not on the cache.
+    if let Some(position) = asking.min_position {
+        credentials_reach(state, position).await?;
+    }
+    let cached = match asking.min_position {
+        Some(_) => None,
+        None => state.credentials.get(key_id),
+    };
+    let credential = match cached {
         Some(credential) => credential,
         None => {
-            let credential = projections::api_keys::credential(state.log.db(), key_id)
-                .await
-                .map_err(Denied::Database)?
-                .ok_or(Denied::Unauthorized("unknown key"))?;
+            let limit = state.settings.unknown_key_lookups_per_minute;
+            let peer = asking.peer.map(|ip| ip.to_string());
+            if let Some(peer) = &peer
+                && let Some(retry_after) = state.unknown_keys.exhausted(peer, limit)
+            {
+                return Err(Denied::TooManyUnknownKeys { retry_after });
+            }
+            let found = read_fresh(state, || {
+                projections::api_keys::credential(state.log.db(), key_id)
+            })
+            .await?;
+            let Some(credential) = found else {
+                if let Some(peer) = &peer {
+                    state.unknown_keys.check(peer, limit);
+                }
+                return Err(Denied::Unauthorized("unknown key"));
+            };
             state.credentials.insert(credential)
         }
     };
@@ -255,7 +328,15 @@ async fn from_api_key(
     })
 }
 
-async fn from_jwt(state: &AppState, headers: &HeaderMap, token: &str) -> Result<Principal, Denied> {
+async fn from_jwt(
+    state: &AppState,
+    headers: &HeaderMap,
+    token: &str,
+    asking: Asking,
+) -> Result<Principal, Denied> {
+    if let Some(position) = asking.min_position {
+        credentials_reach(state, position).await?;
+    }
     let secret = state
         .settings
         .jwt_secret
@@ -297,18 +378,47 @@ async fn from_jwt(state: &AppState, headers: &HeaderMap, token: &str) -> Result<
     })
 }
 
-async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Principal, Denied> {
+async fn identify(
+    state: &AppState,
+    headers: &HeaderMap,
+    asking: Asking,
+) -> Result<Principal, Denied> {
     if let Some(token) = header(headers, "x-api-key") {
-        return from_api_key(state, headers, token.trim()).await;
+        return from_api_key(state, headers, token.trim(), asking).await;
     }
     if let Some(value) = header(headers, "authorization") {
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .ok_or(Denied::Unauthorized("unsupported authorization scheme"))?;
-        return from_jwt(state, headers, token.trim()).await;
+        return from_jwt(state, headers, token.trim(), asking).await;
     }
     Err(Denied::Unauthorized("no credentials"))
+}
+
+/// Authenticates `headers` again for a connection that outlives its request (the live
+/// stream): bypassing the credential cache, on read models that have every committed event,
+/// and requiring `role` and the same tenant. The error says why the credentials no longer
+/// hold (revoked, expired, suspended, role taken away).
+pub async fn recheck(
+    state: &AppState,
+    headers: &HeaderMap,
+    role: Role,
+    tenant: &TenantId,
+) -> Result<(), ApiError> {
+    let committed = state.log.last_committed().await?;
+    let asking = Asking {
+        min_position: Some(committed),
+        peer: None,
+    };
+    let principal = identify(state, headers, asking).await?;
+    if !Role::any_grants(&principal.roles, role) {
+        return Err(ApiError::Forbidden { required: role });
+    }
+    if principal.tenant.as_ref() != Some(tenant) {
+        return Err(ApiError::TenantMismatch);
+    }
+    Ok(())
 }
 
 /// Routes anyone may call.
@@ -334,7 +444,15 @@ pub async fn authenticate(
     if is_public(&route, state.settings.metrics_public) {
         return next.run(request).await;
     }
-    let principal = match identify(&state, request.headers()).await {
+    let asking = Asking {
+        // A malformed position is refused by the route's own extractor; here it asks nothing.
+        min_position: header(request.headers(), MIN_POSITION_HEADER).and_then(|p| p.parse().ok()),
+        peer: request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip()),
+    };
+    let principal = match identify(&state, request.headers(), asking).await {
         Ok(principal) => principal,
         Err(denied) => return ApiError::from(denied).into_response(),
     };

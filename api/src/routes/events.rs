@@ -112,56 +112,143 @@ pub async fn stream_events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .or(query.after.as_deref());
-    let start = match resume {
+    let cursor = match resume {
         Some(raw) => parse_cursor(raw)?,
         None => state.log.head().await?,
     };
-    let filter = Filter::new(query.types, query.aggregate_type, query.entity);
-    let tenant = auth.tenant().to_string();
-    let log = state.log.clone();
-    let appended = log.subscribe();
-    let batches = futures::stream::unfold(
-        (log, appended, start, tenant, filter),
-        |(log, mut appended, mut cursor, tenant, filter)| async move {
-            loop {
-                appended.mark_unchanged();
-                let batch = match log.read_tenant_after(&tenant, cursor, BATCH).await {
-                    Ok(batch) => batch,
+    let recheck = Duration::from_millis(state.settings.stream_recheck_ms.max(100));
+    let tail = Tail {
+        appended: state.log.subscribe(),
+        cursor,
+        tenant: auth.tenant().clone(),
+        filter: Filter::new(query.types, query.aggregate_type, query.entity),
+        credentials: credential_headers(&headers),
+        next_check: tokio::time::Instant::now() + recheck,
+        recheck,
+        state,
+        finished: false,
+    };
+    use futures::StreamExt;
+    let events = futures::stream::unfold(tail, Tail::next).flatten();
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+}
+
+/// The headers that authenticate a request, kept by a live stream to check them again.
+fn credential_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for name in ["x-api-key", "authorization", crate::extract::TENANT_HEADER] {
+        if let Some(value) = headers.get(name) {
+            kept.insert(name, value.clone());
+        }
+    }
+    kept
+}
+
+/// A live stream's position and what it checks as it goes.
+struct Tail {
+    state: AppState,
+    appended: tokio::sync::watch::Receiver<Cursor>,
+    cursor: Cursor,
+    tenant: domain::names::TenantId,
+    filter: Filter,
+    credentials: HeaderMap,
+    recheck: Duration,
+    next_check: tokio::time::Instant,
+    finished: bool,
+}
+
+type Batch = futures::stream::Iter<std::vec::IntoIter<Result<Event, Infallible>>>;
+
+impl Tail {
+    /// The next events to send; `None` ends the stream. The last event of a stream the server
+    /// ends is `close`, with why and the cursor to resume from.
+    async fn next(mut self) -> Option<(Batch, Self)> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            if self.state.shutdown.is_cancelled() {
+                return Some(self.close(
+                    "SERVER_STOPPING",
+                    "the server is stopping; reconnect with Last-Event-ID",
+                ));
+            }
+            if tokio::time::Instant::now() >= self.next_check {
+                match crate::auth::recheck(
+                    &self.state,
+                    &self.credentials,
+                    domain::roles::Role::Reader,
+                    &self.tenant,
+                )
+                .await
+                {
+                    Ok(()) => self.next_check = tokio::time::Instant::now() + self.recheck,
+                    Err(ApiError::DatabaseUnavailable) => {
+                        // Not the client's fault: try again at the next check.
+                        self.next_check = tokio::time::Instant::now() + self.recheck;
+                    }
                     Err(error) => {
-                        tracing::warn!(%error, "event stream read failed; closing the stream");
-                        return None;
+                        let (_, body) = error.render("");
+                        let code = serde_json::from_slice::<Value>(&body)
+                            .ok()
+                            .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+                            .unwrap_or_else(|| "UNAUTHORIZED".into());
+                        return Some(self.close(&code, &error.to_string()));
                     }
-                };
-                if let Some(last) = batch.last() {
-                    cursor = last.cursor;
-                    let events: Vec<Result<Event, Infallible>> = batch
-                        .iter()
-                        .filter(|event| filter.matches(event))
-                        .map(|event| {
-                            Ok(Event::default()
-                                .id(event.cursor.to_string())
-                                .event(event.event_type.clone())
-                                .data(event.envelope().to_string()))
-                        })
-                        .collect();
-                    if !events.is_empty() {
-                        return Some((
-                            futures::stream::iter(events),
-                            (log, appended, cursor, tenant, filter),
-                        ));
-                    }
-                    continue;
-                }
-                tokio::select! {
-                    _ = appended.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
-        },
-    );
-    use futures::StreamExt;
-    Ok(Sse::new(batches.flatten())
-        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+            self.appended.mark_unchanged();
+            let batch = match self
+                .state
+                .log
+                .read_tenant_after(self.tenant.as_str(), self.cursor, BATCH)
+                .await
+            {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(%error, "event stream read failed; closing the stream");
+                    return None;
+                }
+            };
+            if let Some(last) = batch.last() {
+                self.cursor = last.cursor;
+                let events: Vec<Result<Event, Infallible>> = batch
+                    .iter()
+                    .filter(|event| self.filter.matches(event))
+                    .map(|event| {
+                        Ok(Event::default()
+                            .id(event.cursor.to_string())
+                            .event(event.event_type.clone())
+                            .data(event.envelope().to_string()))
+                    })
+                    .collect();
+                if !events.is_empty() {
+                    return Some((futures::stream::iter(events), self));
+                }
+                continue;
+            }
+            let until_check = self
+                .next_check
+                .saturating_duration_since(tokio::time::Instant::now());
+            tokio::select! {
+                _ = self.appended.changed() => {}
+                _ = tokio::time::sleep(until_check.min(Duration::from_secs(1))) => {}
+                _ = self.state.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// The stream's last event: `close`, with a code, a message and the cursor to resume from.
+    fn close(mut self, code: &str, message: &str) -> (Batch, Self) {
+        self.finished = true;
+        let data = serde_json::json!({
+            "code": code,
+            "message": message,
+            "cursor": self.cursor.to_string(),
+        });
+        let event = Event::default().event("close").data(data.to_string());
+        (futures::stream::iter(vec![Ok(event)]), self)
+    }
 }
 
 /// Largest page of the change feed.

@@ -193,6 +193,34 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(entities::router())
 }
 
+/// Refuses, before any other work, request targets over `GATEWAY_MAX_URI_BYTES` (414) and
+/// headers over `GATEWAY_MAX_HEADER_BYTES` (431), in the error envelope.
+async fn request_limits(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let length = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    let limit = state.settings.max_uri_bytes;
+    if length > limit {
+        return error::ApiError::UriTooLong { length, limit }.into_response();
+    }
+    let length: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    let limit = state.settings.max_header_bytes;
+    if length > limit {
+        return error::ApiError::HeadersTooLarge { length, limit }.into_response();
+    }
+    next.run(request).await
+}
+
 /// The application's router with all middleware.
 pub fn router(state: AppState) -> Router {
     let (router, _) = api_router().split_for_parts();
@@ -210,6 +238,10 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_limits,
         ))
         .layer(middleware::from_fn(error::envelope))
         .layer(middleware::from_fn_with_state(
