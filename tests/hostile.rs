@@ -764,3 +764,147 @@ both_backends!(
     live_streams_follow_their_credentials,
     live_streams_follow_their_credentials
 );
+
+/// The change feed, the live stream and NATS show each event only to the roles that may read
+/// its aggregate, and a key's hash to no one.
+async fn events_are_shown_to_the_roles_that_own_them(backend: Backend) {
+    let names = Names::new();
+    let app = spawn_app_with(backend, |s| names.apply(s, &nats_url())).await;
+    let issue = |roles: Value| {
+        let app = &app;
+        async move {
+            let issued = json_of(
+                app.request(Method::POST, "/v1/api-keys", "acme")
+                    .json(&json!({ "name": "seer", "roles": roles }))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            issued["apiKey"]["key"].as_str().unwrap().to_string()
+        }
+    };
+    let reader = issue(json!(["reader"])).await;
+    let analyst = issue(json!(["reader", "analyst"])).await;
+    let budget = app
+        .request(Method::PUT, "/v1/budgets/tenant", "acme")
+        .json(&json!({ "monthlyLimitUsd": "10", "enforcement": "soft" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(budget.status(), 200);
+    let last = app.create("acme", "tasks", json!({ "id": "last" })).await;
+    assert_eq!(last.status(), 201);
+
+    let feed = |key: String| {
+        let app = &app;
+        async move {
+            let page = json_of(
+                app.with_key(Method::GET, "/v1/events?limit=1000", &key)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            page["items"].as_array().unwrap().clone()
+        }
+    };
+    let types = |items: &[Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|i| i["aggregateType"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let admin_items = feed(app.keys["acme"].clone()).await;
+    let admin_types = types(&admin_items);
+    for expected in ["Tenant", "ApiKey", "Budget", "Entity"] {
+        assert!(
+            admin_types.iter().any(|t| t == expected),
+            "admin sees {expected}"
+        );
+    }
+    assert!(
+        !admin_items
+            .iter()
+            .any(|i| i["payload"].get("secretHash").is_some()),
+        "no key hash, even for admins"
+    );
+    let reader_types = types(&feed(reader.clone()).await);
+    assert!(reader_types.iter().any(|t| t == "Entity"));
+    assert!(
+        reader_types
+            .iter()
+            .all(|t| !["Tenant", "ApiKey", "Budget"].contains(&t.as_str())),
+        "{reader_types:?}"
+    );
+    let analyst_types = types(&feed(analyst).await);
+    assert!(analyst_types.iter().any(|t| t == "Budget"));
+    assert!(analyst_types.iter().all(|t| t != "ApiKey" && t != "Tenant"));
+
+    // The live stream from the beginning, as the reader: up to the last record, nothing else.
+    let mut stream = app
+        .with_key(Method::GET, "/v1/events/stream?after=beginning", &reader)
+        .send()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !text.contains("tasks/last") {
+            let chunk = stream.chunk().await.unwrap().expect("the stream goes on");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the last record arrives");
+    for line in text.lines().filter_map(|l| l.strip_prefix("data:")) {
+        let envelope: Value = serde_json::from_str(line.trim()).unwrap();
+        seen.push(envelope["aggregateType"].as_str().unwrap().to_string());
+    }
+    assert!(
+        seen.iter()
+            .all(|t| !["Tenant", "ApiKey", "Budget"].contains(&t.as_str())),
+        "{seen:?}"
+    );
+
+    // NATS: restricted aggregates under their own prefix, and no hash anywhere.
+    let messages = eventually(Duration::from_secs(15), || async {
+        let messages = names.messages().await;
+        messages
+            .iter()
+            .any(|m| m.subject.ends_with("tasks%2Flast"))
+            .then_some(messages)
+    })
+    .await;
+    let restricted = format!("{}_restricted.", names.prefix);
+    let public = format!("{}.", names.prefix);
+    for message in &messages {
+        let envelope: Value = serde_json::from_slice(&message.payload).unwrap();
+        let aggregate = envelope["aggregateType"].as_str().unwrap();
+        let expected = if ["Tenant", "ApiKey", "Budget"].contains(&aggregate) {
+            &restricted
+        } else {
+            &public
+        };
+        assert!(
+            message.subject.starts_with(expected.as_str()),
+            "{}",
+            message.subject
+        );
+        assert!(
+            envelope["payload"].get("secretHash").is_none(),
+            "{}",
+            message.subject
+        );
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.subject.starts_with(restricted.as_str()))
+    );
+    names.delete().await;
+}
+both_backends!(
+    events_are_shown_to_the_roles_that_own_them,
+    events_are_shown_to_the_roles_that_own_them
+);

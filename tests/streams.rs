@@ -28,7 +28,7 @@ pub(crate) fn nats_url() -> String {
 #[derive(Clone)]
 pub(crate) struct Names {
     stream: String,
-    prefix: String,
+    pub(crate) prefix: String,
 }
 
 impl Names {

@@ -27,5 +27,6 @@ pub mod roles;
 pub mod session;
 pub mod tenant;
 pub mod upcasters;
+pub mod visibility;
 
 pub use cqrs_es::{Aggregate, DomainEvent};

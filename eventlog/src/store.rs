@@ -143,9 +143,26 @@ impl RecordedEvent {
         ))))
     }
 
-    /// The event as it travels to subscribers (NATS, Server-Sent Events): one documented JSON
-    /// shape with its position, identity, payload and metadata.
+    /// The event as it travels to subscribers (NATS, Server-Sent Events, the change feed): one
+    /// documented JSON shape with its position, identity, payload and metadata, without the
+    /// payload fields its visibility keeps inside the gateway (a key's hash).
     pub fn envelope(&self) -> Value {
+        let visibility = self.visibility();
+        let payload = match &self.payload {
+            Value::Object(fields)
+                if visibility
+                    .internal_fields
+                    .iter()
+                    .any(|f| fields.contains_key(*f)) =>
+            {
+                let mut fields = fields.clone();
+                for field in visibility.internal_fields {
+                    fields.remove(*field);
+                }
+                Value::Object(fields)
+            }
+            _ => self.payload.clone(),
+        };
         serde_json::json!({
             "eventId": self.event_id,
             "cursor": self.cursor.to_string(),
@@ -156,9 +173,14 @@ impl RecordedEvent {
             "eventType": self.event_type,
             "eventVersion": self.event_version,
             "recordedAt": self.recorded_at,
-            "payload": self.payload,
+            "payload": payload,
             "metadata": self.metadata,
         })
+    }
+
+    /// Who may read this event outside the gateway (see [`domain::visibility`]).
+    pub fn visibility(&self) -> domain::visibility::Visibility {
+        domain::visibility::of(&self.aggregate_type, &self.event_type)
     }
 
     /// The metadata, when it has the current shape.

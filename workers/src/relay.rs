@@ -98,8 +98,21 @@ pub fn escape_token(raw: &str) -> String {
     if out.is_empty() { "%00".into() } else { out }
 }
 
-/// The subject of an event.
+/// The subject prefix of events that only some roles may read (see
+/// [`domain::visibility`]): `<prefix>_restricted`, outside `<prefix>.>`, so a subscriber to the
+/// public subjects never receives them and one that needs them subscribes on purpose.
+pub fn restricted_prefix(prefix: &str) -> String {
+    format!("{prefix}_restricted")
+}
+
+/// The subject of an event: `<prefix>.<tenant>.<aggregateType>.<eventType>.<aggregateId>`, or
+/// under [`restricted_prefix`] for events not every reader may see.
 pub fn subject(prefix: &str, event: &RecordedEvent) -> String {
+    let prefix = if event.visibility().is_public() {
+        prefix.to_string()
+    } else {
+        restricted_prefix(prefix)
+    };
     format!(
         "{prefix}.{}.{}.{}.{}",
         escape_token(&event.tenant_id),
@@ -138,7 +151,10 @@ pub async fn ensure_stream(
 ) -> Result<(), async_nats::Error> {
     let config = stream::Config {
         name: settings.stream.clone(),
-        subjects: vec![format!("{}.>", settings.subject_prefix)],
+        subjects: vec![
+            format!("{}.>", settings.subject_prefix),
+            format!("{}.>", restricted_prefix(&settings.subject_prefix)),
+        ],
         max_age: settings.max_age,
         duplicate_window: settings.duplicate_window,
         storage: stream::StorageType::File,

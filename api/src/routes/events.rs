@@ -122,6 +122,7 @@ pub async fn stream_events(
         cursor,
         tenant: auth.tenant().clone(),
         filter: Filter::new(query.types, query.aggregate_type, query.entity),
+        roles: auth.principal.roles.clone(),
         credentials: credential_headers(&headers),
         next_check: tokio::time::Instant::now() + recheck,
         recheck,
@@ -151,6 +152,8 @@ struct Tail {
     cursor: Cursor,
     tenant: domain::names::TenantId,
     filter: Filter,
+    /// The roles of the stream's principal: events they may not read are skipped.
+    roles: Vec<domain::roles::Role>,
     credentials: HeaderMap,
     recheck: Duration,
     next_check: tokio::time::Instant,
@@ -214,7 +217,9 @@ impl Tail {
                 self.cursor = last.cursor;
                 let events: Vec<Result<Event, Infallible>> = batch
                     .iter()
-                    .filter(|event| self.filter.matches(event))
+                    .filter(|event| {
+                        self.filter.matches(event) && event.visibility().readable_by(&self.roles)
+                    })
                     .map(|event| {
                         Ok(Event::default()
                             .id(event.cursor.to_string())
@@ -327,7 +332,7 @@ pub async fn list_events(
         }
         let batch = state.log.read_tenant_after(tenant, cursor, want).await?;
         for event in &batch {
-            if filter.matches(event) {
+            if filter.matches(event) && event.visibility().readable_by(&auth.principal.roles) {
                 if items.len() == limit {
                     has_more = true;
                     break 'pages;
