@@ -311,16 +311,18 @@ async fn a_failing_projector_stops_alone_and_says_where(backend: Backend) {
 
     let created = app.create("acme", "tasks", json!({ "id": "stuck" })).await;
     assert_eq!(created.status(), 201);
-    let event_id = json_of(
-        app.request(Method::GET, "/v1/events?entity=tasks", "acme")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await["items"][0]["eventId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // On PostgreSQL an event is in the feed once older transactions have ended.
+    let event_id = eventually(Duration::from_secs(10), || async {
+        let page = json_of(
+            app.request(Method::GET, "/v1/events?entity=tasks", "acme")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        page["items"][0]["eventId"].as_str().map(str::to_string)
+    })
+    .await;
 
     let ready = eventually(Duration::from_secs(15), || async {
         let ready = app.public_json("/ready").await;
@@ -815,7 +817,15 @@ async fn events_are_shown_to_the_roles_that_own_them(backend: Backend) {
             .map(|i| i["aggregateType"].as_str().unwrap().to_string())
             .collect()
     };
-    let admin_items = feed(app.keys["acme"].clone()).await;
+    // On PostgreSQL an event is in the feed once older transactions have ended.
+    let admin_items = eventually(Duration::from_secs(10), || async {
+        let items = feed(app.keys["acme"].clone()).await;
+        items
+            .iter()
+            .any(|i| i["aggregateId"] == "tasks/last")
+            .then_some(items)
+    })
+    .await;
     let admin_types = types(&admin_items);
     for expected in ["Tenant", "ApiKey", "Budget", "Entity"] {
         assert!(
@@ -907,4 +917,101 @@ async fn events_are_shown_to_the_roles_that_own_them(backend: Backend) {
 both_backends!(
     events_are_shown_to_the_roles_that_own_them,
     events_are_shown_to_the_roles_that_own_them
+);
+
+async fn a_tenant_cannot_add_indexes_without_end(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.max_indexed_fields_per_tenant = 3).await;
+    let define = |name: &str, fields: &[&str]| {
+        let fields: serde_json::Map<String, Value> = fields
+            .iter()
+            .map(|f| (f.to_string(), json!({ "type": "string", "indexed": true })))
+            .collect();
+        let body = json!({ "name": name, "fields": fields });
+        let app = &app;
+        async move {
+            app.request(Method::POST, "/v1/entity-types", "acme")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(define("alpha", &["a1", "a2"]).await.status(), 201);
+    // The same field name and kind shares its index: no new one.
+    let shared = define("beta", &["a1"]).await;
+    assert_eq!(shared.status(), 201);
+    let position = position(&shared);
+    // Wait until the read model has both types, then go over the budget.
+    let listed = app
+        .request(Method::GET, "/v1/entity-types", "acme")
+        .header("x-min-position", position)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(define("gamma", &["g1"]).await.status(), 201);
+    let refused = define("delta", &["d1"]).await;
+    assert_eq!(error_code(refused).await, (422, "VALIDATION_ERROR".into()));
+    // Another tenant has a budget of its own.
+    let other = app
+        .request(Method::POST, "/v1/entity-types", "globex")
+        .json(
+            &json!({ "name": "delta", "fields": { "d1": { "type": "string", "indexed": true } } }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 201);
+}
+both_backends!(
+    a_tenant_cannot_add_indexes_without_end,
+    a_tenant_cannot_add_indexes_without_end
+);
+
+/// An idle stream moves its cursor past other tenants' events instead of scanning them again
+/// on every append.
+async fn an_idle_stream_moves_past_other_tenants_events(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.stream_recheck_ms = 200).await;
+    let issued = json_of(
+        app.request(Method::POST, "/v1/api-keys", "acme")
+            .json(&json!({ "name": "idle", "roles": ["reader"] }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let key = issued["apiKey"]["key"].as_str().unwrap().to_string();
+    let id = issued["apiKey"]["id"].as_str().unwrap().to_string();
+    let mut stream = app
+        .with_key(Method::GET, "/v1/events/stream", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut last = String::new();
+    for i in 0..20 {
+        let created = app
+            .create("globex", "tasks", json!({ "id": format!("g{i}") }))
+            .await;
+        assert_eq!(created.status(), 201);
+        last = position(&created);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.request(Method::DELETE, &format!("/v1/api-keys/{id}"), "acme")
+        .send()
+        .await
+        .unwrap();
+    let close = sse_until(&mut stream, "close", Duration::from_secs(10))
+        .await
+        .expect("closed");
+    let cursor: eventlog::Cursor = close["cursor"].as_str().unwrap().parse().unwrap();
+    let globex: eventlog::Cursor = last.parse().unwrap();
+    assert!(
+        cursor >= globex,
+        "the stream's cursor {cursor:?} is past globex's {globex:?}"
+    );
+}
+both_backends!(
+    an_idle_stream_moves_past_other_tenants_events,
+    an_idle_stream_moves_past_other_tenants_events
 );

@@ -75,6 +75,9 @@ pub struct Settings {
     pub max_uri_bytes: usize,
     /// Most bytes of request headers (names and values); more: 431.
     pub max_header_bytes: usize,
+    /// Most distinct indexes (indexed or unique fields, by name and kind) one tenant's entity
+    /// types may need.
+    pub max_indexed_fields_per_tenant: usize,
     /// How often a live stream checks its credentials again (revoked, expired, suspended).
     pub stream_recheck_ms: u64,
     /// Lookups of well-formed but unknown API keys one client address may cause per minute;
@@ -161,6 +164,7 @@ impl Default for Settings {
             max_header_bytes: 32 * 1024,
             unknown_key_lookups_per_minute: 60,
             stream_recheck_ms: 5_000,
+            max_indexed_fields_per_tenant: 32,
             admin_key: None,
             jwt_secret: None,
             jwt_issuer: None,

@@ -18,15 +18,26 @@ pub const NAME: &str = "entity_types";
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EntityTypesProjector;
 
-/// The `CREATE INDEX` statements the indexed and unique fields of `schema` need.
-pub fn index_statements(backend: eventlog::Backend, schema: &Schema) -> Vec<String> {
+/// The names and `CREATE INDEX` statements of the indexes the indexed and unique fields of
+/// `schema` need.
+fn indexes(backend: eventlog::Backend, schema: &Schema) -> impl Iterator<Item = (String, String)> {
     schema
         .fields
         .iter()
         .filter(|(_, spec)| spec.indexed || spec.unique)
         .filter_map(|(name, spec)| Kind::of(spec.kind).map(|kind| (name, kind)))
-        .map(|(name, kind)| index_statement(backend, name, kind).1)
-        .collect()
+        .map(move |(name, kind)| index_statement(backend, name, kind))
+}
+
+/// The `CREATE INDEX` statements the indexed and unique fields of `schema` need.
+pub fn index_statements(backend: eventlog::Backend, schema: &Schema) -> Vec<String> {
+    indexes(backend, schema).map(|(_, sql)| sql).collect()
+}
+
+/// The names of the indexes the indexed and unique fields of `schema` need (one index serves
+/// every type and tenant with a field of that name and kind).
+pub fn index_names(backend: eventlog::Backend, schema: &Schema) -> Vec<String> {
+    indexes(backend, schema).map(|(name, _)| name).collect()
 }
 
 #[async_trait]

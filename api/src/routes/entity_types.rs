@@ -206,6 +206,7 @@ pub async fn define_entity_type(
     let name = EntityTypeName::parse(request.name)
         .map_err(|e| ApiError::InvalidEntityType(e.to_string()))?;
     let schema = parse_schema(request.schema)?;
+    check_index_budget(&state, &ctx.tenant, &name, &schema).await?;
     let missing_references = missing_references(&state, &ctx.tenant, &name, &schema).await?;
     let command = EntityTypeCommand::DefineEntityType {
         name: name.clone(),
@@ -213,6 +214,50 @@ pub async fn define_entity_type(
         missing_references,
     };
     Ok(run(&state, &ctx, &body, StatusCode::CREATED, &name, command).await)
+}
+
+/// Refuses a schema that would take the tenant's entity types over
+/// `GATEWAY_MAX_INDEXED_FIELDS_PER_TENANT` distinct indexes: indexes live on the table every
+/// tenant shares, and each one costs every write. Counted on the read model once it has
+/// every type committed so far; two types defined at the same moment may pass it together.
+async fn check_index_budget(
+    state: &AppState,
+    tenant: &TenantId,
+    name: &EntityTypeName,
+    schema: &Schema,
+) -> Result<(), ApiError> {
+    let backend = state.log.db().backend();
+    let limit = state.settings.max_indexed_fields_per_tenant;
+    let wanted = read_model::index_names(backend, schema);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    // Count on a read model that has every type defined so far.
+    let committed = state.log.last_committed().await?;
+    projections::progress::wait_until(
+        &state.log,
+        &state.progress,
+        read_model::NAME,
+        committed,
+        state.settings.consistency_wait(),
+    )
+    .await?;
+    let mut used: std::collections::BTreeSet<String> = wanted.into_iter().collect();
+    for other in read_model::list(state.log.db(), tenant.as_str()).await? {
+        if other.name != name.as_str() {
+            used.extend(read_model::index_names(backend, &other.schema));
+        }
+    }
+    if used.len() > limit {
+        return Err(ApiError::Validation(vec![FieldError {
+            field: "fields".into(),
+            message: format!(
+                "the tenant's entity types would need {} indexes (indexed or unique fields); at most {limit} are allowed",
+                used.len()
+            ),
+        }]));
+    }
+    Ok(())
 }
 
 /// Change an entity type: the body is the whole new schema (`key`, `schemaless`, `fields`).
@@ -248,6 +293,7 @@ pub async fn change_entity_type(
         map.remove("name");
     }
     let schema = parse_schema(raw)?;
+    check_index_budget(&state, &ctx.tenant, &name, &schema).await?;
     let missing_references = missing_references(&state, &ctx.tenant, &name, &schema).await?;
     let command = EntityTypeCommand::ChangeEntityType {
         schema,

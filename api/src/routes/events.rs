@@ -201,6 +201,15 @@ impl Tail {
                 }
             }
             self.appended.mark_unchanged();
+            // Read before the tail: when the tenant has nothing new, every event up to it is
+            // another tenant's, and the cursor moves past them instead of scanning them again.
+            let head = match self.state.log.head().await {
+                Ok(head) => head,
+                Err(error) => {
+                    tracing::warn!(%error, "event stream read failed; closing the stream");
+                    return None;
+                }
+            };
             let batch = match self
                 .state
                 .log
@@ -232,6 +241,7 @@ impl Tail {
                 }
                 continue;
             }
+            self.cursor = self.cursor.max(head);
             let until_check = self
                 .next_check
                 .saturating_duration_since(tokio::time::Instant::now());
