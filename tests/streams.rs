@@ -197,15 +197,15 @@ both_backends!(
     every_event_is_published_once_in_log_order
 );
 
-/// A TCP proxy to NATS whose traffic the test can cut and restore.
-struct Proxy {
+/// A TCP proxy (to NATS or PostgreSQL) whose traffic the test can cut and restore.
+pub(crate) struct Proxy {
     address: SocketAddr,
     open: Arc<AtomicBool>,
     connections: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Proxy {
-    async fn start(target: SocketAddr) -> Self {
+    pub(crate) async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let open = Arc::new(AtomicBool::new(true));
@@ -235,14 +235,18 @@ impl Proxy {
         format!("nats://{}", self.address)
     }
 
-    fn cut(&self) {
+    pub(crate) fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub(crate) fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
         for task in self.connections.lock().unwrap().drain(..) {
             task.abort();
         }
     }
 
-    fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
 }

@@ -43,6 +43,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Most connections in the database pool.
     pub database_max_connections: u32,
+    /// Longest a request waits for a database connection before it fails with 503
+    /// `DATABASE_UNAVAILABLE` (and `Retry-After`), in milliseconds.
+    pub database_acquire_timeout_ms: u64,
     /// `RUST_LOG`-style filter.
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -146,6 +149,7 @@ impl Default for Settings {
             database_url: None,
             data_dir: PathBuf::from("./data"),
             database_max_connections: 16,
+            database_acquire_timeout_ms: 2_000,
             log_filter: "info".into(),
             log_format: LogFormat::Auto,
             run_projectors: true,
@@ -302,7 +306,7 @@ impl Settings {
     pub fn pool(&self) -> eventlog::db::PoolSettings {
         eventlog::db::PoolSettings {
             max_connections: self.database_max_connections.max(2),
-            ..Default::default()
+            acquire_timeout: Duration::from_millis(self.database_acquire_timeout_ms.max(1)),
         }
     }
 }

@@ -78,6 +78,9 @@ pub struct RelayReport {
     pub error: Option<String>,
 }
 
+/// Longest `/ready` takes to answer.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Readiness.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
@@ -89,6 +92,9 @@ pub struct Readiness {
     pub backend: &'static str,
     /// `ok` or `unreachable`.
     pub database: &'static str,
+    /// Why the database counts as unreachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Lag of every projector (absent when the database does not answer).
     pub projectors: BTreeMap<String, ProjectorLag>,
     pub relay: RelayReport,
@@ -104,9 +110,14 @@ async fn relay_report(state: &AppState) -> RelayReport {
             error: None,
         };
     };
-    let lag = projections::progress::lag(&state.log, workers::relay::CHECKPOINT)
-        .await
-        .ok();
+    // Bounded like the rest of `/ready`: without the database the lag is unknown, not late.
+    let lag = tokio::time::timeout(
+        READY_TIMEOUT,
+        projections::progress::lag(&state.log, workers::relay::CHECKPOINT),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
     if let Some(lag) = lag {
         state
             .metrics
@@ -165,14 +176,28 @@ async fn projector_lags(state: &AppState) -> Option<BTreeMap<String, ProjectorLa
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let backend = state.log.db().backend().as_str();
-    let lags = match state.log.db().ping().await {
-        Ok(()) => projector_lags(&state).await,
-        Err(error) => {
-            tracing::warn!(%error, "database unreachable");
-            None
+    // Within a second either way: a load balancer asking must not wait on a dead database.
+    let (checked, relay) = tokio::join!(
+        tokio::time::timeout(READY_TIMEOUT, async {
+            state.log.db().ping().await.map_err(|e| e.to_string())?;
+            projector_lags(&state)
+                .await
+                .ok_or_else(|| "the read models' progress could not be read".to_string())
+        }),
+        relay_report(&state)
+    );
+    let checked = checked.unwrap_or_else(|_| {
+        Err(format!(
+            "the database did not answer within {READY_TIMEOUT:?}"
+        ))
+    });
+    let (lags, reason) = match checked {
+        Ok(lags) => (Some(lags), None),
+        Err(reason) => {
+            tracing::warn!(%reason, "database unreachable");
+            (None, Some(reason))
         }
     };
-    let relay = relay_report(&state).await;
     let (status, body) = match lags {
         Some(projectors) => (
             StatusCode::OK,
@@ -184,6 +209,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
                 },
                 backend,
                 database: "ok",
+                reason: None,
                 projectors,
                 relay,
             },
@@ -194,12 +220,16 @@ pub async fn ready(State(state): State<AppState>) -> Response {
                 status: "unavailable",
                 backend,
                 database: "unreachable",
+                reason,
                 projectors: BTreeMap::new(),
                 relay,
             },
         ),
     };
-    (status, ApiJson(body)).into_response()
+    let mut response = (status, ApiJson(body)).into_response();
+    // A 503 here is the readiness report itself, not an error to wrap in the envelope.
+    response.extensions_mut().insert(crate::error::FinalBody);
+    response
 }
 
 /// Prometheus metrics in the OpenMetrics text format.
