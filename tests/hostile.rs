@@ -1023,22 +1023,35 @@ async fn without_the_database_the_gateway_fails_fast_and_recovers() {
     let db = crate::helpers::TestDb::new(Backend::Postgres).await;
     let target: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
     let proxy = crate::streams::Proxy::start(target).await;
-    let url = db.url.replace("127.0.0.1:5432", &proxy.address().to_string());
+    let url = db
+        .url
+        .replace("127.0.0.1:5432", &proxy.address().to_string());
     let mut app = crate::helpers::spawn_app_on(db, |s| {
         s.database_url = Some(url.clone().into());
         s.database_acquire_timeout_ms = 500;
     })
     .await;
     let log = app.db.log().await;
-    app.keys
-        .insert("acme".into(), crate::helpers::create_tenant(&log, "acme").await);
+    app.keys.insert(
+        "acme".into(),
+        crate::helpers::create_tenant(&log, "acme").await,
+    );
     log.db().close().await;
-    assert_eq!(app.create("acme", "tasks", json!({ "id": "before" })).await.status(), 201);
+    assert_eq!(
+        app.create("acme", "tasks", json!({ "id": "before" }))
+            .await
+            .status(),
+        201
+    );
 
     proxy.cut();
     let started = std::time::Instant::now();
     let ready = app.client.get(app.url("/ready")).send().await.unwrap();
-    assert!(started.elapsed() < Duration::from_millis(1_800), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1_800),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(ready.status(), 503);
     let ready = json_of(ready).await;
     assert_eq!(ready["status"], "unavailable");
@@ -1046,9 +1059,16 @@ async fn without_the_database_the_gateway_fails_fast_and_recovers() {
 
     let started = std::time::Instant::now();
     let refused = app.create("acme", "tasks", json!({ "id": "during" })).await;
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(refused.headers()["retry-after"], "1");
-    assert_eq!(error_code(refused).await, (503, "DATABASE_UNAVAILABLE".into()));
+    assert_eq!(
+        error_code(refused).await,
+        (503, "DATABASE_UNAVAILABLE".into())
+    );
 
     proxy.restore();
     eventually(Duration::from_secs(20), || async {

@@ -134,7 +134,7 @@ async fn usage_is_exact_after_a_mixed_workload(backend: Backend) {
         .await
         .unwrap();
     let report = projections::usage::verify(&log, 50).await.unwrap();
-    assert_eq!(report.mismatches, Vec::<String>::new());
+    assert_eq!(report.mismatches, Vec::new());
     assert_eq!(
         report.replies, 5,
         "4 for acme, 1 for globex; no replay, no failure"
@@ -807,10 +807,108 @@ async fn hard_budgets_hold_under_concurrency_and_soft_ones_tell(backend: Backend
 
     settled(&app).await;
     let report = projections::usage::verify(&log, 100).await.unwrap();
-    assert_eq!(report.mismatches, Vec::<String>::new());
+    assert_eq!(report.mismatches, Vec::new());
     names.delete().await;
 }
 both_backends!(
     hard_budgets_hold_under_concurrency_and_soft_ones_tell,
     hard_budgets_hold_under_concurrency_and_soft_ones_tell
+);
+
+/// Runs `gateway usage verify [--repair]` on the app's database: its exit (Ok or the error)
+/// and what it printed, as JSON.
+async fn usage_verify(app: &TestApp, repair: bool) -> (Result<(), String>, Value) {
+    use clap::Parser;
+    let mut args = vec!["gateway", "usage", "verify"];
+    if repair {
+        args.push("--repair");
+    }
+    let cli = api::cli::Cli::try_parse_from(args).unwrap();
+    let mut out = Vec::new();
+    let result = api::cli::run(cli, app.db.settings(), &mut out)
+        .await
+        .map_err(|e| e.to_string());
+    (result, serde_json::from_slice(&out).unwrap())
+}
+
+/// A difference planted behind the gateway's back is found, said as JSON objects, and
+/// repaired from the log.
+async fn usage_verify_finds_and_repairs_planted_differences(backend: Backend) {
+    let app = spawn_app_with(backend, quick).await;
+    let agent = agent(&app, "acme", "Verified", "vendorA", "vendorB").await;
+    let session = create_session(&app, "acme", &agent).await;
+    for i in 0..3 {
+        let sent = send(&app, "acme", &session, &format!("v-{i}"), "Count me").await;
+        assert_eq!(sent.status(), 201);
+    }
+    settled(&app).await;
+    let (clean, report) = usage_verify(&app, false).await;
+    assert_eq!(clean, Ok(()), "{report}");
+    assert_eq!(report["mismatches"], json!([]));
+    assert_eq!(report["replies"], 3);
+
+    let log = app.db.log().await;
+    let plant = |sql: &'static str| {
+        let log = &log;
+        async move {
+            let mut tx = log.db().begin().await.unwrap();
+            eventlog::on_tx!(&mut tx, conn => {
+                sqlx::query(sql).execute(&mut *conn).await.unwrap();
+            });
+            tx.commit().await.unwrap();
+        }
+    };
+    plant("UPDATE usage_daily SET cost_micros = cost_micros + 1").await;
+    plant("UPDATE usage_spend SET spent_micros = spent_micros + 5 WHERE scope = 'tenant'").await;
+    plant(
+        "DELETE FROM usage_records WHERE message_id = \
+         (SELECT MIN(message_id) FROM usage_records)",
+    )
+    .await;
+
+    let (failed, report) = usage_verify(&app, false).await;
+    let error = failed.unwrap_err();
+    assert!(error.contains("difference(s)"), "{error}");
+    let mismatches = report["mismatches"].as_array().unwrap();
+    let daily = mismatches
+        .iter()
+        .find(|m| m["table"] == "usage_daily")
+        .expect("the rollup change is found");
+    assert_eq!(daily["column"], "costMicros");
+    assert_eq!(daily["differenceMicros"], 1);
+    assert_eq!(daily["key"]["tenantId"], "acme");
+    assert_eq!(
+        daily["tableValue"].as_i64().unwrap() - daily["log"].as_i64().unwrap(),
+        1
+    );
+    let spend = mismatches
+        .iter()
+        .find(|m| m["table"] == "usage_spend")
+        .expect("the spend change is found");
+    assert_eq!(spend["differenceMicros"], 5);
+    assert_eq!(spend["key"]["scope"], "tenant");
+    let records = mismatches
+        .iter()
+        .find(|m| m["table"] == "usage_records")
+        .expect("the deleted record is found");
+    assert_eq!(records["column"], "messages");
+    assert_eq!(records["log"], 3);
+    assert_eq!(records["tableValue"], 2);
+
+    let (repaired, report) = usage_verify(&app, true).await;
+    assert_eq!(repaired, Ok(()), "{report}");
+    assert!(
+        !report["before"]["mismatches"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(report["after"]["mismatches"], json!([]));
+    let (clean, _) = usage_verify(&app, false).await;
+    assert_eq!(clean, Ok(()));
+    log.db().close().await;
+}
+both_backends!(
+    usage_verify_finds_and_repairs_planted_differences,
+    usage_verify_finds_and_repairs_planted_differences
 );

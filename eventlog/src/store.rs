@@ -819,6 +819,55 @@ impl EventLog {
         Ok(self.upcast_all(events))
     }
 
+    /// Every committed event of `aggregate_type` after `after` that `tx` sees, at most `limit`,
+    /// in log order, without waiting for older transactions: for a caller that has locked out
+    /// the writers it must not miss (a repair holding a table lock), not for tailing.
+    pub async fn committed_in(
+        &self,
+        tx: &mut Tx,
+        aggregate_type: &str,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        let events = match tx {
+            Tx::Postgres(tx) => {
+                let sql = format!(
+                    "SELECT {PG_COLUMNS} FROM events \
+                     WHERE aggregate_type = $1 \
+                       AND (transaction_id, global_position) > ($2::text::xid8, $3) \
+                     ORDER BY events.transaction_id, events.global_position LIMIT $4"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(aggregate_type)
+                    .bind(after.transaction_id.to_string())
+                    .bind(after.position)
+                    .bind(limit as i64)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok(decode_row!(row)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+            Tx::Sqlite(tx) => {
+                let sql = format!(
+                    "SELECT {SQLITE_COLUMNS} FROM events \
+                     WHERE aggregate_type = $1 AND global_position > $2 \
+                     ORDER BY global_position LIMIT $3"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(aggregate_type)
+                    .bind(after.position)
+                    .bind(limit as i64)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok(decode_row!(row)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+        };
+        Ok(self.upcast_all(events))
+    }
+
     /// How far the log is ahead of `cursor`: the number of readable events after it and the
     /// time the oldest of them was recorded.
     pub async fn backlog(

@@ -793,7 +793,126 @@ pub struct VerifyReport {
     pub cost_micros: i64,
     pub checkpoint: String,
     /// Every difference between the log and the tables (empty: they agree exactly).
-    pub mismatches: Vec<String>,
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// One difference between what the log says and what a usage table holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mismatch {
+    pub table: &'static str,
+    /// The row's key columns, by name.
+    pub key: serde_json::Value,
+    /// The column that differs (`messages`, `tokensIn`, `tokensOut`, `costMicros`,
+    /// `spentMicros`), or `row` when the whole row is missing on one side.
+    pub column: &'static str,
+    /// The value the log gives (`null`: the log has no such row).
+    pub log: serde_json::Value,
+    /// The value the table holds (`null`: the table has no such row).
+    pub table_value: serde_json::Value,
+    /// What the table is off by in micro-dollars (table minus log), for amounts of money.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub difference_micros: Option<i64>,
+}
+
+/// The key columns of a usage table's row, by name.
+trait KeyColumns {
+    fn columns(&self) -> serde_json::Value;
+}
+
+impl KeyColumns for GroupKey {
+    fn columns(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tenantId": self.0, "bucket": self.1, "provider": self.2, "model": self.3,
+            "agentId": self.4, "apiKey": self.5,
+        })
+    }
+}
+
+impl KeyColumns for (GroupKey, String) {
+    fn columns(&self) -> serde_json::Value {
+        let mut key = self.0.columns();
+        key["sessionId"] = self.1.clone().into();
+        key
+    }
+}
+
+impl KeyColumns for SessionDay {
+    fn columns(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tenantId": self.0, "bucket": self.1, "provider": self.2, "agentId": self.3,
+            "sessionId": self.4,
+        })
+    }
+}
+
+impl KeyColumns for String {
+    fn columns(&self) -> serde_json::Value {
+        serde_json::json!({ "tenantId": self })
+    }
+}
+
+impl KeyColumns for (String, String, String) {
+    fn columns(&self) -> serde_json::Value {
+        serde_json::json!({ "tenantId": self.0, "scope": self.1, "month": self.2 })
+    }
+}
+
+impl<T: KeyColumns> KeyColumns for &T {
+    fn columns(&self) -> serde_json::Value {
+        (*self).columns()
+    }
+}
+
+/// A value whose columns can be compared one by one.
+trait Columns {
+    /// Each column's name, value, and whether it is money.
+    fn each(&self) -> Vec<(&'static str, i64, bool)>;
+    fn to_json(&self) -> serde_json::Value;
+}
+
+impl Columns for Sums {
+    fn each(&self) -> Vec<(&'static str, i64, bool)> {
+        vec![
+            ("messages", self.messages, false),
+            ("tokensIn", self.tokens_in, false),
+            ("tokensOut", self.tokens_out, false),
+            ("costMicros", self.cost_micros, true),
+        ]
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+impl Columns for i64 {
+    fn each(&self) -> Vec<(&'static str, i64, bool)> {
+        vec![("spentMicros", *self, true)]
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        (*self).into()
+    }
+}
+
+impl Columns for () {
+    fn each(&self) -> Vec<(&'static str, i64, bool)> {
+        Vec::new()
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        true.into()
+    }
+}
+
+/// The money in a whole row (its cost column), for a row missing on one side.
+fn money(value: &impl Columns) -> Option<i64> {
+    value
+        .each()
+        .into_iter()
+        .find(|(_, _, money)| *money)
+        .map(|(_, v, _)| v)
 }
 
 type Table = BTreeMap<GroupKey, Sums>;
@@ -909,44 +1028,112 @@ async fn read_session_days(db: &Db) -> Result<BTreeSet<SessionDay>, sqlx::Error>
 }
 
 /// Every element of one set missing from the other, as mismatches.
-fn compare_sets<T: Ord + std::fmt::Debug>(
-    what: &str,
+fn compare_sets<T: Ord + KeyColumns>(
+    table: &'static str,
     expected: &BTreeSet<T>,
     found: &BTreeSet<T>,
-    mismatches: &mut Vec<String>,
+    mismatches: &mut Vec<Mismatch>,
 ) {
-    for missing in expected.difference(found) {
-        mismatches.push(format!("{what} {missing:?}: in the log, not in the table"));
-    }
-    for extra in found.difference(expected) {
-        mismatches.push(format!("{what} {extra:?}: in the table, not in the log"));
-    }
+    let expected: BTreeMap<&T, ()> = expected.iter().map(|k| (k, ())).collect();
+    let found: BTreeMap<&T, ()> = found.iter().map(|k| (k, ())).collect();
+    compare(table, &expected, &found, mismatches);
 }
 
-fn compare<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
-    what: &str,
+/// Every row that differs between what the log says (`expected`) and the table (`found`),
+/// column by column.
+fn compare<K: Ord + KeyColumns, V: PartialEq + Columns>(
+    table: &'static str,
     expected: &BTreeMap<K, V>,
     found: &BTreeMap<K, V>,
-    mismatches: &mut Vec<String>,
+    mismatches: &mut Vec<Mismatch>,
 ) {
+    let row = |key: &K, log: Option<&V>, held: Option<&V>| Mismatch {
+        table,
+        key: key.columns(),
+        column: "row",
+        log: log.map_or(serde_json::Value::Null, Columns::to_json),
+        table_value: held.map_or(serde_json::Value::Null, Columns::to_json),
+        difference_micros: match (log, held) {
+            (Some(log), None) => money(log).map(|m| -m),
+            (None, Some(held)) => money(held),
+            _ => None,
+        },
+    };
     for (key, value) in expected {
         match found.get(key) {
-            Some(found) if found == value => {}
-            Some(found) => mismatches.push(format!(
-                "{what} {key:?}: log says {value:?}, table has {found:?}"
-            )),
-            None => mismatches.push(format!(
-                "{what} {key:?}: log says {value:?}, table has none"
-            )),
+            Some(held) if held == value => {}
+            Some(held) => {
+                for ((column, want, is_money), (_, have, _)) in
+                    value.each().into_iter().zip(held.each())
+                {
+                    if want != have {
+                        mismatches.push(Mismatch {
+                            table,
+                            key: key.columns(),
+                            column,
+                            log: want.into(),
+                            table_value: have.into(),
+                            difference_micros: is_money.then(|| have - want),
+                        });
+                    }
+                }
+            }
+            None => mismatches.push(row(key, Some(value), None)),
         }
     }
     for (key, value) in found {
         if !expected.contains_key(key) {
-            mismatches.push(format!(
-                "{what} {key:?}: table has {value:?}, log has nothing"
-            ));
+            mismatches.push(row(key, None, Some(value)));
         }
     }
+}
+
+/// Recomputes `usage_spend` (kept inline, so no rebuild covers it) from every billed reply of
+/// the log, in one transaction that locks out the appends that would change it meanwhile.
+/// Returns the rows written.
+pub async fn repair_spend(log: &EventLog, batch: usize) -> Result<usize, ProjectionError> {
+    let mut tx = log.db().begin().await?;
+    if let Tx::Postgres(conn) = &mut tx {
+        // Appends update their spend in their own transaction: while this lock is held they
+        // wait, and the events of those that committed before it are all visible here.
+        sqlx::query("LOCK TABLE usage_spend IN EXCLUSIVE MODE")
+            .execute(&mut **conn)
+            .await?;
+    }
+    let mut spend: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+    let mut cursor = Cursor::START;
+    loop {
+        let events = log
+            .committed_in(&mut tx, Session::TYPE, cursor, batch.max(1))
+            .await?;
+        let Some(last) = events.last() else { break };
+        cursor = last.cursor;
+        for event in &events {
+            let Some(record) = record_of(event)? else {
+                continue;
+            };
+            let month = month_of(record.recorded_at);
+            for scope in [TENANT_SCOPE.to_string(), agent_scope(&record.agent_id)] {
+                *spend
+                    .entry((record.tenant_id.clone(), scope, month.clone()))
+                    .or_default() += record.cost_micros;
+            }
+        }
+    }
+    eventlog::on_tx!(&mut tx, conn => {
+        sqlx::query("DELETE FROM usage_spend").execute(&mut *conn).await?;
+        for ((tenant, scope, month), micros) in &spend {
+            sqlx::query(SPEND_UPSERT)
+                .bind(tenant.as_str())
+                .bind(scope.as_str())
+                .bind(month.as_str())
+                .bind(*micros)
+                .execute(&mut *conn)
+                .await?;
+        }
+    });
+    tx.commit().await?;
+    Ok(spend.len())
 }
 
 /// Recomputes every usage table from the log and compares, exactly. The asynchronous tables
