@@ -690,7 +690,14 @@ async fn hard_budgets_hold_under_concurrency_and_soft_ones_tell(backend: Backend
     }
     assert!(
         accepted >= allowed,
-        "no message refused while the budget had room"
+        "no message refused while the budget had room: {accepted} accepted"
+    );
+    // And the burst never spends past the limit by more than one reply: every reply costs
+    // `cost` here, the warm-up's included.
+    assert!(
+        cost * (accepted + 1) <= limit + cost,
+        "{accepted} accepted: {} spent of {limit}",
+        cost * (accepted + 1)
     );
     // Nothing is accepted once the crossing is committed.
     let late = create_session(&app, "acme", &support).await;

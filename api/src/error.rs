@@ -162,6 +162,9 @@ pub enum ApiError {
         limit_micros: u64,
         spent_micros: u64,
     },
+    /// 503 `BUDGET_CONTENDED`: messages in flight hold the rest of a hard budget; retry.
+    #[error("messages in flight hold the rest of the budget; retry in a moment")]
+    BudgetContended,
     /// 404 `BUDGET_NOT_FOUND`.
     #[error("no budget is set for this scope")]
     BudgetNotFound,
@@ -417,6 +420,11 @@ impl ApiError {
                 }),
             ),
             BudgetNotFound => (StatusCode::NOT_FOUND, "BUDGET_NOT_FOUND", Value::Null),
+            BudgetContended => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "BUDGET_CONTENDED",
+                Value::Null,
+            ),
             ProjectionStale { events_behind } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "PROJECTION_STALE",
@@ -478,7 +486,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = status.into_response();
         match &self {
-            ApiError::ProjectionStale { .. } | ApiError::DatabaseUnavailable => {
+            ApiError::ProjectionStale { .. }
+            | ApiError::DatabaseUnavailable
+            | ApiError::BudgetContended => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -228,10 +228,31 @@ pub async fn prepare(
             anyhow::anyhow!("session {session_id} names agent {agent_id}, which has no events");
         return Err(fail(ApiError::internal(error)).await);
     };
-    let budgets = match check_budgets(state, &ctx.tenant, &agent_id).await {
-        Ok(budgets) => budgets,
-        // Not stored for replay: once the budget is raised, the same request may proceed.
-        Err(error) => return Err(fail(error).await),
+    let prompt = prompt_tokens(
+        &config,
+        loaded
+            .aggregate
+            .recent_tokens(state.settings.context_messages),
+        &content,
+    );
+    let budgets =
+        match check_budgets(state, &ctx.tenant, &agent_id, &config, &message_id, prompt).await {
+            Ok(budgets) => budgets,
+            // Not stored for replay: once the budget is raised, the same request may proceed.
+            Err(error) => return Err(fail(error).await),
+        };
+    let release = |error: ApiError| {
+        let state = state.clone();
+        let tenant = ctx.tenant.to_string();
+        let message_id = message_id.clone();
+        async move {
+            if let Err(failure) =
+                projections::usage::release(state.log.db(), &tenant, &message_id).await
+            {
+                tracing::warn!(%failure, "could not release a budget reservation; it expires");
+            }
+            error
+        }
     };
     let command = SessionCommand::RecordUserMessage {
         message_id: message_id.clone(),
@@ -245,10 +266,13 @@ pub async fn prepare(
     {
         Ok(outcome) => outcome,
         Err(CommandError::Rejected(error)) => {
-            let error = session_error(&session_id, &agent_id)(error);
+            let error = release(session_error(&session_id, &agent_id)(error)).await;
             return Err(commands::refuse(state, &ctx.request_id, Some(&key), error).await);
         }
-        Err(error) => return Err(fail(command_error(error, ApiError::internal)).await),
+        Err(error) => {
+            let error = release(command_error(error, ApiError::internal)).await;
+            return Err(fail(error).await);
+        }
     };
     state
         .metrics
@@ -299,6 +323,7 @@ async fn claim_and_record(
         return None;
     }
     let agent_id = session.agent_id().to_string();
+    let recent = session.recent_tokens(state.settings.context_messages);
     let agent_stream = agent_stream(&ctx.tenant, &agent_id);
     let scopes = [TENANT_SCOPE.to_string(), agent_scope(&agent_id)];
     let mut streams: Vec<StreamId> = scopes
@@ -316,7 +341,10 @@ async fn claim_and_record(
             budgets.push((stream.clone(), budget.clone()));
         }
     }
-    enforce_budgets(state, &ctx.tenant, &budgets).await.ok()?;
+    let prompt = prompt_tokens(&config, recent, content);
+    admit(state, &ctx.tenant, &config, &budgets, message_id, prompt)
+        .await
+        .ok()?;
     let command = SessionCommand::RecordUserMessage {
         message_id: message_id.to_string(),
         content: content.to_string(),
@@ -373,15 +401,15 @@ pub fn budget_stream(tenant: &domain::names::TenantId, scope: &str) -> StreamId 
     StreamId::new(tenant.clone(), Budget::TYPE, scope)
 }
 
-/// The budgets that apply to a message to `agent_id`; refuses with `BUDGET_EXCEEDED` when a
-/// hard one is spent. Budgets are read from their streams and the spend from the inline
-/// projection, both exact as of the last commit: messages that pass this check while others
-/// are still being answered can overshoot a budget by at most the replies in flight when it
-/// was crossed.
+/// The budgets that apply to a message to `agent_id`, read from their streams, with the
+/// message admitted under the hard ones (see [`admit`]).
 async fn check_budgets(
     state: &AppState,
     tenant: &domain::names::TenantId,
     agent_id: &str,
+    agent: &AgentConfig,
+    message_id: &str,
+    prompt: u64,
 ) -> Result<Vec<(StreamId, Budget)>, ApiError> {
     let mut budgets = Vec::new();
     for scope in [TENANT_SCOPE.to_string(), agent_scope(agent_id)] {
@@ -395,39 +423,96 @@ async fn check_budgets(
             budgets.push((stream, loaded.aggregate));
         }
     }
-    enforce_budgets(state, tenant, &budgets).await?;
+    admit(state, tenant, agent, &budgets, message_id, prompt).await?;
     Ok(budgets)
 }
 
-/// Refuses with `BUDGET_EXCEEDED` when one of `budgets` is a hard one already spent.
-async fn enforce_budgets(
+/// Replies are bounded by this many tokens when the agent sets no `maxTokens`, for the
+/// reservation of their cost.
+const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 1024;
+
+/// The tokens of the prompt a message sends (system prompt, the `recent` tokens of the
+/// conversation, the message itself), estimated before it is recorded.
+fn prompt_tokens(agent: &AgentConfig, recent: u64, content: &str) -> u64 {
+    let system = agent
+        .system_prompt
+        .as_deref()
+        .map_or(0, domain::provider::estimate_tokens);
+    system + recent + domain::provider::estimate_tokens(content)
+}
+
+/// Admits a message under the hard budgets among `budgets`: refuses with `BUDGET_EXCEEDED`
+/// when one is spent, and otherwise reserves an upper bound of the reply's cost (the prompt
+/// and the agent's `maxTokens`, at the highest price of its providers) until the reply is
+/// billed or the message fails. While messages in flight hold the rest of a budget, it waits
+/// for them (at most `GATEWAY_BUDGET_WAIT_MS`, then 503 `BUDGET_CONTENDED`). So concurrent
+/// messages never spend past a hard budget together: at most the one message admitted when
+/// nothing else was in flight goes past it, by at most its own reply.
+async fn admit(
     state: &AppState,
     tenant: &domain::names::TenantId,
+    agent: &AgentConfig,
     budgets: &[(StreamId, Budget)],
+    message_id: &str,
+    prompt: u64,
 ) -> Result<(), ApiError> {
-    let month = projections::usage::month_of(Utc::now());
-    for (stream, budget) in budgets {
-        let Some((limit, Enforcement::Hard)) = budget.limit() else {
-            continue;
-        };
-        let scope = &stream.aggregate_id;
-        let spent = projections::usage::spend(
-            state.log.db(),
-            tenant.as_str(),
-            std::slice::from_ref(scope),
-            &month,
-        )
-        .await?;
-        let spent = spent.get(scope).copied().unwrap_or(0).max(0) as u64;
-        if spent >= limit {
-            return Err(ApiError::BudgetExceeded {
-                scope: scope.clone(),
+    let limits: Vec<projections::usage::HardLimit> = budgets
+        .iter()
+        .filter_map(|(stream, budget)| match budget.limit() {
+            Some((limit, Enforcement::Hard)) => Some(projections::usage::HardLimit {
+                scope: stream.aggregate_id.clone(),
                 limit_micros: limit,
-                spent_micros: spent,
-            });
+            }),
+            _ => None,
+        })
+        .collect();
+    if limits.is_empty() {
+        return Ok(());
+    }
+    let output = agent
+        .max_tokens
+        .map_or(DEFAULT_MAX_OUTPUT_TOKENS, u64::from);
+    let estimate = state
+        .providers
+        .highest_price(agent)
+        .cost_micros(prompt, output)
+        .unwrap_or(i64::MAX as u64);
+    let deadline = tokio::time::Instant::now() + state.settings.budget_wait();
+    loop {
+        let now = Utc::now();
+        let reservation = projections::usage::Reservation {
+            message_id: message_id.to_string(),
+            month: projections::usage::month_of(now),
+            estimate,
+            now_ms: now.timestamp_millis(),
+            // A request that dies holds it no longer than its idempotency key.
+            expires_at_ms: now.timestamp_millis()
+                + state.settings.idempotency_lock().as_millis() as i64,
+        };
+        let decision =
+            projections::usage::admit(state.log.db(), tenant.as_str(), &limits, &reservation)
+                .await?;
+        match decision {
+            projections::usage::Admission::Admitted => return Ok(()),
+            projections::usage::Admission::Exceeded {
+                scope,
+                limit_micros,
+                spent_micros,
+            } => {
+                return Err(ApiError::BudgetExceeded {
+                    scope,
+                    limit_micros,
+                    spent_micros,
+                });
+            }
+            projections::usage::Admission::Contended => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ApiError::BudgetContended);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
         }
     }
-    Ok(())
 }
 
 /// Records each failed provider attempt as an event as soon as it ends; keeps a successful

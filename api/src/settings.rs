@@ -81,6 +81,9 @@ pub struct Settings {
     /// Most distinct indexes (indexed or unique fields, by name and kind) one tenant's entity
     /// types may need.
     pub max_indexed_fields_per_tenant: usize,
+    /// Longest a message waits for messages in flight to free a hard budget's rest, in
+    /// milliseconds (then 503 `BUDGET_CONTENDED`).
+    pub budget_wait_ms: u64,
     /// How often a live stream checks its credentials again (revoked, expired, suspended).
     pub stream_recheck_ms: u64,
     /// Lookups of well-formed but unknown API keys one client address may cause per minute;
@@ -168,6 +171,7 @@ impl Default for Settings {
             max_header_bytes: 32 * 1024,
             unknown_key_lookups_per_minute: 60,
             stream_recheck_ms: 5_000,
+            budget_wait_ms: 10_000,
             max_indexed_fields_per_tenant: 32,
             admin_key: None,
             jwt_secret: None,
@@ -289,6 +293,10 @@ impl Settings {
 
     pub fn credential_cache(&self) -> Duration {
         Duration::from_millis(self.credential_cache_ms)
+    }
+
+    pub fn budget_wait(&self) -> Duration {
+        Duration::from_millis(self.budget_wait_ms)
     }
 
     pub fn consistency_wait(&self) -> Duration {

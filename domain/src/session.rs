@@ -271,6 +271,17 @@ impl Session {
         self.exchanges.get(message_id)
     }
 
+    /// The tokens of the last `limit` messages of the conversation, estimated as the
+    /// simulated vendors count them (one per four characters).
+    pub fn recent_tokens(&self, limit: usize) -> u64 {
+        self.conversation
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|(_, message)| crate::provider::estimate_tokens(&message.content))
+            .sum()
+    }
+
     /// The conversation before `message_id` (at most the last `limit` messages), then
     /// `message_id` itself.
     pub fn context_for(&self, message_id: &str, limit: usize) -> Vec<ChatMessage> {

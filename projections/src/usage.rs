@@ -369,9 +369,194 @@ impl InlineProjection for SpendProjection {
                         .await?;
                 });
             }
+            // A message's budget reservation ends with its reply (billed above, in the same
+            // transaction) or its failure.
+            for (tenant, message_id) in events.iter().filter_map(settled_message) {
+                eventlog::on_tx!(&mut *tx, conn => {
+                    sqlx::query(RESERVATION_DELETE)
+                        .bind(tenant)
+                        .bind(message_id.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                });
+            }
             Ok(())
         })
     }
+}
+
+const RESERVATION_DELETE: &str =
+    "DELETE FROM budget_reservations WHERE tenant_id = $1 AND message_id = $2";
+
+/// The tenant and user message whose budget reservation `event` ends: a reply recorded to it,
+/// or its failure.
+fn settled_message(event: &RecordedEvent) -> Option<(&str, String)> {
+    if event.aggregate_type != Session::TYPE
+        || !matches!(
+            event.event_type.as_str(),
+            "AssistantMessageRecorded" | "MessageFailed"
+        )
+    {
+        return None;
+    }
+    let message_id = match crate::decode::<SessionEvent>(event).ok()? {
+        SessionEvent::AssistantMessageRecorded { reply, .. } => reply.reply_to,
+        SessionEvent::MessageFailed { message_id, .. } => message_id,
+        _ => return None,
+    };
+    Some((event.tenant_id.as_str(), message_id))
+}
+
+/// A hard budget a message must fit: its scope (`tenant` or `agent:<id>`) and monthly limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HardLimit {
+    pub scope: String,
+    pub limit_micros: u64,
+}
+
+/// What a message reserves of its budgets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The user message.
+    pub message_id: String,
+    /// The month the spend counts in (`2026-12`).
+    pub month: String,
+    /// An upper bound of its reply's cost, in micro-dollars.
+    pub estimate: u64,
+    /// Now, and when the reservation stops counting if nothing ends it before, in
+    /// milliseconds since the Unix epoch.
+    pub now_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// What [`admit`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// The message's reservation is recorded: it may be sent.
+    Admitted,
+    /// The budget of `scope` is spent: no message may be sent this month.
+    Exceeded {
+        scope: String,
+        limit_micros: u64,
+        spent_micros: u64,
+    },
+    /// Messages in flight hold the rest of the budget: ask again once they are answered.
+    Contended,
+}
+
+/// Admits a message under hard budgets, atomically with every other admission of the tenant:
+/// refuses when a budget's month spend has reached its limit; otherwise reserves `estimate`
+/// micro-dollars for `message_id` (until `expires_at_ms`) when the spend, the live
+/// reservations of other messages and the estimate fit the limit, or when no other message
+/// holds a reservation (so one message may go past the limit, by at most its own reply);
+/// else answers `Contended`. Reserving again for the same message replaces its reservation.
+pub async fn admit(
+    db: &Db,
+    tenant_id: &str,
+    limits: &[HardLimit],
+    reservation: &Reservation,
+) -> Result<Admission, sqlx::Error> {
+    let Reservation {
+        message_id,
+        month,
+        estimate,
+        now_ms,
+        expires_at_ms,
+    } = reservation;
+    let (message_id, month, estimate, now_ms, expires_at_ms) = (
+        message_id.as_str(),
+        month.as_str(),
+        *estimate,
+        *now_ms,
+        *expires_at_ms,
+    );
+    let mut tx = db.begin().await?;
+    if let Tx::Postgres(conn) = &mut tx {
+        // One admission of the tenant at a time, across processes (SQLite: the write
+        // transaction is exclusive already).
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("budget:{tenant_id}"))
+            .execute(&mut **conn)
+            .await?;
+    }
+    let mut decision = Admission::Admitted;
+    eventlog::on_tx!(&mut tx, conn => {
+        sqlx::query("DELETE FROM budget_reservations WHERE tenant_id = $1 AND expires_at_ms <= $2")
+            .bind(tenant_id)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+        for limit in limits {
+            let spent: Option<i64> = sqlx::query_scalar(
+                "SELECT spent_micros FROM usage_spend \
+                 WHERE tenant_id = $1 AND scope = $2 AND month = $3",
+            )
+            .bind(tenant_id)
+            .bind(limit.scope.as_str())
+            .bind(month)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let spent = spent.unwrap_or(0).max(0) as u64;
+            if spent >= limit.limit_micros {
+                decision = Admission::Exceeded {
+                    scope: limit.scope.clone(),
+                    limit_micros: limit.limit_micros,
+                    spent_micros: spent,
+                };
+                break;
+            }
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT CAST(SUM(micros) AS BIGINT) FROM budget_reservations \
+                 WHERE tenant_id = $1 AND scope = $2 AND month = $3 AND message_id <> $4",
+            )
+            .bind(tenant_id)
+            .bind(limit.scope.as_str())
+            .bind(month)
+            .bind(message_id)
+            .fetch_one(&mut *conn)
+            .await?;
+            let held = held.unwrap_or(0).max(0) as u64;
+            let fits = spent.saturating_add(held).saturating_add(estimate) <= limit.limit_micros;
+            if held > 0 && !fits && decision == Admission::Admitted {
+                decision = Admission::Contended;
+            }
+        }
+        if decision == Admission::Admitted {
+            for limit in limits {
+                sqlx::query(
+                    "INSERT INTO budget_reservations \
+                     (tenant_id, scope, message_id, month, micros, expires_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (tenant_id, scope, message_id) DO UPDATE SET \
+                     month = excluded.month, micros = excluded.micros, \
+                     expires_at_ms = excluded.expires_at_ms",
+                )
+                .bind(tenant_id)
+                .bind(limit.scope.as_str())
+                .bind(message_id)
+                .bind(month)
+                .bind(stored(estimate))
+                .bind(expires_at_ms)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    });
+    tx.commit().await?;
+    Ok(decision)
+}
+
+/// Ends the reservation of `message_id`, for a message that will not be sent after all.
+pub async fn release(db: &Db, tenant_id: &str, message_id: &str) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    eventlog::on_tx!(&mut tx, conn => {
+        sqlx::query(RESERVATION_DELETE)
+            .bind(tenant_id)
+            .bind(message_id)
+            .execute(&mut *conn)
+            .await?;
+    });
+    tx.commit().await
 }
 
 /// A month's spend of `scopes` (`tenant`, `agent:<id>`), in micro-dollars, as of the last

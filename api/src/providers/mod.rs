@@ -272,6 +272,22 @@ impl Providers {
             })
     }
 
+    /// The highest price among the providers an agent may be answered by (primary and
+    /// fallback, with the models it asks each for): what a reply of it may cost per 1k tokens.
+    pub fn highest_price(&self, agent: &domain::agent::AgentConfig) -> Price {
+        agent
+            .providers()
+            .filter_map(|provider| {
+                let entry = self.entries.get(provider)?;
+                let model = agent.model_for(provider).unwrap_or(&entry.default_model);
+                Some(self.price(provider, model))
+            })
+            .max_by_key(|price| price.micro_usd_per_1k_tokens)
+            .unwrap_or(Price {
+                micro_usd_per_1k_tokens: 0,
+            })
+    }
+
     /// The behaviour control of a simulated provider.
     pub fn simulation(&self, provider: &str) -> Option<SimulationControl> {
         self.entries.get(provider)?.simulation.clone()

@@ -156,7 +156,14 @@ impl Provider for SimulatedVendor {
                 // Never answers: the caller's timeout ends the attempt.
                 std::future::pending::<()>().await;
             }
-            let content = self.reply(request);
+            let mut content = self.reply(request);
+            // Like a real model, never more than `max_tokens` (four characters a token).
+            if let Some(max) = request.max_tokens {
+                let most = max as usize * 4;
+                if content.chars().count() > most {
+                    content = content.chars().take(most).collect();
+                }
+            }
             let tokens_in = request
                 .messages
                 .iter()
