@@ -919,3 +919,47 @@ both_backends!(
     usage_verify_finds_and_repairs_planted_differences,
     usage_verify_finds_and_repairs_planted_differences
 );
+
+/// A message whose providers all fail gives its budget reservation back: the next message is
+/// admitted at once instead of waiting for it.
+async fn a_failed_message_releases_its_budget_reservation(backend: Backend) {
+    let app = spawn_app_with(backend, |s| {
+        quick(s);
+        s.budget_wait_ms = 300;
+    })
+    .await;
+    let support = agent(&app, "acme", "Budgeted", "vendorA", "vendorB").await;
+    let set = app
+        .request(Method::PUT, "/v1/budgets/tenant", "acme")
+        // Room for one reservation (about 3,100 µ$: 1,024 tokens of output at vendorB's
+        // $0.003), not for two.
+        .json(&json!({"monthlyLimitUsd": "0.005", "enforcement": "hard"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200);
+    let session = create_session(&app, "acme", &support).await;
+    for vendor in ["vendorA", "vendorB"] {
+        app.providers.simulation(vendor).unwrap().set(Simulation {
+            error_rate: 1.0,
+            ..Simulation::default()
+        });
+    }
+    let failed = send(&app, "acme", &session, "r-1", "Anyone?").await;
+    assert_eq!(error_code(failed).await, (503, "ALL_PROVIDERS_FAILED".into()));
+    for vendor in ["vendorA", "vendorB"] {
+        app.providers.simulation(vendor).unwrap().set(Simulation::default());
+    }
+    // Another message, concurrently with nothing: admitted, not held back by a leaked
+    // reservation (which would answer BUDGET_CONTENDED after 300 ms).
+    let other = create_session(&app, "acme", &support).await;
+    let sent = send(&app, "acme", &other, "r-2", "Hello").await;
+    assert_eq!(sent.status(), 201);
+    // And the failed one, retried with its key, is admitted and answered.
+    let retried = send(&app, "acme", &session, "r-1", "Anyone?").await;
+    assert_eq!(retried.status(), 201);
+}
+both_backends!(
+    a_failed_message_releases_its_budget_reservation,
+    a_failed_message_releases_its_budget_reservation
+);

@@ -47,6 +47,11 @@ pub struct UsageRecord {
 
 /// The usage record of an event, when it is a billed reply.
 pub fn record_of(event: &RecordedEvent) -> Result<Option<UsageRecord>, ProjectionError> {
+    Ok(reply_of(event)?.map(|(record, _)| record))
+}
+
+/// The usage record of a billed reply and the user message it answers.
+fn reply_of(event: &RecordedEvent) -> Result<Option<(UsageRecord, String)>, ProjectionError> {
     if event.aggregate_type != Session::TYPE || event.event_type != "AssistantMessageRecorded" {
         return Ok(None);
     }
@@ -54,6 +59,7 @@ pub fn record_of(event: &RecordedEvent) -> Result<Option<UsageRecord>, Projectio
         return Ok(None);
     };
     let AssistantReply {
+        reply_to,
         message_id,
         agent_id,
         provider,
@@ -65,7 +71,7 @@ pub fn record_of(event: &RecordedEvent) -> Result<Option<UsageRecord>, Projectio
         ..
     } = reply;
     let api_key = event.event_metadata().map(|m| m.actor).unwrap_or_default();
-    Ok(Some(UsageRecord {
+    let record = UsageRecord {
         tenant_id: event.tenant_id.clone(),
         message_id,
         session_id,
@@ -78,7 +84,8 @@ pub fn record_of(event: &RecordedEvent) -> Result<Option<UsageRecord>, Projectio
         cost_micros: stored(cost_micros),
         price_micros_per_1k: stored(price.micro_usd_per_1k_tokens),
         recorded_at: event.recorded_at,
-    }))
+    };
+    Ok(Some((record, reply_to)))
 }
 
 /// A count or amount as the signed integer the tables store. The gateway bounds what it
@@ -347,10 +354,21 @@ impl InlineProjection for SpendProjection {
             // Rows are updated in a fixed order (tenant, scope, month), so that concurrent
             // appends lock them in the same order and cannot deadlock.
             let mut spend: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+            // The messages whose budget reservation ends here: answered, or failed.
+            let mut settled: Vec<(&str, String)> = Vec::new();
             for event in events {
-                let record = record_of(event)
+                if event.event_type == "MessageFailed"
+                    && let Some(failed) = failed_message(event)
+                {
+                    settled.push(failed);
+                    continue;
+                }
+                let reply = reply_of(event)
                     .map_err(|e| sqlx::Error::Protocol(format!("usage spend: {e}")))?;
-                let Some(record) = record else { continue };
+                let Some((record, reply_to)) = reply else {
+                    continue;
+                };
+                settled.push((event.tenant_id.as_str(), reply_to));
                 let month = month_of(record.recorded_at);
                 for scope in [TENANT_SCOPE.to_string(), agent_scope(&record.agent_id)] {
                     *spend
@@ -370,14 +388,18 @@ impl InlineProjection for SpendProjection {
                 });
             }
             // A message's budget reservation ends with its reply (billed above, in the same
-            // transaction) or its failure.
-            for (tenant, message_id) in events.iter().filter_map(settled_message) {
+            // transaction) or its failure: one statement for the whole append.
+            for chunk in settled.chunks(CHUNK) {
+                let sql = format!(
+                    "DELETE FROM budget_reservations WHERE (tenant_id, message_id) IN (VALUES {})",
+                    tx.backend().values(chunk.len(), 2)
+                );
                 eventlog::on_tx!(&mut *tx, conn => {
-                    sqlx::query(RESERVATION_DELETE)
-                        .bind(tenant)
-                        .bind(message_id.as_str())
-                        .execute(&mut *conn)
-                        .await?;
+                    let mut query = sqlx::query(&sql);
+                    for (tenant, message_id) in chunk {
+                        query = query.bind(*tenant).bind(message_id.as_str());
+                    }
+                    query.execute(&mut *conn).await?;
                 });
             }
             Ok(())
@@ -388,23 +410,17 @@ impl InlineProjection for SpendProjection {
 const RESERVATION_DELETE: &str =
     "DELETE FROM budget_reservations WHERE tenant_id = $1 AND message_id = $2";
 
-/// The tenant and user message whose budget reservation `event` ends: a reply recorded to it,
-/// or its failure.
-fn settled_message(event: &RecordedEvent) -> Option<(&str, String)> {
-    if event.aggregate_type != Session::TYPE
-        || !matches!(
-            event.event_type.as_str(),
-            "AssistantMessageRecorded" | "MessageFailed"
-        )
-    {
+/// The tenant and user message of a `MessageFailed` event: its budget reservation ends.
+fn failed_message(event: &RecordedEvent) -> Option<(&str, String)> {
+    if event.aggregate_type != Session::TYPE {
         return None;
     }
-    let message_id = match crate::decode::<SessionEvent>(event).ok()? {
-        SessionEvent::AssistantMessageRecorded { reply, .. } => reply.reply_to,
-        SessionEvent::MessageFailed { message_id, .. } => message_id,
-        _ => return None,
-    };
-    Some((event.tenant_id.as_str(), message_id))
+    match crate::decode::<SessionEvent>(event).ok()? {
+        SessionEvent::MessageFailed { message_id, .. } => {
+            Some((event.tenant_id.as_str(), message_id))
+        }
+        _ => None,
+    }
 }
 
 /// A hard budget a message must fit: its scope (`tenant` or `agent:<id>`) and monthly limit.
