@@ -1078,3 +1078,84 @@ async fn without_the_database_the_gateway_fails_fast_and_recovers() {
     .await;
     assert_eq!(app.public_json("/ready").await["status"], "ready");
 }
+
+/// Whether a record of `tasks` is in the list (the entities projection has applied it).
+async fn listed(app: &TestApp, id: &str) -> bool {
+    let page = json_of(
+        app.request(Method::GET, "/v1/tasks?limit=100", "acme")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    page["items"]
+        .as_array()
+        .is_some_and(|items| items.iter().any(|i| i["id"] == id))
+}
+
+/// Readers wait only for transactions that can still append to this database's log: an open
+/// transaction in another database of the cluster, or one of another program in the same
+/// database, holds nothing back; an open gateway transaction does, until it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_gateways_own_transactions_hold_the_readers_back() {
+    use sqlx::Connection;
+    let app = spawn_app_with(Backend::Postgres, |s| s.projector_poll_ms = 50).await;
+    let admin = std::env::var("GATEWAY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let hold = |url: String| async move {
+        let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut connection).await.unwrap();
+        // An id assigned: the transaction counts for every cluster-wide horizon.
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        connection
+    };
+    let elsewhere = hold(admin).await;
+    let same_database = hold(app.db.url.clone()).await;
+
+    let created = app
+        .create("acme", "tasks", json!({ "id": "not-held" }))
+        .await;
+    assert_eq!(created.status(), 201);
+    eventually(Duration::from_secs(10), || async {
+        listed(&app, "not-held").await.then_some(())
+    })
+    .await;
+
+    // A gateway transaction that has appended and not committed holds the readers back: what
+    // commits after it is not read before it.
+    let log = app.db.log().await;
+    let mut open = log.db().begin().await.unwrap();
+    let tenant = domain::names::TenantId::parse("acme").unwrap();
+    let entity_type = domain::names::EntityTypeName::parse("tasks").unwrap();
+    let id = domain::names::EntityId::parse("earlier").unwrap();
+    let event = domain::entity::EntityEvent::EntityCreated {
+        entity_type: entity_type.clone(),
+        id: id.clone(),
+        data: Map::new(),
+    };
+    log.append_in(
+        &mut open,
+        &[eventlog::StreamAppend {
+            stream: api::entity_writes::entity_stream(&tenant, &entity_type, &id),
+            expected_version: 0,
+            events: vec![eventlog::NewEvent::from_domain(&event).unwrap()],
+            metadata: domain::metadata::EventMetadata::new(tenant.clone(), "t", "t", "Hold"),
+        }],
+    )
+    .await
+    .unwrap();
+    let later = app.create("acme", "tasks", json!({ "id": "later" })).await;
+    assert_eq!(later.status(), 201);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!listed(&app, "later").await, "read past an open appender");
+    open.commit().await.unwrap();
+    eventually(Duration::from_secs(10), || async {
+        (listed(&app, "earlier").await && listed(&app, "later").await).then_some(())
+    })
+    .await;
+    drop((elsewhere, same_database));
+    log.db().close().await;
+}

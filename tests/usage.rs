@@ -946,9 +946,15 @@ async fn a_failed_message_releases_its_budget_reservation(backend: Backend) {
         });
     }
     let failed = send(&app, "acme", &session, "r-1", "Anyone?").await;
-    assert_eq!(error_code(failed).await, (503, "ALL_PROVIDERS_FAILED".into()));
+    assert_eq!(
+        error_code(failed).await,
+        (503, "ALL_PROVIDERS_FAILED".into())
+    );
     for vendor in ["vendorA", "vendorB"] {
-        app.providers.simulation(vendor).unwrap().set(Simulation::default());
+        app.providers
+            .simulation(vendor)
+            .unwrap()
+            .set(Simulation::default());
     }
     // Another message, concurrently with nothing: admitted, not held back by a leaked
     // reservation (which would answer BUDGET_CONTENDED after 300 ms).

@@ -83,6 +83,17 @@ pub struct SqlitePools {
     pub writer: SqlitePool,
 }
 
+/// The advisory lock every write transaction of the gateway holds, shared, from its first
+/// statement (PostgreSQL). Readers of the log take the oldest transaction id among its
+/// holders in this database as their horizon (see `store::PG_HORIZON`): transactions in
+/// other databases, and transactions in this one that are not the gateway's, never hold the
+/// log's readers back. Taken before the transaction has an id, so a transaction that could
+/// still append behind a reader always shows in `pg_locks` once it has one.
+pub const APPENDER_LOCK: i64 = 0x0047_574C;
+
+/// `BEGIN` and the appender lock, in one round trip.
+const BEGIN_APPENDER: &str = "BEGIN; SELECT pg_advisory_xact_lock_shared(4675404)";
+
 /// A handle on the gateway's database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub enum Db {
@@ -215,10 +226,11 @@ impl Db {
         }
     }
 
-    /// Begins a write transaction.
+    /// Begins a write transaction. On PostgreSQL it announces itself as a possible appender
+    /// first, before it has a transaction id (see [`APPENDER_LOCK`]).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin_with(BEGIN_APPENDER).await?),
             Db::Sqlite(pools) => Tx::Sqlite(pools.writer.begin_with("BEGIN IMMEDIATE").await?),
         })
     }
@@ -275,5 +287,14 @@ mod tests {
         assert!(many.ends_with("$4998, $4999, $5000)"));
         assert_eq!(many.matches('$').count(), 5000);
         assert_eq!(Backend::Sqlite.values(2, 2), "(?, ?), (?, ?)");
+    }
+}
+
+#[cfg(test)]
+mod appender_lock_tests {
+    #[test]
+    fn the_begin_statement_takes_the_appender_lock() {
+        assert_eq!(super::APPENDER_LOCK, 4_675_404);
+        assert!(super::BEGIN_APPENDER.ends_with(&format!("({})", super::APPENDER_LOCK)));
     }
 }

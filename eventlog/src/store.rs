@@ -10,9 +10,14 @@
 //! - **Shared transactions.** [`EventLog::append_in`] writes into a caller's transaction, so
 //!   several commands (and their idempotency records) can commit together.
 //! - **Readers never skip.** [`EventLog::read_after`] returns events in cursor order and, on
-//!   PostgreSQL, only those written by transactions older than the oldest one still running
-//!   (`pg_snapshot_xmin(pg_current_snapshot())`). A transaction that is still open can
-//!   therefore never commit "behind" a reader.
+//!   PostgreSQL, only those written by transactions older than the horizon: the oldest
+//!   transaction of this database that may still append (every gateway write transaction
+//!   holds [`crate::db::APPENDER_LOCK`] from its first statement), or the next transaction
+//!   id when none is open. The horizon is read in a statement of its own before the tail:
+//!   any transaction with an older id had either finished by then (and the tail's later
+//!   snapshot sees its events) or held the lock with its id (and so set the horizon). A
+//!   transaction that is still open can therefore never commit "behind" a reader, and
+//!   transactions of other databases, or of other programs, never hold readers back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -706,6 +711,7 @@ impl EventLog {
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         let events = match &self.inner.db {
             Db::Postgres(pool) => {
+                let horizon = pg_horizon(pool).await?;
                 let sql = pg_tail_sql(tenant_id.is_some());
                 // Planned with the actual cursor each time: a cached generic plan does not know
                 // how far along the log the cursor is and may scan and sort the whole table.
@@ -713,7 +719,8 @@ impl EventLog {
                     .persistent(false)
                     .bind(after.transaction_id.to_string())
                     .bind(after.position)
-                    .bind(limit as i64);
+                    .bind(limit as i64)
+                    .bind(horizon.to_string());
                 if let Some(tenant_id) = tenant_id {
                     query = query.bind(tenant_id);
                 }
@@ -743,9 +750,10 @@ impl EventLog {
         let row = match &self.inner.db {
             Db::Postgres(pool) => sqlx::query(
                 "SELECT transaction_id::text::bigint AS transaction_id, global_position FROM events \
-                 WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                 WHERE transaction_id < $1::text::xid8 \
                  ORDER BY events.transaction_id DESC, events.global_position DESC LIMIT 1",
             )
+            .bind(pg_horizon(pool).await?.to_string())
             .fetch_optional(pool)
             .await?
             .map(|row| Ok::<_, sqlx::Error>(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
@@ -763,8 +771,8 @@ impl EventLog {
     }
 
     /// The cursor of the last committed event, readable yet or not: on PostgreSQL an event
-    /// becomes readable once every older transaction of the cluster has ended, so this can be
-    /// ahead of [`EventLog::head`]. A reader that has reached it has seen everything committed
+    /// becomes readable once every older gateway transaction of the database has ended, so
+    /// this can be ahead of [`EventLog::head`]. A reader that has reached it has seen everything committed
     /// before the call.
     pub async fn last_committed(&self) -> Result<Cursor, sqlx::Error> {
         match &self.inner.db {
@@ -794,11 +802,13 @@ impl EventLog {
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         let events = match tx {
             Tx::Postgres(tx) => {
+                let horizon = pg_horizon(&mut **tx).await?;
                 let rows = sqlx::query(&pg_tail_sql(false))
                     .persistent(false)
                     .bind(after.transaction_id.to_string())
                     .bind(after.position)
                     .bind(limit as i64)
+                    .bind(horizon.to_string())
                     .fetch_all(&mut **tx)
                     .await?;
                 rows.iter()
@@ -957,15 +967,44 @@ where
         .bind(after_sequence as i64)
 }
 
-/// The tail query; with `by_tenant`, `$4` is the tenant. `ORDER BY` names the table's
-/// columns: the bare name would be the selected `transaction_id::text::bigint` alias, which
-/// no index orders, and every batch would sort the rest of the log.
+/// The horizon of the log's readers on PostgreSQL, as a 64-bit transaction id: the oldest
+/// transaction of this database that holds the appender lock and has an id (its id is found
+/// by the lock every transaction holds on its own id), or the next transaction id of this
+/// statement's snapshot when there is none. Ids in `pg_locks` are 32 bits; the epoch is taken
+/// from the snapshot (a running transaction is less than 2^31 ids old). Must run as a
+/// statement of its own, before the tail reads below it (see the module's docs).
+const PG_HORIZON: &str = "WITH next AS ( \
+       SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS id) \
+     SELECT LEAST((SELECT id FROM next), ( \
+       SELECT min(CASE WHEN own.transactionid::text::bigint <= (next.id & 4294967295) \
+                       THEN ((next.id >> 32) << 32) | own.transactionid::text::bigint \
+                       ELSE (((next.id >> 32) - 1) << 32) | own.transactionid::text::bigint END) \
+       FROM pg_locks appender \
+       JOIN pg_locks own ON own.virtualtransaction = appender.virtualtransaction \
+        AND own.locktype = 'transactionid' AND own.mode = 'ExclusiveLock' AND own.granted, \
+       next \
+       WHERE appender.locktype = 'advisory' AND appender.granted \
+         AND appender.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND appender.classid = 0 AND appender.objid = 4675404 AND appender.objsubid = 1)) \
+       AS horizon";
+
+/// The readers' horizon (see [`PG_HORIZON`]) through `executor`.
+async fn pg_horizon<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Postgres>,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(PG_HORIZON).fetch_one(executor).await
+}
+
+/// The tail query, below the horizon `$4`; with `by_tenant`, `$5` is the tenant. `ORDER BY`
+/// names the table's columns: the bare name would be the selected
+/// `transaction_id::text::bigint` alias, which no index orders, and every batch would sort
+/// the rest of the log.
 fn pg_tail_sql(by_tenant: bool) -> String {
-    let tenant = if by_tenant { "AND tenant_id = $4" } else { "" };
+    let tenant = if by_tenant { "AND tenant_id = $5" } else { "" };
     format!(
         "SELECT {PG_COLUMNS} FROM events \
          WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
-           AND transaction_id < pg_snapshot_xmin(pg_current_snapshot()) {tenant} \
+           AND transaction_id < $4::text::xid8 {tenant} \
          ORDER BY events.transaction_id, events.global_position \
          LIMIT $3"
     )
