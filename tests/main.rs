@@ -11,6 +11,7 @@ mod helpers;
 
 mod agents;
 mod cli;
+mod contract;
 mod entities;
 mod entity_query;
 mod entity_types;

@@ -173,9 +173,85 @@ pub fn with_lag(mut response: Response, lag: Option<HeaderValue>) -> Response {
 
 /// The OpenAPI document of every route, built once.
 pub fn openapi() -> &'static utoipa::openapi::OpenApi {
-    static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> =
-        LazyLock::new(|| api_router().split_for_parts().1);
+    static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(|| {
+        let mut document = api_router().split_for_parts().1;
+        declare_common_errors(&mut document);
+        document
+    });
     &DOCUMENT
+}
+
+/// Declares, on every operation, the errors the middleware and extractors can answer before
+/// or around its handler, so that a client generated from the document meets no status it
+/// does not know: limits on the request (414, 431), timeouts and an unreachable database
+/// (503), malformed parameters and headers (400), and per kind of operation: credentials and
+/// rate limits (401, 403, 429) where credentials are needed, body errors (400, 413, 415) where
+/// a body is taken, idempotency conflicts (409, 422) on commands, and 404 where a path names
+/// something. A status the handler declares itself keeps its own description.
+fn declare_common_errors(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in document.paths.paths.iter_mut() {
+        let operations = [
+            ("GET", &mut item.get),
+            ("PUT", &mut item.put),
+            ("POST", &mut item.post),
+            ("DELETE", &mut item.delete),
+            ("PATCH", &mut item.patch),
+        ];
+        for (method, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+            let mut common = vec![
+                ("400", "INVALID_PARAMETER and other malformed requests"),
+                ("414", "URI_TOO_LONG"),
+                ("431", "REQUEST_HEADERS_TOO_LARGE"),
+                ("503", "TIMEOUT, DATABASE_UNAVAILABLE"),
+            ];
+            if secured {
+                common.extend([
+                    ("401", "UNAUTHORIZED"),
+                    (
+                        "403",
+                        "FORBIDDEN, TENANT_SUSPENDED, TENANT_MISMATCH, TENANT_UNKNOWN",
+                    ),
+                    ("429", "RATE_LIMITED"),
+                ]);
+            }
+            if operation.request_body.is_some() {
+                common.extend([
+                    ("413", "PAYLOAD_TOO_LARGE"),
+                    ("415", "UNSUPPORTED_MEDIA_TYPE"),
+                ]);
+            }
+            if secured && method != "GET" {
+                common.extend([
+                    ("409", "IDEMPOTENCY_IN_FLIGHT"),
+                    ("422", "IDEMPOTENCY_KEY_REUSED"),
+                ]);
+            }
+            if path.contains('{') {
+                common.push(("404", "not found"));
+            }
+            for (status, description) in common {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_string())
+                    .or_insert_with(|| error(description).into());
+            }
+        }
+    }
 }
 
 fn api_router() -> OpenApiRouter<AppState> {
@@ -193,8 +269,9 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(entities::router())
 }
 
-/// Refuses, before any other work, request targets over `GATEWAY_MAX_URI_BYTES` (414) and
-/// headers over `GATEWAY_MAX_HEADER_BYTES` (431), in the error envelope.
+/// Refuses, before any other work, request targets over `GATEWAY_MAX_URI_BYTES` (414), a
+/// `%00` in the path or query (400) and headers over `GATEWAY_MAX_HEADER_BYTES` (431), in the
+/// error envelope.
 async fn request_limits(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
@@ -208,6 +285,18 @@ async fn request_limits(
     let limit = state.settings.max_uri_bytes;
     if length > limit {
         return error::ApiError::UriTooLong { length, limit }.into_response();
+    }
+    // PostgreSQL's text holds no U+0000: a path segment or query value with one could only
+    // fail deeper down, so it is refused here, on both backends.
+    let uri = request.uri();
+    for (part, raw) in [("path", Some(uri.path())), ("query", uri.query())] {
+        if raw.is_some_and(|raw| raw.contains("%00")) {
+            return error::ApiError::InvalidParameter {
+                name: part,
+                reason: "U+0000 (%00) is not allowed".into(),
+            }
+            .into_response();
+        }
     }
     let length: usize = request
         .headers()
