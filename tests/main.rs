@@ -16,6 +16,7 @@ mod entities;
 mod entity_query;
 mod entity_types;
 mod eventlog;
+mod faults;
 mod fuzz;
 mod hostile;
 mod operations;

@@ -332,7 +332,7 @@ type EntityRow = (
     Option<Timestamp>,
 );
 
-async fn entities_table(log: &EventLog) -> Vec<Value> {
+pub(crate) async fn entities_table(log: &EventLog) -> Vec<Value> {
     eventlog::on_pool!(log.db(), pool => {
         let rows: Vec<EntityRow> =
             sqlx::query_as(

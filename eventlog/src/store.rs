@@ -11,13 +11,14 @@
 //!   several commands (and their idempotency records) can commit together.
 //! - **Readers never skip.** [`EventLog::read_after`] returns events in cursor order and, on
 //!   PostgreSQL, only those written by transactions older than the horizon: the oldest
-//!   transaction of this database that may still append (every gateway write transaction
-//!   holds [`crate::db::APPENDER_LOCK`] from its first statement), or the next transaction
-//!   id when none is open. The horizon is read in a statement of its own before the tail:
-//!   any transaction with an older id had either finished by then (and the tail's later
-//!   snapshot sees its events) or held the lock with its id (and so set the horizon). A
-//!   transaction that is still open can therefore never commit "behind" a reader, and
-//!   transactions of other databases, or of other programs, never hold readers back.
+//!   transaction running in the reader's snapshot that is not shown to be another program's
+//!   (every gateway write transaction holds [`crate::db::APPENDER_LOCK`] from its first
+//!   statement, before it has an id; a running transaction whose id lock belongs to a
+//!   backend without it is not the gateway's), or the snapshot's next id. The horizon is
+//!   read in a statement of its own before the tail: every transaction below it had finished
+//!   by then, so the tail's later snapshot sees its events. A transaction that is still open
+//!   can therefore never commit "behind" a reader, and transactions of other databases, or of
+//!   other programs, never hold readers back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -968,25 +969,30 @@ where
 }
 
 /// The horizon of the log's readers on PostgreSQL, as a 64-bit transaction id: the oldest
-/// transaction of this database that holds the appender lock and has an id (its id is found
-/// by the lock every transaction holds on its own id), or the next transaction id of this
-/// statement's snapshot when there is none. Ids in `pg_locks` are 32 bits; the epoch is taken
-/// from the snapshot (a running transaction is less than 2^31 ids old). Must run as a
+/// transaction still running in this statement's snapshot that is not shown, by `pg_locks`,
+/// to be another program's (a transaction whose own id lock is held by a backend that does
+/// not hold the appender lock in this database: gateway transactions take that lock in
+/// their `BEGIN`, before they have an id, so one with an id and without the lock is never
+/// the gateway's); the snapshot's next id when there is none. A running transaction that
+/// cannot be told apart (its id not yet in `pg_locks`, an instant after it got it) counts as
+/// an appender: the horizon errs towards waiting, never towards skipping. Must run as a
 /// statement of its own, before the tail reads below it (see the module's docs).
-const PG_HORIZON: &str = "WITH next AS ( \
-       SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS id) \
-     SELECT LEAST((SELECT id FROM next), ( \
-       SELECT min(CASE WHEN own.transactionid::text::bigint <= (next.id & 4294967295) \
-                       THEN ((next.id >> 32) << 32) | own.transactionid::text::bigint \
-                       ELSE (((next.id >> 32) - 1) << 32) | own.transactionid::text::bigint END) \
-       FROM pg_locks appender \
-       JOIN pg_locks own ON own.virtualtransaction = appender.virtualtransaction \
-        AND own.locktype = 'transactionid' AND own.mode = 'ExclusiveLock' AND own.granted, \
-       next \
-       WHERE appender.locktype = 'advisory' AND appender.granted \
-         AND appender.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-         AND appender.classid = 0 AND appender.objid = 4675404 AND appender.objsubid = 1)) \
-       AS horizon";
+const PG_HORIZON: &str = "WITH snapshot AS MATERIALIZED (SELECT pg_current_snapshot() AS s), \
+     others AS ( \
+       SELECT own.transactionid::text::bigint AS low FROM pg_locks own \
+       WHERE own.locktype = 'transactionid' AND own.mode = 'ExclusiveLock' AND own.granted \
+         AND NOT EXISTS ( \
+           SELECT 1 FROM pg_locks appender \
+           WHERE appender.virtualtransaction = own.virtualtransaction \
+             AND appender.locktype = 'advisory' AND appender.granted \
+             AND appender.classid = 0 AND appender.objid = 4675404 AND appender.objsubid = 1 \
+             AND appender.database = \
+                 (SELECT oid FROM pg_database WHERE datname = current_database()))) \
+     SELECT LEAST( \
+       (SELECT pg_snapshot_xmax(s)::text::bigint FROM snapshot), \
+       (SELECT min(running.id) FROM ( \
+          SELECT pg_snapshot_xip(s)::text::bigint AS id FROM snapshot) running \
+        WHERE (running.id & 4294967295) NOT IN (SELECT low FROM others))) AS horizon";
 
 /// The readers' horizon (see [`PG_HORIZON`]) through `executor`.
 async fn pg_horizon<'e>(
