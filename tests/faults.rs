@@ -98,18 +98,24 @@ async fn check(db: &TestDb, acknowledged: &[String]) -> (usize, usize) {
         .unwrap()
     });
     assert_eq!(written as usize, acknowledged.len(), "creations in the log");
-    let before = crate::projections::entities_table(&log).await;
+    equals_a_rebuild(&log).await;
+    log.db().close().await;
+    (lost, duplicated)
+}
+
+/// Rebuilds the entities read model and requires it equal to the live one; returns its rows.
+async fn equals_a_rebuild(log: &eventlog::EventLog) -> usize {
+    let before = crate::projections::entities_table(log).await;
     let entities = projections::all()
         .into_iter()
         .find(|p| p.name() == "entities")
         .unwrap();
-    workers::rebuild::rebuild(&log, entities.as_ref(), 500, |_, _| {})
+    workers::rebuild::rebuild(log, entities.as_ref(), 500, |_, _| {})
         .await
         .unwrap();
-    let after = crate::projections::entities_table(&log).await;
+    let after = crate::projections::entities_table(log).await;
     assert_eq!(before, after, "the read model equals a rebuild");
-    log.db().close().await;
-    (lost, duplicated)
+    after.len()
 }
 
 /// Waits until the read model holds `count` records of acme.
@@ -328,23 +334,10 @@ async fn projectors_killed_while_catching_up(backend: Backend) {
     let process = Process::start(settings);
     projected(&db, EVENTS).await;
     let log = db.log().await;
-    let before = crate::projections::entities_table(&log).await;
-    let entities = projections::all()
-        .into_iter()
-        .find(|p| p.name() == "entities")
-        .unwrap();
-    workers::rebuild::rebuild(&log, entities.as_ref(), 500, |_, _| {})
-        .await
-        .unwrap();
-    assert_eq!(
-        before,
-        crate::projections::entities_table(&log).await,
-        "equal to a rebuild"
-    );
+    let records = equals_a_rebuild(&log).await;
     eprintln!(
         "projectors killed x5 during a {EVENTS}-event catch-up ({backend:?}): events behind at \
-         each kill {kills:?}; {} records, equal to a rebuild",
-        before.len()
+         each kill {kills:?}; {records} records, equal to a rebuild"
     );
     log.db().close().await;
     process.kill();

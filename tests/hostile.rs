@@ -639,6 +639,20 @@ both_backends!(
     unknown_keys_are_rate_limited_before_the_database
 );
 
+/// A new reader key of acme: its token and its id.
+async fn reader_key(app: &TestApp, name: &str) -> (String, String) {
+    let issued = json_of(
+        app.request(Method::POST, "/v1/api-keys", "acme")
+            .json(&json!({ "name": name, "roles": ["reader"] }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let text = |field: &str| issued["apiKey"][field].as_str().unwrap().to_string();
+    (text("key"), text("id"))
+}
+
 /// Reads a Server-Sent Events response until an event of type `wanted` arrives (its data as
 /// JSON) or the stream ends (`None`), for at most `within`.
 async fn sse_until(
@@ -678,16 +692,7 @@ async fn live_streams_follow_their_credentials(backend: Backend) {
         s.shutdown_grace_secs = 3;
     })
     .await;
-    let issued = json_of(
-        app.request(Method::POST, "/v1/api-keys", "acme")
-            .json(&json!({ "name": "watcher", "roles": ["reader"] }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let key = issued["apiKey"]["key"].as_str().unwrap().to_string();
-    let id = issued["apiKey"]["id"].as_str().unwrap().to_string();
+    let (key, id) = reader_key(&app, "watcher").await;
     let mut stream = app
         .with_key(Method::GET, "/v1/events/stream", &key)
         .send()
@@ -972,16 +977,7 @@ both_backends!(
 /// on every append.
 async fn an_idle_stream_moves_past_other_tenants_events(backend: Backend) {
     let app = spawn_app_with(backend, |s| s.stream_recheck_ms = 200).await;
-    let issued = json_of(
-        app.request(Method::POST, "/v1/api-keys", "acme")
-            .json(&json!({ "name": "idle", "roles": ["reader"] }))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let key = issued["apiKey"]["key"].as_str().unwrap().to_string();
-    let id = issued["apiKey"]["id"].as_str().unwrap().to_string();
+    let (key, id) = reader_key(&app, "idle").await;
     let mut stream = app
         .with_key(Method::GET, "/v1/events/stream", &key)
         .send()

@@ -343,6 +343,26 @@ const SPEND_UPSERT: &str = "INSERT INTO usage_spend AS s (tenant_id, scope, mont
      VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, scope, month) \
      DO UPDATE SET spent_micros = s.spent_micros + excluded.spent_micros";
 
+/// Adds `spend` (micro-dollars by tenant, scope and month) to `usage_spend`, row by row in
+/// key order, so that concurrent appends lock rows in the same order and cannot deadlock.
+async fn add_spend(
+    tx: &mut Tx,
+    spend: &BTreeMap<(String, String, String), i64>,
+) -> Result<(), sqlx::Error> {
+    for ((tenant, scope, month), micros) in spend {
+        eventlog::on_tx!(&mut *tx, conn => {
+            sqlx::query(SPEND_UPSERT)
+                .bind(tenant.as_str())
+                .bind(scope.as_str())
+                .bind(month.as_str())
+                .bind(*micros)
+                .execute(&mut *conn)
+                .await?;
+        });
+    }
+    Ok(())
+}
+
 impl InlineProjection for SpendProjection {
     fn apply<'a>(
         &'a self,
@@ -376,17 +396,7 @@ impl InlineProjection for SpendProjection {
                         .or_default() += record.cost_micros;
                 }
             }
-            for ((tenant, scope, month), micros) in &spend {
-                eventlog::on_tx!(&mut *tx, conn => {
-                    sqlx::query(SPEND_UPSERT)
-                        .bind(tenant.as_str())
-                        .bind(scope.as_str())
-                        .bind(month.as_str())
-                        .bind(*micros)
-                        .execute(&mut *conn)
-                        .await?;
-                });
-            }
+            add_spend(tx, &spend).await?;
             // A message's budget reservation ends with its reply (billed above, in the same
             // transaction) or its failure: one statement for the whole append.
             for chunk in settled.chunks(CHUNK) {
@@ -1323,16 +1333,8 @@ pub async fn repair_spend(log: &EventLog, batch: usize) -> Result<usize, Project
     }
     eventlog::on_tx!(&mut tx, conn => {
         sqlx::query("DELETE FROM usage_spend").execute(&mut *conn).await?;
-        for ((tenant, scope, month), micros) in &spend {
-            sqlx::query(SPEND_UPSERT)
-                .bind(tenant.as_str())
-                .bind(scope.as_str())
-                .bind(month.as_str())
-                .bind(*micros)
-                .execute(&mut *conn)
-                .await?;
-        }
     });
+    add_spend(&mut tx, &spend).await?;
     tx.commit().await?;
     Ok(spend.len())
 }
