@@ -307,7 +307,7 @@ __serve() {
   echo "000" >"$__work/status"
   command cargo run >"$__work/server.log" 2>"$__work/out" &
   __server_pid=$!
-  for _ in $(seq 1 1200); do  # compiling first may take minutes
+  for _ in $(seq 1 3600); do  # a first `cargo run` compiles the gateway: up to 30 minutes
     if command curl -sf -o /dev/null http://localhost:8080/health; then return 0; fi
     if ! kill -0 "$__server_pid" 2>/dev/null; then
       echo "README.md:$1: the gateway stopped; its log:" >&2; tail -n 30 "$__work/out" "$__work/server.log" >&2; exit 1
