@@ -235,6 +235,21 @@ async fn types_are_defined_validated_and_changed_compatibly(backend: Backend) {
     .await;
     assert_eq!(ok["data"]["since"], "2026-03-01T09:00:00.000000Z");
 
+    // A body that is not an object is no schema (serde alone would read `[]` as an empty one).
+    for body in [json!([]), json!([false, {}]), json!("fields"), json!(null)] {
+        let refused = app
+            .request(Method::PATCH, "/v1/entity-types/customers", "acme")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::helpers::error_code(refused).await,
+            (422, "VALIDATION_ERROR".into()),
+            "{body}"
+        );
+    }
+
     // A compatible change (a new optional field) is accepted, with If-Match.
     let mut fields = customers["schema"]["fields"].clone();
     fields["nickname"] = json!({"type": "string"});

@@ -68,6 +68,14 @@ pub struct DefineRequest {
 }
 
 fn parse_schema(value: Value) -> Result<Schema, ApiError> {
+    // serde would read a struct from an array of its fields in order too: `[]` would be an
+    // empty schema.
+    if !value.is_object() {
+        return Err(ApiError::Validation(vec![FieldError {
+            field: "schema".into(),
+            message: "a schema is a JSON object (key, schemaless, fields)".into(),
+        }]));
+    }
     serde_json::from_value(value).map_err(|e| {
         ApiError::Validation(vec![FieldError {
             field: "schema".into(),
