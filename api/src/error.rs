@@ -10,7 +10,6 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -463,16 +462,6 @@ impl From<sqlx::Error> for ApiError {
                 Self::DatabaseUnavailable
             }
             other => Self::internal(other),
-        }
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection {
-            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
-            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
-            other => Self::InvalidJson(other.body_text()),
         }
     }
 }

@@ -342,9 +342,20 @@ async fn claim_and_record(
         }
     }
     let prompt = prompt_tokens(&config, recent, content);
-    admit(state, &ctx.tenant, &config, &budgets, message_id, prompt)
-        .await
-        .ok()?;
+    // No waiting here: a message that would wait for others takes the step-by-step path,
+    // which waits once.
+    let no_wait = std::time::Duration::ZERO;
+    admit(
+        state,
+        &ctx.tenant,
+        &config,
+        &budgets,
+        message_id,
+        prompt,
+        no_wait,
+    )
+    .await
+    .ok()?;
     let command = SessionCommand::RecordUserMessage {
         message_id: message_id.to_string(),
         content: content.to_string(),
@@ -423,7 +434,8 @@ async fn check_budgets(
             budgets.push((stream, loaded.aggregate));
         }
     }
-    admit(state, tenant, agent, &budgets, message_id, prompt).await?;
+    let wait = state.settings.budget_wait();
+    admit(state, tenant, agent, &budgets, message_id, prompt, wait).await?;
     Ok(budgets)
 }
 
@@ -445,7 +457,7 @@ fn prompt_tokens(agent: &AgentConfig, recent: u64, content: &str) -> u64 {
 /// when one is spent, and otherwise reserves an upper bound of the reply's cost (the prompt
 /// and the agent's `maxTokens`, at the highest price of its providers) until the reply is
 /// billed or the message fails. While messages in flight hold the rest of a budget, it waits
-/// for them (at most `GATEWAY_BUDGET_WAIT_MS`, then 503 `BUDGET_CONTENDED`). So concurrent
+/// for them (at most `wait`: `GATEWAY_BUDGET_WAIT_MS`, then 503 `BUDGET_CONTENDED`). So concurrent
 /// messages never spend past a hard budget together: at most the one message admitted when
 /// nothing else was in flight goes past it, by at most its own reply.
 async fn admit(
@@ -455,6 +467,7 @@ async fn admit(
     budgets: &[(StreamId, Budget)],
     message_id: &str,
     prompt: u64,
+    wait: std::time::Duration,
 ) -> Result<(), ApiError> {
     let limits: Vec<projections::usage::HardLimit> = budgets
         .iter()
@@ -477,7 +490,7 @@ async fn admit(
         .highest_price(agent)
         .cost_micros(prompt, output)
         .unwrap_or(i64::MAX as u64);
-    let deadline = tokio::time::Instant::now() + state.settings.budget_wait();
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         let now = Utc::now();
         let reservation = projections::usage::Reservation {
