@@ -4,9 +4,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::providers::simulated::Simulation;
-use api::providers::{ProviderKind, ProviderSettings, Usd};
-use api::settings::Settings;
+use app::providers::simulated::Simulation;
+use app::providers::{ProviderKind, ProviderSettings, Usd};
+use app::settings::Settings;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -1374,7 +1374,7 @@ async fn the_demo_seed_builds_a_tenant_whose_projections_rebuild_identically(bac
             ..Simulation::default()
         },
     );
-    let summary = api::seed::demo(settings.clone(), "demo", "Demo Corporation")
+    let summary = cli::demo::demo(settings.clone(), "demo", "Demo Corporation")
         .await
         .expect("the demo seeds");
     assert_eq!(summary["messages"], 8);
@@ -1386,7 +1386,7 @@ async fn the_demo_seed_builds_a_tenant_whose_projections_rebuild_identically(bac
         .collect();
     assert_eq!(roles, ["admin", "writer", "analyst"]);
     let admin = keys[0]["key"].as_str().unwrap().to_string();
-    let again = api::seed::demo(settings, "demo", "Demo Corporation").await;
+    let again = cli::demo::demo(settings, "demo", "Demo Corporation").await;
     assert!(again.is_err(), "a tenant is seeded once");
 
     let app = spawn_app_on(db.share(), |_| {}).await;

@@ -11,10 +11,9 @@ use crate::helpers::{Backend, TestApp, eventually, spawn_app};
 
 /// Runs `gateway <args>` on the app's database; its output as JSON, or its error.
 async fn gateway(app: &TestApp, args: &[&str]) -> anyhow::Result<Value> {
-    let cli =
-        api::cli::Cli::try_parse_from(std::iter::once("gateway").chain(args.iter().copied()))?;
+    let cli = cli::Cli::try_parse_from(std::iter::once("gateway").chain(args.iter().copied()))?;
     let mut out = Vec::new();
-    api::cli::run(cli, app.db.settings(), &mut out).await?;
+    cli::run(cli, app.db.settings(), &mut out).await?;
     Ok(serde_json::from_slice(&out)?)
 }
 

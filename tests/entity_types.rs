@@ -1158,7 +1158,7 @@ async fn the_entity_seed_waits_for_the_read_horizon() {
             older.execute("COMMIT").await.unwrap();
         })
     };
-    let report = api::seed::entities(&settings, "horizon", 300, 100, 2, |stage, done, total| {
+    let report = app::seed::entities(&settings, "horizon", 300, 100, 2, |stage, done, total| {
         if stage == "create" && done == total {
             written.notify_one();
         }
@@ -1179,7 +1179,7 @@ async fn the_entity_seed_loads_through_the_command_path(backend: Backend) {
     let db = crate::helpers::TestDb::new(backend).await;
     let settings = db.settings();
     let mut stages = BTreeSet::new();
-    let report = api::seed::entities(&settings, "seeded", 1_200, 250, 3, |stage, _, _| {
+    let report = app::seed::entities(&settings, "seeded", 1_200, 250, 3, |stage, _, _| {
         stages.insert(stage.to_string());
     })
     .await
@@ -1189,7 +1189,7 @@ async fn the_entity_seed_loads_through_the_command_path(backend: Backend) {
     assert_eq!(report.events, 1_200);
     assert!(stages.contains("create") && stages.contains("entities"));
     // A second run continues the numbering.
-    let again = api::seed::entities(&settings, "seeded", 100, 250, 1, |_, _, _| {})
+    let again = app::seed::entities(&settings, "seeded", 100, 250, 1, |_, _, _| {})
         .await
         .expect("the seed runs again");
     assert_eq!(again.records, 100);

@@ -300,7 +300,7 @@ async fn projectors_killed_while_catching_up(backend: Backend) {
                     data,
                 };
                 eventlog::StreamAppend {
-                    stream: api::entity_writes::entity_stream(&tenant, &entity_type, &id),
+                    stream: app::entity_writes::entity_stream(&tenant, &entity_type, &id),
                     expected_version: 0,
                     events: vec![eventlog::NewEvent::from_domain(&event).unwrap()],
                     metadata: domain::metadata::EventMetadata::new(

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use api::settings::Settings;
 use api::startup::Application;
+use app::settings::Settings;
 use eventlog::{Db, EventLog};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -189,7 +189,7 @@ pub struct TestApp {
     /// Admin API key of each of [`TENANTS`].
     pub keys: HashMap<String, String>,
     /// The application's providers, to change a simulated vendor's behaviour mid-test.
-    pub providers: std::sync::Arc<api::providers::Providers>,
+    pub providers: std::sync::Arc<app::providers::Providers>,
 }
 
 /// Schemaless entity types every test tenant has, for tests about something else than schemas.
@@ -201,11 +201,11 @@ pub const SCHEMALESS_TYPES: &[&str] = &[
 /// defines the [`SCHEMALESS_TYPES`], and applies it all to the read models at once. Returns
 /// the key.
 pub async fn create_tenant(log: &EventLog, tenant: &str) -> String {
-    let clock: domain::api_key::ApiKeyServices = std::sync::Arc::new(api::state::SystemClock);
+    let clock: domain::api_key::ApiKeyServices = std::sync::Arc::new(app::SystemClock);
     let id = domain::names::TenantId::parse(tenant).unwrap();
     let metadata =
         domain::metadata::EventMetadata::new(id.clone(), "test", "setup", "CreateTenant");
-    let created = api::bootstrap::create_tenant(
+    let created = app::bootstrap::create_tenant(
         log,
         &clock,
         id.clone(),
@@ -224,7 +224,7 @@ pub async fn create_tenant(log: &EventLog, tenant: &str) -> String {
     let mut until = created.appended.last_cursor().unwrap();
     for name in SCHEMALESS_TYPES {
         let name = domain::names::EntityTypeName::parse(*name).unwrap();
-        let stream = api::entity_writes::type_stream(&id, &name);
+        let stream = app::entity_writes::type_stream(&id, &name);
         let command = domain::entity_type::EntityTypeCommand::DefineEntityType {
             name,
             schema: domain::entity_type::Schema::open(),
@@ -236,7 +236,7 @@ pub async fn create_tenant(log: &EventLog, tenant: &str) -> String {
             .expect("entity type defined");
         until = outcome.cursor.unwrap();
     }
-    api::bootstrap::catch_up(log, &projections::all(), until)
+    app::bootstrap::catch_up(log, &projections::all(), until)
         .await
         .expect("read models caught up");
     created.key.token

@@ -222,7 +222,7 @@ async fn a_deep_event_in_the_log_stops_no_reader(backend: Backend) {
     };
     let metadata = domain::metadata::EventMetadata::new(tenant.clone(), "test", "test", "Poison");
     log.append(&[eventlog::StreamAppend {
-        stream: api::entity_writes::entity_stream(&tenant, &entity_type, &id),
+        stream: app::entity_writes::entity_stream(&tenant, &entity_type, &id),
         expected_version: 0,
         events: vec![eventlog::NewEvent::from_domain(&event).unwrap()],
         metadata,
@@ -1135,7 +1135,7 @@ async fn only_the_gateways_own_transactions_hold_the_readers_back() {
     log.append_in(
         &mut open,
         &[eventlog::StreamAppend {
-            stream: api::entity_writes::entity_stream(&tenant, &entity_type, &id),
+            stream: app::entity_writes::entity_stream(&tenant, &entity_type, &id),
             expected_version: 0,
             events: vec![eventlog::NewEvent::from_domain(&event).unwrap()],
             metadata: domain::metadata::EventMetadata::new(tenant.clone(), "t", "t", "Hold"),

@@ -604,7 +604,7 @@ async fn a_key_held_by_a_request_that_died_is_taken_over_after_its_lock(backend:
     let key = eventlog::idempotency::IdempotencyKey {
         tenant_id: "acme".into(),
         key: "orphaned".into(),
-        request_hash: api::commands::request_hash("POST", "/v1/users", "acme", &body),
+        request_hash: app::idempotency::request_hash("POST", "/v1/users", "acme", &body),
     };
     let claim = log
         .claim_idempotency(&key, Duration::from_secs(1))

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::settings::Settings;
+use app::settings::Settings;
 use async_nats::jetstream;
 use domain::metadata::EventMetadata;
 use domain::names::TenantId;

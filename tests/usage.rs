@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use api::providers::simulated::Simulation;
+use app::providers::simulated::Simulation;
 use chrono::{DateTime, TimeZone, Utc};
 use domain::metadata::EventMetadata;
 use domain::names::TenantId;
@@ -830,9 +830,9 @@ async fn usage_verify(app: &TestApp, repair: bool) -> (Result<(), String>, Value
     if repair {
         args.push("--repair");
     }
-    let cli = api::cli::Cli::try_parse_from(args).unwrap();
+    let cli = cli::Cli::try_parse_from(args).unwrap();
     let mut out = Vec::new();
-    let result = api::cli::run(cli, app.db.settings(), &mut out)
+    let result = cli::run(cli, app.db.settings(), &mut out)
         .await
         .map_err(|e| e.to_string());
     (result, serde_json::from_slice(&out).unwrap())

@@ -19,7 +19,8 @@ use utoipa::ToSchema;
 
 use crate::request_id::RequestId;
 
-/// Everything that can go wrong in a request.
+/// Everything that can go wrong in a request: the transport's own refusals, and the use
+/// cases' [`app::Error`]s.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 401 `UNAUTHORIZED`: missing, malformed, unknown, wrong, revoked or expired credentials.
@@ -41,33 +42,9 @@ pub enum ApiError {
     /// 429 `RATE_LIMITED`, with `Retry-After`.
     #[error("too many requests; retry after {retry_after} s")]
     RateLimited { retry_after: u64 },
-    /// 422 `IDEMPOTENCY_KEY_REUSED`: the key was used with another request.
-    #[error("this Idempotency-Key was used with a different request")]
-    IdempotencyKeyReused,
-    /// 409 `IDEMPOTENCY_IN_FLIGHT`: a request with this key is still running.
-    #[error("a request with this Idempotency-Key is still in progress")]
-    IdempotencyInFlight,
-    /// 404 `TENANT_NOT_FOUND`.
-    #[error("no tenant '{0}'")]
-    TenantNotFound(String),
-    /// 409 `TENANT_ALREADY_EXISTS`.
-    #[error("a tenant '{0}' already exists")]
-    TenantAlreadyExists(String),
-    /// 404 `API_KEY_NOT_FOUND`.
-    #[error("no API key '{0}'")]
-    ApiKeyNotFound(String),
     /// 400 `TENANT_REQUIRED`: no `x-tenant-id` header.
     #[error("the x-tenant-id header is required")]
     TenantRequired,
-    /// 400 `INVALID_TENANT`: the tenant id is malformed.
-    #[error("invalid tenant id: {0}")]
-    InvalidTenant(String),
-    /// 400 `INVALID_ENTITY_TYPE`: the entity type in the path is malformed or reserved.
-    #[error("invalid entity type: {0}")]
-    InvalidEntityType(String),
-    /// 400 `INVALID_ID`: the record id is malformed.
-    #[error("invalid id: {0}")]
-    InvalidId(String),
     /// 400 `INVALID_JSON`: the body is not JSON, or not the JSON this route takes.
     #[error("{0}")]
     InvalidJson(String),
@@ -90,111 +67,12 @@ pub enum ApiError {
     /// 415 `UNSUPPORTED_MEDIA_TYPE`: a JSON body without `Content-Type: application/json`.
     #[error("expected a body with Content-Type: application/json")]
     UnsupportedMediaType,
-    /// 400 `INVALID_PARAMETER`: a query parameter or header is malformed.
-    #[error("invalid {name}: {reason}")]
-    InvalidParameter { name: &'static str, reason: String },
-    /// 422 `VALIDATION_ERROR`: well-formed JSON that breaks a rule; one entry per field.
-    #[error("the request body is not valid")]
-    Validation(Vec<FieldError>),
-    /// 404 `ENTITY_NOT_FOUND`.
-    #[error("no {entity_type} record with id '{id}'")]
-    EntityNotFound { entity_type: String, id: String },
-    /// 409 `ENTITY_ALREADY_EXISTS`: a create with an id that is taken (also by a deleted record).
-    #[error("a {entity_type} record with id '{id}' already exists")]
-    EntityAlreadyExists { entity_type: String, id: String },
-    /// 409 `VERSION_CONFLICT`: `If-Match` names a version that is not the current one.
-    #[error("no entity type '{0}'")]
-    EntityTypeNotFound(String),
-
-    #[error("an entity type '{0}' already exists")]
-    EntityTypeAlreadyExists(String),
-
-    #[error("the change is incompatible with records written under the current schema")]
-    IncompatibleSchemaChange(Vec<FieldError>),
-
-    #[error("another {entity_type} record already has this {field}")]
-    UniqueViolation {
-        entity_type: String,
-        field: String,
-        value: Value,
-        existing_id: String,
-    },
-
-    #[error("the {entity_type} record '{id}' is referenced by other records")]
-    ReferenceRestricted {
-        entity_type: String,
-        id: String,
-        referrers: Value,
-    },
-
-    #[error("operation {index} failed: {error}")]
-    OperationFailed { index: usize, error: Box<ApiError> },
-
-    #[error("the record is at version {actual}, not {expected}")]
-    VersionConflict { expected: u64, actual: u64 },
-    /// 409 `CONCURRENT_MODIFICATION`: other writers kept changing the record; retry.
-    #[error("the record is being modified concurrently; retry the request")]
-    ConcurrentModification,
-    /// 400 `IDEMPOTENCY_KEY_REQUIRED`: the route needs an `Idempotency-Key`.
-    #[error("this route requires an Idempotency-Key header")]
-    IdempotencyKeyRequired,
-    /// 404 `AGENT_NOT_FOUND`.
-    #[error("Agent with id '{0}' not found or does not belong to this tenant")]
-    AgentNotFound(String),
-    /// 409 `AGENT_ARCHIVED`: the agent takes no new sessions, messages or changes.
-    #[error("agent '{0}' is archived")]
-    AgentArchived(String),
-    /// 404 `SESSION_NOT_FOUND`.
-    #[error("Session with id '{0}' not found or does not belong to this tenant")]
-    SessionNotFound(String),
-    /// 409 `SESSION_CLOSED`: the session takes no new messages.
-    #[error("session '{0}' is closed")]
-    SessionClosed(String),
-    /// 503 `ALL_PROVIDERS_FAILED`: every provider of the agent failed; the attempts are in
-    /// the details.
-    #[error("all providers failed")]
-    AllProvidersFailed { attempts: Value },
-    /// 402 `BUDGET_EXCEEDED`: a hard monthly budget is spent.
-    #[error("the monthly budget of {scope} is spent")]
-    BudgetExceeded {
-        scope: String,
-        limit_micros: u64,
-        spent_micros: u64,
-    },
-    /// 503 `BUDGET_CONTENDED`: messages in flight hold the rest of a hard budget; retry.
-    #[error("messages in flight hold the rest of the budget; retry in a moment")]
-    BudgetContended,
-    /// 404 `BUDGET_NOT_FOUND`.
-    #[error("no budget is set for this scope")]
-    BudgetNotFound,
-    /// 503 `PROJECTION_STALE`: strict consistency was asked for and the read model had not
-    /// caught up in time.
-    #[error("the read model has not caught up with the requested position yet")]
-    ProjectionStale { events_behind: u64 },
-    /// 503 `DATABASE_UNAVAILABLE`: the database did not answer in time.
-    #[error("the database is unavailable")]
-    DatabaseUnavailable,
-    /// 500 `INTERNAL_ERROR`: a bug or an unexpected failure; the cause is logged, not sent.
-    #[error("internal error")]
-    Internal(#[source] anyhow::Error),
+    /// What a use case answered.
+    #[error(transparent)]
+    App(#[from] app::Error),
 }
 
-/// One invalid field of a request body.
-#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
-pub struct FieldError {
-    /// The field's name or JSON path.
-    pub field: String,
-    pub message: String,
-}
-
-impl From<domain::entity_type::FieldViolation> for FieldError {
-    fn from(violation: domain::entity_type::FieldViolation) -> Self {
-        Self {
-            field: violation.field,
-            message: violation.message,
-        }
-    }
-}
+pub use app::FieldError;
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
@@ -233,7 +111,7 @@ struct PendingError {
 }
 
 impl ApiError {
-    /// Status, code and details of every variant.
+    /// Status, code and details of every variant: the one place an error becomes HTTP.
     fn parts(&self) -> (StatusCode, &'static str, Value) {
         use ApiError::*;
         match self {
@@ -251,31 +129,7 @@ impl ApiError {
                 "RATE_LIMITED",
                 json!({ "retryAfterSeconds": retry_after }),
             ),
-            IdempotencyKeyReused => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "IDEMPOTENCY_KEY_REUSED",
-                Value::Null,
-            ),
-            IdempotencyInFlight => (StatusCode::CONFLICT, "IDEMPOTENCY_IN_FLIGHT", Value::Null),
-            TenantNotFound(id) => (
-                StatusCode::NOT_FOUND,
-                "TENANT_NOT_FOUND",
-                json!({ "tenantId": id }),
-            ),
-            TenantAlreadyExists(id) => (
-                StatusCode::CONFLICT,
-                "TENANT_ALREADY_EXISTS",
-                json!({ "tenantId": id }),
-            ),
-            ApiKeyNotFound(id) => (
-                StatusCode::NOT_FOUND,
-                "API_KEY_NOT_FOUND",
-                json!({ "keyId": id }),
-            ),
             TenantRequired => (StatusCode::BAD_REQUEST, "TENANT_REQUIRED", Value::Null),
-            InvalidTenant(_) => (StatusCode::BAD_REQUEST, "INVALID_TENANT", Value::Null),
-            InvalidEntityType(_) => (StatusCode::BAD_REQUEST, "INVALID_ENTITY_TYPE", Value::Null),
-            InvalidId(_) => (StatusCode::BAD_REQUEST, "INVALID_ID", Value::Null),
             InvalidJson(_) => (StatusCode::BAD_REQUEST, "INVALID_JSON", Value::Null),
             JsonTooDeep { depth } => (
                 StatusCode::BAD_REQUEST,
@@ -303,166 +157,184 @@ impl ApiError {
                 "UNSUPPORTED_MEDIA_TYPE",
                 Value::Null,
             ),
-            InvalidParameter { name, .. } => (
-                StatusCode::BAD_REQUEST,
-                "INVALID_PARAMETER",
-                json!({ "parameter": name }),
-            ),
-            Validation(fields) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "VALIDATION_ERROR",
-                json!({ "fields": fields }),
-            ),
-            EntityNotFound { entity_type, id } => (
-                StatusCode::NOT_FOUND,
-                "ENTITY_NOT_FOUND",
-                json!({ "entity": entity_type, "id": id }),
-            ),
-            EntityAlreadyExists { entity_type, id } => (
-                StatusCode::CONFLICT,
-                "ENTITY_ALREADY_EXISTS",
-                json!({ "entity": entity_type, "id": id }),
-            ),
-            EntityTypeNotFound(name) => (
-                StatusCode::NOT_FOUND,
-                "ENTITY_TYPE_NOT_FOUND",
-                json!({ "entity": name }),
-            ),
-            EntityTypeAlreadyExists(name) => (
-                StatusCode::CONFLICT,
-                "ENTITY_TYPE_ALREADY_EXISTS",
-                json!({ "entity": name }),
-            ),
-            IncompatibleSchemaChange(fields) => (
-                StatusCode::CONFLICT,
-                "INCOMPATIBLE_SCHEMA_CHANGE",
-                json!({ "fields": fields }),
-            ),
-            UniqueViolation {
-                entity_type,
-                field,
-                value,
-                existing_id,
-            } => (
-                StatusCode::CONFLICT,
-                "UNIQUE_VIOLATION",
-                json!({ "entity": entity_type, "field": field, "value": value, "existingId": existing_id }),
-            ),
-            ReferenceRestricted {
-                entity_type,
-                id,
-                referrers,
-            } => (
-                StatusCode::CONFLICT,
-                "REFERENCE_RESTRICTED",
-                json!({ "entity": entity_type, "id": id, "referencedBy": referrers }),
-            ),
-            OperationFailed { index, error } => {
-                let (status, code, details) = error.parts();
-                let mut merged = json!({ "operation": index });
-                if let Value::Object(inner) = details {
-                    merged.as_object_mut().expect("an object").extend(inner);
-                }
-                (status, code, merged)
-            }
-            VersionConflict { expected, actual } => (
-                StatusCode::CONFLICT,
-                "VERSION_CONFLICT",
-                json!({ "expectedVersion": expected, "currentVersion": actual }),
-            ),
-            ConcurrentModification => {
-                (StatusCode::CONFLICT, "CONCURRENT_MODIFICATION", Value::Null)
-            }
-            IdempotencyKeyRequired => (
-                StatusCode::BAD_REQUEST,
-                "IDEMPOTENCY_KEY_REQUIRED",
-                Value::Null,
-            ),
-            AgentNotFound(id) => (
-                StatusCode::NOT_FOUND,
-                "AGENT_NOT_FOUND",
-                json!({ "agentId": id }),
-            ),
-            AgentArchived(id) => (
-                StatusCode::CONFLICT,
-                "AGENT_ARCHIVED",
-                json!({ "agentId": id }),
-            ),
-            SessionNotFound(id) => (
-                StatusCode::NOT_FOUND,
-                "SESSION_NOT_FOUND",
-                json!({ "sessionId": id }),
-            ),
-            SessionClosed(id) => (
-                StatusCode::CONFLICT,
-                "SESSION_CLOSED",
-                json!({ "sessionId": id }),
-            ),
-            AllProvidersFailed { attempts } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ALL_PROVIDERS_FAILED",
-                json!({ "attempts": attempts }),
-            ),
-            BudgetExceeded {
-                scope,
-                limit_micros,
-                spent_micros,
-            } => (
-                StatusCode::PAYMENT_REQUIRED,
-                "BUDGET_EXCEEDED",
-                json!({
-                    "scope": scope,
-                    "monthlyLimitUsd": domain::provider::micros_to_usd(*limit_micros),
-                    "spentUsd": domain::provider::micros_to_usd(*spent_micros),
-                    "monthlyLimitMicros": limit_micros,
-                    "spentMicros": spent_micros,
-                }),
-            ),
-            BudgetNotFound => (StatusCode::NOT_FOUND, "BUDGET_NOT_FOUND", Value::Null),
-            BudgetContended => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "BUDGET_CONTENDED",
-                Value::Null,
-            ),
-            ProjectionStale { events_behind } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "PROJECTION_STALE",
-                json!({ "eventsBehind": events_behind }),
-            ),
-            DatabaseUnavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "DATABASE_UNAVAILABLE",
-                Value::Null,
-            ),
-            Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL_ERROR",
-                Value::Null,
-            ),
+            App(error) => app_parts(error),
         }
     }
 
     /// Wraps any unexpected failure.
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {
-        Self::Internal(error.into())
+        Self::App(app::Error::internal(error))
     }
+}
 
-    /// Whether the error is the client's (a 4xx): the answer to the request, which an
-    /// idempotent retry gets again.
-    pub fn is_refusal(&self) -> bool {
-        self.parts().0.is_client_error()
+/// Status, code and details of each use-case error.
+fn app_parts(error: &app::Error) -> (StatusCode, &'static str, Value) {
+    use app::Error::*;
+    match error {
+        IdempotencyKeyReused => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "IDEMPOTENCY_KEY_REUSED",
+            Value::Null,
+        ),
+        IdempotencyInFlight => (StatusCode::CONFLICT, "IDEMPOTENCY_IN_FLIGHT", Value::Null),
+        TenantNotFound(id) => (
+            StatusCode::NOT_FOUND,
+            "TENANT_NOT_FOUND",
+            json!({ "tenantId": id }),
+        ),
+        TenantAlreadyExists(id) => (
+            StatusCode::CONFLICT,
+            "TENANT_ALREADY_EXISTS",
+            json!({ "tenantId": id }),
+        ),
+        ApiKeyNotFound(id) => (
+            StatusCode::NOT_FOUND,
+            "API_KEY_NOT_FOUND",
+            json!({ "keyId": id }),
+        ),
+        InvalidTenant(_) => (StatusCode::BAD_REQUEST, "INVALID_TENANT", Value::Null),
+        InvalidEntityType(_) => (StatusCode::BAD_REQUEST, "INVALID_ENTITY_TYPE", Value::Null),
+        InvalidId(_) => (StatusCode::BAD_REQUEST, "INVALID_ID", Value::Null),
+        InvalidParameter { name, .. } => (
+            StatusCode::BAD_REQUEST,
+            "INVALID_PARAMETER",
+            json!({ "parameter": name }),
+        ),
+        Validation(fields) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "VALIDATION_ERROR",
+            json!({ "fields": fields }),
+        ),
+        EntityNotFound { entity_type, id } => (
+            StatusCode::NOT_FOUND,
+            "ENTITY_NOT_FOUND",
+            json!({ "entity": entity_type, "id": id }),
+        ),
+        EntityAlreadyExists { entity_type, id } => (
+            StatusCode::CONFLICT,
+            "ENTITY_ALREADY_EXISTS",
+            json!({ "entity": entity_type, "id": id }),
+        ),
+        EntityTypeNotFound(name) => (
+            StatusCode::NOT_FOUND,
+            "ENTITY_TYPE_NOT_FOUND",
+            json!({ "entity": name }),
+        ),
+        EntityTypeAlreadyExists(name) => (
+            StatusCode::CONFLICT,
+            "ENTITY_TYPE_ALREADY_EXISTS",
+            json!({ "entity": name }),
+        ),
+        IncompatibleSchemaChange(fields) => (
+            StatusCode::CONFLICT,
+            "INCOMPATIBLE_SCHEMA_CHANGE",
+            json!({ "fields": fields }),
+        ),
+        UniqueViolation {
+            entity_type,
+            field,
+            value,
+            existing_id,
+        } => (
+            StatusCode::CONFLICT,
+            "UNIQUE_VIOLATION",
+            json!({ "entity": entity_type, "field": field, "value": value, "existingId": existing_id }),
+        ),
+        ReferenceRestricted {
+            entity_type,
+            id,
+            referrers,
+        } => (
+            StatusCode::CONFLICT,
+            "REFERENCE_RESTRICTED",
+            json!({ "entity": entity_type, "id": id, "referencedBy": referrers }),
+        ),
+        OperationFailed { index, error } => {
+            let (status, code, details) = app_parts(error);
+            let mut merged = json!({ "operation": index });
+            if let Value::Object(inner) = details {
+                merged.as_object_mut().expect("an object").extend(inner);
+            }
+            (status, code, merged)
+        }
+        VersionConflict { expected, actual } => (
+            StatusCode::CONFLICT,
+            "VERSION_CONFLICT",
+            json!({ "expectedVersion": expected, "currentVersion": actual }),
+        ),
+        ConcurrentModification => (StatusCode::CONFLICT, "CONCURRENT_MODIFICATION", Value::Null),
+        IdempotencyKeyRequired => (
+            StatusCode::BAD_REQUEST,
+            "IDEMPOTENCY_KEY_REQUIRED",
+            Value::Null,
+        ),
+        AgentNotFound(id) => (
+            StatusCode::NOT_FOUND,
+            "AGENT_NOT_FOUND",
+            json!({ "agentId": id }),
+        ),
+        AgentArchived(id) => (
+            StatusCode::CONFLICT,
+            "AGENT_ARCHIVED",
+            json!({ "agentId": id }),
+        ),
+        SessionNotFound(id) => (
+            StatusCode::NOT_FOUND,
+            "SESSION_NOT_FOUND",
+            json!({ "sessionId": id }),
+        ),
+        SessionClosed(id) => (
+            StatusCode::CONFLICT,
+            "SESSION_CLOSED",
+            json!({ "sessionId": id }),
+        ),
+        AllProvidersFailed { attempts } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ALL_PROVIDERS_FAILED",
+            json!({ "attempts": attempts }),
+        ),
+        BudgetExceeded {
+            scope,
+            limit_micros,
+            spent_micros,
+        } => (
+            StatusCode::PAYMENT_REQUIRED,
+            "BUDGET_EXCEEDED",
+            json!({
+                "scope": scope,
+                "monthlyLimitUsd": domain::provider::micros_to_usd(*limit_micros),
+                "spentUsd": domain::provider::micros_to_usd(*spent_micros),
+                "monthlyLimitMicros": limit_micros,
+                "spentMicros": spent_micros,
+            }),
+        ),
+        BudgetNotFound => (StatusCode::NOT_FOUND, "BUDGET_NOT_FOUND", Value::Null),
+        BudgetContended => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "BUDGET_CONTENDED",
+            Value::Null,
+        ),
+        ProjectionStale { events_behind } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PROJECTION_STALE",
+            json!({ "eventsBehind": events_behind }),
+        ),
+        DatabaseUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "DATABASE_UNAVAILABLE",
+            Value::Null,
+        ),
+        Internal(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            Value::Null,
+        ),
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                tracing::warn!(%error, "database unavailable");
-                Self::DatabaseUnavailable
-            }
-            other => Self::internal(other),
-        }
+        Self::App(error.into())
     }
 }
 
@@ -470,14 +342,16 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, details) = self.parts();
         let internal = match &self {
-            ApiError::Internal(cause) => Some(format!("{cause:#}")),
+            ApiError::App(app::Error::Internal(cause)) => Some(format!("{cause:#}")),
             _ => None,
         };
         let mut response = status.into_response();
         match &self {
-            ApiError::ProjectionStale { .. }
-            | ApiError::DatabaseUnavailable
-            | ApiError::BudgetContended => {
+            ApiError::App(
+                app::Error::ProjectionStale { .. }
+                | app::Error::DatabaseUnavailable
+                | app::Error::BudgetContended,
+            ) => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -508,6 +382,19 @@ impl ApiError {
             status,
             envelope_body(code, self.to_string(), details, request_id.to_string()),
         )
+    }
+}
+
+/// The stored form of the answer to a refused command: [`app::state::RenderRefusal`].
+pub fn render_refusal(
+    error: &app::Error,
+    request_id: &str,
+) -> eventlog::idempotency::StoredResponse {
+    let (status, code, details) = app_parts(error);
+    eventlog::idempotency::StoredResponse {
+        status: status.as_u16(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: envelope_body(code, error.to_string(), details, request_id.to_string()),
     }
 }
 

@@ -2,12 +2,13 @@
 //! position and `If-Match`.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method};
 use domain::api_key::PLATFORM_TENANT;
-use domain::metadata::EventMetadata;
 use domain::names::TenantId;
 use eventlog::Cursor;
+
+use app::Error as AppError;
 
 use crate::auth::{Auth, RequiredRole};
 use crate::error::ApiError;
@@ -19,8 +20,7 @@ pub const TENANT_HEADER: &str = "x-tenant-id";
 pub const MIN_POSITION_HEADER: &str = "x-min-position";
 /// Header asking for `strict` consistency: 503 rather than stale data.
 pub const CONSISTENCY_HEADER: &str = "x-consistency";
-/// Header of command responses: the cursor of the last event written.
-pub const EVENT_POSITION_HEADER: &str = "x-event-position";
+pub use app::idempotency::EVENT_POSITION_HEADER;
 /// Header of stale reads: how many events the read model was behind the asked position.
 pub const PROJECTION_LAG_HEADER: &str = "x-projection-lag";
 /// The most characters an `Idempotency-Key` may have.
@@ -30,42 +30,28 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a s
     headers
         .get(name)
         .map(|value| {
-            value.to_str().map_err(|_| ApiError::InvalidParameter {
+            value.to_str().map_err(|_| AppError::InvalidParameter {
                 name,
                 reason: "not visible ASCII".into(),
             })
         })
         .transpose()
+        .map_err(ApiError::from)
 }
 
-/// Who sends a command, with which role, in which request: the source of its events'
-/// metadata and of its idempotency record. `R` is the role the route requires.
+/// Who sends a command, with which role, in which request: the use cases' [`app::Context`]
+/// (to which it dereferences) and the principal's role `R`, the one the route requires.
 #[derive(Debug, Clone)]
 pub struct CommandContext<R: RequiredRole> {
     pub auth: Auth<R>,
-    pub tenant: TenantId,
-    pub actor: String,
-    pub request_id: String,
-    pub idempotency_key: Option<String>,
-    /// The request's W3C `traceparent`, when well formed.
-    pub traceparent: Option<String>,
-    pub method: Method,
-    /// Path and query of the request.
-    pub target: String,
+    pub context: app::Context,
 }
 
-impl<R: RequiredRole> CommandContext<R> {
-    /// Metadata for the events of `command`.
-    pub fn metadata(&self, command: &str) -> EventMetadata {
-        let mut metadata = EventMetadata::new(
-            self.tenant.clone(),
-            self.actor.clone(),
-            self.request_id.clone(),
-            command,
-        );
-        metadata.idempotency_key = self.idempotency_key.clone();
-        metadata.traceparent = self.traceparent.clone();
-        metadata
+impl<R: RequiredRole> std::ops::Deref for CommandContext<R> {
+    type Target = app::Context;
+
+    fn deref(&self) -> &app::Context {
+        &self.context
     }
 }
 
@@ -97,7 +83,7 @@ impl<S: Send + Sync, R: RequiredRole> FromRequestParts<S> for CommandContext<R> 
         let idempotency_key = header(&parts.headers, "idempotency-key")?
             .map(|key| {
                 if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-                    Err(ApiError::InvalidParameter {
+                    Err(AppError::InvalidParameter {
                         name: "Idempotency-Key",
                         reason: format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"),
                     })
@@ -107,22 +93,24 @@ impl<S: Send + Sync, R: RequiredRole> FromRequestParts<S> for CommandContext<R> 
             })
             .transpose()?;
         Ok(Self {
-            actor: auth.principal.subject.clone(),
-            tenant,
+            context: app::Context {
+                actor: auth.principal.subject.clone(),
+                tenant,
+                request_id,
+                idempotency_key,
+                traceparent: parts
+                    .headers
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| valid_traceparent(v))
+                    .map(str::to_string),
+                method: parts.method.to_string(),
+                target: parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+            },
             auth,
-            request_id,
-            idempotency_key,
-            traceparent: parts
-                .headers
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| valid_traceparent(v))
-                .map(str::to_string),
-            method: parts.method.clone(),
-            target: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
         })
     }
 }
@@ -141,7 +129,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Consistency {
         let min_position = header(&parts.headers, MIN_POSITION_HEADER)?
             .map(|raw| {
                 raw.parse::<Cursor>()
-                    .map_err(|_| ApiError::InvalidParameter {
+                    .map_err(|_| AppError::InvalidParameter {
                         name: MIN_POSITION_HEADER,
                         reason: "not a cursor returned by the gateway".into(),
                     })
@@ -152,10 +140,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Consistency {
             Some(value) if value.eq_ignore_ascii_case("strict") => true,
             Some(value) if value.eq_ignore_ascii_case("eventual") => false,
             Some(_) => {
-                return Err(ApiError::InvalidParameter {
+                return Err(app::Error::InvalidParameter {
                     name: CONSISTENCY_HEADER,
                     reason: "must be 'strict' or 'eventual'".into(),
-                });
+                }
+                .into());
             }
         };
         Ok(Self {
@@ -194,10 +183,11 @@ pub fn parse_if_match(raw: &str) -> Result<Option<u64>, ApiError> {
         .unwrap_or(tag);
     tag.parse::<u64>()
         .map(Some)
-        .map_err(|_| ApiError::InvalidParameter {
+        .map_err(|_| AppError::InvalidParameter {
             name: "If-Match",
             reason: "must be an ETag returned by the gateway, such as \"3\"".into(),
         })
+        .map_err(ApiError::from)
 }
 
 /// The `ETag` of a record at `version`.

@@ -5,33 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use eventlog::{Db, EventLog};
+use eventlog::EventLog;
 use projections::progress::Progress;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::LastUsed;
-use crate::bootstrap;
-use crate::metrics::Metrics;
 use crate::rate_limit::RateLimiter;
 use crate::routes;
-use crate::settings::Settings;
-use crate::state::{AppState, SystemClock};
+use app::metrics::Metrics;
+use app::settings::Settings;
+use app::{App, SystemClock, bootstrap, open_log};
 
-/// Connects to the configured database and applies the migrations.
-pub async fn open_log(settings: &Settings) -> anyhow::Result<EventLog> {
-    let url = settings.database_url();
-    let db = Db::connect(&url, &settings.pool())
-        .await
-        .context("connecting to the database")?;
-    db.migrate().await.context("applying migrations")?;
-    Ok(EventLog::with_inline(
-        db,
-        domain::upcasters::all(),
-        vec![Arc::new(projections::usage::SpendProjection)],
-    ))
-}
+use crate::state::AppState;
 
 /// A gateway bound to its port, with its workers started, ready to serve.
 pub struct Application {
@@ -51,7 +38,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.check_secrets()?;
         let providers =
-            crate::providers::from_settings(&settings).context("configuring the providers")?;
+            app::providers::from_settings(&settings).context("configuring the providers")?;
         let log = open_log(&settings).await?;
         // Record commands of concurrent requests share commits (see eventlog::group_commit).
         log.start_group_commit();
@@ -128,19 +115,22 @@ impl Application {
             settings.credential_cache(),
         ));
         let state = AppState {
-            log,
-            progress,
-            metrics: Arc::new(Metrics::default()),
-            settings: Arc::new(settings),
-            projectors,
+            app: App {
+                log,
+                progress,
+                metrics: Arc::new(Metrics::default()),
+                settings: Arc::new(settings),
+                projectors,
+                clock,
+                relay,
+                providers,
+                shutdown: shutdown.clone(),
+                render_refusal: crate::error::render_refusal,
+            },
             rate_limiter: Arc::new(RateLimiter::default()),
             unknown_keys: Arc::new(RateLimiter::default()),
             last_used,
             credentials,
-            clock,
-            relay,
-            providers,
-            shutdown: shutdown.clone(),
         };
         Ok(Self {
             port,

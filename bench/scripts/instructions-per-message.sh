@@ -7,7 +7,7 @@
 #
 #   bench/scripts/instructions-per-message.sh [N]
 #
-# Needs: a release build (cargo build --release -p api -p gateway-bench), valgrind, psql, and
+# Needs: a release build (cargo build --release -p cli -p gateway-bench), valgrind, psql, and
 # PostgreSQL at $PG_URL (default postgres://postgres@127.0.0.1:5432).
 set -euo pipefail
 N=${1:-1000}
@@ -22,7 +22,7 @@ WORK=$(mktemp -d)
 export USER=${USER:-$(id -un)} HOST=127.0.0.1
 
 for binary in "$GATEWAY" "$BENCH"; do
-  [ -x "$binary" ] || { echo "missing $binary: cargo build --release -p api -p gateway-bench" >&2; exit 1; }
+  [ -x "$binary" ] || { echo "missing $binary: cargo build --release -p cli -p gateway-bench" >&2; exit 1; }
 done
 psql "$PG_URL/postgres" -qc "CREATE DATABASE $DB" >/dev/null
 cleanup() {

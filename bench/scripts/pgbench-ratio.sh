@@ -9,7 +9,7 @@
 #   bench/scripts/pgbench-ratio.sh [clients] [seconds]
 #   WORKLOAD=send-messages bench/scripts/pgbench-ratio.sh 64 20
 #
-# Needs: a release build (cargo build --release -p api -p gateway-bench), psql and pgbench, and
+# Needs: a release build (cargo build --release -p cli -p gateway-bench), psql and pgbench, and
 # PostgreSQL at $PG_URL (default postgres://postgres@127.0.0.1:5432).
 set -euo pipefail
 
@@ -23,7 +23,7 @@ BENCH=$ROOT/target/release/gateway-bench
 DB=gw_ratio_$$
 
 for binary in "$GATEWAY" "$BENCH"; do
-  [ -x "$binary" ] || { echo "missing $binary: cargo build --release -p api -p gateway-bench" >&2; exit 1; }
+  [ -x "$binary" ] || { echo "missing $binary: cargo build --release -p cli -p gateway-bench" >&2; exit 1; }
 done
 
 psql "$PG_URL/postgres" -qc "CREATE DATABASE $DB" >/dev/null

@@ -18,7 +18,6 @@
 //! A suspended tenant's credentials get 403 `TENANT_SUSPENDED`.
 
 pub mod jwt;
-pub mod keys;
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -38,6 +37,8 @@ use domain::tenant::TenantStatus;
 use eventlog::Cursor;
 use projections::api_keys::Credential;
 use secrecy::ExposeSecret;
+
+use app::Error as AppError;
 
 use crate::error::ApiError;
 use crate::extract::{MIN_POSITION_HEADER, TENANT_HEADER};
@@ -99,7 +100,7 @@ impl From<Denied> for ApiError {
             Denied::Suspended => ApiError::TenantSuspended,
             Denied::Mismatch => ApiError::TenantMismatch,
             Denied::UnknownTenant => ApiError::TenantUnknown,
-            Denied::InvalidTenant(reason) => ApiError::InvalidTenant(reason),
+            Denied::InvalidTenant(reason) => AppError::InvalidTenant(reason).into(),
             Denied::TooManyUnknownKeys { retry_after } => {
                 tracing::warn!("unknown API keys from one address over their budget");
                 ApiError::RateLimited { retry_after }
@@ -245,7 +246,7 @@ async fn from_api_key(
     asking: Asking,
 ) -> Result<Principal, Denied> {
     if let Some(admin) = &state.settings.admin_key
-        && keys::constant_time_eq(token, admin.expose_secret())
+        && app::keys::constant_time_eq(token, admin.expose_secret())
     {
         return Ok(Principal {
             tenant: None,
@@ -255,7 +256,7 @@ async fn from_api_key(
             rate_limit_per_minute: state.settings.rate_limit_per_minute,
         });
     }
-    let (key_id, secret) = keys::parse(token).ok_or(Denied::Unauthorized("malformed key"))?;
+    let (key_id, secret) = app::keys::parse(token).ok_or(Denied::Unauthorized("malformed key"))?;
     // A request that names the position of a write (a key issued, revoked or changed, a
     // tenant suspended) is authenticated on read models that have it, not on the cache.
     if let Some(position) = asking.min_position {
@@ -288,7 +289,7 @@ async fn from_api_key(
             state.credentials.insert(credential)
         }
     };
-    if !keys::constant_time_eq(&keys::hash_secret(secret), &credential.secret_hash) {
+    if !app::keys::constant_time_eq(&app::keys::hash_secret(secret), &credential.secret_hash) {
         return Err(Denied::Unauthorized("wrong secret"));
     }
     if credential.revoked {

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use domain::agent::{Agent, AgentChange, AgentCommand, AgentConfig, AgentError, AgentServices};
+use domain::agent::{Agent, AgentChange, AgentCommand, AgentConfig, AgentServices};
 use eventlog::CommandOutcome;
 use eventlog::idempotency::StoredResponse;
 use projections::agents::{self as read_model, AgentRecord};
@@ -19,13 +19,17 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use app::Error as AppError;
+
 use crate::auth::{Auth, require};
-use crate::commands::{self, Begin};
+use app::idempotency;
+
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
-use crate::messaging::agent_stream;
+use crate::respond::{self, Begin};
 use crate::routes::{Page, await_consistency, page_cursor, with_lag};
 use crate::state::AppState;
+use app::messaging::agent_stream;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -78,10 +82,11 @@ fn unwrap_agent(body: Value) -> Result<Map<String, Value>, ApiError> {
     };
     match body {
         Value::Object(map) => Ok(map),
-        _ => Err(ApiError::Validation(vec![FieldError {
+        _ => Err(AppError::Validation(vec![FieldError {
             field: String::new(),
             message: "the body must be a JSON object".into(),
-        }])),
+        }])
+        .into()),
     }
 }
 
@@ -90,35 +95,19 @@ fn parse_config(body: Value) -> Result<AgentConfig, ApiError> {
     for managed in ["id", "status", "version", "createdAt", "updatedAt"] {
         map.remove(managed);
     }
-    serde_json::from_value(Value::Object(map)).map_err(|e| {
-        ApiError::Validation(vec![FieldError {
-            field: String::new(),
-            message: e.to_string(),
-        }])
-    })
+    serde_json::from_value(Value::Object(map))
+        .map_err(|e| {
+            AppError::Validation(vec![FieldError {
+                field: String::new(),
+                message: e.to_string(),
+            }])
+        })
+        .map_err(ApiError::from)
 }
 
 fn services(state: &AppState) -> AgentServices {
     AgentServices {
         providers: state.providers.names(),
-    }
-}
-
-fn reject(id: &str) -> impl Fn(AgentError) -> ApiError {
-    let id = id.to_string();
-    move |error| match error {
-        AgentError::AlreadyExists => ApiError::internal(anyhow::anyhow!("agent id {id} reused")),
-        AgentError::NotFound => ApiError::AgentNotFound(id.clone()),
-        AgentError::Archived => ApiError::AgentArchived(id.clone()),
-        AgentError::VersionConflict { expected, actual } => {
-            ApiError::VersionConflict { expected, actual }
-        }
-        AgentError::Invalid(fields) => ApiError::Validation(
-            fields
-                .into_iter()
-                .map(|(field, message)| FieldError { field, message })
-                .collect(),
-        ),
     }
 }
 
@@ -145,7 +134,7 @@ fn respond(status: StatusCode, id: &str) -> impl Fn(&CommandOutcome<Agent>) -> S
         if status == StatusCode::CREATED {
             headers.push(("location".to_string(), format!("/v1/agents/{id}")));
         }
-        commands::json_response(status, headers, &body)
+        idempotency::json_response(status.as_u16(), headers, &body)
     }
 }
 
@@ -157,13 +146,13 @@ async fn run(
     id: &str,
     command: AgentCommand,
 ) -> Response {
-    let key = match commands::begin(state, ctx, body).await {
+    let key = match respond::begin(state, ctx, body).await {
         Ok(Begin::Run(key)) => key,
         Ok(Begin::Replay(response)) => return response,
         Err(error) => return error.into_response(),
     };
     let name = command.name();
-    match commands::run::<Agent, _>(
+    match idempotency::run::<Agent>(
         state,
         ctx,
         key,
@@ -172,12 +161,12 @@ async fn run(
         command,
         &services(state),
         respond(status, id),
-        reject(id),
+        app::refusals::agent(id),
     )
     .await
     {
-        Ok((_, response)) => commands::to_response(&response, false),
-        Err(response) => response,
+        Ok((_, response)) => respond::to_response(&response, false),
+        Err(refused) => respond::refused(refused),
     }
 }
 
@@ -269,7 +258,7 @@ pub async fn get_agent(
     let lag = await_consistency(&state, consistency, read_model::NAME).await?;
     let record = read_model::get(state.log.db(), auth.tenant().as_str(), &agent_id)
         .await?
-        .ok_or(ApiError::AgentNotFound(agent_id))?;
+        .ok_or(AppError::AgentNotFound(agent_id))?;
     let mut response = ApiJson(json!({ "agent": record_json(&record) })).into_response();
     if let Ok(value) = etag(record.version as u64).parse() {
         response
@@ -331,10 +320,11 @@ pub async fn patch_agent(
     let mut patch = unwrap_agent(body.clone())?;
     for managed in ["id", "status", "version", "createdAt", "updatedAt"] {
         if patch.remove(managed).is_some() {
-            return Err(ApiError::Validation(vec![FieldError {
+            return Err(AppError::Validation(vec![FieldError {
                 field: managed.into(),
                 message: "is managed by the gateway and cannot be changed".into(),
-            }]));
+            }])
+            .into());
         }
     }
     let command = AgentCommand::UpdateAgent {

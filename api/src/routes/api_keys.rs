@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use domain::api_key::{ApiKey, ApiKeyCommand, ApiKeyError};
+use domain::api_key::{ApiKey, ApiKeyCommand};
 use domain::roles::Role;
 use eventlog::StreamId;
 use projections::api_keys::{self as read_model, ApiKeyRecord};
@@ -15,10 +15,16 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Auth, keys, require};
-use crate::commands::{self, Begin};
-use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
+use app::Error as AppError;
+
+use app::keys;
+
+use crate::auth::{Auth, require};
+use app::idempotency;
+
+use crate::error::{ApiError, ApiJson, ErrorEnvelope};
 use crate::extract::{CommandContext, EVENT_POSITION_HEADER};
+use crate::respond::{self, Begin};
 use crate::routes::tenants::PageQuery;
 use crate::routes::{Page, page_cursor};
 use crate::state::AppState;
@@ -70,24 +76,6 @@ pub struct CreateKey {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-fn key_error(id: &str) -> impl Fn(ApiKeyError) -> ApiError {
-    let id = id.to_string();
-    move |error| {
-        let field = match error {
-            ApiKeyError::NotFound | ApiKeyError::AlreadyIssued => {
-                return ApiError::ApiKeyNotFound(id.clone());
-            }
-            ApiKeyError::NoRoles | ApiKeyError::SuperadminOutsidePlatform => "roles",
-            ApiKeyError::InvalidName => "name",
-            ApiKeyError::ExpiryInPast => "expiresAt",
-        };
-        ApiError::Validation(vec![FieldError {
-            field: field.into(),
-            message: error.to_string(),
-        }])
-    }
-}
-
 /// Issue a key. The secret (`key`) is in this response only.
 #[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys",
     security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
@@ -103,7 +91,7 @@ pub async fn create_key(
 ) -> Result<Response, ApiError> {
     let request: CreateKey =
         serde_json::from_value(body.clone()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let key = match commands::begin(&state, &ctx, &body).await? {
+    let key = match respond::begin(&state, &ctx, &body).await? {
         Begin::Run(key) => key,
         Begin::Replay(response) => return Ok(response),
     };
@@ -140,9 +128,9 @@ pub async fn create_key(
         if let Some(cursor) = outcome.cursor {
             headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
         }
-        commands::json_response(StatusCode::CREATED, headers, &body)
+        idempotency::json_response(StatusCode::CREATED.as_u16(), headers, &body)
     };
-    match commands::run::<ApiKey, _>(
+    match idempotency::run::<ApiKey>(
         &state,
         &ctx,
         key,
@@ -151,12 +139,12 @@ pub async fn create_key(
         command,
         &state.clock,
         respond,
-        key_error(&generated.id),
+        app::refusals::api_key(&generated.id),
     )
     .await
     {
-        Ok((_, stored)) => commands::with_secret(&stored, &generated.token),
-        Err(response) => Ok(response),
+        Ok((_, stored)) => respond::with_secret(&stored, &generated.token),
+        Err(refused) => Ok(respond::refused(refused)),
     }
 }
 
@@ -198,7 +186,7 @@ pub async fn get_key(
 ) -> Result<Response, ApiError> {
     let record = read_model::get(state.log.db(), auth.tenant().as_str(), &id)
         .await?
-        .ok_or_else(|| ApiError::ApiKeyNotFound(id.clone()))?;
+        .ok_or_else(|| AppError::ApiKeyNotFound(id.clone()))?;
     Ok(ApiJson(json!({ "apiKey": ApiKeyView::from(record) })).into_response())
 }
 
@@ -215,7 +203,7 @@ pub async fn revoke_key(
     ctx: CommandContext<require::Admin>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key = match commands::begin(&state, &ctx, &Value::Null).await? {
+    let key = match respond::begin(&state, &ctx, &Value::Null).await? {
         Begin::Run(key) => key,
         Begin::Replay(response) => return Ok(response),
     };
@@ -228,9 +216,9 @@ pub async fn revoke_key(
             .cursor
             .map(|c| vec![(EVENT_POSITION_HEADER.to_string(), c.to_string())])
             .unwrap_or_default();
-        commands::json_response(StatusCode::OK, headers, &body)
+        idempotency::json_response(StatusCode::OK.as_u16(), headers, &body)
     };
-    match commands::run::<ApiKey, _>(
+    match idempotency::run::<ApiKey>(
         &state,
         &ctx,
         key,
@@ -239,11 +227,11 @@ pub async fn revoke_key(
         ApiKeyCommand::RevokeApiKey,
         &state.clock,
         respond,
-        key_error(&id),
+        app::refusals::api_key(&id),
     )
     .await
     {
-        Ok((_, stored)) => Ok(commands::to_response(&stored, false)),
-        Err(response) => Ok(response),
+        Ok((_, stored)) => Ok(respond::to_response(&stored, false)),
+        Err(refused) => Ok(respond::refused(refused)),
     }
 }

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use domain::budget::{Budget, BudgetCommand, BudgetError, Enforcement, TENANT_SCOPE, agent_scope};
+use domain::budget::{Budget, BudgetCommand, Enforcement, TENANT_SCOPE, agent_scope};
 use domain::provider::micros_to_usd;
 use eventlog::CommandOutcome;
 use eventlog::idempotency::StoredResponse;
@@ -15,14 +15,18 @@ use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use app::Error as AppError;
+
 use crate::auth::{Auth, require};
-use crate::commands::{self, Begin};
+use app::idempotency;
+
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER};
-use crate::messaging::{agent_stream, budget_stream};
-use crate::providers::Usd;
+use crate::respond::{self, Begin};
 use crate::routes::{await_consistency, with_lag};
 use crate::state::AppState;
+use app::messaging::{agent_stream, budget_stream};
+use app::providers::Usd;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -54,16 +58,6 @@ fn budget_json(scope: &str, limit: u64, enforcement: &str, spent: i64) -> Value 
     })
 }
 
-fn reject(error: BudgetError) -> ApiError {
-    match error {
-        BudgetError::NotSet => ApiError::BudgetNotFound,
-        BudgetError::ZeroLimit => ApiError::Validation(vec![FieldError {
-            field: "monthlyLimitUsd".into(),
-            message: "must be more than zero".into(),
-        }]),
-    }
-}
-
 async fn run(
     state: &AppState,
     ctx: &CommandContext<require::Admin>,
@@ -71,7 +65,7 @@ async fn run(
     scope: String,
     command: BudgetCommand,
 ) -> Result<Response, ApiError> {
-    let key = match commands::begin(state, ctx, body).await? {
+    let key = match respond::begin(state, ctx, body).await? {
         Begin::Run(key) => key,
         Begin::Replay(response) => return Ok(response),
     };
@@ -97,11 +91,15 @@ async fn run(
         if let Some(cursor) = outcome.cursor {
             headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
         }
-        commands::json_response(StatusCode::OK, headers, &json!({ "budget": budget }))
+        idempotency::json_response(
+            StatusCode::OK.as_u16(),
+            headers,
+            &json!({ "budget": budget }),
+        )
     };
     let name = command.name();
     Ok(
-        match commands::run::<Budget, _>(
+        match idempotency::run::<Budget>(
             state,
             ctx,
             key,
@@ -110,12 +108,12 @@ async fn run(
             command,
             &(),
             respond,
-            reject,
+            app::refusals::budget,
         )
         .await
         {
-            Ok((_, response)) => commands::to_response(&response, false),
-            Err(response) => response,
+            Ok((_, response)) => respond::to_response(&response, false),
+            Err(refused) => respond::refused(refused),
         },
     )
 }
@@ -130,7 +128,7 @@ async fn set(
     scope: String,
 ) -> Result<Response, ApiError> {
     let parsed: BudgetBody = serde_json::from_value(body.clone()).map_err(|e| {
-        ApiError::Validation(vec![FieldError {
+        AppError::Validation(vec![FieldError {
             field: String::new(),
             message: e.to_string(),
         }])
@@ -138,10 +136,11 @@ async fn set(
     // Spend is summed in signed 64-bit micro-dollars; a limit beyond it could never be met
     // and would wrap when stored.
     if parsed.monthly_limit_usd.0 > MAX_BUDGET_MICROS {
-        return Err(ApiError::Validation(vec![FieldError {
+        return Err(AppError::Validation(vec![FieldError {
             field: "monthlyLimitUsd".into(),
             message: "at most 1000000000000 dollars".into(),
-        }]));
+        }])
+        .into());
     }
     let command = BudgetCommand::SetBudget {
         scope: scope.clone(),
@@ -164,7 +163,7 @@ async fn ensure_agent(
     if loaded.aggregate.exists() {
         Ok(())
     } else {
-        Err(ApiError::AgentNotFound(agent_id.to_string()))
+        Err(AppError::AgentNotFound(agent_id.to_string()).into())
     }
 }
 

@@ -9,13 +9,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate;
-use domain::entity::Entity;
 use domain::entity_type::Schema;
 use domain::names::{EntityId, EntityTypeName, TenantId};
 use domain::roles::Role;
-use eventlog::group_commit::KeyUse;
-use eventlog::idempotency::StoredResponse;
 use eventlog::unit_of_work::Committed;
 use projections::entities::{self as read_model, EntityRecord, ListPage};
 use projections::entity_query::{self, QueryError};
@@ -25,13 +21,17 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Auth, RequiredRole, require};
-use crate::commands::{self, Begin, Claimed};
-use crate::entity_writes::{self, MAX_OPERATIONS, OpKind, OpResult, Operation, WriteFailure};
+use app::Error as AppError;
+
+use crate::auth::{Auth, require};
+use app::idempotency::{self};
+
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
+use crate::respond::{self};
 use crate::routes::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, await_consistency, with_lag};
 use crate::state::AppState;
+use app::entity_writes::{self, MAX_OPERATIONS, OpKind, OpResult, Operation};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -114,18 +114,18 @@ pub struct ListQuery {
     pub expand: Option<String>,
 }
 
-fn entity_type(raw: String) -> Result<EntityTypeName, ApiError> {
-    EntityTypeName::parse(raw).map_err(|e| ApiError::InvalidEntityType(e.to_string()))
+fn entity_type(raw: String) -> Result<EntityTypeName, AppError> {
+    EntityTypeName::parse(raw).map_err(|e| AppError::InvalidEntityType(e.to_string()))
 }
 
-fn entity_id(raw: String) -> Result<EntityId, ApiError> {
-    EntityId::parse(raw).map_err(|e| ApiError::InvalidId(e.to_string()))
+fn entity_id(raw: String) -> Result<EntityId, AppError> {
+    EntityId::parse(raw).map_err(|e| AppError::InvalidId(e.to_string()))
 }
 
-fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
+fn object(body: Value) -> Result<Map<String, Value>, AppError> {
     match body {
         Value::Object(map) => Ok(map),
-        _ => Err(ApiError::Validation(vec![FieldError {
+        _ => Err(AppError::Validation(vec![FieldError {
             field: "".into(),
             message: "the body must be a JSON object".into(),
         }])),
@@ -133,16 +133,16 @@ fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// The body's `id`, when it has one, taken out of the document.
-fn take_id(data: &mut Map<String, Value>) -> Result<Option<EntityId>, ApiError> {
+fn take_id(data: &mut Map<String, Value>) -> Result<Option<EntityId>, AppError> {
     match data.remove("id") {
         None => Ok(None),
         Some(Value::String(id)) => EntityId::parse(id).map(Some).map_err(|e| {
-            ApiError::Validation(vec![FieldError {
+            AppError::Validation(vec![FieldError {
                 field: "id".into(),
                 message: e.to_string(),
             }])
         }),
-        Some(_) => Err(ApiError::Validation(vec![FieldError {
+        Some(_) => Err(AppError::Validation(vec![FieldError {
             field: "id".into(),
             message: "must be a string".into(),
         }])),
@@ -157,7 +157,7 @@ pub(crate) async fn schema_of(
 ) -> Result<Schema, ApiError> {
     let loaded = entity_writes::load_type(&state.log, tenant, entity_type).await?;
     if !loaded.aggregate.exists() {
-        return Err(ApiError::EntityTypeNotFound(entity_type.to_string()));
+        return Err(AppError::EntityTypeNotFound(entity_type.to_string()).into());
     }
     Ok(loaded.aggregate.schema().clone())
 }
@@ -199,91 +199,9 @@ async fn run(
                 format!("/v1/{}/{}", result.entity_type, result.id),
             ));
         }
-        commands::json_response(status, headers, &result_body(result, committed))
+        idempotency::json_response(status.as_u16(), headers, &result_body(result, committed))
     };
-    finish(state, ctx, hashed, name, &operations, render).await
-}
-
-/// Runs `operations` and turns the outcome into the response. `hashed` identifies the
-/// request for its idempotency key (see [`commands::claim`]).
-///
-/// A request's key is claimed in the commit that holds its events (see
-/// [`eventlog::group_commit`]): a new key costs nothing before the command runs. When the key
-/// turns out taken, or the command is refused (a refusal is stored as the key's answer), the
-/// key is claimed on its own: a completed request's response is replayed, a running one is
-/// reported, and a claimed key runs the command as usual.
-pub(crate) async fn finish<R: RequiredRole>(
-    state: &AppState,
-    ctx: &CommandContext<R>,
-    hashed: &Value,
-    name: &str,
-    operations: &[Operation],
-    render: impl Fn(&[OpResult], &Committed) -> StoredResponse + Send + Sync + 'static,
-) -> Response {
-    let metadata = ctx.metadata(name);
-    let render = std::sync::Arc::new(render);
-    let mut key = commands::key_of(ctx, hashed).map(KeyUse::Unclaimed);
-    loop {
-        let render = render.clone();
-        let result = entity_writes::write(
-            &state.log,
-            &ctx.tenant,
-            operations,
-            &metadata,
-            key.clone(),
-            move |results, committed| render(results, committed),
-        )
-        .await;
-        let (error, operation) = match result {
-            Ok((_, committed, response)) => {
-                state.metrics.command(name, "accepted");
-                state
-                    .metrics
-                    .events_appended(Entity::TYPE, committed.appended.events.len());
-                return commands::to_response(&response, false);
-            }
-            Err(WriteFailure::KeyTaken) => match commands::begin(state, ctx, hashed).await {
-                Ok(Begin::Replay(response)) => return response,
-                Ok(Begin::Run(claimed)) => {
-                    key = claimed.map(KeyUse::Claimed);
-                    continue;
-                }
-                Err(error) => return error.into_response(),
-            },
-            Err(WriteFailure::Failed { error, operation }) => (error, operation),
-        };
-        let refused = error.is_refusal();
-        state
-            .metrics
-            .command(name, if refused { "rejected" } else { "error" });
-        let error = match operation {
-            Some(index) if operations.len() > 1 => ApiError::OperationFailed {
-                index,
-                error: Box::new(error),
-            },
-            _ => error,
-        };
-        return match key {
-            Some(KeyUse::Claimed(key)) if refused => {
-                commands::refuse(state, &ctx.request_id, Some(&key), error).await
-            }
-            Some(KeyUse::Claimed(key)) => {
-                commands::release(state, &key, error).await.into_response()
-            }
-            // The refusal is the key's answer: claim the key to store it, unless the key
-            // already has one.
-            Some(KeyUse::Unclaimed(_)) if refused => {
-                match commands::claim(state, ctx, hashed).await {
-                    Ok(Claimed::Replay(stored)) => commands::to_response(&stored, true),
-                    Ok(Claimed::Run(key)) => {
-                        commands::refuse(state, &ctx.request_id, key.as_ref(), error).await
-                    }
-                    Err(claim_error) => claim_error.into_response(),
-                }
-            }
-            _ => commands::refuse(state, &ctx.request_id, None, error).await,
-        };
-    }
+    respond::answer(entity_writes::run(state, ctx, hashed, name, &operations, render).await)
 }
 
 /// Create a record.
@@ -346,7 +264,7 @@ fn expand_fields(
             .fields
             .get(name)
             .and_then(|spec| spec.references.clone())
-            .ok_or_else(|| ApiError::InvalidParameter {
+            .ok_or_else(|| AppError::InvalidParameter {
                 name: "expand",
                 reason: format!("'{name}' is not a reference field of this entity type"),
             })?;
@@ -441,7 +359,7 @@ pub async fn get_entity(
     )
     .await?
     .filter(|record| record.deleted_at.is_none())
-    .ok_or_else(|| ApiError::EntityNotFound {
+    .ok_or_else(|| AppError::EntityNotFound {
         entity_type: entity_type.to_string(),
         id: id.to_string(),
     })?;
@@ -457,9 +375,12 @@ pub async fn get_entity(
 }
 
 fn invalid(name: &'static str) -> impl Fn(QueryError) -> ApiError {
-    move |e| ApiError::InvalidParameter {
-        name,
-        reason: e.to_string(),
+    move |e| {
+        AppError::InvalidParameter {
+            name,
+            reason: e.to_string(),
+        }
+        .into()
     }
 }
 
@@ -496,10 +417,11 @@ pub async fn list_entities(
     let tenant = auth.tenant();
     let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::InvalidParameter {
+        return Err(AppError::InvalidParameter {
             name: "limit",
             reason: format!("must be between 1 and {MAX_PAGE_SIZE}"),
-        });
+        }
+        .into());
     }
     let include_deleted = query.include_deleted.unwrap_or(false);
     if include_deleted && !Role::any_grants(&auth.principal.roles, Role::Admin) {
@@ -511,10 +433,11 @@ pub async fn list_entities(
         None => false,
         Some("exact") => true,
         Some(_) => {
-            return Err(ApiError::InvalidParameter {
+            return Err(AppError::InvalidParameter {
                 name: "count",
                 reason: "the only counting mode is 'exact'".into(),
-            });
+            }
+            .into());
         }
     };
     let schema = schema_of(&state, tenant, &entity_type).await?;
@@ -523,7 +446,7 @@ pub async fn list_entities(
         .as_deref()
         .map(|raw| {
             let value: Value =
-                serde_json::from_str(raw).map_err(|e| ApiError::InvalidParameter {
+                serde_json::from_str(raw).map_err(|e| AppError::InvalidParameter {
                     name: "where",
                     reason: format!("not JSON: {e}"),
                 })?;
@@ -642,10 +565,11 @@ pub async fn put_entity(
     if let Some(given) = take_id(&mut data)?
         && given != id
     {
-        return Err(ApiError::Validation(vec![FieldError {
+        return Err(AppError::Validation(vec![FieldError {
             field: "id".into(),
             message: "must be the id in the path".into(),
-        }]));
+        }])
+        .into());
     }
     let operation = Operation::new(
         OpKind::Replace,
@@ -755,10 +679,11 @@ pub async fn entity_history(
         .load(&entity_writes::entity_stream(tenant, &entity_type, &id), 0)
         .await?;
     if events.is_empty() {
-        return Err(ApiError::EntityNotFound {
+        return Err(AppError::EntityNotFound {
             entity_type: entity_type.to_string(),
             id: id.to_string(),
-        });
+        }
+        .into());
     }
     let entries = events
         .iter()
@@ -830,8 +755,8 @@ pub struct TransactResponse {
     pub results: Vec<TransactResult>,
 }
 
-fn operation_of(index: usize, raw: TransactOperation) -> Result<Operation, ApiError> {
-    let at = |error: ApiError| ApiError::OperationFailed {
+fn operation_of(index: usize, raw: TransactOperation) -> Result<Operation, AppError> {
+    let at = |error: AppError| AppError::OperationFailed {
         index,
         error: Box::new(error),
     };
@@ -841,7 +766,7 @@ fn operation_of(index: usize, raw: TransactOperation) -> Result<Operation, ApiEr
         "replace" => OpKind::Replace,
         "delete" => OpKind::Delete,
         other => {
-            return Err(at(ApiError::Validation(vec![FieldError {
+            return Err(at(AppError::Validation(vec![FieldError {
                 field: "op".into(),
                 message: format!("'{other}' is not one of create, update, replace, delete"),
             }])));
@@ -851,13 +776,13 @@ fn operation_of(index: usize, raw: TransactOperation) -> Result<Operation, ApiEr
     let mut data = match (kind, raw.data) {
         (OpKind::Delete, None) => Map::new(),
         (OpKind::Delete, Some(_)) => {
-            return Err(at(ApiError::Validation(vec![FieldError {
+            return Err(at(AppError::Validation(vec![FieldError {
                 field: "data".into(),
                 message: "a delete takes no data".into(),
             }])));
         }
         (_, None) => {
-            return Err(at(ApiError::Validation(vec![FieldError {
+            return Err(at(AppError::Validation(vec![FieldError {
                 field: "data".into(),
                 message: "is required".into(),
             }])));
@@ -876,14 +801,14 @@ fn operation_of(index: usize, raw: TransactOperation) -> Result<Operation, ApiEr
     if let (Some(a), Some(b)) = (&id, &in_data)
         && a != b
     {
-        return Err(at(ApiError::Validation(vec![FieldError {
+        return Err(at(AppError::Validation(vec![FieldError {
             field: "data.id".into(),
             message: "must be the operation's id".into(),
         }])));
     }
     let id = id.or(in_data);
     if kind != OpKind::Create && id.is_none() {
-        return Err(at(ApiError::Validation(vec![FieldError {
+        return Err(at(AppError::Validation(vec![FieldError {
             field: "id".into(),
             message: "is required for this operation".into(),
         }])));
@@ -921,10 +846,11 @@ pub async fn transact(
     let request: TransactRequest = serde_json::from_value(body.clone())
         .map_err(|e| ApiError::InvalidJson(format!("not a _transact request: {e}")))?;
     if request.operations.is_empty() || request.operations.len() > MAX_OPERATIONS {
-        return Err(ApiError::Validation(vec![FieldError {
+        return Err(AppError::Validation(vec![FieldError {
             field: "operations".into(),
             message: format!("1 to {MAX_OPERATIONS} operations"),
-        }]));
+        }])
+        .into());
     }
     let operations = request
         .operations
@@ -951,7 +877,9 @@ pub async fn transact(
         if let Some(cursor) = committed.appended.last_cursor() {
             headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
         }
-        commands::json_response(StatusCode::OK, headers, &body)
+        idempotency::json_response(StatusCode::OK.as_u16(), headers, &body)
     };
-    Ok(finish(&state, &ctx, &body, "Transact", &operations, render).await)
+    Ok(respond::answer(
+        entity_writes::run(&state, &ctx, &body, "Transact", &operations, render).await,
+    ))
 }

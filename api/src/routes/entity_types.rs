@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use domain::entity_type::{EntityType, EntityTypeCommand, EntityTypeError, Schema};
+use domain::entity_type::{EntityType, EntityTypeCommand, Schema};
 use domain::names::{EntityTypeName, TenantId};
 use eventlog::CommandOutcome;
 use eventlog::idempotency::StoredResponse;
@@ -19,13 +19,17 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use app::Error as AppError;
+
 use crate::auth::{Auth, require};
-use crate::commands::{self, Begin};
-use crate::entity_writes::{load_type, type_stream};
+use app::idempotency;
+
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
+use crate::respond::{self, Begin};
 use crate::routes::{await_consistency, with_lag};
 use crate::state::AppState;
+use app::entity_writes::{load_type, type_stream};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -71,21 +75,20 @@ fn parse_schema(value: Value) -> Result<Schema, ApiError> {
     // serde would read a struct from an array of its fields in order too: `[]` would be an
     // empty schema.
     if !value.is_object() {
-        return Err(ApiError::Validation(vec![FieldError {
+        return Err(AppError::Validation(vec![FieldError {
             field: "schema".into(),
             message: "a schema is a JSON object (key, schemaless, fields)".into(),
-        }]));
-    }
-    serde_json::from_value(value).map_err(|e| {
-        ApiError::Validation(vec![FieldError {
-            field: "schema".into(),
-            message: e.to_string(),
         }])
-    })
-}
-
-fn fields(problems: Vec<domain::entity_type::FieldViolation>) -> Vec<FieldError> {
-    problems.into_iter().map(FieldError::from).collect()
+        .into());
+    }
+    serde_json::from_value(value)
+        .map_err(|e| {
+            AppError::Validation(vec![FieldError {
+                field: "schema".into(),
+                message: e.to_string(),
+            }])
+        })
+        .map_err(ApiError::from)
 }
 
 /// The referenced types of `schema` that the tenant has not defined (the type itself aside).
@@ -111,21 +114,6 @@ async fn missing_references(
     Ok(missing)
 }
 
-fn reject(name: &EntityTypeName) -> impl Fn(EntityTypeError) -> ApiError {
-    let name = name.to_string();
-    move |error| match error {
-        EntityTypeError::AlreadyExists => ApiError::EntityTypeAlreadyExists(name.clone()),
-        EntityTypeError::NotFound => ApiError::EntityTypeNotFound(name.clone()),
-        EntityTypeError::Invalid(problems) => ApiError::Validation(fields(problems)),
-        EntityTypeError::Incompatible(problems) => {
-            ApiError::IncompatibleSchemaChange(fields(problems))
-        }
-        EntityTypeError::VersionConflict { expected, actual } => {
-            ApiError::VersionConflict { expected, actual }
-        }
-    }
-}
-
 fn respond(
     status: StatusCode,
     name: &EntityTypeName,
@@ -146,7 +134,7 @@ fn respond(
         if status == StatusCode::CREATED {
             headers.push(("location".to_string(), format!("/v1/entity-types/{name}")));
         }
-        commands::json_response(status, headers, &body)
+        idempotency::json_response(status.as_u16(), headers, &body)
     }
 }
 
@@ -158,14 +146,14 @@ async fn run(
     name: &EntityTypeName,
     command: EntityTypeCommand,
 ) -> Response {
-    let key = match commands::begin(state, ctx, hashed).await {
+    let key = match respond::begin(state, ctx, hashed).await {
         Ok(Begin::Run(key)) => key,
         Ok(Begin::Replay(response)) => return response,
         Err(error) => return error.into_response(),
     };
     let stream = type_stream(&ctx.tenant, name);
     let command_name = command.name();
-    match commands::run::<EntityType, _>(
+    match idempotency::run::<EntityType>(
         state,
         ctx,
         key,
@@ -174,12 +162,12 @@ async fn run(
         command,
         &(),
         respond(status, name),
-        reject(name),
+        app::refusals::entity_type(name),
     )
     .await
     {
-        Ok((_, response)) => commands::to_response(&response, false),
-        Err(response) => response,
+        Ok((_, response)) => respond::to_response(&response, false),
+        Err(refused) => respond::refused(refused),
     }
 }
 
@@ -206,13 +194,13 @@ pub async fn define_entity_type(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let request: DefineRequest = serde_json::from_value(body.clone()).map_err(|e| {
-        ApiError::Validation(vec![FieldError {
+        AppError::Validation(vec![FieldError {
             field: "name".into(),
             message: e.to_string(),
         }])
     })?;
     let name = EntityTypeName::parse(request.name)
-        .map_err(|e| ApiError::InvalidEntityType(e.to_string()))?;
+        .map_err(|e| AppError::InvalidEntityType(e.to_string()))?;
     let schema = parse_schema(request.schema)?;
     check_index_budget(&state, &ctx.tenant, &name, &schema).await?;
     let missing_references = missing_references(&state, &ctx.tenant, &name, &schema).await?;
@@ -257,13 +245,13 @@ async fn check_index_budget(
         }
     }
     if used.len() > limit {
-        return Err(ApiError::Validation(vec![FieldError {
+        return Err(AppError::Validation(vec![FieldError {
             field: "fields".into(),
             message: format!(
                 "the tenant's entity types would need {} indexes (indexed or unique fields); at most {limit} are allowed",
                 used.len()
             ),
-        }]));
+        }]).into());
     }
     Ok(())
 }
@@ -295,7 +283,7 @@ pub async fn change_entity_type(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let name =
-        EntityTypeName::parse(name).map_err(|e| ApiError::InvalidEntityType(e.to_string()))?;
+        EntityTypeName::parse(name).map_err(|e| AppError::InvalidEntityType(e.to_string()))?;
     let mut raw = body.clone();
     if let Some(map) = raw.as_object_mut() {
         map.remove("name");
@@ -330,10 +318,10 @@ pub async fn get_entity_type(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let name =
-        EntityTypeName::parse(name).map_err(|e| ApiError::InvalidEntityType(e.to_string()))?;
+        EntityTypeName::parse(name).map_err(|e| AppError::InvalidEntityType(e.to_string()))?;
     let loaded = load_type(&state.log, auth.tenant(), &name).await?;
     if !loaded.aggregate.exists() {
-        return Err(ApiError::EntityTypeNotFound(name.to_string()));
+        return Err(AppError::EntityTypeNotFound(name.to_string()).into());
     }
     let body = EntityTypeResponse {
         name: name.to_string(),

@@ -22,6 +22,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use app::Error as AppError;
+
 use crate::auth::{Auth, require};
 use crate::error::{ApiError, ApiJson, ErrorEnvelope};
 use crate::state::AppState;
@@ -85,10 +87,12 @@ fn parse_cursor(raw: &str) -> Result<Cursor, ApiError> {
     if raw == "beginning" {
         return Ok(Cursor::START);
     }
-    raw.parse().map_err(|_| ApiError::InvalidParameter {
-        name: "Last-Event-ID",
-        reason: "not a cursor returned by the gateway".into(),
-    })
+    raw.parse()
+        .map_err(|_| AppError::InvalidParameter {
+            name: "Last-Event-ID",
+            reason: "not a cursor returned by the gateway".into(),
+        })
+        .map_err(ApiError::from)
 }
 
 /// Subscribe to the tenant's events.
@@ -186,7 +190,7 @@ impl Tail {
                 .await
                 {
                     Ok(()) => self.next_check = tokio::time::Instant::now() + self.recheck,
-                    Err(ApiError::DatabaseUnavailable) => {
+                    Err(ApiError::App(AppError::DatabaseUnavailable)) => {
                         // Not the client's fault: try again at the next check.
                         self.next_check = tokio::time::Instant::now() + self.recheck;
                     }
@@ -317,13 +321,14 @@ pub async fn list_events(
 ) -> Result<Response, ApiError> {
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_FEED_PAGE).contains(&limit) {
-        return Err(ApiError::InvalidParameter {
+        return Err(AppError::InvalidParameter {
             name: "limit",
             reason: format!("must be between 1 and {MAX_FEED_PAGE}"),
-        });
+        }
+        .into());
     }
     let mut cursor = match query.after.as_deref() {
-        Some(raw) => raw.parse().map_err(|_| ApiError::InvalidParameter {
+        Some(raw) => raw.parse().map_err(|_| AppError::InvalidParameter {
             name: "after",
             reason: "not a cursor returned by the gateway".into(),
         })?,

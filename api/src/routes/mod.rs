@@ -30,6 +30,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use utoipa::Modify;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
+use app::Error as AppError;
+
 use crate::auth;
 use crate::error::{self, ApiError, ErrorEnvelope};
 use crate::extract::{Consistency, PROJECTION_LAG_HEADER};
@@ -104,10 +106,11 @@ impl Page {
     pub fn parse(limit: Option<u32>, cursor: Option<&str>) -> Result<Self, ApiError> {
         let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
         if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-            return Err(ApiError::InvalidParameter {
+            return Err(AppError::InvalidParameter {
                 name: "limit",
                 reason: format!("must be between 1 and {MAX_PAGE_SIZE}"),
-            });
+            }
+            .into());
         }
         let after = cursor
             .map(|cursor| {
@@ -115,7 +118,7 @@ impl Page {
                     .decode(cursor)
                     .ok()
                     .and_then(|bytes| String::from_utf8(bytes).ok())
-                    .ok_or(ApiError::InvalidParameter {
+                    .ok_or(AppError::InvalidParameter {
                         name: "cursor",
                         reason: "not a cursor returned by the gateway".into(),
                     })
@@ -156,7 +159,7 @@ pub async fn await_consistency(
     match freshness {
         Freshness::Fresh => Ok(None),
         Freshness::Stale { events_behind } if consistency.strict => {
-            Err(ApiError::ProjectionStale { events_behind })
+            Err(AppError::ProjectionStale { events_behind }.into())
         }
         Freshness::Stale { events_behind } => Ok(Some(HeaderValue::from(events_behind))),
     }
@@ -291,10 +294,10 @@ async fn request_limits(
     let uri = request.uri();
     for (part, raw) in [("path", Some(uri.path())), ("query", uri.query())] {
         if raw.is_some_and(|raw| raw.contains("%00")) {
-            return error::ApiError::InvalidParameter {
+            return ApiError::from(app::Error::InvalidParameter {
                 name: part,
                 reason: "U+0000 (%00) is not allowed".into(),
-            }
+            })
             .into_response();
         }
     }

@@ -18,13 +18,17 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use app::Error as AppError;
+
 use crate::auth::{Auth, require};
-use crate::commands::{self, Begin};
+use app::idempotency;
+
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER};
-use crate::messaging::{self, agent_stream, session_error, session_stream};
+use crate::respond::{self, Begin};
 use crate::routes::{Page, await_consistency, page_cursor, with_lag};
 use crate::state::AppState;
+use app::messaging::{self, agent_stream, session_error, session_stream};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -74,7 +78,7 @@ fn respond(status: StatusCode, id: &str) -> impl Fn(&CommandOutcome<Session>) ->
         if status == StatusCode::CREATED {
             headers.push(("location".to_string(), format!("/v1/sessions/{id}")));
         }
-        commands::json_response(status, headers, &body)
+        idempotency::json_response(status.as_u16(), headers, &body)
     }
 }
 
@@ -90,10 +94,11 @@ struct NewSession {
 }
 
 fn invalid(message: impl ToString) -> ApiError {
-    ApiError::Validation(vec![FieldError {
+    AppError::Validation(vec![FieldError {
         field: String::new(),
         message: message.to_string(),
     }])
+    .into()
 }
 
 /// Start a session with an agent.
@@ -113,7 +118,7 @@ pub async fn create_session(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let request: NewSession = serde_json::from_value(body.clone()).map_err(invalid)?;
-    let key = match commands::begin(&state, &ctx, &body).await? {
+    let key = match respond::begin(&state, &ctx, &body).await? {
         Begin::Run(key) => key,
         Begin::Replay(response) => return Ok(response),
     };
@@ -126,16 +131,19 @@ pub async fn create_session(
     {
         Ok(loaded) => loaded.aggregate,
         Err(error) => {
-            let error = ApiError::internal(error);
+            let error = AppError::internal(error);
             return Err(match &key {
-                Some(key) => commands::release(&state, key, error).await,
+                Some(key) => idempotency::release(&state, key, error).await,
                 None => error,
-            });
+            }
+            .into());
         }
     };
     if !agent.exists() {
-        let error = ApiError::AgentNotFound(request.agent_id);
-        return Ok(commands::refuse(&state, &ctx.request_id, key.as_ref(), error).await);
+        let error = AppError::AgentNotFound(request.agent_id);
+        return Ok(respond::refused(
+            idempotency::refuse(&state, &ctx.request_id, key.as_ref(), error).await,
+        ));
     }
     let id = format!("ses_{}", uuid::Uuid::now_v7().simple());
     let command = SessionCommand::CreateSession {
@@ -147,7 +155,7 @@ pub async fn create_session(
     };
     let name = command.name();
     Ok(
-        match commands::run::<Session, _>(
+        match idempotency::run::<Session>(
             &state,
             &ctx,
             key,
@@ -160,8 +168,8 @@ pub async fn create_session(
         )
         .await
         {
-            Ok((_, response)) => commands::to_response(&response, false),
-            Err(response) => response,
+            Ok((_, response)) => respond::to_response(&response, false),
+            Err(refused) => respond::refused(refused),
         },
     )
 }
@@ -201,10 +209,11 @@ pub async fn list_sessions(
         Some("active") => Some(SessionStatus::Active),
         Some("closed") => Some(SessionStatus::Closed),
         Some(_) => {
-            return Err(ApiError::InvalidParameter {
+            return Err(AppError::InvalidParameter {
                 name: "status",
                 reason: "must be 'active' or 'closed'".into(),
-            });
+            }
+            .into());
         }
     };
     let filter = SessionFilter {
@@ -234,7 +243,8 @@ async fn session_record(
 ) -> Result<SessionRecord, ApiError> {
     read_model::get(state.log.db(), tenant, session_id)
         .await?
-        .ok_or_else(|| ApiError::SessionNotFound(session_id.to_string()))
+        .ok_or_else(|| AppError::SessionNotFound(session_id.to_string()))
+        .map_err(ApiError::from)
 }
 
 /// Read a session.
@@ -271,12 +281,12 @@ pub async fn close_session(
     ctx: CommandContext<require::Writer>,
     Path(session_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key = match commands::begin(&state, &ctx, &Value::Null).await? {
+    let key = match respond::begin(&state, &ctx, &Value::Null).await? {
         Begin::Run(key) => key,
         Begin::Replay(response) => return Ok(response),
     };
     Ok(
-        match commands::run::<Session, _>(
+        match idempotency::run::<Session>(
             &state,
             &ctx,
             key,
@@ -289,8 +299,8 @@ pub async fn close_session(
         )
         .await
         {
-            Ok((_, response)) => commands::to_response(&response, false),
-            Err(response) => response,
+            Ok((_, response)) => respond::to_response(&response, false),
+            Err(refused) => respond::refused(refused),
         },
     )
 }
@@ -335,14 +345,15 @@ pub async fn send_message(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     if ctx.idempotency_key.is_none() {
-        return Err(ApiError::IdempotencyKeyRequired);
+        return Err(AppError::IdempotencyKeyRequired.into());
     }
     let message: NewMessage = serde_json::from_value(body).map_err(invalid)?;
     if message.role.as_deref().is_some_and(|role| role != "user") {
-        return Err(ApiError::Validation(vec![FieldError {
+        return Err(AppError::Validation(vec![FieldError {
             field: "role".into(),
             message: "must be 'user'".into(),
-        }]));
+        }])
+        .into());
     }
     let stream = message.stream
         || headers
@@ -350,16 +361,20 @@ pub async fn send_message(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|accept| accept.contains("text/event-stream"));
     let request_id = ctx.request_id.clone();
-    let exchange = match messaging::prepare(&state, ctx, session_id, message.content).await {
+    let exchange = match messaging::prepare(&state, ctx.context, session_id, message.content).await
+    {
         Ok(exchange) => exchange,
-        Err(response) if stream && response.status().is_success() => {
-            return Ok(replayed_stream(response).await);
+        Err(refused) => {
+            let response = respond::refused(refused);
+            if stream && response.status().is_success() {
+                return Ok(replayed_stream(response).await);
+            }
+            return Ok(response);
         }
-        Err(response) => return Ok(response),
     };
     if !stream {
         let stored = exchange.answer(None, &|| false).await?;
-        return Ok(commands::to_response(&stored, false));
+        return Ok(respond::to_response(&stored, false));
     }
     // The exchange runs to its end in its own task, whether or not the client stays: a
     // reply the provider produced is recorded and billed even if nobody reads it.
@@ -380,10 +395,10 @@ pub async fn send_message(
                 .event("done")
                 .data(String::from_utf8_lossy(&stored.body)),
             Err(error) => {
-                let (_, body) = error.render(&request_id);
+                let answer = crate::error::render_refusal(&error, &request_id);
                 Event::default()
                     .event("error")
-                    .data(String::from_utf8_lossy(&body))
+                    .data(String::from_utf8_lossy(&answer.body))
             }
         };
         let _ = sender.send(last);
@@ -409,9 +424,9 @@ async fn replayed_stream(response: Response) -> Response {
         .event("done")
         .data(String::from_utf8_lossy(&bytes));
     let mut sse = Sse::new(futures::stream::iter([Ok::<_, Infallible>(event)])).into_response();
-    if let Some(replay) = parts.headers.get(commands::REPLAY_HEADER) {
+    if let Some(replay) = parts.headers.get(respond::REPLAY_HEADER) {
         sse.headers_mut()
-            .insert(commands::REPLAY_HEADER, replay.clone());
+            .insert(respond::REPLAY_HEADER, replay.clone());
     }
     sse
 }
@@ -446,7 +461,7 @@ pub async fn get_transcript(
     let page = Page::parse(query.limit.or(Some(500)), query.cursor.as_deref())?;
     let after: i64 = match page.after.as_deref() {
         None => 0,
-        Some(raw) => raw.parse().map_err(|_| ApiError::InvalidParameter {
+        Some(raw) => raw.parse().map_err(|_| AppError::InvalidParameter {
             name: "cursor",
             reason: "not a cursor returned by the gateway".into(),
         })?,

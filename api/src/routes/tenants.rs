@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::names::TenantId;
-use domain::tenant::{Tenant, TenantCommand, TenantError, TenantStatus};
+use domain::tenant::{Tenant, TenantCommand, TenantStatus};
 use eventlog::StreamId;
 use projections::tenants::{self as read_model, TenantRecord};
 use serde::{Deserialize, Serialize};
@@ -15,11 +15,15 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use app::Error as AppError;
+
 use crate::auth::{Auth, require};
-use crate::bootstrap::{self, CreateTenantError};
-use crate::commands::{self, Begin};
+use app::bootstrap::{self, CreateTenantError};
+use app::idempotency;
+
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, EVENT_POSITION_HEADER};
+use crate::respond::{self, Begin};
 use crate::routes::{Page, page_cursor};
 use crate::state::AppState;
 
@@ -85,24 +89,6 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>
     Ok(Some(Option::deserialize(d)?))
 }
 
-fn tenant_error(id: &str) -> impl Fn(TenantError) -> ApiError {
-    let id = id.to_string();
-    move |error| match error {
-        TenantError::NotFound => ApiError::TenantNotFound(id.clone()),
-        TenantError::AlreadyExists | TenantError::ReservedId => {
-            ApiError::TenantAlreadyExists(id.clone())
-        }
-        TenantError::InvalidName => ApiError::Validation(vec![FieldError {
-            field: "name".into(),
-            message: error.to_string(),
-        }]),
-        TenantError::InvalidRateLimit => ApiError::Validation(vec![FieldError {
-            field: "rateLimitPerMinute".into(),
-            message: error.to_string(),
-        }]),
-    }
-}
-
 /// Create a tenant and its first admin API key (shown once).
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants",
     security(("api_key" = ["superadmin"]), ("bearer" = ["superadmin"])),
@@ -121,7 +107,7 @@ pub async fn create_tenant(
         serde_json::from_value(body.clone()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let id = match request.id {
         Some(id) => TenantId::parse(id).map_err(|e| {
-            ApiError::Validation(vec![FieldError {
+            AppError::Validation(vec![FieldError {
                 field: "id".into(),
                 message: e.to_string(),
             }])
@@ -129,7 +115,7 @@ pub async fn create_tenant(
         None => TenantId::parse(format!("tnt_{}", uuid::Uuid::now_v7().simple()))
             .expect("a valid tenant id"),
     };
-    let key = match commands::begin(&state, &ctx, &body).await? {
+    let key = match respond::begin(&state, &ctx, &body).await? {
         Begin::Run(key) => key,
         Begin::Replay(response) => return Ok(response),
     };
@@ -161,7 +147,7 @@ pub async fn create_tenant(
             if let Some(cursor) = appended.last_cursor() {
                 headers.push((EVENT_POSITION_HEADER.into(), cursor.to_string()));
             }
-            commands::json_response(StatusCode::CREATED, headers, &body)
+            idempotency::json_response(StatusCode::CREATED.as_u16(), headers, &body)
         },
     )
     .await;
@@ -176,20 +162,20 @@ pub async fn create_tenant(
             state
                 .metrics
                 .events_appended(Tenant::TYPE, created.appended.events.len());
-            commands::with_secret(&created.response, &created.key.token)
+            respond::with_secret(&created.response, &created.key.token)
         }
         Err(error) => {
             let api_error = match error {
-                CreateTenantError::Tenant(e) => tenant_error(id.as_str())(e),
-                CreateTenantError::AlreadyExists => ApiError::TenantAlreadyExists(id.to_string()),
-                CreateTenantError::Key(e) => ApiError::internal(e),
+                CreateTenantError::Tenant(e) => app::refusals::tenant(id.as_str())(e),
+                CreateTenantError::AlreadyExists => AppError::TenantAlreadyExists(id.to_string()),
+                CreateTenantError::Key(e) => AppError::internal(e),
                 CreateTenantError::Append(eventlog::AppendError::Database(error)) => error.into(),
-                CreateTenantError::Append(error) => ApiError::internal(error),
+                CreateTenantError::Append(error) => AppError::internal(error),
             };
             if let Some(key) = &key {
                 let _ = state.log.release_idempotency(key).await;
             }
-            Err(api_error)
+            Err(api_error.into())
         }
     }
 }
@@ -237,7 +223,7 @@ pub async fn get_tenant(
 ) -> Result<Response, ApiError> {
     let record = read_model::get(state.log.db(), &id)
         .await?
-        .ok_or_else(|| ApiError::TenantNotFound(id.clone()))?;
+        .ok_or_else(|| AppError::TenantNotFound(id.clone()))?;
     Ok(ApiJson(json!({ "tenant": TenantView::from(record) })).into_response())
 }
 
@@ -259,8 +245,8 @@ pub async fn update_tenant(
 ) -> Result<Response, ApiError> {
     let request: UpdateTenant =
         serde_json::from_value(body.clone()).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let tenant = TenantId::parse(id.clone()).map_err(|_| ApiError::TenantNotFound(id.clone()))?;
-    let key = match commands::begin(&state, &ctx, &body).await? {
+    let tenant = TenantId::parse(id.clone()).map_err(|_| AppError::TenantNotFound(id.clone()))?;
+    let key = match respond::begin(&state, &ctx, &body).await? {
         Begin::Run(key) => key,
         Begin::Replay(response) => return Ok(response),
     };
@@ -285,9 +271,9 @@ pub async fn update_tenant(
             .cursor
             .map(|c| vec![(EVENT_POSITION_HEADER.to_string(), c.to_string())])
             .unwrap_or_default();
-        commands::json_response(StatusCode::OK, headers, &body)
+        idempotency::json_response(StatusCode::OK.as_u16(), headers, &body)
     };
-    match commands::run::<Tenant, _>(
+    match idempotency::run::<Tenant>(
         &state,
         &ctx,
         key,
@@ -296,11 +282,11 @@ pub async fn update_tenant(
         command,
         &(),
         respond,
-        tenant_error(&id),
+        app::refusals::tenant(&id),
     )
     .await
     {
-        Ok((_, stored)) => Ok(commands::to_response(&stored, false)),
-        Err(response) => Ok(response),
+        Ok((_, stored)) => Ok(respond::to_response(&stored, false)),
+        Err(refused) => Ok(respond::refused(refused)),
     }
 }

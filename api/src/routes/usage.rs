@@ -17,12 +17,14 @@ use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use app::Error as AppError;
+
 use crate::auth::{Auth, require};
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::Consistency;
-use crate::providers::Usd;
 use crate::routes::{await_consistency, with_lag};
 use crate::state::AppState;
+use app::providers::Usd;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -41,10 +43,11 @@ pub const MAX_WINDOWS: usize = 2000;
 pub const MAX_EVENTS_PAGE: u32 = 1000;
 
 fn invalid(name: &'static str, reason: impl Into<String>) -> ApiError {
-    ApiError::InvalidParameter {
+    AppError::InvalidParameter {
         name,
         reason: reason.into(),
     }
+    .into()
 }
 
 /// The query string as pairs, refusing any name not in `known` (a typo should not silently
@@ -58,10 +61,11 @@ fn parameters(
         let base = name.split('[').next().unwrap_or_default();
         let filter = base == "filter" && known.contains(&"filter");
         if !(filter || known.contains(&name.as_str())) {
-            return Err(ApiError::InvalidParameter {
+            return Err(AppError::InvalidParameter {
                 name: "query",
                 reason: format!("unknown parameter '{name}'"),
-            });
+            }
+            .into());
         }
         map.entry(name).or_default().push(value);
     }

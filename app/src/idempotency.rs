@@ -1,11 +1,11 @@
-//! Running a command from a handler: idempotency, execution, metrics, and the response.
+//! The idempotency protocol, in one place, and running one command on one stream with it.
 //!
 //! With an `Idempotency-Key` (scoped to the tenant; the request hash covers method, path,
 //! tenant and canonical body):
 //! - first request: the key is claimed, the command runs, and its response is stored in the
 //!   same transaction as its events;
-//! - same key and same request again: the stored status and body, with
-//!   `x-idempotent-replay: true`, and no command runs;
+//! - same key and same request again: the stored status and body ([`Claimed::Replay`]; the
+//!   transport marks it as a replay), and no command runs;
 //! - same key, another request: 422 `IDEMPOTENCY_KEY_REUSED`;
 //! - same key while the first request still runs: 409 `IDEMPOTENCY_IN_FLIGHT`.
 //!
@@ -13,9 +13,6 @@
 //! the same answer. Validation that happens before the command (a malformed body) stores
 //! nothing. A failure without an answer (database down, 5xx) releases the key.
 
-use axum::body::Body;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::Response;
 use cqrs_es::Aggregate;
 use eventlog::idempotency::{Claim, IdempotencyKey, StoredResponse};
 use eventlog::{CommandError, CommandOutcome, StreamId};
@@ -23,13 +20,12 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::auth::RequiredRole;
-use crate::error::ApiError;
-use crate::extract::CommandContext;
-use crate::state::AppState;
+use crate::context::Context;
 
-/// Header set on replayed responses.
-pub const REPLAY_HEADER: &str = "x-idempotent-replay";
+/// Header of command answers: the cursor of the last event written.
+pub const EVENT_POSITION_HEADER: &str = "x-event-position";
+use crate::error::Error;
+use crate::state::App;
 
 /// JSON with object keys sorted at every level, so that equal documents hash equally.
 pub fn canonical_json(value: &Value) -> String {
@@ -92,14 +88,6 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// What to do with a command request.
-pub enum Begin {
-    /// Run the command; complete this key (if any) with its response.
-    Run(Option<IdempotencyKey>),
-    /// Answer with this replayed response.
-    Replay(Response),
-}
-
 /// What a claimed idempotency key says about a request.
 pub enum Claimed {
     /// Run the command; complete this key (if any) with its response.
@@ -111,11 +99,7 @@ pub enum Claimed {
 /// Claims the request's idempotency key, if it has one. `body` is what identifies the
 /// request besides its method, target and tenant: the request body as JSON (`Value::Null`
 /// for body-less requests).
-pub async fn claim<R: RequiredRole>(
-    state: &AppState,
-    ctx: &CommandContext<R>,
-    body: &Value,
-) -> Result<Claimed, ApiError> {
+pub async fn claim(state: &App, ctx: &Context, body: &Value) -> Result<Claimed, Error> {
     let Some(key) = key_of(ctx, body) else {
         return Ok(Claimed::Run(None));
     };
@@ -126,100 +110,71 @@ pub async fn claim<R: RequiredRole>(
     {
         Claim::Proceed => Ok(Claimed::Run(Some(key))),
         Claim::Replay(stored) => Ok(Claimed::Replay(stored)),
-        Claim::Mismatch => Err(ApiError::IdempotencyKeyReused),
-        Claim::InFlight => Err(ApiError::IdempotencyInFlight),
+        Claim::Mismatch => Err(Error::IdempotencyKeyReused),
+        Claim::InFlight => Err(Error::IdempotencyInFlight),
     }
 }
 
 /// The request's idempotency key, if it has one, not claimed yet. `body` as for [`claim`].
-pub fn key_of<R: RequiredRole>(ctx: &CommandContext<R>, body: &Value) -> Option<IdempotencyKey> {
+pub fn key_of(ctx: &Context, body: &Value) -> Option<IdempotencyKey> {
     ctx.idempotency_key.as_ref().map(|key| IdempotencyKey {
         tenant_id: ctx.tenant.to_string(),
         key: key.clone(),
-        request_hash: request_hash(ctx.method.as_str(), &ctx.target, ctx.tenant.as_str(), body),
-    })
-}
-
-/// [`claim`], with a replay turned into its response.
-pub async fn begin<R: RequiredRole>(
-    state: &AppState,
-    ctx: &CommandContext<R>,
-    body: &Value,
-) -> Result<Begin, ApiError> {
-    Ok(match claim(state, ctx, body).await? {
-        Claimed::Run(key) => Begin::Run(key),
-        Claimed::Replay(stored) => Begin::Replay(to_response(&stored, true)),
+        request_hash: request_hash(&ctx.method, &ctx.target, ctx.tenant.as_str(), body),
     })
 }
 
 /// A JSON response to store and send.
 pub fn json_response(
-    status: StatusCode,
+    status: u16,
     headers: Vec<(String, String)>,
     body: &impl Serialize,
 ) -> StoredResponse {
     let mut headers = headers;
     headers.push(("content-type".into(), "application/json".into()));
     StoredResponse {
-        status: status.as_u16(),
+        status,
         headers,
         body: serde_json::to_vec(body).unwrap_or_default(),
     }
 }
 
-/// Turns a stored response into an HTTP response.
-pub fn to_response(stored: &StoredResponse, replay: bool) -> Response {
-    let mut response = Response::new(Body::from(stored.body.clone()));
-    response.extensions_mut().insert(crate::error::FinalBody);
-    *response.status_mut() =
-        StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers_mut();
-    for (name, value) in &stored.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.insert(name, value);
-        }
-    }
-    if replay {
-        headers.insert(
-            HeaderName::from_static(REPLAY_HEADER),
-            HeaderValue::from_static("true"),
-        );
-    }
-    response
+/// What a command that did not succeed answers.
+#[derive(Debug)]
+pub enum Refused {
+    /// A refusal, rendered (and stored, when the request has an idempotency key): the answer
+    /// to the request.
+    Answered(StoredResponse),
+    /// The stored answer of an earlier request with the same key and request.
+    Replayed(StoredResponse),
+    /// No stored answer: the error as it is (the key, if any, is released).
+    Failed(Error),
 }
 
-/// The live response of a command that issued a key: the stored response (which never holds
-/// the secret) with the secret put back into `apiKey.key`, for this one response only.
-pub fn with_secret(stored: &StoredResponse, token: &str) -> Result<Response, ApiError> {
-    let mut body: Value = serde_json::from_slice(&stored.body).map_err(ApiError::internal)?;
-    body["apiKey"]["key"] = Value::String(token.to_string());
-    let mut response = to_response(stored, false);
-    *response.body_mut() = Body::from(body.to_string());
-    Ok(response)
+impl From<Error> for Refused {
+    fn from(error: Error) -> Self {
+        Refused::Failed(error)
+    }
 }
 
 /// Runs `command` on `stream`. `respond` renders the outcome (it is stored for replay when the
 /// request has an idempotency key); `reject` maps the aggregate's refusals.
 #[allow(clippy::too_many_arguments)]
-pub async fn run<A, R>(
-    state: &AppState,
-    ctx: &CommandContext<R>,
+pub async fn run<A>(
+    state: &App,
+    ctx: &Context,
     key: Option<IdempotencyKey>,
     stream: &StreamId,
     name: &str,
     command: A::Command,
     services: &A::Services,
     respond: impl Fn(&CommandOutcome<A>) -> StoredResponse,
-    reject: impl Fn(A::Error) -> ApiError,
-) -> Result<(CommandOutcome<A>, StoredResponse), Response>
+    reject: impl Fn(A::Error) -> Error,
+) -> Result<(CommandOutcome<A>, StoredResponse), Refused>
 where
     A: Aggregate + Clone + 'static,
     A::Command: Clone,
     A::Error: Send + Sync + 'static,
-    R: RequiredRole,
 {
     let metadata = ctx.metadata(name);
     let result = state
@@ -249,45 +204,36 @@ where
         Err(CommandError::Rejected(error)) => {
             return Err(refuse(state, &ctx.request_id, key.as_ref(), reject(error)).await);
         }
-        Err(CommandError::Conflict) => ApiError::ConcurrentModification,
+        Err(CommandError::Conflict) => Error::ConcurrentModification,
         Err(CommandError::Database(error)) => error.into(),
-        Err(other) => ApiError::internal(other),
+        Err(other) => Error::internal(other),
     };
-    Err(into_response(match &key {
+    Err(Refused::Failed(match &key {
         Some(key) => release(state, key, error).await,
         None => error,
     }))
 }
 
-/// The response to a request the gateway refused (a 4xx): with an idempotency key, the
-/// refusal is the answer to the request and is stored for replays.
+/// The answer to a request the gateway refused: with an idempotency key, the refusal is the
+/// answer to the request and is stored for replays.
 pub async fn refuse(
-    state: &AppState,
+    state: &App,
     request_id: &str,
     key: Option<&IdempotencyKey>,
-    error: ApiError,
-) -> Response {
+    error: Error,
+) -> Refused {
     let Some(key) = key else {
-        return into_response(error);
+        return Refused::Failed(error);
     };
-    let (status, body) = error.render(request_id);
-    let stored = StoredResponse {
-        status: status.as_u16(),
-        headers: vec![("content-type".into(), "application/json".into())],
-        body,
-    };
+    let stored = (state.render_refusal)(&error, request_id);
     match state.log.complete_idempotency(key, &stored).await {
-        Ok(()) => to_response(&stored, false),
-        Err(db) => into_response(release(state, key, db.into()).await),
+        Ok(()) => Refused::Answered(stored),
+        Err(db) => Refused::Failed(release(state, key, db.into()).await),
     }
 }
 
-fn into_response(error: ApiError) -> Response {
-    axum::response::IntoResponse::into_response(error)
-}
-
 /// Releases a claimed key after a failure without a replayable answer.
-pub async fn release(state: &AppState, key: &IdempotencyKey, error: ApiError) -> ApiError {
+pub async fn release(state: &App, key: &IdempotencyKey, error: Error) -> Error {
     if let Err(release_error) = state.log.release_idempotency(key).await {
         tracing::warn!(%release_error, "could not release an idempotency key; it frees itself when its lock expires");
     }

@@ -1,6 +1,5 @@
-//! `gateway seed demo`: a demo tenant with keys, agents, sessions and a few messages, made
-//! through the real HTTP API of an in-process gateway, so every record is a command, every
-//! reply went through the provider path, and every read model is built by the projectors.
+//! Bulk seeding through the command path: `gateway seed usage` (billed replies over a year)
+//! and `gateway seed entities` (typed records in units of work).
 
 use std::sync::Arc;
 
@@ -13,187 +12,7 @@ use serde_json::{Value, json};
 
 use crate::bootstrap;
 use crate::settings::Settings;
-use crate::startup::{self, Application};
 use crate::state::SystemClock;
-
-/// What the demo creates: two agents with opposite primaries, two sessions each, two
-/// messages per session.
-const AGENTS: &[(&str, &str, &str, &str)] = &[
-    (
-        "Customer Support Agent",
-        "vendorA",
-        "vendorB",
-        "You are a patient support agent for Acme's billing questions.",
-    ),
-    (
-        "Sales Assistant",
-        "vendorB",
-        "vendorA",
-        "You help prospects choose the right plan.",
-    ),
-];
-const MESSAGES: &[&str] = &[
-    "Hello, how can you help me?",
-    "Can you tell me about my last invoice?",
-];
-
-/// Seeds tenant `tenant` and writes a JSON summary with its API keys to the returned value.
-pub async fn demo(settings: Settings, tenant: &str, name: &str) -> anyhow::Result<Value> {
-    let log = startup::open_log(&settings).await?;
-    let clock: ApiKeyServices = Arc::new(SystemClock);
-    let id = TenantId::parse(tenant)?;
-    let stream = eventlog::StreamId::new(
-        id.clone(),
-        <domain::tenant::Tenant as cqrs_es::Aggregate>::TYPE,
-        id.as_str(),
-    );
-    if log.version(&stream).await? > 0 {
-        bail!("tenant '{tenant}' exists already; seed another with --tenant");
-    }
-    let metadata = EventMetadata::new(id.clone(), "seed", "seed", "CreateTenant");
-    let created = bootstrap::create_tenant(
-        &log,
-        &clock,
-        id.clone(),
-        name.to_string(),
-        None,
-        &metadata,
-        None,
-        |_, _| eventlog::idempotency::StoredResponse {
-            status: 201,
-            headers: Vec::new(),
-            body: Vec::new(),
-        },
-    )
-    .await?;
-    let mut keys = vec![json!({
-        "id": created.key.id, "roles": ["admin"], "key": created.key.token,
-    })];
-    let mut until = created.appended.last_cursor().unwrap_or_default();
-    for (key_name, roles) in [
-        ("demo-writer", vec![Role::Writer]),
-        ("demo-analyst", vec![Role::Analyst]),
-    ] {
-        let metadata = EventMetadata::new(id.clone(), "seed", "seed", "IssueApiKey");
-        let (key, outcome) = bootstrap::issue_key(
-            &log,
-            &clock,
-            &id,
-            key_name.into(),
-            roles.clone(),
-            None,
-            &metadata,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        until = outcome.cursor.unwrap_or(until);
-        keys.push(json!({ "id": key.id, "roles": roles, "key": key.token }));
-    }
-    bootstrap::catch_up(&log, &projections::all(), until).await?;
-    log.db().close().await;
-
-    // The rest goes through HTTP, to an in-process gateway on a free local port.
-    let mut local = settings;
-    local.host = "127.0.0.1".into();
-    local.port = 0;
-    let mut app = Application::build(local).await?;
-    let platform_key = app.take_bootstrap_key();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = app.shutdown_token();
-    let server = tokio::spawn(app.run_until_stopped());
-    let result = populate(&base, created.key.token.as_str()).await;
-    shutdown.cancel();
-    server.await.context("the in-process gateway")??;
-    let (agents, sessions, messages) = result?;
-
-    let mut summary = json!({
-        "tenant": { "id": tenant, "name": name },
-        "apiKeys": keys,
-        "agents": agents,
-        "sessions": sessions,
-        "messages": messages,
-        "try": [
-            format!("curl -H 'X-API-Key: {}' http://localhost:8080/v1/agents", created.key.token),
-            format!(
-                "curl -H 'X-API-Key: {}' 'http://localhost:8080/v1/usage/rollup?from={}&to={}'",
-                keys[2]["key"].as_str().unwrap_or_default(),
-                chrono::Utc::now().format("%Y-%m-01"),
-                chrono::Utc::now().format("%Y-%m-%d"),
-            ),
-        ],
-        "note": "API keys are shown once; only their hashes are stored",
-    });
-    if let Some(key) = platform_key {
-        summary["platformAdminKey"] = json!(key);
-    }
-    Ok(summary)
-}
-
-async fn populate(base: &str, key: &str) -> anyhow::Result<(Vec<Value>, Vec<Value>, usize)> {
-    let client = reqwest::Client::new();
-    let post = |path: String, body: Value, idempotency: Option<String>| {
-        let mut request = client
-            .post(format!("{base}{path}"))
-            .header("x-api-key", key)
-            .json(&body);
-        if let Some(idempotency) = idempotency {
-            request = request.header("idempotency-key", idempotency);
-        }
-        async move {
-            let response = request.send().await?;
-            let status = response.status();
-            let body: Value = response.json().await?;
-            if !status.is_success() {
-                bail!("POST {path} answered {status}: {body}");
-            }
-            Ok::<_, anyhow::Error>(body)
-        }
-    };
-    let (mut agents, mut sessions, mut messages) = (Vec::new(), Vec::new(), 0);
-    for (name, primary, fallback, prompt) in AGENTS {
-        let agent = post(
-            "/v1/agents".into(),
-            json!({
-                "name": name,
-                "primaryProvider": primary,
-                "fallbackProvider": fallback,
-                "systemPrompt": prompt,
-                "temperature": 0.7,
-                "maxTokens": 512,
-            }),
-            None,
-        )
-        .await?;
-        let agent_id = agent["agent"]["id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        agents.push(json!({ "id": agent_id, "name": name }));
-        for customer in ["customer_001", "customer_002"] {
-            let session = post(
-                "/v1/sessions".into(),
-                json!({ "agentId": agent_id, "customerId": customer, "metadata": { "channel": "chat" } }),
-                None,
-            )
-            .await?;
-            let session_id = session["session"]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            for (index, content) in MESSAGES.iter().enumerate() {
-                post(
-                    format!("/v1/sessions/{session_id}/messages"),
-                    json!({ "role": "user", "content": content }),
-                    Some(format!("seed-{session_id}-{index}")),
-                )
-                .await?;
-                messages += 1;
-            }
-            sessions.push(json!({ "id": session_id, "agentId": agent_id, "customerId": customer }));
-        }
-    }
-    Ok((agents, sessions, messages))
-}
 
 /// What `gateway seed usage` loaded.
 #[derive(Debug, serde::Serialize)]
@@ -230,7 +49,7 @@ pub async fn usage(
     use domain::session::{AssistantReply, SessionEvent};
     use eventlog::{NewEvent, StreamAppend, StreamId};
 
-    let log = startup::open_log(settings).await?;
+    let log = crate::open_log(settings).await?;
     let id = TenantId::parse(tenant)?;
     let analyst = benchmark_tenant(
         &log,
@@ -498,7 +317,7 @@ pub async fn entities(
 
     use crate::entity_writes::{OpKind, Operation, type_stream, write};
 
-    let log = startup::open_log(settings).await?;
+    let log = crate::open_log(settings).await?;
     let id = TenantId::parse(tenant)?;
     let reader = benchmark_tenant(
         &log,

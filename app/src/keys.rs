@@ -48,7 +48,7 @@ pub fn generate(id: Option<String>) -> GeneratedKey {
 
 /// Hex SHA-256 of a secret.
 pub fn hash_secret(secret: &str) -> String {
-    crate::commands::hex(&Sha256::digest(secret.as_bytes()))
+    crate::idempotency::hex(&Sha256::digest(secret.as_bytes()))
 }
 
 /// Splits a presented token into key id and secret, if it has the right shape.

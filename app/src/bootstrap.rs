@@ -18,7 +18,7 @@ use eventlog::{
 use projections::Projector;
 use workers::runner::{self, BatchOutcome};
 
-use crate::auth::keys::{self, GeneratedKey};
+use crate::keys::{self, GeneratedKey};
 
 /// The id of the platform key generated on the first start of an embedded gateway.
 pub const BOOTSTRAP_PLATFORM_KEY_ID: &str = "key_platformbootstrap000";

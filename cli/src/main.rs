@@ -10,13 +10,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = api::cli::Cli::parse();
-    let settings = api::settings::Settings::load(cli.config.as_deref())?;
+    let cli = cli::Cli::parse();
+    let settings = app::settings::Settings::load(cli.config.as_deref())?;
     settings.check_secrets()?;
     let target = match cli.command {
-        None | Some(api::cli::Command::Serve) => api::telemetry::LogTarget::Stdout,
-        Some(_) => api::telemetry::LogTarget::Stderr,
+        None | Some(cli::Command::Serve) => cli::telemetry::LogTarget::Stdout,
+        Some(_) => cli::telemetry::LogTarget::Stderr,
     };
-    api::telemetry::init(&settings.log_filter, settings.log_format, target);
-    api::cli::run(cli, settings, &mut std::io::stdout()).await
+    cli::telemetry::init(&settings.log_filter, settings.log_format, target);
+    cli::run(cli, settings, &mut std::io::stdout()).await
 }

@@ -33,8 +33,6 @@
 //! message recorded before) takes the step-by-step path above, on freshly read state, which
 //! decides and answers it.
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::agent::{Agent, AgentConfig};
@@ -48,18 +46,17 @@ use eventlog::{CommandError, StreamId};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::auth::require;
-use crate::commands::{self, Claimed};
-use crate::error::{ApiError, FieldError};
-use crate::extract::{CommandContext, EVENT_POSITION_HEADER};
+use crate::context::Context;
+use crate::error::{Error, FieldError};
+use crate::idempotency::{self, Claimed, EVENT_POSITION_HEADER, Refused};
 use crate::providers::{AttemptRecorder, CallPlan};
-use crate::state::AppState;
+use crate::state::App;
 
-type Ctx = CommandContext<require::Writer>;
+type Ctx = Context;
 
 /// A message exchange whose user message is recorded and whose reply is still to come.
 pub struct Exchange {
-    state: AppState,
+    state: App,
     ctx: Ctx,
     key: IdempotencyKey,
     stream: StreamId,
@@ -104,7 +101,7 @@ fn derived_id(parts: &[&str]) -> String {
         hasher.update([0u8]);
     }
     let digest = hasher.finalize();
-    format!("msg_{}", commands::hex(&digest[..16]))
+    format!("msg_{}", idempotency::hex(&digest[..16]))
 }
 
 /// The stream of a session.
@@ -118,57 +115,57 @@ pub fn agent_stream(ctx_tenant: &domain::names::TenantId, agent_id: &str) -> Str
 }
 
 /// Maps a session's refusals.
-pub fn session_error(session_id: &str, agent_id: &str) -> impl Fn(SessionError) -> ApiError {
+pub fn session_error(session_id: &str, agent_id: &str) -> impl Fn(SessionError) -> Error {
     let (session_id, agent_id) = (session_id.to_string(), agent_id.to_string());
     move |error| match error {
-        SessionError::NotFound => ApiError::SessionNotFound(session_id.clone()),
-        SessionError::Closed => ApiError::SessionClosed(session_id.clone()),
-        SessionError::AgentArchived => ApiError::AgentArchived(agent_id.clone()),
+        SessionError::NotFound => Error::SessionNotFound(session_id.clone()),
+        SessionError::Closed => Error::SessionClosed(session_id.clone()),
+        SessionError::AgentArchived => Error::AgentArchived(agent_id.clone()),
         SessionError::Invalid { field, message } => {
-            ApiError::Validation(vec![FieldError { field, message }])
+            Error::Validation(vec![FieldError { field, message }])
         }
         SessionError::AlreadyExists
         | SessionError::UnknownMessage(_)
-        | SessionError::AlreadyAnswered(_) => ApiError::internal(error),
+        | SessionError::AlreadyAnswered(_) => Error::internal(error),
     }
 }
 
 fn command_error(
     error: CommandError<SessionError>,
-    reject: impl Fn(SessionError) -> ApiError,
-) -> ApiError {
+    reject: impl Fn(SessionError) -> Error,
+) -> Error {
     match error {
         CommandError::Rejected(error) => reject(error),
-        CommandError::Conflict => ApiError::ConcurrentModification,
+        CommandError::Conflict => Error::ConcurrentModification,
         CommandError::Database(error) => error.into(),
-        other => ApiError::internal(other),
+        other => Error::internal(other),
     }
 }
 
 /// A stored first answer, replayed: 200 instead of 201 and `idempotency.replayed: true`.
-pub fn replay(stored: &StoredResponse) -> Response {
-    if stored.status != StatusCode::CREATED.as_u16() {
-        return commands::to_response(stored, true);
+pub fn replay(stored: &StoredResponse) -> Refused {
+    if stored.status != 201 {
+        return Refused::Replayed(stored.clone());
     }
     let mut replayed = stored.clone();
-    replayed.status = StatusCode::OK.as_u16();
+    replayed.status = 200;
     if let Ok(mut body) = serde_json::from_slice::<Value>(&stored.body) {
         body["metadata"]["idempotency"]["replayed"] = Value::Bool(true);
         replayed.body = body.to_string().into_bytes();
     }
-    commands::to_response(&replayed, true)
+    Refused::Replayed(replayed)
 }
 
 /// Steps 1 and 2: claims the key and records the user message. `Err` is the response to
 /// send instead (a replay or a refusal).
 pub async fn prepare(
-    state: &AppState,
+    state: &App,
     ctx: Ctx,
     session_id: String,
     content: String,
-) -> Result<Exchange, Response> {
+) -> Result<Exchange, Refused> {
     let Some(raw_key) = ctx.idempotency_key.clone() else {
-        return Err(ApiError::IdempotencyKeyRequired.into_response());
+        return Err(Error::IdempotencyKeyRequired.into());
     };
     // What identifies the request: the message, not how its answer is delivered.
     let identity = json!({ "role": "user", "content": content });
@@ -176,7 +173,7 @@ pub async fn prepare(
     let tenant = ctx.tenant.to_string();
     let message_id = derived_id(&[&tenant, &session_id, &raw_key]);
     let reply_id = derived_id(&[&tenant, &session_id, &raw_key, "reply"]);
-    if let Some(key) = commands::key_of(&ctx, &identity)
+    if let Some(key) = idempotency::key_of(&ctx, &identity)
         && let Some(recorded) =
             claim_and_record(state, &ctx, &key, &stream, &message_id, &content).await
     {
@@ -195,24 +192,24 @@ pub async fn prepare(
             succeeded: Default::default(),
         });
     }
-    let key = match commands::claim(state, &ctx, &identity).await {
+    let key = match idempotency::claim(state, &ctx, &identity).await {
         Ok(Claimed::Run(Some(key))) => key,
         Ok(Claimed::Run(None)) => unreachable!("the request has a key"),
         Ok(Claimed::Replay(stored)) => return Err(replay(&stored)),
-        Err(error) => return Err(error.into_response()),
+        Err(error) => return Err(error.into()),
     };
-    let fail = |error: ApiError| {
+    let fail = |error: Error| {
         let state = state.clone();
         let key = key.clone();
-        async move { commands::release(&state, &key, error).await.into_response() }
+        async move { Refused::Failed(idempotency::release(&state, &key, error).await) }
     };
     let loaded = match state.log.load_aggregate::<Session>(&stream).await {
         Ok(loaded) => loaded,
-        Err(error) => return Err(fail(command_error(error, ApiError::internal)).await),
+        Err(error) => return Err(fail(command_error(error, Error::internal)).await),
     };
     if !loaded.aggregate.exists() {
-        let error = ApiError::SessionNotFound(session_id.clone());
-        return Err(commands::refuse(state, &ctx.request_id, Some(&key), error).await);
+        let error = Error::SessionNotFound(session_id.clone());
+        return Err(idempotency::refuse(state, &ctx.request_id, Some(&key), error).await);
     }
     let agent_id = loaded.aggregate.agent_id().to_string();
     let agent = match state
@@ -221,12 +218,12 @@ pub async fn prepare(
         .await
     {
         Ok(loaded) => loaded.aggregate,
-        Err(error) => return Err(fail(ApiError::internal(error)).await),
+        Err(error) => return Err(fail(Error::internal(error)).await),
     };
     let Some(config) = agent.config().cloned() else {
         let error =
             anyhow::anyhow!("session {session_id} names agent {agent_id}, which has no events");
-        return Err(fail(ApiError::internal(error)).await);
+        return Err(fail(Error::internal(error)).await);
     };
     let prompt = prompt_tokens(
         &config,
@@ -241,7 +238,7 @@ pub async fn prepare(
             // Not stored for replay: once the budget is raised, the same request may proceed.
             Err(error) => return Err(fail(error).await),
         };
-    let release = |error: ApiError| {
+    let release = |error: Error| {
         let state = state.clone();
         let tenant = ctx.tenant.to_string();
         let message_id = message_id.clone();
@@ -267,10 +264,10 @@ pub async fn prepare(
         Ok(outcome) => outcome,
         Err(CommandError::Rejected(error)) => {
             let error = release(session_error(&session_id, &agent_id)(error)).await;
-            return Err(commands::refuse(state, &ctx.request_id, Some(&key), error).await);
+            return Err(idempotency::refuse(state, &ctx.request_id, Some(&key), error).await);
         }
         Err(error) => {
-            let error = release(command_error(error, ApiError::internal)).await;
+            let error = release(command_error(error, Error::internal)).await;
             return Err(fail(error).await);
         }
     };
@@ -310,7 +307,7 @@ pub async fn prepare(
 /// Steps 1 and 2 in one commit (see the module documentation), deciding on cached state.
 /// `None` when this message needs the step-by-step path: nothing was written then.
 async fn claim_and_record(
-    state: &AppState,
+    state: &App,
     ctx: &Ctx,
     key: &IdempotencyKey,
     stream: &StreamId,
@@ -373,7 +370,7 @@ async fn claim_and_record(
         + chrono::Duration::from_std(state.settings.idempotency_lock()).unwrap_or_default();
     // Only claimed here: the response is stored with the reply.
     let unused = |_: &Committed| StoredResponse {
-        status: StatusCode::ACCEPTED.as_u16(),
+        status: 202,
         headers: Vec::new(),
         body: Vec::new(),
     };
@@ -415,13 +412,13 @@ pub fn budget_stream(tenant: &domain::names::TenantId, scope: &str) -> StreamId 
 /// The budgets that apply to a message to `agent_id`, read from their streams, with the
 /// message admitted under the hard ones (see [`admit`]).
 async fn check_budgets(
-    state: &AppState,
+    state: &App,
     tenant: &domain::names::TenantId,
     agent_id: &str,
     agent: &AgentConfig,
     message_id: &str,
     prompt: u64,
-) -> Result<Vec<(StreamId, Budget)>, ApiError> {
+) -> Result<Vec<(StreamId, Budget)>, Error> {
     let mut budgets = Vec::new();
     for scope in [TENANT_SCOPE.to_string(), agent_scope(agent_id)] {
         let stream = budget_stream(tenant, &scope);
@@ -429,7 +426,7 @@ async fn check_budgets(
             .log
             .load_aggregate::<Budget>(&stream)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(Error::internal)?;
         if loaded.aggregate.limit().is_some() {
             budgets.push((stream, loaded.aggregate));
         }
@@ -461,14 +458,14 @@ fn prompt_tokens(agent: &AgentConfig, recent: u64, content: &str) -> u64 {
 /// messages never spend past a hard budget together: at most the one message admitted when
 /// nothing else was in flight goes past it, by at most its own reply.
 async fn admit(
-    state: &AppState,
+    state: &App,
     tenant: &domain::names::TenantId,
     agent: &AgentConfig,
     budgets: &[(StreamId, Budget)],
     message_id: &str,
     prompt: u64,
     wait: std::time::Duration,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     let limits: Vec<projections::usage::HardLimit> = budgets
         .iter()
         .filter_map(|(stream, budget)| match budget.limit() {
@@ -512,7 +509,7 @@ async fn admit(
                 limit_micros,
                 spent_micros,
             } => {
-                return Err(ApiError::BudgetExceeded {
+                return Err(Error::BudgetExceeded {
                     scope,
                     limit_micros,
                     spent_micros,
@@ -520,7 +517,7 @@ async fn admit(
             }
             projections::usage::Admission::Contended => {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(ApiError::BudgetContended);
+                    return Err(Error::BudgetContended);
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
@@ -584,7 +581,7 @@ impl Exchange {
         self,
         on_chunk: Option<ChunkSink<'_>>,
         disconnected: &(dyn Fn() -> bool + Send + Sync),
-    ) -> Result<StoredResponse, ApiError> {
+    ) -> Result<StoredResponse, Error> {
         let state = self.state.clone();
         let mut messages = Vec::new();
         if let Some(prompt) = self.agent.system_prompt.as_ref().filter(|p| !p.is_empty()) {
@@ -626,10 +623,10 @@ impl Exchange {
                     self.attempts().await
                 }
             };
-            let error = ApiError::AllProvidersFailed {
+            let error = Error::AllProvidersFailed {
                 attempts: summarise(&attempts),
             };
-            return Err(commands::release(&state, &self.key, error).await);
+            return Err(idempotency::release(&state, &self.key, error).await);
         };
         let price = state
             .providers
@@ -664,7 +661,7 @@ impl Exchange {
             }
             Err(None) => self.record_succeeded().await,
             Err(Some(error)) => {
-                return Err(commands::release(&state, &self.key, error.into()).await);
+                return Err(idempotency::release(&state, &self.key, error.into()).await);
             }
         }
         let respond = |outcome: &eventlog::CommandOutcome<Session>| {
@@ -695,10 +692,10 @@ impl Exchange {
                 self.record_thresholds().await;
                 Ok(stored)
             }
-            Ok((_, None)) => Err(commands::release(
+            Ok((_, None)) => Err(idempotency::release(
                 &state,
                 &self.key,
-                ApiError::internal(anyhow::anyhow!("a recorded reply is missing")),
+                Error::internal(anyhow::anyhow!("a recorded reply is missing")),
             )
             .await),
             Err(CommandError::Rejected(SessionError::AlreadyAnswered(_))) => {
@@ -710,10 +707,10 @@ impl Exchange {
                     .await
                     .map_err(|e| command_error(e, &reject))?;
                 self.respond(&loaded.aggregate, loaded.updated_at)
-                    .ok_or_else(|| ApiError::internal(anyhow::anyhow!("reply vanished")))
+                    .ok_or_else(|| Error::internal(anyhow::anyhow!("reply vanished")))
             }
             Err(error) => {
-                Err(commands::release(&state, &self.key, command_error(error, &reject)).await)
+                Err(idempotency::release(&state, &self.key, command_error(error, &reject)).await)
             }
         }
     }
@@ -904,11 +901,7 @@ impl Answer {
                 },
             },
         };
-        Some(commands::json_response(
-            StatusCode::CREATED,
-            Vec::new(),
-            &body,
-        ))
+        Some(idempotency::json_response(201, Vec::new(), &body))
     }
 }
 

@@ -16,7 +16,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::providers::ProviderSettings;
+use crate::providers::simulated::Simulation;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,7 +189,7 @@ impl Default for Settings {
             nats_replicas: 1,
             relay_batch_size: 500,
             relay_max_in_flight: 256,
-            providers: crate::providers::default_providers(),
+            providers: default_providers(),
             provider_retry: RetryPolicy::default(),
             context_messages: 20,
         }
@@ -319,6 +319,123 @@ impl Settings {
     }
 }
 
+/// Which adapter serves a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    #[default]
+    Simulated,
+    Openai,
+}
+
+/// A price in US dollars as an exact decimal with at most six decimal places, written as a
+/// string (`"0.002"`) or a number (`0.002`) in settings, held as micro-dollars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "UsdInput", into = "String")]
+pub struct Usd(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UsdInput {
+    Text(String),
+    Number(f64),
+}
+
+impl TryFrom<UsdInput> for Usd {
+    type Error = String;
+
+    fn try_from(input: UsdInput) -> Result<Self, String> {
+        let text = match input {
+            UsdInput::Text(text) => text,
+            // The shortest representation that reads back as the same number: `0.002`.
+            UsdInput::Number(number) => format!("{number}"),
+        };
+        parse_usd_micros(&text).map(Usd)
+    }
+}
+
+impl From<Usd> for String {
+    fn from(usd: Usd) -> String {
+        format!("{}.{:06}", usd.0 / 1_000_000, usd.0 % 1_000_000)
+    }
+}
+
+/// `"0.002"` → 2000 micro-dollars. Refuses negative numbers, exponents and more than six
+/// decimal places rather than rounding money silently.
+pub fn parse_usd_micros(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() && fraction.is_empty()
+        || !digits(whole)
+        || !digits(fraction)
+        || fraction.len() > 6
+    {
+        return Err(format!(
+            "'{text}' is not a dollar amount with at most six decimal places"
+        ));
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole
+            .parse()
+            .map_err(|_| format!("'{text}' is too large"))?
+    };
+    let fraction: u64 = format!("{fraction:0<6}").parse().unwrap_or(0);
+    whole
+        .checked_mul(1_000_000)
+        .and_then(|w| w.checked_add(fraction))
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// One provider's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProviderSettings {
+    pub kind: ProviderKind,
+    /// Price per 1,000 tokens (input and output alike), in dollars.
+    pub usd_per_1k_tokens: Usd,
+    /// Prices of particular models, overriding `usd_per_1k_tokens`.
+    pub model_prices: BTreeMap<String, Usd>,
+    /// The model used when an agent names none.
+    pub default_model: String,
+    /// `openai`: the server's base URL, e.g. `https://api.openai.com/v1`.
+    pub base_url: Option<String>,
+    /// `openai`: the bearer token.
+    #[serde(serialize_with = "serialize_secret_option")]
+    pub api_key: Option<SecretString>,
+    /// `simulated`: how the vendor behaves.
+    pub simulation: Simulation,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        Self {
+            kind: ProviderKind::Simulated,
+            usd_per_1k_tokens: Usd(0),
+            model_prices: BTreeMap::new(),
+            default_model: "default".into(),
+            base_url: None,
+            api_key: None,
+            simulation: Simulation::default(),
+        }
+    }
+}
+
+/// Seed 004's two vendors: `vendorA` at $0.002 and `vendorB` at $0.003 per 1k tokens.
+pub fn default_providers() -> BTreeMap<String, ProviderSettings> {
+    let vendor = |price: u64, model: &str| ProviderSettings {
+        usd_per_1k_tokens: Usd(price),
+        default_model: model.into(),
+        ..ProviderSettings::default()
+    };
+    BTreeMap::from([
+        ("vendorA".to_string(), vendor(2000, "vendor-a-1")),
+        ("vendorB".to_string(), vendor(3000, "vendor-b-1")),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use secrecy::ExposeSecret;
@@ -419,20 +536,14 @@ default_model = "llama3"
             jail.set_env("GATEWAY_PROVIDERS__OPENAI__API_KEY", "sk-local");
             let settings = Settings::load(None).map_err(|e| e.to_string())?;
             let vendor_a = &settings.providers["vendorA"];
-            assert_eq!(vendor_a.usd_per_1k_tokens, crate::providers::Usd(2500));
-            assert_eq!(
-                vendor_a.model_prices["vendor-a-large"],
-                crate::providers::Usd(10_000)
-            );
+            assert_eq!(vendor_a.usd_per_1k_tokens, Usd(2500));
+            assert_eq!(vendor_a.model_prices["vendor-a-large"], Usd(10_000));
             assert_eq!(vendor_a.simulation.latency_ms, 150);
             assert_eq!(vendor_a.default_model, "vendor-a-1", "defaults stay");
-            assert_eq!(
-                settings.providers["vendorB"].usd_per_1k_tokens,
-                crate::providers::Usd(3000)
-            );
+            assert_eq!(settings.providers["vendorB"].usd_per_1k_tokens, Usd(3000));
             let openai = &settings.providers["openai"];
-            assert_eq!(openai.kind, crate::providers::ProviderKind::Openai);
-            assert_eq!(openai.usd_per_1k_tokens, crate::providers::Usd(600));
+            assert_eq!(openai.kind, ProviderKind::Openai);
+            assert_eq!(openai.usd_per_1k_tokens, Usd(600));
             assert_eq!(openai.api_key.as_ref().unwrap().expose_secret(), "sk-local");
             assert_eq!(settings.provider_retry.attempt_timeout_ms, 750);
             assert_eq!(settings.provider_retry.max_retries, 2);

@@ -34,7 +34,10 @@ use eventlog::{CommandError, Cursor, EventLog, StreamId};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, FieldError};
+use crate::context::Context;
+use crate::error::{Error, FieldError};
+use crate::idempotency::{self, Claimed, Refused};
+use crate::state::App;
 
 /// At most this many operations in one `_transact`.
 pub const MAX_OPERATIONS: usize = 100;
@@ -136,7 +139,7 @@ impl OpResult {
 pub enum WriteFailure {
     /// The error, and which operation caused it.
     Failed {
-        error: ApiError,
+        error: Error,
         operation: Option<usize>,
     },
     /// The idempotency key to claim in the commit is held by another request (a retry of a
@@ -179,8 +182,8 @@ fn unique_stream(
     field: &str,
     value: &Value,
 ) -> StreamId {
-    let digest = Sha256::digest(crate::commands::canonical_json(value).as_bytes());
-    let hash = crate::commands::hex(&digest[..16]);
+    let digest = Sha256::digest(crate::idempotency::canonical_json(value).as_bytes());
+    let hash = crate::idempotency::hex(&digest[..16]);
     StreamId::new(
         tenant.clone(),
         UniqueValue::TYPE,
@@ -188,8 +191,8 @@ fn unique_stream(
     )
 }
 
-fn violations(problems: Vec<FieldViolation>) -> ApiError {
-    ApiError::Validation(problems.into_iter().map(FieldError::from).collect())
+fn violations(problems: Vec<FieldViolation>) -> Error {
+    Error::Validation(problems.into_iter().map(FieldError::from).collect())
 }
 
 /// An entity type as the log holds it (exact, not from a read model).
@@ -197,37 +200,37 @@ pub async fn load_type(
     log: &EventLog,
     tenant: &TenantId,
     entity_type: &EntityTypeName,
-) -> Result<eventlog::command::Loaded<EntityType>, ApiError> {
+) -> Result<eventlog::command::Loaded<EntityType>, Error> {
     log.load_aggregate::<EntityType>(&type_stream(tenant, entity_type))
         .await
-        .map_err(|e| command_error(e, ApiError::internal))
+        .map_err(|e| command_error(e, Error::internal))
 }
 
 /// Maps a failed command of the unit of work; `refused` maps the aggregate's own refusals.
 fn command_error<E: std::error::Error + Send + Sync + 'static>(
     error: CommandError<E>,
-    refused: impl FnOnce(E) -> ApiError,
-) -> ApiError {
+    refused: impl FnOnce(E) -> Error,
+) -> Error {
     match error {
         CommandError::Rejected(e) => refused(e),
-        CommandError::Conflict => ApiError::ConcurrentModification,
+        CommandError::Conflict => Error::ConcurrentModification,
         CommandError::Database(e) => e.into(),
-        other => ApiError::internal(other),
+        other => Error::internal(other),
     }
 }
 
 fn entity_refusal(
     entity_type: &EntityTypeName,
     id: &EntityId,
-) -> impl FnOnce(EntityError) -> ApiError {
+) -> impl FnOnce(EntityError) -> Error {
     let (entity_type, id) = (entity_type.to_string(), id.to_string());
     move |error| match error {
-        EntityError::AlreadyExists => ApiError::EntityAlreadyExists { entity_type, id },
-        EntityError::NotFound => ApiError::EntityNotFound { entity_type, id },
+        EntityError::AlreadyExists => Error::EntityAlreadyExists { entity_type, id },
+        EntityError::NotFound => Error::EntityNotFound { entity_type, id },
         EntityError::VersionConflict { expected, actual } => {
-            ApiError::VersionConflict { expected, actual }
+            Error::VersionConflict { expected, actual }
         }
-        EntityError::SystemField(field) => ApiError::Validation(vec![FieldError {
+        EntityError::SystemField(field) => Error::Validation(vec![FieldError {
             message: format!("'{field}' is managed by the gateway and cannot be changed"),
             field,
         }]),
@@ -257,14 +260,14 @@ impl<'a> Writer<'a> {
         }
     }
 
-    async fn schema(&mut self, entity_type: &EntityTypeName) -> Result<Schema, ApiError> {
+    async fn schema(&mut self, entity_type: &EntityTypeName) -> Result<Schema, Error> {
         if !self.schemas.contains_key(entity_type) {
             let stream = type_stream(&self.tenant, entity_type);
             let staged = self
                 .uow
                 .state::<EntityType>(&stream)
                 .await
-                .map_err(|e| command_error(e, ApiError::internal))?;
+                .map_err(|e| command_error(e, Error::internal))?;
             let schema = staged
                 .aggregate
                 .exists()
@@ -273,18 +276,18 @@ impl<'a> Writer<'a> {
         }
         self.schemas[entity_type]
             .clone()
-            .ok_or_else(|| ApiError::EntityTypeNotFound(entity_type.to_string()))
+            .ok_or_else(|| Error::EntityTypeNotFound(entity_type.to_string()))
     }
 
     async fn entity(
         &mut self,
         stream: &StreamId,
-    ) -> Result<(bool, Map<String, Value>, u64), ApiError> {
+    ) -> Result<(bool, Map<String, Value>, u64), Error> {
         let staged = self
             .uow
             .state::<Entity>(stream)
             .await
-            .map_err(|e| command_error(e, ApiError::internal))?;
+            .map_err(|e| command_error(e, Error::internal))?;
         Ok((
             staged.aggregate.exists(),
             staged.aggregate.data().clone(),
@@ -292,7 +295,7 @@ impl<'a> Writer<'a> {
         ))
     }
 
-    fn create_id(&self, op: &Operation, schema: &Schema) -> Result<EntityId, ApiError> {
+    fn create_id(&self, op: &Operation, schema: &Schema) -> Result<EntityId, Error> {
         let derived = schema
             .key_of(&op.data)
             .map_err(|problem| violations(vec![problem]))?;
@@ -312,7 +315,7 @@ impl<'a> Writer<'a> {
     }
 
     /// Runs one operation; nullifying references may run further updates.
-    async fn apply(&mut self, op: &Operation) -> Result<OpResult, ApiError> {
+    async fn apply(&mut self, op: &Operation) -> Result<OpResult, Error> {
         let schema = self.schema(&op.entity_type).await?;
         let entity_type = &op.entity_type;
         let id = match (op.kind, &op.id) {
@@ -392,7 +395,7 @@ impl<'a> Writer<'a> {
         id: &EntityId,
         before: Option<&Map<String, Value>>,
         after: Option<&Map<String, Value>>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let value = |doc: Option<&Map<String, Value>>, field: &str| {
             doc.and_then(|d| d.get(field))
                 .filter(|v| !v.is_null())
@@ -409,7 +412,7 @@ impl<'a> Writer<'a> {
                 self.uow
                     .execute::<UniqueValue>(&stream, command, &())
                     .await
-                    .map_err(|e| command_error(e, ApiError::internal))?;
+                    .map_err(|e| command_error(e, Error::internal))?;
             }
             if let Some(new) = new {
                 let stream = unique_stream(&self.tenant, entity_type, field, &new);
@@ -424,7 +427,7 @@ impl<'a> Writer<'a> {
                     .await
                     .map_err(|e| {
                         command_error(e, |UniqueValueError::Taken { owner }| {
-                            ApiError::UniqueViolation {
+                            Error::UniqueViolation {
                                 entity_type: entity_type.to_string(),
                                 field: field.to_string(),
                                 value: new.clone(),
@@ -444,7 +447,7 @@ impl<'a> Writer<'a> {
         id: &EntityId,
         before: Option<&Map<String, Value>>,
         after: Option<&Map<String, Value>>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let target = |doc: Option<&Map<String, Value>>, field: &str| {
             doc.and_then(|d| d.get(field))
                 .and_then(Value::as_str)
@@ -468,7 +471,7 @@ impl<'a> Writer<'a> {
                 self.uow
                     .execute::<References>(&stream, command, &())
                     .await
-                    .map_err(|e| command_error(e, ApiError::internal))?;
+                    .map_err(|e| command_error(e, Error::internal))?;
             }
             if let Some(new) = new {
                 let missing = || {
@@ -494,7 +497,7 @@ impl<'a> Writer<'a> {
                     .map_err(|e| {
                         command_error(e, |e| match e {
                             ReferencesError::TargetDeleted => missing(),
-                            other => ApiError::internal(other),
+                            other => Error::internal(other),
                         })
                     })?;
             }
@@ -508,13 +511,13 @@ impl<'a> Writer<'a> {
         &mut self,
         entity_type: &EntityTypeName,
         id: &EntityId,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let stream = references_stream(&self.tenant, entity_type, id);
         let referrers: Vec<Referrer> = self
             .uow
             .state::<References>(&stream)
             .await
-            .map_err(|e| command_error(e, ApiError::internal))?
+            .map_err(|e| command_error(e, Error::internal))?
             .aggregate
             .referrers()
             .iter()
@@ -534,7 +537,7 @@ impl<'a> Writer<'a> {
             }
         }
         if !restricting.is_empty() {
-            return Err(ApiError::ReferenceRestricted {
+            return Err(Error::ReferenceRestricted {
                 entity_type: entity_type.to_string(),
                 id: id.to_string(),
                 referrers: serde_json::to_value(&restricting).unwrap_or_default(),
@@ -561,12 +564,12 @@ impl<'a> Writer<'a> {
             .await
             .map_err(|e| {
                 command_error(e, |e| match e {
-                    ReferencesError::StillReferenced(referrers) => ApiError::ReferenceRestricted {
+                    ReferencesError::StillReferenced(referrers) => Error::ReferenceRestricted {
                         entity_type: entity_type.to_string(),
                         id: id.to_string(),
                         referrers: serde_json::to_value(&referrers).unwrap_or_default(),
                     },
-                    other => ApiError::internal(other),
+                    other => Error::internal(other),
                 })
             })?;
         Ok(())
@@ -626,7 +629,7 @@ pub async fn write(
 ) -> Result<(Vec<OpResult>, Committed, StoredResponse), WriteFailure> {
     let render = std::sync::Arc::new(render);
     let failure =
-        |error: ApiError, operation: Option<usize>| WriteFailure::Failed { error, operation };
+        |error: Error, operation: Option<usize>| WriteFailure::Failed { error, operation };
     // Commands of this process on one record take turns instead of conflicting.
     let lock_stream = match operations {
         [single] => single
@@ -671,7 +674,7 @@ pub async fn write(
             Err(CommitError::Conflict) => {
                 conflicts += 1;
                 if conflicts >= MAX_ATTEMPTS {
-                    return Err(failure(ApiError::ConcurrentModification, None));
+                    return Err(failure(Error::ConcurrentModification, None));
                 }
                 speculative = false;
                 tracing::debug!(conflicts, "a stream changed concurrently; deciding again");
@@ -683,7 +686,89 @@ pub async fn write(
             }
             Err(CommitError::KeyTaken) => return Err(WriteFailure::KeyTaken),
             Err(CommitError::Database(error)) => return Err(failure(error.into(), None)),
-            Err(other) => return Err(failure(ApiError::internal(other), None)),
+            Err(other) => return Err(failure(Error::internal(other), None)),
         }
+    }
+}
+
+/// Runs the record commands of one request with its idempotency key, and gives its answer. `hashed` identifies the
+/// request for its idempotency key (see [`idempotency::claim`]).
+///
+/// A request's key is claimed in the commit that holds its events (see
+/// [`eventlog::group_commit`]): a new key costs nothing before the command runs. When the key
+/// turns out taken, or the command is refused (a refusal is stored as the key's answer), the
+/// key is claimed on its own: a completed request's response is replayed, a running one is
+/// reported, and a claimed key runs the command as usual.
+pub async fn run(
+    state: &App,
+    ctx: &Context,
+    hashed: &Value,
+    name: &str,
+    operations: &[Operation],
+    render: impl Fn(&[OpResult], &Committed) -> StoredResponse + Send + Sync + 'static,
+) -> Result<StoredResponse, Refused> {
+    let metadata = ctx.metadata(name);
+    let render = std::sync::Arc::new(render);
+    let mut key = idempotency::key_of(ctx, hashed).map(KeyUse::Unclaimed);
+    loop {
+        let render = render.clone();
+        let result = write(
+            &state.log,
+            &ctx.tenant,
+            operations,
+            &metadata,
+            key.clone(),
+            move |results, committed| render(results, committed),
+        )
+        .await;
+        let (error, operation) = match result {
+            Ok((_, committed, response)) => {
+                state.metrics.command(name, "accepted");
+                state
+                    .metrics
+                    .events_appended(Entity::TYPE, committed.appended.events.len());
+                return Ok(response);
+            }
+            Err(WriteFailure::KeyTaken) => match idempotency::claim(state, ctx, hashed).await {
+                Ok(Claimed::Replay(stored)) => return Err(Refused::Replayed(stored)),
+                Ok(Claimed::Run(claimed)) => {
+                    key = claimed.map(KeyUse::Claimed);
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            },
+            Err(WriteFailure::Failed { error, operation }) => (error, operation),
+        };
+        let refused = error.is_refusal();
+        state
+            .metrics
+            .command(name, if refused { "rejected" } else { "error" });
+        let error = match operation {
+            Some(index) if operations.len() > 1 => Error::OperationFailed {
+                index,
+                error: Box::new(error),
+            },
+            _ => error,
+        };
+        return Err(match key {
+            Some(KeyUse::Claimed(key)) if refused => {
+                idempotency::refuse(state, &ctx.request_id, Some(&key), error).await
+            }
+            Some(KeyUse::Claimed(key)) => {
+                Refused::Failed(idempotency::release(state, &key, error).await)
+            }
+            // The refusal is the key's answer: claim the key to store it, unless the key
+            // already has one.
+            Some(KeyUse::Unclaimed(_)) if refused => {
+                match idempotency::claim(state, ctx, hashed).await {
+                    Ok(Claimed::Replay(stored)) => Refused::Replayed(stored),
+                    Ok(Claimed::Run(key)) => {
+                        idempotency::refuse(state, &ctx.request_id, key.as_ref(), error).await
+                    }
+                    Err(claim_error) => Refused::Failed(claim_error),
+                }
+            }
+            _ => idempotency::refuse(state, &ctx.request_id, None, error).await,
+        });
     }
 }

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
-use crate::settings::LogFormat;
+use app::settings::LogFormat;
 
 /// Where the log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

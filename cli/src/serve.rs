@@ -1,0 +1,33 @@
+//! `gateway serve` (the default) and `gateway migrate`.
+
+use api::startup::{self, Application};
+use app::settings::Settings;
+
+/// Serves HTTP and runs the workers until a shutdown signal.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let mut app = Application::build(settings).await?;
+    if let Some(key) = app.take_bootstrap_key() {
+        // On stderr, apart from the log stream (stdout), which is often shipped
+        // somewhere a secret must not go.
+        eprintln!(
+            "{}",
+            serde_json::json!({
+                "platformAdminKey": key,
+                "note": "generated on first start; shown once, only its hash is stored",
+            })
+        );
+    }
+    let token = app.shutdown_token();
+    tokio::spawn(async move {
+        startup::shutdown_signal().await;
+        token.cancel();
+    });
+    app.run_until_stopped().await
+}
+
+/// Applies the database migrations.
+pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    app::open_log(&settings).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
