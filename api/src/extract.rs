@@ -14,17 +14,10 @@ use crate::auth::{Auth, RequiredRole};
 use crate::error::ApiError;
 use crate::request_id::RequestId;
 
-/// Header naming the tenant a request acts for.
-pub const TENANT_HEADER: &str = "x-tenant-id";
-/// Header of a read that must reflect at least the write at this cursor.
-pub const MIN_POSITION_HEADER: &str = "x-min-position";
-/// Header asking for `strict` consistency: 503 rather than stale data.
-pub const CONSISTENCY_HEADER: &str = "x-consistency";
-pub use app::idempotency::EVENT_POSITION_HEADER;
-/// Header of stale reads: how many events the read model was behind the asked position.
-pub const PROJECTION_LAG_HEADER: &str = "x-projection-lag";
-/// The most characters an `Idempotency-Key` may have.
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+pub use crate::headers::{
+    CONSISTENCY_HEADER, EVENT_POSITION_HEADER, MAX_IDEMPOTENCY_KEY_LEN, MIN_POSITION_HEADER,
+    PROJECTION_LAG_HEADER, TENANT_HEADER,
+};
 
 fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, ApiError> {
     headers

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::LastUsed;
+use crate::credentials::{CredentialCache, LastUsed};
 use crate::rate_limit::RateLimiter;
 use crate::routes;
 use app::metrics::Metrics;
@@ -111,9 +111,7 @@ impl Application {
             projectors = settings.run_projectors,
             "gateway ready"
         );
-        let credentials = Arc::new(crate::auth::CredentialCache::new(
-            settings.credential_cache(),
-        ));
+        let credentials = Arc::new(CredentialCache::new(settings.credential_cache()));
         let state = AppState {
             app: App {
                 log,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use app::App;
 
-use crate::auth::{CredentialCache, LastUsed};
+use crate::credentials::{CredentialCache, LastUsed};
 use crate::rate_limit::RateLimiter;
 
 /// Shared state of the HTTP layer. Cheap to clone; dereferences to the [`App`] it serves.

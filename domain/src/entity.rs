@@ -11,12 +11,9 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::entity_type::{FieldViolation, Schema};
+use crate::entity_type::{FieldViolation, SYSTEM_FIELDS, Schema};
 use crate::merge_patch;
 use crate::names::{EntityId, EntityTypeName};
-
-/// Fields of a record's document that the gateway manages itself and a client may not write.
-pub const SYSTEM_FIELDS: &[&str] = &["id"];
 
 /// What a client may ask of one record.
 #[derive(Debug, Clone, PartialEq)]

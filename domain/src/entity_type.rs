@@ -15,6 +15,10 @@ use serde_json::{Map, Value};
 
 use crate::names::{EntityId, EntityTypeName};
 
+/// Fields of a record's document that the gateway manages itself and a client may not write
+/// (nor a schema declare).
+pub const SYSTEM_FIELDS: &[&str] = &["id"];
+
 /// At most this many declared fields per type.
 pub const MAX_FIELDS: usize = 100;
 /// At most this many key fields.
@@ -210,7 +214,7 @@ impl Schema {
                     "a field name starts with a letter or '_' and has at most 63 letters, digits or '_'",
                 ));
             }
-            if crate::entity::SYSTEM_FIELDS.contains(&name.as_str()) {
+            if SYSTEM_FIELDS.contains(&name.as_str()) {
                 problems.push(FieldViolation::new(
                     at(""),
                     "is managed by the gateway and cannot be declared",
