@@ -28,7 +28,7 @@ use sqlx::Row;
 use sqlx::types::Json;
 
 use crate::db::Tx;
-use crate::store::EventLog;
+use crate::store::Store;
 
 /// A response as stored for replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +70,7 @@ pub enum Claim {
     InFlight,
 }
 
-impl EventLog {
+impl Store {
     /// Claims `key` for a request, locking it for `lock_for`.
     pub async fn claim_idempotency(
         &self,

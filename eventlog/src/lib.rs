@@ -7,33 +7,39 @@
 //! a global order that readers can tail without skipping, event ids, tenant ids,
 //! multi-aggregate atomic appends and appends that share a caller's transaction.
 //!
-//! Code map:
-//! - [`db`]: the connection pools of either backend, migrations, and write transactions.
-//! - [`cursor`]: the position of an event in the global order, and its opaque string form.
-//! - [`store`]: [`EventLog`]: append, load one stream, tail after a cursor.
-//! - [`command`]: running a cqrs-es aggregate's command against the log, with optimistic
+//! Code map, in layers (a module uses only those above it in this list):
+//! - [`cursor`], [`json`], [`db`]: positions in the global order; JSON columns read back
+//!   however deeply they nest; the connection pools of either backend, migrations, and write
+//!   transactions.
+//! - [`store`]: [`store::Store`]: the `events` table: append, load one stream, tail after a
+//!   cursor, inside a given transaction or in one of its own.
+//! - [`idempotency`]: idempotency records, written in the same transaction as the events.
+//! - [`aggregate`]: a stream folded into its cqrs-es aggregate; a command's outcome and errors.
+//! - [`stream_cache`]: aggregates kept in memory, checked at commit.
+//! - [`group_commit`]: what a commit is and its errors; the committer that commits many
+//!   concurrent commands in one transaction.
+//! - [`log`]: [`EventLog`]: the store with its committer and stream cache.
+//! - [`unit_of_work`]: commands on several aggregates, committed together.
+//! - [`command`]: running one aggregate's command against the log, with optimistic
 //!   concurrency and bounded retries.
-//! - [`json`]: JSON columns read back however deeply they nest.
-//! - [`idempotency`]: idempotency records, completed in the same transaction as the events.
-//! - [`unit_of_work`]: commands on several aggregates, committed in one transaction.
-//! - [`group_commit`]: the commits of many concurrent commands in one transaction.
-//! - [`stream_cache`]: streams that rarely change, kept in memory and checked at commit.
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
 pub mod command;
 pub mod cursor;
 pub mod db;
 pub mod group_commit;
 pub mod idempotency;
 pub mod json;
+pub mod log;
 pub mod store;
 pub mod stream_cache;
 pub mod unit_of_work;
 
-pub use command::{CommandError, CommandOutcome};
+pub use aggregate::{CommandError, CommandOutcome};
 pub use cursor::Cursor;
 pub use db::{Backend, Db, Tx};
+pub use log::EventLog;
 pub use store::{
-    AppendError, Appended, EventLog, InlineProjection, NewEvent, RecordedEvent, StreamAppend,
-    StreamId,
+    AppendError, Appended, InlineProjection, NewEvent, RecordedEvent, StreamAppend, StreamId,
 };

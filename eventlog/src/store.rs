@@ -4,12 +4,12 @@
 //! - **Optimistic concurrency.** `(tenant_id, aggregate_type, aggregate_id, sequence)` is the
 //!   primary key, and an append names the version it expects. Two writers racing on one
 //!   stream: one commits, the other gets [`AppendError::Conflict`].
-//! - **Atomic batches.** One [`EventLog::append`] call writes all events of all its streams in
+//! - **Atomic batches.** One [`Store::append`] call writes all events of all its streams in
 //!   one transaction, or none. Rows are inserted in a fixed order (by stream, then sequence)
 //!   so that two batches touching the same streams cannot deadlock.
-//! - **Shared transactions.** [`EventLog::append_in`] writes into a caller's transaction, so
+//! - **Shared transactions.** [`Store::append_in`] writes into a caller's transaction, so
 //!   several commands (and their idempotency records) can commit together.
-//! - **Readers never skip.** [`EventLog::read_after`] returns events in cursor order and, on
+//! - **Readers never skip.** [`Store::read_after`] returns events in cursor order and, on
 //!   PostgreSQL, only those written by transactions older than the horizon: the oldest
 //!   transaction running in the reader's snapshot that is not shown to be another program's
 //!   (every gateway write transaction holds [`crate::db::APPENDER_LOCK`] from its first
@@ -223,7 +223,7 @@ pub enum AppendError {
     Database(#[from] sqlx::Error),
 }
 
-/// Number of in-process stream locks (see [`EventLog::stream_lock`]).
+/// Number of in-process stream locks (see [`Store::stream_lock`]).
 const STREAM_LOCKS: usize = 4096;
 
 pub(crate) struct Inner {
@@ -233,10 +233,6 @@ pub(crate) struct Inner {
     stream_locks: Vec<tokio::sync::Mutex<()>>,
     hasher: std::hash::RandomState,
     inline: Vec<Arc<dyn InlineProjection>>,
-    /// The group committer's queue, once started.
-    group: std::sync::OnceLock<crate::group_commit::Queue>,
-    /// Streams kept in memory, once configured.
-    pub(crate) cache: std::sync::OnceLock<crate::stream_cache::StreamCache>,
 }
 
 /// A read model updated in the same transaction as the events it is made of, for the few
@@ -251,15 +247,16 @@ pub trait InlineProjection: Send + Sync + 'static {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'a>>;
 }
 
-/// The event log. Cheap to clone; clones share the in-process "appended" signal.
+/// The `events` table: appends and reads inside a transaction or in their own. Cheap to
+/// clone; clones share the in-process "appended" signal. [`crate::EventLog`] builds on it.
 #[derive(Clone)]
-pub struct EventLog {
+pub struct Store {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for EventLog {
+impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventLog")
+        f.debug_struct("Store")
             .field("backend", &self.inner.db.backend())
             .finish_non_exhaustive()
     }
@@ -298,12 +295,8 @@ macro_rules! decode_row {
     }};
 }
 
-impl EventLog {
-    pub fn new(db: Db, upcasters: Vec<Box<dyn EventUpcaster>>) -> Self {
-        Self::with_inline(db, upcasters, Vec::new())
-    }
-
-    /// A log that keeps `inline` projections up to date in the transaction of every append.
+impl Store {
+    /// A store that keeps `inline` projections up to date in the transaction of every append.
     pub fn with_inline(
         db: Db,
         upcasters: Vec<Box<dyn EventUpcaster>>,
@@ -318,8 +311,6 @@ impl EventLog {
                 stream_locks: (0..STREAM_LOCKS).map(|_| Default::default()).collect(),
                 hasher: Default::default(),
                 inline,
-                group: std::sync::OnceLock::new(),
-                cache: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -328,20 +319,9 @@ impl EventLog {
         Self { inner }
     }
 
-    /// Starts group commit for this log (see [`crate::group_commit`]); needs a Tokio runtime.
-    /// The committer stops when the last handle of the log is dropped.
-    pub fn start_group_commit(&self) {
-        self.inner.group.get_or_init(|| {
-            crate::group_commit::start(Arc::downgrade(&self.inner), self.inner.db.backend())
-        });
-    }
-
-    pub(crate) fn stream_cache(&self) -> &std::sync::OnceLock<crate::stream_cache::StreamCache> {
-        &self.inner.cache
-    }
-
-    pub(crate) fn group_queue(&self) -> Option<&crate::group_commit::Queue> {
-        self.inner.group.get()
+    /// A handle that does not keep the store alive (for the committer task).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
     }
 
     pub fn db(&self) -> &Db {
@@ -359,7 +339,7 @@ impl EventLog {
 
     /// A receiver that changes whenever this process appends to the log. Other processes'
     /// appends arrive through PostgreSQL `LISTEN` (see the workers crate), which calls
-    /// [`EventLog::notify_appended`].
+    /// [`Store::notify_appended`].
     pub fn subscribe(&self) -> watch::Receiver<Cursor> {
         self.inner.appended.subscribe()
     }
@@ -412,7 +392,7 @@ impl EventLog {
     }
 
     /// Appends a batch inside the caller's transaction. Nothing is visible until the caller
-    /// commits; after the commit, the caller should call [`EventLog::notify_appended`].
+    /// commits; after the commit, the caller should call [`Store::notify_appended`].
     /// On [`AppendError::Conflict`] the transaction is no longer usable on PostgreSQL and must
     /// be rolled back (or the append wrapped in a savepoint).
     pub async fn append_in(
@@ -694,7 +674,7 @@ impl EventLog {
         self.tail(None, after, limit).await
     }
 
-    /// [`EventLog::read_after`] restricted to one tenant's events (live streams, change feeds).
+    /// [`Store::read_after`] restricted to one tenant's events (live streams, change feeds).
     pub async fn read_tenant_after(
         &self,
         tenant_id: &str,
@@ -773,7 +753,7 @@ impl EventLog {
 
     /// The cursor of the last committed event, readable yet or not: on PostgreSQL an event
     /// becomes readable once every older gateway transaction of the database has ended, so
-    /// this can be ahead of [`EventLog::head`]. A reader that has reached it has seen everything committed
+    /// this can be ahead of [`Store::head`]. A reader that has reached it has seen everything committed
     /// before the call.
     pub async fn last_committed(&self) -> Result<Cursor, sqlx::Error> {
         match &self.inner.db {
@@ -793,7 +773,7 @@ impl EventLog {
         }
     }
 
-    /// [`EventLog::read_after`] inside a transaction, so that a projector reads and applies
+    /// [`Store::read_after`] inside a transaction, so that a projector reads and applies
     /// under the same lock. On SQLite the write transaction sees every committed event.
     pub async fn read_after_in(
         &self,

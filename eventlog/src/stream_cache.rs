@@ -13,7 +13,7 @@
 //!
 //! Aggregates enter the cache when their stream is read, and are replaced by the state a commit
 //! of this process leaves. Which aggregate types are cached is set once per log
-//! ([`EventLog::cache_streams`]), and so are the types whose aggregate is *handed out*: taken
+//! (`EventLog::cache_streams`), and so are the types whose aggregate is *handed out*: taken
 //! out of the cache by the command that reads it instead of copied, and put back by that
 //! command's commit. That is for streams nearly every reader appends to (a session: its copy
 //! would grow with its conversation, twice per message); a concurrent reader of the same
@@ -29,9 +29,9 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 
-use crate::command::Loaded;
+use crate::aggregate::Loaded;
 use crate::cursor::Cursor;
-use crate::store::{EventLog, StreamId};
+use crate::store::StreamId;
 
 /// The longest stream the cache keeps.
 pub const MAX_CACHED_STREAM: u64 = 1_000;
@@ -52,7 +52,8 @@ impl Entry {
     }
 }
 
-pub(crate) struct StreamCache {
+/// Aggregates kept in memory (see the module documentation).
+pub struct StreamCache {
     aggregate_types: HashSet<String>,
     /// Types whose aggregate is taken out of the cache by its reader, not copied.
     handed_out: HashSet<String>,
@@ -134,43 +135,35 @@ impl StreamCache {
     }
 }
 
-impl EventLog {
-    /// Keeps aggregates of `aggregate_types`, weighing up to `capacity` events in all, in
-    /// memory for commands that may decide on cached state; those of `handed_out` (among
-    /// them) are handed to their reader instead of copied (see the module documentation).
-    /// Set once; later calls are ignored.
-    pub fn cache_streams(&self, aggregate_types: &[&str], handed_out: &[&str], capacity: usize) {
-        let _ = self.stream_cache().set(StreamCache {
+impl StreamCache {
+    /// A cache of aggregates of `aggregate_types`, weighing up to `capacity` events in all;
+    /// those of `handed_out` (among them) are handed to their reader instead of copied.
+    pub fn new(aggregate_types: &[&str], handed_out: &[&str], capacity: usize) -> Self {
+        StreamCache {
             aggregate_types: aggregate_types.iter().map(|t| t.to_string()).collect(),
             handed_out: handed_out.iter().map(|t| t.to_string()).collect(),
             capacity: capacity.max(1),
             entries: Mutex::new(Entries::default()),
-        });
+        }
     }
 
     /// Whether streams like `stream` are cached.
-    pub(crate) fn caches(&self, stream: &StreamId) -> bool {
-        self.stream_cache().get().is_some_and(|c| c.caches(stream))
+    pub fn caches_type_of(&self, stream: &StreamId) -> bool {
+        self.caches(stream)
     }
 
     /// Whether the cache holds `stream` now.
-    pub(crate) fn is_cached(&self, stream: &StreamId) -> bool {
-        self.stream_cache()
-            .get()
-            .is_some_and(|c| c.get(stream).is_some())
+    pub fn holds(&self, stream: &StreamId) -> bool {
+        self.get(stream).is_some()
     }
 
     /// The stream's cached aggregate, if it is cached: taken out of the cache for a handed-out
     /// type, a copy otherwise.
-    pub(crate) fn cached<A: Aggregate + Clone + 'static>(
-        &self,
-        stream: &StreamId,
-    ) -> Option<Loaded<A>> {
-        let cache = self.stream_cache().get()?;
-        let entry = if cache.handed_out.contains(&stream.aggregate_type) {
-            cache.take(stream)?
+    pub fn cached<A: Aggregate + Clone + 'static>(&self, stream: &StreamId) -> Option<Loaded<A>> {
+        let entry = if self.handed_out.contains(&stream.aggregate_type) {
+            self.take(stream)?
         } else {
-            cache.get(stream)?
+            self.get(stream)?
         };
         let state = entry.state.downcast::<A>().ok()?;
         // Copied only while someone else holds the state too (the cache, for a type that is
@@ -185,28 +178,11 @@ impl EventLog {
         })
     }
 
-    /// Remembers a stream's aggregate as just read or committed, if streams of its type are
+    /// Keeps a stream's aggregate as just read or committed, if streams of its type are
     /// cached.
-    pub(crate) fn remember<A: Aggregate + Clone + 'static>(
-        &self,
-        stream: &StreamId,
-        loaded: &Loaded<A>,
-    ) {
+    pub fn keep<A: Aggregate + Clone + 'static>(&self, stream: &StreamId, loaded: Loaded<A>) {
         if self.caches(stream) {
-            self.keep(stream, loaded.clone());
-        }
-    }
-
-    /// [`EventLog::remember`], taking the aggregate instead of a copy.
-    pub(crate) fn keep<A: Aggregate + Clone + 'static>(
-        &self,
-        stream: &StreamId,
-        loaded: Loaded<A>,
-    ) {
-        if let Some(cache) = self.stream_cache().get()
-            && cache.caches(stream)
-        {
-            cache.put(
+            self.put(
                 stream,
                 Entry {
                     state: Arc::new(loaded.aggregate),
@@ -220,9 +196,7 @@ impl EventLog {
     }
 
     /// Drops a stream that turned out stale.
-    pub(crate) fn forget(&self, stream: &StreamId) {
-        if let Some(cache) = self.stream_cache().get() {
-            cache.forget(stream);
-        }
+    pub fn drop_stream(&self, stream: &StreamId) {
+        self.forget(stream);
     }
 }

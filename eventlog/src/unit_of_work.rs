@@ -17,13 +17,13 @@ use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use domain::metadata::EventMetadata;
 
-use crate::command::{CommandError, Loaded, fold};
+use crate::aggregate::{CommandError, Loaded, fold};
 use crate::cursor::Cursor;
 use crate::group_commit::{Commit, KeyUse};
+pub use crate::group_commit::{CommitError, Committed};
 use crate::idempotency::StoredResponse;
-use crate::store::{
-    AppendError, Appended, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId,
-};
+use crate::log::EventLog;
+use crate::store::{AppendError, NewEvent, RecordedEvent, StreamAppend, StreamId};
 
 /// One stream as a unit of work holds it.
 pub struct Staged<A: Aggregate> {
@@ -106,56 +106,8 @@ impl<A: Aggregate + Clone + 'static> AnyStaged for Staged<A> {
     }
 }
 
-/// Why a unit of work did not commit.
-#[derive(Debug, thiserror::Error)]
-pub enum CommitError {
-    /// Another writer changed a stream this unit of work read; nothing was written.
-    #[error("a stream was modified concurrently")]
-    Conflict,
-    /// The idempotency key to claim in the commit is held by another request; nothing was
-    /// written.
-    #[error("the idempotency key is taken")]
-    KeyTaken,
-    #[error(transparent)]
-    Append(AppendError),
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
-impl From<AppendError> for CommitError {
-    fn from(error: AppendError) -> Self {
-        match error {
-            AppendError::Conflict { .. } => Self::Conflict,
-            AppendError::Database(error) => Self::Database(error),
-            other => Self::Append(other),
-        }
-    }
-}
-
 /// Most streams read by one prefetch query (two bound values each).
 const PREFETCH_CHUNK: usize = 500;
-
-/// What a commit wrote.
-#[derive(Debug)]
-pub struct Committed {
-    pub appended: Appended,
-    /// The time of the commit's events (the time of the commit when it wrote none).
-    pub recorded_at: DateTime<Utc>,
-}
-
-impl Committed {
-    /// What a commit that wrote `appended` reports.
-    pub fn new(appended: Appended) -> Self {
-        let recorded_at = appended
-            .events
-            .last()
-            .map_or_else(Utc::now, |e| e.recorded_at);
-        Self {
-            appended,
-            recorded_at,
-        }
-    }
-}
 
 /// Commands on several streams, committed in one transaction.
 ///
