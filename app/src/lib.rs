@@ -13,7 +13,7 @@
 //! - [`providers`]: the provider adapters and the registry built from settings.
 //! - [`refusals`]: each aggregate's refusals as [`Error`]s.
 //! - [`bootstrap`]: creating tenants and keys; [`keys`]: key tokens and their hashes.
-//! - [`seed`]: bulk seeding of usage and records.
+//! - [`seed`]: bulk seeding of usage and records; [`usage`]: the usage time series.
 //! - [`settings`]: the one typed configuration; [`metrics`]: the Prometheus registry.
 //!
 //! Knows no HTTP: a transport hands in a [`Context`] and gets typed results or an [`Error`],
@@ -33,6 +33,7 @@ pub mod refusals;
 pub mod seed;
 pub mod settings;
 pub mod state;
+pub mod usage;
 
 pub use context::Context;
 pub use error::{Error, FieldError};

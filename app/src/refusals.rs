@@ -8,6 +8,7 @@ use domain::entity_type::EntityTypeError;
 use domain::names::EntityTypeName;
 use domain::tenant::TenantError;
 
+use crate::bootstrap::CreateTenantError;
 use crate::error::{Error, FieldError};
 
 pub fn budget(error: BudgetError) -> Error {
@@ -92,4 +93,16 @@ pub fn entity_type(name: &EntityTypeName) -> impl Fn(EntityTypeError) -> Error {
 /// A schema's problems as field errors.
 pub fn fields(problems: Vec<domain::entity_type::FieldViolation>) -> Vec<FieldError> {
     problems.into_iter().map(FieldError::from).collect()
+}
+
+/// Why a tenant was not created, as an answer.
+pub fn create_tenant(id: &str) -> impl Fn(CreateTenantError) -> Error {
+    let id = id.to_string();
+    move |error| match error {
+        CreateTenantError::Tenant(e) => tenant(&id)(e),
+        CreateTenantError::AlreadyExists => Error::TenantAlreadyExists(id.clone()),
+        CreateTenantError::Key(e) => Error::internal(e),
+        CreateTenantError::Append(eventlog::AppendError::Database(error)) => error.into(),
+        CreateTenantError::Append(error) => Error::internal(error),
+    }
 }

@@ -165,13 +165,7 @@ pub async fn create_tenant(
             respond::with_secret(&created.response, &created.key.token)
         }
         Err(error) => {
-            let api_error = match error {
-                CreateTenantError::Tenant(e) => app::refusals::tenant(id.as_str())(e),
-                CreateTenantError::AlreadyExists => AppError::TenantAlreadyExists(id.to_string()),
-                CreateTenantError::Key(e) => AppError::internal(e),
-                CreateTenantError::Append(eventlog::AppendError::Database(error)) => error.into(),
-                CreateTenantError::Append(error) => AppError::internal(error),
-            };
+            let api_error = app::refusals::create_tenant(id.as_str())(error);
             if let Some(key) = &key {
                 let _ = state.log.release_idempotency(key).await;
             }

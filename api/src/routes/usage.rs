@@ -2,14 +2,14 @@
 //! projection's pre-aggregated tables. Every endpoint answers JSON, or CSV for
 //! `Accept: text/csv`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use domain::provider::micros_to_usd;
 use projections::usage::{self as read_model, Dimension, Selection, Sums};
@@ -25,6 +25,7 @@ use crate::extract::Consistency;
 use crate::routes::{await_consistency, with_lag};
 use crate::state::AppState;
 use app::providers::Usd;
+use app::usage;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -35,10 +36,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Longest range of `/v1/usage/rollup`, in days (inclusive of both ends).
 pub const MAX_ROLLUP_DAYS: i64 = 366;
-/// Longest range of `/v1/usage/query`, in days.
-pub const MAX_QUERY_DAYS: i64 = 400;
-/// Most windows one `/v1/usage/query` may have.
-pub const MAX_WINDOWS: usize = 2000;
 /// Largest page of `/v1/usage/events`.
 pub const MAX_EVENTS_PAGE: u32 = 1000;
 
@@ -468,84 +465,6 @@ pub async fn usage_events(
     Ok(with_lag(response, lag))
 }
 
-/// Window sizes of `/v1/usage/query`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WindowSize {
-    Hour,
-    Day,
-    Month,
-}
-
-impl WindowSize {
-    fn parse(value: &str) -> Option<Self> {
-        match value {
-            "HOUR" => Some(Self::Hour),
-            "DAY" => Some(Self::Day),
-            "MONTH" => Some(Self::Month),
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Hour => "HOUR",
-            Self::Day => "DAY",
-            Self::Month => "MONTH",
-        }
-    }
-}
-
-/// The start of the window holding `at`, in `tz`.
-fn window_floor(at: DateTime<Utc>, size: WindowSize, tz: Tz) -> DateTime<Tz> {
-    let local = at.with_timezone(&tz);
-    let naive = match size {
-        WindowSize::Hour => local
-            .date_naive()
-            .and_hms_opt(local.hour(), 0, 0)
-            .expect("a valid hour"),
-        WindowSize::Day => local.date_naive().and_hms_opt(0, 0, 0).expect("midnight"),
-        WindowSize::Month => NaiveDate::from_ymd_opt(local.year(), local.month(), 1)
-            .expect("the first of the month")
-            .and_hms_opt(0, 0, 0)
-            .expect("midnight"),
-    };
-    resolve(naive, tz)
-}
-
-/// A local time as an instant: the earlier of two when the clocks went back, the first
-/// instant after the gap when they went forward.
-fn resolve(naive: chrono::NaiveDateTime, tz: Tz) -> DateTime<Tz> {
-    let mut probe = naive;
-    loop {
-        if let Some(at) = tz.from_local_datetime(&probe).earliest() {
-            return at;
-        }
-        probe += Duration::minutes(15);
-    }
-}
-
-/// The start of the window after the one starting at `start`.
-fn window_next(start: DateTime<Tz>, size: WindowSize, tz: Tz) -> DateTime<Tz> {
-    match size {
-        // Hours are physical: a day with a DST change has 23 or 25 of them.
-        WindowSize::Hour => (start.with_timezone(&Utc) + Duration::hours(1)).with_timezone(&tz),
-        WindowSize::Day => {
-            let date = start.date_naive() + Duration::days(1);
-            resolve(date.and_hms_opt(0, 0, 0).expect("midnight"), tz)
-        }
-        WindowSize::Month => {
-            let date = start.date_naive();
-            let (year, month) = if date.month() == 12 {
-                (date.year() + 1, 1)
-            } else {
-                (date.year(), date.month() + 1)
-            };
-            let first = NaiveDate::from_ymd_opt(year, month, 1).expect("the first of a month");
-            resolve(first.and_hms_opt(0, 0, 0).expect("midnight"), tz)
-        }
-    }
-}
-
 fn instant(name: &'static str, value: &str) -> Result<DateTime<Utc>, ApiError> {
     let at = DateTime::parse_from_rfc3339(value)
         .map_err(|_| invalid(name, format!("'{value}' is not an RFC 3339 time")))?
@@ -608,18 +527,9 @@ pub async fn usage_query(
         Some(raw) => instant("to", raw)?,
         None => read_model::hour_of(Utc::now()) + Duration::hours(1),
     };
-    if to <= from {
-        return Err(invalid("to", "must be after from"));
-    }
-    if to - from > Duration::days(MAX_QUERY_DAYS) {
-        return Err(invalid(
-            "to",
-            format!("the range may be at most {MAX_QUERY_DAYS} days"),
-        ));
-    }
     let size = single(&params, "windowSize")?
         .map(|raw| {
-            WindowSize::parse(raw)
+            usage::WindowSize::parse(raw)
                 .ok_or_else(|| invalid("windowSize", "must be HOUR, DAY or MONTH"))
         })
         .transpose()?;
@@ -674,65 +584,19 @@ pub async fn usage_query(
         filters.push((dimension, value.clone()));
     }
 
-    // The windows: aligned in the time zone, clipped to [from, to), each on whole UTC hours.
-    let mut boundaries = vec![from];
-    if let Some(size) = size {
-        let mut next = window_next(window_floor(from, size, tz), size, tz);
-        while next.with_timezone(&Utc) < to {
-            let at = next.with_timezone(&Utc);
-            if at.minute() != 0 || at.second() != 0 {
-                return Err(invalid(
-                    "windowTimeZone",
-                    format!(
-                        "windows in {tz} do not start on whole UTC hours; usage is aggregated by the UTC hour"
-                    ),
-                ));
-            }
-            boundaries.push(at);
-            if boundaries.len() > MAX_WINDOWS {
-                return Err(invalid(
-                    "windowSize",
-                    format!(
-                        "more than {MAX_WINDOWS} windows; use a larger window or a shorter range"
-                    ),
-                ));
-            }
-            next = window_next(next, size, tz);
-        }
-    }
-    boundaries.push(to);
-    let window_of = |at: DateTime<Utc>| boundaries.partition_point(|b| *b <= at) - 1;
-
-    let lag = await_consistency(&state, consistency, read_model::NAME).await?;
-    let db = state.log.db();
-    let selection = Selection {
-        tenant_id: auth.tenant().as_str(),
+    let query = usage::SeriesQuery {
         from,
         to,
-        filters: &filters,
+        size,
+        tz,
+        group_by,
+        filters,
     };
-    let mut windows: BTreeMap<(usize, Vec<String>), Sums> = BTreeMap::new();
-    // Windows made of whole UTC days read the daily totals: 24 times fewer rows.
-    let table = if boundaries.iter().all(|b| b.hour() == 0) {
-        "usage_daily"
-    } else {
-        "usage_hourly"
-    };
-    for group in read_model::totals(db, table, &selection, &group_by, true).await? {
-        let bucket = group.bucket.expect("grouped by bucket");
-        windows
-            .entry((window_of(bucket), group.values))
-            .or_default()
-            .merge(&group.sums);
-    }
-    let mut sessions: BTreeMap<(usize, Vec<String>), BTreeSet<String>> = BTreeMap::new();
-    for (bucket, session, values) in read_model::session_hours(db, &selection, &group_by).await? {
-        sessions
-            .entry((window_of(bucket), values))
-            .or_default()
-            .insert(session);
-    }
-    let local = |at: DateTime<Utc>| at.with_timezone(&tz).to_rfc3339();
+    usage::boundaries(&query)?;
+    let lag = await_consistency(&state, consistency, read_model::NAME).await?;
+    let windows = usage::series(state.log.db(), auth.tenant().as_str(), &query).await?;
+    let group_by = query.group_by;
+    let local = |at: DateTime<Utc>| at.with_timezone(&query.tz).to_rfc3339();
     let names: Vec<&str> = group_by.iter().map(|d| d.name()).collect();
 
     let response = if wants_csv(&headers) {
@@ -748,13 +612,10 @@ pub async fn usage_query(
         ]);
         let rows = windows
             .iter()
-            .map(|((window, values), sums)| {
-                let count = sessions
-                    .get(&(*window, values.clone()))
-                    .map_or(0, BTreeSet::len);
-                let mut row = vec![local(boundaries[*window]), local(boundaries[*window + 1])];
-                row.extend(values.iter().cloned());
-                row.extend(sums_csv(sums, count as i64));
+            .map(|window| {
+                let mut row = vec![window.start.to_rfc3339(), window.end.to_rfc3339()];
+                row.extend(window.values.iter().cloned());
+                row.extend(sums_csv(&window.sums, window.sessions as i64));
                 row
             })
             .collect();
@@ -762,16 +623,13 @@ pub async fn usage_query(
     } else {
         let data: Vec<Value> = windows
             .iter()
-            .map(|((window, values), sums)| {
-                let count = sessions
-                    .get(&(*window, values.clone()))
-                    .map_or(0, BTreeSet::len);
-                let mut row = sums_json(sums, count as i64);
-                row["windowStart"] = json!(local(boundaries[*window]));
-                row["windowEnd"] = json!(local(boundaries[*window + 1]));
+            .map(|window| {
+                let mut row = sums_json(&window.sums, window.sessions as i64);
+                row["windowStart"] = json!(window.start.to_rfc3339());
+                row["windowEnd"] = json!(window.end.to_rfc3339());
                 row["groupBy"] = names
                     .iter()
-                    .zip(values)
+                    .zip(&window.values)
                     .map(|(name, value)| (name.to_string(), json!(value)))
                     .collect::<serde_json::Map<_, _>>()
                     .into();
@@ -781,8 +639,8 @@ pub async fn usage_query(
         axum::Json(json!({
             "from": local(from),
             "to": local(to),
-            "windowSize": size.map(WindowSize::name),
-            "windowTimeZone": tz.name(),
+            "windowSize": query.size.map(usage::WindowSize::name),
+            "windowTimeZone": query.tz.name(),
             "groupBy": names,
             "data": data,
         }))
