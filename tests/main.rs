@@ -21,6 +21,7 @@ mod fuzz;
 mod hostile;
 mod operations;
 mod projections;
+mod projectors;
 mod security;
 mod streams;
 mod usage;

@@ -268,4 +268,60 @@ mod tests {
             })
             .then_expect_error(BudgetError::ZeroLimit);
     }
+
+    #[test]
+    fn a_budget_is_set_changed_only_when_it_differs_and_removed() {
+        let set_command = |limit| BudgetCommand::SetBudget {
+            scope: TENANT_SCOPE.into(),
+            monthly_limit_micros: limit,
+            enforcement: Enforcement::Soft,
+        };
+        TestFramework::<Budget>::with(())
+            .given_no_previous_events()
+            .when(set_command(1000))
+            .then_expect_events(vec![set(1000)]);
+        // The same limit again changes nothing.
+        TestFramework::<Budget>::with(())
+            .given(vec![set(1000)])
+            .when(set_command(1000))
+            .then_expect_events(vec![]);
+        TestFramework::<Budget>::with(())
+            .given(vec![set(1000)])
+            .when(set_command(2000))
+            .then_expect_events(vec![set(2000)]);
+        TestFramework::<Budget>::with(())
+            .given(vec![set(1000)])
+            .when(BudgetCommand::RemoveBudget)
+            .then_expect_events(vec![BudgetEvent::BudgetRemoved {
+                scope: TENANT_SCOPE.into(),
+            }]);
+    }
+
+    #[test]
+    fn a_zero_limit_and_a_missing_budget_are_refused() {
+        TestFramework::<Budget>::with(())
+            .given_no_previous_events()
+            .when(BudgetCommand::SetBudget {
+                scope: TENANT_SCOPE.into(),
+                monthly_limit_micros: 0,
+                enforcement: Enforcement::Hard,
+            })
+            .then_expect_error(BudgetError::ZeroLimit);
+        TestFramework::<Budget>::with(())
+            .given_no_previous_events()
+            .when(BudgetCommand::RemoveBudget)
+            .then_expect_error(BudgetError::NotSet);
+        TestFramework::<Budget>::with(())
+            .given(vec![
+                set(1000),
+                BudgetEvent::BudgetRemoved {
+                    scope: TENANT_SCOPE.into(),
+                },
+            ])
+            .when(BudgetCommand::RecordThresholdReached {
+                month: "2026-11".into(),
+                spent_micros: 5000,
+            })
+            .then_expect_error(BudgetError::NotSet);
+    }
 }

@@ -774,4 +774,115 @@ mod tests {
             ]
         );
     }
+
+    mod given_when_then {
+        use cqrs_es::test::TestFramework;
+        use serde_json::json;
+
+        use super::super::*;
+
+        fn name(text: &str) -> EntityTypeName {
+            EntityTypeName::parse(text).unwrap()
+        }
+
+        fn schema(value: Value) -> Schema {
+            serde_json::from_value(value).unwrap()
+        }
+
+        fn v1() -> Schema {
+            schema(json!({"fields": {"email": {"type": "string", "required": true}}}))
+        }
+
+        fn v2() -> Schema {
+            schema(json!({"fields": {
+                "email": {"type": "string", "required": true},
+                "age": {"type": "integer"}
+            }}))
+        }
+
+        fn defined() -> EntityTypeEvent {
+            EntityTypeEvent::EntityTypeDefined {
+                name: name("users"),
+                schema: v1(),
+            }
+        }
+
+        fn change(schema: Schema, expected_version: Option<u64>) -> EntityTypeCommand {
+            EntityTypeCommand::ChangeEntityType {
+                schema,
+                missing_references: Vec::new(),
+                expected_version,
+            }
+        }
+
+        #[test]
+        fn a_type_is_defined_once() {
+            let define = || EntityTypeCommand::DefineEntityType {
+                name: name("users"),
+                schema: v1(),
+                missing_references: Vec::new(),
+            };
+            TestFramework::<EntityType>::with(())
+                .given_no_previous_events()
+                .when(define())
+                .then_expect_events(vec![defined()]);
+            TestFramework::<EntityType>::with(())
+                .given(vec![defined()])
+                .when(define())
+                .then_expect_error(EntityTypeError::AlreadyExists);
+        }
+
+        #[test]
+        fn a_type_that_references_a_missing_type_is_refused() {
+            let with_reference = schema(json!({"fields": {
+                "team": {"type": "reference", "references": "teams"}
+            }}));
+            TestFramework::<EntityType>::with(())
+                .given_no_previous_events()
+                .when(EntityTypeCommand::DefineEntityType {
+                    name: name("users"),
+                    schema: with_reference,
+                    missing_references: vec![name("teams")],
+                })
+                .then_expect_error_message("the schema is invalid");
+        }
+
+        #[test]
+        fn a_compatible_change_is_recorded_and_a_repeat_changes_nothing() {
+            TestFramework::<EntityType>::with(())
+                .given(vec![defined()])
+                .when(change(v2(), Some(1)))
+                .then_expect_events(vec![EntityTypeEvent::EntityTypeChanged {
+                    name: name("users"),
+                    schema: v2(),
+                }]);
+            TestFramework::<EntityType>::with(())
+                .given(vec![defined()])
+                .when(change(v1(), None))
+                .then_expect_events(vec![]);
+        }
+
+        #[test]
+        fn an_incompatible_change_a_stale_version_and_a_missing_type_are_refused() {
+            let removed = schema(json!({"fields": {"age": {"type": "integer"}}}));
+            TestFramework::<EntityType>::with(())
+                .given(vec![defined()])
+                .when(change(removed, None))
+                .then_expect_error(EntityTypeError::Incompatible(vec![FieldViolation::new(
+                    "fields.email",
+                    "a field cannot be removed: records may hold it",
+                )]));
+            TestFramework::<EntityType>::with(())
+                .given(vec![defined()])
+                .when(change(v2(), Some(3)))
+                .then_expect_error(EntityTypeError::VersionConflict {
+                    expected: 3,
+                    actual: 1,
+                });
+            TestFramework::<EntityType>::with(())
+                .given_no_previous_events()
+                .when(change(v2(), None))
+                .then_expect_error(EntityTypeError::NotFound);
+        }
+    }
 }

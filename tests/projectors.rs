@@ -1,0 +1,311 @@
+//! Each real projector on its own (events in, rows out), and use cases run without HTTP.
+//!
+//! The events come from the same commands and use cases the gateway runs; each projector is
+//! then applied alone (`workers::runner::run_batch`), so a row a test finds was written by
+//! that projector and no other.
+
+use std::sync::Arc;
+
+use app::entity_writes::{self, OpKind, Operation, WriteFailure};
+use cqrs_es::Aggregate;
+use domain::agent::{Agent, AgentCommand, AgentConfig, AgentServices};
+use domain::entity_type::{EntityType, EntityTypeCommand, Schema};
+use domain::metadata::EventMetadata;
+use domain::names::{EntityId, EntityTypeName, TenantId};
+use domain::session::{Session, SessionCommand};
+use eventlog::{EventLog, StreamId};
+use projections::{Projector, Target};
+use serde_json::{Map, Value, json};
+use workers::runner::{self, BatchOutcome};
+
+use crate::both_backends;
+use crate::helpers::{Backend, TestDb};
+
+/// The real projector named `name`.
+fn projector(name: &str) -> Arc<dyn Projector> {
+    projections::all()
+        .into_iter()
+        .find(|p| p.name() == name)
+        .unwrap_or_else(|| panic!("no projector {name}"))
+}
+
+/// Applies everything in the log to projector `name` alone; returns how many events it read.
+async fn project(log: &EventLog, name: &str) -> u64 {
+    let projector = projector(name);
+    let mut events = 0;
+    loop {
+        match runner::run_batch(log, projector.as_ref(), Target::Live, name, 500)
+            .await
+            .expect("the batch applies")
+        {
+            BatchOutcome::Applied { events: n, .. } => events += n as u64,
+            BatchOutcome::Idle => return events,
+            BatchOutcome::Busy => panic!("no other runner holds {name}"),
+        }
+    }
+}
+
+fn tenant() -> TenantId {
+    TenantId::parse("acme").unwrap()
+}
+
+fn metadata(command: &str) -> EventMetadata {
+    EventMetadata::new(tenant(), "test", "req_test", command)
+}
+
+async fn tenant_and_key_rows(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    let clock: domain::api_key::ApiKeyServices = Arc::new(app::SystemClock);
+    let created = app::bootstrap::create_tenant(
+        &log,
+        &clock,
+        tenant(),
+        "Acme Inc.".into(),
+        Some(600),
+        &metadata("CreateTenant"),
+        None,
+        |_, _| eventlog::idempotency::StoredResponse {
+            status: 201,
+            headers: Vec::new(),
+            body: Vec::new(),
+        },
+    )
+    .await
+    .unwrap();
+
+    // Before its projector runs, the read model knows nothing.
+    assert!(
+        projections::tenants::get(log.db(), "acme")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(project(&log, "tenants").await > 0);
+    let row = projections::tenants::get(log.db(), "acme")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            row.name.as_str(),
+            row.status.as_str(),
+            row.rate_limit_per_minute
+        ),
+        ("Acme Inc.", "active", Some(600))
+    );
+
+    project(&log, "api_keys").await;
+    let credential = projections::api_keys::credential(log.db(), &created.key.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(credential.tenant_id, "acme");
+    assert_eq!(credential.roles, vec![domain::roles::Role::Admin]);
+    assert_eq!(credential.secret_hash, created.key.secret_hash);
+    assert!(!credential.revoked);
+    assert_eq!(
+        credential.tenant,
+        Some(("active".to_string(), Some(600))),
+        "the tenant's status and limit are read with the key"
+    );
+}
+both_backends!(
+    tenants_and_api_keys_project_tenants_and_credentials,
+    tenant_and_key_rows
+);
+
+fn config() -> AgentConfig {
+    AgentConfig {
+        name: "Support".into(),
+        description: None,
+        primary_provider: "vendorA".into(),
+        fallback_provider: Some("vendorB".into()),
+        model: None,
+        models: Default::default(),
+        system_prompt: Some("Be brief.".into()),
+        temperature: None,
+        max_tokens: None,
+    }
+}
+
+async fn agent_and_session_rows(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    let services = AgentServices {
+        providers: vec!["vendorA".into(), "vendorB".into()],
+    };
+    let agent = StreamId::new(tenant(), Agent::TYPE, "agt_1");
+    log.execute::<Agent>(
+        &agent,
+        AgentCommand::CreateAgent {
+            id: "agt_1".into(),
+            config: config(),
+        },
+        &services,
+        &metadata("CreateAgent"),
+    )
+    .await
+    .unwrap();
+    let session = StreamId::new(tenant(), Session::TYPE, "ses_1");
+    log.execute::<Session>(
+        &session,
+        SessionCommand::CreateSession {
+            id: "ses_1".into(),
+            agent_id: "agt_1".into(),
+            customer_id: Some("cus_9".into()),
+            metadata: Map::new(),
+            agent_status: domain::agent::AgentStatus::Active,
+        },
+        &(),
+        &metadata("CreateSession"),
+    )
+    .await
+    .unwrap();
+    log.execute::<Session>(
+        &session,
+        SessionCommand::RecordUserMessage {
+            message_id: "msg_1".into(),
+            content: "Hello".into(),
+            agent_status: domain::agent::AgentStatus::Active,
+        },
+        &(),
+        &metadata("RecordUserMessage"),
+    )
+    .await
+    .unwrap();
+    log.execute::<Agent>(
+        &agent,
+        AgentCommand::ArchiveAgent {
+            expected_version: Some(1),
+        },
+        &services,
+        &metadata("ArchiveAgent"),
+    )
+    .await
+    .unwrap();
+
+    project(&log, "agents").await;
+    let row = projections::agents::get(log.db(), "acme", "agt_1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, "archived");
+    assert_eq!(row.version, 2);
+    assert_eq!(row.config, config());
+    assert!(
+        projections::agents::get(log.db(), "other", "agt_1")
+            .await
+            .unwrap()
+            .is_none(),
+        "another tenant does not see it"
+    );
+
+    project(&log, "sessions").await;
+    let row = projections::sessions::get(log.db(), "acme", "ses_1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            row.agent_id.as_str(),
+            row.customer_id.as_deref(),
+            row.status.as_str(),
+            row.message_count
+        ),
+        ("agt_1", Some("cus_9"), "active", 1)
+    );
+}
+both_backends!(
+    agents_and_sessions_project_their_rows,
+    agent_and_session_rows
+);
+
+/// A record write (the use case behind `/v1/{entity}` and `_transact`), without HTTP: the
+/// unique value rule spans records, and the `entities` projector writes the rows.
+async fn record_writes_without_http(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    let users = EntityTypeName::parse("users").unwrap();
+    let schema: Schema = serde_json::from_value(json!({"fields": {
+        "email": {"type": "string", "required": true, "unique": true}
+    }}))
+    .unwrap();
+    log.execute::<EntityType>(
+        &entity_writes::type_stream(&tenant(), &users),
+        EntityTypeCommand::DefineEntityType {
+            name: users.clone(),
+            schema,
+            missing_references: Vec::new(),
+        },
+        &(),
+        &metadata("DefineEntityType"),
+    )
+    .await
+    .unwrap();
+    let create = |id: &str, email: &str| {
+        let data = json!({ "email": email });
+        Operation::new(
+            OpKind::Create,
+            users.clone(),
+            Some(EntityId::parse(id).unwrap()),
+            data.as_object().unwrap().clone(),
+            None,
+        )
+    };
+    let render = |_: &[entity_writes::OpResult], _: &eventlog::unit_of_work::Committed| {
+        eventlog::idempotency::StoredResponse {
+            status: 201,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    };
+    let (results, committed, _) = entity_writes::write(
+        &log,
+        &tenant(),
+        &[create("u1", "a@example.com")],
+        &metadata("CreateEntity"),
+        None,
+        render,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(results.len(), 1);
+    assert!(committed.appended.last_cursor().is_some());
+
+    let taken = entity_writes::write(
+        &log,
+        &tenant(),
+        &[create("u2", "a@example.com")],
+        &metadata("CreateEntity"),
+        None,
+        render,
+    )
+    .await;
+    match taken {
+        Err(WriteFailure::Failed {
+            error:
+                app::Error::UniqueViolation {
+                    field, existing_id, ..
+                },
+            ..
+        }) => assert_eq!((field.as_str(), existing_id.as_str()), ("email", "u1")),
+        Err(other) => panic!("expected a unique violation, got {other}"),
+        Ok(_) => panic!("expected a unique violation, got a write"),
+    }
+
+    project(&log, "entities").await;
+    let row = projections::entities::get(log.db(), "acme", "users", "u1")
+        .await
+        .unwrap()
+        .expect("the record's row");
+    assert_eq!(row.data["email"], Value::from("a@example.com"));
+    assert!(
+        projections::entities::get(log.db(), "acme", "users", "u2")
+            .await
+            .unwrap()
+            .is_none(),
+        "the refused record left no row"
+    );
+}
+both_backends!(a_record_write_runs_without_http, record_writes_without_http);
