@@ -13,9 +13,11 @@ use domain::agent::{Agent, AgentChange, AgentCommand, AgentConfig, AgentServices
 use eventlog::CommandOutcome;
 use eventlog::idempotency::StoredResponse;
 use projections::agents::{self as read_model, AgentRecord};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
-use utoipa::IntoParams;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -43,6 +45,56 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// An agent as the API shows it: its configuration with id, status, version and times.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    #[schema(example = "agt_0192f0c5a1b27c4d8e9f0a1b2c3d4e5f")]
+    pub id: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A configured provider, e.g. `vendorA`.
+    pub primary_provider: String,
+    /// Asked when every attempt at the primary failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_provider: Option<String>,
+    /// The model, for every provider without an entry in `models`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The model per provider, where they differ.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    /// 0 to 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// `active` or `archived`.
+    #[schema(example = "active")]
+    pub status: String,
+    /// The number of the agent's events; its `ETag`.
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `{"agent": {...}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentResponse {
+    pub agent: AgentView,
+}
+
+/// A page of agents.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentList {
+    pub agents: Vec<AgentView>,
+    /// The `cursor` of the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
 fn agent_json(
     id: &str,
     config: &AgentConfig,
@@ -50,18 +102,27 @@ fn agent_json(
     version: u64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
-) -> Value {
-    let mut body = serde_json::to_value(config).expect("a config serializes");
-    let object = body.as_object_mut().expect("a config is an object");
-    object.insert("id".into(), json!(id));
-    object.insert("status".into(), json!(status));
-    object.insert("version".into(), json!(version));
-    object.insert("createdAt".into(), json!(created_at));
-    object.insert("updatedAt".into(), json!(updated_at));
-    body
+) -> AgentView {
+    let config = config.clone();
+    AgentView {
+        id: id.to_string(),
+        name: config.name,
+        description: config.description,
+        primary_provider: config.primary_provider,
+        fallback_provider: config.fallback_provider,
+        model: config.model,
+        models: config.models,
+        system_prompt: config.system_prompt,
+        temperature: config.temperature,
+        max_tokens: config.max_tokens,
+        status: status.to_string(),
+        version,
+        created_at,
+        updated_at,
+    }
 }
 
-fn record_json(record: &AgentRecord) -> Value {
+fn record_json(record: &AgentRecord) -> AgentView {
     agent_json(
         &record.id,
         &record.config,
@@ -119,14 +180,16 @@ fn respond(status: StatusCode, id: &str) -> impl Fn(&CommandOutcome<Agent>) -> S
             .aggregate
             .config()
             .expect("an accepted command leaves a configured agent");
-        let body = json!({ "agent": agent_json(
-            &id,
-            config,
-            outcome.aggregate.status().as_str(),
-            outcome.version,
-            outcome.created_at.unwrap_or(updated_at),
-            updated_at,
-        )});
+        let body = AgentResponse {
+            agent: agent_json(
+                &id,
+                config,
+                outcome.aggregate.status().as_str(),
+                outcome.version,
+                outcome.created_at.unwrap_or(updated_at),
+                updated_at,
+            ),
+        };
         let mut headers = vec![("etag".to_string(), etag(outcome.version))];
         if let Some(cursor) = outcome.cursor {
             headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
@@ -188,7 +251,7 @@ pub struct ListAgents {
     security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
     params(ListAgents),
     responses(
-        (status = 200, description = "`{\"agents\": [...], \"nextCursor\": ...}`"),
+        (status = 200, description = "A page of agents, oldest first", body = AgentList),
         (status = 400, description = "INVALID_PARAMETER", body = ErrorEnvelope),
     ))]
 pub async fn list_agents(
@@ -208,8 +271,10 @@ pub async fn list_agents(
     )
     .await?;
     let next_cursor = page_cursor(&mut records, page.limit, |r| &r.id);
-    let agents: Vec<Value> = records.iter().map(record_json).collect();
-    let body = json!({ "agents": agents, "nextCursor": next_cursor });
+    let body = AgentList {
+        agents: records.iter().map(record_json).collect(),
+        next_cursor,
+    };
     Ok(with_lag(ApiJson(body).into_response(), lag))
 }
 
@@ -223,7 +288,7 @@ pub async fn list_agents(
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request")),
     request_body(content = Object, description = "The agent's configuration"),
     responses(
-        (status = 201, description = "`{\"agent\": {...}}`; `ETag`, `Location`, `x-event-position`"),
+        (status = 201, description = "The agent; `ETag`, `Location`, `x-event-position`", body = AgentResponse),
         (status = 422, description = "VALIDATION_ERROR, one entry per field", body = ErrorEnvelope),
     ))]
 pub async fn create_agent(
@@ -246,7 +311,7 @@ pub async fn create_agent(
     params(("agentId" = String, Path, description = "Agent id, `agt_…`"),
         ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`")),
     responses(
-        (status = 200, description = "`{\"agent\": {...}}`; `ETag`"),
+        (status = 200, description = "The agent; `ETag`", body = AgentResponse),
         (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
     ))]
 pub async fn get_agent(
@@ -259,7 +324,10 @@ pub async fn get_agent(
     let record = read_model::get(state.log.db(), auth.tenant().as_str(), &agent_id)
         .await?
         .ok_or(AppError::AgentNotFound(agent_id))?;
-    let mut response = ApiJson(json!({ "agent": record_json(&record) })).into_response();
+    let mut response = ApiJson(AgentResponse {
+        agent: record_json(&record),
+    })
+    .into_response();
     if let Ok(value) = etag(record.version as u64).parse() {
         response
             .headers_mut()
@@ -276,7 +344,7 @@ pub async fn get_agent(
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request")),
     request_body(content = Object, description = "The whole configuration"),
     responses(
-        (status = 200, description = "`{\"agent\": {...}}`"),
+        (status = 200, description = "The agent after the change", body = AgentResponse),
         (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
         (status = 409, description = "AGENT_ARCHIVED or VERSION_CONFLICT", body = ErrorEnvelope),
         (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
@@ -305,7 +373,7 @@ pub async fn replace_agent(
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request")),
     request_body(content = Object, description = "A JSON merge patch of the configuration"),
     responses(
-        (status = 200, description = "`{\"agent\": {...}}`"),
+        (status = 200, description = "The agent after the change", body = AgentResponse),
         (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
         (status = 409, description = "AGENT_ARCHIVED or VERSION_CONFLICT", body = ErrorEnvelope),
         (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
@@ -341,7 +409,7 @@ pub async fn patch_agent(
     params(("agentId" = String, Path, description = "Agent id"),
         ("If-Match" = Option<String>, Header, description = "Refuse with 409 unless the agent is at this version")),
     responses(
-        (status = 200, description = "`{\"agent\": {...}}` with status `archived`"),
+        (status = 200, description = "The agent, with status `archived`", body = AgentResponse),
         (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
     ))]
 pub async fn archive_agent(

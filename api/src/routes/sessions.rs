@@ -6,15 +6,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use domain::provider::micros_to_usd;
 use domain::session::{Session, SessionCommand, SessionStatus};
 use eventlog::CommandOutcome;
 use eventlog::idempotency::StoredResponse;
 use projections::sessions::{self as read_model, SessionFilter, SessionRecord};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -40,18 +40,141 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_provider_calls))
 }
 
-fn record_json(record: &SessionRecord) -> Value {
-    json!({
-        "id": record.id,
-        "agentId": record.agent_id,
-        "customerId": record.customer_id,
-        "status": record.status,
-        "metadata": record.metadata,
-        "messageCount": record.message_count,
-        "createdAt": record.created_at,
-        "lastActivityAt": record.last_activity_at,
-        "closedAt": record.closed_at,
-    })
+/// A conversation with an agent.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionView {
+    #[schema(example = "ses_0192f0c5a1b27c4d8e9f0a1b2c3d4e5f")]
+    pub id: String,
+    pub agent_id: String,
+    pub customer_id: Option<String>,
+    /// `active` or `closed`.
+    #[schema(example = "active")]
+    pub status: String,
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    /// User and assistant messages recorded.
+    pub message_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub last_activity_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+/// `{"session": {...}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionResponse {
+    pub session: SessionView,
+}
+
+/// A page of sessions.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
+    /// The `cursor` of the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// One message of a transcript; the reply fields only on assistant messages.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TranscriptMessageView {
+    pub id: String,
+    /// `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+    pub created_at: DateTime<Utc>,
+    /// The user message this reply answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<MessageUsage>,
+    /// The fallback provider answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<bool>)]
+    pub fallback_used: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<bool>)]
+    pub streamed: Option<Value>,
+    /// The streaming client left before the end; the reply was recorded and billed anyway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<bool>)]
+    pub client_disconnected: Option<Value>,
+    /// The provider's stream broke; the part received was recorded and billed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<bool>)]
+    pub incomplete: Option<Value>,
+}
+
+/// What a reply used and cost.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageUsage {
+    #[schema(value_type = u64)]
+    pub tokens_in: Value,
+    #[schema(value_type = u64)]
+    pub tokens_out: Value,
+    pub cost_usd: f64,
+    pub cost_micros: u64,
+    pub pricing: Pricing,
+}
+
+/// The price a reply was billed at.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pricing {
+    pub usd_per1k_tokens: f64,
+}
+
+/// `{"session": {...}, "messages": [...], "nextCursor": ...}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Transcript {
+    pub session: SessionView,
+    pub messages: Vec<TranscriptMessageView>,
+    pub next_cursor: Option<String>,
+}
+
+/// One provider call, successful or not.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderCallView {
+    pub message_id: String,
+    pub provider: String,
+    pub model: Option<String>,
+    /// 1 for the first attempt at a provider.
+    pub attempt: i32,
+    /// `succeeded` or the failure's kind.
+    pub status: String,
+    pub http_status: Option<i32>,
+    pub latency_ms: i64,
+    pub error_code: Option<String>,
+    pub retry_after_ms: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `{"calls": [...]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderCalls {
+    pub calls: Vec<ProviderCallView>,
+}
+
+fn record_json(record: &SessionRecord) -> SessionView {
+    SessionView {
+        id: record.id.clone(),
+        agent_id: record.agent_id.clone(),
+        customer_id: record.customer_id.clone(),
+        status: record.status.clone(),
+        metadata: record.metadata.clone(),
+        message_count: record.message_count,
+        created_at: record.created_at,
+        last_activity_at: record.last_activity_at,
+        closed_at: record.closed_at,
+    }
 }
 
 fn respond(status: StatusCode, id: &str) -> impl Fn(&CommandOutcome<Session>) -> StoredResponse {
@@ -60,17 +183,19 @@ fn respond(status: StatusCode, id: &str) -> impl Fn(&CommandOutcome<Session>) ->
         let session = &outcome.aggregate;
         let updated_at = outcome.updated_at.unwrap_or_else(Utc::now);
         let closed = session.status() == SessionStatus::Closed;
-        let body = json!({ "session": {
-            "id": id,
-            "agentId": session.agent_id(),
-            "customerId": session.customer_id(),
-            "status": session.status().as_str(),
-            "metadata": session.metadata(),
-            "messageCount": session.message_count(),
-            "createdAt": outcome.created_at.unwrap_or(updated_at),
-            "lastActivityAt": updated_at,
-            "closedAt": closed.then_some(updated_at),
-        }});
+        let body = SessionResponse {
+            session: SessionView {
+                id: id.clone(),
+                agent_id: session.agent_id().to_string(),
+                customer_id: session.customer_id().map(str::to_string),
+                status: session.status().as_str().to_string(),
+                metadata: session.metadata().clone(),
+                message_count: session.message_count() as i64,
+                created_at: outcome.created_at.unwrap_or(updated_at),
+                last_activity_at: updated_at,
+                closed_at: closed.then_some(updated_at),
+            },
+        };
         let mut headers = Vec::new();
         if let Some(cursor) = outcome.cursor {
             headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
@@ -107,7 +232,7 @@ fn invalid(message: impl ToString) -> ApiError {
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request")),
     request_body(content = Object, description = "`{\"agentId\": \"agt_…\", \"customerId\": \"…\", \"metadata\": {...}}`"),
     responses(
-        (status = 201, description = "`{\"session\": {...}}`; `Location`, `x-event-position`"),
+        (status = 201, description = "The session; `Location`, `x-event-position`", body = SessionResponse),
         (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
         (status = 409, description = "AGENT_ARCHIVED", body = ErrorEnvelope),
         (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
@@ -194,7 +319,7 @@ pub struct ListSessions {
     security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
     params(ListSessions),
     responses(
-        (status = 200, description = "`{\"sessions\": [...], \"nextCursor\": ...}`"),
+        (status = 200, description = "A page of sessions", body = SessionList),
         (status = 400, description = "INVALID_PARAMETER", body = ErrorEnvelope),
     ))]
 pub async fn list_sessions(
@@ -231,8 +356,10 @@ pub async fn list_sessions(
     )
     .await?;
     let next_cursor = page_cursor(&mut records, page.limit, |r| &r.id);
-    let sessions: Vec<Value> = records.iter().map(record_json).collect();
-    let body = json!({ "sessions": sessions, "nextCursor": next_cursor });
+    let body = SessionList {
+        sessions: records.iter().map(record_json).collect(),
+        next_cursor,
+    };
     Ok(with_lag(ApiJson(body).into_response(), lag))
 }
 
@@ -253,7 +380,7 @@ async fn session_record(
     params(("sessionId" = String, Path, description = "Session id, `ses_…`"),
         ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`")),
     responses(
-        (status = 200, description = "`{\"session\": {...}}`"),
+        (status = 200, description = "The session", body = SessionResponse),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
     ))]
 pub async fn get_session(
@@ -264,7 +391,9 @@ pub async fn get_session(
 ) -> Result<Response, ApiError> {
     let lag = await_consistency(&state, consistency, read_model::SESSIONS).await?;
     let record = session_record(&state, auth.tenant().as_str(), &session_id).await?;
-    let body = json!({ "session": record_json(&record) });
+    let body = SessionResponse {
+        session: record_json(&record),
+    };
     Ok(with_lag(ApiJson(body).into_response(), lag))
 }
 
@@ -273,7 +402,7 @@ pub async fn get_session(
     security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
     params(("sessionId" = String, Path, description = "Session id")),
     responses(
-        (status = 200, description = "`{\"session\": {...}}` with status `closed`"),
+        (status = 200, description = "The session, with status `closed`", body = SessionResponse),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
     ))]
 pub async fn close_session(
@@ -448,7 +577,7 @@ pub struct TranscriptQuery {
     params(("sessionId" = String, Path, description = "Session id"), TranscriptQuery,
         ("x-min-position" = Option<String>, Header, description = "Wait until the transcript reflects this `x-event-position`")),
     responses(
-        (status = 200, description = "`{\"session\": {...}, \"messages\": [...], \"nextCursor\": ...}`"),
+        (status = 200, description = "The session and a page of its messages", body = Transcript),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
     ))]
 pub async fn get_transcript(
@@ -476,45 +605,51 @@ pub async fn get_transcript(
             .map(|(sequence, message)| (sequence.to_string(), message))
             .collect();
     let next_cursor = page_cursor(&mut rows, page.limit, |(sequence, _)| sequence);
-    let messages: Vec<Value> = rows
+    let messages: Vec<TranscriptMessageView> = rows
         .iter()
         .map(|(_, m)| {
-            let mut message = json!({
-                "id": m.id,
-                "role": m.role,
-                "content": m.content,
-                "createdAt": m.created_at,
-            });
+            let mut message = TranscriptMessageView {
+                id: m.id.clone(),
+                role: m.role.clone(),
+                content: m.content.clone(),
+                created_at: m.created_at,
+                reply_to: None,
+                provider: None,
+                model: None,
+                usage: None,
+                fallback_used: None,
+                streamed: None,
+                client_disconnected: None,
+                incomplete: None,
+            };
             if let Some(usage) = &m.usage {
                 let micros = usage["costMicros"].as_u64().unwrap_or(0);
                 let price = usage["priceMicroUsdPer1kTokens"].as_u64().unwrap_or(0);
-                message["replyTo"] = json!(m.reply_to);
-                message["provider"] = json!(m.provider);
-                message["model"] = json!(m.model);
-                message["usage"] = json!({
-                    "tokensIn": usage["tokensIn"],
-                    "tokensOut": usage["tokensOut"],
-                    "costUsd": micros_to_usd(micros),
-                    "costMicros": micros,
-                    "pricing": { "usdPer1kTokens": micros_to_usd(price) },
+                message.reply_to = Some(m.reply_to.clone());
+                message.provider = Some(m.provider.clone());
+                message.model = Some(m.model.clone());
+                message.usage = Some(MessageUsage {
+                    tokens_in: usage["tokensIn"].clone(),
+                    tokens_out: usage["tokensOut"].clone(),
+                    cost_usd: micros_to_usd(micros),
+                    cost_micros: micros,
+                    pricing: Pricing {
+                        usd_per1k_tokens: micros_to_usd(price),
+                    },
                 });
-                for flag in [
-                    "fallbackUsed",
-                    "streamed",
-                    "clientDisconnected",
-                    "incomplete",
-                ] {
-                    message[flag] = usage[flag].clone();
-                }
+                message.fallback_used = Some(usage["fallbackUsed"].clone());
+                message.streamed = Some(usage["streamed"].clone());
+                message.client_disconnected = Some(usage["clientDisconnected"].clone());
+                message.incomplete = Some(usage["incomplete"].clone());
             }
             message
         })
         .collect();
-    let body = json!({
-        "session": record_json(&session),
-        "messages": messages,
-        "nextCursor": next_cursor,
-    });
+    let body = Transcript {
+        session: record_json(&session),
+        messages,
+        next_cursor,
+    };
     Ok(with_lag(ApiJson(body).into_response(), lag))
 }
 
@@ -524,7 +659,7 @@ pub async fn get_transcript(
     params(("sessionId" = String, Path, description = "Session id"),
         ("x-min-position" = Option<String>, Header, description = "Wait until the log reflects this `x-event-position`")),
     responses(
-        (status = 200, description = "`{\"calls\": [...]}`"),
+        (status = 200, description = "Every provider call of the session, in order", body = ProviderCalls),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
     ))]
 pub async fn list_provider_calls(
@@ -537,25 +672,23 @@ pub async fn list_provider_calls(
     let tenant = auth.tenant().as_str();
     session_record(&state, tenant, &session_id).await?;
     let calls = read_model::provider_calls(state.log.db(), tenant, &session_id).await?;
-    let calls: Vec<Value> = calls
+    let calls: Vec<ProviderCallView> = calls
         .iter()
-        .map(|c| {
-            json!({
-                "messageId": c.message_id,
-                "provider": c.provider,
-                "model": c.model,
-                "attempt": c.attempt,
-                "status": c.status,
-                "httpStatus": c.http_status,
-                "latencyMs": c.latency_ms,
-                "errorCode": c.error_code,
-                "retryAfterMs": c.retry_after_ms,
-                "createdAt": c.created_at,
-            })
+        .map(|c| ProviderCallView {
+            message_id: c.message_id.clone(),
+            provider: c.provider.clone(),
+            model: c.model.clone(),
+            attempt: c.attempt,
+            status: c.status.clone(),
+            http_status: c.http_status,
+            latency_ms: c.latency_ms,
+            error_code: c.error_code.clone(),
+            retry_after_ms: c.retry_after_ms,
+            created_at: c.created_at,
         })
         .collect();
     Ok(with_lag(
-        ApiJson(json!({ "calls": calls })).into_response(),
+        ApiJson(ProviderCalls { calls }).into_response(),
         lag,
     ))
 }
