@@ -10,7 +10,7 @@ use domain::roles::Role;
 use eventlog::StreamId;
 use projections::api_keys::{self as read_model, ApiKeyRecord};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -51,6 +51,54 @@ pub struct ApiKeyView {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
+/// `{"apiKey": {...}}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyResponse {
+    pub api_key: ApiKeyView,
+}
+
+/// A page of keys.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKeyView>,
+    pub next_cursor: Option<String>,
+}
+
+/// A key just issued: `key`, the secret, only in the response that issued it (`null` in a
+/// replay).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedApiKey {
+    #[serde(flatten)]
+    pub view: ApiKeyView,
+    pub key: Option<String>,
+}
+
+/// `{"apiKey": {...}}` with the secret.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedApiKeyResponse {
+    pub api_key: IssuedApiKey,
+}
+
+/// A key revoked.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedKey {
+    pub id: String,
+    pub revoked: bool,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// `{"apiKey": {"id", "revoked": true, "revokedAt"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedKeyResponse {
+    pub api_key: RevokedKey,
+}
+
 impl From<ApiKeyRecord> for ApiKeyView {
     fn from(record: ApiKeyRecord) -> Self {
         Self {
@@ -81,7 +129,7 @@ pub struct CreateKey {
     security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
     request_body = CreateKey,
     responses(
-        (status = 201, description = "`{apiKey}` with `key`, the secret, shown once"),
+        (status = 201, description = "The key with `key`, the secret, shown once", body = IssuedApiKeyResponse),
         (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     ))]
 pub async fn create_key(
@@ -111,16 +159,20 @@ pub async fn create_key(
         roles.dedup();
         let created = outcome.created_at.unwrap_or_else(Utc::now);
         // The secret is not stored for replays: a replay shows the key's id only.
-        let body = json!({ "apiKey": {
-            "id": generated.id,
-            "name": request.name.trim(),
-            "roles": roles,
-            "expiresAt": request.expires_at,
-            "createdAt": created,
-            "revokedAt": null,
-            "lastUsedAt": null,
-            "key": null,
-        }});
+        let body = IssuedApiKeyResponse {
+            api_key: IssuedApiKey {
+                view: ApiKeyView {
+                    id: generated.id.clone(),
+                    name: request.name.trim().to_string(),
+                    roles: roles.clone(),
+                    expires_at: request.expires_at,
+                    created_at: created,
+                    revoked_at: None,
+                    last_used_at: None,
+                },
+                key: None,
+            },
+        };
         let mut headers = vec![(
             "location".to_string(),
             format!("/v1/api-keys/{}", generated.id),
@@ -152,7 +204,7 @@ pub async fn create_key(
 #[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys",
     security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
     params(PageQuery),
-    responses((status = 200, description = "`{apiKeys, nextCursor}`")))]
+    responses((status = 200, description = "A page of the tenant's keys", body = ApiKeyList)))]
 pub async fn list_keys(
     State(state): State<AppState>,
     auth: Auth<require::Admin>,
@@ -168,7 +220,11 @@ pub async fn list_keys(
     .await?;
     let next = page_cursor(&mut records, page.limit, |r| r.id.as_str());
     let keys: Vec<ApiKeyView> = records.into_iter().map(ApiKeyView::from).collect();
-    Ok(ApiJson(json!({ "apiKeys": keys, "nextCursor": next })).into_response())
+    Ok(ApiJson(ApiKeyList {
+        api_keys: keys,
+        next_cursor: next,
+    })
+    .into_response())
 }
 
 /// Read one of the tenant's keys.
@@ -176,7 +232,7 @@ pub async fn list_keys(
     security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
     params(("id" = String, Path, description = "Key id")),
     responses(
-        (status = 200, description = "`{apiKey}`"),
+        (status = 200, description = "The key", body = ApiKeyResponse),
         (status = 404, description = "API_KEY_NOT_FOUND", body = ErrorEnvelope),
     ))]
 pub async fn get_key(
@@ -187,7 +243,10 @@ pub async fn get_key(
     let record = read_model::get(state.log.db(), auth.tenant().as_str(), &id)
         .await?
         .ok_or_else(|| AppError::ApiKeyNotFound(id.clone()))?;
-    Ok(ApiJson(json!({ "apiKey": ApiKeyView::from(record) })).into_response())
+    Ok(ApiJson(ApiKeyResponse {
+        api_key: ApiKeyView::from(record),
+    })
+    .into_response())
 }
 
 /// Revoke a key, for good.
@@ -195,7 +254,7 @@ pub async fn get_key(
     security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
     params(("id" = String, Path, description = "Key id")),
     responses(
-        (status = 200, description = "`{apiKey: {id, revoked: true}}`"),
+        (status = 200, description = "The key, revoked", body = RevokedKeyResponse),
         (status = 404, description = "API_KEY_NOT_FOUND", body = ErrorEnvelope),
     ))]
 pub async fn revoke_key(
@@ -209,9 +268,13 @@ pub async fn revoke_key(
     };
     let stream = StreamId::new(ctx.tenant.clone(), ApiKey::TYPE, id.as_str());
     let respond = |outcome: &eventlog::CommandOutcome<ApiKey>| {
-        let body = json!({ "apiKey": {
-            "id": id, "revoked": true, "revokedAt": outcome.updated_at,
-        }});
+        let body = RevokedKeyResponse {
+            api_key: RevokedKey {
+                id: id.clone(),
+                revoked: true,
+                revoked_at: outcome.updated_at,
+            },
+        };
         let headers = outcome
             .cursor
             .map(|c| vec![(EVENT_POSITION_HEADER.to_string(), c.to_string())])

@@ -10,8 +10,9 @@ use domain::budget::{Budget, BudgetCommand, Enforcement, TENANT_SCOPE, agent_sco
 use domain::provider::micros_to_usd;
 use eventlog::CommandOutcome;
 use eventlog::idempotency::StoredResponse;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -44,18 +45,51 @@ struct BudgetBody {
     enforcement: Enforcement,
 }
 
-fn budget_json(scope: &str, limit: u64, enforcement: &str, spent: i64) -> Value {
+/// A monthly budget with this month's spend.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetView {
+    /// `tenant` or `agent`.
+    #[schema(example = "tenant")]
+    pub scope: String,
+    /// The agent, for an agent's budget.
+    pub agent_id: Option<String>,
+    pub monthly_limit_usd: f64,
+    pub monthly_limit_micros: u64,
+    /// `hard` (messages are refused once it is spent) or `soft` (an event tells).
+    #[schema(example = "hard")]
+    pub enforcement: String,
+    /// `YYYY-MM`, UTC.
+    #[schema(example = "2026-12")]
+    pub month: String,
+    pub spent_usd: f64,
+    pub spent_micros: i64,
+}
+
+/// `{"budget": {...}}`, or `{"budget": null}` once removed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BudgetResponse {
+    pub budget: Option<BudgetView>,
+}
+
+/// `{"budgets": [...]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BudgetList {
+    pub budgets: Vec<BudgetView>,
+}
+
+fn budget_json(scope: &str, limit: u64, enforcement: &str, spent: i64) -> BudgetView {
     let agent_id = scope.strip_prefix("agent:");
-    json!({
-        "scope": if agent_id.is_some() { "agent" } else { scope },
-        "agentId": agent_id,
-        "monthlyLimitUsd": micros_to_usd(limit),
-        "monthlyLimitMicros": limit,
-        "enforcement": enforcement,
-        "month": projections::usage::month_of(Utc::now()),
-        "spentUsd": micros_to_usd(spent.max(0) as u64),
-        "spentMicros": spent,
-    })
+    BudgetView {
+        scope: if agent_id.is_some() { "agent" } else { scope }.to_string(),
+        agent_id: agent_id.map(str::to_string),
+        monthly_limit_usd: micros_to_usd(limit),
+        monthly_limit_micros: limit,
+        enforcement: enforcement.to_string(),
+        month: projections::usage::month_of(Utc::now()),
+        spent_usd: micros_to_usd(spent.max(0) as u64),
+        spent_micros: spent,
+    }
 }
 
 async fn run(
@@ -91,11 +125,7 @@ async fn run(
         if let Some(cursor) = outcome.cursor {
             headers.push((EVENT_POSITION_HEADER.to_string(), cursor.to_string()));
         }
-        idempotency::json_response(
-            StatusCode::OK.as_u16(),
-            headers,
-            &json!({ "budget": budget }),
-        )
+        idempotency::json_response(StatusCode::OK.as_u16(), headers, &BudgetResponse { budget })
     };
     let name = command.name();
     Ok(
@@ -170,7 +200,7 @@ async fn ensure_agent(
 /// The tenant's budgets with this month's spend.
 #[utoipa::path(get, path = "/v1/budgets", tag = "usage",
     security(("api_key" = ["analyst"]), ("bearer" = ["analyst"])),
-    responses((status = 200, description = "`{\"budgets\": [...]}`")))]
+    responses((status = 200, description = "The tenant's budgets", body = BudgetList)))]
 pub async fn list_budgets(
     State(state): State<AppState>,
     auth: Auth<require::Analyst>,
@@ -182,7 +212,7 @@ pub async fn list_budgets(
     let scopes: Vec<String> = records.iter().map(|r| r.scope.clone()).collect();
     let month = projections::usage::month_of(Utc::now());
     let spent = projections::usage::spend(state.log.db(), tenant, &scopes, &month).await?;
-    let budgets: Vec<Value> = records
+    let budgets: Vec<BudgetView> = records
         .iter()
         .map(|r| {
             budget_json(
@@ -194,7 +224,7 @@ pub async fn list_budgets(
         })
         .collect();
     Ok(with_lag(
-        ApiJson(json!({ "budgets": budgets })).into_response(),
+        ApiJson(BudgetList { budgets }).into_response(),
         lag,
     ))
 }
@@ -204,7 +234,7 @@ pub async fn list_budgets(
     security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
     request_body(content = Object, description = "`{monthlyLimitUsd, enforcement: hard|soft}`"),
     responses(
-        (status = 200, description = "`{\"budget\": {...}}`"),
+        (status = 200, description = "The budget", body = BudgetResponse),
         (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     ))]
 pub async fn set_tenant_budget(
@@ -219,7 +249,7 @@ pub async fn set_tenant_budget(
 #[utoipa::path(delete, path = "/v1/budgets/tenant", tag = "usage",
     security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
     responses(
-        (status = 200, description = "`{\"budget\": null}`"),
+        (status = 200, description = "`{\"budget\": null}`", body = BudgetResponse),
         (status = 404, description = "BUDGET_NOT_FOUND", body = ErrorEnvelope),
     ))]
 pub async fn remove_tenant_budget(
@@ -243,7 +273,7 @@ pub async fn remove_tenant_budget(
     params(("agentId" = String, Path, description = "Agent id")),
     request_body(content = Object, description = "`{monthlyLimitUsd, enforcement: hard|soft}`"),
     responses(
-        (status = 200, description = "`{\"budget\": {...}}`"),
+        (status = 200, description = "The budget", body = BudgetResponse),
         (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
         (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     ))]
@@ -262,7 +292,7 @@ pub async fn set_agent_budget(
     security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
     params(("agentId" = String, Path, description = "Agent id")),
     responses(
-        (status = 200, description = "`{\"budget\": null}`"),
+        (status = 200, description = "`{\"budget\": null}`", body = BudgetResponse),
         (status = 404, description = "BUDGET_NOT_FOUND", body = ErrorEnvelope),
     ))]
 pub async fn remove_agent_budget(

@@ -10,7 +10,7 @@ use domain::tenant::{Tenant, TenantCommand, TenantStatus};
 use eventlog::StreamId;
 use projections::tenants::{self as read_model, TenantRecord};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -45,6 +45,38 @@ pub struct TenantView {
     pub rate_limit_per_minute: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// `{"tenant": {...}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantResponse {
+    pub tenant: TenantView,
+}
+
+/// A page of tenants.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantList {
+    pub tenants: Vec<TenantView>,
+    pub next_cursor: Option<String>,
+}
+
+/// A new tenant and its first admin key.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedTenant {
+    pub tenant: TenantView,
+    pub api_key: IssuedKey,
+}
+
+/// A key as issued: the secret `key` only in the response that issued it, `null` in replays.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedKey {
+    pub id: String,
+    #[schema(value_type = Vec<String>)]
+    pub roles: Vec<domain::roles::Role>,
+    #[schema(example = "gw_key_0f3k2m9q8r7s6t5u4v3w_…")]
+    pub key: Option<String>,
 }
 
 impl From<TenantRecord> for TenantView {
@@ -94,7 +126,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>
     security(("api_key" = ["superadmin"]), ("bearer" = ["superadmin"])),
     request_body = CreateTenant,
     responses(
-        (status = 201, description = "`{tenant, apiKey}`; `apiKey.key` is the secret, shown only in this response"),
+        (status = 201, description = "The tenant and its first admin key; `apiKey.key` is the secret, shown only in this response", body = CreatedTenant),
         (status = 409, description = "TENANT_ALREADY_EXISTS", body = ErrorEnvelope),
         (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     ))]
@@ -131,18 +163,22 @@ pub async fn create_tenant(
         |appended, generated| {
             let tenant = &appended.events[0];
             let payload = &tenant.payload;
-            let body = json!({
-                "tenant": {
-                    "id": id.as_str(),
-                    "name": payload["name"],
-                    "status": "active",
-                    "rateLimitPerMinute": payload["rateLimitPerMinute"],
-                    "createdAt": tenant.recorded_at,
-                    "updatedAt": tenant.recorded_at,
+            let body = CreatedTenant {
+                tenant: TenantView {
+                    id: id.to_string(),
+                    name: payload["name"].as_str().unwrap_or_default().to_string(),
+                    status: "active".into(),
+                    rate_limit_per_minute: payload["rateLimitPerMinute"].as_i64(),
+                    created_at: tenant.recorded_at,
+                    updated_at: tenant.recorded_at,
                 },
                 // The secret is not stored for replays: a replay shows the key's id only.
-                "apiKey": { "id": generated.id, "roles": ["admin"], "key": null },
-            });
+                api_key: IssuedKey {
+                    id: generated.id.clone(),
+                    roles: vec![domain::roles::Role::Admin],
+                    key: None,
+                },
+            };
             let mut headers = vec![("location".into(), format!("/v1/tenants/{id}"))];
             if let Some(cursor) = appended.last_cursor() {
                 headers.push((EVENT_POSITION_HEADER.into(), cursor.to_string()));
@@ -188,7 +224,7 @@ pub struct PageQuery {
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants",
     security(("api_key" = ["superadmin"]), ("bearer" = ["superadmin"])),
     params(PageQuery),
-    responses((status = 200, description = "`{tenants, nextCursor}`")))]
+    responses((status = 200, description = "A page of tenants", body = TenantList)))]
 pub async fn list_tenants(
     State(state): State<AppState>,
     _auth: Auth<require::Superadmin>,
@@ -199,7 +235,11 @@ pub async fn list_tenants(
         read_model::list(state.log.db(), page.after.as_deref(), page.limit + 1).await?;
     let next = page_cursor(&mut records, page.limit, |r| r.id.as_str());
     let tenants: Vec<TenantView> = records.into_iter().map(TenantView::from).collect();
-    Ok(ApiJson(json!({ "tenants": tenants, "nextCursor": next })).into_response())
+    Ok(ApiJson(TenantList {
+        tenants,
+        next_cursor: next,
+    })
+    .into_response())
 }
 
 /// Read a tenant.
@@ -207,7 +247,7 @@ pub async fn list_tenants(
     security(("api_key" = ["superadmin"]), ("bearer" = ["superadmin"])),
     params(("id" = String, Path, description = "Tenant id")),
     responses(
-        (status = 200, description = "`{tenant}`"),
+        (status = 200, description = "The tenant", body = TenantResponse),
         (status = 404, description = "TENANT_NOT_FOUND", body = ErrorEnvelope),
     ))]
 pub async fn get_tenant(
@@ -218,7 +258,10 @@ pub async fn get_tenant(
     let record = read_model::get(state.log.db(), &id)
         .await?
         .ok_or_else(|| AppError::TenantNotFound(id.clone()))?;
-    Ok(ApiJson(json!({ "tenant": TenantView::from(record) })).into_response())
+    Ok(ApiJson(TenantResponse {
+        tenant: TenantView::from(record),
+    })
+    .into_response())
 }
 
 /// Rename, suspend, reactivate, or change the rate limit of a tenant.
@@ -227,7 +270,7 @@ pub async fn get_tenant(
     params(("id" = String, Path, description = "Tenant id")),
     request_body = UpdateTenant,
     responses(
-        (status = 200, description = "`{tenant}` after the change"),
+        (status = 200, description = "The tenant after the change", body = TenantResponse),
         (status = 404, description = "TENANT_NOT_FOUND", body = ErrorEnvelope),
         (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     ))]
@@ -253,14 +296,16 @@ pub async fn update_tenant(
     let respond = |outcome: &eventlog::CommandOutcome<Tenant>| {
         let aggregate = &outcome.aggregate;
         let now = Utc::now();
-        let body = json!({ "tenant": TenantView {
-            id: tenant.to_string(),
-            name: aggregate.name().to_string(),
-            status: aggregate.status().as_str().to_string(),
-            rate_limit_per_minute: aggregate.rate_limit_per_minute().map(i64::from),
-            created_at: outcome.created_at.unwrap_or(now),
-            updated_at: outcome.updated_at.unwrap_or(now),
-        }});
+        let body = TenantResponse {
+            tenant: TenantView {
+                id: tenant.to_string(),
+                name: aggregate.name().to_string(),
+                status: aggregate.status().as_str().to_string(),
+                rate_limit_per_minute: aggregate.rate_limit_per_minute().map(i64::from),
+                created_at: outcome.created_at.unwrap_or(now),
+                updated_at: outcome.updated_at.unwrap_or(now),
+            },
+        };
         let headers = outcome
             .cursor
             .map(|c| vec![(EVENT_POSITION_HEADER.to_string(), c.to_string())])
