@@ -309,3 +309,71 @@ both_backends!(
     every_operation_keeps_its_contract,
     every_operation_keeps_its_contract
 );
+
+/// The document describes what the server does: every JSON success answers a schema (not
+/// prose), every command declares the `Idempotency-Key` it reads with the length the server
+/// enforces, and every `limit` its bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_describes_every_body_and_constraint() {
+    let app = spawn_app_with(Backend::Sqlite, crate::helpers::quick).await;
+    let document: Value = app.public_json("/openapi.json").await;
+    // Bodies that are not one JSON document: streams, the metrics text, this document, and the
+    // answer of a message (stored by the use case and replayed byte for byte).
+    let free_form = [
+        ("GET", "/v1/events/stream"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("POST", "/v1/sessions/{sessionId}/messages"),
+    ];
+    let mut missing = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let method = method.to_uppercase();
+            if free_form.contains(&(method.as_str(), path.as_str())) {
+                continue;
+            }
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                if !status.starts_with('2') {
+                    continue;
+                }
+                let schema = &response["content"]["application/json"]["schema"];
+                if schema.is_null() {
+                    missing.push(format!("{method} {path} {status}: no JSON schema"));
+                }
+            }
+            let parameters = operation["parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let named = |name: &str| {
+                parameters
+                    .iter()
+                    .find(|p| {
+                        p["name"]
+                            .as_str()
+                            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                    })
+                    .cloned()
+            };
+            let secured = operation["security"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty());
+            if secured && method != "GET" {
+                match named("Idempotency-Key") {
+                    Some(p) if p["schema"]["minLength"] == 1 && p["schema"]["maxLength"] == 255 => {
+                    }
+                    other => missing.push(format!(
+                        "{method} {path}: Idempotency-Key not declared with its length: {other:?}"
+                    )),
+                }
+            }
+            if let Some(limit) = named("limit") {
+                if limit["schema"]["minimum"] != 1 || limit["schema"]["maximum"].as_u64().is_none()
+                {
+                    missing.push(format!("{method} {path}: limit without bounds: {limit}"));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}

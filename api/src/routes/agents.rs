@@ -239,6 +239,7 @@ async fn run(
 #[into_params(parameter_in = Query)]
 pub struct ListAgents {
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `nextCursor` of the previous page.
     pub cursor: Option<String>,
@@ -285,7 +286,7 @@ pub async fn list_agents(
 /// `systemPrompt`, `temperature` (0–2), `maxTokens`.
 #[utoipa::path(post, path = "/v1/agents", tag = "agents",
     security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request", min_length = 1, max_length = 255)),
     request_body(content = Object, description = "The agent's configuration"),
     responses(
         (status = 201, description = "The agent; `ETag`, `Location`, `x-event-position`", body = AgentResponse),
@@ -341,7 +342,7 @@ pub async fn get_agent(
     security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
     params(("agentId" = String, Path, description = "Agent id"),
         ("If-Match" = Option<String>, Header, description = "Refuse with 409 unless the agent is at this version"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request")),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request", min_length = 1, max_length = 255)),
     request_body(content = Object, description = "The whole configuration"),
     responses(
         (status = 200, description = "The agent after the change", body = AgentResponse),
@@ -370,7 +371,7 @@ pub async fn replace_agent(
     security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
     params(("agentId" = String, Path, description = "Agent id"),
         ("If-Match" = Option<String>, Header, description = "Refuse with 409 unless the agent is at this version"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request")),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request", min_length = 1, max_length = 255)),
     request_body(content = Object, description = "A JSON merge patch of the configuration"),
     responses(
         (status = 200, description = "The agent after the change", body = AgentResponse),

@@ -99,6 +99,7 @@ pub struct EntityList {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `nextCursor` of the previous page.
     pub cursor: Option<String>,
@@ -214,8 +215,8 @@ async fn run(
     tag = "entities",
     security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
     params(
-        ("entity" = String, Path, description = "Entity type, e.g. `users`"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
+        ("entity" = String, Path, description = "Entity type, e.g. `users`", min_length = 1, max_length = 63, pattern = "^[a-z][a-z0-9-]*$"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request", min_length = 1, max_length = 255),
     ),
     request_body(content = Object, description = "The record's document, optionally with `id`"),
     responses(
@@ -326,8 +327,8 @@ async fn expand(
     tag = "entities",
     security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
     params(
-        ("entity" = String, Path, description = "Entity type"),
-        ("id" = String, Path, description = "Record id; composite keys join their parts with `:`"),
+        ("entity" = String, Path, description = "Entity type", min_length = 1, max_length = 63, pattern = "^[a-z][a-z0-9-]*$"),
+        ("id" = String, Path, description = "Record id; composite keys join their parts with `:`", min_length = 1, max_length = 255),
         ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`"),
         ("x-consistency" = Option<String>, Header, description = "`strict`: answer 503 instead of stale data"),
         GetQuery,
@@ -395,7 +396,7 @@ fn invalid(name: &'static str) -> impl Fn(QueryError) -> ApiError {
     tag = "entities",
     security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
     params(
-        ("entity" = String, Path, description = "Entity type"),
+        ("entity" = String, Path, description = "Entity type", min_length = 1, max_length = 63, pattern = "^[a-z][a-z0-9-]*$"),
         ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`"),
         ("x-consistency" = Option<String>, Header, description = "`strict`: answer 503 instead of stale data"),
         ListQuery,
@@ -497,10 +498,10 @@ pub async fn list_entities(
     tag = "entities",
     security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
     params(
-        ("entity" = String, Path, description = "Entity type"),
-        ("id" = String, Path, description = "Record id"),
+        ("entity" = String, Path, description = "Entity type", min_length = 1, max_length = 63, pattern = "^[a-z][a-z0-9-]*$"),
+        ("id" = String, Path, description = "Record id", min_length = 1, max_length = 255),
         ("If-Match" = Option<String>, Header, description = "The `ETag` the record must still have"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request", min_length = 1, max_length = 255),
     ),
     request_body(content = Object, description = "A JSON merge patch: `null` removes a field"),
     responses(
@@ -539,10 +540,10 @@ pub async fn patch_entity(
     tag = "entities",
     security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
     params(
-        ("entity" = String, Path, description = "Entity type"),
-        ("id" = String, Path, description = "Record id"),
+        ("entity" = String, Path, description = "Entity type", min_length = 1, max_length = 63, pattern = "^[a-z][a-z0-9-]*$"),
+        ("id" = String, Path, description = "Record id", min_length = 1, max_length = 255),
         ("If-Match" = Option<String>, Header, description = "The `ETag` the record must still have"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request", min_length = 1, max_length = 255),
     ),
     request_body(content = Object, description = "The whole new document (an `id`, if given, must be the record's)"),
     responses(
@@ -589,10 +590,10 @@ pub async fn put_entity(
     tag = "entities",
     security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
     params(
-        ("entity" = String, Path, description = "Entity type"),
-        ("id" = String, Path, description = "Record id"),
+        ("entity" = String, Path, description = "Entity type", min_length = 1, max_length = 63, pattern = "^[a-z][a-z0-9-]*$"),
+        ("id" = String, Path, description = "Record id", min_length = 1, max_length = 255),
         ("If-Match" = Option<String>, Header, description = "The `ETag` the record must still have"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request", min_length = 1, max_length = 255),
     ),
     responses(
         (status = 200, description = "The deleted record, with `deletedAt`", body = EntityResponse),
@@ -657,8 +658,8 @@ pub struct History {
     tag = "entities",
     security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
     params(
-        ("entity" = String, Path, description = "Entity type"),
-        ("id" = String, Path, description = "Record id"),
+        ("entity" = String, Path, description = "Entity type", min_length = 1, max_length = 63, pattern = "^[a-z][a-z0-9-]*$"),
+        ("id" = String, Path, description = "Record id", min_length = 1, max_length = 255),
     ),
     responses(
         (status = 200, description = "Who changed what, when", body = History),
@@ -827,7 +828,7 @@ fn operation_of(index: usize, raw: TransactOperation) -> Result<Operation, AppEr
     tag = "entities",
     security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request", min_length = 1, max_length = 255),
     ),
     request_body = TransactRequest,
     responses(

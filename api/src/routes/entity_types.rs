@@ -178,7 +178,7 @@ async fn run(
     tag = "entity-types",
     security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request", min_length = 1, max_length = 255),
     ),
     request_body(content = DefineRequest, description = "`name` and the schema: `key`, `schemaless`, `fields`"),
     responses(
@@ -263,9 +263,9 @@ async fn check_index_budget(
     tag = "entity-types",
     security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
     params(
-        ("name" = String, Path, description = "Entity type"),
+        ("name" = String, Path, description = "Entity type", min_length = 1, max_length = 63, pattern = "^[a-z][a-z0-9-]*$"),
         ("If-Match" = Option<String>, Header, description = "The `ETag` the type must still have"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request", min_length = 1, max_length = 255),
     ),
     request_body(content = Object, description = "The new schema"),
     responses(
@@ -306,7 +306,7 @@ pub async fn change_entity_type(
     path = "/v1/entity-types/{name}",
     tag = "entity-types",
     security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
-    params(("name" = String, Path, description = "Entity type")),
+    params(("name" = String, Path, description = "Entity type", min_length = 1, max_length = 63, pattern = "^[a-z][a-z0-9-]*$")),
     responses(
         (status = 200, description = "The type; `ETag` header", body = EntityTypeResponse),
         (status = 404, description = "ENTITY_TYPE_NOT_FOUND", body = ErrorEnvelope),

@@ -290,6 +290,7 @@ pub struct FeedQuery {
     /// Only events of this aggregate type, e.g. `Agent`.
     pub aggregate_type: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 

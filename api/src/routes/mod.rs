@@ -242,6 +242,7 @@ fn declare_common_errors(document: &mut utoipa::openapi::OpenApi) {
                     ("409", "IDEMPOTENCY_IN_FLIGHT"),
                     ("422", "IDEMPOTENCY_KEY_REUSED"),
                 ]);
+                declare_idempotency_key(operation);
             }
             if path.contains('{') {
                 common.push(("404", "not found"));
@@ -255,6 +256,38 @@ fn declare_common_errors(document: &mut utoipa::openapi::OpenApi) {
             }
         }
     }
+}
+
+/// Every command takes an `Idempotency-Key` (`CommandContext` reads it): declared, with the
+/// length the extractor enforces, on a command that does not declare it itself.
+fn declare_idempotency_key(operation: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::{RefOr, Required};
+    let parameters = operation.parameters.get_or_insert_with(Vec::new);
+    if parameters
+        .iter()
+        .any(|p| matches!(p, RefOr::T(p) if p.name.eq_ignore_ascii_case("Idempotency-Key")))
+    {
+        return;
+    }
+    parameters.push(
+        ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .description(Some(
+                "Replays the first response for the same key and request (scoped to the tenant)",
+            ))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(crate::headers::MAX_IDEMPOTENCY_KEY_LEN)),
+            ))
+            .build()
+            .into(),
+    );
 }
 
 fn api_router() -> OpenApiRouter<AppState> {

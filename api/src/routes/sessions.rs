@@ -229,7 +229,7 @@ fn invalid(message: impl ToString) -> ApiError {
 /// Start a session with an agent.
 #[utoipa::path(post, path = "/v1/sessions", tag = "sessions",
     security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request", min_length = 1, max_length = 255)),
     request_body(content = Object, description = "`{\"agentId\": \"agt_…\", \"customerId\": \"…\", \"metadata\": {...}}`"),
     responses(
         (status = 201, description = "The session; `Location`, `x-event-position`", body = SessionResponse),
@@ -309,6 +309,7 @@ pub struct ListSessions {
     /// `active` or `closed`.
     pub status: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `nextCursor` of the previous page.
     pub cursor: Option<String>,
@@ -455,7 +456,7 @@ struct NewMessage {
 #[utoipa::path(post, path = "/v1/sessions/{sessionId}/messages", tag = "sessions",
     security(("api_key" = ["writer"]), ("bearer" = ["writer"])),
     params(("sessionId" = String, Path, description = "Session id"),
-        ("Idempotency-Key" = String, Header, description = "Required: the same key and message replay the first answer, with no new usage")),
+        ("Idempotency-Key" = String, Header, description = "Required: the same key and message replay the first answer, with no new usage", min_length = 1, max_length = 255)),
     request_body(content = Object, description = "`{\"role\": \"user\", \"content\": \"…\", \"stream\": false}`"),
     responses(
         (status = 201, description = "`{\"message\": {...}, \"metadata\": {...}}`, or a `text/event-stream` when streaming (status 200)"),
@@ -566,6 +567,7 @@ async fn replayed_stream(response: Response) -> Response {
 #[into_params(parameter_in = Query)]
 pub struct TranscriptQuery {
     /// Most messages, 1 to 500 (default 500).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `nextCursor` of the previous page.
     pub cursor: Option<String>,

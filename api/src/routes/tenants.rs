@@ -215,6 +215,7 @@ pub async fn create_tenant(
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `nextCursor` of the previous page.
     pub cursor: Option<String>,

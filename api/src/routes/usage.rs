@@ -13,7 +13,9 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use domain::provider::micros_to_usd;
 use projections::usage::{self as read_model, Dimension, Selection, Sums};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -181,16 +183,135 @@ fn usd_text(micros: i64) -> String {
     String::from(Usd(micros.max(0) as u64))
 }
 
-fn sums_json(sums: &Sums, sessions: i64) -> Value {
-    json!({
-        "sessions": sessions,
-        "messages": sums.messages,
-        "tokensIn": sums.tokens_in,
-        "tokensOut": sums.tokens_out,
-        "tokensTotal": sums.tokens_in + sums.tokens_out,
-        "costUsd": micros_to_usd(sums.cost_micros.max(0) as u64),
-        "costMicros": sums.cost_micros,
-    })
+/// Usage totals.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    /// Distinct sessions with at least one billed reply.
+    pub sessions: i64,
+    /// Billed replies.
+    pub messages: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub tokens_total: i64,
+    pub cost_usd: f64,
+    pub cost_micros: i64,
+}
+
+/// Inclusive UTC dates, `YYYY-MM-DD`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DateRange {
+    #[schema(example = "2026-11-01")]
+    pub from: String,
+    #[schema(example = "2026-11-30")]
+    pub to: String,
+}
+
+/// One provider's totals.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderTotals {
+    pub provider: String,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// One agent's totals.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentTotals {
+    pub agent_id: String,
+    pub agent_name: Option<String>,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// Seed 004's rollup.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollup {
+    pub range: DateRange,
+    pub totals: Totals,
+    pub by_provider: Vec<ProviderTotals>,
+    /// The ten agents that cost most, most first.
+    pub top_agents_by_cost: Vec<AgentTotals>,
+}
+
+/// The price a reply was billed at.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordPricing {
+    pub usd_per1k_tokens: f64,
+}
+
+/// One billed reply.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageRecordView {
+    /// The reply's message id.
+    pub id: String,
+    pub session_id: String,
+    pub agent_id: String,
+    pub provider: String,
+    pub model: String,
+    /// The API key id or service that sent the message.
+    pub api_key: String,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    pub tokens_total: i64,
+    pub cost_usd: f64,
+    pub cost_micros: i64,
+    pub pricing: RecordPricing,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A page of usage records.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageEvents {
+    /// `null` when no dates were given (all time).
+    pub range: Option<DateRange>,
+    pub events: Vec<UsageRecordView>,
+    pub next_cursor: Option<String>,
+}
+
+/// One window of one group.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowTotals {
+    /// RFC 3339 in `windowTimeZone`.
+    pub window_start: String,
+    pub window_end: String,
+    /// The group's value of each `groupBy` dimension.
+    #[schema(value_type = Object)]
+    pub group_by: Map<String, Value>,
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// A usage time series.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageSeries {
+    pub from: String,
+    pub to: String,
+    /// `HOUR`, `DAY`, `MONTH`, or `null` for one window.
+    pub window_size: Option<String>,
+    pub window_time_zone: String,
+    pub group_by: Vec<String>,
+    /// Only windows with usage.
+    pub data: Vec<WindowTotals>,
+}
+
+fn sums_json(sums: &Sums, sessions: i64) -> Totals {
+    Totals {
+        sessions,
+        messages: sums.messages,
+        tokens_in: sums.tokens_in,
+        tokens_out: sums.tokens_out,
+        tokens_total: sums.tokens_in + sums.tokens_out,
+        cost_usd: micros_to_usd(sums.cost_micros.max(0) as u64),
+        cost_micros: sums.cost_micros,
+    }
 }
 
 fn sums_csv(sums: &Sums, sessions: i64) -> Vec<String> {
@@ -216,7 +337,7 @@ fn sums_csv(sums: &Sums, sessions: i64) -> Vec<String> {
         ("Accept" = Option<String>, Header, description = "`text/csv` for CSV"),
     ),
     responses(
-        (status = 200, description = "The rollup (JSON or CSV)"),
+        (status = 200, description = "The rollup, as JSON or CSV", content((Rollup = "application/json"), (String = "text/csv"))),
         (status = 400, description = "INVALID_PARAMETER (bad or reversed dates, range too long, unknown parameter)", body = ErrorEnvelope),
     ))]
 pub async fn usage_rollup(
@@ -287,50 +408,53 @@ pub async fn usage_rollup(
             rows,
         )
     } else {
-        let by_provider: Vec<Value> = providers
+        let by_provider = providers
             .iter()
-            .map(|(provider, (sums, sessions))| {
-                let mut value = sums_json(sums, *sessions);
-                value["provider"] = json!(provider);
-                value
+            .map(|(provider, (sums, sessions))| ProviderTotals {
+                provider: (*provider).clone(),
+                totals: sums_json(sums, *sessions),
             })
             .collect();
-        let top_agents: Vec<Value> = agents
+        let top_agents_by_cost = agents
             .iter()
-            .map(|(id, (sums, sessions))| {
-                let mut value = sums_json(sums, *sessions);
-                value["agentId"] = json!(id);
-                value["agentName"] = json!(names.get(*id));
-                value
+            .map(|(id, (sums, sessions))| AgentTotals {
+                agent_id: (*id).clone(),
+                agent_name: names.get(*id).cloned(),
+                totals: sums_json(sums, *sessions),
             })
             .collect();
-        axum::Json(json!({
-            "range": { "from": from.to_string(), "to": to.to_string() },
-            "totals": sums_json(&total, total_sessions),
-            "byProvider": by_provider,
-            "topAgentsByCost": top_agents,
-        }))
+        axum::Json(Rollup {
+            range: DateRange {
+                from: from.to_string(),
+                to: to.to_string(),
+            },
+            totals: sums_json(&total, total_sessions),
+            by_provider,
+            top_agents_by_cost,
+        })
         .into_response()
     };
     Ok(with_lag(response, lag))
 }
 
-fn record_json(record: &read_model::UsageRecord) -> Value {
-    json!({
-        "id": record.message_id,
-        "sessionId": record.session_id,
-        "agentId": record.agent_id,
-        "provider": record.provider,
-        "model": record.model,
-        "apiKey": record.api_key,
-        "tokensIn": record.tokens_in,
-        "tokensOut": record.tokens_out,
-        "tokensTotal": record.tokens_in + record.tokens_out,
-        "costUsd": micros_to_usd(record.cost_micros.max(0) as u64),
-        "costMicros": record.cost_micros,
-        "pricing": { "usdPer1kTokens": micros_to_usd(record.price_micros_per_1k.max(0) as u64) },
-        "createdAt": record.recorded_at,
-    })
+fn record_json(record: &read_model::UsageRecord) -> UsageRecordView {
+    UsageRecordView {
+        id: record.message_id.clone(),
+        session_id: record.session_id.clone(),
+        agent_id: record.agent_id.clone(),
+        provider: record.provider.clone(),
+        model: record.model.clone(),
+        api_key: record.api_key.clone(),
+        tokens_in: record.tokens_in,
+        tokens_out: record.tokens_out,
+        tokens_total: record.tokens_in + record.tokens_out,
+        cost_usd: micros_to_usd(record.cost_micros.max(0) as u64),
+        cost_micros: record.cost_micros,
+        pricing: RecordPricing {
+            usd_per1k_tokens: micros_to_usd(record.price_micros_per_1k.max(0) as u64),
+        },
+        created_at: record.recorded_at,
+    }
 }
 
 /// Usage records (one per billed reply), newest first.
@@ -339,12 +463,12 @@ fn record_json(record: &read_model::UsageRecord) -> Value {
     params(
         ("from" = Option<String>, Query, description = "First day, `YYYY-MM-DD` (UTC); with `to`"),
         ("to" = Option<String>, Query, description = "Last day, inclusive; with `from`"),
-        ("limit" = Option<u32>, Query, description = "1 to 1000, default 200"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 200", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page"),
         ("Accept" = Option<String>, Header, description = "`text/csv` for CSV"),
     ),
     responses(
-        (status = 200, description = "`{range, events, nextCursor}` or CSV"),
+        (status = 200, description = "A page of usage records, as JSON or CSV (`x-next-cursor` header)", content((UsageEvents = "application/json"), (String = "text/csv"))),
         (status = 400, description = "INVALID_PARAMETER", body = ErrorEnvelope),
     ))]
 pub async fn usage_events(
@@ -359,14 +483,17 @@ pub async fn usage_events(
     let (range, start, end) = match (from, to) {
         // All time, within what both databases store and compare as times.
         (None, None) => (
-            Value::Null,
+            None,
             midnight(NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date")),
             midnight(NaiveDate::from_ymd_opt(9999, 12, 31).expect("a date")),
         ),
         _ => {
             let (from, to, start, end) = date_range(from, to, None)?;
             (
-                json!({ "from": from.to_string(), "to": to.to_string() }),
+                Some(DateRange {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                }),
                 start,
                 end,
             )
@@ -458,9 +585,12 @@ pub async fn usage_events(
         }
         response
     } else {
-        let events: Vec<Value> = records.iter().map(record_json).collect();
-        axum::Json(json!({ "range": range, "events": events, "nextCursor": next_cursor }))
-            .into_response()
+        axum::Json(UsageEvents {
+            range,
+            events: records.iter().map(record_json).collect(),
+            next_cursor,
+        })
+        .into_response()
     };
     Ok(with_lag(response, lag))
 }
@@ -498,7 +628,7 @@ fn instant(name: &'static str, value: &str) -> Result<DateTime<Utc>, ApiError> {
         ("Accept" = Option<String>, Header, description = "`text/csv` for CSV"),
     ),
     responses(
-        (status = 200, description = "`{from, to, windowSize, windowTimeZone, groupBy, data: [...]}` or CSV"),
+        (status = 200, description = "The series, as JSON or CSV", content((UsageSeries = "application/json"), (String = "text/csv"))),
         (status = 400, description = "INVALID_PARAMETER (bad times, window size, time zone, groupBy or filter)", body = ErrorEnvelope),
     ))]
 pub async fn usage_query(
@@ -621,29 +751,27 @@ pub async fn usage_query(
             .collect();
         csv_response(&header_row, rows)
     } else {
-        let data: Vec<Value> = windows
+        let data = windows
             .iter()
-            .map(|window| {
-                let mut row = sums_json(&window.sums, window.sessions as i64);
-                row["windowStart"] = json!(window.start.to_rfc3339());
-                row["windowEnd"] = json!(window.end.to_rfc3339());
-                row["groupBy"] = names
+            .map(|window| WindowTotals {
+                window_start: window.start.to_rfc3339(),
+                window_end: window.end.to_rfc3339(),
+                group_by: names
                     .iter()
                     .zip(&window.values)
-                    .map(|(name, value)| (name.to_string(), json!(value)))
-                    .collect::<serde_json::Map<_, _>>()
-                    .into();
-                row
+                    .map(|(name, value)| (name.to_string(), Value::from(value.as_str())))
+                    .collect(),
+                totals: sums_json(&window.sums, window.sessions as i64),
             })
             .collect();
-        axum::Json(json!({
-            "from": local(from),
-            "to": local(to),
-            "windowSize": query.size.map(usage::WindowSize::name),
-            "windowTimeZone": query.tz.name(),
-            "groupBy": names,
-            "data": data,
-        }))
+        axum::Json(UsageSeries {
+            from: local(from),
+            to: local(to),
+            window_size: query.size.map(|size| size.name().to_string()),
+            window_time_zone: query.tz.name().to_string(),
+            group_by: names.iter().map(|name| name.to_string()).collect(),
+            data,
+        })
         .into_response()
     };
     Ok(with_lag(response, lag))
