@@ -367,11 +367,11 @@ async fn the_document_describes_every_body_and_constraint() {
                     )),
                 }
             }
-            if let Some(limit) = named("limit") {
-                if limit["schema"]["minimum"] != 1 || limit["schema"]["maximum"].as_u64().is_none()
-                {
-                    missing.push(format!("{method} {path}: limit without bounds: {limit}"));
-                }
+            if let Some(limit) = named("limit")
+                && (limit["schema"]["minimum"] != 1
+                    || limit["schema"]["maximum"].as_u64().is_none())
+            {
+                missing.push(format!("{method} {path}: limit without bounds: {limit}"));
             }
         }
     }
