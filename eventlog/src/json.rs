@@ -72,6 +72,12 @@ pub fn parse_deep(bytes: &[u8]) -> Result<Value, BoxDynError> {
     Ok(value)
 }
 
+impl From<DeepJson> for Value {
+    fn from(json: DeepJson) -> Value {
+        json.0
+    }
+}
+
 impl Type<Postgres> for DeepJson {
     fn type_info() -> PgTypeInfo {
         <Json<Value> as Type<Postgres>>::type_info()

@@ -29,8 +29,8 @@ use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use domain::metadata::EventMetadata;
 use domain::names::TenantId;
 use serde_json::Value;
-use sqlx::Row;
 use sqlx::types::Json;
+use sqlx::{FromRow, Row};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -269,14 +269,20 @@ const SQLITE_COLUMNS: &str = "global_position, 0 AS transaction_id, \
      event_id, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, \
      payload, metadata, recorded_at";
 
-/// Decodes one `events` row selected with `PG_COLUMNS` or `SQLITE_COLUMNS`. A macro rather
-/// than a function because the row type differs per backend.
-macro_rules! decode_row {
-    ($row:expr) => {{
-        let row = $row;
+/// One `events` row selected with `PG_COLUMNS` or `SQLITE_COLUMNS`, on either backend.
+impl<'r, R: Row> sqlx::FromRow<'r, R> for RecordedEvent
+where
+    &'r str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Uuid: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    DeepJson: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
         let payload: DeepJson = row.try_get("payload")?;
         let metadata: DeepJson = row.try_get("metadata")?;
-        RecordedEvent {
+        Ok(RecordedEvent {
             cursor: Cursor::new(
                 row.try_get("transaction_id")?,
                 row.try_get("global_position")?,
@@ -291,8 +297,8 @@ macro_rules! decode_row {
             payload: payload.0,
             metadata: metadata.0,
             recorded_at: row.try_get("recorded_at")?,
-        }
-    }};
+        })
+    }
 }
 
 impl Store {
@@ -547,7 +553,7 @@ impl Store {
                     .fetch_all(pool)
                     .await?;
                 rows.iter()
-                    .map(|row| Ok(decode_row!(row)))
+                    .map(RecordedEvent::from_row)
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
             Db::Sqlite(pools) => {
@@ -556,7 +562,7 @@ impl Store {
                     .fetch_all(&pools.reader)
                     .await?;
                 rows.iter()
-                    .map(|row| Ok(decode_row!(row)))
+                    .map(RecordedEvent::from_row)
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
         };
@@ -658,7 +664,7 @@ impl Store {
             }
             let rows = query.fetch_all(pool).await?;
             rows.iter()
-                .map(|row| Ok(decode_row!(row)))
+                .map(RecordedEvent::from_row)
                 .collect::<Result<Vec<_>, sqlx::Error>>()?
         });
         Ok(self.upcast_all(events))
@@ -707,7 +713,7 @@ impl Store {
                 }
                 let rows = query.fetch_all(pool).await?;
                 rows.iter()
-                    .map(|row| Ok(decode_row!(row)))
+                    .map(RecordedEvent::from_row)
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
             Db::Sqlite(pools) => {
@@ -718,7 +724,7 @@ impl Store {
                 }
                 let rows = query.fetch_all(&pools.reader).await?;
                 rows.iter()
-                    .map(|row| Ok(decode_row!(row)))
+                    .map(RecordedEvent::from_row)
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
         };
@@ -793,7 +799,7 @@ impl Store {
                     .fetch_all(&mut **tx)
                     .await?;
                 rows.iter()
-                    .map(|row| Ok(decode_row!(row)))
+                    .map(RecordedEvent::from_row)
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
             Tx::Sqlite(tx) => {
@@ -803,7 +809,7 @@ impl Store {
                     .fetch_all(&mut **tx)
                     .await?;
                 rows.iter()
-                    .map(|row| Ok(decode_row!(row)))
+                    .map(RecordedEvent::from_row)
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
         };
@@ -836,7 +842,7 @@ impl Store {
                     .fetch_all(&mut **tx)
                     .await?;
                 rows.iter()
-                    .map(|row| Ok(decode_row!(row)))
+                    .map(RecordedEvent::from_row)
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
             Tx::Sqlite(tx) => {
@@ -852,7 +858,7 @@ impl Store {
                     .fetch_all(&mut **tx)
                     .await?;
                 rows.iter()
-                    .map(|row| Ok(decode_row!(row)))
+                    .map(RecordedEvent::from_row)
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
         };

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::agent::{Agent, AgentConfig, AgentEvent, AgentStatus};
 use eventlog::{Db, RecordedEvent, Tx};
+use sqlx::FromRow;
 use sqlx::Row;
 use sqlx::types::Json;
 
@@ -84,9 +85,10 @@ impl Projector for AgentsProjector {
 }
 
 /// One agent as the read model holds it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct AgentRecord {
     pub id: String,
+    #[sqlx(json)]
     pub config: AgentConfig,
     pub status: String,
     pub version: i64,
@@ -96,26 +98,11 @@ pub struct AgentRecord {
 
 const COLUMNS: &str = "id, config, status, version, created_at, updated_at";
 
-macro_rules! decode_agent {
-    ($row:expr) => {{
-        let row = $row;
-        let config: Json<AgentConfig> = row.try_get("config")?;
-        AgentRecord {
-            id: row.try_get("id")?,
-            config: config.0,
-            status: row.try_get("status")?,
-            version: row.try_get("version")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-        }
-    }};
-}
-
 pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<Option<AgentRecord>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2");
     Ok(eventlog::on_pool!(db, pool => {
         match sqlx::query(&sql).bind(tenant_id).bind(id).fetch_optional(pool).await? {
-            Some(row) => Some(decode_agent!(&row)),
+            Some(row) => Some(AgentRecord::from_row(&row)?),
             None => None,
         }
     }))
@@ -146,7 +133,7 @@ pub async fn list(
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await?;
-        rows.iter().map(|row| Ok(decode_agent!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?
+        rows.iter().map(AgentRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?
     }))
 }
 

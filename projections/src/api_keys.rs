@@ -6,6 +6,7 @@ use cqrs_es::Aggregate;
 use domain::api_key::{ApiKey, ApiKeyEvent};
 use domain::roles::Role;
 use eventlog::{Db, RecordedEvent, Tx};
+use sqlx::FromRow;
 use sqlx::Row;
 
 use crate::{ProjectionError, Projector, Target};
@@ -144,11 +145,15 @@ pub struct ApiKeyRecord {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
-macro_rules! decode_key {
-    ($row:expr) => {{
-        let row = $row;
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for ApiKeyRecord
+where
+    &'r str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
         let roles: String = row.try_get("roles")?;
-        ApiKeyRecord {
+        Ok(Self {
             id: row.try_get("key_id")?,
             name: row.try_get("name")?,
             roles: parse_roles(&roles),
@@ -156,8 +161,8 @@ macro_rules! decode_key {
             created_at: row.try_get("created_at")?,
             revoked_at: row.try_get("revoked_at")?,
             last_used_at: row.try_get("last_used_at")?,
-        }
-    }};
+        })
+    }
 }
 
 const SELECT: &str = "SELECT k.key_id, k.name, k.roles, k.expires_at, k.created_at, \
@@ -180,7 +185,7 @@ pub async fn list(
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await?;
-        rows.iter().map(|row| Ok(decode_key!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?
+        rows.iter().map(ApiKeyRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?
     }))
 }
 
@@ -193,7 +198,7 @@ pub async fn get(
     let sql = format!("{SELECT} WHERE k.tenant_id = $1 AND k.key_id = $2");
     Ok(eventlog::on_pool!(db, pool => {
         match sqlx::query(&sql).bind(tenant_id).bind(key_id).fetch_optional(pool).await? {
-            Some(row) => Some(decode_key!(&row)),
+            Some(row) => Some(ApiKeyRecord::from_row(&row)?),
             None => None,
         }
     }))

@@ -10,7 +10,7 @@ use cqrs_es::Aggregate;
 use domain::entity::{Entity, EntityEvent};
 use eventlog::{Db, RecordedEvent, Tx};
 use serde_json::Value;
-use sqlx::Row;
+use sqlx::FromRow;
 use sqlx::types::Json;
 
 use crate::entity_query::{After, Filter, Scalar, SortKey, Sql, compile, compile_after, order_by};
@@ -158,10 +158,11 @@ async fn insert_created(
 }
 
 /// One record as the read model holds it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct EntityRecord {
     pub entity_type: String,
     pub id: String,
+    #[sqlx(try_from = "eventlog::json::DeepJson")]
     pub data: Value,
     pub version: i64,
     pub created_at: DateTime<Utc>,
@@ -170,22 +171,6 @@ pub struct EntityRecord {
 }
 
 const COLUMNS: &str = "entity_type, id, data, version, created_at, updated_at, deleted_at";
-
-macro_rules! decode_record {
-    ($row:expr) => {{
-        let row = $row;
-        let data: eventlog::json::DeepJson = row.try_get("data")?;
-        EntityRecord {
-            entity_type: row.try_get("entity_type")?,
-            id: row.try_get("id")?,
-            data: data.0,
-            version: row.try_get("version")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-            deleted_at: row.try_get("deleted_at")?,
-        }
-    }};
-}
 
 /// One record of the tenant, deleted or not.
 pub async fn get(
@@ -205,7 +190,7 @@ pub async fn get(
             .fetch_optional(pool)
             .await?
         {
-            Some(row) => Some(decode_record!(&row)),
+            Some(row) => Some(EntityRecord::from_row(&row)?),
             None => None,
         }
     });
@@ -233,7 +218,7 @@ pub async fn get_many(
             query = query.bind(id.as_str());
         }
         let rows = query.fetch_all(pool).await?;
-        rows.iter().map(|row| Ok(decode_record!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?
+        rows.iter().map(EntityRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?
     });
     Ok(records)
 }
@@ -314,7 +299,7 @@ pub async fn list(
         let rows = bind_all!(sqlx::query(&sql).persistent(false).bind(tenant_id).bind(entity_type), &conditions.binds, backend)
             .fetch_all(pool)
             .await?;
-        let records = rows.iter().map(|row| Ok(decode_record!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let records = rows.iter().map(EntityRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?;
         let total = if query.count {
             let total: i64 = bind_all!(
                 sqlx::query_scalar(&count_sql).persistent(false).bind(tenant_id).bind(entity_type),

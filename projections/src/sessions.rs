@@ -15,6 +15,7 @@ use cqrs_es::Aggregate;
 use domain::session::{Session, SessionEvent, SessionStatus};
 use eventlog::{Db, RecordedEvent, Tx};
 use serde_json::{Map, Value, json};
+use sqlx::FromRow;
 use sqlx::Row;
 use sqlx::types::Json;
 
@@ -154,11 +155,12 @@ async fn write_progress(
 }
 
 /// One session as the read model holds it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct SessionRecord {
     pub id: String,
     pub agent_id: String,
     pub customer_id: Option<String>,
+    #[sqlx(json)]
     pub metadata: Map<String, Value>,
     pub status: String,
     pub message_count: i64,
@@ -170,29 +172,11 @@ pub struct SessionRecord {
 const SESSION_COLUMNS: &str = "id, agent_id, customer_id, metadata, status, message_count, \
      created_at, last_activity_at, closed_at";
 
-macro_rules! decode_session {
-    ($row:expr) => {{
-        let row = $row;
-        let metadata: Json<Map<String, Value>> = row.try_get("metadata")?;
-        SessionRecord {
-            id: row.try_get("id")?,
-            agent_id: row.try_get("agent_id")?,
-            customer_id: row.try_get("customer_id")?,
-            metadata: metadata.0,
-            status: row.try_get("status")?,
-            message_count: row.try_get("message_count")?,
-            created_at: row.try_get("created_at")?,
-            last_activity_at: row.try_get("last_activity_at")?,
-            closed_at: row.try_get("closed_at")?,
-        }
-    }};
-}
-
 pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<Option<SessionRecord>, sqlx::Error> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND id = $2");
     Ok(eventlog::on_pool!(db, pool => {
         match sqlx::query(&sql).bind(tenant_id).bind(id).fetch_optional(pool).await? {
-            Some(row) => Some(decode_session!(&row)),
+            Some(row) => Some(SessionRecord::from_row(&row)?),
             None => None,
         }
     }))
@@ -237,7 +221,7 @@ pub async fn list(
             query = query.bind(*value);
         }
         let rows = query.fetch_all(pool).await?;
-        rows.iter().map(|row| Ok(decode_session!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?
+        rows.iter().map(SessionRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?
     }))
 }
 

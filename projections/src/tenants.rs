@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::tenant::{Tenant, TenantEvent, TenantStatus};
 use eventlog::{Db, RecordedEvent, Tx};
-use sqlx::Row;
+use sqlx::FromRow;
 
 use crate::{ProjectionError, Projector, Target};
 
@@ -85,8 +85,9 @@ impl Projector for TenantsProjector {
 }
 
 /// One tenant as the read model holds it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct TenantRecord {
+    #[sqlx(rename = "tenant_id")]
     pub id: String,
     pub name: String,
     pub status: String,
@@ -97,25 +98,11 @@ pub struct TenantRecord {
 
 const COLUMNS: &str = "tenant_id, name, status, rate_limit_per_minute, created_at, updated_at";
 
-macro_rules! decode_tenant {
-    ($row:expr) => {{
-        let row = $row;
-        TenantRecord {
-            id: row.try_get("tenant_id")?,
-            name: row.try_get("name")?,
-            status: row.try_get("status")?,
-            rate_limit_per_minute: row.try_get("rate_limit_per_minute")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-        }
-    }};
-}
-
 pub async fn get(db: &Db, tenant_id: &str) -> Result<Option<TenantRecord>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id = $1");
     Ok(eventlog::on_pool!(db, pool => {
         match sqlx::query(&sql).bind(tenant_id).fetch_optional(pool).await? {
-            Some(row) => Some(decode_tenant!(&row)),
+            Some(row) => Some(TenantRecord::from_row(&row)?),
             None => None,
         }
     }))
@@ -135,6 +122,6 @@ pub async fn list(
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await?;
-        rows.iter().map(|row| Ok(decode_tenant!(row))).collect::<Result<Vec<_>, sqlx::Error>>()?
+        rows.iter().map(TenantRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?
     }))
 }
