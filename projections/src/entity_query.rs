@@ -595,79 +595,187 @@ pub struct Sql {
 impl Sql {
     fn bind(&mut self, backend: Backend, value: Scalar) -> String {
         let placeholder = format!("${}", self.binds.len() + FIRST_PARAMETER);
-        let typed = match (backend, &value) {
-            (Backend::Postgres, Scalar::Number(_)) => format!("{placeholder}::numeric"),
-            (Backend::Postgres, Scalar::Text(_)) => format!("{placeholder}::text"),
-            _ => placeholder,
-        };
+        let typed = dialect(backend).placeholder(placeholder, &value);
         self.binds.push(value);
         typed
-    }
-}
-
-/// The JSON path literal of `path` for SQLite (`'$.a.b[0]'`), or the text array literal for
-/// PostgreSQL (`'{a,b,0}'`). Segments are validated by the parser.
-fn json_path(backend: Backend, path: &[String]) -> String {
-    match backend {
-        Backend::Postgres => format!("'{{{}}}'", path.join(",")),
-        Backend::Sqlite => {
-            let mut out = String::from("'$");
-            for segment in path {
-                if segment.bytes().all(|b| b.is_ascii_digit()) {
-                    out.push_str(&format!("[{segment}]"));
-                } else {
-                    out.push('.');
-                    out.push_str(segment);
-                }
-            }
-            out.push('\'');
-            out
-        }
     }
 }
 
 /// The expression that reads `path` as `kind`: NULL when the value is absent or of another
 /// kind. Index definitions use exactly this text.
 pub fn expression(backend: Backend, path: &[String], kind: Kind) -> String {
+    dialect(backend).expression(path, kind)
+}
+
+/// What differs between the backends' SQL for reading a record's JSON document: one
+/// implementation per backend, so each backend's SQL is in one place.
+trait Dialect: Sync {
+    /// A bound value's placeholder, typed where the backend needs it.
+    fn placeholder(&self, placeholder: String, value: &Scalar) -> String;
+    /// The expression that reads `path` as `kind` (see [`expression`]).
+    fn expression(&self, path: &[String], kind: Kind) -> String;
+    /// The JSON type name of the value at `path` (NULL when absent).
+    fn json_type(&self, path: &[String]) -> String;
+    /// Whether text `e` contains text `p`.
+    fn contains(&self, e: &str, p: &str) -> String;
+    /// Whether the first `length` characters of `e` are `p`.
+    fn starts(&self, e: &str, length: usize, p: &str) -> String;
+    /// A value as the backend compares it with what [`Dialect::expression`] reads.
+    fn comparable(&self, value: &Scalar) -> Scalar;
+    /// The sort direction; NULL sorts before every value.
+    fn direction(&self, descending: bool, nullable: bool) -> &'static str;
+    /// A sort key of an index on `e`, ordered as [`Dialect::direction`] orders it.
+    fn index_key(&self, e: String) -> String;
+}
+
+fn dialect(backend: Backend) -> &'static dyn Dialect {
     match backend {
-        Backend::Postgres => {
-            let (json, text) = if path.len() == 1 {
-                (
-                    format!("data->'{}'", path[0]),
-                    format!("data->>'{}'", path[0]),
-                )
+        Backend::Postgres => &Postgres,
+        Backend::Sqlite => &Sqlite,
+    }
+}
+
+struct Postgres;
+
+impl Postgres {
+    /// The text array literal of `path` (`'{a,b,0}'`); segments are validated by the parser.
+    fn path(path: &[String]) -> String {
+        format!("'{{{}}}'", path.join(","))
+    }
+
+    /// The JSON value at `path`, and its text.
+    fn json_and_text(path: &[String]) -> (String, String) {
+        if path.len() == 1 {
+            (
+                format!("data->'{}'", path[0]),
+                format!("data->>'{}'", path[0]),
+            )
+        } else {
+            let p = Self::path(path);
+            (format!("data#>{p}"), format!("data#>>{p}"))
+        }
+    }
+}
+
+impl Dialect for Postgres {
+    fn placeholder(&self, placeholder: String, value: &Scalar) -> String {
+        match value {
+            Scalar::Number(_) => format!("{placeholder}::numeric"),
+            Scalar::Text(_) => format!("{placeholder}::text"),
+            _ => placeholder,
+        }
+    }
+
+    fn expression(&self, path: &[String], kind: Kind) -> String {
+        let (json, text) = Self::json_and_text(path);
+        match kind {
+            Kind::Text => format!(
+                "((CASE WHEN jsonb_typeof({json}) = 'string' THEN {text} END) COLLATE \"C\")"
+            ),
+            Kind::Number => {
+                format!("(CASE WHEN jsonb_typeof({json}) = 'number' THEN ({text})::numeric END)")
+            }
+            Kind::Bool => {
+                format!("(CASE WHEN jsonb_typeof({json}) = 'boolean' THEN ({text})::boolean END)")
+            }
+        }
+    }
+
+    fn json_type(&self, path: &[String]) -> String {
+        format!("jsonb_typeof({})", Self::json_and_text(path).0)
+    }
+
+    fn contains(&self, e: &str, p: &str) -> String {
+        format!("strpos({e}, {p}) > 0")
+    }
+
+    fn starts(&self, e: &str, length: usize, p: &str) -> String {
+        format!("left({e}, {length}) = {p}")
+    }
+
+    fn comparable(&self, value: &Scalar) -> Scalar {
+        value.clone()
+    }
+
+    fn direction(&self, descending: bool, nullable: bool) -> &'static str {
+        match (descending, nullable) {
+            (false, true) => "ASC NULLS FIRST",
+            (true, true) => "DESC NULLS LAST",
+            (false, false) => "ASC",
+            (true, false) => "DESC",
+        }
+    }
+
+    fn index_key(&self, e: String) -> String {
+        format!("{e} NULLS FIRST")
+    }
+}
+
+struct Sqlite;
+
+impl Sqlite {
+    /// The JSON path literal of `path` (`'$.a.b[0]'`); segments are validated by the parser.
+    fn path(path: &[String]) -> String {
+        let mut out = String::from("'$");
+        for segment in path {
+            if segment.bytes().all(|b| b.is_ascii_digit()) {
+                out.push_str(&format!("[{segment}]"));
             } else {
-                let p = json_path(backend, path);
-                (format!("data#>{p}"), format!("data#>>{p}"))
-            };
-            match kind {
-                Kind::Text => format!(
-                    "((CASE WHEN jsonb_typeof({json}) = 'string' THEN {text} END) COLLATE \"C\")"
-                ),
-                Kind::Number => format!(
-                    "(CASE WHEN jsonb_typeof({json}) = 'number' THEN ({text})::numeric END)"
-                ),
-                Kind::Bool => format!(
-                    "(CASE WHEN jsonb_typeof({json}) = 'boolean' THEN ({text})::boolean END)"
-                ),
+                out.push('.');
+                out.push_str(segment);
             }
         }
-        Backend::Sqlite => {
-            let p = json_path(backend, path);
-            match kind {
-                Kind::Text => format!(
-                    "(CASE WHEN json_type(data, {p}) = 'text' THEN json_extract(data, {p}) END)"
-                ),
-                Kind::Number => format!(
-                    "(CASE WHEN json_type(data, {p}) IN ('integer', 'real') THEN json_extract(data, {p}) END)"
-                ),
-                Kind::Bool => {
-                    format!(
-                        "(CASE json_type(data, {p}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 END)"
-                    )
-                }
+        out.push('\'');
+        out
+    }
+}
+
+impl Dialect for Sqlite {
+    fn placeholder(&self, placeholder: String, _: &Scalar) -> String {
+        placeholder
+    }
+
+    fn expression(&self, path: &[String], kind: Kind) -> String {
+        let p = Self::path(path);
+        match kind {
+            Kind::Text => format!(
+                "(CASE WHEN json_type(data, {p}) = 'text' THEN json_extract(data, {p}) END)"
+            ),
+            Kind::Number => format!(
+                "(CASE WHEN json_type(data, {p}) IN ('integer', 'real') THEN json_extract(data, {p}) END)"
+            ),
+            Kind::Bool => {
+                format!("(CASE json_type(data, {p}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 END)")
             }
         }
+    }
+
+    fn json_type(&self, path: &[String]) -> String {
+        format!("json_type(data, {})", Self::path(path))
+    }
+
+    fn contains(&self, e: &str, p: &str) -> String {
+        format!("instr({e}, {p}) > 0")
+    }
+
+    fn starts(&self, e: &str, length: usize, p: &str) -> String {
+        format!("substr({e}, 1, {length}) = {p}")
+    }
+
+    /// SQLite reads booleans as 1 and 0.
+    fn comparable(&self, value: &Scalar) -> Scalar {
+        match value {
+            Scalar::Bool(b) => Scalar::Number(Number::from(i64::from(*b))),
+            other => other.clone(),
+        }
+    }
+
+    fn direction(&self, descending: bool, _: bool) -> &'static str {
+        if descending { "DESC" } else { "ASC" }
+    }
+
+    fn index_key(&self, e: String) -> String {
+        e
     }
 }
 
@@ -767,10 +875,7 @@ pub fn compile(backend: Backend, filter: &Filter, sql: &mut Sql) {
         Filter::Contains { field, value } => {
             let e = field_expression(backend, field, Kind::Text);
             let p = sql.bind(backend, Scalar::Text(value.clone()));
-            sql.text.push_str(&match backend {
-                Backend::Postgres => format!("strpos({e}, {p}) > 0"),
-                Backend::Sqlite => format!("instr({e}, {p}) > 0"),
-            });
+            sql.text.push_str(&dialect(backend).contains(&e, &p));
         }
         Filter::StartsWith { field, value } => {
             let e = field_expression(backend, field, Kind::Text);
@@ -785,14 +890,8 @@ pub fn compile(backend: Backend, filter: &Filter, sql: &mut Sql) {
                 None => {
                     let exact = sql.bind(backend, Scalar::Text(value.clone()));
                     let length = value.chars().count();
-                    sql.text.push_str(&match backend {
-                        Backend::Postgres => {
-                            format!("({e} >= {low} AND left({e}, {length}) = {exact})")
-                        }
-                        Backend::Sqlite => {
-                            format!("({e} >= {low} AND substr({e}, 1, {length}) = {exact})")
-                        }
-                    });
+                    let starts = dialect(backend).starts(&e, length, &exact);
+                    sql.text.push_str(&format!("({e} >= {low} AND {starts})"));
                 }
             }
         }
@@ -800,18 +899,7 @@ pub fn compile(backend: Backend, filter: &Filter, sql: &mut Sql) {
             let text = if field.is_id {
                 "FALSE".to_string()
             } else {
-                let raw = match backend {
-                    Backend::Postgres => {
-                        if field.path.len() == 1 {
-                            format!("jsonb_typeof(data->'{}')", field.path[0])
-                        } else {
-                            format!("jsonb_typeof(data#>{})", json_path(backend, &field.path))
-                        }
-                    }
-                    Backend::Sqlite => {
-                        format!("json_type(data, {})", json_path(backend, &field.path))
-                    }
-                };
+                let raw = dialect(backend).json_type(&field.path);
                 let op = if *is_null { "=" } else { "<>" };
                 format!("COALESCE({raw}, 'null') {op} 'null'")
             };
@@ -820,12 +908,9 @@ pub fn compile(backend: Backend, filter: &Filter, sql: &mut Sql) {
     }
 }
 
-/// SQLite reads booleans as 1 and 0.
+/// A value as `backend` compares it with a field it reads.
 fn bool_for(backend: Backend, value: &Scalar) -> Scalar {
-    match (backend, value) {
-        (Backend::Sqlite, Scalar::Bool(b)) => Scalar::Number(Number::from(i64::from(*b))),
-        _ => value.clone(),
-    }
+    dialect(backend).comparable(value)
 }
 
 /// Appends the keyset condition "after `after` in the order `keys`" to `sql`. NULL sorts
@@ -869,12 +954,7 @@ pub fn order_by(backend: Backend, keys: &[SortKey]) -> String {
         .map(|k| {
             let e = field_expression(backend, &k.field, k.kind);
             // The id is never NULL: its plain direction matches the index's trailing column.
-            let direction = match (backend, k.descending) {
-                (Backend::Postgres, false) if !k.field.is_id => "ASC NULLS FIRST",
-                (Backend::Postgres, true) if !k.field.is_id => "DESC NULLS LAST",
-                (_, false) => "ASC",
-                (_, true) => "DESC",
-            };
+            let direction = dialect(backend).direction(k.descending, !k.field.is_id);
             format!("{e} {direction}")
         })
         .collect::<Vec<_>>()
@@ -892,10 +972,7 @@ pub fn index_statement(backend: Backend, field: &str, kind: Kind) -> (String, St
         name = format!("entities_f{hash:016x}_{}_idx", kind.letter());
     }
     let e = expression(backend, &[field.to_string()], kind);
-    let e = match backend {
-        Backend::Postgres => format!("{e} NULLS FIRST"),
-        Backend::Sqlite => e,
-    };
+    let e = dialect(backend).index_key(e);
     let sql = format!(
         "CREATE INDEX IF NOT EXISTS \"{name}\" ON entities (tenant_id, entity_type, {e}, id)"
     );
