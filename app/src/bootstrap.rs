@@ -34,6 +34,9 @@ pub enum CreateTenantError {
     AlreadyExists,
     #[error(transparent)]
     Append(AppendError),
+    /// Deciding failed without a refusal (a stored event that does not read back).
+    #[error("the tenant's commands could not be decided: {0}")]
+    Undecided(String),
 }
 
 impl From<CommandError<TenantError>> for CreateTenantError {
@@ -42,9 +45,7 @@ impl From<CommandError<TenantError>> for CreateTenantError {
             CommandError::Rejected(error) => Self::Tenant(error),
             CommandError::Append(error) => Self::Append(error),
             CommandError::Database(error) => Self::Append(AppendError::Database(error)),
-            other => Self::Append(AppendError::Database(sqlx::Error::Protocol(
-                other.to_string(),
-            ))),
+            other => Self::Undecided(other.to_string()),
         }
     }
 }
@@ -94,9 +95,7 @@ pub async fn create_tenant(
     .await
     .map_err(|error| match error {
         CommandError::Rejected(error) => CreateTenantError::Key(error),
-        other => CreateTenantError::Append(AppendError::Database(sqlx::Error::Protocol(
-            other.to_string(),
-        ))),
+        other => CreateTenantError::Undecided(other.to_string()),
     })?;
     let batch = [
         StreamAppend {

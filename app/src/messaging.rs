@@ -661,7 +661,7 @@ impl Exchange {
             }
             Err(None) => self.record_succeeded().await,
             Err(Some(error)) => {
-                return Err(idempotency::release(&state, &self.key, error.into()).await);
+                return Err(idempotency::release(&state, &self.key, error).await);
             }
         }
         let respond = |outcome: &eventlog::CommandOutcome<Session>| {
@@ -722,7 +722,7 @@ impl Exchange {
         &self,
         reply: SessionCommand,
         metadata: &domain::metadata::EventMetadata,
-    ) -> Result<StoredResponse, Option<sqlx::Error>> {
+    ) -> Result<StoredResponse, Option<Error>> {
         let log = &self.state.log;
         let mut uow = UnitOfWork::speculative(log);
         let attempts = self
@@ -772,10 +772,10 @@ impl Exchange {
                 Ok(stored)
             }
             Err(CommitError::Conflict | CommitError::KeyTaken) => Err(None),
-            Err(CommitError::Database(error)) => Err(Some(error)),
-            Err(CommitError::Append(error)) => Err(Some(sqlx::Error::Protocol(format!(
-                "recording a reply: {error}"
-            )))),
+            Err(CommitError::Database(error)) => Err(Some(error.into())),
+            Err(other) => Err(Some(Error::internal(
+                anyhow::Error::new(other).context("recording a reply"),
+            ))),
         }
     }
 

@@ -104,5 +104,6 @@ pub fn create_tenant(id: &str) -> impl Fn(CreateTenantError) -> Error {
         CreateTenantError::Key(e) => Error::internal(e),
         CreateTenantError::Append(eventlog::AppendError::Database(error)) => error.into(),
         CreateTenantError::Append(error) => Error::internal(error),
+        CreateTenantError::Undecided(cause) => Error::internal(anyhow::anyhow!(cause)),
     }
 }

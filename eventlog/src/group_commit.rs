@@ -41,6 +41,13 @@ pub enum CommitError {
     Append(AppendError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The committer task is gone (the gateway is stopping); nothing was written.
+    #[error("the committer stopped")]
+    Stopped,
+    /// The commit of the command's group failed; whether it took effect is unknown, so the
+    /// command must not be run again as if it had not.
+    #[error("group commit failed: {0}")]
+    Unknown(String),
 }
 
 impl From<AppendError> for CommitError {
@@ -182,9 +189,7 @@ impl Committer {
         if let Err(mpsc::error::SendError(job)) = self.queue.send(job) {
             return commit_one(store, &job.commit, &job.respond).await;
         }
-        answer.await.map_err(|_| {
-            CommitError::Database(sqlx::Error::Protocol("the committer stopped".into()))
-        })?
+        answer.await.map_err(|_| CommitError::Stopped)?
     }
 }
 
@@ -388,9 +393,7 @@ async fn together(log: &Store, mut group: Vec<Job>) -> GroupEnd {
 
 /// The same failure for every command of a failed group.
 fn clone_error(error: &CommitError) -> CommitError {
-    CommitError::Database(sqlx::Error::Protocol(format!(
-        "group commit failed: {error}"
-    )))
+    CommitError::Unknown(error.to_string())
 }
 
 /// One command's commit in a transaction of its own (the steps of the module documentation).

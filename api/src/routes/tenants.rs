@@ -189,7 +189,10 @@ pub async fn create_tenant(
     .await;
     let outcome = match &result {
         Ok(_) => "accepted",
-        Err(CreateTenantError::Append(eventlog::AppendError::Database(_))) => "error",
+        Err(
+            CreateTenantError::Append(eventlog::AppendError::Database(_))
+            | CreateTenantError::Undecided(_),
+        ) => "error",
         Err(_) => "rejected",
     };
     state.metrics.command("CreateTenant", outcome);
