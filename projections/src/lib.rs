@@ -34,6 +34,12 @@ pub enum ProjectionError {
     },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// Another process holds the projector (a rebuild while one runs).
+    #[error("another rebuild of '{0}' is running")]
+    Busy(&'static str),
+    /// The log kept changing while a whole-log check read it.
+    #[error("the log kept changing while it was verified; try again when it is quieter")]
+    Unsettled,
 }
 
 /// Where a projector writes: its live tables, or the shadow tables of a rebuild.

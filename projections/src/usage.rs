@@ -1453,7 +1453,5 @@ pub async fn verify(log: &EventLog, batch: usize) -> Result<VerifyReport, Projec
         }
         return Ok(report);
     }
-    Err(ProjectionError::Database(sqlx::Error::Protocol(
-        "the log kept changing while it was verified; try again when it is quieter".into(),
-    )))
+    Err(ProjectionError::Unsettled)
 }

@@ -144,10 +144,7 @@ async fn apply_batch(
     let mut tx = log.db().begin().await?;
     if !runner::lock(&mut tx, checkpoint, false).await? {
         tx.rollback().await?;
-        return Err(ProjectionError::Database(sqlx::Error::Protocol(format!(
-            "another rebuild of '{}' is running",
-            projector.name()
-        ))));
+        return Err(ProjectionError::Busy(projector.name()));
     }
     projector.apply(&mut tx, Target::Rebuild, events).await?;
     checkpoints::write_in(&mut tx, checkpoint, last.cursor).await?;
