@@ -309,3 +309,201 @@ async fn record_writes_without_http(backend: Backend) {
     );
 }
 both_backends!(a_record_write_runs_without_http, record_writes_without_http);
+
+/// A billed exchange on one session: the user message, a failed attempt at `vendorA`, and a
+/// reply from `vendorB` (the fallback) that cost 30 micro-dollars.
+async fn billed_exchange(log: &EventLog) {
+    let session = StreamId::new(tenant(), Session::TYPE, "ses_2");
+    let commands = [
+        SessionCommand::CreateSession {
+            id: "ses_2".into(),
+            agent_id: "agt_2".into(),
+            customer_id: None,
+            metadata: Map::new(),
+            agent_status: domain::agent::AgentStatus::Active,
+        },
+        SessionCommand::RecordUserMessage {
+            message_id: "msg_u".into(),
+            content: "What does it cost?".into(),
+            agent_status: domain::agent::AgentStatus::Active,
+        },
+        SessionCommand::RecordProviderAttempt {
+            message_id: "msg_u".into(),
+            attempt: domain::session::ProviderAttempt {
+                provider: "vendorA".into(),
+                model: Some("vendor-a-1".into()),
+                attempt: 1,
+                status: "error".into(),
+                http_status: Some(503),
+                latency_ms: 12,
+                error_code: Some("PROVIDER_ERROR".into()),
+                retry_after_ms: None,
+            },
+        },
+        SessionCommand::RecordProviderAttempt {
+            message_id: "msg_u".into(),
+            attempt: domain::session::ProviderAttempt {
+                provider: "vendorB".into(),
+                model: Some("vendor-b-1".into()),
+                attempt: 1,
+                status: "success".into(),
+                http_status: Some(200),
+                latency_ms: 20,
+                error_code: None,
+                retry_after_ms: None,
+            },
+        },
+        SessionCommand::RecordAssistantReply(domain::session::AssistantReply {
+            message_id: "msg_r".into(),
+            reply_to: "msg_u".into(),
+            agent_id: "agt_2".into(),
+            content: "Thirty micro-dollars.".into(),
+            provider: "vendorB".into(),
+            model: "vendor-b-1".into(),
+            tokens_in: 6,
+            tokens_out: 4,
+            cost_micros: 30,
+            price: domain::provider::Price {
+                micro_usd_per_1k_tokens: 3000,
+            },
+            fallback_used: true,
+            streamed: false,
+            client_disconnected: false,
+            incomplete: false,
+        }),
+    ];
+    for command in commands {
+        let name = command.name();
+        log.execute::<Session>(&session, command, &(), &metadata(name))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+async fn transcript_call_and_usage_rows(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    billed_exchange(&log).await;
+
+    project(&log, "transcripts").await;
+    let messages = projections::sessions::transcript(log.db(), "acme", "ses_2", 0, 10)
+        .await
+        .unwrap();
+    let roles: Vec<&str> = messages.iter().map(|(_, m)| m.role.as_str()).collect();
+    assert_eq!(roles, ["user", "assistant"]);
+    let reply = &messages[1].1;
+    assert_eq!(
+        (reply.reply_to.as_deref(), reply.provider.as_deref()),
+        (Some("msg_u"), Some("vendorB"))
+    );
+    let usage = reply.usage.as_ref().expect("a reply carries its usage");
+    assert_eq!(
+        (
+            usage["costMicros"].as_u64(),
+            usage["fallbackUsed"].as_bool()
+        ),
+        (Some(30), Some(true))
+    );
+
+    project(&log, "provider_calls").await;
+    let calls = projections::sessions::provider_calls(log.db(), "acme", "ses_2")
+        .await
+        .unwrap();
+    let seen: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|c| (c.provider.as_str(), c.status.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("vendorA", "error"), ("vendorB", "success")],
+        "the failed attempt and the one recorded with the reply"
+    );
+
+    project(&log, "usage").await;
+    let today = chrono::Utc::now().date_naive();
+    let start = today.and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let selection = projections::usage::Selection {
+        tenant_id: "acme",
+        from: start,
+        to: start + chrono::Duration::days(1),
+        filters: &[],
+    };
+    let rollup = projections::usage::rollup(log.db(), &selection)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            rollup.total.messages,
+            rollup.total.tokens_in,
+            rollup.total.tokens_out,
+            rollup.total.cost_micros,
+            rollup.sessions
+        ),
+        (1, 6, 4, 30, 1)
+    );
+    assert_eq!(rollup.by_provider["vendorB"].0.cost_micros, 30);
+    assert!(
+        !rollup.by_provider.contains_key("vendorA"),
+        "a failed attempt bills nothing"
+    );
+}
+both_backends!(
+    sessions_project_transcripts_calls_and_usage,
+    transcript_call_and_usage_rows
+);
+
+async fn type_and_budget_rows(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    let orders = EntityTypeName::parse("orders").unwrap();
+    let schema: Schema = serde_json::from_value(json!({"fields": {
+        "total": {"type": "number", "indexed": true}
+    }}))
+    .unwrap();
+    log.execute::<EntityType>(
+        &entity_writes::type_stream(&tenant(), &orders),
+        EntityTypeCommand::DefineEntityType {
+            name: orders,
+            schema: schema.clone(),
+            missing_references: Vec::new(),
+        },
+        &(),
+        &metadata("DefineEntityType"),
+    )
+    .await
+    .unwrap();
+    let budget = app::messaging::budget_stream(&tenant(), domain::budget::TENANT_SCOPE);
+    log.execute::<domain::budget::Budget>(
+        &budget,
+        domain::budget::BudgetCommand::SetBudget {
+            scope: domain::budget::TENANT_SCOPE.into(),
+            monthly_limit_micros: 25_000_000,
+            enforcement: domain::budget::Enforcement::Hard,
+        },
+        &(),
+        &metadata("SetBudget"),
+    )
+    .await
+    .unwrap();
+
+    project(&log, "entity_types").await;
+    let types = projections::entity_types::list(log.db(), "acme")
+        .await
+        .unwrap();
+    assert_eq!(types.len(), 1);
+    assert_eq!((types[0].name.as_str(), types[0].version), ("orders", 1));
+    assert_eq!(types[0].schema, schema);
+
+    project(&log, "budgets").await;
+    let budgets = projections::usage::budgets(log.db(), "acme").await.unwrap();
+    assert_eq!(budgets.len(), 1);
+    assert_eq!(
+        (
+            budgets[0].scope.as_str(),
+            budgets[0].monthly_limit_micros,
+            budgets[0].enforcement.as_str()
+        ),
+        ("tenant", 25_000_000, "hard")
+    );
+}
+both_backends!(types_and_budgets_project_their_rows, type_and_budget_rows);

@@ -6,6 +6,10 @@
 # (`send-messages`, 4 clients, simulated vendorA at 0 ms) and the count is dumped.
 #
 #   bench/scripts/instructions-per-message.sh [N]
+#   GATEWAY=/tmp/gateway-before WORKLOAD=create-entities bench/scripts/instructions-per-message.sh 1000
+#
+# GATEWAY picks another gateway binary (to compare two builds); WORKLOAD another workload of
+# the load generator (a request then counts as the "message").
 #
 # Needs: a release build (cargo build --release -p cli -p gateway-bench), valgrind, psql, and
 # PostgreSQL at $PG_URL (default postgres://postgres@127.0.0.1:5432).
@@ -13,7 +17,8 @@ set -euo pipefail
 N=${1:-1000}
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-GATEWAY=$ROOT/target/release/gateway
+GATEWAY=${GATEWAY:-$ROOT/target/release/gateway}
+WORKLOAD=${WORKLOAD:-send-messages}
 BENCH=$ROOT/target/release/gateway-bench
 PORT=${PORT:-18099}
 DB=gw_instructions_$$
@@ -43,7 +48,7 @@ for _ in $(seq 1 600); do
   sleep 0.5
 done
 send() {
-  "$BENCH" --url "http://127.0.0.1:$PORT" --api-key "$KEY" --workload send-messages \
+  "$BENCH" --url "http://127.0.0.1:$PORT" --api-key "$KEY" --workload "$WORKLOAD" \
     -c 4 -n "$1" --warmup 0 | tail -1
 }
 send 200 >/dev/null
