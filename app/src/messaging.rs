@@ -909,61 +909,66 @@ impl Answer {
 // built and dropped per message). Fields are declared in alphabetical order, the order a
 // `serde_json::Value` object serializes its keys in, so the body is what it always was.
 
-#[derive(serde::Serialize)]
-struct AnswerBody<'a> {
-    message: AnswerMessage<'a>,
-    metadata: AnswerMetadata<'a>,
+#[derive(serde::Serialize, utoipa::ToSchema)]
+/// The answer to a message: the reply, and how it was produced and billed.
+pub struct AnswerBody<'a> {
+    pub message: AnswerMessage<'a>,
+    pub metadata: AnswerMetadata<'a>,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct AnswerMessage<'a> {
-    content: &'a str,
-    created_at: DateTime<Utc>,
-    id: &'a str,
+pub struct AnswerMessage<'a> {
+    pub content: &'a str,
+    pub created_at: DateTime<Utc>,
+    pub id: &'a str,
+    /// The provider's stream broke: the part received was recorded and billed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    incomplete: bool,
-    reply_to: &'a str,
-    role: &'static str,
-    session_id: &'a str,
+    pub incomplete: bool,
+    pub reply_to: &'a str,
+    /// `assistant`.
+    pub role: &'static str,
+    pub session_id: &'a str,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct AnswerMetadata<'a> {
-    agent_id: &'a str,
-    attempts: Value,
-    client_disconnected: bool,
-    fallback_attempted: Option<&'a str>,
-    fallback_used: bool,
-    idempotency: AnswerIdempotency<'a>,
-    model: &'a str,
-    primary_attempted: &'a str,
-    provider_used: &'a str,
-    request_id: &'a str,
-    streamed: bool,
-    usage: AnswerUsage,
+pub struct AnswerMetadata<'a> {
+    pub agent_id: &'a str,
+    /// One entry per provider asked, in order, with its calls.
+    #[schema(value_type = Vec<Object>)]
+    pub attempts: Value,
+    pub client_disconnected: bool,
+    pub fallback_attempted: Option<&'a str>,
+    pub fallback_used: bool,
+    pub idempotency: AnswerIdempotency<'a>,
+    pub model: &'a str,
+    pub primary_attempted: &'a str,
+    pub provider_used: &'a str,
+    pub request_id: &'a str,
+    pub streamed: bool,
+    pub usage: AnswerUsage,
 }
 
-#[derive(serde::Serialize)]
-struct AnswerIdempotency<'a> {
-    key: &'a str,
-    replayed: bool,
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AnswerIdempotency<'a> {
+    pub key: &'a str,
+    pub replayed: bool,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct AnswerUsage {
-    cost_micros: u64,
-    cost_usd: f64,
-    pricing: AnswerPricing,
-    tokens_in: u64,
-    tokens_out: u64,
+pub struct AnswerUsage {
+    pub cost_micros: u64,
+    pub cost_usd: f64,
+    pub pricing: AnswerPricing,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct AnswerPricing {
+pub struct AnswerPricing {
     usd_per_1k_tokens: f64,
 }
 

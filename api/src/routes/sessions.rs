@@ -459,8 +459,8 @@ struct NewMessage {
         ("Idempotency-Key" = String, Header, description = "Required: the same key and message replay the first answer, with no new usage", min_length = 1, max_length = 255)),
     request_body(content = Object, description = "`{\"role\": \"user\", \"content\": \"…\", \"stream\": false}`"),
     responses(
-        (status = 201, description = "`{\"message\": {...}, \"metadata\": {...}}`, or a `text/event-stream` when streaming (status 200)"),
-        (status = 200, description = "A replay: the first answer with `metadata.idempotency.replayed: true`"),
+        (status = 201, description = "The reply with its usage and attempts, or a `text/event-stream` when streaming (status 200)", content((app::messaging::AnswerBody<'static> = "application/json"), ("text/event-stream"))),
+        (status = 200, description = "A replay: the first answer with `metadata.idempotency.replayed: true`", body = app::messaging::AnswerBody<'static>),
         (status = 400, description = "IDEMPOTENCY_KEY_REQUIRED", body = ErrorEnvelope),
         (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
         (status = 409, description = "SESSION_CLOSED, AGENT_ARCHIVED or IDEMPOTENCY_IN_FLIGHT", body = ErrorEnvelope),
