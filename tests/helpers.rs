@@ -5,8 +5,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use api::startup::Application;
 use app::settings::Settings;
+use cli::startup::Application;
 use eventlog::{Db, EventLog};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -394,7 +394,7 @@ impl Process {
                 .build()
                 .unwrap();
             let port = runtime.block_on(async move {
-                let app = api::startup::Application::build(settings).await.unwrap();
+                let app = cli::startup::Application::build(settings).await.unwrap();
                 let port = app.port();
                 tokio::spawn(app.run_until_stopped());
                 port

@@ -859,7 +859,7 @@ async fn an_embedded_gateway_prints_a_platform_key_on_its_first_start_only() {
     let db = crate::helpers::TestDb::new(Backend::Sqlite).await;
     let mut settings = db.settings();
     settings.admin_key = None;
-    let mut first = api::startup::Application::build(settings.clone())
+    let mut first = cli::startup::Application::build(settings.clone())
         .await
         .unwrap();
     let key = first
@@ -884,6 +884,6 @@ async fn an_embedded_gateway_prints_a_platform_key_on_its_first_start_only() {
     token.cancel();
     server.await.unwrap().unwrap();
 
-    let mut second = api::startup::Application::build(settings).await.unwrap();
+    let mut second = cli::startup::Application::build(settings).await.unwrap();
     assert_eq!(second.take_bootstrap_key(), None, "shown once");
 }

@@ -1,8 +1,6 @@
 //! The gateway's HTTP API: routing, extraction, authentication, error mapping, OpenAPI.
 //!
 //! Code map:
-//! - [`startup`]: [`startup::Application`]: connect, migrate, start workers, bind, serve,
-//!   shut down gracefully. The command line and the tests both use it.
 //! - [`server`]: the HTTP/1.1 accept loop with its limits (connections, timeouts).
 //! - [`routes`]: every route and the OpenAPI document generated from them.
 //! - [`error`]: [`error::ApiError`], its status codes and the error envelope.
@@ -26,5 +24,4 @@ pub mod request_id;
 pub mod respond;
 pub mod routes;
 pub mod server;
-pub mod startup;
 pub mod state;

@@ -11,7 +11,7 @@ use domain::names::TenantId;
 use domain::roles::Role;
 use serde_json::{Value, json};
 
-use api::startup::Application;
+use crate::startup::Application;
 use app::SystemClock;
 use app::bootstrap;
 use app::settings::Settings;

@@ -1,5 +1,7 @@
-//! The `gateway` command line: one module per subcommand, each calling the same use cases
-//! (`app`) as the HTTP API.
+//! The `gateway` binary: [`startup`], the composition root (connect, migrate, start the
+//! workers and the relay, bind, serve, shut down gracefully), which `serve` and the black-box
+//! tests both use; and the command line, one module per subcommand, each calling the same use
+//! cases (`app`) as the HTTP API.
 #![forbid(unsafe_code)]
 
 pub mod demo;
@@ -8,6 +10,7 @@ pub mod projections;
 pub mod relay;
 pub mod seed;
 pub mod serve;
+pub mod startup;
 pub mod subscribe;
 pub mod telemetry;
 pub mod tenants;

@@ -1,6 +1,6 @@
 //! `gateway serve` (the default) and `gateway migrate`.
 
-use api::startup::{self, Application};
+use crate::startup::{self, Application};
 use app::settings::Settings;
 
 /// Serves HTTP and runs the workers until a shutdown signal.

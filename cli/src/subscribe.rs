@@ -50,7 +50,7 @@ pub async fn run(args: Subscribe, settings: Settings, out: &mut dyn Write) -> an
     let shutdown = tokio_util::sync::CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
-        api::startup::shutdown_signal().await;
+        crate::startup::shutdown_signal().await;
         token.cancel();
     });
     let report = workers::consumer::run(

@@ -11,14 +11,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::credentials::{CredentialCache, LastUsed};
-use crate::rate_limit::RateLimiter;
-use crate::routes;
+use api::credentials::{CredentialCache, LastUsed};
+use api::rate_limit::RateLimiter;
+use api::routes;
 use app::metrics::Metrics;
 use app::settings::Settings;
 use app::{App, SystemClock, bootstrap, open_log};
 
-use crate::state::AppState;
+use api::state::AppState;
 
 /// A gateway bound to its port, with its workers started, ready to serve.
 pub struct Application {
@@ -123,7 +123,7 @@ impl Application {
                 relay,
                 providers,
                 shutdown: shutdown.clone(),
-                render_refusal: crate::error::render_refusal,
+                render_refusal: api::error::render_refusal,
             },
             rate_limiter: Arc::new(RateLimiter::default()),
             unknown_keys: Arc::new(RateLimiter::default()),
@@ -166,7 +166,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let settings = &self.state.settings;
         let grace = Duration::from_secs(settings.shutdown_grace_secs);
-        let limits = crate::server::Limits {
+        let limits = api::server::Limits {
             header_read_timeout: Duration::from_millis(settings.header_read_timeout_ms.max(1)),
             idle_timeout: Duration::from_millis(settings.idle_timeout_ms.max(1)),
             max_connections: settings.max_connections,
@@ -179,7 +179,7 @@ impl Application {
             tracing::info!("shutting down: draining requests");
             tokio::time::Instant::now() + grace
         });
-        crate::server::serve(self.listener, router, limits, self.shutdown.clone()).await;
+        api::server::serve(self.listener, router, limits, self.shutdown.clone()).await;
         // The whole shutdown, requests and workers together, stays within the grace period.
         let deadline = stopping
             .await
