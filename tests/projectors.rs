@@ -1,5 +1,5 @@
-//! Each real projector on its own (events in, rows out), and use cases run without HTTP.
-//!
+//! Each real projector on its own (events in, rows out), and the use cases run without HTTP
+//! (a record write, a message with its replay).
 //! The events come from the same commands and use cases the gateway runs; each projector is
 //! then applied alone (`workers::runner::run_batch`), so a row a test finds was written by
 //! that projector and no other.
@@ -507,3 +507,121 @@ async fn type_and_budget_rows(backend: Backend) {
     );
 }
 both_backends!(types_and_budgets_project_their_rows, type_and_budget_rows);
+
+/// The services of the application as `startup` assembles them, without a server.
+fn application(log: EventLog, settings: app::settings::Settings) -> app::App {
+    app::App {
+        providers: app::providers::from_settings(&settings).unwrap(),
+        log,
+        progress: projections::progress::Progress::default(),
+        metrics: Arc::new(app::metrics::Metrics::default()),
+        settings: Arc::new(settings),
+        projectors: Arc::new(projections::all()),
+        clock: Arc::new(app::SystemClock),
+        relay: None,
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        render_refusal: api::error::render_refusal,
+    }
+}
+
+/// Sending a message (the use case behind `POST /v1/sessions/{id}/messages`), without HTTP:
+/// the answer is billed once, and the same key replays it without asking a provider again.
+async fn message_without_http(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    let app = application(log.clone(), db.settings());
+    let services = AgentServices {
+        providers: vec!["vendorA".into(), "vendorB".into()],
+    };
+    log.execute::<Agent>(
+        &StreamId::new(tenant(), Agent::TYPE, "agt_1"),
+        AgentCommand::CreateAgent {
+            id: "agt_1".into(),
+            config: config(),
+        },
+        &services,
+        &metadata("CreateAgent"),
+    )
+    .await
+    .unwrap();
+    log.execute::<Session>(
+        &StreamId::new(tenant(), Session::TYPE, "ses_1"),
+        SessionCommand::CreateSession {
+            id: "ses_1".into(),
+            agent_id: "agt_1".into(),
+            customer_id: None,
+            metadata: Map::new(),
+            agent_status: domain::agent::AgentStatus::Active,
+        },
+        &(),
+        &metadata("CreateSession"),
+    )
+    .await
+    .unwrap();
+    let context = app::Context {
+        tenant: tenant(),
+        actor: "test".into(),
+        request_id: "req_1".into(),
+        idempotency_key: Some("hello-1".into()),
+        traceparent: None,
+        method: "POST".into(),
+        target: "/v1/sessions/ses_1/messages".into(),
+    };
+    let send = || app::messaging::prepare(&app, context.clone(), "ses_1".into(), "Hello".into());
+
+    let Ok(exchange) = send().await else {
+        panic!("the first request runs");
+    };
+    let answer = exchange.answer(None, &|| false).await.unwrap();
+    assert_eq!(answer.status, 201);
+    let body: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["message"]["role"], "assistant");
+    assert_eq!(body["metadata"]["providerUsed"], "vendorA");
+    let billed = body["metadata"]["usage"]["costMicros"].as_u64().unwrap();
+    assert!(billed > 0);
+
+    match send().await {
+        Err(app::idempotency::Refused::Replayed(stored)) => {
+            assert_eq!(stored.status, 200);
+            let replay: Value = serde_json::from_slice(&stored.body).unwrap();
+            assert_eq!(replay["metadata"]["idempotency"]["replayed"], true);
+            assert_eq!(replay["message"]["id"], body["message"]["id"]);
+        }
+        Err(other) => panic!("expected a replay, got {other:?}"),
+        Ok(_) => panic!("expected a replay, got a second exchange"),
+    }
+
+    // Without an idempotency key the use case refuses before anything is recorded.
+    let mut keyless = context.clone();
+    keyless.idempotency_key = None;
+    assert!(matches!(
+        app::messaging::prepare(&app, keyless, "ses_1".into(), "Hello".into()).await,
+        Err(app::idempotency::Refused::Failed(
+            app::Error::IdempotencyKeyRequired
+        ))
+    ));
+
+    project(&log, "usage").await;
+    let start = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let rollup = projections::usage::rollup(
+        log.db(),
+        &projections::usage::Selection {
+            tenant_id: "acme",
+            from: start,
+            to: start + chrono::Duration::days(1),
+            filters: &[],
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (rollup.total.messages, rollup.total.cost_micros),
+        (1, billed as i64),
+        "billed once"
+    );
+}
+both_backends!(a_message_runs_without_http, message_without_http);
