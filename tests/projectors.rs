@@ -1,5 +1,6 @@
 //! Each real projector on its own (events in, rows out), and the use cases run without HTTP
 //! (a record write, a message with its replay).
+//!
 //! The events come from the same commands and use cases the gateway runs; each projector is
 //! then applied alone (`workers::runner::run_batch`), so a row a test finds was written by
 //! that projector and no other.
