@@ -55,6 +55,29 @@ impl Backend {
         }
         sql
     }
+
+    /// [`Backend::values`] with each column cast to its type on PostgreSQL (`$1::text`), for a
+    /// `VALUES` list that is not an `INSERT`'s, whose columns take no type from a table.
+    pub fn typed_values(self, rows: usize, types: &[&str]) -> String {
+        let Backend::Postgres = self else {
+            return self.values(rows, types.len());
+        };
+        let mut sql = String::with_capacity(rows * types.len() * 12);
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for (column, ty) in types.iter().enumerate() {
+                if column > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('$');
+                push_decimal(&mut sql, row * types.len() + column + 1);
+                sql.push_str("::");
+                sql.push_str(ty);
+            }
+            sql.push(')');
+        }
+        sql
+    }
 }
 
 /// Appends the decimal digits of `n` (what `write!(sql, "{n}")` does, without the formatting
@@ -287,6 +310,18 @@ mod tests {
         assert!(many.ends_with("$4998, $4999, $5000)"));
         assert_eq!(many.matches('$').count(), 5000);
         assert_eq!(Backend::Sqlite.values(2, 2), "(?, ?), (?, ?)");
+    }
+
+    #[test]
+    fn typed_values_cast_on_postgres_only() {
+        assert_eq!(
+            Backend::Postgres.typed_values(2, &["text", "int4"]),
+            "($1::text, $2::int4), ($3::text, $4::int4)"
+        );
+        assert_eq!(
+            Backend::Sqlite.typed_values(2, &["text", "int4"]),
+            "(?, ?), (?, ?)"
+        );
     }
 }
 

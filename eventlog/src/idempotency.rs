@@ -250,30 +250,9 @@ impl Store {
         completions: &[(&IdempotencyKey, &StoredResponse)],
     ) -> Result<(), sqlx::Error> {
         for chunk in completions.chunks(100) {
-            let backend = tx.backend();
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let n = i * 5;
-                    match backend {
-                        crate::Backend::Postgres => format!(
-                            "(${}::text, ${}::text, ${}::int4, ${}::jsonb, ${}::bytea)",
-                            n + 1,
-                            n + 2,
-                            n + 3,
-                            n + 4,
-                            n + 5
-                        ),
-                        crate::Backend::Sqlite => format!(
-                            "(${}, ${}, ${}, ${}, ${})",
-                            n + 1,
-                            n + 2,
-                            n + 3,
-                            n + 4,
-                            n + 5
-                        ),
-                    }
-                })
-                .collect();
+            let rows = tx
+                .backend()
+                .typed_values(chunk.len(), &["text", "text", "int4", "jsonb", "bytea"]);
             let sql = format!(
                 "WITH done (tenant_id, idempotency_key, status_code, response_headers, response_body) \
                  AS (VALUES {}) \
@@ -282,7 +261,7 @@ impl Store {
                  response_body = done.response_body \
                  FROM done WHERE idempotency_records.tenant_id = done.tenant_id \
                  AND idempotency_records.idempotency_key = done.idempotency_key",
-                rows.join(", ")
+                rows
             );
             crate::on_tx!(&mut *tx, conn => {
                 let mut query = sqlx::query(&sql).persistent(false);
