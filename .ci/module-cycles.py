@@ -2,8 +2,10 @@
 """Fails if, in any crate of the workspace, a module imports a module that imports it back.
 
 A module is a source file. An edge A -> B is any path in A that names B: `use crate::b`,
-`crate::b::f()`, `super::b`, `self::b` (grouped `use` trees included). A parent declaring
-its child with `mod` is not an edge; a child reaching its parent (`super::x`) is. Prints every
+`crate::b::f()`, `super::b`, `self::b` (grouped `use` trees included), and a child module
+named by a relative path (`b::f()` after `mod b;`). Declaring a child with `mod` is not an
+edge by itself; using it is, and so is a child reaching its parent (`super::x`). What follows
+a file's first `#[cfg(test)]` (its unit tests) is left out. Prints every
 circle (a strongly connected set of two or more files) and exits 1 if there is one.
 
     python3 .ci/module-cycles.py            # the whole workspace
@@ -75,6 +77,9 @@ def module_of(root, path):
 def references(text, module):
     """Absolute module paths (tuples) this file's text names."""
     text = strip_comments_and_strings(text)
+    # Unit tests (an inline `mod tests` at the end of a file, where `super` is the file's own
+    # module) are not part of the structure.
+    text = text.split("#[cfg(test)]")[0]
     paths = []
     for m in re.finditer(r"\buse\s+([^;]+);", text):
         paths.extend(expand_use(m.group(1)))
@@ -82,6 +87,10 @@ def references(text, module):
         paths.append(m.group(1))
     # The module `super` and `self` are relative to: a file `a/b.rs` is module a::b, its
     # `super` is a; `a/b/mod.rs` is also a::b.
+    # A child module named by a relative path (`agents::router()` in `routes/mod.rs`).
+    for child in re.findall(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+([a-z_][a-z0-9_]*)\s*;", text, re.M):
+        if re.search(r"(?<![:\w])" + child + r"::", text):
+            paths.append("self::" + child)
     result = []
     for p in paths:
         segs = p.split("::")
@@ -164,6 +173,12 @@ def self_test():
     assert expand_use("crate::a::{self, B}") == ["crate::a", "crate::a::B"]
     refs = references("use super::x; fn f() { crate::y::z(); } // crate::nope", ("a", "b"))
     assert set(refs) == {("a", "x"), ("y", "z")}, refs
+    refs = references("mod child;\nfn f() { child::g(); }", ("a",))
+    assert ("a", "child") in set(refs), refs
+    refs = references("fn f() {}\n#[cfg(test)]\nmod tests { use super::g; }", ("a", "b"))
+    assert refs == [], refs
+    refs = references("pub mod quiet;\nfn f() {}", ("a",))
+    assert ("a", "quiet") not in set(refs), refs
     edges = {("a",): {("b",)}, ("b",): {("a",)}, ("c",): {("a",)}}
     assert circles(edges) == [[("a",), ("b",)]]
     assert circles({("a",): {("b",)}, ("b",): set()}) == []

@@ -46,6 +46,16 @@ pub struct CompletionRequest {
     pub max_tokens: Option<u32>,
 }
 
+impl CompletionRequest {
+    /// The prompt's tokens as estimated from its text, for a provider that reports none.
+    pub fn estimated_prompt_tokens(&self) -> u64 {
+        self.messages
+            .iter()
+            .map(|m| estimate_tokens(&m.content))
+            .sum()
+    }
+}
+
 /// A provider's complete reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {

@@ -25,8 +25,8 @@ use app::idempotency;
 use crate::error::{ApiError, ApiJson, ErrorEnvelope};
 use crate::extract::{CommandContext, EVENT_POSITION_HEADER};
 use crate::respond::{self, Begin};
+use crate::routes::support::{Page, page_cursor};
 use crate::routes::tenants::PageQuery;
-use crate::routes::{Page, page_cursor};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {

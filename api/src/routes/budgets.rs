@@ -24,7 +24,7 @@ use app::idempotency;
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER};
 use crate::respond::{self, Begin};
-use crate::routes::{await_consistency, with_lag};
+use crate::routes::support::{await_consistency, with_lag};
 use crate::state::AppState;
 use app::messaging::{agent_stream, budget_stream};
 use app::providers::Usd;

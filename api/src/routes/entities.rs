@@ -29,7 +29,7 @@ use app::idempotency::{self};
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
 use crate::respond::{self};
-use crate::routes::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, await_consistency, with_lag};
+use crate::routes::support::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, await_consistency, with_lag};
 use crate::state::AppState;
 use app::entity_writes::{self, MAX_OPERATIONS, OpKind, OpResult, Operation};
 

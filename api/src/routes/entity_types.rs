@@ -27,7 +27,7 @@ use app::idempotency;
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
 use crate::respond::{self, Begin};
-use crate::routes::{await_consistency, with_lag};
+use crate::routes::support::{await_consistency, with_lag};
 use crate::state::AppState;
 use app::entity_writes::{load_type, type_stream};
 

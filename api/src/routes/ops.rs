@@ -18,14 +18,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(health))
         .routes(routes!(ready))
         .routes(routes!(metrics))
-        .routes(routes!(openapi_json))
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "The OpenAPI 3 document of every route", content_type = "application/json")))]
-pub async fn openapi_json() -> Response {
-    axum::Json(super::openapi()).into_response()
 }
 
 /// Liveness.

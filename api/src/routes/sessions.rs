@@ -26,7 +26,7 @@ use app::idempotency;
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER};
 use crate::respond::{self, Begin};
-use crate::routes::{Page, await_consistency, page_cursor, with_lag};
+use crate::routes::support::{Page, await_consistency, page_cursor, with_lag};
 use crate::state::AppState;
 use app::messaging::{self, agent_stream, session_error, session_stream};
 

@@ -24,7 +24,7 @@ use app::idempotency;
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, EVENT_POSITION_HEADER};
 use crate::respond::{self, Begin};
-use crate::routes::{Page, page_cursor};
+use crate::routes::support::{Page, page_cursor};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {

@@ -24,7 +24,7 @@ use app::Error as AppError;
 use crate::auth::{Auth, require};
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::extract::Consistency;
-use crate::routes::{await_consistency, with_lag};
+use crate::routes::support::{await_consistency, with_lag};
 use crate::state::AppState;
 use app::providers::Usd;
 use app::usage;

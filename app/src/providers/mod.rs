@@ -283,7 +283,7 @@ impl Providers {
                                 completion: Completion {
                                     content: partial.content,
                                     model: model_used,
-                                    tokens_in: prompt_tokens(&request),
+                                    tokens_in: request.estimated_prompt_tokens(),
                                     tokens_out: partial.tokens_out,
                                     http_status: failure.http_status.unwrap_or(200),
                                 },
@@ -358,14 +358,6 @@ impl Providers {
             }
         }
     }
-}
-
-pub(crate) fn prompt_tokens(request: &CompletionRequest) -> u64 {
-    request
-        .messages
-        .iter()
-        .map(|m| estimate_tokens(&m.content))
-        .sum()
 }
 
 /// The providers of `settings`, shared.

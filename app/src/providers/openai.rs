@@ -142,7 +142,7 @@ impl OpenAiCompatible {
             .ok_or_else(|| bad_response(status, "no choices[0].message.content"))?
             .to_string();
         let (tokens_in, tokens_out) = usage(&body)
-            .unwrap_or_else(|| (super::prompt_tokens(request), estimate_tokens(&content)));
+            .unwrap_or_else(|| (request.estimated_prompt_tokens(), estimate_tokens(&content)));
         Ok(Completion {
             model: body
                 .get("model")
@@ -224,8 +224,8 @@ impl OpenAiCompatible {
                 &content,
             ));
         }
-        let (tokens_in, tokens_out) =
-            reported.unwrap_or_else(|| (super::prompt_tokens(request), estimate_tokens(&content)));
+        let (tokens_in, tokens_out) = reported
+            .unwrap_or_else(|| (request.estimated_prompt_tokens(), estimate_tokens(&content)));
         Ok(Completion {
             model: model.unwrap_or_else(|| self.default_model.clone()),
             content,
