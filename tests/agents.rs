@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::both_backends;
 use crate::helpers::{
     Backend, Process, TestApp, TestDb, create_agent, create_session, create_tenant, error_code,
-    eventually, json_of, quick, send, spawn_app_on, spawn_app_with,
+    eventually, json_of, not_found, quick, send, spawn_app_on, spawn_app_with,
 };
 
 fn simulate(settings: &mut Settings, provider: &str, simulation: Simulation) {
@@ -320,7 +320,7 @@ async fn refusals_have_stable_codes(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(invalid.status(), 422);
+    assert_eq!(invalid.status(), 400);
     let body = json_of(invalid).await;
     assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
     let fields: Vec<&str> = body["error"]["details"]["fields"]
@@ -338,10 +338,10 @@ async fn refusals_have_stable_codes(backend: Backend) {
         .unwrap();
     assert_eq!(
         error_code(unknown_field).await,
-        (422, "VALIDATION_ERROR".into())
+        (400, "VALIDATION_ERROR".into())
     );
     let empty = send(&app, "acme", &session, "k-empty", "   ").await;
-    assert_eq!(error_code(empty).await, (422, "VALIDATION_ERROR".into()));
+    assert_eq!(error_code(empty).await, (400, "VALIDATION_ERROR".into()));
 
     // Unknown agent and session.
     let no_agent = app
@@ -350,16 +350,13 @@ async fn refusals_have_stable_codes(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(no_agent).await, (404, "AGENT_NOT_FOUND".into()));
+    assert_eq!(not_found(no_agent).await, "agent");
     let no_session = send(&app, "acme", "ses_missing", "k-1", "Hi").await;
-    assert_eq!(
-        error_code(no_session).await,
-        (404, "SESSION_NOT_FOUND".into())
-    );
+    assert_eq!(not_found(no_session).await, "session");
 
     // Another tenant's session and agent: 404, and nothing is written to them.
     let foreign = send(&app, "globex", &session, "k-2", "Hi").await;
-    assert_eq!(error_code(foreign).await, (404, "SESSION_NOT_FOUND".into()));
+    assert_eq!(not_found(foreign).await, "session");
     let foreign_read = app
         .request(
             Method::GET,
@@ -369,29 +366,20 @@ async fn refusals_have_stable_codes(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        error_code(foreign_read).await,
-        (404, "SESSION_NOT_FOUND".into())
-    );
+    assert_eq!(not_found(foreign_read).await, "session");
     let foreign_agent = app
         .request(Method::GET, &format!("/v1/agents/{agent}"), "globex")
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        error_code(foreign_agent).await,
-        (404, "AGENT_NOT_FOUND".into())
-    );
+    assert_eq!(not_found(foreign_agent).await, "agent");
     let foreign_session = app
         .request(Method::POST, "/v1/sessions", "globex")
         .json(&json!({"agentId": agent}))
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        error_code(foreign_session).await,
-        (404, "AGENT_NOT_FOUND".into())
-    );
+    assert_eq!(not_found(foreign_session).await, "agent");
 
     // A closed session takes no message; the refusal is replayed for the same key.
     let closed = app

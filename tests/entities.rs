@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{Backend, TestApp, error_code, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, TestApp, error_code, not_found, spawn_app, spawn_app_with};
 
 fn position(response: &reqwest::Response) -> String {
     response.headers()["x-event-position"]
@@ -101,14 +101,14 @@ async fn a_record_lives_through_create_read_patch_conflict_delete(backend: Backe
     assert!(deleted["deletedAt"].is_string());
 
     let gone = get_at(&app, "acme", "/v1/users/user-001", &at).await;
-    assert_eq!(error_code(gone).await, (404, "ENTITY_NOT_FOUND".into()));
+    assert_eq!(not_found(gone).await, "entity");
     let again = app
         .request(Method::PATCH, "/v1/users/user-001", "acme")
         .json(&json!({"x": 1}))
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(again).await, (404, "ENTITY_NOT_FOUND".into()));
+    assert_eq!(not_found(again).await, "entity");
     let recreate = app.create("acme", "users", json!({"id": "user-001"})).await;
     assert_eq!(
         error_code(recreate).await,
@@ -201,7 +201,7 @@ async fn another_tenant_cannot_see_or_change_a_record(backend: Backend) {
     );
 
     let read = get_at(&app, "tenant-b", "/v1/users/secret", &at).await;
-    assert_eq!(error_code(read).await, (404, "ENTITY_NOT_FOUND".into()));
+    assert_eq!(not_found(read).await, "entity");
     let list: Value = get_at(&app, "tenant-b", "/v1/users", &at)
         .await
         .json()
@@ -215,7 +215,7 @@ async fn another_tenant_cannot_see_or_change_a_record(backend: Backend) {
             .send()
             .await
             .unwrap();
-        assert_eq!(error_code(response).await, (404, "ENTITY_NOT_FOUND".into()));
+        assert_eq!(not_found(response).await, "entity");
     }
     // Tenant B may use the same id for its own record.
     assert_eq!(
@@ -249,11 +249,11 @@ async fn bad_requests_get_a_4xx_with_a_stable_code(backend: Backend) {
             "TENANT_MISMATCH",
         ),
         (post(Some("acme"), "{not json"), 400, "INVALID_JSON"),
-        (post(Some("acme"), "[1,2]"), 422, "VALIDATION_ERROR"),
-        (post(Some("acme"), r#"{"id": 5}"#), 422, "VALIDATION_ERROR"),
+        (post(Some("acme"), "[1,2]"), 400, "VALIDATION_ERROR"),
+        (post(Some("acme"), r#"{"id": 5}"#), 400, "VALIDATION_ERROR"),
         (
             post(Some("acme"), r#"{"id": "a/b"}"#),
-            422,
+            400,
             "VALIDATION_ERROR",
         ),
         (
@@ -317,7 +317,7 @@ async fn bad_requests_get_a_4xx_with_a_stable_code(backend: Backend) {
         (
             app.request(Method::GET, "/v1/users/x", "acme"),
             404,
-            "ENTITY_NOT_FOUND",
+            "RESOURCE_NOT_FOUND",
         ),
         (
             app.request(Method::GET, "/v1/a/b/c", "acme"),
@@ -359,7 +359,7 @@ async fn bad_requests_get_a_4xx_with_a_stable_code(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(response).await, (422, "VALIDATION_ERROR".into()));
+    assert_eq!(error_code(response).await, (400, "VALIDATION_ERROR".into()));
 }
 both_backends!(
     bad_requests_get_a_4xx_with_a_stable_code,

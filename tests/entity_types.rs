@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both_backends;
-use crate::helpers::{Backend, TestApp, error_code, eventually, spawn_app};
+use crate::helpers::{Backend, TestApp, error_code, eventually, not_found, spawn_app};
 
 /// The position of the last write each app answered, for read-your-writes. (The change feed
 /// is not used for this: on PostgreSQL it shows a commit only once every older transaction of
@@ -133,7 +133,7 @@ async fn types_are_defined_validated_and_changed_compatibly(backend: Backend) {
         json!({"name": "bad", "key": ["nope"], "fields": {"x": {"type": "json", "indexed": true}}}),
     )
     .await;
-    assert_eq!(response.status(), 422);
+    assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
     assert_eq!(
@@ -187,33 +187,24 @@ async fn types_are_defined_validated_and_changed_compatibly(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        error_code(missing).await,
-        (404, "ENTITY_TYPE_NOT_FOUND".into())
-    );
+    assert_eq!(not_found(missing).await, "entityType");
 
     // Writing to an unknown type, and each invalid field named once.
     let unknown = create(&app, "widgets", json!({"a": 1})).await;
-    assert_eq!(
-        error_code(unknown).await,
-        (404, "ENTITY_TYPE_NOT_FOUND".into())
-    );
+    assert_eq!(not_found(unknown).await, "entityType");
     let listed_unknown = app
         .request(Method::GET, "/v1/widgets", "acme")
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        error_code(listed_unknown).await,
-        (404, "ENTITY_TYPE_NOT_FOUND".into())
-    );
+    assert_eq!(not_found(listed_unknown).await, "entityType");
     let invalid = create(
         &app,
         "customers",
         json!({"plan": "gold", "seats": 1.5, "since": "yesterday", "extra": true}),
     )
     .await;
-    assert_eq!(invalid.status(), 422);
+    assert_eq!(invalid.status(), 400);
     let body: Value = invalid.json().await.unwrap();
     let fields: BTreeSet<&str> = body["error"]["details"]["fields"]
         .as_array()
@@ -245,7 +236,7 @@ async fn types_are_defined_validated_and_changed_compatibly(backend: Backend) {
             .unwrap();
         assert_eq!(
             crate::helpers::error_code(refused).await,
-            (422, "VALIDATION_ERROR".into()),
+            (400, "VALIDATION_ERROR".into()),
             "{body}"
         );
     }
@@ -313,10 +304,7 @@ async fn types_are_defined_validated_and_changed_compatibly(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        error_code(other).await,
-        (404, "ENTITY_TYPE_NOT_FOUND".into())
-    );
+    assert_eq!(not_found(other).await, "entityType");
 }
 both_backends!(
     types_are_defined_validated_and_changed,
@@ -369,7 +357,7 @@ async fn composite_keys_put_and_the_seed_examples(backend: Backend) {
         json!({"agentName": "a:b", "userId": "u", "convId": "c"}),
     )
     .await;
-    assert_eq!(error_code(colon).await, (422, "VALIDATION_ERROR".into()));
+    assert_eq!(error_code(colon).await, (400, "VALIDATION_ERROR".into()));
     let rekey = send(
         &app,
         Method::PATCH,
@@ -377,7 +365,7 @@ async fn composite_keys_put_and_the_seed_examples(backend: Backend) {
         json!({"userId": "user-2"}),
     )
     .await;
-    assert_eq!(error_code(rekey).await, (422, "VALIDATION_ERROR".into()));
+    assert_eq!(error_code(rekey).await, (400, "VALIDATION_ERROR".into()));
 
     // PUT replaces the document; If-Match guards it.
     let replaced = app
@@ -808,7 +796,8 @@ async fn transact_commits_every_operation_or_none(backend: Backend) {
     .await;
     assert_eq!(failing.status(), 404);
     let body: Value = failing.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "ENTITY_NOT_FOUND");
+    assert_eq!(body["error"]["code"], "RESOURCE_NOT_FOUND");
+    assert_eq!(body["error"]["details"]["resource"], "entity");
     assert_eq!(body["error"]["details"]["operation"], 2);
     let history = app
         .request(Method::GET, "/v1/users/u3/history", "acme")
@@ -851,7 +840,7 @@ async fn transact_commits_every_operation_or_none(backend: Backend) {
         json!({"operations": too_many}),
     )
     .await;
-    assert_eq!(error_code(refused).await, (422, "VALIDATION_ERROR".into()));
+    assert_eq!(error_code(refused).await, (400, "VALIDATION_ERROR".into()));
     let bad_op = send(
         &app,
         Method::POST,
@@ -882,7 +871,7 @@ async fn references_expand_restrict_and_nullify(backend: Backend) {
         json!({"name": "bad-refs", "fields": {"x": {"type": "reference", "references": "nowhere"}}}),
     )
     .await;
-    assert_eq!(error_code(refused).await, (422, "VALIDATION_ERROR".into()));
+    assert_eq!(error_code(refused).await, (400, "VALIDATION_ERROR".into()));
     define(
         &app,
         json!({"name": "members", "fields": {
@@ -901,7 +890,7 @@ async fn references_expand_restrict_and_nullify(backend: Backend) {
     created(&app, "teams", json!({"id": "core", "name": "Core"})).await;
     created(&app, "teams", json!({"id": "web", "name": "Web"})).await;
     let dangling = create(&app, "members", json!({"id": "m0", "team": "nope"})).await;
-    assert_eq!(error_code(dangling).await, (422, "VALIDATION_ERROR".into()));
+    assert_eq!(error_code(dangling).await, (400, "VALIDATION_ERROR".into()));
     created(
         &app,
         "members",
@@ -984,7 +973,7 @@ async fn references_expand_restrict_and_nullify(backend: Backend) {
     let to_deleted = create(&app, "tickets", json!({"assignee": "m1"})).await;
     assert_eq!(
         error_code(to_deleted).await,
-        (422, "VALIDATION_ERROR".into())
+        (400, "VALIDATION_ERROR".into())
     );
     let gone = send(&app, Method::DELETE, "/v1/teams/core", Value::Null).await;
     assert_eq!(gone.status(), 200);
@@ -1063,7 +1052,7 @@ async fn history_and_change_feed_read_the_log(backend: Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(none).await, (404, "ENTITY_NOT_FOUND".into()));
+    assert_eq!(not_found(none).await, "entity");
 
     // The feed: this tenant's record events of one type, a page at a time. (On PostgreSQL a
     // commit shows once every older transaction of the cluster has ended: poll.)
@@ -1309,7 +1298,7 @@ async fn writes_decided_on_cached_or_assumed_state_are_checked_at_commit(backend
     .await;
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
     let response = create(&app, "notes", json!({"text": "too long"})).await;
-    assert_eq!(error_code(response).await, (422, "VALIDATION_ERROR".into()));
+    assert_eq!(error_code(response).await, (400, "VALIDATION_ERROR".into()));
     created(&app, "notes", json!({"id": "n2", "text": "ok"})).await;
 
     // A create takes its record as new without reading it; the commit finds it exists.
@@ -1358,7 +1347,7 @@ async fn writes_decided_on_cached_or_assumed_state_are_checked_at_commit(backend
             .send()
             .await
             .unwrap();
-        assert_eq!(error_code(response).await, (422, "VALIDATION_ERROR".into()));
+        assert_eq!(error_code(response).await, (400, "VALIDATION_ERROR".into()));
     }
 }
 both_backends!(

@@ -377,6 +377,21 @@ pub async fn error_code(response: reqwest::Response) -> (u16, String) {
     (status, code)
 }
 
+/// The `details.resource` of a `404 RESOURCE_NOT_FOUND` answer (`agent`, `entity`, …).
+pub async fn not_found(response: reqwest::Response) -> String {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("an error body is JSON");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("RESOURCE_NOT_FOUND")),
+        "{body}"
+    );
+    body["error"]["details"]["resource"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no details.resource in {body}"))
+        .to_string()
+}
+
 /// A gateway in a runtime of its own, which the test can kill abruptly (as `kill -9` would:
 /// no graceful shutdown, tasks dropped mid-flight, connections closed).
 pub struct Process {

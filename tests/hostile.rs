@@ -956,7 +956,7 @@ async fn a_tenant_cannot_add_indexes_without_end(backend: Backend) {
     assert_eq!(listed.status(), 200);
     assert_eq!(define("gamma", &["g1"]).await.status(), 201);
     let refused = define("delta", &["d1"]).await;
-    assert_eq!(error_code(refused).await, (422, "VALIDATION_ERROR".into()));
+    assert_eq!(error_code(refused).await, (400, "VALIDATION_ERROR".into()));
     // Another tenant has a budget of its own.
     let other = app
         .request(Method::POST, "/v1/entity-types", "globex")

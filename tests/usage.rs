@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::helpers::{
-    Backend, TestApp, create_agent, create_session, error_code, eventually, json_of, quick, send,
-    spawn_app_with,
+    Backend, TestApp, create_agent, create_session, error_code, eventually, json_of, not_found,
+    quick, send, spawn_app_with,
 };
 use crate::streams::{Names, nats_url};
 
@@ -782,14 +782,14 @@ async fn hard_budgets_hold_under_concurrency_and_soft_ones_tell(backend: Backend
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(again).await, (404, "BUDGET_NOT_FOUND".into()));
+    assert_eq!(not_found(again).await, "budget");
     let bad = app
         .request(Method::PUT, "/v1/budgets/tenant", "acme")
         .json(&json!({"monthlyLimitUsd": "0.0000001", "enforcement": "hard"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(bad).await, (422, "VALIDATION_ERROR".into()));
+    assert_eq!(error_code(bad).await, (400, "VALIDATION_ERROR".into()));
     // A limit beyond what the signed 64-bit sums hold is refused, not wrapped.
     for huge in ["1000000000000.000001", "18446744073709"] {
         let bad = app
@@ -800,7 +800,7 @@ async fn hard_budgets_hold_under_concurrency_and_soft_ones_tell(backend: Backend
             .unwrap();
         assert_eq!(
             error_code(bad).await,
-            (422, "VALIDATION_ERROR".into()),
+            (400, "VALIDATION_ERROR".into()),
             "{huge}"
         );
     }
@@ -810,7 +810,7 @@ async fn hard_budgets_hold_under_concurrency_and_soft_ones_tell(backend: Backend
         .send()
         .await
         .unwrap();
-    assert_eq!(error_code(unknown).await, (404, "AGENT_NOT_FOUND".into()));
+    assert_eq!(not_found(unknown).await, "agent");
 
     settled(&app).await;
     let report = projections::usage::verify(&log, 100).await.unwrap();

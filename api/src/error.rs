@@ -85,7 +85,7 @@ pub struct ErrorEnvelope {
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     /// Stable, UPPER_SNAKE_CASE; safe to match on.
-    #[schema(example = "ENTITY_NOT_FOUND")]
+    #[schema(example = "RESOURCE_NOT_FOUND")]
     pub code: String,
     /// For people; may change.
     pub message: String,
@@ -179,8 +179,8 @@ fn app_parts(error: &app::Error) -> (StatusCode, &'static str, Value) {
         IdempotencyInFlight => (StatusCode::CONFLICT, "IDEMPOTENCY_IN_FLIGHT", Value::Null),
         TenantNotFound(id) => (
             StatusCode::NOT_FOUND,
-            "TENANT_NOT_FOUND",
-            json!({ "tenantId": id }),
+            "RESOURCE_NOT_FOUND",
+            json!({ "resource": "tenant", "tenantId": id }),
         ),
         TenantAlreadyExists(id) => (
             StatusCode::CONFLICT,
@@ -189,8 +189,8 @@ fn app_parts(error: &app::Error) -> (StatusCode, &'static str, Value) {
         ),
         ApiKeyNotFound(id) => (
             StatusCode::NOT_FOUND,
-            "API_KEY_NOT_FOUND",
-            json!({ "keyId": id }),
+            "RESOURCE_NOT_FOUND",
+            json!({ "resource": "apiKey", "keyId": id }),
         ),
         InvalidTenant(_) => (StatusCode::BAD_REQUEST, "INVALID_TENANT", Value::Null),
         InvalidEntityType(_) => (StatusCode::BAD_REQUEST, "INVALID_ENTITY_TYPE", Value::Null),
@@ -201,14 +201,14 @@ fn app_parts(error: &app::Error) -> (StatusCode, &'static str, Value) {
             json!({ "parameter": name }),
         ),
         Validation(fields) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::BAD_REQUEST,
             "VALIDATION_ERROR",
             json!({ "fields": fields }),
         ),
         EntityNotFound { entity_type, id } => (
             StatusCode::NOT_FOUND,
-            "ENTITY_NOT_FOUND",
-            json!({ "entity": entity_type, "id": id }),
+            "RESOURCE_NOT_FOUND",
+            json!({ "resource": "entity", "entity": entity_type, "id": id }),
         ),
         EntityAlreadyExists { entity_type, id } => (
             StatusCode::CONFLICT,
@@ -217,8 +217,8 @@ fn app_parts(error: &app::Error) -> (StatusCode, &'static str, Value) {
         ),
         EntityTypeNotFound(name) => (
             StatusCode::NOT_FOUND,
-            "ENTITY_TYPE_NOT_FOUND",
-            json!({ "entity": name }),
+            "RESOURCE_NOT_FOUND",
+            json!({ "resource": "entityType", "entity": name }),
         ),
         EntityTypeAlreadyExists(name) => (
             StatusCode::CONFLICT,
@@ -270,8 +270,8 @@ fn app_parts(error: &app::Error) -> (StatusCode, &'static str, Value) {
         ),
         AgentNotFound(id) => (
             StatusCode::NOT_FOUND,
-            "AGENT_NOT_FOUND",
-            json!({ "agentId": id }),
+            "RESOURCE_NOT_FOUND",
+            json!({ "resource": "agent", "agentId": id }),
         ),
         AgentArchived(id) => (
             StatusCode::CONFLICT,
@@ -280,8 +280,8 @@ fn app_parts(error: &app::Error) -> (StatusCode, &'static str, Value) {
         ),
         SessionNotFound(id) => (
             StatusCode::NOT_FOUND,
-            "SESSION_NOT_FOUND",
-            json!({ "sessionId": id }),
+            "RESOURCE_NOT_FOUND",
+            json!({ "resource": "session", "sessionId": id }),
         ),
         SessionClosed(id) => (
             StatusCode::CONFLICT,
@@ -308,7 +308,11 @@ fn app_parts(error: &app::Error) -> (StatusCode, &'static str, Value) {
                 "spentMicros": spent_micros,
             }),
         ),
-        BudgetNotFound => (StatusCode::NOT_FOUND, "BUDGET_NOT_FOUND", Value::Null),
+        BudgetNotFound => (
+            StatusCode::NOT_FOUND,
+            "RESOURCE_NOT_FOUND",
+            json!({ "resource": "budget" }),
+        ),
         BudgetContended => (
             StatusCode::SERVICE_UNAVAILABLE,
             "BUDGET_CONTENDED",

@@ -290,7 +290,7 @@ pub async fn list_agents(
     request_body(content = Object, description = "The agent's configuration"),
     responses(
         (status = 201, description = "The agent; `ETag`, `Location`, `x-event-position`", body = AgentResponse),
-        (status = 422, description = "VALIDATION_ERROR, one entry per field", body = ErrorEnvelope),
+        (status = 400, description = "VALIDATION_ERROR, one entry per field", body = ErrorEnvelope),
     ))]
 pub async fn create_agent(
     State(state): State<AppState>,
@@ -313,7 +313,7 @@ pub async fn create_agent(
         ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`")),
     responses(
         (status = 200, description = "The agent; `ETag`", body = AgentResponse),
-        (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: agent)", body = ErrorEnvelope),
     ))]
 pub async fn get_agent(
     State(state): State<AppState>,
@@ -346,9 +346,9 @@ pub async fn get_agent(
     request_body(content = Object, description = "The whole configuration"),
     responses(
         (status = 200, description = "The agent after the change", body = AgentResponse),
-        (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: agent)", body = ErrorEnvelope),
         (status = 409, description = "AGENT_ARCHIVED or VERSION_CONFLICT", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+        (status = 400, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     ))]
 pub async fn replace_agent(
     State(state): State<AppState>,
@@ -375,9 +375,9 @@ pub async fn replace_agent(
     request_body(content = Object, description = "A JSON merge patch of the configuration"),
     responses(
         (status = 200, description = "The agent after the change", body = AgentResponse),
-        (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: agent)", body = ErrorEnvelope),
         (status = 409, description = "AGENT_ARCHIVED or VERSION_CONFLICT", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+        (status = 400, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     ))]
 pub async fn patch_agent(
     State(state): State<AppState>,
@@ -411,7 +411,7 @@ pub async fn patch_agent(
         ("If-Match" = Option<String>, Header, description = "Refuse with 409 unless the agent is at this version")),
     responses(
         (status = 200, description = "The agent, with status `archived`", body = AgentResponse),
-        (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: agent)", body = ErrorEnvelope),
     ))]
 pub async fn archive_agent(
     State(state): State<AppState>,

@@ -130,7 +130,7 @@ pub struct CreateKey {
     request_body = CreateKey,
     responses(
         (status = 201, description = "The key with `key`, the secret, shown once", body = IssuedApiKeyResponse),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+        (status = 400, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     ))]
 pub async fn create_key(
     State(state): State<AppState>,
@@ -233,7 +233,7 @@ pub async fn list_keys(
     params(("id" = String, Path, description = "Key id")),
     responses(
         (status = 200, description = "The key", body = ApiKeyResponse),
-        (status = 404, description = "API_KEY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: apiKey)", body = ErrorEnvelope),
     ))]
 pub async fn get_key(
     State(state): State<AppState>,
@@ -255,7 +255,7 @@ pub async fn get_key(
     params(("id" = String, Path, description = "Key id")),
     responses(
         (status = 200, description = "The key, revoked", body = RevokedKeyResponse),
-        (status = 404, description = "API_KEY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: apiKey)", body = ErrorEnvelope),
     ))]
 pub async fn revoke_key(
     State(state): State<AppState>,

@@ -235,7 +235,7 @@ pub async fn list_budgets(
     request_body(content = Object, description = "`{monthlyLimitUsd, enforcement: hard|soft}`"),
     responses(
         (status = 200, description = "The budget", body = BudgetResponse),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+        (status = 400, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     ))]
 pub async fn set_tenant_budget(
     State(state): State<AppState>,
@@ -250,7 +250,7 @@ pub async fn set_tenant_budget(
     security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
     responses(
         (status = 200, description = "`{\"budget\": null}`", body = BudgetResponse),
-        (status = 404, description = "BUDGET_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: budget)", body = ErrorEnvelope),
     ))]
 pub async fn remove_tenant_budget(
     State(state): State<AppState>,
@@ -274,8 +274,8 @@ pub async fn remove_tenant_budget(
     request_body(content = Object, description = "`{monthlyLimitUsd, enforcement: hard|soft}`"),
     responses(
         (status = 200, description = "The budget", body = BudgetResponse),
-        (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: agent)", body = ErrorEnvelope),
+        (status = 400, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     ))]
 pub async fn set_agent_budget(
     State(state): State<AppState>,
@@ -293,7 +293,7 @@ pub async fn set_agent_budget(
     params(("agentId" = String, Path, description = "Agent id")),
     responses(
         (status = 200, description = "`{\"budget\": null}`", body = BudgetResponse),
-        (status = 404, description = "BUDGET_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: budget)", body = ErrorEnvelope),
     ))]
 pub async fn remove_agent_budget(
     State(state): State<AppState>,

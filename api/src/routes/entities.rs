@@ -221,10 +221,9 @@ async fn run(
     request_body(content = Object, description = "The record's document, optionally with `id`"),
     responses(
         (status = 201, description = "Created; `ETag`, `Location` and `x-event-position` headers", body = EntityResponse),
-        (status = 400, description = "Malformed entity type, id or JSON", body = ErrorEnvelope),
-        (status = 404, description = "ENTITY_TYPE_NOT_FOUND", body = ErrorEnvelope),
+        (status = 400, description = "Malformed entity type, id or JSON; VALIDATION_ERROR, one entry per field", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: entityType)", body = ErrorEnvelope),
         (status = 409, description = "ENTITY_ALREADY_EXISTS, UNIQUE_VIOLATION", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR, one entry per field", body = ErrorEnvelope),
     )
 )]
 pub async fn create_entity(
@@ -335,7 +334,7 @@ async fn expand(
     ),
     responses(
         (status = 200, description = "The record; `ETag` header", body = EntityResponse),
-        (status = 404, description = "ENTITY_TYPE_NOT_FOUND, ENTITY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: entityType, entity)", body = ErrorEnvelope),
         (status = 503, description = "PROJECTION_STALE", body = ErrorEnvelope),
     )
 )]
@@ -404,7 +403,7 @@ fn invalid(name: &'static str) -> impl Fn(QueryError) -> ApiError {
     responses(
         (status = 200, description = "A page of records", body = EntityList),
         (status = 400, description = "INVALID_PARAMETER, naming the parameter", body = ErrorEnvelope),
-        (status = 404, description = "ENTITY_TYPE_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: entityType)", body = ErrorEnvelope),
     )
 )]
 pub async fn list_entities(
@@ -506,9 +505,9 @@ pub async fn list_entities(
     request_body(content = Object, description = "A JSON merge patch: `null` removes a field"),
     responses(
         (status = 200, description = "The record after the patch", body = EntityResponse),
-        (status = 404, description = "ENTITY_TYPE_NOT_FOUND, ENTITY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: entityType, entity)", body = ErrorEnvelope),
+        (status = 400, description = "VALIDATION_ERROR", body = ErrorEnvelope),
         (status = 409, description = "VERSION_CONFLICT, UNIQUE_VIOLATION", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     )
 )]
 pub async fn patch_entity(
@@ -548,9 +547,9 @@ pub async fn patch_entity(
     request_body(content = Object, description = "The whole new document (an `id`, if given, must be the record's)"),
     responses(
         (status = 200, description = "The record after the replacement", body = EntityResponse),
-        (status = 404, description = "ENTITY_TYPE_NOT_FOUND, ENTITY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: entityType, entity)", body = ErrorEnvelope),
+        (status = 400, description = "VALIDATION_ERROR", body = ErrorEnvelope),
         (status = 409, description = "VERSION_CONFLICT, UNIQUE_VIOLATION", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     )
 )]
 pub async fn put_entity(
@@ -597,7 +596,7 @@ pub async fn put_entity(
     ),
     responses(
         (status = 200, description = "The deleted record, with `deletedAt`", body = EntityResponse),
-        (status = 404, description = "ENTITY_TYPE_NOT_FOUND, ENTITY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: entityType, entity)", body = ErrorEnvelope),
         (status = 409, description = "VERSION_CONFLICT, REFERENCE_RESTRICTED", body = ErrorEnvelope),
     )
 )]
@@ -663,7 +662,7 @@ pub struct History {
     ),
     responses(
         (status = 200, description = "Who changed what, when", body = History),
-        (status = 404, description = "ENTITY_TYPE_NOT_FOUND, ENTITY_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: entityType, entity)", body = ErrorEnvelope),
     )
 )]
 pub async fn entity_history(
@@ -833,10 +832,9 @@ fn operation_of(index: usize, raw: TransactOperation) -> Result<Operation, AppEr
     request_body = TransactRequest,
     responses(
         (status = 200, description = "Every operation's record as it left it; `x-event-position`", body = TransactResponse),
-        (status = 400, description = "Malformed request", body = ErrorEnvelope),
-        (status = 404, description = "ENTITY_TYPE_NOT_FOUND, ENTITY_NOT_FOUND (`details.operation`)", body = ErrorEnvelope),
+        (status = 400, description = "Malformed request; VALIDATION_ERROR (`details.operation`)", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: entityType, entity) (`details.operation`)", body = ErrorEnvelope),
         (status = 409, description = "VERSION_CONFLICT, UNIQUE_VIOLATION, ENTITY_ALREADY_EXISTS, REFERENCE_RESTRICTED (`details.operation`)", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR (`details.operation`)", body = ErrorEnvelope),
     )
 )]
 pub async fn transact(

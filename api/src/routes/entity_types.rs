@@ -183,9 +183,8 @@ async fn run(
     request_body(content = DefineRequest, description = "`name` and the schema: `key`, `schemaless`, `fields`"),
     responses(
         (status = 201, description = "Defined", body = EntityTypeResponse),
-        (status = 400, description = "INVALID_ENTITY_TYPE (malformed or reserved name)", body = ErrorEnvelope),
+        (status = 400, description = "INVALID_ENTITY_TYPE (malformed or reserved name); VALIDATION_ERROR, one entry per problem", body = ErrorEnvelope),
         (status = 409, description = "ENTITY_TYPE_ALREADY_EXISTS", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR, one entry per problem", body = ErrorEnvelope),
     )
 )]
 pub async fn define_entity_type(
@@ -270,9 +269,9 @@ async fn check_index_budget(
     request_body(content = Object, description = "The new schema"),
     responses(
         (status = 200, description = "The type after the change", body = EntityTypeResponse),
-        (status = 404, description = "ENTITY_TYPE_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: entityType)", body = ErrorEnvelope),
         (status = 409, description = "INCOMPATIBLE_SCHEMA_CHANGE (one entry per field), VERSION_CONFLICT", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+        (status = 400, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     )
 )]
 pub async fn change_entity_type(
@@ -309,7 +308,7 @@ pub async fn change_entity_type(
     params(("name" = String, Path, description = "Entity type", min_length = 1, max_length = 63, pattern = "^[a-z][a-z0-9-]*$")),
     responses(
         (status = 200, description = "The type; `ETag` header", body = EntityTypeResponse),
-        (status = 404, description = "ENTITY_TYPE_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: entityType)", body = ErrorEnvelope),
     )
 )]
 pub async fn get_entity_type(

@@ -233,9 +233,9 @@ fn invalid(message: impl ToString) -> ApiError {
     request_body(content = Object, description = "`{\"agentId\": \"agt_…\", \"customerId\": \"…\", \"metadata\": {...}}`"),
     responses(
         (status = 201, description = "The session; `Location`, `x-event-position`", body = SessionResponse),
-        (status = 404, description = "AGENT_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: agent)", body = ErrorEnvelope),
         (status = 409, description = "AGENT_ARCHIVED", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+        (status = 400, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     ))]
 pub async fn create_session(
     State(state): State<AppState>,
@@ -382,7 +382,7 @@ async fn session_record(
         ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`")),
     responses(
         (status = 200, description = "The session", body = SessionResponse),
-        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: session)", body = ErrorEnvelope),
     ))]
 pub async fn get_session(
     State(state): State<AppState>,
@@ -404,7 +404,7 @@ pub async fn get_session(
     params(("sessionId" = String, Path, description = "Session id")),
     responses(
         (status = 200, description = "The session, with status `closed`", body = SessionResponse),
-        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: session)", body = ErrorEnvelope),
     ))]
 pub async fn close_session(
     State(state): State<AppState>,
@@ -461,10 +461,10 @@ struct NewMessage {
     responses(
         (status = 201, description = "The reply with its usage and attempts, or a `text/event-stream` when streaming (status 200)", content((app::messaging::AnswerBody<'static> = "application/json"), ("text/event-stream"))),
         (status = 200, description = "A replay: the first answer with `metadata.idempotency.replayed: true`", body = app::messaging::AnswerBody<'static>),
-        (status = 400, description = "IDEMPOTENCY_KEY_REQUIRED", body = ErrorEnvelope),
-        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
+        (status = 400, description = "IDEMPOTENCY_KEY_REQUIRED; VALIDATION_ERROR", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: session)", body = ErrorEnvelope),
         (status = 409, description = "SESSION_CLOSED, AGENT_ARCHIVED or IDEMPOTENCY_IN_FLIGHT", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR or IDEMPOTENCY_KEY_REUSED", body = ErrorEnvelope),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorEnvelope),
         (status = 503, description = "ALL_PROVIDERS_FAILED, with the attempts", body = ErrorEnvelope),
     ))]
 pub async fn send_message(
@@ -580,7 +580,7 @@ pub struct TranscriptQuery {
         ("x-min-position" = Option<String>, Header, description = "Wait until the transcript reflects this `x-event-position`")),
     responses(
         (status = 200, description = "The session and a page of its messages", body = Transcript),
-        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: session)", body = ErrorEnvelope),
     ))]
 pub async fn get_transcript(
     State(state): State<AppState>,
@@ -662,7 +662,7 @@ pub async fn get_transcript(
         ("x-min-position" = Option<String>, Header, description = "Wait until the log reflects this `x-event-position`")),
     responses(
         (status = 200, description = "Every provider call of the session, in order", body = ProviderCalls),
-        (status = 404, description = "SESSION_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: session)", body = ErrorEnvelope),
     ))]
 pub async fn list_provider_calls(
     State(state): State<AppState>,

@@ -128,7 +128,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>
     responses(
         (status = 201, description = "The tenant and its first admin key; `apiKey.key` is the secret, shown only in this response", body = CreatedTenant),
         (status = 409, description = "TENANT_ALREADY_EXISTS", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+        (status = 400, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     ))]
 pub async fn create_tenant(
     State(state): State<AppState>,
@@ -252,7 +252,7 @@ pub async fn list_tenants(
     params(("id" = String, Path, description = "Tenant id")),
     responses(
         (status = 200, description = "The tenant", body = TenantResponse),
-        (status = 404, description = "TENANT_NOT_FOUND", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: tenant)", body = ErrorEnvelope),
     ))]
 pub async fn get_tenant(
     State(state): State<AppState>,
@@ -275,8 +275,8 @@ pub async fn get_tenant(
     request_body = UpdateTenant,
     responses(
         (status = 200, description = "The tenant after the change", body = TenantResponse),
-        (status = 404, description = "TENANT_NOT_FOUND", body = ErrorEnvelope),
-        (status = 422, description = "VALIDATION_ERROR", body = ErrorEnvelope),
+        (status = 404, description = "RESOURCE_NOT_FOUND (`details.resource`: tenant)", body = ErrorEnvelope),
+        (status = 400, description = "VALIDATION_ERROR", body = ErrorEnvelope),
     ))]
 pub async fn update_tenant(
     State(state): State<AppState>,
