@@ -130,15 +130,13 @@ fn config() -> AgentConfig {
     }
 }
 
-async fn agent_and_session_rows(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let log = db.log().await;
+/// Agent `agt_1` (the [`config`]) and its session `ses_1` of customer `customer`.
+async fn agent_and_session(log: &EventLog, customer: Option<&str>) -> StreamId {
     let services = AgentServices {
         providers: vec!["vendorA".into(), "vendorB".into()],
     };
-    let agent = StreamId::new(tenant(), Agent::TYPE, "agt_1");
     log.execute::<Agent>(
-        &agent,
+        &StreamId::new(tenant(), Agent::TYPE, "agt_1"),
         AgentCommand::CreateAgent {
             id: "agt_1".into(),
             config: config(),
@@ -154,7 +152,7 @@ async fn agent_and_session_rows(backend: Backend) {
         SessionCommand::CreateSession {
             id: "ses_1".into(),
             agent_id: "agt_1".into(),
-            customer_id: Some("cus_9".into()),
+            customer_id: customer.map(str::to_string),
             metadata: Map::new(),
             agent_status: domain::agent::AgentStatus::Active,
         },
@@ -163,6 +161,35 @@ async fn agent_and_session_rows(backend: Backend) {
     )
     .await
     .unwrap();
+    session
+}
+
+/// The tenant's usage rollup of today (UTC).
+async fn rollup_today(log: &EventLog) -> projections::usage::Rollup {
+    let start = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let selection = projections::usage::Selection {
+        tenant_id: "acme",
+        from: start,
+        to: start + chrono::Duration::days(1),
+        filters: &[],
+    };
+    projections::usage::rollup(log.db(), &selection)
+        .await
+        .unwrap()
+}
+
+async fn agent_and_session_rows(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    let session = agent_and_session(&log, Some("cus_9")).await;
+    let agent = StreamId::new(tenant(), Agent::TYPE, "agt_1");
+    let services = AgentServices {
+        providers: vec!["vendorA".into(), "vendorB".into()],
+    };
     log.execute::<Session>(
         &session,
         SessionCommand::RecordUserMessage {
@@ -421,17 +448,7 @@ async fn transcript_call_and_usage_rows(backend: Backend) {
     );
 
     project(&log, "usage").await;
-    let today = chrono::Utc::now().date_naive();
-    let start = today.and_hms_opt(0, 0, 0).unwrap().and_utc();
-    let selection = projections::usage::Selection {
-        tenant_id: "acme",
-        from: start,
-        to: start + chrono::Duration::days(1),
-        filters: &[],
-    };
-    let rollup = projections::usage::rollup(log.db(), &selection)
-        .await
-        .unwrap();
+    let rollup = rollup_today(&log).await;
     assert_eq!(
         (
             rollup.total.messages,
@@ -531,34 +548,7 @@ async fn message_without_http(backend: Backend) {
     let db = TestDb::new(backend).await;
     let log = db.log().await;
     let app = application(log.clone(), db.settings());
-    let services = AgentServices {
-        providers: vec!["vendorA".into(), "vendorB".into()],
-    };
-    log.execute::<Agent>(
-        &StreamId::new(tenant(), Agent::TYPE, "agt_1"),
-        AgentCommand::CreateAgent {
-            id: "agt_1".into(),
-            config: config(),
-        },
-        &services,
-        &metadata("CreateAgent"),
-    )
-    .await
-    .unwrap();
-    log.execute::<Session>(
-        &StreamId::new(tenant(), Session::TYPE, "ses_1"),
-        SessionCommand::CreateSession {
-            id: "ses_1".into(),
-            agent_id: "agt_1".into(),
-            customer_id: None,
-            metadata: Map::new(),
-            agent_status: domain::agent::AgentStatus::Active,
-        },
-        &(),
-        &metadata("CreateSession"),
-    )
-    .await
-    .unwrap();
+    agent_and_session(&log, None).await;
     let context = app::Context {
         tenant: tenant(),
         actor: "test".into(),
@@ -603,22 +593,7 @@ async fn message_without_http(backend: Backend) {
     ));
 
     project(&log, "usage").await;
-    let start = chrono::Utc::now()
-        .date_naive()
-        .and_hms_opt(0, 0, 0)
-        .unwrap()
-        .and_utc();
-    let rollup = projections::usage::rollup(
-        log.db(),
-        &projections::usage::Selection {
-            tenant_id: "acme",
-            from: start,
-            to: start + chrono::Duration::days(1),
-            filters: &[],
-        },
-    )
-    .await
-    .unwrap();
+    let rollup = rollup_today(&log).await;
     assert_eq!(
         (rollup.total.messages, rollup.total.cost_micros),
         (1, billed as i64),

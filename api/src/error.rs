@@ -556,3 +556,95 @@ impl<T: Serialize> IntoResponse for ApiJson<T> {
         Json(self.0).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use app::Error;
+
+    use super::app_parts;
+
+    /// One error of each variant.
+    fn every_variant() -> Vec<Error> {
+        let text = || "x".to_string();
+        vec![
+            Error::IdempotencyKeyReused,
+            Error::IdempotencyInFlight,
+            Error::TenantNotFound(text()),
+            Error::TenantAlreadyExists(text()),
+            Error::ApiKeyNotFound(text()),
+            Error::InvalidTenant(text()),
+            Error::InvalidEntityType(text()),
+            Error::InvalidId(text()),
+            Error::InvalidParameter {
+                name: "limit",
+                reason: text(),
+            },
+            Error::Validation(Vec::new()),
+            Error::EntityNotFound {
+                entity_type: text(),
+                id: text(),
+            },
+            Error::EntityAlreadyExists {
+                entity_type: text(),
+                id: text(),
+            },
+            Error::EntityTypeNotFound(text()),
+            Error::EntityTypeAlreadyExists(text()),
+            Error::IncompatibleSchemaChange(Vec::new()),
+            Error::UniqueViolation {
+                entity_type: text(),
+                field: text(),
+                value: serde_json::Value::Null,
+                existing_id: text(),
+            },
+            Error::ReferenceRestricted {
+                entity_type: text(),
+                id: text(),
+                referrers: serde_json::Value::Null,
+            },
+            Error::OperationFailed {
+                index: 1,
+                error: Box::new(Error::Validation(Vec::new())),
+            },
+            Error::OperationFailed {
+                index: 1,
+                error: Box::new(Error::DatabaseUnavailable),
+            },
+            Error::VersionConflict {
+                expected: 1,
+                actual: 2,
+            },
+            Error::ConcurrentModification,
+            Error::IdempotencyKeyRequired,
+            Error::AgentNotFound(text()),
+            Error::AgentArchived(text()),
+            Error::SessionNotFound(text()),
+            Error::SessionClosed(text()),
+            Error::AllProvidersFailed {
+                attempts: serde_json::Value::Null,
+            },
+            Error::BudgetExceeded {
+                scope: text(),
+                limit_micros: 1,
+                spent_micros: 2,
+            },
+            Error::BudgetContended,
+            Error::BudgetNotFound,
+            Error::ProjectionStale { events_behind: 1 },
+            Error::DatabaseUnavailable,
+            Error::internal(anyhow::anyhow!("x")),
+        ]
+    }
+
+    #[test]
+    fn a_refusal_is_exactly_an_error_answered_with_a_4xx() {
+        for error in every_variant() {
+            let (status, code, _) = app_parts(&error);
+            assert_eq!(
+                error.is_refusal(),
+                status.is_client_error(),
+                "{code} ({status}): is_refusal disagrees with its status"
+            );
+        }
+    }
+}

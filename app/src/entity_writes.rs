@@ -691,8 +691,8 @@ pub async fn write(
     }
 }
 
-/// Runs the record commands of one request with its idempotency key, and gives its answer. `hashed` identifies the
-/// request for its idempotency key (see [`idempotency::claim`]).
+/// Runs the record commands of one request with its idempotency key, and gives its answer.
+/// `hashed` identifies the request for its idempotency key (see [`idempotency::claim`]).
 ///
 /// A request's key is claimed in the commit that holds its events (see
 /// [`eventlog::group_commit`]): a new key costs nothing before the command runs. When the key

@@ -45,13 +45,10 @@ pub enum Error {
     EntityAlreadyExists { entity_type: String, id: String },
     #[error("no entity type '{0}'")]
     EntityTypeNotFound(String),
-
     #[error("an entity type '{0}' already exists")]
     EntityTypeAlreadyExists(String),
-
     #[error("the change is incompatible with records written under the current schema")]
     IncompatibleSchemaChange(Vec<FieldError>),
-
     #[error("another {entity_type} record already has this {field}")]
     UniqueViolation {
         entity_type: String,
@@ -59,17 +56,14 @@ pub enum Error {
         value: Value,
         existing_id: String,
     },
-
     #[error("the {entity_type} record '{id}' is referenced by other records")]
     ReferenceRestricted {
         entity_type: String,
         id: String,
         referrers: Value,
     },
-
     #[error("operation {index} failed: {error}")]
     OperationFailed { index: usize, error: Box<Error> },
-
     /// The command expected the record at another version than its current one.
     #[error("the record is at version {actual}, not {expected}")]
     VersionConflict { expected: u64, actual: u64 },

@@ -169,9 +169,14 @@ pub fn boundaries(query: &SeriesQuery) -> Result<Vec<DateTime<Utc>>, Error> {
     Ok(boundaries)
 }
 
-/// The tenant's usage series: only windows with usage, in window then group order.
-pub async fn series(db: &Db, tenant: &str, query: &SeriesQuery) -> Result<Vec<Window>, Error> {
-    let boundaries = boundaries(query)?;
+/// The tenant's usage series over the windows `boundaries` (from [`boundaries`]): only windows
+/// with usage, in window then group order.
+pub async fn series(
+    db: &Db,
+    tenant: &str,
+    query: &SeriesQuery,
+    boundaries: &[DateTime<Utc>],
+) -> Result<Vec<Window>, Error> {
     let window_of = |at: DateTime<Utc>| boundaries.partition_point(|b| *b <= at) - 1;
     let selection = Selection {
         tenant_id: tenant,

@@ -99,10 +99,7 @@ impl EventLog {
 
     /// Whether streams like `stream` are cached.
     pub(crate) fn caches(&self, stream: &StreamId) -> bool {
-        self.inner
-            .cache
-            .get()
-            .is_some_and(|c| c.caches_type_of(stream))
+        self.inner.cache.get().is_some_and(|c| c.caches(stream))
     }
 
     /// Whether the cache holds `stream` now.
@@ -144,7 +141,7 @@ impl EventLog {
     /// Drops a stream that turned out stale.
     pub(crate) fn forget(&self, stream: &StreamId) {
         if let Some(cache) = self.inner.cache.get() {
-            cache.drop_stream(stream);
+            cache.forget(stream);
         }
     }
 }

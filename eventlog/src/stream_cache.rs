@@ -79,7 +79,8 @@ struct Entries {
 }
 
 impl StreamCache {
-    fn caches(&self, stream: &StreamId) -> bool {
+    /// Whether streams like `stream` are cached.
+    pub fn caches(&self, stream: &StreamId) -> bool {
         self.aggregate_types.contains(&stream.aggregate_type)
     }
 
@@ -127,7 +128,8 @@ impl StreamCache {
         entries.streams.insert(stream.clone(), entry);
     }
 
-    fn forget(&self, stream: &StreamId) {
+    /// Drops a stream that turned out stale.
+    pub fn forget(&self, stream: &StreamId) {
         let mut entries = self.entries.lock().expect("stream cache lock poisoned");
         if let Some(old) = entries.streams.remove(stream) {
             entries.weight -= old.weight();
@@ -145,11 +147,6 @@ impl StreamCache {
             capacity: capacity.max(1),
             entries: Mutex::new(Entries::default()),
         }
-    }
-
-    /// Whether streams like `stream` are cached.
-    pub fn caches_type_of(&self, stream: &StreamId) -> bool {
-        self.caches(stream)
     }
 
     /// Whether the cache holds `stream` now.
@@ -193,10 +190,5 @@ impl StreamCache {
                 },
             );
         }
-    }
-
-    /// Drops a stream that turned out stale.
-    pub fn drop_stream(&self, stream: &StreamId) {
-        self.forget(stream);
     }
 }

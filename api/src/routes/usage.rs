@@ -722,9 +722,10 @@ pub async fn usage_query(
         group_by,
         filters,
     };
-    usage::boundaries(&query)?;
+    let boundaries = usage::boundaries(&query)?;
     let lag = await_consistency(&state, consistency, read_model::NAME).await?;
-    let windows = usage::series(state.log.db(), auth.tenant().as_str(), &query).await?;
+    let windows =
+        usage::series(state.log.db(), auth.tenant().as_str(), &query, &boundaries).await?;
     let group_by = query.group_by;
     let local = |at: DateTime<Utc>| at.with_timezone(&query.tz).to_rfc3339();
     let names: Vec<&str> = group_by.iter().map(|d| d.name()).collect();
