@@ -465,3 +465,77 @@ both_backends!(
     repeated_reads_of_a_moved_stream_are_each_reported,
     repeated_reads_of_a_moved_stream_are_each_reported
 );
+
+/// The storage port: one statement, bound and read the same way on both engines, in a
+/// transaction and on the read pool, by column name, by position and as a tuple.
+async fn a_statement_reads_back_what_it_bound_on_either_backend(backend: Backend) {
+    use eventlog::Statement;
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    let at = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let mut tx = log.db().begin().await.unwrap();
+    tx.execute(Statement::new(
+        "CREATE TABLE port_check (name TEXT PRIMARY KEY, count BIGINT, ok BOOLEAN, \
+         at TIMESTAMPTZ, doc JSONB, note TEXT)",
+    ))
+    .await
+    .unwrap();
+    let sql = format!(
+        "INSERT INTO port_check (name, count, ok, at, doc, note) VALUES {}",
+        tx.backend().values(2, 6)
+    );
+    let mut insert = Statement::new(&sql);
+    for (name, count) in [("b", -7_i64), ("a", i64::MAX)] {
+        insert.push(name);
+        insert.push(count);
+        insert.push(count > 0);
+        insert.push(at);
+        insert.push(sqlx::types::Json(json!({ "name": name, "deep": [[1]] })));
+        insert.push(None::<String>);
+    }
+    assert_eq!(tx.execute(insert).await.unwrap(), 2, "rows changed");
+    let in_tx: Vec<(String, i64)> = tx
+        .fetch_all_as(Statement::new(
+            "SELECT name, count FROM port_check ORDER BY name",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(in_tx, [("a".into(), i64::MAX), ("b".into(), -7)]);
+    tx.commit().await.unwrap();
+
+    let row = log
+        .db()
+        .fetch_one(Statement::new("SELECT * FROM port_check WHERE name = $1").bind("b"))
+        .await
+        .unwrap();
+    assert_eq!(row.try_get::<i64, _>("count").unwrap(), -7);
+    assert!(!row.try_get::<bool, _>("ok").unwrap());
+    assert_eq!(
+        row.try_get::<chrono::DateTime<chrono::Utc>, _>("at")
+            .unwrap(),
+        at
+    );
+    let doc: sqlx::types::Json<serde_json::Value> = row.try_get("doc").unwrap();
+    assert_eq!(doc.0, json!({ "name": "b", "deep": [[1]] }));
+    assert_eq!(row.try_get::<Option<String>, _>("note").unwrap(), None);
+    assert_eq!(row.try_get::<String, _>(0).unwrap(), "b", "by position");
+    assert!(
+        log.db()
+            .fetch_optional(Statement::new("SELECT name FROM port_check WHERE name = $1").bind("z"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        log.db()
+            .fetch_one(Statement::new("SELECT name FROM port_check WHERE name = $1").bind("z"))
+            .await,
+        Err(sqlx::Error::RowNotFound)
+    ));
+}
+both_backends!(
+    a_statement_reads_back_what_it_bound_on_either_backend,
+    a_statement_reads_back_what_it_bound_on_either_backend
+);

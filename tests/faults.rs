@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use eventlog::Statement;
 use serde_json::json;
 use tokio::sync::RwLock;
 
@@ -89,14 +90,15 @@ async fn check(db: &TestDb, acknowledged: &[String]) -> (usize, usize) {
             _ => duplicated += 1,
         }
     }
-    let written: i64 = eventlog::on_pool!(log.db(), pool => {
-        sqlx::query_scalar(
+    let (written,): (i64,) = log
+        .db()
+        .fetch_one(Statement::new(
             "SELECT COUNT(*) FROM events WHERE aggregate_type = 'Entity' AND tenant_id = 'acme'",
-        )
-        .fetch_one(pool)
+        ))
         .await
         .unwrap()
-    });
+        .decode()
+        .unwrap();
     assert_eq!(written as usize, acknowledged.len(), "creations in the log");
     equals_a_rebuild(&log).await;
     log.db().close().await;
@@ -123,12 +125,15 @@ async fn projected(db: &TestDb, count: usize) {
     let log = db.log().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let rows: i64 = eventlog::on_pool!(log.db(), pool => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM entities WHERE tenant_id = 'acme'")
-                .fetch_one(pool)
-                .await
-                .unwrap()
-        });
+        let (rows,): (i64,) = log
+            .db()
+            .fetch_one(Statement::new(
+                "SELECT COUNT(*) FROM entities WHERE tenant_id = 'acme'",
+            ))
+            .await
+            .unwrap()
+            .decode()
+            .unwrap();
         if rows as usize == count {
             break;
         }
@@ -136,19 +141,18 @@ async fn projected(db: &TestDb, count: usize) {
             let checkpoint = projections::checkpoints::read(log.db(), "entities")
                 .await
                 .unwrap();
-            let missing: Vec<(String, i64, i64)> = eventlog::on_pool!(log.db(), pool => {
-                sqlx::query_as(
+            let missing: Vec<(String, i64, i64)> = log
+                .db()
+                .fetch_all_as(Statement::new(
                     "SELECT aggregate_id, CAST(transaction_id AS TEXT), global_position FROM events e \
                      WHERE aggregate_type = 'Entity' AND NOT EXISTS (SELECT 1 FROM entities n \
                      WHERE n.tenant_id = e.tenant_id AND 'tasks/' || n.id = e.aggregate_id)",
-                )
-                .fetch_all(pool)
+                ))
                 .await
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(a, t, p): (String, String, i64)| (a, t.parse().unwrap_or(-1), p))
-                .collect()
-            });
+                .collect();
             eprintln!("missing from the read model: {missing:?}");
             panic!(
                 "{rows} of {count} records projected; checkpoint {checkpoint:?}, head {:?}, \

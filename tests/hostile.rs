@@ -296,9 +296,7 @@ both_backends!(
 /// Runs one statement on the app's database, behind the gateway's back.
 async fn behind_the_back(log: &eventlog::EventLog, sql: &str) {
     let mut tx = log.db().begin().await.unwrap();
-    eventlog::on_tx!(&mut tx, conn => {
-        sqlx::query(sql).execute(&mut *conn).await.unwrap();
-    });
+    tx.execute(eventlog::Statement::new(sql)).await.unwrap();
     tx.commit().await.unwrap();
 }
 

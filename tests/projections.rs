@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use domain::metadata::EventMetadata;
 use domain::names::TenantId;
-use eventlog::{Cursor, EventLog, NewEvent, RecordedEvent, StreamAppend, StreamId, Tx};
+use eventlog::{Cursor, EventLog, NewEvent, RecordedEvent, Statement, StreamAppend, StreamId, Tx};
 use projections::progress::Progress;
 use projections::{ProjectionError, Projector, Target, checkpoints};
 use serde_json::{Value, json};
@@ -66,12 +66,8 @@ impl Projector for Counting {
             target.table(self.tables[0])
         );
         for event in events {
-            eventlog::on_tx!(&mut *tx, conn => {
-                sqlx::query(&sql)
-                    .bind(event.event_id.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-            });
+            tx.execute(Statement::new(&sql).bind(event.event_id.to_string()))
+                .await?;
         }
         if self.fail_once.swap(false, Ordering::SeqCst) {
             return Err(ProjectionError::Database(sqlx::Error::Protocol(
@@ -88,12 +84,8 @@ async fn create_counting_table(log: &EventLog) {
 
 async fn create_table(log: &EventLog, table: &str) {
     let mut tx = log.db().begin().await.unwrap();
-    eventlog::on_tx!(&mut tx, conn => {
-        sqlx::query(&format!("CREATE TABLE {table} (event_id TEXT NOT NULL)"))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-    });
+    let sql = format!("CREATE TABLE {table} (event_id TEXT NOT NULL)");
+    tx.execute(Statement::new(&sql)).await.unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -103,12 +95,12 @@ async fn applied(log: &EventLog) -> (i64, i64) {
 
 async fn applied_in(log: &EventLog, table: &str) -> (i64, i64) {
     let sql = format!("SELECT count(*), count(DISTINCT event_id) FROM {table}");
-    eventlog::on_pool!(log.db(), pool => {
-        sqlx::query_as(&sql)
-            .fetch_one(pool)
-            .await
-            .unwrap()
-    })
+    log.db()
+        .fetch_one(Statement::new(&sql))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap()
 }
 
 fn tenant() -> TenantId {
@@ -333,21 +325,23 @@ type EntityRow = (
 );
 
 pub(crate) async fn entities_table(log: &EventLog) -> Vec<Value> {
-    eventlog::on_pool!(log.db(), pool => {
-        let rows: Vec<EntityRow> =
-            sqlx::query_as(
+    {
+        let rows: Vec<EntityRow> = log
+            .db()
+            .fetch_all_as(Statement::new(
                 "SELECT tenant_id, entity_type, id, data, version, created_at, updated_at, deleted_at \
                  FROM entities ORDER BY tenant_id, entity_type, id",
-            )
-            .fetch_all(pool)
+            ))
             .await
             .unwrap();
         rows.into_iter()
-            .map(|(tenant, kind, id, data, version, created, updated, deleted)| {
-                json!([tenant, kind, id, data.0, version, created, updated, deleted])
-            })
+            .map(
+                |(tenant, kind, id, data, version, created, updated, deleted)| {
+                    json!([tenant, kind, id, data.0, version, created, updated, deleted])
+                },
+            )
             .collect()
-    })
+    }
 }
 
 async fn a_rebuilt_projection_equals_the_live_one(backend: Backend) {

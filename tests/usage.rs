@@ -859,9 +859,7 @@ async fn usage_verify_finds_and_repairs_planted_differences(backend: Backend) {
         let log = &log;
         async move {
             let mut tx = log.db().begin().await.unwrap();
-            eventlog::on_tx!(&mut tx, conn => {
-                sqlx::query(sql).execute(&mut *conn).await.unwrap();
-            });
+            tx.execute(eventlog::Statement::new(sql)).await.unwrap();
             tx.commit().await.unwrap();
         }
     };

@@ -1,8 +1,9 @@
 //! Connection pools for either backend, migrations, and write transactions.
 //!
 //! The gateway speaks to PostgreSQL or SQLite with the same SQL wherever the two dialects
-//! agree; [`on_pool!`](crate::on_pool) and [`on_tx!`](crate::on_tx) compile one block of
-//! query code once per backend, so only the statements that really differ are written twice.
+//! agree: a [`Statement`](crate::sql::Statement) runs on either (see [`crate::sql`]), so only
+//! the statements that really differ are written twice, each beside its other half in the
+//! module that owns the concern.
 //!
 //! SQLite has one writer at a time. The gateway gives it exactly one write connection and
 //! opens every write transaction with `BEGIN IMMEDIATE`, so writes queue in the pool instead
@@ -131,42 +132,6 @@ pub enum Tx {
     Sqlite(Transaction<'static, Sqlite>),
 }
 
-/// Runs `$body` with `$pool` bound to the backend's read pool (`&PgPool` or `&SqlitePool`).
-/// The body is compiled once per backend, so it may only use SQL both dialects accept.
-#[macro_export]
-macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            $crate::Db::Postgres(pg) => {
-                let $pool = pg;
-                $body
-            }
-            $crate::Db::Sqlite(sqlite) => {
-                let $pool = &sqlite.reader;
-                $body
-            }
-        }
-    };
-}
-
-/// Runs `$body` with `$conn` bound to the transaction's connection (`&mut PgConnection` or
-/// `&mut SqliteConnection`). Use `&mut *$conn` as the executor of each query.
-#[macro_export]
-macro_rules! on_tx {
-    ($tx:expr, $conn:ident => $body:expr) => {
-        match $tx {
-            $crate::Tx::Postgres(tx) => {
-                let $conn: &mut sqlx::PgConnection = &mut *tx;
-                $body
-            }
-            $crate::Tx::Sqlite(tx) => {
-                let $conn: &mut sqlx::SqliteConnection = &mut *tx;
-                $body
-            }
-        }
-    };
-}
-
 /// Pool sizes and timeouts.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -260,7 +225,14 @@ impl Db {
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        crate::on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+        match self {
+            Db::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await?.rows_affected(),
+            Db::Sqlite(pools) => sqlx::query("SELECT 1")
+                .execute(&pools.reader)
+                .await?
+                .rows_affected(),
+        };
+        Ok(())
     }
 
     pub async fn close(&self) {

@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use sqlx::types::Json;
 
 use crate::db::Tx;
+use crate::sql::Statement;
 use crate::store::Store;
 
 /// A response as stored for replay.
@@ -81,36 +81,8 @@ impl Store {
         let locked_until = now + chrono::Duration::from_std(lock_for).unwrap_or_default();
         // The usual case, a new key, is one statement in its own implicit transaction; only a
         // key seen before needs the transaction below.
-        let insert = "INSERT INTO idempotency_records \
-                      (tenant_id, idempotency_key, request_hash, state, locked_until, created_at) \
-                      VALUES ($1, $2, $3, 'in_flight', $4, $5) \
-                      ON CONFLICT (tenant_id, idempotency_key) DO NOTHING";
-        let inserted = match self.db() {
-            crate::Db::Postgres(pool) => sqlx::query(insert)
-                .bind(key.tenant_id.as_str())
-                .bind(key.key.as_str())
-                .bind(key.request_hash.as_str())
-                .bind(locked_until)
-                .bind(now)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-            crate::Db::Sqlite(pools) => sqlx::query(insert)
-                .bind(key.tenant_id.as_str())
-                .bind(key.key.as_str())
-                .bind(key.request_hash.as_str())
-                .bind(locked_until)
-                .bind(now)
-                .execute(&pools.writer)
-                .await?
-                .rows_affected(),
-        };
-        if inserted == 1 {
-            return Ok(Claim::Proceed);
-        }
-        let mut tx = self.db().begin().await?;
-        let claim = crate::on_tx!(&mut tx, conn => {
-            let inserted = sqlx::query(
+        let insert = || {
+            Statement::new(
                 "INSERT INTO idempotency_records \
                  (tenant_id, idempotency_key, request_hash, state, locked_until, created_at) \
                  VALUES ($1, $2, $3, 'in_flight', $4, $5) \
@@ -121,50 +93,62 @@ impl Store {
             .bind(key.request_hash.as_str())
             .bind(locked_until)
             .bind(now)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
-                Claim::Proceed
-            } else {
-                let row = sqlx::query(
-                    "SELECT request_hash, state, status_code, response_headers, response_body \
-                     FROM idempotency_records WHERE tenant_id = $1 AND idempotency_key = $2",
-                )
-                .bind(key.tenant_id.as_str())
-                .bind(key.key.as_str())
-                .fetch_one(&mut *conn)
-                .await?;
-                let hash: String = row.try_get("request_hash")?;
-                let state: String = row.try_get("state")?;
-                if hash != key.request_hash {
-                    Claim::Mismatch
-                } else if state == "completed" {
-                    let status: i32 = row.try_get("status_code")?;
-                    let headers: Json<Vec<(String, String)>> = row.try_get("response_headers")?;
-                    Claim::Replay(StoredResponse {
-                        status: status as u16,
-                        headers: headers.0,
-                        body: row.try_get("response_body")?,
-                    })
-                } else {
-                    // In flight: take it over only if its lock has expired (its request died).
-                    let taken = sqlx::query(
-                        "UPDATE idempotency_records SET locked_until = $3 \
-                         WHERE tenant_id = $1 AND idempotency_key = $2 \
-                         AND state = 'in_flight' AND locked_until < $4",
+        };
+        let inserted = self.db().execute(insert()).await?;
+        if inserted == 1 {
+            return Ok(Claim::Proceed);
+        }
+        let mut tx = self.db().begin().await?;
+        let inserted = tx.execute(insert()).await?;
+        let claim = if inserted == 1 {
+            Claim::Proceed
+        } else {
+            let row = tx
+                .fetch_optional(
+                    Statement::new(
+                        "SELECT request_hash, state, status_code, response_headers, \
+                         response_body FROM idempotency_records \
+                         WHERE tenant_id = $1 AND idempotency_key = $2",
                     )
                     .bind(key.tenant_id.as_str())
-                    .bind(key.key.as_str())
-                    .bind(locked_until)
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
-                    if taken == 1 { Claim::Proceed } else { Claim::InFlight }
+                    .bind(key.key.as_str()),
+                )
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            let hash: String = row.try_get("request_hash")?;
+            let state: String = row.try_get("state")?;
+            if hash != key.request_hash {
+                Claim::Mismatch
+            } else if state == "completed" {
+                let status: i32 = row.try_get("status_code")?;
+                let headers: Json<Vec<(String, String)>> = row.try_get("response_headers")?;
+                Claim::Replay(StoredResponse {
+                    status: status as u16,
+                    headers: headers.0,
+                    body: row.try_get("response_body")?,
+                })
+            } else {
+                // In flight: take it over only if its lock has expired (its request died).
+                let taken = tx
+                    .execute(
+                        Statement::new(
+                            "UPDATE idempotency_records SET locked_until = $3 \
+                             WHERE tenant_id = $1 AND idempotency_key = $2 \
+                             AND state = 'in_flight' AND locked_until < $4",
+                        )
+                        .bind(key.tenant_id.as_str())
+                        .bind(key.key.as_str())
+                        .bind(locked_until)
+                        .bind(now),
+                    )
+                    .await?;
+                if taken == 1 {
+                    Claim::Proceed
+                } else {
+                    Claim::InFlight
                 }
             }
-        });
+        };
         tx.commit().await?;
         Ok(claim)
     }
@@ -192,28 +176,23 @@ impl Store {
                  RETURNING tenant_id, idempotency_key",
                 tx.backend().values(chunk.len(), 9)
             );
-            crate::on_tx!(&mut *tx, conn => {
-                let mut query = sqlx::query(&sql).persistent(false);
-                for (key, record) in chunk {
-                    let (state, response, locked_until) = match record {
-                        NewRecord::Completed(response) => ("completed", Some(*response), now),
-                        NewRecord::InFlight { locked_until } => ("in_flight", None, *locked_until),
-                    };
-                    query = query
-                        .bind(key.tenant_id.as_str())
-                        .bind(key.key.as_str())
-                        .bind(key.request_hash.as_str())
-                        .bind(state)
-                        .bind(response.map(|r| i32::from(r.status)))
-                        .bind(response.map(|r| Json(&r.headers)))
-                        .bind(response.map(|r| r.body.as_slice()))
-                        .bind(locked_until)
-                        .bind(now);
-                }
-                for row in query.fetch_all(&mut *conn).await? {
-                    inserted.insert((row.try_get(0)?, row.try_get(1)?));
-                }
-            });
+            let mut insert = Statement::new(&sql).persistent(false);
+            for (key, record) in chunk {
+                let (state, response, locked_until) = match record {
+                    NewRecord::Completed(response) => ("completed", Some(*response), now),
+                    NewRecord::InFlight { locked_until } => ("in_flight", None, *locked_until),
+                };
+                insert.push(key.tenant_id.as_str());
+                insert.push(key.key.as_str());
+                insert.push(key.request_hash.as_str());
+                insert.push(state);
+                insert.push(response.map(|r| i32::from(r.status)));
+                insert.push(response.map(|r| Json(&r.headers)));
+                insert.push(response.map(|r| r.body.as_slice()));
+                insert.push(locked_until);
+                insert.push(now);
+            }
+            inserted.extend(tx.fetch_all_as::<(String, String)>(insert).await?);
         }
         Ok(inserted)
     }
@@ -225,8 +204,8 @@ impl Store {
         key: &IdempotencyKey,
         response: &StoredResponse,
     ) -> Result<(), sqlx::Error> {
-        crate::on_tx!(tx, conn => {
-            sqlx::query(
+        tx.execute(
+            Statement::new(
                 "UPDATE idempotency_records SET state = 'completed', status_code = $3, \
                  response_headers = $4, response_body = $5 \
                  WHERE tenant_id = $1 AND idempotency_key = $2",
@@ -235,10 +214,9 @@ impl Store {
             .bind(key.key.as_str())
             .bind(i32::from(response.status))
             .bind(Json(&response.headers))
-            .bind(response.body.as_slice())
-            .execute(&mut *conn)
-            .await?;
-        });
+            .bind(response.body.as_slice()),
+        )
+        .await?;
         Ok(())
     }
 
@@ -263,18 +241,15 @@ impl Store {
                  AND idempotency_records.idempotency_key = done.idempotency_key",
                 rows
             );
-            crate::on_tx!(&mut *tx, conn => {
-                let mut query = sqlx::query(&sql).persistent(false);
-                for (key, response) in chunk {
-                    query = query
-                        .bind(key.tenant_id.as_str())
-                        .bind(key.key.as_str())
-                        .bind(i32::from(response.status))
-                        .bind(Json(&response.headers))
-                        .bind(response.body.as_slice());
-                }
-                query.execute(&mut *conn).await?;
-            });
+            let mut update = Statement::new(&sql).persistent(false);
+            for (key, response) in chunk {
+                update.push(key.tenant_id.as_str());
+                update.push(key.key.as_str());
+                update.push(i32::from(response.status));
+                update.push(Json(&response.headers));
+                update.push(response.body.as_slice());
+            }
+            tx.execute(update).await?;
         }
         Ok(())
     }
@@ -294,29 +269,27 @@ impl Store {
     /// a retry runs afresh.
     pub async fn release_idempotency(&self, key: &IdempotencyKey) -> Result<(), sqlx::Error> {
         let mut tx = self.db().begin().await?;
-        crate::on_tx!(&mut tx, conn => {
-            sqlx::query(
+        tx.execute(
+            Statement::new(
                 "DELETE FROM idempotency_records \
                  WHERE tenant_id = $1 AND idempotency_key = $2 AND state = 'in_flight'",
             )
             .bind(key.tenant_id.as_str())
-            .bind(key.key.as_str())
-            .execute(&mut *conn)
-            .await?;
-        });
+            .bind(key.key.as_str()),
+        )
+        .await?;
         tx.commit().await
     }
 
     /// Deletes records created before `before`. Returns how many.
     pub async fn prune_idempotency(&self, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
         let mut tx = self.db().begin().await?;
-        let deleted = crate::on_tx!(&mut tx, conn => {
-            sqlx::query("DELETE FROM idempotency_records WHERE created_at < $1")
-                .bind(before)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
-        });
+        let deleted = tx
+            .execute(
+                Statement::new("DELETE FROM idempotency_records WHERE created_at < $1")
+                    .bind(before),
+            )
+            .await?;
         tx.commit().await?;
         Ok(deleted)
     }

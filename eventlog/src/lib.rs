@@ -11,6 +11,8 @@
 //! - [`cursor`], [`json`], [`db`]: positions in the global order; JSON columns read back
 //!   however deeply they nest; the connection pools of either backend, migrations, and write
 //!   transactions.
+//! - [`sql`]: the storage port: a [`Statement`] of SQL both dialects accept, run on the read
+//!   pool or in a write transaction, answered with [`sql::Row`]s read the same way on both.
 //! - [`store`]: [`store::Store`]: the `events` table: append, load one stream, tail after a
 //!   cursor, inside a given transaction or in one of its own.
 //! - [`idempotency`]: idempotency records, written in the same transaction as the events.
@@ -32,6 +34,7 @@ pub mod group_commit;
 pub mod idempotency;
 pub mod json;
 pub mod log;
+pub mod sql;
 pub mod store;
 pub mod stream_cache;
 pub mod unit_of_work;
@@ -40,6 +43,7 @@ pub use aggregate::{CommandError, CommandOutcome};
 pub use cursor::Cursor;
 pub use db::{Backend, Db, Tx};
 pub use log::EventLog;
+pub use sql::{Row, Statement};
 pub use store::{
     AppendError, Appended, InlineProjection, NewEvent, RecordedEvent, StreamAppend, StreamId,
 };

@@ -29,14 +29,15 @@ use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use domain::metadata::EventMetadata;
 use domain::names::TenantId;
 use serde_json::Value;
+use sqlx::Row;
 use sqlx::types::Json;
-use sqlx::{FromRow, Row};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::cursor::Cursor;
-use crate::db::{Db, Tx};
+use crate::db::{Backend, Db, Tx};
 use crate::json::DeepJson;
+use crate::sql::Statement;
 
 /// The PostgreSQL `NOTIFY` channel on which every append is announced, so that projectors
 /// and relays in other processes wake up at once.
@@ -221,6 +222,14 @@ pub enum AppendError {
     Serialization(#[from] serde_json::Error),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// An inline projection could not read an event of the batch it was given (the batch was
+    /// written by this process a moment ago, so this is a defect, never bad input).
+    #[error("inline projection {projection} could not read event {event_id}: {source}")]
+    Inline {
+        projection: &'static str,
+        event_id: Uuid,
+        source: serde_json::Error,
+    },
 }
 
 /// Number of in-process stream locks (see [`Store::stream_lock`]).
@@ -244,7 +253,7 @@ pub trait InlineProjection: Send + Sync + 'static {
         &'a self,
         tx: &'a mut Tx,
         events: &'a [RecordedEvent],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'a>>;
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), AppendError>> + Send + 'a>>;
 }
 
 /// The `events` table: appends and reads inside a transaction or in their own. Cheap to
@@ -439,33 +448,20 @@ impl Store {
         let backend = tx.backend();
         for chunk in ordered.chunks(INSERT_CHUNK) {
             let sql = insert_sql(chunk.len(), backend);
-            let result: Result<Vec<(Uuid, i64, i64)>, sqlx::Error> = crate::on_tx!(tx, conn => {
-                let mut query = sqlx::query(&sql);
-                for (_, append, sequence, event) in chunk {
-                    query = query
-                        .bind(event.event_id)
-                        .bind(append.stream.tenant_id.as_str())
-                        .bind(append.stream.aggregate_type.as_str())
-                        .bind(append.stream.aggregate_id.as_str())
-                        .bind(*sequence)
-                        .bind(event.event_type.as_str())
-                        .bind(event.event_version.as_str())
-                        .bind(Json(&event.payload))
-                        .bind(Json(metadata_of(append)))
-                        .bind(event.recorded_at.unwrap_or(recorded_at));
-                }
-                match query.fetch_all(&mut *conn).await {
-                    Ok(rows) => rows
-                        .iter()
-                        .map(|row| Ok((
-                            row.try_get("event_id")?,
-                            row.try_get("transaction_id")?,
-                            row.try_get("global_position")?,
-                        )))
-                        .collect(),
-                    Err(error) => Err(error),
-                }
-            });
+            let mut insert = Statement::new(&sql);
+            for (_, append, sequence, event) in chunk {
+                insert.push(event.event_id);
+                insert.push(append.stream.tenant_id.as_str());
+                insert.push(append.stream.aggregate_type.as_str());
+                insert.push(append.stream.aggregate_id.as_str());
+                insert.push(*sequence);
+                insert.push(event.event_type.as_str());
+                insert.push(event.event_version.as_str());
+                insert.push(Json(&event.payload));
+                insert.push(Json(metadata_of(append)));
+                insert.push(event.recorded_at.unwrap_or(recorded_at));
+            }
+            let result = tx.fetch_all_as::<(Uuid, i64, i64)>(insert).await;
             match result {
                 Ok(ids) => {
                     written.extend(ids.into_iter().map(|(id, tx, pos)| (id, (tx, pos))));
@@ -477,13 +473,9 @@ impl Store {
                 Err(error) => return Err(error.into()),
             }
         }
-        if matches!(tx, Tx::Postgres(_)) && !rows.is_empty() {
-            crate::on_tx!(tx, conn => {
-                sqlx::query("SELECT pg_notify($1, '')")
-                    .bind(NOTIFY_CHANNEL)
-                    .execute(&mut *conn)
-                    .await?;
-            });
+        if tx.backend() == Backend::Postgres && !rows.is_empty() {
+            tx.execute(Statement::new("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL))
+                .await?;
         }
 
         let events: Vec<RecordedEvent> = rows
@@ -523,17 +515,20 @@ impl Store {
 
     /// The stream's current version: its last sequence, 0 when it has no events.
     pub async fn version(&self, stream: &StreamId) -> Result<u64, sqlx::Error> {
-        let version: Option<i64> = crate::on_pool!(&self.inner.db, pool => {
-            sqlx::query_scalar(
-                "SELECT max(sequence) FROM events \
-                 WHERE tenant_id = $1 AND aggregate_type = $2 AND aggregate_id = $3",
+        let version: Option<i64> = self
+            .inner
+            .db
+            .fetch_one(
+                Statement::new(
+                    "SELECT max(sequence) FROM events \
+                     WHERE tenant_id = $1 AND aggregate_type = $2 AND aggregate_id = $3",
+                )
+                .bind(stream.tenant_id.as_str())
+                .bind(stream.aggregate_type.as_str())
+                .bind(stream.aggregate_id.as_str()),
             )
-            .bind(stream.tenant_id.as_str())
-            .bind(stream.aggregate_type.as_str())
-            .bind(stream.aggregate_id.as_str())
-            .fetch_one(pool)
             .await?
-        });
+            .try_get(0)?;
         Ok(version.unwrap_or(0) as u64)
     }
 
@@ -546,26 +541,21 @@ impl Store {
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         let where_clause = "WHERE tenant_id = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
                             AND sequence > $4 ORDER BY sequence";
-        let events = match &self.inner.db {
-            Db::Postgres(pool) => {
-                let sql = format!("SELECT {PG_COLUMNS} FROM events {where_clause}");
-                let rows = bind_stream(sqlx::query(&sql), stream, after_sequence)
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter()
-                    .map(RecordedEvent::from_row)
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
-            Db::Sqlite(pools) => {
-                let sql = format!("SELECT {SQLITE_COLUMNS} FROM events {where_clause}");
-                let rows = bind_stream(sqlx::query(&sql), stream, after_sequence)
-                    .fetch_all(&pools.reader)
-                    .await?;
-                rows.iter()
-                    .map(RecordedEvent::from_row)
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
-        };
+        let sql = format!(
+            "SELECT {} FROM events {where_clause}",
+            columns(self.inner.db.backend())
+        );
+        let events = self
+            .inner
+            .db
+            .fetch_all_as::<RecordedEvent>(
+                Statement::new(&sql)
+                    .bind(stream.tenant_id.as_str())
+                    .bind(stream.aggregate_type.as_str())
+                    .bind(stream.aggregate_id.as_str())
+                    .bind(after_sequence as i64),
+            )
+            .await?;
         Ok(self.upcast_all(events))
     }
 
@@ -650,23 +640,15 @@ impl Store {
              WHERE tenant_id = $1 AND aggregate_type = wanted.t AND aggregate_id = wanted.i \
              ORDER BY aggregate_type, aggregate_id, sequence",
         );
-        let events = crate::on_pool!(&self.inner.db, pool => {
-            let columns = match self.inner.db.backend() {
-                crate::Backend::Postgres => PG_COLUMNS,
-                crate::Backend::Sqlite => SQLITE_COLUMNS,
-            };
-            let sql = format!("{with} SELECT {columns} {from}");
-            let mut query = sqlx::query(&sql).persistent(false).bind(first.tenant_id.as_str());
-            for stream in streams {
-                query = query
-                    .bind(stream.aggregate_type.as_str())
-                    .bind(stream.aggregate_id.as_str());
-            }
-            let rows = query.fetch_all(pool).await?;
-            rows.iter()
-                .map(RecordedEvent::from_row)
-                .collect::<Result<Vec<_>, sqlx::Error>>()?
-        });
+        let sql = format!("{with} SELECT {} {from}", columns(self.inner.db.backend()));
+        let mut query = Statement::new(&sql)
+            .persistent(false)
+            .bind(first.tenant_id.as_str());
+        for stream in streams {
+            query.push(stream.aggregate_type.as_str());
+            query.push(stream.aggregate_id.as_str());
+        }
+        let events = self.inner.db.fetch_all_as::<RecordedEvent>(query).await?;
         Ok(self.upcast_all(events))
     }
 
@@ -696,65 +678,42 @@ impl Store {
         after: Cursor,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let events = match &self.inner.db {
-            Db::Postgres(pool) => {
-                let horizon = pg_horizon(pool).await?;
-                let sql = pg_tail_sql(tenant_id.is_some());
-                // Planned with the actual cursor each time: a cached generic plan does not know
-                // how far along the log the cursor is and may scan and sort the whole table.
-                let mut query = sqlx::query(&sql)
-                    .persistent(false)
-                    .bind(after.transaction_id.to_string())
-                    .bind(after.position)
-                    .bind(limit as i64)
-                    .bind(horizon.to_string());
-                if let Some(tenant_id) = tenant_id {
-                    query = query.bind(tenant_id);
-                }
-                let rows = query.fetch_all(pool).await?;
-                rows.iter()
-                    .map(RecordedEvent::from_row)
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
-            Db::Sqlite(pools) => {
-                let sql = sqlite_tail_sql(tenant_id.is_some());
-                let mut query = sqlx::query(&sql).bind(after.position).bind(limit as i64);
-                if let Some(tenant_id) = tenant_id {
-                    query = query.bind(tenant_id);
-                }
-                let rows = query.fetch_all(&pools.reader).await?;
-                rows.iter()
-                    .map(RecordedEvent::from_row)
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
+        let db = &self.inner.db;
+        let horizon = match db.backend() {
+            Backend::Postgres => Some(db.fetch_one(Statement::new(PG_HORIZON)).await?.try_get(0)?),
+            Backend::Sqlite => None,
         };
+        let sql = tail_sql(db.backend(), tenant_id.is_some());
+        let events = db
+            .fetch_all_as(tail_statement(&sql, after, limit, horizon, tenant_id))
+            .await?;
         Ok(self.upcast_all(events))
     }
 
     /// The cursor of the last readable event: a reader starting there sees every event that
     /// becomes readable later, and none before.
     pub async fn head(&self) -> Result<Cursor, sqlx::Error> {
-        let row = match &self.inner.db {
-            Db::Postgres(pool) => sqlx::query(
-                "SELECT transaction_id::text::bigint AS transaction_id, global_position FROM events \
-                 WHERE transaction_id < $1::text::xid8 \
-                 ORDER BY events.transaction_id DESC, events.global_position DESC LIMIT 1",
-            )
-            .bind(pg_horizon(pool).await?.to_string())
-            .fetch_optional(pool)
-            .await?
-            .map(|row| Ok::<_, sqlx::Error>(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
-            .transpose()?,
-            Db::Sqlite(pools) => sqlx::query(
-                "SELECT 0 AS transaction_id, global_position FROM events \
-                 ORDER BY global_position DESC LIMIT 1",
-            )
-            .fetch_optional(&pools.reader)
-            .await?
-            .map(|row| Ok::<_, sqlx::Error>(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
-            .transpose()?,
+        let db = &self.inner.db;
+        let last = match db.backend() {
+            Backend::Postgres => {
+                let horizon: i64 = db.fetch_one(Statement::new(PG_HORIZON)).await?.try_get(0)?;
+                let sql = "SELECT transaction_id::text::bigint AS transaction_id, global_position \
+                           FROM events WHERE transaction_id < $1::text::xid8 \
+                           ORDER BY events.transaction_id DESC, events.global_position DESC \
+                           LIMIT 1";
+                db.fetch_optional_as::<(i64, i64)>(Statement::new(sql).bind(horizon.to_string()))
+                    .await?
+            }
+            Backend::Sqlite => {
+                let sql = "SELECT 0 AS transaction_id, global_position FROM events \
+                           ORDER BY global_position DESC LIMIT 1";
+                db.fetch_optional_as::<(i64, i64)>(Statement::new(sql))
+                    .await?
+            }
         };
-        Ok(row.unwrap_or(Cursor::START))
+        Ok(last.map_or(Cursor::START, |(transaction_id, position)| {
+            Cursor::new(transaction_id, position)
+        }))
     }
 
     /// The cursor of the last committed event, readable yet or not: on PostgreSQL an event
@@ -762,20 +721,21 @@ impl Store {
     /// this can be ahead of [`Store::head`]. A reader that has reached it has seen everything committed
     /// before the call.
     pub async fn last_committed(&self) -> Result<Cursor, sqlx::Error> {
-        match &self.inner.db {
-            Db::Postgres(pool) => {
-                let row = sqlx::query(
-                    "SELECT transaction_id::text::bigint AS transaction_id, global_position \
-                     FROM events ORDER BY transaction_id DESC, global_position DESC LIMIT 1",
-                )
-                .fetch_optional(pool)
-                .await?;
-                row.map(|row| Ok(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
-                    .transpose()
-                    .map(|cursor| cursor.unwrap_or(Cursor::START))
+        match self.inner.db.backend() {
+            Backend::Postgres => {
+                let sql = "SELECT transaction_id::text::bigint AS transaction_id, global_position \
+                           FROM events ORDER BY transaction_id DESC, global_position DESC LIMIT 1";
+                let last = self
+                    .inner
+                    .db
+                    .fetch_optional_as::<(i64, i64)>(Statement::new(sql))
+                    .await?;
+                Ok(last.map_or(Cursor::START, |(transaction_id, position)| {
+                    Cursor::new(transaction_id, position)
+                }))
             }
             // One writer: every committed event is readable.
-            Db::Sqlite(_) => self.head().await,
+            Backend::Sqlite => self.head().await,
         }
     }
 
@@ -787,32 +747,19 @@ impl Store {
         after: Cursor,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let events = match tx {
-            Tx::Postgres(tx) => {
-                let horizon = pg_horizon(&mut **tx).await?;
-                let rows = sqlx::query(&pg_tail_sql(false))
-                    .persistent(false)
-                    .bind(after.transaction_id.to_string())
-                    .bind(after.position)
-                    .bind(limit as i64)
-                    .bind(horizon.to_string())
-                    .fetch_all(&mut **tx)
-                    .await?;
-                rows.iter()
-                    .map(RecordedEvent::from_row)
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
-            Tx::Sqlite(tx) => {
-                let rows = sqlx::query(&sqlite_tail_sql(false))
-                    .bind(after.position)
-                    .bind(limit as i64)
-                    .fetch_all(&mut **tx)
-                    .await?;
-                rows.iter()
-                    .map(RecordedEvent::from_row)
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
+        let horizon = match tx.backend() {
+            Backend::Postgres => Some(
+                tx.fetch_optional(Statement::new(PG_HORIZON))
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)?
+                    .try_get(0)?,
+            ),
+            Backend::Sqlite => None,
         };
+        let sql = tail_sql(tx.backend(), false);
+        let events = tx
+            .fetch_all_as(tail_statement(&sql, after, limit, horizon, None))
+            .await?;
         Ok(self.upcast_all(events))
     }
 
@@ -826,42 +773,28 @@ impl Store {
         after: Cursor,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        let events = match tx {
-            Tx::Postgres(tx) => {
-                let sql = format!(
-                    "SELECT {PG_COLUMNS} FROM events \
-                     WHERE aggregate_type = $1 \
-                       AND (transaction_id, global_position) > ($2::text::xid8, $3) \
-                     ORDER BY events.transaction_id, events.global_position LIMIT $4"
-                );
-                let rows = sqlx::query(&sql)
+        let statement = match tx.backend() {
+            Backend::Postgres => format!(
+                "SELECT {PG_COLUMNS} FROM events \
+                 WHERE aggregate_type = $1 \
+                   AND (transaction_id, global_position) > ($2::text::xid8, $3) \
+                 ORDER BY events.transaction_id, events.global_position LIMIT $4"
+            ),
+            Backend::Sqlite => format!(
+                "SELECT {SQLITE_COLUMNS} FROM events \
+                 WHERE aggregate_type = $1 AND global_position > $3 \
+                 ORDER BY global_position LIMIT $4"
+            ),
+        };
+        let events = tx
+            .fetch_all_as(
+                Statement::new(&statement)
                     .bind(aggregate_type)
                     .bind(after.transaction_id.to_string())
                     .bind(after.position)
-                    .bind(limit as i64)
-                    .fetch_all(&mut **tx)
-                    .await?;
-                rows.iter()
-                    .map(RecordedEvent::from_row)
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
-            Tx::Sqlite(tx) => {
-                let sql = format!(
-                    "SELECT {SQLITE_COLUMNS} FROM events \
-                     WHERE aggregate_type = $1 AND global_position > $2 \
-                     ORDER BY global_position LIMIT $3"
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(aggregate_type)
-                    .bind(after.position)
-                    .bind(limit as i64)
-                    .fetch_all(&mut **tx)
-                    .await?;
-                rows.iter()
-                    .map(RecordedEvent::from_row)
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?
-            }
-        };
+                    .bind(limit as i64),
+            )
+            .await?;
         Ok(self.upcast_all(events))
     }
 
@@ -871,31 +804,29 @@ impl Store {
         &self,
         cursor: Cursor,
     ) -> Result<(u64, Option<DateTime<Utc>>), sqlx::Error> {
-        let row = match &self.inner.db {
-            Db::Postgres(pool) => {
-                let row = sqlx::query(
-                    "SELECT count(*) AS behind, min(recorded_at) AS oldest FROM events \
-                     WHERE (transaction_id, global_position) > ($1::text::xid8, $2)",
+        let db = &self.inner.db;
+        let (behind, oldest): (i64, Option<DateTime<Utc>>) = match db.backend() {
+            Backend::Postgres => {
+                let sql = "SELECT count(*) AS behind, min(recorded_at) AS oldest FROM events \
+                           WHERE (transaction_id, global_position) > ($1::text::xid8, $2)";
+                db.fetch_one(
+                    Statement::new(sql)
+                        .persistent(false)
+                        .bind(cursor.transaction_id.to_string())
+                        .bind(cursor.position),
                 )
-                .persistent(false)
-                .bind(cursor.transaction_id.to_string())
-                .bind(cursor.position)
-                .fetch_one(pool)
-                .await?;
-                (row.try_get::<i64, _>("behind")?, row.try_get("oldest")?)
+                .await?
+                .decode()?
             }
-            Db::Sqlite(pools) => {
-                let row = sqlx::query(
-                    "SELECT count(*) AS behind, min(recorded_at) AS oldest FROM events \
-                     WHERE global_position > $1",
-                )
-                .bind(cursor.position)
-                .fetch_one(&pools.reader)
-                .await?;
-                (row.try_get::<i64, _>("behind")?, row.try_get("oldest")?)
+            Backend::Sqlite => {
+                let sql = "SELECT count(*) AS behind, min(recorded_at) AS oldest FROM events \
+                           WHERE global_position > $1";
+                db.fetch_one(Statement::new(sql).bind(cursor.position))
+                    .await?
+                    .decode()?
             }
         };
-        Ok((row.0 as u64, row.1))
+        Ok((behind as u64, oldest))
     }
 
     fn upcast_all(&self, events: Vec<RecordedEvent>) -> Vec<RecordedEvent> {
@@ -938,22 +869,6 @@ impl Store {
     }
 }
 
-fn bind_stream<'q, DB: sqlx::Database>(
-    query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    stream: &'q StreamId,
-    after_sequence: u64,
-) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-where
-    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    query
-        .bind(stream.tenant_id.as_str())
-        .bind(stream.aggregate_type.as_str())
-        .bind(stream.aggregate_id.as_str())
-        .bind(after_sequence as i64)
-}
-
 /// The horizon of the log's readers on PostgreSQL, as a 64-bit transaction id: the oldest
 /// transaction still running in this statement's snapshot that is not shown, by `pg_locks`,
 /// to be another program's (a transaction whose own id lock is held by a backend that does
@@ -980,38 +895,67 @@ const PG_HORIZON: &str = "WITH snapshot AS MATERIALIZED (SELECT pg_current_snaps
           SELECT pg_snapshot_xip(s)::text::bigint AS id FROM snapshot) running \
         WHERE (running.id & 4294967295) NOT IN (SELECT low FROM others))) AS horizon";
 
-/// The readers' horizon (see [`PG_HORIZON`]) through `executor`.
-async fn pg_horizon<'e>(
-    executor: impl sqlx::Executor<'e, Database = sqlx::Postgres>,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(PG_HORIZON).fetch_one(executor).await
-}
-
-/// The tail query, below the horizon `$4`; with `by_tenant`, `$5` is the tenant. `ORDER BY`
-/// names the table's columns: the bare name would be the selected
+/// The tail query: `$1` and `$2` the cursor (its transaction id as text, its position), `$3`
+/// the limit; on PostgreSQL `$4` the horizon; with `by_tenant`, the tenant last. On
+/// PostgreSQL, `ORDER BY` names the table's columns: the bare name would be the selected
 /// `transaction_id::text::bigint` alias, which no index orders, and every batch would sort
-/// the rest of the log.
-fn pg_tail_sql(by_tenant: bool) -> String {
-    let tenant = if by_tenant { "AND tenant_id = $5" } else { "" };
-    format!(
-        "SELECT {PG_COLUMNS} FROM events \
-         WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
-           AND transaction_id < $4::text::xid8 {tenant} \
-         ORDER BY events.transaction_id, events.global_position \
-         LIMIT $3"
-    )
+/// the rest of the log. SQLite has one writer and orders by position alone (its
+/// statements leave the transaction id, `$1`, unused, as they may).
+fn tail_sql(backend: Backend, by_tenant: bool) -> String {
+    match backend {
+        Backend::Postgres => {
+            let tenant = if by_tenant { "AND tenant_id = $5" } else { "" };
+            format!(
+                "SELECT {PG_COLUMNS} FROM events \
+                 WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+                   AND transaction_id < $4::text::xid8 {tenant} \
+                 ORDER BY events.transaction_id, events.global_position \
+                 LIMIT $3"
+            )
+        }
+        Backend::Sqlite => {
+            let tenant = if by_tenant { "AND tenant_id = $4" } else { "" };
+            format!(
+                "SELECT {SQLITE_COLUMNS} FROM events WHERE global_position > $2 {tenant} \
+                 ORDER BY global_position LIMIT $3"
+            )
+        }
+    }
 }
 
-/// The tail query; with `by_tenant`, `$3` is the tenant.
-fn sqlite_tail_sql(by_tenant: bool) -> String {
-    let tenant = if by_tenant { "AND tenant_id = $3" } else { "" };
-    format!(
-        "SELECT {SQLITE_COLUMNS} FROM events WHERE global_position > $1 {tenant} \
-         ORDER BY global_position LIMIT $2"
-    )
+/// [`tail_sql`] with its values. Planned with the actual cursor each time: a cached generic
+/// plan does not know how far along the log the cursor is and may scan and sort the whole
+/// table.
+fn tail_statement<'q>(
+    sql: &'q str,
+    after: Cursor,
+    limit: usize,
+    horizon: Option<i64>,
+    tenant_id: Option<&'q str>,
+) -> Statement<'q> {
+    let mut statement = Statement::new(sql)
+        .persistent(false)
+        .bind(after.transaction_id.to_string())
+        .bind(after.position)
+        .bind(limit as i64);
+    if let Some(horizon) = horizon {
+        statement.push(horizon.to_string());
+    }
+    if let Some(tenant_id) = tenant_id {
+        statement.push(tenant_id);
+    }
+    statement
 }
 
-fn insert_sql(rows: usize, backend: crate::Backend) -> String {
+/// The columns of [`RecordedEvent`] as each backend selects them.
+fn columns(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => PG_COLUMNS,
+        Backend::Sqlite => SQLITE_COLUMNS,
+    }
+}
+
+fn insert_sql(rows: usize, backend: Backend) -> String {
     const COLUMNS: usize = 10;
     let mut sql = String::from(
         "INSERT INTO events (event_id, tenant_id, aggregate_type, aggregate_id, sequence, \
@@ -1019,10 +963,10 @@ fn insert_sql(rows: usize, backend: crate::Backend) -> String {
     );
     sql.push_str(&backend.values(rows, COLUMNS));
     sql.push_str(match backend {
-        crate::Backend::Postgres => {
+        Backend::Postgres => {
             " RETURNING event_id, transaction_id::text::bigint AS transaction_id, global_position"
         }
-        crate::Backend::Sqlite => " RETURNING event_id, 0 AS transaction_id, global_position",
+        Backend::Sqlite => " RETURNING event_id, 0 AS transaction_id, global_position",
     });
     sql
 }

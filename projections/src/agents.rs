@@ -4,9 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::agent::{Agent, AgentConfig, AgentEvent, AgentStatus};
-use eventlog::{Db, RecordedEvent, Tx};
-use sqlx::FromRow;
-use sqlx::Row;
+use eventlog::{Db, RecordedEvent, Statement, Tx};
 use sqlx::types::Json;
 
 use crate::{ProjectionError, Projector, Target};
@@ -54,31 +52,29 @@ impl Projector for AgentsProjector {
             let tenant = event.tenant_id.as_str();
             let (version, at) = (event.sequence, event.recorded_at);
             let decoded: AgentEvent = crate::decode(event)?;
-            eventlog::on_tx!(&mut *tx, conn => {
-                let query = match &decoded {
-                    AgentEvent::AgentCreated { id, config } => sqlx::query(&insert)
-                        .bind(tenant)
-                        .bind(id.as_str())
-                        .bind(config.name.as_str())
-                        .bind(Json(config))
-                        .bind(version)
-                        .bind(at),
-                    AgentEvent::AgentUpdated { id, config } => sqlx::query(&update)
-                        .bind(tenant)
-                        .bind(id.as_str())
-                        .bind(config.name.as_str())
-                        .bind(Json(config))
-                        .bind(version)
-                        .bind(at),
-                    AgentEvent::AgentArchived { id } => sqlx::query(&archive)
-                        .bind(tenant)
-                        .bind(id.as_str())
-                        .bind(AgentStatus::Archived.as_str())
-                        .bind(version)
-                        .bind(at),
-                };
-                query.execute(&mut *conn).await?;
-            });
+            let query = match &decoded {
+                AgentEvent::AgentCreated { id, config } => Statement::new(&insert)
+                    .bind(tenant)
+                    .bind(id.as_str())
+                    .bind(config.name.as_str())
+                    .bind(Json(config))
+                    .bind(version)
+                    .bind(at),
+                AgentEvent::AgentUpdated { id, config } => Statement::new(&update)
+                    .bind(tenant)
+                    .bind(id.as_str())
+                    .bind(config.name.as_str())
+                    .bind(Json(config))
+                    .bind(version)
+                    .bind(at),
+                AgentEvent::AgentArchived { id } => Statement::new(&archive)
+                    .bind(tenant)
+                    .bind(id.as_str())
+                    .bind(AgentStatus::Archived.as_str())
+                    .bind(version)
+                    .bind(at),
+            };
+            tx.execute(query).await?;
         }
         Ok(())
     }
@@ -100,12 +96,8 @@ const COLUMNS: &str = "id, config, status, version, created_at, updated_at";
 
 pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<Option<AgentRecord>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM agents WHERE tenant_id = $1 AND id = $2");
-    Ok(eventlog::on_pool!(db, pool => {
-        match sqlx::query(&sql).bind(tenant_id).bind(id).fetch_optional(pool).await? {
-            Some(row) => Some(AgentRecord::from_row(&row)?),
-            None => None,
-        }
-    }))
+    db.fetch_optional_as::<AgentRecord>(Statement::new(&sql).bind(tenant_id).bind(id))
+        .await
 }
 
 /// A page of the tenant's agents ordered by id (creation order), after `after`; archived
@@ -126,15 +118,13 @@ pub async fn list(
         "SELECT {COLUMNS} FROM agents WHERE tenant_id = $1 AND id > $2 {archived} \
          ORDER BY id LIMIT $3"
     );
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(&sql)
+    db.fetch_all_as::<AgentRecord>(
+        Statement::new(&sql)
             .bind(tenant_id)
             .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?;
-        rows.iter().map(AgentRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?
-    }))
+            .bind(i64::from(limit)),
+    )
+    .await
 }
 
 /// The names of the tenant's agents among `ids`, in one query.
@@ -151,14 +141,12 @@ pub async fn names(
         "SELECT id, name FROM agents WHERE tenant_id = $1 AND id IN ({})",
         placeholders.join(", ")
     );
-    Ok(eventlog::on_pool!(db, pool => {
-        let mut query = sqlx::query(&sql).bind(tenant_id);
-        for id in ids {
-            query = query.bind(id.as_str());
-        }
-        let rows = query.fetch_all(pool).await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("id")?, row.try_get("name")?)))
-            .collect::<Result<std::collections::BTreeMap<_, _>, sqlx::Error>>()?
-    }))
+    let mut query = Statement::new(&sql).bind(tenant_id);
+    for id in ids {
+        query = query.bind(id.as_str());
+    }
+    let rows = db.fetch_all(query).await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("id")?, row.try_get("name")?)))
+        .collect()
 }

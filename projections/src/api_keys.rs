@@ -5,9 +5,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::api_key::{ApiKey, ApiKeyEvent};
 use domain::roles::Role;
-use eventlog::{Db, RecordedEvent, Tx};
-use sqlx::FromRow;
-use sqlx::Row;
+use eventlog::{Db, RecordedEvent, Statement, Tx};
 
 use crate::{ProjectionError, Projector, Target};
 
@@ -60,30 +58,37 @@ impl Projector for ApiKeysProjector {
         for event in events.iter().filter(|e| e.aggregate_type == ApiKey::TYPE) {
             let at = event.recorded_at;
             let decoded: ApiKeyEvent = crate::decode(event)?;
-            eventlog::on_tx!(&mut *tx, conn => {
-                match &decoded {
-                    ApiKeyEvent::ApiKeyIssued { id, tenant_id, name, roles, expires_at, secret_hash } => {
-                        sqlx::query(&insert)
+            match &decoded {
+                ApiKeyEvent::ApiKeyIssued {
+                    id,
+                    tenant_id,
+                    name,
+                    roles,
+                    expires_at,
+                    secret_hash,
+                } => {
+                    tx.execute(
+                        Statement::new(&insert)
                             .bind(id.as_str())
                             .bind(tenant_id.as_str())
                             .bind(name.as_str())
                             .bind(roles_text(roles))
                             .bind(secret_hash.as_str())
                             .bind(*expires_at)
-                            .bind(at)
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    ApiKeyEvent::ApiKeyRevoked { id } => {
-                        sqlx::query(&revoke)
+                            .bind(at),
+                    )
+                    .await?;
+                }
+                ApiKeyEvent::ApiKeyRevoked { id } => {
+                    tx.execute(
+                        Statement::new(&revoke)
                             .bind(id.as_str())
                             .bind(event.tenant_id.as_str())
-                            .bind(at)
-                            .execute(&mut *conn)
-                            .await?;
-                    }
+                            .bind(at),
+                    )
+                    .await?;
                 }
-            });
+            }
         }
         Ok(())
     }
@@ -110,8 +115,8 @@ pub async fn credential(db: &Db, key_id: &str) -> Result<Option<Credential>, sql
                k.revoked_at, t.status AS tenant_status, t.rate_limit_per_minute \
                FROM api_keys k LEFT JOIN tenants t ON t.tenant_id = k.tenant_id \
                WHERE k.key_id = $1";
-    Ok(eventlog::on_pool!(db, pool => {
-        match sqlx::query(sql).bind(key_id).fetch_optional(pool).await? {
+    Ok({
+        match db.fetch_optional(Statement::new(sql).bind(key_id)).await? {
             Some(row) => {
                 let roles: String = row.try_get("roles")?;
                 let revoked_at: Option<DateTime<Utc>> = row.try_get("revoked_at")?;
@@ -124,13 +129,15 @@ pub async fn credential(db: &Db, key_id: &str) -> Result<Option<Credential>, sql
                     revoked: revoked_at.is_some(),
                     tenant: row
                         .try_get::<Option<String>, _>("tenant_status")?
-                        .map(|status| Ok::<_, sqlx::Error>((status, row.try_get("rate_limit_per_minute")?)))
+                        .map(|status| {
+                            Ok::<_, sqlx::Error>((status, row.try_get("rate_limit_per_minute")?))
+                        })
                         .transpose()?,
                 })
             }
             None => None,
         }
-    }))
+    })
 }
 
 /// A key as `GET /v1/api-keys` shows it (never the secret or its hash).
@@ -178,15 +185,13 @@ pub async fn list(
 ) -> Result<Vec<ApiKeyRecord>, sqlx::Error> {
     let sql =
         format!("{SELECT} WHERE k.tenant_id = $1 AND k.key_id > $2 ORDER BY k.key_id LIMIT $3");
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(&sql)
+    db.fetch_all_as::<ApiKeyRecord>(
+        Statement::new(&sql)
             .bind(tenant_id)
             .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?;
-        rows.iter().map(ApiKeyRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?
-    }))
+            .bind(i64::from(limit)),
+    )
+    .await
 }
 
 /// One of the tenant's keys.
@@ -196,12 +201,8 @@ pub async fn get(
     key_id: &str,
 ) -> Result<Option<ApiKeyRecord>, sqlx::Error> {
     let sql = format!("{SELECT} WHERE k.tenant_id = $1 AND k.key_id = $2");
-    Ok(eventlog::on_pool!(db, pool => {
-        match sqlx::query(&sql).bind(tenant_id).bind(key_id).fetch_optional(pool).await? {
-            Some(row) => Some(ApiKeyRecord::from_row(&row)?),
-            None => None,
-        }
-    }))
+    db.fetch_optional_as::<ApiKeyRecord>(Statement::new(&sql).bind(tenant_id).bind(key_id))
+        .await
 }
 
 /// Records when keys were last used (many at once; later times win).
@@ -213,18 +214,17 @@ pub async fn record_last_used(
         return Ok(());
     }
     let mut tx = db.begin().await?;
-    eventlog::on_tx!(&mut tx, conn => {
-        for (key_id, at) in uses {
-            sqlx::query(
+    for (key_id, at) in uses {
+        tx.execute(
+            Statement::new(
                 "INSERT INTO api_key_last_used (key_id, last_used_at) VALUES ($1, $2) \
-                 ON CONFLICT (key_id) DO UPDATE SET last_used_at = excluded.last_used_at \
-                 WHERE api_key_last_used.last_used_at < excluded.last_used_at",
+             ON CONFLICT (key_id) DO UPDATE SET last_used_at = excluded.last_used_at \
+             WHERE api_key_last_used.last_used_at < excluded.last_used_at",
             )
             .bind(key_id.as_str())
-            .bind(*at)
-            .execute(&mut *conn)
-            .await?;
-        }
-    });
+            .bind(*at),
+        )
+        .await?;
+    }
     tx.commit().await
 }

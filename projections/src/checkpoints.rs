@@ -1,70 +1,65 @@
 //! The `projector_checkpoints` table: how far each projector (or relay) has read the log.
 
-use eventlog::{Cursor, Db, Tx};
-use sqlx::Row;
+use eventlog::{Cursor, Db, Statement, Tx};
 
 /// Creates the checkpoint row at the start of the log if it does not exist yet.
 pub async fn ensure(db: &Db, name: &str) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
-    eventlog::on_tx!(&mut tx, conn => {
-        sqlx::query("INSERT INTO projector_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .execute(&mut *conn)
-            .await?;
-    });
+    tx.execute(
+        Statement::new(
+            "INSERT INTO projector_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name),
+    )
+    .await?;
     tx.commit().await
 }
 
 /// The checkpoint as last committed, or `None` when the row does not exist.
 pub async fn read(db: &Db, name: &str) -> Result<Option<Cursor>, sqlx::Error> {
     let sql = "SELECT transaction_id, global_position FROM projector_checkpoints WHERE name = $1";
-    let row = eventlog::on_pool!(db, pool => {
-        sqlx::query(sql).bind(name).fetch_optional(pool).await?
-            .map(|row| Ok::<_, sqlx::Error>(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
-            .transpose()?
-    });
+    let row = db
+        .fetch_optional(Statement::new(sql).bind(name))
+        .await?
+        .map(|row| Ok::<_, sqlx::Error>(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
+        .transpose()?;
     Ok(row)
 }
 
 /// The checkpoint as seen inside `tx`.
 pub async fn read_in(tx: &mut Tx, name: &str) -> Result<Option<Cursor>, sqlx::Error> {
     let sql = "SELECT transaction_id, global_position FROM projector_checkpoints WHERE name = $1";
-    let row = eventlog::on_tx!(tx, conn => {
-        sqlx::query(sql).bind(name).fetch_optional(&mut *conn).await?
-            .map(|row| Ok::<_, sqlx::Error>(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
-            .transpose()?
-    });
+    let row = tx
+        .fetch_optional(Statement::new(sql).bind(name))
+        .await?
+        .map(|row| Ok::<_, sqlx::Error>(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
+        .transpose()?;
     Ok(row)
 }
 
 /// Moves the checkpoint inside `tx` (creating it when missing).
 pub async fn write_in(tx: &mut Tx, name: &str, cursor: Cursor) -> Result<(), sqlx::Error> {
     let now = chrono::Utc::now();
-    eventlog::on_tx!(tx, conn => {
-        sqlx::query(
+    tx.execute(
+        Statement::new(
             "INSERT INTO projector_checkpoints (name, transaction_id, global_position, updated_at) \
-             VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
-             global_position = excluded.global_position, updated_at = excluded.updated_at",
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
+         global_position = excluded.global_position, updated_at = excluded.updated_at",
         )
         .bind(name)
         .bind(cursor.transaction_id)
         .bind(cursor.position)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    });
+        .bind(now),
+    )
+    .await?;
     Ok(())
 }
 
 /// Removes a checkpoint inside `tx`.
 pub async fn delete_in(tx: &mut Tx, name: &str) -> Result<(), sqlx::Error> {
-    eventlog::on_tx!(tx, conn => {
-        sqlx::query("DELETE FROM projector_checkpoints WHERE name = $1")
-            .bind(name)
-            .execute(&mut *conn)
-            .await?;
-    });
+    tx.execute(Statement::new("DELETE FROM projector_checkpoints WHERE name = $1").bind(name))
+        .await?;
     Ok(())
 }
 
@@ -77,21 +72,20 @@ pub async fn compare_and_set_in(
     new: Cursor,
 ) -> Result<bool, sqlx::Error> {
     let now = chrono::Utc::now();
-    let moved = eventlog::on_tx!(tx, conn => {
-        sqlx::query(
-            "UPDATE projector_checkpoints SET transaction_id = $4, global_position = $5, \
-             updated_at = $6 WHERE name = $1 AND transaction_id = $2 AND global_position = $3",
+    let moved = tx
+        .execute(
+            Statement::new(
+                "UPDATE projector_checkpoints SET transaction_id = $4, global_position = $5, \
+         updated_at = $6 WHERE name = $1 AND transaction_id = $2 AND global_position = $3",
+            )
+            .bind(name)
+            .bind(expected.transaction_id)
+            .bind(expected.position)
+            .bind(new.transaction_id)
+            .bind(new.position)
+            .bind(now),
         )
-        .bind(name)
-        .bind(expected.transaction_id)
-        .bind(expected.position)
-        .bind(new.transaction_id)
-        .bind(new.position)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-    });
+        .await?;
     Ok(moved == 1)
 }
 
@@ -110,18 +104,16 @@ pub async fn read_many_in(
          WHERE name IN ({})",
         placeholders.join(", ")
     );
-    eventlog::on_tx!(tx, conn => {
-        let mut query = sqlx::query(&sql);
-        for name in names {
-            query = query.bind(*name);
-        }
-        for row in query.fetch_all(&mut *conn).await? {
-            found.insert(
-                row.try_get::<String, _>(0)?,
-                Cursor::new(row.try_get(1)?, row.try_get(2)?),
-            );
-        }
-    });
+    let mut query = Statement::new(&sql);
+    for name in names {
+        query = query.bind(*name);
+    }
+    for row in tx.fetch_all(query).await? {
+        found.insert(
+            row.try_get::<String, _>(0)?,
+            Cursor::new(row.try_get(1)?, row.try_get(2)?),
+        );
+    }
     Ok(found)
 }
 
@@ -149,16 +141,14 @@ pub async fn write_many_in(tx: &mut Tx, moved: &[(&str, Cursor)]) -> Result<(), 
          global_position = excluded.global_position, updated_at = excluded.updated_at",
         rows.join(", ")
     );
-    eventlog::on_tx!(tx, conn => {
-        let mut query = sqlx::query(&sql);
-        for (name, cursor) in moved {
-            query = query
-                .bind(*name)
-                .bind(cursor.transaction_id)
-                .bind(cursor.position)
-                .bind(now);
-        }
-        query.execute(&mut *conn).await?;
-    });
+    let mut query = Statement::new(&sql);
+    for (name, cursor) in moved {
+        query = query
+            .bind(*name)
+            .bind(cursor.transaction_id)
+            .bind(cursor.position)
+            .bind(now);
+    }
+    tx.execute(query).await?;
     Ok(())
 }

@@ -8,9 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::entity::{Entity, EntityEvent};
-use eventlog::{Db, RecordedEvent, Tx};
+use eventlog::{Backend, Db, RecordedEvent, Statement, Tx};
 use serde_json::Value;
-use sqlx::FromRow;
 use sqlx::types::Json;
 
 use crate::entity_query::{After, Filter, Scalar, SortKey, Sql, compile, compile_after, order_by};
@@ -77,33 +76,42 @@ impl Projector for EntitiesProjector {
                 continue;
             }
             insert_created(tx, &table, &mut created).await?;
-            eventlog::on_tx!(&mut *tx, conn => {
-                match decoded {
-                    EntityEvent::EntityCreated { .. } => unreachable!("inserted above"),
-                    EntityEvent::EntityUpdated { entity_type, id, data, .. }
-                    | EntityEvent::EntityReplaced { entity_type, id, data } => {
-                        sqlx::query(&update)
+            match decoded {
+                EntityEvent::EntityCreated { .. } => unreachable!("inserted above"),
+                EntityEvent::EntityUpdated {
+                    entity_type,
+                    id,
+                    data,
+                    ..
+                }
+                | EntityEvent::EntityReplaced {
+                    entity_type,
+                    id,
+                    data,
+                } => {
+                    tx.execute(
+                        Statement::new(&update)
                             .bind(tenant)
                             .bind(entity_type.as_str())
                             .bind(id.as_str())
                             .bind(Json(Value::Object(data)))
                             .bind(version)
-                            .bind(at)
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    EntityEvent::EntityDeleted { entity_type, id } => {
-                        sqlx::query(&delete)
+                            .bind(at),
+                    )
+                    .await?;
+                }
+                EntityEvent::EntityDeleted { entity_type, id } => {
+                    tx.execute(
+                        Statement::new(&delete)
                             .bind(tenant)
                             .bind(entity_type.as_str())
                             .bind(id.as_str())
                             .bind(at)
-                            .bind(version)
-                            .execute(&mut *conn)
-                            .await?;
-                    }
+                            .bind(version),
+                    )
+                    .await?;
                 }
-            });
+            }
         }
         insert_created(tx, &table, &mut created).await?;
         Ok(())
@@ -136,22 +144,20 @@ async fn insert_created(
              VALUES {} ON CONFLICT (tenant_id, entity_type, id) DO NOTHING",
             tx.backend().values(chunk.len(), 7)
         );
-        eventlog::on_tx!(&mut *tx, conn => {
-            // Full chunks (rebuilds, catch-up) share one prepared statement; the sizes of
-            // live batches vary too much to keep one per size.
-            let mut query = sqlx::query(&sql).persistent(chunk.len() == INSERT_CHUNK);
-            for row in chunk {
-                query = query
-                    .bind(row.tenant.as_str())
-                    .bind(row.entity_type.as_str())
-                    .bind(row.id.as_str())
-                    .bind(Json(&row.data))
-                    .bind(row.version)
-                    .bind(row.at)
-                    .bind(row.at);
-            }
-            query.execute(&mut *conn).await?;
-        });
+        // Full chunks (rebuilds, catch-up) share one prepared statement; the sizes of
+        // live batches vary too much to keep one per size.
+        let mut query = Statement::new(&sql).persistent(chunk.len() == INSERT_CHUNK);
+        for row in chunk {
+            query = query
+                .bind(row.tenant.as_str())
+                .bind(row.entity_type.as_str())
+                .bind(row.id.as_str())
+                .bind(Json(&row.data))
+                .bind(row.version)
+                .bind(row.at)
+                .bind(row.at);
+        }
+        tx.execute(query).await?;
     }
     rows.clear();
     Ok(())
@@ -182,19 +188,13 @@ pub async fn get(
     let sql = format!(
         "SELECT {COLUMNS} FROM entities WHERE tenant_id = $1 AND entity_type = $2 AND id = $3"
     );
-    let record = eventlog::on_pool!(db, pool => {
-        match sqlx::query(&sql)
+    db.fetch_optional_as::<EntityRecord>(
+        Statement::new(&sql)
             .bind(tenant_id)
             .bind(entity_type)
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
-        {
-            Some(row) => Some(EntityRecord::from_row(&row)?),
-            None => None,
-        }
-    });
-    Ok(record)
+            .bind(id),
+    )
+    .await
 }
 
 /// Records of the tenant by type and id (deleted ones included), for `expand`.
@@ -212,15 +212,11 @@ pub async fn get_many(
         "SELECT {COLUMNS} FROM entities WHERE tenant_id = $1 AND entity_type = $2 AND id IN ({})",
         placeholders.join(", ")
     );
-    let records = eventlog::on_pool!(db, pool => {
-        let mut query = sqlx::query(&sql).bind(tenant_id).bind(entity_type);
-        for id in ids {
-            query = query.bind(id.as_str());
-        }
-        let rows = query.fetch_all(pool).await?;
-        rows.iter().map(EntityRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?
-    });
-    Ok(records)
+    let mut query = Statement::new(&sql).bind(tenant_id).bind(entity_type);
+    for id in ids {
+        query.push(id.as_str());
+    }
+    db.fetch_all_as(query).await
 }
 
 /// What `GET /v1/{entity}` asks for.
@@ -241,24 +237,27 @@ pub struct ListPage {
     pub total: Option<i64>,
 }
 
-macro_rules! bind_all {
-    ($query:expr, $binds:expr, $backend:expr) => {{
-        let mut query = $query;
-        for bind in $binds {
-            query = match bind {
-                Scalar::Text(s) => query.bind(s.clone()),
-                Scalar::Bool(b) => query.bind(*b),
-                Scalar::Number(n) => match $backend {
-                    eventlog::Backend::Postgres => query.bind(n.to_string()),
-                    eventlog::Backend::Sqlite => match n.as_i64() {
-                        Some(i) => query.bind(i),
-                        None => query.bind(n.as_f64().unwrap_or(f64::NAN)),
-                    },
+/// Binds a compiled filter's values in order. A number is bound as text on PostgreSQL (the
+/// filter casts it to `numeric`, exact at any size) and as an integer or a real on SQLite.
+fn bind_all<'q>(
+    mut statement: Statement<'q>,
+    binds: &'q [Scalar],
+    backend: Backend,
+) -> Statement<'q> {
+    for bind in binds {
+        match bind {
+            Scalar::Text(s) => statement.push(s.as_str()),
+            Scalar::Bool(b) => statement.push(*b),
+            Scalar::Number(n) => match backend {
+                Backend::Postgres => statement.push(n.to_string()),
+                Backend::Sqlite => match n.as_i64() {
+                    Some(i) => statement.push(i),
+                    None => statement.push(n.as_f64().unwrap_or(f64::NAN)),
                 },
-            };
+            },
         }
-        query
-    }};
+    }
+    statement
 }
 
 /// A page of the tenant's records of one type: filtered, in the query's order, after its
@@ -293,26 +292,26 @@ pub async fn list(
         order_by(backend, &query.order),
         query.limit
     );
-    let page = eventlog::on_pool!(db, pool => {
-        // Planned with the values each time (an unnamed statement): a cached generic plan
-        // cannot know how selective a filter is and may walk the whole type in id order.
-        let rows = bind_all!(sqlx::query(&sql).persistent(false).bind(tenant_id).bind(entity_type), &conditions.binds, backend)
-            .fetch_all(pool)
-            .await?;
-        let records = rows.iter().map(EntityRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let total = if query.count {
-            let total: i64 = bind_all!(
-                sqlx::query_scalar(&count_sql).persistent(false).bind(tenant_id).bind(entity_type),
-                &conditions.binds[..count_binds],
-                backend
-            )
-            .fetch_one(pool)
-            .await?;
-            Some(total)
-        } else {
-            None
-        };
-        ListPage { records, total }
-    });
-    Ok(page)
+    // Planned with the values each time (an unnamed statement): a cached generic plan
+    // cannot know how selective a filter is and may walk the whole type in id order.
+    let statement = |sql| {
+        Statement::new(sql)
+            .persistent(false)
+            .bind(tenant_id)
+            .bind(entity_type)
+    };
+    let records = db
+        .fetch_all_as::<EntityRecord>(bind_all(statement(&sql), &conditions.binds, backend))
+        .await?;
+    let total = if query.count {
+        let count = bind_all(
+            statement(&count_sql),
+            &conditions.binds[..count_binds],
+            backend,
+        );
+        Some(db.fetch_one(count).await?.try_get::<i64, _>(0)?)
+    } else {
+        None
+    };
+    Ok(ListPage { records, total })
 }

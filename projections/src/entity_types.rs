@@ -6,8 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::entity_type::{EntityType, EntityTypeEvent, Schema};
-use eventlog::{Db, RecordedEvent, Tx};
-use sqlx::Row;
+use eventlog::{Db, RecordedEvent, Statement, Tx};
 use sqlx::types::Json;
 
 use crate::entity_query::{Kind, index_statement};
@@ -76,19 +75,18 @@ impl Projector for EntityTypesProjector {
             let (EntityTypeEvent::EntityTypeDefined { name, schema }
             | EntityTypeEvent::EntityTypeChanged { name, schema }) = decoded;
             let statements = index_statements(tx.backend(), &schema);
-            eventlog::on_tx!(&mut *tx, conn => {
-                sqlx::query(&upsert)
+            tx.execute(
+                Statement::new(&upsert)
                     .bind(event.tenant_id.as_str())
                     .bind(name.as_str())
                     .bind(Json(&schema))
                     .bind(event.sequence)
-                    .bind(event.recorded_at)
-                    .execute(&mut *conn)
-                    .await?;
-                for statement in &statements {
-                    sqlx::query(statement).execute(&mut *conn).await?;
-                }
-            });
+                    .bind(event.recorded_at),
+            )
+            .await?;
+            for statement in &statements {
+                tx.execute(Statement::new(statement)).await?;
+            }
         }
         Ok(())
     }
@@ -108,20 +106,17 @@ pub struct EntityTypeRecord {
 pub async fn list(db: &Db, tenant_id: &str) -> Result<Vec<EntityTypeRecord>, sqlx::Error> {
     let sql = "SELECT name, schema, version, created_at, updated_at FROM entity_types \
                WHERE tenant_id = $1 ORDER BY name";
-    let records = eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(sql).bind(tenant_id).fetch_all(pool).await?;
-        rows.iter()
-            .map(|row| {
-                let schema: Json<Schema> = row.try_get("schema")?;
-                Ok(EntityTypeRecord {
-                    name: row.try_get("name")?,
-                    schema: schema.0,
-                    version: row.try_get("version")?,
-                    created_at: row.try_get("created_at")?,
-                    updated_at: row.try_get("updated_at")?,
-                })
+    let rows = db.fetch_all(Statement::new(sql).bind(tenant_id)).await?;
+    rows.iter()
+        .map(|row| {
+            let schema: Json<Schema> = row.try_get("schema")?;
+            Ok(EntityTypeRecord {
+                name: row.try_get("name")?,
+                schema: schema.0,
+                version: row.try_get("version")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?
-    });
-    Ok(records)
+        })
+        .collect()
 }

@@ -40,6 +40,9 @@ pub enum ProjectionError {
     /// The log kept changing while a whole-log check read it.
     #[error("the log kept changing while it was verified; try again when it is quieter")]
     Unsettled,
+    /// A read model's table is not defined the way a rebuild can copy (changed by hand).
+    #[error("table {table} has a definition a rebuild cannot copy: {definition}")]
+    UnexpectedTable { table: String, definition: String },
 }
 
 /// Where a projector writes: its live tables, or the shadow tables of a rebuild.

@@ -13,10 +13,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::session::{Session, SessionEvent, SessionStatus};
-use eventlog::{Db, RecordedEvent, Tx};
+use eventlog::{Db, RecordedEvent, Statement, Tx};
 use serde_json::{Map, Value, json};
-use sqlx::FromRow;
-use sqlx::Row;
 use sqlx::types::Json;
 
 use crate::{ProjectionError, Projector, Target};
@@ -96,28 +94,29 @@ impl Projector for SessionsProjector {
                 continue;
             }
             write_progress(tx, &progress, &mut moved).await?;
-            eventlog::on_tx!(&mut *tx, conn => {
-                let query = match &decoded {
-                    SessionEvent::SessionCreated { agent_id, customer_id, metadata, .. } => {
-                        sqlx::query(&insert)
-                            .bind(tenant)
-                            .bind(session)
-                            .bind(agent_id.as_str())
-                            .bind(customer_id.as_deref())
-                            .bind(Json(metadata))
-                            .bind(version)
-                            .bind(at)
-                    }
-                    SessionEvent::SessionClosed { .. } => sqlx::query(&close)
-                        .bind(tenant)
-                        .bind(session)
-                        .bind(SessionStatus::Closed.as_str())
-                        .bind(at)
-                        .bind(version),
-                    _ => unreachable!("summed above"),
-                };
-                query.execute(&mut *conn).await?;
-            });
+            let query = match &decoded {
+                SessionEvent::SessionCreated {
+                    agent_id,
+                    customer_id,
+                    metadata,
+                    ..
+                } => Statement::new(&insert)
+                    .bind(tenant)
+                    .bind(session)
+                    .bind(agent_id.as_str())
+                    .bind(customer_id.as_deref())
+                    .bind(Json(metadata))
+                    .bind(version)
+                    .bind(at),
+                SessionEvent::SessionClosed { .. } => Statement::new(&close)
+                    .bind(tenant)
+                    .bind(session)
+                    .bind(SessionStatus::Closed.as_str())
+                    .bind(at)
+                    .bind(version),
+                _ => unreachable!("summed above"),
+            };
+            tx.execute(query).await?;
         }
         write_progress(tx, &progress, &mut moved).await?;
         Ok(())
@@ -140,16 +139,15 @@ async fn write_progress(
     moved: &mut BTreeMap<(&str, &str), Progress>,
 ) -> Result<(), ProjectionError> {
     for ((tenant, session), change) in std::mem::take(moved) {
-        eventlog::on_tx!(&mut *tx, conn => {
-            sqlx::query(progress)
+        tx.execute(
+            Statement::new(progress)
                 .bind(tenant)
                 .bind(session)
                 .bind(change.messages)
                 .bind(change.last_activity)
-                .bind(change.version)
-                .execute(&mut *conn)
-                .await?;
-        });
+                .bind(change.version),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -174,12 +172,8 @@ const SESSION_COLUMNS: &str = "id, agent_id, customer_id, metadata, status, mess
 
 pub async fn get(db: &Db, tenant_id: &str, id: &str) -> Result<Option<SessionRecord>, sqlx::Error> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND id = $2");
-    Ok(eventlog::on_pool!(db, pool => {
-        match sqlx::query(&sql).bind(tenant_id).bind(id).fetch_optional(pool).await? {
-            Some(row) => Some(SessionRecord::from_row(&row)?),
-            None => None,
-        }
-    }))
+    db.fetch_optional_as::<SessionRecord>(Statement::new(&sql).bind(tenant_id).bind(id))
+        .await
 }
 
 /// Filters of a session list; `None` means any.
@@ -215,14 +209,14 @@ pub async fn list(
         "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = $1 AND id > $2{conditions} \
          ORDER BY id LIMIT {limit}"
     );
-    Ok(eventlog::on_pool!(db, pool => {
-        let mut query = sqlx::query(&sql);
-        for value in &values {
-            query = query.bind(*value);
-        }
-        let rows = query.fetch_all(pool).await?;
-        rows.iter().map(SessionRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?
-    }))
+    let mut query = Statement::new(&sql);
+    for value in &values {
+        query = query.bind(*value);
+    }
+    let rows = db.fetch_all(query).await?;
+    rows.iter()
+        .map(|row| row.decode::<SessionRecord>())
+        .collect()
 }
 
 /// Builds `transcript_messages`.
@@ -292,24 +286,22 @@ impl Projector for TranscriptsProjector {
                  ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING",
                 tx.backend().values(chunk.len(), 11)
             );
-            eventlog::on_tx!(&mut *tx, conn => {
-                let mut query = sqlx::query(&sql).persistent(chunk.len() == INSERT_CHUNK);
-                for (event, (id, role, content, reply_to, provider, model, usage)) in chunk {
-                    query = query
-                        .bind(event.tenant_id.as_str())
-                        .bind(event.aggregate_id.as_str())
-                        .bind(event.sequence)
-                        .bind(id.as_str())
-                        .bind(*role)
-                        .bind(content.as_str())
-                        .bind(reply_to.as_deref())
-                        .bind(provider.as_deref())
-                        .bind(model.as_deref())
-                        .bind(usage.as_ref().map(Json))
-                        .bind(event.recorded_at);
-                }
-                query.execute(&mut *conn).await?;
-            });
+            let mut query = Statement::new(&sql).persistent(chunk.len() == INSERT_CHUNK);
+            for (event, (id, role, content, reply_to, provider, model, usage)) in chunk {
+                query = query
+                    .bind(event.tenant_id.as_str())
+                    .bind(event.aggregate_id.as_str())
+                    .bind(event.sequence)
+                    .bind(id.as_str())
+                    .bind(*role)
+                    .bind(content.as_str())
+                    .bind(reply_to.as_deref())
+                    .bind(provider.as_deref())
+                    .bind(model.as_deref())
+                    .bind(usage.as_ref().map(Json))
+                    .bind(event.recorded_at);
+            }
+            tx.execute(query).await?;
         }
         Ok(())
     }
@@ -344,33 +336,33 @@ pub async fn transcript(
     let sql = "SELECT sequence, id, role, content, reply_to, provider, model, usage, created_at \
                FROM transcript_messages WHERE tenant_id = $1 AND session_id = $2 \
                AND sequence > $3 ORDER BY sequence LIMIT $4";
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(sql)
-            .bind(tenant_id)
-            .bind(session_id)
-            .bind(after_sequence)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let usage: Option<Json<Value>> = row.try_get("usage")?;
-                Ok((
-                    row.try_get("sequence")?,
-                    TranscriptMessage {
-                        id: row.try_get("id")?,
-                        role: row.try_get("role")?,
-                        content: row.try_get("content")?,
-                        reply_to: row.try_get("reply_to")?,
-                        provider: row.try_get("provider")?,
-                        model: row.try_get("model")?,
-                        usage: usage.map(|u| u.0),
-                        created_at: row.try_get("created_at")?,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?
-    }))
+    let rows = db
+        .fetch_all(
+            Statement::new(sql)
+                .bind(tenant_id)
+                .bind(session_id)
+                .bind(after_sequence)
+                .bind(i64::from(limit)),
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let usage: Option<Json<Value>> = row.try_get("usage")?;
+            Ok((
+                row.try_get("sequence")?,
+                TranscriptMessage {
+                    id: row.try_get("id")?,
+                    role: row.try_get("role")?,
+                    content: row.try_get("content")?,
+                    reply_to: row.try_get("reply_to")?,
+                    provider: row.try_get("provider")?,
+                    model: row.try_get("model")?,
+                    usage: usage.map(|u| u.0),
+                    created_at: row.try_get("created_at")?,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Builds `provider_calls`.
@@ -417,26 +409,24 @@ impl Projector for ProviderCallsProjector {
                  created_at) VALUES {} ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING",
                 tx.backend().values(chunk.len(), 13)
             );
-            eventlog::on_tx!(&mut *tx, conn => {
-                let mut query = sqlx::query(&sql).persistent(chunk.len() == INSERT_CHUNK);
-                for (event, message_id, attempt) in chunk {
-                    query = query
-                        .bind(event.tenant_id.as_str())
-                        .bind(event.aggregate_id.as_str())
-                        .bind(event.sequence)
-                        .bind(message_id.as_str())
-                        .bind(attempt.provider.as_str())
-                        .bind(attempt.model.as_deref())
-                        .bind(attempt.attempt as i32)
-                        .bind(attempt.status.as_str())
-                        .bind(attempt.http_status.map(i32::from))
-                        .bind(attempt.latency_ms as i64)
-                        .bind(attempt.error_code.as_deref())
-                        .bind(attempt.retry_after_ms.map(|ms| ms as i64))
-                        .bind(event.recorded_at);
-                }
-                query.execute(&mut *conn).await?;
-            });
+            let mut query = Statement::new(&sql).persistent(chunk.len() == INSERT_CHUNK);
+            for (event, message_id, attempt) in chunk {
+                query = query
+                    .bind(event.tenant_id.as_str())
+                    .bind(event.aggregate_id.as_str())
+                    .bind(event.sequence)
+                    .bind(message_id.as_str())
+                    .bind(attempt.provider.as_str())
+                    .bind(attempt.model.as_deref())
+                    .bind(attempt.attempt as i32)
+                    .bind(attempt.status.as_str())
+                    .bind(attempt.http_status.map(i32::from))
+                    .bind(attempt.latency_ms as i64)
+                    .bind(attempt.error_code.as_deref())
+                    .bind(attempt.retry_after_ms.map(|ms| ms as i64))
+                    .bind(event.recorded_at);
+            }
+            tx.execute(query).await?;
         }
         Ok(())
     }
@@ -466,23 +456,23 @@ pub async fn provider_calls(
     let sql = "SELECT message_id, provider, model, attempt, status, http_status, latency_ms, \
                error_code, retry_after_ms, created_at FROM provider_calls \
                WHERE tenant_id = $1 AND session_id = $2 ORDER BY sequence";
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(sql).bind(tenant_id).bind(session_id).fetch_all(pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ProviderCall {
-                    message_id: row.try_get("message_id")?,
-                    provider: row.try_get("provider")?,
-                    model: row.try_get("model")?,
-                    attempt: row.try_get("attempt")?,
-                    status: row.try_get("status")?,
-                    http_status: row.try_get("http_status")?,
-                    latency_ms: row.try_get("latency_ms")?,
-                    error_code: row.try_get("error_code")?,
-                    retry_after_ms: row.try_get("retry_after_ms")?,
-                    created_at: row.try_get("created_at")?,
-                })
+    let rows = db
+        .fetch_all(Statement::new(sql).bind(tenant_id).bind(session_id))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ProviderCall {
+                message_id: row.try_get("message_id")?,
+                provider: row.try_get("provider")?,
+                model: row.try_get("model")?,
+                attempt: row.try_get("attempt")?,
+                status: row.try_get("status")?,
+                http_status: row.try_get("http_status")?,
+                latency_ms: row.try_get("latency_ms")?,
+                error_code: row.try_get("error_code")?,
+                retry_after_ms: row.try_get("retry_after_ms")?,
+                created_at: row.try_get("created_at")?,
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?
-    }))
+        })
+        .collect()
 }

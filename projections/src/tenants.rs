@@ -4,8 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::tenant::{Tenant, TenantEvent, TenantStatus};
-use eventlog::{Db, RecordedEvent, Tx};
-use sqlx::FromRow;
+use eventlog::{Db, RecordedEvent, Statement, Tx};
 
 use crate::{ProjectionError, Projector, Target};
 
@@ -50,35 +49,37 @@ impl Projector for TenantsProjector {
             let tenant = event.tenant_id.as_str();
             let at = event.recorded_at;
             let decoded: TenantEvent = crate::decode(event)?;
-            eventlog::on_tx!(&mut *tx, conn => {
-                let query = match &decoded {
-                    TenantEvent::TenantCreated { name, rate_limit_per_minute, .. } => {
-                        sqlx::query(&insert)
-                            .bind(tenant)
-                            .bind(name.as_str())
-                            .bind(rate_limit_per_minute.map(i64::from))
-                            .bind(at)
-                    }
-                    TenantEvent::TenantRenamed { name, .. } => {
-                        sqlx::query(&set_name).bind(tenant).bind(name.as_str()).bind(at)
-                    }
-                    TenantEvent::TenantSuspended { .. } => sqlx::query(&set_status)
-                        .bind(tenant)
-                        .bind(TenantStatus::Suspended.as_str())
-                        .bind(at),
-                    TenantEvent::TenantReactivated { .. } => sqlx::query(&set_status)
-                        .bind(tenant)
-                        .bind(TenantStatus::Active.as_str())
-                        .bind(at),
-                    TenantEvent::TenantRateLimitChanged { rate_limit_per_minute, .. } => {
-                        sqlx::query(&set_limit)
-                            .bind(tenant)
-                            .bind(rate_limit_per_minute.map(i64::from))
-                            .bind(at)
-                    }
-                };
-                query.execute(&mut *conn).await?;
-            });
+            let query = match &decoded {
+                TenantEvent::TenantCreated {
+                    name,
+                    rate_limit_per_minute,
+                    ..
+                } => Statement::new(&insert)
+                    .bind(tenant)
+                    .bind(name.as_str())
+                    .bind(rate_limit_per_minute.map(i64::from))
+                    .bind(at),
+                TenantEvent::TenantRenamed { name, .. } => Statement::new(&set_name)
+                    .bind(tenant)
+                    .bind(name.as_str())
+                    .bind(at),
+                TenantEvent::TenantSuspended { .. } => Statement::new(&set_status)
+                    .bind(tenant)
+                    .bind(TenantStatus::Suspended.as_str())
+                    .bind(at),
+                TenantEvent::TenantReactivated { .. } => Statement::new(&set_status)
+                    .bind(tenant)
+                    .bind(TenantStatus::Active.as_str())
+                    .bind(at),
+                TenantEvent::TenantRateLimitChanged {
+                    rate_limit_per_minute,
+                    ..
+                } => Statement::new(&set_limit)
+                    .bind(tenant)
+                    .bind(rate_limit_per_minute.map(i64::from))
+                    .bind(at),
+            };
+            tx.execute(query).await?;
         }
         Ok(())
     }
@@ -100,12 +101,8 @@ const COLUMNS: &str = "tenant_id, name, status, rate_limit_per_minute, created_a
 
 pub async fn get(db: &Db, tenant_id: &str) -> Result<Option<TenantRecord>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id = $1");
-    Ok(eventlog::on_pool!(db, pool => {
-        match sqlx::query(&sql).bind(tenant_id).fetch_optional(pool).await? {
-            Some(row) => Some(TenantRecord::from_row(&row)?),
-            None => None,
-        }
-    }))
+    db.fetch_optional_as::<TenantRecord>(Statement::new(&sql).bind(tenant_id))
+        .await
 }
 
 /// A page of tenants ordered by id, after `after`.
@@ -116,12 +113,10 @@ pub async fn list(
 ) -> Result<Vec<TenantRecord>, sqlx::Error> {
     let sql =
         format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id > $1 ORDER BY tenant_id LIMIT $2");
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(&sql)
+    db.fetch_all_as::<TenantRecord>(
+        Statement::new(&sql)
             .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?;
-        rows.iter().map(TenantRecord::from_row).collect::<Result<Vec<_>, sqlx::Error>>()?
-    }))
+            .bind(i64::from(limit)),
+    )
+    .await
 }

@@ -17,9 +17,10 @@ use chrono::{DateTime, Datelike, DurationRound, TimeDelta, TimeZone, Utc};
 use cqrs_es::Aggregate;
 use domain::budget::{Budget, BudgetEvent, TENANT_SCOPE, agent_scope};
 use domain::session::{AssistantReply, Session, SessionEvent};
-use eventlog::{Cursor, Db, EventLog, InlineProjection, RecordedEvent, Tx};
+use eventlog::{
+    AppendError, Backend, Cursor, Db, EventLog, InlineProjection, RecordedEvent, Statement, Tx,
+};
 use serde::Serialize;
-use sqlx::Row;
 
 use crate::{ProjectionError, Projector, Target};
 
@@ -47,15 +48,19 @@ pub struct UsageRecord {
 
 /// The usage record of an event, when it is a billed reply.
 pub fn record_of(event: &RecordedEvent) -> Result<Option<UsageRecord>, ProjectionError> {
-    Ok(reply_of(event)?.map(|(record, _)| record))
+    let reply = reply_of(event).map_err(|source| ProjectionError::Decode {
+        event_id: event.event_id,
+        source,
+    })?;
+    Ok(reply.map(|(record, _)| record))
 }
 
 /// The usage record of a billed reply and the user message it answers.
-fn reply_of(event: &RecordedEvent) -> Result<Option<(UsageRecord, String)>, ProjectionError> {
+fn reply_of(event: &RecordedEvent) -> Result<Option<(UsageRecord, String)>, serde_json::Error> {
     if event.aggregate_type != Session::TYPE || event.event_type != "AssistantMessageRecorded" {
         return Ok(None);
     }
-    let SessionEvent::AssistantMessageRecorded { session_id, reply } = crate::decode(event)? else {
+    let SessionEvent::AssistantMessageRecorded { session_id, reply } = event.decode()? else {
         return Ok(None);
     };
     let AssistantReply {
@@ -199,27 +204,25 @@ impl Projector for UsageProjector {
                 target.table("usage_records"),
                 tx.backend().values(chunk.len(), 12)
             );
-            eventlog::on_tx!(&mut *tx, conn => {
-                let mut query = sqlx::query(&sql);
-                for r in chunk {
-                    query = query
-                        .bind(r.tenant_id.as_str())
-                        .bind(r.message_id.as_str())
-                        .bind(r.session_id.as_str())
-                        .bind(r.agent_id.as_str())
-                        .bind(r.provider.as_str())
-                        .bind(r.model.as_str())
-                        .bind(r.api_key.as_str())
-                        .bind(r.tokens_in)
-                        .bind(r.tokens_out)
-                        .bind(r.cost_micros)
-                        .bind(r.price_micros_per_1k)
-                        .bind(r.recorded_at);
-                }
-                for row in query.fetch_all(&mut *conn).await? {
-                    inserted.insert((row.try_get(0)?, row.try_get(1)?));
-                }
-            });
+            let mut query = Statement::new(&sql);
+            for r in chunk {
+                query = query
+                    .bind(r.tenant_id.as_str())
+                    .bind(r.message_id.as_str())
+                    .bind(r.session_id.as_str())
+                    .bind(r.agent_id.as_str())
+                    .bind(r.provider.as_str())
+                    .bind(r.model.as_str())
+                    .bind(r.api_key.as_str())
+                    .bind(r.tokens_in)
+                    .bind(r.tokens_out)
+                    .bind(r.cost_micros)
+                    .bind(r.price_micros_per_1k)
+                    .bind(r.recorded_at);
+            }
+            for row in tx.fetch_all(query).await? {
+                inserted.insert((row.try_get(0)?, row.try_get(1)?));
+            }
         }
         let mut hourly: BTreeMap<GroupKey, Sums> = BTreeMap::new();
         let mut daily: BTreeMap<GroupKey, Sums> = BTreeMap::new();
@@ -252,23 +255,21 @@ impl Projector for UsageProjector {
                     target.table(table),
                     tx.backend().values(chunk.len(), 10)
                 );
-                eventlog::on_tx!(&mut *tx, conn => {
-                    let mut query = sqlx::query(&sql);
-                    for ((tenant, bucket, provider, model, agent, api_key), sums) in chunk {
-                        query = query
-                            .bind(tenant.as_str())
-                            .bind(*bucket)
-                            .bind(provider.as_str())
-                            .bind(model.as_str())
-                            .bind(agent.as_str())
-                            .bind(api_key.as_str())
-                            .bind(sums.messages)
-                            .bind(sums.tokens_in)
-                            .bind(sums.tokens_out)
-                            .bind(sums.cost_micros);
-                    }
-                    query.execute(&mut *conn).await?;
-                });
+                let mut query = Statement::new(&sql);
+                for ((tenant, bucket, provider, model, agent, api_key), sums) in chunk {
+                    query = query
+                        .bind(tenant.as_str())
+                        .bind(*bucket)
+                        .bind(provider.as_str())
+                        .bind(model.as_str())
+                        .bind(agent.as_str())
+                        .bind(api_key.as_str())
+                        .bind(sums.messages)
+                        .bind(sums.tokens_in)
+                        .bind(sums.tokens_out)
+                        .bind(sums.cost_micros);
+                }
+                tx.execute(query).await?;
             }
         }
         let sessions: Vec<_> = sessions.into_iter().collect();
@@ -279,20 +280,18 @@ impl Projector for UsageProjector {
                 target.table("usage_sessions"),
                 tx.backend().values(chunk.len(), 7)
             );
-            eventlog::on_tx!(&mut *tx, conn => {
-                let mut query = sqlx::query(&sql);
-                for ((tenant, bucket, provider, model, agent, api_key), session) in chunk {
-                    query = query
-                        .bind(tenant.as_str())
-                        .bind(*bucket)
-                        .bind(session.as_str())
-                        .bind(provider.as_str())
-                        .bind(model.as_str())
-                        .bind(agent.as_str())
-                        .bind(api_key.as_str());
-                }
-                query.execute(&mut *conn).await?;
-            });
+            let mut query = Statement::new(&sql);
+            for ((tenant, bucket, provider, model, agent, api_key), session) in chunk {
+                query = query
+                    .bind(tenant.as_str())
+                    .bind(*bucket)
+                    .bind(session.as_str())
+                    .bind(provider.as_str())
+                    .bind(model.as_str())
+                    .bind(agent.as_str())
+                    .bind(api_key.as_str());
+            }
+            tx.execute(query).await?;
         }
         let session_days: Vec<_> = session_days.into_iter().collect();
         for chunk in session_days.chunks(CHUNK) {
@@ -302,18 +301,16 @@ impl Projector for UsageProjector {
                 target.table("usage_session_days"),
                 tx.backend().values(chunk.len(), 5)
             );
-            eventlog::on_tx!(&mut *tx, conn => {
-                let mut query = sqlx::query(&sql);
-                for (tenant, bucket, provider, agent, session) in chunk {
-                    query = query
-                        .bind(tenant.as_str())
-                        .bind(*bucket)
-                        .bind(provider.as_str())
-                        .bind(agent.as_str())
-                        .bind(session.as_str());
-                }
-                query.execute(&mut *conn).await?;
-            });
+            let mut query = Statement::new(&sql);
+            for (tenant, bucket, provider, agent, session) in chunk {
+                query = query
+                    .bind(tenant.as_str())
+                    .bind(*bucket)
+                    .bind(provider.as_str())
+                    .bind(agent.as_str())
+                    .bind(session.as_str());
+            }
+            tx.execute(query).await?;
         }
         Ok(())
     }
@@ -350,15 +347,14 @@ async fn add_spend(
     spend: &BTreeMap<(String, String, String), i64>,
 ) -> Result<(), sqlx::Error> {
     for ((tenant, scope, month), micros) in spend {
-        eventlog::on_tx!(&mut *tx, conn => {
-            sqlx::query(SPEND_UPSERT)
+        tx.execute(
+            Statement::new(SPEND_UPSERT)
                 .bind(tenant.as_str())
                 .bind(scope.as_str())
                 .bind(month.as_str())
-                .bind(*micros)
-                .execute(&mut *conn)
-                .await?;
-        });
+                .bind(*micros),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -368,7 +364,7 @@ impl InlineProjection for SpendProjection {
         &'a self,
         tx: &'a mut Tx,
         events: &'a [RecordedEvent],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'a>>
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), AppendError>> + Send + 'a>>
     {
         Box::pin(async move {
             // Rows are updated in a fixed order (tenant, scope, month), so that concurrent
@@ -383,8 +379,11 @@ impl InlineProjection for SpendProjection {
                     settled.push(failed);
                     continue;
                 }
-                let reply = reply_of(event)
-                    .map_err(|e| sqlx::Error::Protocol(format!("usage spend: {e}")))?;
+                let reply = reply_of(event).map_err(|source| AppendError::Inline {
+                    projection: "usage_spend",
+                    event_id: event.event_id,
+                    source,
+                })?;
                 let Some((record, reply_to)) = reply else {
                     continue;
                 };
@@ -404,13 +403,11 @@ impl InlineProjection for SpendProjection {
                     "DELETE FROM budget_reservations WHERE (tenant_id, message_id) IN (VALUES {})",
                     tx.backend().values(chunk.len(), 2)
                 );
-                eventlog::on_tx!(&mut *tx, conn => {
-                    let mut query = sqlx::query(&sql);
-                    for (tenant, message_id) in chunk {
-                        query = query.bind(*tenant).bind(message_id.as_str());
-                    }
-                    query.execute(&mut *conn).await?;
-                });
+                let mut query = Statement::new(&sql);
+                for (tenant, message_id) in chunk {
+                    query = query.bind(*tenant).bind(message_id.as_str());
+                }
+                tx.execute(query).await?;
             }
             Ok(())
         })
@@ -497,77 +494,78 @@ pub async fn admit(
         *expires_at_ms,
     );
     let mut tx = db.begin().await?;
-    if let Tx::Postgres(conn) = &mut tx {
+    if tx.backend() == Backend::Postgres {
         // One admission of the tenant at a time, across processes (SQLite: the write
         // transaction is exclusive already).
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("budget:{tenant_id}"))
-            .execute(&mut **conn)
-            .await?;
+        tx.execute(
+            Statement::new("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("budget:{tenant_id}")),
+        )
+        .await?;
     }
     let mut decision = Admission::Admitted;
-    eventlog::on_tx!(&mut tx, conn => {
-        sqlx::query("DELETE FROM budget_reservations WHERE tenant_id = $1 AND expires_at_ms <= $2")
-            .bind(tenant_id)
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await?;
-        for limit in limits {
-            let spent: Option<i64> = sqlx::query_scalar(
-                "SELECT spent_micros FROM usage_spend \
-                 WHERE tenant_id = $1 AND scope = $2 AND month = $3",
-            )
-            .bind(tenant_id)
-            .bind(limit.scope.as_str())
-            .bind(month)
-            .fetch_optional(&mut *conn)
-            .await?;
-            let spent = spent.unwrap_or(0).max(0) as u64;
-            if spent >= limit.limit_micros {
-                decision = Admission::Exceeded {
-                    scope: limit.scope.clone(),
-                    limit_micros: limit.limit_micros,
-                    spent_micros: spent,
-                };
-                break;
-            }
-            let held: Option<i64> = sqlx::query_scalar(
-                "SELECT CAST(SUM(micros) AS BIGINT) FROM budget_reservations \
-                 WHERE tenant_id = $1 AND scope = $2 AND month = $3 AND message_id <> $4",
-            )
-            .bind(tenant_id)
-            .bind(limit.scope.as_str())
-            .bind(month)
-            .bind(message_id)
-            .fetch_one(&mut *conn)
-            .await?;
-            let held = held.unwrap_or(0).max(0) as u64;
-            let fits = spent.saturating_add(held).saturating_add(estimate) <= limit.limit_micros;
-            if held > 0 && !fits && decision == Admission::Admitted {
-                decision = Admission::Contended;
-            }
+    tx.execute(
+        Statement::new(
+            "DELETE FROM budget_reservations WHERE tenant_id = $1 AND expires_at_ms <= $2",
+        )
+        .bind(tenant_id)
+        .bind(now_ms),
+    )
+    .await?;
+    for limit in limits {
+        let spent = tx
+            .fetch_optional_as::<(i64,)>(spend_statement(tenant_id, &limit.scope, month))
+            .await?
+            .map_or(0, |(micros,)| micros.max(0) as u64);
+        if spent >= limit.limit_micros {
+            decision = Admission::Exceeded {
+                scope: limit.scope.clone(),
+                limit_micros: limit.limit_micros,
+                spent_micros: spent,
+            };
+            break;
         }
-        if decision == Admission::Admitted {
-            for limit in limits {
-                sqlx::query(
+        let held = tx
+            .fetch_optional_as::<(Option<i64>,)>(
+                Statement::new(
+                    "SELECT CAST(SUM(micros) AS BIGINT) FROM budget_reservations \
+                     WHERE tenant_id = $1 AND scope = $2 AND month = $3 \
+                     AND message_id <> $4",
+                )
+                .bind(tenant_id)
+                .bind(limit.scope.as_str())
+                .bind(month)
+                .bind(message_id),
+            )
+            .await?
+            .and_then(|(micros,)| micros)
+            .map_or(0, |micros| micros.max(0) as u64);
+        let fits = spent.saturating_add(held).saturating_add(estimate) <= limit.limit_micros;
+        if held > 0 && !fits && decision == Admission::Admitted {
+            decision = Admission::Contended;
+        }
+    }
+    if decision == Admission::Admitted {
+        for limit in limits {
+            tx.execute(
+                Statement::new(
                     "INSERT INTO budget_reservations \
-                     (tenant_id, scope, message_id, month, micros, expires_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (tenant_id, scope, message_id) DO UPDATE SET \
-                     month = excluded.month, micros = excluded.micros, \
-                     expires_at_ms = excluded.expires_at_ms",
+                 (tenant_id, scope, message_id, month, micros, expires_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (tenant_id, scope, message_id) DO UPDATE SET \
+                 month = excluded.month, micros = excluded.micros, \
+                 expires_at_ms = excluded.expires_at_ms",
                 )
                 .bind(tenant_id)
                 .bind(limit.scope.as_str())
                 .bind(message_id)
                 .bind(month)
                 .bind(stored(estimate))
-                .bind(expires_at_ms)
-                .execute(&mut *conn)
-                .await?;
-            }
+                .bind(expires_at_ms),
+            )
+            .await?;
         }
-    });
+    }
     tx.commit().await?;
     Ok(decision)
 }
@@ -575,13 +573,12 @@ pub async fn admit(
 /// Ends the reservation of `message_id`, for a message that will not be sent after all.
 pub async fn release(db: &Db, tenant_id: &str, message_id: &str) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
-    eventlog::on_tx!(&mut tx, conn => {
-        sqlx::query(RESERVATION_DELETE)
+    tx.execute(
+        Statement::new(RESERVATION_DELETE)
             .bind(tenant_id)
-            .bind(message_id)
-            .execute(&mut *conn)
-            .await?;
-    });
+            .bind(message_id),
+    )
+    .await?;
     tx.commit().await
 }
 
@@ -595,20 +592,22 @@ pub async fn spend(
 ) -> Result<BTreeMap<String, i64>, sqlx::Error> {
     let mut spent = BTreeMap::new();
     for scope in scopes {
-        let micros: Option<i64> = eventlog::on_pool!(db, pool => {
-            sqlx::query_scalar(
-                "SELECT spent_micros FROM usage_spend \
-                 WHERE tenant_id = $1 AND scope = $2 AND month = $3",
-            )
-            .bind(tenant_id)
-            .bind(scope.as_str())
-            .bind(month)
-            .fetch_optional(pool)
-            .await?
-        });
-        spent.insert(scope.clone(), micros.unwrap_or(0));
+        let micros = db
+            .fetch_optional_as::<(i64,)>(spend_statement(tenant_id, scope, month))
+            .await?;
+        spent.insert(scope.clone(), micros.map_or(0, |(micros,)| micros));
     }
     Ok(spent)
+}
+
+/// A scope's spend in a month.
+fn spend_statement<'q>(tenant_id: &'q str, scope: &'q str, month: &'q str) -> Statement<'q> {
+    Statement::new(
+        "SELECT spent_micros FROM usage_spend WHERE tenant_id = $1 AND scope = $2 AND month = $3",
+    )
+    .bind(tenant_id)
+    .bind(scope)
+    .bind(month)
 }
 
 /// Builds `budgets`.
@@ -646,28 +645,28 @@ impl Projector for BudgetsProjector {
         for event in events.iter().filter(|e| e.aggregate_type == Budget::TYPE) {
             let decoded: BudgetEvent = crate::decode(event)?;
             let tenant = event.tenant_id.as_str();
-            eventlog::on_tx!(&mut *tx, conn => {
-                match &decoded {
-                    BudgetEvent::BudgetSet { scope, monthly_limit_micros, enforcement } => {
-                        sqlx::query(&upsert)
+            match &decoded {
+                BudgetEvent::BudgetSet {
+                    scope,
+                    monthly_limit_micros,
+                    enforcement,
+                } => {
+                    tx.execute(
+                        Statement::new(&upsert)
                             .bind(tenant)
                             .bind(scope.as_str())
                             .bind(stored(*monthly_limit_micros))
                             .bind(enforcement.as_str())
-                            .bind(event.recorded_at)
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    BudgetEvent::BudgetRemoved { scope } => {
-                        sqlx::query(&delete)
-                            .bind(tenant)
-                            .bind(scope.as_str())
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    BudgetEvent::BudgetThresholdReached { .. } => {}
+                            .bind(event.recorded_at),
+                    )
+                    .await?;
                 }
-            });
+                BudgetEvent::BudgetRemoved { scope } => {
+                    tx.execute(Statement::new(&delete).bind(tenant).bind(scope.as_str()))
+                        .await?;
+                }
+                BudgetEvent::BudgetThresholdReached { .. } => {}
+            }
         }
         Ok(())
     }
@@ -683,23 +682,25 @@ pub struct BudgetRecord {
 }
 
 pub async fn budgets(db: &Db, tenant_id: &str) -> Result<Vec<BudgetRecord>, sqlx::Error> {
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(
-            "SELECT scope, monthly_limit_micros, enforcement, updated_at FROM budgets \
-             WHERE tenant_id = $1 ORDER BY scope",
+    let rows = db
+        .fetch_all(
+            Statement::new(
+                "SELECT scope, monthly_limit_micros, enforcement, updated_at FROM budgets \
+         WHERE tenant_id = $1 ORDER BY scope",
+            )
+            .bind(tenant_id),
         )
-        .bind(tenant_id)
-        .fetch_all(pool)
         .await?;
-        rows.iter()
-            .map(|row| Ok(BudgetRecord {
+    rows.iter()
+        .map(|row| {
+            Ok(BudgetRecord {
                 scope: row.try_get("scope")?,
                 monthly_limit_micros: row.try_get("monthly_limit_micros")?,
                 enforcement: row.try_get("enforcement")?,
                 updated_at: row.try_get("updated_at")?,
-            }))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?
-    }))
+            })
+        })
+        .collect()
 }
 
 /// A dimension usage can be grouped or filtered by.
@@ -761,19 +762,18 @@ impl Selection<'_> {
         }
         sql
     }
-}
 
-macro_rules! bind_selection {
-    ($query:expr, $selection:expr) => {{
-        let mut query = $query
-            .bind($selection.tenant_id)
-            .bind($selection.from)
-            .bind($selection.to);
-        for (_, value) in $selection.filters {
-            query = query.bind(value.as_str());
+    /// `sql`, whose conditions are [`Selection::conditions`], with the selection's values.
+    fn statement<'q>(&'q self, sql: &'q str) -> Statement<'q> {
+        let mut statement = Statement::new(sql)
+            .bind(self.tenant_id)
+            .bind(self.from)
+            .bind(self.to);
+        for (_, value) in self.filters {
+            statement.push(value.as_str());
         }
-        query
-    }};
+        statement
+    }
 }
 
 /// One group of a grouped total: the values of its dimensions, its sums and its distinct
@@ -816,27 +816,29 @@ pub async fn totals(
          FROM {table} WHERE {}{group_by}",
         selection.conditions()
     );
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = bind_selection!(sqlx::query(&sql), selection).fetch_all(pool).await?;
-        rows.iter()
-            .map(|row| {
-                let values = by
-                    .iter()
-                    .map(|d| row.try_get::<String, _>(d.column()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Group {
-                    bucket: if per_bucket { Some(row.try_get("bucket")?) } else { None },
-                    values,
-                    sums: Sums {
-                        messages: row.try_get("messages")?,
-                        tokens_in: row.try_get("tokens_in")?,
-                        tokens_out: row.try_get("tokens_out")?,
-                        cost_micros: row.try_get("cost_micros")?,
-                    },
-                })
+    let rows = db.fetch_all(selection.statement(&sql)).await?;
+    rows.iter()
+        .map(|row| {
+            let values = by
+                .iter()
+                .map(|d| row.try_get::<String, _>(d.column()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Group {
+                bucket: if per_bucket {
+                    Some(row.try_get("bucket")?)
+                } else {
+                    None
+                },
+                values,
+                sums: Sums {
+                    messages: row.try_get("messages")?,
+                    tokens_in: row.try_get("tokens_in")?,
+                    tokens_out: row.try_get("tokens_out")?,
+                    cost_micros: row.try_get("cost_micros")?,
+                },
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?
-    }))
+        })
+        .collect()
 }
 
 /// The (hour, session, dimension values) rows of the selection: what distinct session counts
@@ -854,18 +856,16 @@ pub async fn session_hours(
         "SELECT DISTINCT bucket, session_id{select} FROM usage_sessions WHERE {}",
         selection.conditions()
     );
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = bind_selection!(sqlx::query(&sql), selection).fetch_all(pool).await?;
-        rows.iter()
-            .map(|row| {
-                let values = by
-                    .iter()
-                    .map(|d| row.try_get::<String, _>(d.column()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((row.try_get("bucket")?, row.try_get("session_id")?, values))
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?
-    }))
+    let rows = db.fetch_all(selection.statement(&sql)).await?;
+    rows.iter()
+        .map(|row| {
+            let values = by
+                .iter()
+                .map(|d| row.try_get::<String, _>(d.column()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((row.try_get("bucket")?, row.try_get("session_id")?, values))
+        })
+        .collect()
 }
 
 /// Seed 004's rollup over a selection: totals, by provider and by agent, with distinct
@@ -902,20 +902,15 @@ pub async fn rollup(db: &Db, selection: &Selection<'_>) -> Result<Rollup, sqlx::
     // in one scan (grouping sets), on SQLite in two. A session has one agent for life, so
     // the sessions of all agents add up to the distinct sessions overall.
     let conditions = selection.conditions();
-    let counts: Vec<(Option<String>, Option<String>, i64)> = match db {
-        Db::Postgres(pool) => {
+    let counts: Vec<(Option<String>, Option<String>, i64)> = match db.backend() {
+        Backend::Postgres => {
             let sql = format!(
                 "SELECT provider, agent_id, COUNT(DISTINCT session_id) FROM usage_session_days \
                  WHERE {conditions} GROUP BY GROUPING SETS ((provider), (agent_id))"
             );
-            bind_selection!(sqlx::query(&sql), selection)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()?
+            db.fetch_all_as(selection.statement(&sql)).await?
         }
-        Db::Sqlite(sqlite) => {
+        Backend::Sqlite => {
             let mut counts = Vec::new();
             for (select, group) in [
                 ("provider, NULL", " GROUP BY provider"),
@@ -925,12 +920,7 @@ pub async fn rollup(db: &Db, selection: &Selection<'_>) -> Result<Rollup, sqlx::
                     "SELECT {select}, COUNT(DISTINCT session_id) FROM usage_session_days \
                      WHERE {conditions}{group}"
                 );
-                for row in bind_selection!(sqlx::query(&sql), selection)
-                    .fetch_all(&sqlite.reader)
-                    .await?
-                {
-                    counts.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
-                }
+                counts.extend(db.fetch_all_as(selection.statement(&sql)).await?);
             }
             counts
         }
@@ -965,18 +955,20 @@ pub async fn records(
                FROM usage_records WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3 \
                AND (recorded_at < $4 OR (recorded_at = $4 AND message_id < $5)) \
                ORDER BY recorded_at DESC, message_id DESC LIMIT $6";
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(sql)
-            .bind(tenant_id)
-            .bind(from)
-            .bind(to)
-            .bind(cursor_at)
-            .bind(before_id.as_str())
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?;
-        rows.iter()
-            .map(|row| Ok(UsageRecord {
+    let rows = db
+        .fetch_all(
+            Statement::new(sql)
+                .bind(tenant_id)
+                .bind(from)
+                .bind(to)
+                .bind(cursor_at)
+                .bind(before_id.as_str())
+                .bind(i64::from(limit)),
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(UsageRecord {
                 tenant_id: row.try_get("tenant_id")?,
                 message_id: row.try_get("message_id")?,
                 session_id: row.try_get("session_id")?,
@@ -989,9 +981,9 @@ pub async fn records(
                 cost_micros: row.try_get("cost_micros")?,
                 price_micros_per_1k: row.try_get("price_micros_per_1k")?,
                 recorded_at: row.try_get("recorded_at")?,
-            }))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?
-    }))
+            })
+        })
+        .collect()
 }
 
 /// What `gateway usage verify` found.
@@ -1133,10 +1125,10 @@ async fn read_rollup(db: &Db, table: &str) -> Result<Table, sqlx::Error> {
         "SELECT tenant_id, bucket, provider, model, agent_id, api_key, messages, tokens_in, \
          tokens_out, cost_micros FROM {table}"
     );
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(&sql).fetch_all(pool).await?;
-        rows.iter()
-            .map(|row| Ok((
+    let rows = db.fetch_all(Statement::new(&sql)).await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
                 (
                     row.try_get("tenant_id")?,
                     row.try_get("bucket")?,
@@ -1151,38 +1143,44 @@ async fn read_rollup(db: &Db, table: &str) -> Result<Table, sqlx::Error> {
                     tokens_out: row.try_get("tokens_out")?,
                     cost_micros: row.try_get("cost_micros")?,
                 },
-            )))
-            .collect::<Result<Table, sqlx::Error>>()?
-    }))
+            ))
+        })
+        .collect()
 }
 
 async fn read_spend(db: &Db) -> Result<BTreeMap<(String, String, String), i64>, sqlx::Error> {
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query("SELECT tenant_id, scope, month, spent_micros FROM usage_spend")
-            .fetch_all(pool)
-            .await?;
-        rows.iter()
-            .map(|row| Ok((
-                (row.try_get("tenant_id")?, row.try_get("scope")?, row.try_get("month")?),
+    let rows = db
+        .fetch_all(Statement::new(
+            "SELECT tenant_id, scope, month, spent_micros FROM usage_spend",
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                (
+                    row.try_get("tenant_id")?,
+                    row.try_get("scope")?,
+                    row.try_get("month")?,
+                ),
                 row.try_get("spent_micros")?,
-            )))
-            .collect::<Result<BTreeMap<_, _>, sqlx::Error>>()?
-    }))
+            ))
+        })
+        .collect()
 }
 
 async fn read_records(db: &Db) -> Result<BTreeMap<String, Sums>, sqlx::Error> {
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(
+    let rows = db
+        .fetch_all(Statement::new(
             "SELECT tenant_id, CAST(COUNT(*) AS BIGINT) AS messages, \
-             CAST(SUM(tokens_in) AS BIGINT) AS tokens_in, \
-             CAST(SUM(tokens_out) AS BIGINT) AS tokens_out, \
-             CAST(SUM(cost_micros) AS BIGINT) AS cost_micros \
-             FROM usage_records GROUP BY tenant_id",
-        )
-        .fetch_all(pool)
+         CAST(SUM(tokens_in) AS BIGINT) AS tokens_in, \
+         CAST(SUM(tokens_out) AS BIGINT) AS tokens_out, \
+         CAST(SUM(cost_micros) AS BIGINT) AS cost_micros \
+         FROM usage_records GROUP BY tenant_id",
+        ))
         .await?;
-        rows.iter()
-            .map(|row| Ok((
+    rows.iter()
+        .map(|row| {
+            Ok((
                 row.try_get("tenant_id")?,
                 Sums {
                     messages: row.try_get("messages")?,
@@ -1190,21 +1188,21 @@ async fn read_records(db: &Db) -> Result<BTreeMap<String, Sums>, sqlx::Error> {
                     tokens_out: row.try_get("tokens_out")?,
                     cost_micros: row.try_get("cost_micros")?,
                 },
-            )))
-            .collect::<Result<BTreeMap<_, _>, sqlx::Error>>()?
-    }))
+            ))
+        })
+        .collect()
 }
 
 async fn read_sessions(db: &Db) -> Result<BTreeSet<(GroupKey, String)>, sqlx::Error> {
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(
+    let rows = db
+        .fetch_all(Statement::new(
             "SELECT tenant_id, bucket, session_id, provider, model, agent_id, api_key \
-             FROM usage_sessions",
-        )
-        .fetch_all(pool)
+         FROM usage_sessions",
+        ))
         .await?;
-        rows.iter()
-            .map(|row| Ok((
+    rows.iter()
+        .map(|row| {
+            Ok((
                 (
                     row.try_get("tenant_id")?,
                     row.try_get("bucket")?,
@@ -1214,28 +1212,28 @@ async fn read_sessions(db: &Db) -> Result<BTreeSet<(GroupKey, String)>, sqlx::Er
                     row.try_get("api_key")?,
                 ),
                 row.try_get("session_id")?,
-            )))
-            .collect::<Result<BTreeSet<_>, sqlx::Error>>()?
-    }))
+            ))
+        })
+        .collect()
 }
 
 async fn read_session_days(db: &Db) -> Result<BTreeSet<SessionDay>, sqlx::Error> {
-    Ok(eventlog::on_pool!(db, pool => {
-        let rows = sqlx::query(
+    let rows = db
+        .fetch_all(Statement::new(
             "SELECT tenant_id, bucket, provider, agent_id, session_id FROM usage_session_days",
-        )
-        .fetch_all(pool)
+        ))
         .await?;
-        rows.iter()
-            .map(|row| Ok((
+    rows.iter()
+        .map(|row| {
+            Ok((
                 row.try_get("tenant_id")?,
                 row.try_get("bucket")?,
                 row.try_get("provider")?,
                 row.try_get("agent_id")?,
                 row.try_get("session_id")?,
-            )))
-            .collect::<Result<BTreeSet<_>, sqlx::Error>>()?
-    }))
+            ))
+        })
+        .collect()
 }
 
 /// Every element of one set missing from the other, as mismatches.
@@ -1304,11 +1302,10 @@ fn compare<K: Ord + KeyColumns, V: PartialEq + Columns>(
 /// Returns the rows written.
 pub async fn repair_spend(log: &EventLog, batch: usize) -> Result<usize, ProjectionError> {
     let mut tx = log.db().begin().await?;
-    if let Tx::Postgres(conn) = &mut tx {
+    if tx.backend() == Backend::Postgres {
         // Appends update their spend in their own transaction: while this lock is held they
         // wait, and the events of those that committed before it are all visible here.
-        sqlx::query("LOCK TABLE usage_spend IN EXCLUSIVE MODE")
-            .execute(&mut **conn)
+        tx.execute(Statement::new("LOCK TABLE usage_spend IN EXCLUSIVE MODE"))
             .await?;
     }
     let mut spend: BTreeMap<(String, String, String), i64> = BTreeMap::new();
@@ -1331,9 +1328,8 @@ pub async fn repair_spend(log: &EventLog, batch: usize) -> Result<usize, Project
             }
         }
     }
-    eventlog::on_tx!(&mut tx, conn => {
-        sqlx::query("DELETE FROM usage_spend").execute(&mut *conn).await?;
-    });
+    tx.execute(Statement::new("DELETE FROM usage_spend"))
+        .await?;
     add_spend(&mut tx, &spend).await?;
     tx.commit().await?;
     Ok(spend.len())

@@ -158,7 +158,7 @@ async fn apply_batch(
 async fn prepare_shadow_tables(
     tx: &mut Tx,
     tables: &[&str],
-) -> Result<Vec<Vec<String>>, sqlx::Error> {
+) -> Result<Vec<Vec<String>>, ProjectionError> {
     let mut captured = Vec::with_capacity(tables.len());
     for table in tables {
         let shadow = Target::Rebuild.table(table);
@@ -238,9 +238,10 @@ async fn prepare_shadow_tables(
                             .strip_prefix(&format!("CREATE TABLE {table} "))
                             .or_else(|| sql.strip_prefix(&format!("CREATE TABLE \"{table}\" ")))
                         else {
-                            return Err(sqlx::Error::Protocol(format!(
-                                "unexpected definition of table {table}: {sql}"
-                            )));
+                            return Err(ProjectionError::UnexpectedTable {
+                                table: table.to_string(),
+                                definition: sql,
+                            });
                         };
                         sqlx::query(&format!("CREATE TABLE {shadow} {rest}"))
                             .execute(&mut **conn)

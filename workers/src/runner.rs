@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventlog::{Cursor, EventLog, Tx};
+use eventlog::{Cursor, EventLog, Statement, Tx};
 use projections::progress::Progress;
 use projections::{ProjectionError, Projector, Target, checkpoints};
 use tokio::task::JoinHandle;
@@ -216,9 +216,7 @@ async fn lock_free(tx: &mut Tx, names: &[&'static str]) -> Result<Vec<&'static s
 }
 
 async fn execute(tx: &mut Tx, sql: &'static str) -> Result<(), sqlx::Error> {
-    eventlog::on_tx!(tx, conn => {
-        sqlx::query(sql).execute(&mut *conn).await?;
-    });
+    tx.execute(Statement::new(sql)).await?;
     Ok(())
 }
 

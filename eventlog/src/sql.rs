@@ -1,0 +1,289 @@
+//! The storage port: one statement, run on either backend.
+//!
+//! A [`Statement`] is SQL that both dialects accept and the values bound to it; [`Db`] runs it
+//! on the read pool and [`Tx`] inside a write transaction, and both answer with [`Row`]s that
+//! read columns the same way whatever the engine. A value can be bound when both drivers
+//! encode its type ([`Value`]); a row can be decoded into any `sqlx::FromRow` type that both
+//! drivers can build (`#[derive(FromRow)]` structs and tuples). Code that needs SQL of one
+//! dialect asks the connection's [`Backend`](crate::Backend) and builds the statement with it,
+//! in the module that owns the concern.
+
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{ColumnIndex, Decode, Encode, FromRow, Postgres, Sqlite, Type};
+
+use crate::db::{Db, Tx};
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
+
+/// A value both drivers can bind.
+pub trait Value<'q>: Send + 'q {
+    fn bind_postgres(self: Box<Self>, query: PgQuery<'q>) -> PgQuery<'q>;
+    fn bind_sqlite(self: Box<Self>, query: SqliteQuery<'q>) -> SqliteQuery<'q>;
+}
+
+impl<'q, T> Value<'q> for T
+where
+    T: Encode<'q, Postgres> + Type<Postgres> + Encode<'q, Sqlite> + Type<Sqlite> + Send + 'q,
+{
+    fn bind_postgres(self: Box<Self>, query: PgQuery<'q>) -> PgQuery<'q> {
+        query.bind(*self)
+    }
+
+    fn bind_sqlite(self: Box<Self>, query: SqliteQuery<'q>) -> SqliteQuery<'q> {
+        query.bind(*self)
+    }
+}
+
+/// SQL and its bound values, for either backend.
+pub struct Statement<'q> {
+    sql: &'q str,
+    values: Vec<Box<dyn Value<'q>>>,
+    persistent: bool,
+}
+
+impl<'q> Statement<'q> {
+    pub fn new(sql: &'q str) -> Self {
+        Self {
+            sql,
+            values: Vec::new(),
+            persistent: true,
+        }
+    }
+
+    /// Binds the next placeholder (`$n`, or `?` in a list built by
+    /// [`Backend::values`](crate::Backend::values)).
+    pub fn bind(mut self, value: impl Value<'q>) -> Self {
+        self.values.push(Box::new(value));
+        self
+    }
+
+    /// Binds the next placeholder in place, for statements built in a loop.
+    pub fn push(&mut self, value: impl Value<'q>) {
+        self.values.push(Box::new(value));
+    }
+
+    /// Whether the driver keeps the prepared statement for reuse (the default). Statements of
+    /// varying text (row counts, cursors that need a fresh plan) should not.
+    pub fn persistent(mut self, persistent: bool) -> Self {
+        self.persistent = persistent;
+        self
+    }
+
+    fn postgres(self) -> PgQuery<'q> {
+        let query = sqlx::query(self.sql).persistent(self.persistent);
+        self.values
+            .into_iter()
+            .fold(query, |query, value| value.bind_postgres(query))
+    }
+
+    fn sqlite(self) -> SqliteQuery<'q> {
+        let query = sqlx::query(self.sql).persistent(self.persistent);
+        self.values
+            .into_iter()
+            .fold(query, |query, value| value.bind_sqlite(query))
+    }
+}
+
+/// A column type both drivers decode.
+pub trait Column<'r>:
+    Decode<'r, Postgres> + Type<Postgres> + Decode<'r, Sqlite> + Type<Sqlite>
+{
+}
+
+impl<'r, T> Column<'r> for T where
+    T: Decode<'r, Postgres> + Type<Postgres> + Decode<'r, Sqlite> + Type<Sqlite>
+{
+}
+
+/// A column's name or position, on either backend.
+pub trait Index: ColumnIndex<PgRow> + ColumnIndex<SqliteRow> {}
+
+impl<I> Index for I where I: ColumnIndex<PgRow> + ColumnIndex<SqliteRow> {}
+
+/// A type both drivers can build from a row.
+pub trait Record: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> {}
+
+impl<T> Record for T where T: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> {}
+
+/// A row of either backend.
+pub enum Row {
+    Postgres(PgRow),
+    Sqlite(SqliteRow),
+}
+
+impl std::fmt::Debug for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use sqlx::Row as _;
+        let columns = match self {
+            Row::Postgres(row) => row.len(),
+            Row::Sqlite(row) => row.len(),
+        };
+        f.debug_struct("Row").field("columns", &columns).finish()
+    }
+}
+
+impl Row {
+    /// The column `index` (a name or a position) as `T`.
+    pub fn try_get<'r, T: Column<'r>, I: Index>(&'r self, index: I) -> Result<T, sqlx::Error> {
+        use sqlx::Row as _;
+        match self {
+            Row::Postgres(row) => row.try_get(index),
+            Row::Sqlite(row) => row.try_get(index),
+        }
+    }
+
+    /// The row as `T`.
+    pub fn decode<T: Record>(&self) -> Result<T, sqlx::Error> {
+        match self {
+            Row::Postgres(row) => T::from_row(row),
+            Row::Sqlite(row) => T::from_row(row),
+        }
+    }
+}
+
+/// Decodes every row as `T`.
+fn decode_all<T: Record>(rows: Vec<Row>) -> Result<Vec<T>, sqlx::Error> {
+    rows.iter().map(Row::decode).collect()
+}
+
+impl Db {
+    /// Runs `statement` on the read pool.
+    pub async fn fetch_all(&self, statement: Statement<'_>) -> Result<Vec<Row>, sqlx::Error> {
+        Ok(match self {
+            Db::Postgres(pool) => {
+                let rows = statement.postgres().fetch_all(pool).await?;
+                rows.into_iter().map(Row::Postgres).collect()
+            }
+            Db::Sqlite(pools) => {
+                let rows = statement.sqlite().fetch_all(&pools.reader).await?;
+                rows.into_iter().map(Row::Sqlite).collect()
+            }
+        })
+    }
+
+    /// [`Db::fetch_all`], each row decoded as `T`.
+    pub async fn fetch_all_as<T: Record>(
+        &self,
+        statement: Statement<'_>,
+    ) -> Result<Vec<T>, sqlx::Error> {
+        decode_all(self.fetch_all(statement).await?)
+    }
+
+    /// Runs `statement` on the read pool; its first row, if any.
+    pub async fn fetch_optional(
+        &self,
+        statement: Statement<'_>,
+    ) -> Result<Option<Row>, sqlx::Error> {
+        Ok(match self {
+            Db::Postgres(pool) => statement
+                .postgres()
+                .fetch_optional(pool)
+                .await?
+                .map(Row::Postgres),
+            Db::Sqlite(pools) => statement
+                .sqlite()
+                .fetch_optional(&pools.reader)
+                .await?
+                .map(Row::Sqlite),
+        })
+    }
+
+    /// [`Db::fetch_optional`] decoded as `T`.
+    pub async fn fetch_optional_as<T: Record>(
+        &self,
+        statement: Statement<'_>,
+    ) -> Result<Option<T>, sqlx::Error> {
+        self.fetch_optional(statement)
+            .await?
+            .map(|row| row.decode())
+            .transpose()
+    }
+
+    /// Runs `statement` as a transaction of its own on the write connection; the number of
+    /// rows it changed. For single statements that append no events.
+    pub async fn execute(&self, statement: Statement<'_>) -> Result<u64, sqlx::Error> {
+        Ok(match self {
+            Db::Postgres(pool) => statement.postgres().execute(pool).await?.rows_affected(),
+            Db::Sqlite(pools) => statement
+                .sqlite()
+                .execute(&pools.writer)
+                .await?
+                .rows_affected(),
+        })
+    }
+
+    /// Runs `statement` on the read pool; its one row (an error when there is none).
+    pub async fn fetch_one(&self, statement: Statement<'_>) -> Result<Row, sqlx::Error> {
+        self.fetch_optional(statement)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+}
+
+impl Tx {
+    /// Runs `statement` in the transaction; the number of rows it changed.
+    pub async fn execute(&mut self, statement: Statement<'_>) -> Result<u64, sqlx::Error> {
+        Ok(match self {
+            Tx::Postgres(tx) => statement
+                .postgres()
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+            Tx::Sqlite(tx) => statement.sqlite().execute(&mut **tx).await?.rows_affected(),
+        })
+    }
+
+    /// Runs `statement` in the transaction; every row it returns.
+    pub async fn fetch_all(&mut self, statement: Statement<'_>) -> Result<Vec<Row>, sqlx::Error> {
+        Ok(match self {
+            Tx::Postgres(tx) => {
+                let rows = statement.postgres().fetch_all(&mut **tx).await?;
+                rows.into_iter().map(Row::Postgres).collect()
+            }
+            Tx::Sqlite(tx) => {
+                let rows = statement.sqlite().fetch_all(&mut **tx).await?;
+                rows.into_iter().map(Row::Sqlite).collect()
+            }
+        })
+    }
+
+    /// [`Tx::fetch_all`], each row decoded as `T`.
+    pub async fn fetch_all_as<T: Record>(
+        &mut self,
+        statement: Statement<'_>,
+    ) -> Result<Vec<T>, sqlx::Error> {
+        decode_all(self.fetch_all(statement).await?)
+    }
+
+    /// Runs `statement` in the transaction; its first row, if any.
+    pub async fn fetch_optional(
+        &mut self,
+        statement: Statement<'_>,
+    ) -> Result<Option<Row>, sqlx::Error> {
+        Ok(match self {
+            Tx::Postgres(tx) => statement
+                .postgres()
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(Row::Postgres),
+            Tx::Sqlite(tx) => statement
+                .sqlite()
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(Row::Sqlite),
+        })
+    }
+
+    /// [`Tx::fetch_optional`] decoded as `T`.
+    pub async fn fetch_optional_as<T: Record>(
+        &mut self,
+        statement: Statement<'_>,
+    ) -> Result<Option<T>, sqlx::Error> {
+        self.fetch_optional(statement)
+            .await?
+            .map(|row| row.decode())
+            .transpose()
+    }
+}
