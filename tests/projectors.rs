@@ -555,6 +555,7 @@ async fn message_without_http(backend: Backend) {
         request_id: "req_1".into(),
         idempotency_key: Some("hello-1".into()),
         traceparent: None,
+        operation: "send_message".into(),
         method: "POST".into(),
         target: "/v1/sessions/ses_1/messages".into(),
     };

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use crate::both_backends;
 use crate::helpers::{
-    ADMIN_KEY, Backend, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET, TestApp, error_code, eventually,
-    not_found, spawn_app, spawn_app_on, spawn_app_with,
+    ADMIN_KEY, Backend, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET, TestApp, create_session, error_code,
+    eventually, json_of, not_found, send, spawn_app, spawn_app_on, spawn_app_with,
 };
 
 fn claims(roles: &[&str], tenant: Option<&str>) -> Claims {
@@ -530,6 +530,138 @@ both_backends!(
     sequential_replays_return_the_first_response_and_write_nothing
 );
 
+/// Seed 004's scope: a key names one request per tenant and operation (the route's operation
+/// id). The same key on another operation is another request; on the same operation with
+/// another body it is a reuse.
+async fn a_key_names_one_request_per_operation(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let user = create_with_key(&app, "acme", "k-1", json!({ "id": "scoped-1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(user.status(), 201);
+    let agent = app
+        .request(Method::POST, "/v1/agents", "acme")
+        .header("idempotency-key", "k-1")
+        .json(&json!({ "name": "Scoped", "primaryProvider": "vendorA" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(agent.status(), 201, "another operation: its own request");
+    let agent = json_of(agent).await["agent"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let session = create_session(&app, "acme", &agent).await;
+    let message = send(&app, "acme", &session, "k-1", "Hello").await;
+    assert_eq!(message.status(), 201, "a third operation: its own request");
+    assert!(message.headers().get("x-idempotent-replay").is_none());
+
+    // Each operation replays its own answer.
+    let replay = create_with_key(&app, "acme", "k-1", json!({ "id": "scoped-1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 201);
+    assert_eq!(replay.headers()["x-idempotent-replay"], "true");
+    assert_eq!(json_of(replay).await["id"], "scoped-1");
+    let replay = send(&app, "acme", &session, "k-1", "Hello").await;
+    assert_eq!(replay.status(), 200);
+    assert_eq!(replay.headers()["x-idempotent-replay"], "true");
+    // The same operation with another request is still a reuse.
+    let reused = create_with_key(&app, "acme", "k-1", json!({ "id": "scoped-2" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(reused).await,
+        (422, "IDEMPOTENCY_KEY_REUSED".into())
+    );
+    assert_eq!(entity_events(&app, "scoped-1").await, 1);
+    assert_eq!(entity_events(&app, "scoped-2").await, 0);
+    // The scope is the operation id the OpenAPI document gives the route.
+    let log = app.db.log().await;
+    let scopes: Vec<(String,)> = log
+        .db()
+        .fetch_all_as(eventlog::Statement::new(
+            "SELECT scope FROM idempotency_records WHERE idempotency_key = 'k-1' ORDER BY scope",
+        ))
+        .await
+        .unwrap();
+    let scopes: Vec<String> = scopes.into_iter().map(|(scope,)| scope).collect();
+    assert_eq!(scopes, ["create_agent", "create_entity", "send_message"]);
+    let document: Value = app.public_json("/openapi.json").await;
+    for (path, method, id) in [
+        ("/v1/{entity}", "post", "create_entity"),
+        ("/v1/agents", "post", "create_agent"),
+        ("/v1/sessions/{sessionId}/messages", "post", "send_message"),
+    ] {
+        assert_eq!(document["paths"][path][method]["operationId"], id, "{path}");
+    }
+    log.db().close().await;
+}
+both_backends!(
+    a_key_names_one_request_per_operation,
+    a_key_names_one_request_per_operation
+);
+
+/// A record stored before keys had a scope (the empty one) still answers for its key until it
+/// expires: the same request replays it, on the path of record writes (which claim keys in
+/// their group commit) as on a claim; any other request with the key is a reuse.
+async fn records_stored_before_keys_had_a_scope_still_answer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let log = app.db.log().await;
+    let body = json!({ "id": "legacy-1" });
+    let legacy = eventlog::idempotency::IdempotencyKey {
+        tenant_id: "acme".into(),
+        scope: eventlog::idempotency::LEGACY_SCOPE.into(),
+        key: "before-the-upgrade".into(),
+        request_hash: app::idempotency::request_hash("POST", "/v1/users", "acme", &body),
+    };
+    let stored = eventlog::idempotency::StoredResponse {
+        status: 201,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: br#"{"id":"legacy-1","stored":"before"}"#.to_vec(),
+    };
+    assert_eq!(
+        log.claim_idempotency(&legacy, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        eventlog::idempotency::Claim::Proceed
+    );
+    log.complete_idempotency(&legacy, &stored).await.unwrap();
+
+    for _ in 0..2 {
+        let replay = create_with_key(&app, "acme", "before-the-upgrade", body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(replay.status(), 201);
+        assert_eq!(replay.headers()["x-idempotent-replay"], "true");
+        assert_eq!(json_of(replay).await["stored"], "before");
+    }
+    let other = create_with_key(
+        &app,
+        "acme",
+        "before-the-upgrade",
+        json!({ "id": "legacy-2" }),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(
+        error_code(other).await,
+        (422, "IDEMPOTENCY_KEY_REUSED".into())
+    );
+    assert_eq!(entity_events(&app, "legacy-1").await, 0, "never run again");
+    assert_eq!(entity_events(&app, "legacy-2").await, 0);
+    log.db().close().await;
+}
+both_backends!(
+    records_stored_before_keys_had_a_scope_still_answer,
+    records_stored_before_keys_had_a_scope_still_answer
+);
+
 async fn concurrent_requests_with_one_key_write_one_event_set(backend: Backend) {
     let app = spawn_app(backend).await;
     let requests = (0..50)
@@ -603,6 +735,7 @@ async fn a_key_held_by_a_request_that_died_is_taken_over_after_its_lock(backend:
     let log = app.db.log().await;
     let key = eventlog::idempotency::IdempotencyKey {
         tenant_id: "acme".into(),
+        scope: "create_entity".into(),
         key: "orphaned".into(),
         request_hash: app::idempotency::request_hash("POST", "/v1/users", "acme", &body),
     };
@@ -824,6 +957,7 @@ async fn expired_idempotency_records_are_pruned(backend: Backend) {
     let log = db.log().await;
     let key = eventlog::idempotency::IdempotencyKey {
         tenant_id: "acme".into(),
+        scope: "create_entity".into(),
         key: "old".into(),
         request_hash: "h".into(),
     };

@@ -32,6 +32,43 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a s
         .map_err(ApiError::from)
 }
 
+/// The operation id of every route, by method and route pattern (from the OpenAPI document),
+/// installed on the router as a request extension: idempotency keys are scoped by it.
+#[derive(Debug, Clone, Default)]
+pub struct Operations(std::sync::Arc<std::collections::HashMap<(String, String), String>>);
+
+impl Operations {
+    /// `(method, route pattern, operation id)` triples; methods in upper case.
+    pub fn new(operations: impl IntoIterator<Item = (String, String, String)>) -> Self {
+        Self(std::sync::Arc::new(
+            operations
+                .into_iter()
+                .map(|(method, path, id)| ((method, path), id))
+                .collect(),
+        ))
+    }
+
+    /// The request's operation: the route's operation id, or `METHOD pattern` for a route the
+    /// document does not name.
+    fn of(parts: &Parts) -> String {
+        let pattern = parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .map_or_else(|| parts.uri.path(), |path| path.as_str());
+        let method = parts.method.as_str();
+        parts
+            .extensions
+            .get::<Operations>()
+            .and_then(|operations| {
+                operations
+                    .0
+                    .get(&(method.to_string(), pattern.to_string()))
+                    .cloned()
+            })
+            .unwrap_or_else(|| format!("{method} {pattern}"))
+    }
+}
+
 /// Who sends a command, with which role, in which request: the use cases' [`app::Context`]
 /// (to which it dereferences) and the principal's role `R`, the one the route requires.
 #[derive(Debug, Clone)]
@@ -97,6 +134,7 @@ impl<S: Send + Sync, R: RequiredRole> FromRequestParts<S> for CommandContext<R> 
                     .and_then(|v| v.to_str().ok())
                     .filter(|v| valid_traceparent(v))
                     .map(str::to_string),
+                operation: Operations::of(parts),
                 method: parts.method.to_string(),
                 target: parts
                     .uri

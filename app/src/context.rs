@@ -14,6 +14,9 @@ pub struct Context {
     pub request_id: String,
     /// The client's idempotency key, already checked to be 1 to 255 visible characters.
     pub idempotency_key: Option<String>,
+    /// The operation (for HTTP: the route's operation id, `send_message`): the scope of the
+    /// idempotency key, which names one request per tenant and operation.
+    pub operation: String,
     /// The request's W3C `traceparent`, when well formed.
     pub traceparent: Option<String>,
     /// The operation as the client named it (for HTTP: the method), part of the request hash.

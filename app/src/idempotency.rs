@@ -1,7 +1,8 @@
 //! The idempotency protocol, in one place, and running one command on one stream with it.
 //!
-//! With an `Idempotency-Key` (scoped to the tenant; the request hash covers method, path,
-//! tenant and canonical body):
+//! With an `Idempotency-Key` (scoped to the tenant and the operation, so the same key on two
+//! operations names two requests; the request hash covers method, path, tenant and canonical
+//! body):
 //! - first request: the key is claimed, the command runs, and its response is stored in the
 //!   same transaction as its events;
 //! - same key and same request again: the stored status and body ([`Claimed::Replay`]; the
@@ -119,6 +120,7 @@ pub async fn claim(state: &App, ctx: &Context, body: &Value) -> Result<Claimed, 
 pub fn key_of(ctx: &Context, body: &Value) -> Option<IdempotencyKey> {
     ctx.idempotency_key.as_ref().map(|key| IdempotencyKey {
         tenant_id: ctx.tenant.to_string(),
+        scope: ctx.operation.clone(),
         key: key.clone(),
         request_hash: request_hash(&ctx.method, &ctx.target, ctx.tenant.as_str(), body),
     })

@@ -236,7 +236,7 @@ async fn commit_group(log: &Store, group: Vec<Job>) {
     let (mut group, repeated): (Vec<Job>, Vec<Job>) =
         group.into_iter().partition(|job| {
             match job.commit.key.as_ref().and_then(KeyUse::to_claim) {
-                Some(key) => keys.insert((key.tenant_id.clone(), key.key.clone())),
+                Some(key) => keys.insert(key.id()),
                 None => true,
             }
         });
@@ -366,7 +366,7 @@ async fn together(log: &Store, mut group: Vec<Job>) -> GroupEnd {
                     .key
                     .as_ref()
                     .and_then(KeyUse::to_claim)
-                    .is_some_and(|key| !stored.contains(&(key.tenant_id.clone(), key.key.clone())))
+                    .is_some_and(|key| !stored.contains(&key.id()))
             });
             for job in taken {
                 let _ = job.reply.send(Err(CommitError::KeyTaken));

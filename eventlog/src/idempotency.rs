@@ -43,9 +43,37 @@ pub struct StoredResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
     pub tenant_id: String,
+    /// The operation the key is used for (an HTTP route's operation id): a key names one
+    /// request per tenant and operation, so the same key on two operations gives two
+    /// independent results. Never empty: the empty scope is that of records written before
+    /// keys had one (see [`LEGACY_SCOPE`]).
+    pub scope: String,
     pub key: String,
     /// Hash of method, path, tenant and canonical body.
     pub request_hash: String,
+}
+
+impl IdempotencyKey {
+    /// The key as the set [`EventLog::insert_new_many_in`] answers holds it.
+    pub fn id(&self) -> (String, String, String) {
+        (self.tenant_id.clone(), self.scope.clone(), self.key.clone())
+    }
+}
+
+/// The scope of records stored before keys were scoped by operation. Such a record still
+/// answers for its key, on every operation, until it expires: a retry of the request it
+/// stored (same hash, so the same operation) adopts it into its own scope and replays it;
+/// any other request with its key is refused as a reuse, as it was when it was stored.
+pub const LEGACY_SCOPE: &str = "";
+
+/// The condition, on `idempotency_records`, that no legacy record holds the key of
+/// `$tenant`/`$key` (SQL expressions).
+fn no_legacy_record(tenant: &str, key: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM idempotency_records legacy \
+         WHERE legacy.tenant_id = {tenant} AND legacy.scope = '' \
+         AND legacy.idempotency_key = {key})"
+    )
 }
 
 /// A record to insert under a key no request holds yet ([`EventLog::insert_new_many_in`]).
@@ -81,24 +109,57 @@ impl Store {
         let locked_until = now + chrono::Duration::from_std(lock_for).unwrap_or_default();
         // The usual case, a new key, is one statement in its own implicit transaction; only a
         // key seen before needs the transaction below.
+        let insert_sql = format!(
+            "INSERT INTO idempotency_records \
+             (tenant_id, scope, idempotency_key, request_hash, state, locked_until, created_at) \
+             SELECT $1, $2, $3, $4, 'in_flight', $5, $6 WHERE {} \
+             ON CONFLICT (tenant_id, scope, idempotency_key) DO NOTHING",
+            no_legacy_record("$1", "$3")
+        );
         let insert = || {
-            Statement::new(
-                "INSERT INTO idempotency_records \
-                 (tenant_id, idempotency_key, request_hash, state, locked_until, created_at) \
-                 VALUES ($1, $2, $3, 'in_flight', $4, $5) \
-                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
-            )
-            .bind(key.tenant_id.as_str())
-            .bind(key.key.as_str())
-            .bind(key.request_hash.as_str())
-            .bind(locked_until)
-            .bind(now)
+            Statement::new(&insert_sql)
+                .bind(key.tenant_id.as_str())
+                .bind(key.scope.as_str())
+                .bind(key.key.as_str())
+                .bind(key.request_hash.as_str())
+                .bind(locked_until)
+                .bind(now)
         };
         let inserted = self.db().execute(insert()).await?;
         if inserted == 1 {
             return Ok(Claim::Proceed);
         }
         let mut tx = self.db().begin().await?;
+        // A record stored before keys had a scope answers first (see [`LEGACY_SCOPE`]).
+        let legacy = tx
+            .fetch_optional_as::<(String,)>(
+                Statement::new(
+                    "SELECT request_hash FROM idempotency_records \
+                     WHERE tenant_id = $1 AND scope = '' AND idempotency_key = $2",
+                )
+                .bind(key.tenant_id.as_str())
+                .bind(key.key.as_str()),
+            )
+            .await?;
+        match legacy {
+            Some((hash,)) if hash != key.request_hash => {
+                tx.rollback().await?;
+                return Ok(Claim::Mismatch);
+            }
+            Some(_) => {
+                tx.execute(
+                    Statement::new(
+                        "UPDATE idempotency_records SET scope = $2 \
+                         WHERE tenant_id = $1 AND scope = '' AND idempotency_key = $3",
+                    )
+                    .bind(key.tenant_id.as_str())
+                    .bind(key.scope.as_str())
+                    .bind(key.key.as_str()),
+                )
+                .await?;
+            }
+            None => {}
+        }
         let inserted = tx.execute(insert()).await?;
         let claim = if inserted == 1 {
             Claim::Proceed
@@ -108,9 +169,10 @@ impl Store {
                     Statement::new(
                         "SELECT request_hash, state, status_code, response_headers, \
                          response_body FROM idempotency_records \
-                         WHERE tenant_id = $1 AND idempotency_key = $2",
+                         WHERE tenant_id = $1 AND scope = $2 AND idempotency_key = $3",
                     )
                     .bind(key.tenant_id.as_str())
+                    .bind(key.scope.as_str())
                     .bind(key.key.as_str()),
                 )
                 .await?
@@ -132,11 +194,12 @@ impl Store {
                 let taken = tx
                     .execute(
                         Statement::new(
-                            "UPDATE idempotency_records SET locked_until = $3 \
-                             WHERE tenant_id = $1 AND idempotency_key = $2 \
-                             AND state = 'in_flight' AND locked_until < $4",
+                            "UPDATE idempotency_records SET locked_until = $4 \
+                             WHERE tenant_id = $1 AND scope = $2 AND idempotency_key = $3 \
+                             AND state = 'in_flight' AND locked_until < $5",
                         )
                         .bind(key.tenant_id.as_str())
+                        .bind(key.scope.as_str())
                         .bind(key.key.as_str())
                         .bind(locked_until)
                         .bind(now),
@@ -162,19 +225,41 @@ impl Store {
         &self,
         tx: &mut Tx,
         keys: &[(&IdempotencyKey, NewRecord<'_>)],
-    ) -> Result<std::collections::HashSet<(String, String)>, sqlx::Error> {
+    ) -> Result<std::collections::HashSet<(String, String, String)>, sqlx::Error> {
         let mut keys = keys.to_vec();
-        keys.sort_by(|a, b| (&a.0.tenant_id, &a.0.key).cmp(&(&b.0.tenant_id, &b.0.key)));
+        keys.sort_by(|a, b| {
+            (&a.0.tenant_id, &a.0.scope, &a.0.key).cmp(&(&b.0.tenant_id, &b.0.scope, &b.0.key))
+        });
         let now = Utc::now();
         let mut inserted = std::collections::HashSet::with_capacity(keys.len());
         for chunk in keys.chunks(100) {
+            // A key a legacy record holds counts as taken: the request then claims it, which
+            // replays or refuses as the record says.
+            let rows = tx.backend().typed_values(
+                chunk.len(),
+                &[
+                    "text",
+                    "text",
+                    "text",
+                    "text",
+                    "text",
+                    "int4",
+                    "jsonb",
+                    "bytea",
+                    "timestamptz",
+                    "timestamptz",
+                ],
+            );
             let sql = format!(
-                "INSERT INTO idempotency_records \
-                 (tenant_id, idempotency_key, request_hash, state, status_code, \
+                "WITH fresh (tenant_id, scope, idempotency_key, request_hash, state, status_code, \
+                 response_headers, response_body, locked_until, created_at) AS (VALUES {rows}) \
+                 INSERT INTO idempotency_records \
+                 (tenant_id, scope, idempotency_key, request_hash, state, status_code, \
                  response_headers, response_body, locked_until, created_at) \
-                 VALUES {} ON CONFLICT (tenant_id, idempotency_key) DO NOTHING \
-                 RETURNING tenant_id, idempotency_key",
-                tx.backend().values(chunk.len(), 9)
+                 SELECT * FROM fresh WHERE {} \
+                 ON CONFLICT (tenant_id, scope, idempotency_key) DO NOTHING \
+                 RETURNING tenant_id, scope, idempotency_key",
+                no_legacy_record("fresh.tenant_id", "fresh.idempotency_key")
             );
             let mut insert = Statement::new(&sql).persistent(false);
             for (key, record) in chunk {
@@ -183,6 +268,7 @@ impl Store {
                     NewRecord::InFlight { locked_until } => ("in_flight", None, *locked_until),
                 };
                 insert.push(key.tenant_id.as_str());
+                insert.push(key.scope.as_str());
                 insert.push(key.key.as_str());
                 insert.push(key.request_hash.as_str());
                 insert.push(state);
@@ -192,7 +278,7 @@ impl Store {
                 insert.push(locked_until);
                 insert.push(now);
             }
-            inserted.extend(tx.fetch_all_as::<(String, String)>(insert).await?);
+            inserted.extend(tx.fetch_all_as::<(String, String, String)>(insert).await?);
         }
         Ok(inserted)
     }
@@ -206,11 +292,12 @@ impl Store {
     ) -> Result<(), sqlx::Error> {
         tx.execute(
             Statement::new(
-                "UPDATE idempotency_records SET state = 'completed', status_code = $3, \
-                 response_headers = $4, response_body = $5 \
-                 WHERE tenant_id = $1 AND idempotency_key = $2",
+                "UPDATE idempotency_records SET state = 'completed', status_code = $4, \
+                 response_headers = $5, response_body = $6 \
+                 WHERE tenant_id = $1 AND scope = $2 AND idempotency_key = $3",
             )
             .bind(key.tenant_id.as_str())
+            .bind(key.scope.as_str())
             .bind(key.key.as_str())
             .bind(i32::from(response.status))
             .bind(Json(&response.headers))
@@ -228,22 +315,25 @@ impl Store {
         completions: &[(&IdempotencyKey, &StoredResponse)],
     ) -> Result<(), sqlx::Error> {
         for chunk in completions.chunks(100) {
-            let rows = tx
-                .backend()
-                .typed_values(chunk.len(), &["text", "text", "int4", "jsonb", "bytea"]);
+            let rows = tx.backend().typed_values(
+                chunk.len(),
+                &["text", "text", "text", "int4", "jsonb", "bytea"],
+            );
             let sql = format!(
-                "WITH done (tenant_id, idempotency_key, status_code, response_headers, response_body) \
-                 AS (VALUES {}) \
+                "WITH done (tenant_id, scope, idempotency_key, status_code, response_headers, \
+                 response_body) AS (VALUES {}) \
                  UPDATE idempotency_records SET state = 'completed', \
                  status_code = done.status_code, response_headers = done.response_headers, \
                  response_body = done.response_body \
                  FROM done WHERE idempotency_records.tenant_id = done.tenant_id \
+                 AND idempotency_records.scope = done.scope \
                  AND idempotency_records.idempotency_key = done.idempotency_key",
                 rows
             );
             let mut update = Statement::new(&sql).persistent(false);
             for (key, response) in chunk {
                 update.push(key.tenant_id.as_str());
+                update.push(key.scope.as_str());
                 update.push(key.key.as_str());
                 update.push(i32::from(response.status));
                 update.push(Json(&response.headers));
@@ -272,9 +362,11 @@ impl Store {
         tx.execute(
             Statement::new(
                 "DELETE FROM idempotency_records \
-                 WHERE tenant_id = $1 AND idempotency_key = $2 AND state = 'in_flight'",
+                 WHERE tenant_id = $1 AND scope = $2 AND idempotency_key = $3 \
+                 AND state = 'in_flight'",
             )
             .bind(key.tenant_id.as_str())
+            .bind(key.scope.as_str())
             .bind(key.key.as_str()),
         )
         .await?;

@@ -100,6 +100,26 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     &DOCUMENT
 }
 
+/// Every route's operation id, by method and route pattern, from [`openapi`].
+fn operations() -> crate::extract::Operations {
+    let mut found = Vec::new();
+    for (path, item) in &openapi().paths.paths {
+        let operations = [
+            ("GET", &item.get),
+            ("PUT", &item.put),
+            ("POST", &item.post),
+            ("DELETE", &item.delete),
+            ("PATCH", &item.patch),
+        ];
+        for (method, operation) in operations {
+            if let Some(id) = operation.as_ref().and_then(|o| o.operation_id.clone()) {
+                found.push((method.to_string(), path.clone(), id));
+            }
+        }
+    }
+    crate::extract::Operations::new(found)
+}
+
 /// Declares, on every operation, the errors the middleware and extractors can answer before
 /// or around its handler, so that a client generated from the document meets no status it
 /// does not know: limits on the request (414, 431), timeouts and an unreachable database
@@ -271,6 +291,7 @@ pub fn router(state: AppState) -> Router {
     // runs after routing (it needs the route pattern) and before any handler; the error
     // envelope wraps every error; the request-id layer sees every final response.
     router
+        .layer(axum::Extension(operations()))
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
