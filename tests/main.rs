@@ -10,6 +10,7 @@
 mod helpers;
 
 mod agents;
+mod catalogue;
 mod cli;
 mod contract;
 mod entities;

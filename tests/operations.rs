@@ -79,6 +79,8 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/entity-types", "post"),
         ("/v1/entity-types/{name}", "get"),
         ("/v1/entity-types/{name}", "patch"),
+        ("/v1/entity-types/_import", "post"),
+        ("/v1/entity-types/_export", "get"),
         ("/v1/events", "get"),
         ("/v1/me", "get"),
         ("/v1/tenants", "get"),

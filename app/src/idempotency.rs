@@ -234,6 +234,21 @@ pub async fn refuse(
     }
 }
 
+/// The end of a claimed request that failed: a refusal is stored as the key's answer; any
+/// other failure releases the key, so that a retry runs afresh.
+pub async fn settle(
+    state: &App,
+    request_id: &str,
+    key: Option<&IdempotencyKey>,
+    error: Error,
+) -> Refused {
+    match key {
+        Some(key) if error.is_refusal() => refuse(state, request_id, Some(key), error).await,
+        Some(key) => Refused::Failed(release(state, key, error).await),
+        None => Refused::Failed(error),
+    }
+}
+
 /// Releases a claimed key after a failure without a replayable answer.
 pub async fn release(state: &App, key: &IdempotencyKey, error: Error) -> Error {
     if let Err(release_error) = state.log.release_idempotency(key).await {

@@ -21,7 +21,9 @@
 #![forbid(unsafe_code)]
 
 pub mod bootstrap;
+pub mod catalogue;
 pub mod context;
+pub mod entity_types;
 pub mod entity_writes;
 pub mod error;
 pub mod idempotency;

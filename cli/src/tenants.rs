@@ -21,6 +21,10 @@ pub enum TenantsCommand {
         /// The tenant's request budget per key per minute.
         #[arg(long)]
         rate_limit_per_minute: Option<u32>,
+        /// A catalogue of entity types to define for the tenant in the same run: `panorama`
+        /// (seed 000's users, conversations, messages and agent-shared-states).
+        #[arg(long, value_name = "CATALOGUE")]
+        entity_types: Option<String>,
     },
 }
 
@@ -35,7 +39,24 @@ pub async fn run(
             name,
             id,
             rate_limit_per_minute,
+            entity_types,
         } => {
+            // An unknown catalogue is refused before anything is written.
+            let catalogue = entity_types
+                .as_deref()
+                .map(app::catalogue::built_in)
+                .transpose()
+                .map_err(|error| match error {
+                    app::Error::Validation(fields) => anyhow::anyhow!(
+                        "--entity-types: {}",
+                        fields
+                            .iter()
+                            .map(|f| f.message.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    other => other.into(),
+                })?;
             let log = app::open_log(&settings).await?;
             let clock: ApiKeyServices = Arc::new(SystemClock);
             let id = match id {
@@ -58,16 +79,31 @@ pub async fn run(
                 },
             )
             .await?;
-            let until = created.appended.last_cursor().unwrap_or_default();
-            bootstrap::catch_up(&log, &projections::all(), until).await?;
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({
-                    "tenant": { "id": id.as_str(), "name": created.appended.events[0].payload["name"] },
-                    "apiKey": { "id": created.key.id, "roles": ["admin"], "key": created.key.token },
+            let mut until = created.appended.last_cursor().unwrap_or_default();
+            let mut imported = Vec::new();
+            if let Some(types) = &catalogue {
+                let metadata =
+                    EventMetadata::new(id.clone(), "cli", "cli", app::catalogue::IMPORT_COMMAND);
+                let (import, _) = app::catalogue::import(&log, &id, &metadata, types, None, |_| {
+                    eventlog::idempotency::StoredResponse {
+                        status: 200,
+                        headers: Vec::new(),
+                        body: Vec::new(),
+                    }
                 })
-            )?;
+                .await?;
+                until = import.cursor.unwrap_or(until).max(until);
+                imported = import.types;
+            }
+            bootstrap::catch_up(&log, &projections::all(), until).await?;
+            let mut answer = serde_json::json!({
+                "tenant": { "id": id.as_str(), "name": created.appended.events[0].payload["name"] },
+                "apiKey": { "id": created.key.id, "roles": ["admin"], "key": created.key.token },
+            });
+            if catalogue.is_some() {
+                answer["entityTypes"] = serde_json::to_value(&imported)?;
+            }
+            writeln!(out, "{answer}")?;
             Ok(())
         }
     }

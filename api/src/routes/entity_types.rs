@@ -35,6 +35,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_entity_types, define_entity_type))
         .routes(routes!(get_entity_type, change_entity_type))
+        .routes(routes!(import_entity_types))
+        .routes(routes!(export_entity_types))
 }
 
 /// An entity type.
@@ -201,7 +203,7 @@ pub async fn define_entity_type(
     let name = EntityTypeName::parse(request.name)
         .map_err(|e| AppError::InvalidEntityType(e.to_string()))?;
     let schema = parse_schema(request.schema)?;
-    check_index_budget(&state, &ctx.tenant, &name, &schema).await?;
+    app::entity_types::check_index_budget(&state, &ctx.tenant, &[(&name, &schema)]).await?;
     let missing_references = missing_references(&state, &ctx.tenant, &name, &schema).await?;
     let command = EntityTypeCommand::DefineEntityType {
         name: name.clone(),
@@ -209,50 +211,6 @@ pub async fn define_entity_type(
         missing_references,
     };
     Ok(run(&state, &ctx, &body, StatusCode::CREATED, &name, command).await)
-}
-
-/// Refuses a schema that would take the tenant's entity types over
-/// `GATEWAY_MAX_INDEXED_FIELDS_PER_TENANT` distinct indexes: indexes live on the table every
-/// tenant shares, and each one costs every write. Counted on the read model once it has
-/// every type committed so far; two types defined at the same moment may pass it together.
-async fn check_index_budget(
-    state: &AppState,
-    tenant: &TenantId,
-    name: &EntityTypeName,
-    schema: &Schema,
-) -> Result<(), ApiError> {
-    let backend = state.log.db().backend();
-    let limit = state.settings.max_indexed_fields_per_tenant;
-    let wanted = read_model::index_names(backend, schema);
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    // Count on a read model that has every type defined so far.
-    let committed = state.log.last_committed().await?;
-    projections::progress::wait_until(
-        &state.log,
-        &state.progress,
-        read_model::NAME,
-        committed,
-        state.settings.consistency_wait(),
-    )
-    .await?;
-    let mut used: std::collections::BTreeSet<String> = wanted.into_iter().collect();
-    for other in read_model::list(state.log.db(), tenant.as_str()).await? {
-        if other.name != name.as_str() {
-            used.extend(read_model::index_names(backend, &other.schema));
-        }
-    }
-    if used.len() > limit {
-        return Err(AppError::Validation(vec![FieldError {
-            field: "fields".into(),
-            message: format!(
-                "the tenant's entity types would need {} indexes (indexed or unique fields); at most {limit} are allowed",
-                used.len()
-            ),
-        }]).into());
-    }
-    Ok(())
 }
 
 /// Change an entity type: the body is the whole new schema (`key`, `schemaless`, `fields`).
@@ -288,7 +246,7 @@ pub async fn change_entity_type(
         map.remove("name");
     }
     let schema = parse_schema(raw)?;
-    check_index_budget(&state, &ctx.tenant, &name, &schema).await?;
+    app::entity_types::check_index_budget(&state, &ctx.tenant, &[(&name, &schema)]).await?;
     let missing_references = missing_references(&state, &ctx.tenant, &name, &schema).await?;
     let command = EntityTypeCommand::ChangeEntityType {
         schema,
@@ -367,4 +325,126 @@ pub async fn list_entity_types(
             .collect(),
     };
     Ok(with_lag(ApiJson(body).into_response(), lag))
+}
+
+/// Body of `POST /v1/entity-types/_import`: a catalogue that ships with the gateway by name, or
+/// types as `GET /v1/entity-types/_export` writes them (one of the two).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportRequest {
+    /// A built-in catalogue: `panorama` (seed 000's `users`, `conversations`, `messages`,
+    /// `agent-shared-states`).
+    #[schema(example = "panorama")]
+    pub catalogue: Option<String>,
+    /// Types, each `name` with its schema (`key`, `schemaless`, `fields`); 1 to 100.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub entity_types: Option<Vec<Value>>,
+}
+
+/// What an import did to one type.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportedType {
+    #[schema(example = "users")]
+    pub name: String,
+    pub outcome: app::catalogue::Outcome,
+    /// The type's version after the import.
+    pub version: u64,
+}
+
+/// An import's result: every type in the order given.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportResponse {
+    pub entity_types: Vec<ImportedType>,
+}
+
+/// The tenant's types, in the shape `_import` reads.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportResponse {
+    /// Each type's `name` with its schema (`key`, `schemaless`, `fields`).
+    #[schema(value_type = Vec<Object>)]
+    pub entity_types: Vec<app::catalogue::TypeDefinition>,
+}
+
+/// Apply a catalogue of entity types: in one commit, every type that does not exist is
+/// defined, every type whose schema differs is changed (refused like any change when records
+/// might not satisfy it), and equal types are left alone, so importing twice changes nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/entity-types/_import",
+    tag = "entity-types",
+    security(("api_key" = ["admin"]), ("bearer" = ["admin"])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and request", min_length = 1, max_length = 255),
+    ),
+    request_body(content = ImportRequest, description = "`catalogue` or `entityTypes`"),
+    responses(
+        (status = 200, description = "Applied; `x-event-position` names the commit when a type changed", body = ImportResponse),
+        (status = 400, description = "VALIDATION_ERROR naming the entry (`entityTypes[2].fields`), an unknown catalogue, or over the tenant's index budget; INVALID_ENTITY_TYPE", body = ErrorEnvelope),
+        (status = 409, description = "INCOMPATIBLE_SCHEMA_CHANGE for a type whose records might not satisfy its new schema", body = ErrorEnvelope),
+    )
+)]
+pub async fn import_entity_types(
+    State(state): State<AppState>,
+    ctx: CommandContext<require::Admin>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let types = match (body.get("catalogue"), body.get("entityTypes")) {
+        (Some(Value::String(name)), None) => app::catalogue::built_in(name)?,
+        (None, Some(_)) => app::catalogue::parse(body.clone())?,
+        _ => {
+            return Err(AppError::Validation(vec![FieldError {
+                field: "catalogue".into(),
+                message: "either `catalogue` (the name of a built-in catalogue: panorama) or `entityTypes`".into(),
+            }])
+            .into());
+        }
+    };
+    let respond = |import: &app::catalogue::Import| {
+        let body = ImportResponse {
+            entity_types: import
+                .types
+                .iter()
+                .map(|t| ImportedType {
+                    name: t.name.to_string(),
+                    outcome: t.outcome,
+                    version: t.version,
+                })
+                .collect(),
+        };
+        let headers = import
+            .cursor
+            .map(|cursor| (EVENT_POSITION_HEADER.to_string(), cursor.to_string()))
+            .into_iter()
+            .collect();
+        idempotency::json_response(200, headers, &body)
+    };
+    Ok(respond::answer(
+        app::catalogue::apply(&state, &ctx, &body, &types, respond).await,
+    ))
+}
+
+/// Export the tenant's entity types in the shape `_import` reads.
+#[utoipa::path(
+    get,
+    path = "/v1/entity-types/_export",
+    tag = "entity-types",
+    security(("api_key" = ["reader"]), ("bearer" = ["reader"])),
+    params(
+        ("x-min-position" = Option<String>, Header, description = "Wait until the read model reflects this `x-event-position`"),
+    ),
+    responses((status = 200, description = "The types, by name", body = ExportResponse))
+)]
+pub async fn export_entity_types(
+    State(state): State<AppState>,
+    auth: Auth<require::Reader>,
+    consistency: Consistency,
+) -> Result<Response, ApiError> {
+    let lag = await_consistency(&state, consistency, read_model::NAME).await?;
+    let entity_types = app::catalogue::export(&state.log, auth.tenant()).await?;
+    Ok(with_lag(
+        ApiJson(ExportResponse { entity_types }).into_response(),
+        lag,
+    ))
 }
