@@ -9,7 +9,8 @@
 #   GATEWAY=/tmp/gateway-before WORKLOAD=create-entities bench/scripts/instructions-per-message.sh 1000
 #
 # GATEWAY picks another gateway binary (to compare two builds); WORKLOAD another workload of
-# the load generator (a request then counts as the "message").
+# the load generator (a request then counts as the "message"); KEEP=file keeps the profile. A
+# run with any failed request fails: instructions of error answers measure nothing.
 #
 # Needs: a release build (cargo build --release -p cli -p gateway-bench), valgrind, psql, and
 # PostgreSQL at $PG_URL (default postgres://postgres@127.0.0.1:5432).
@@ -47,13 +48,18 @@ for _ in $(seq 1 600); do
   curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
   sleep 0.5
 done
+# The record workloads write to a schemaless type, defined here as the bench's --spawn does.
+curl -sf -X POST "http://127.0.0.1:$PORT/v1/entity-types" -H "x-api-key: $KEY" \
+  -H 'content-type: application/json' -d '{"name": "bench-items", "schemaless": true}' >/dev/null
 send() {
   "$BENCH" --url "http://127.0.0.1:$PORT" --api-key "$KEY" --workload "$WORKLOAD" \
     -c 4 -n "$1" --warmup 0 | tail -1
 }
 send 200 >/dev/null
 callgrind_control -z "$VPID" >/dev/null
-send "$N" | python3 -c 'import json,sys; j=json.load(sys.stdin); print("messages:", j["requests"], "errors:", j["errors"])'
+send "$N" | python3 -c 'import json,sys; j=json.load(sys.stdin); print("messages:", j["requests"], "errors:", j["errors"]); sys.exit(1 if j["errors"] else 0)'
 callgrind_control -d "$VPID" >/dev/null
 total=$(grep -h '^summary:' "$WORK"/callgrind.*.1 | awk '{print $2}')
 echo "instructions: $total, per message: $((total / N))"
+# KEEP=file keeps the profile, for callgrind_annotate.
+[ -n "${KEEP:-}" ] && cp "$WORK"/callgrind.*.1 "$KEEP"

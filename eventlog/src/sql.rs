@@ -8,9 +8,10 @@
 //! dialect asks the connection's [`Backend`](crate::Backend) and builds the statement with it,
 //! in the module that owns the concern.
 
+use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{ColumnIndex, Decode, Encode, FromRow, Postgres, Sqlite, Type};
+use sqlx::{Arguments, ColumnIndex, Decode, Encode, FromRow, Postgres, Sqlite, Type};
 
 use crate::db::{Db, Tx};
 
@@ -19,20 +20,20 @@ type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 
 /// A value both drivers can bind.
 pub trait Value<'q>: Send + 'q {
-    fn bind_postgres(self: Box<Self>, query: PgQuery<'q>) -> PgQuery<'q>;
-    fn bind_sqlite(self: Box<Self>, query: SqliteQuery<'q>) -> SqliteQuery<'q>;
+    fn add_postgres(self: Box<Self>, arguments: &mut PgArguments) -> Result<(), BoxDynError>;
+    fn add_sqlite(self: Box<Self>, arguments: &mut SqliteArguments<'q>) -> Result<(), BoxDynError>;
 }
 
 impl<'q, T> Value<'q> for T
 where
     T: Encode<'q, Postgres> + Type<Postgres> + Encode<'q, Sqlite> + Type<Sqlite> + Send + 'q,
 {
-    fn bind_postgres(self: Box<Self>, query: PgQuery<'q>) -> PgQuery<'q> {
-        query.bind(*self)
+    fn add_postgres(self: Box<Self>, arguments: &mut PgArguments) -> Result<(), BoxDynError> {
+        arguments.add(*self)
     }
 
-    fn bind_sqlite(self: Box<Self>, query: SqliteQuery<'q>) -> SqliteQuery<'q> {
-        query.bind(*self)
+    fn add_sqlite(self: Box<Self>, arguments: &mut SqliteArguments<'q>) -> Result<(), BoxDynError> {
+        arguments.add(*self)
     }
 }
 
@@ -71,18 +72,28 @@ impl<'q> Statement<'q> {
         self
     }
 
-    fn postgres(self) -> PgQuery<'q> {
-        let query = sqlx::query(self.sql).persistent(self.persistent);
-        self.values
-            .into_iter()
-            .fold(query, |query, value| value.bind_postgres(query))
+    // The values go straight into the driver's argument buffer: an encoding error (more
+    // values than the protocol allows, …) is the statement's error when it runs.
+    fn postgres(self) -> Result<PgQuery<'q>, sqlx::Error> {
+        let mut arguments = PgArguments::default();
+        arguments.reserve(self.values.len(), self.values.len() * 16);
+        for value in self.values {
+            value
+                .add_postgres(&mut arguments)
+                .map_err(sqlx::Error::Encode)?;
+        }
+        Ok(sqlx::query_with(self.sql, arguments).persistent(self.persistent))
     }
 
-    fn sqlite(self) -> SqliteQuery<'q> {
-        let query = sqlx::query(self.sql).persistent(self.persistent);
-        self.values
-            .into_iter()
-            .fold(query, |query, value| value.bind_sqlite(query))
+    fn sqlite(self) -> Result<SqliteQuery<'q>, sqlx::Error> {
+        let mut arguments = SqliteArguments::default();
+        arguments.reserve(self.values.len(), 0);
+        for value in self.values {
+            value
+                .add_sqlite(&mut arguments)
+                .map_err(sqlx::Error::Encode)?;
+        }
+        Ok(sqlx::query_with(self.sql, arguments).persistent(self.persistent))
     }
 }
 
@@ -144,8 +155,12 @@ impl Row {
 }
 
 /// Decodes every row as `T`.
-fn decode_all<T: Record>(rows: Vec<Row>) -> Result<Vec<T>, sqlx::Error> {
-    rows.iter().map(Row::decode).collect()
+fn decode_all<R, T>(rows: &[R]) -> Result<Vec<T>, sqlx::Error>
+where
+    R: sqlx::Row,
+    T: for<'r> FromRow<'r, R>,
+{
+    rows.iter().map(T::from_row).collect()
 }
 
 impl Db {
@@ -153,22 +168,25 @@ impl Db {
     pub async fn fetch_all(&self, statement: Statement<'_>) -> Result<Vec<Row>, sqlx::Error> {
         Ok(match self {
             Db::Postgres(pool) => {
-                let rows = statement.postgres().fetch_all(pool).await?;
+                let rows = statement.postgres()?.fetch_all(pool).await?;
                 rows.into_iter().map(Row::Postgres).collect()
             }
             Db::Sqlite(pools) => {
-                let rows = statement.sqlite().fetch_all(&pools.reader).await?;
+                let rows = statement.sqlite()?.fetch_all(&pools.reader).await?;
                 rows.into_iter().map(Row::Sqlite).collect()
             }
         })
     }
 
-    /// [`Db::fetch_all`], each row decoded as `T`.
+    /// [`Db::fetch_all`], each row decoded as `T` (straight from the driver's rows).
     pub async fn fetch_all_as<T: Record>(
         &self,
         statement: Statement<'_>,
     ) -> Result<Vec<T>, sqlx::Error> {
-        decode_all(self.fetch_all(statement).await?)
+        match self {
+            Db::Postgres(pool) => decode_all(&statement.postgres()?.fetch_all(pool).await?),
+            Db::Sqlite(pools) => decode_all(&statement.sqlite()?.fetch_all(&pools.reader).await?),
+        }
     }
 
     /// Runs `statement` on the read pool; its first row, if any.
@@ -178,12 +196,12 @@ impl Db {
     ) -> Result<Option<Row>, sqlx::Error> {
         Ok(match self {
             Db::Postgres(pool) => statement
-                .postgres()
+                .postgres()?
                 .fetch_optional(pool)
                 .await?
                 .map(Row::Postgres),
             Db::Sqlite(pools) => statement
-                .sqlite()
+                .sqlite()?
                 .fetch_optional(&pools.reader)
                 .await?
                 .map(Row::Sqlite),
@@ -205,9 +223,9 @@ impl Db {
     /// rows it changed. For single statements that append no events.
     pub async fn execute(&self, statement: Statement<'_>) -> Result<u64, sqlx::Error> {
         Ok(match self {
-            Db::Postgres(pool) => statement.postgres().execute(pool).await?.rows_affected(),
+            Db::Postgres(pool) => statement.postgres()?.execute(pool).await?.rows_affected(),
             Db::Sqlite(pools) => statement
-                .sqlite()
+                .sqlite()?
                 .execute(&pools.writer)
                 .await?
                 .rows_affected(),
@@ -227,11 +245,15 @@ impl Tx {
     pub async fn execute(&mut self, statement: Statement<'_>) -> Result<u64, sqlx::Error> {
         Ok(match self {
             Tx::Postgres(tx) => statement
-                .postgres()
+                .postgres()?
                 .execute(&mut **tx)
                 .await?
                 .rows_affected(),
-            Tx::Sqlite(tx) => statement.sqlite().execute(&mut **tx).await?.rows_affected(),
+            Tx::Sqlite(tx) => statement
+                .sqlite()?
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
         })
     }
 
@@ -239,22 +261,25 @@ impl Tx {
     pub async fn fetch_all(&mut self, statement: Statement<'_>) -> Result<Vec<Row>, sqlx::Error> {
         Ok(match self {
             Tx::Postgres(tx) => {
-                let rows = statement.postgres().fetch_all(&mut **tx).await?;
+                let rows = statement.postgres()?.fetch_all(&mut **tx).await?;
                 rows.into_iter().map(Row::Postgres).collect()
             }
             Tx::Sqlite(tx) => {
-                let rows = statement.sqlite().fetch_all(&mut **tx).await?;
+                let rows = statement.sqlite()?.fetch_all(&mut **tx).await?;
                 rows.into_iter().map(Row::Sqlite).collect()
             }
         })
     }
 
-    /// [`Tx::fetch_all`], each row decoded as `T`.
+    /// [`Tx::fetch_all`], each row decoded as `T` (straight from the driver's rows).
     pub async fn fetch_all_as<T: Record>(
         &mut self,
         statement: Statement<'_>,
     ) -> Result<Vec<T>, sqlx::Error> {
-        decode_all(self.fetch_all(statement).await?)
+        match self {
+            Tx::Postgres(tx) => decode_all(&statement.postgres()?.fetch_all(&mut **tx).await?),
+            Tx::Sqlite(tx) => decode_all(&statement.sqlite()?.fetch_all(&mut **tx).await?),
+        }
     }
 
     /// Runs `statement` in the transaction; its first row, if any.
@@ -264,12 +289,12 @@ impl Tx {
     ) -> Result<Option<Row>, sqlx::Error> {
         Ok(match self {
             Tx::Postgres(tx) => statement
-                .postgres()
+                .postgres()?
                 .fetch_optional(&mut **tx)
                 .await?
                 .map(Row::Postgres),
             Tx::Sqlite(tx) => statement
-                .sqlite()
+                .sqlite()?
                 .fetch_optional(&mut **tx)
                 .await?
                 .map(Row::Sqlite),
