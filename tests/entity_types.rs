@@ -1215,7 +1215,29 @@ async fn the_entity_seed_loads_through_the_command_path(backend: Backend) {
     assert!(total > 0 && total < 1_300, "{page}");
     let items = page["items"].as_array().unwrap();
     assert!(items.iter().all(|i| i["data"]["category"] == "c07" && i["data"]["price"].as_i64().unwrap() >= 5000));
-    // The indexes of the indexed fields exist.
+    // The indexes of the indexed fields are built in the background; the type reports them
+    // `building`, then `ready`, and then they exist.
+    let statuses = eventually(Duration::from_secs(60), || async {
+        let item: Value = app
+            .with_key(Method::GET, "/v1/entity-types/items", &key)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let indexes = item["indexes"].as_array()?.clone();
+        indexes
+            .iter()
+            .all(|index| index["status"] == "ready")
+            .then_some(indexes)
+    })
+    .await;
+    let fields: BTreeSet<&str> = statuses
+        .iter()
+        .map(|index| index["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["category", "name", "price", "status"].into());
     let log = app.db.log().await;
     let indexes = workers::rebuild::index_names(log.db(), "entities")
         .await
@@ -1353,4 +1375,96 @@ async fn writes_decided_on_cached_or_assumed_state_are_checked_at_commit(backend
 both_backends!(
     cached_and_assumed_state_is_checked,
     writes_decided_on_cached_or_assumed_state_are_checked_at_commit
+);
+
+/// Declaring an indexed field answers at once; the index is built in the background, the type
+/// reports its status, and queries on the field work before it is ready. A build that fails
+/// is reported with its error, and tried again later.
+async fn indexes_build_in_the_background_and_report_their_status(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let defined = define(
+        &app,
+        json!({"name": "parcels", "fields": {
+            "zone": {"type": "string", "indexed": true},
+            "weight": {"type": "integer", "unique": true},
+            "note": {"type": "string"}}}),
+    )
+    .await;
+    assert!(
+        defined.get("indexes").is_none(),
+        "a command's answer leaves them out"
+    );
+    created(
+        &app,
+        "parcels",
+        json!({"id": "p1", "zone": "north", "weight": 3}),
+    )
+    .await;
+    assert_eq!(
+        ids(&app, "parcels", json!({"zone": "north"})).await,
+        set(&["p1"]),
+        "queries work whatever the index's state"
+    );
+    let indexes = eventually(Duration::from_secs(60), || async {
+        let parcels: Value = app
+            .request(Method::GET, "/v1/entity-types/parcels", "acme")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let indexes = parcels["indexes"].as_array()?.clone();
+        indexes
+            .iter()
+            .all(|index| index["status"] == "ready")
+            .then_some(indexes)
+    })
+    .await;
+    let fields: Vec<&str> = indexes
+        .iter()
+        .map(|index| index["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["weight", "zone"]);
+    assert_eq!(indexes[1]["name"], "entities_zone_t_idx");
+    let log = app.db.log().await;
+    let existing = workers::rebuild::index_names(log.db(), "entities")
+        .await
+        .unwrap();
+    assert!(existing.iter().any(|name| name == "entities_zone_t_idx"));
+
+    // A build that cannot succeed is `failed`, with its error, and its attempts counted.
+    let mut tx = log.db().begin().await.unwrap();
+    tx.execute(eventlog::Statement::new(
+        "INSERT INTO entity_indexes (name, definition, status, updated_at) \
+         VALUES ('entities_broken_t_idx', \
+                 'CREATE INDEX IF NOT EXISTS entities_broken_t_idx ON no_such_table (x)', \
+                 'building', '2026-01-01T00:00:00Z')",
+    ))
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let failed = eventually(Duration::from_secs(30), || async {
+        let row: (String, Option<String>, i32) = log
+            .db()
+            .fetch_one(eventlog::Statement::new(
+                "SELECT status, error, attempts FROM entity_indexes \
+                 WHERE name = 'entities_broken_t_idx'",
+            ))
+            .await
+            .ok()?
+            .decode()
+            .ok()?;
+        (row.0 == "failed").then_some(row)
+    })
+    .await;
+    assert!(failed.1.unwrap().contains("no_such_table"));
+    assert_eq!(failed.2, 1);
+    // Not tried again before its minute has passed.
+    assert_eq!(workers::indexer::build_pending(log.db()).await.unwrap(), 0);
+    log.db().close().await;
+}
+both_backends!(
+    indexes_build_in_the_background_and_report_their_status,
+    indexes_build_in_the_background_and_report_their_status
 );

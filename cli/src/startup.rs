@@ -79,6 +79,11 @@ impl Application {
         } else {
             Vec::new()
         };
+        workers.push(workers::indexer::spawn(
+            log.db().clone(),
+            Duration::from_millis(500),
+            shutdown.clone(),
+        ));
         workers.push(workers::reaper::spawn(
             log.clone(),
             settings.idempotency_retention(),

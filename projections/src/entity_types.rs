@@ -1,6 +1,7 @@
 //! The `entity_types` read model: every tenant's entity types and their current schemas. The
-//! projector also creates, on `entities`, the index of every `indexed` or `unique` field, on the same
-//! expression the query compiler reads the field with ([`crate::entity_query`]).
+//! projector also registers, in `entity_indexes`, the index on `entities` that every `indexed`
+//! or `unique` field needs, on the same expression the query compiler reads the field with
+//! ([`crate::entity_query`]); `workers::indexer` builds it in the background.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -28,15 +29,63 @@ fn indexes(backend: eventlog::Backend, schema: &Schema) -> impl Iterator<Item = 
         .map(move |(name, kind)| index_statement(backend, name, kind))
 }
 
-/// The `CREATE INDEX` statements the indexed and unique fields of `schema` need.
-pub fn index_statements(backend: eventlog::Backend, schema: &Schema) -> Vec<String> {
-    indexes(backend, schema).map(|(_, sql)| sql).collect()
-}
-
 /// The names of the indexes the indexed and unique fields of `schema` need (one index serves
 /// every type and tenant with a field of that name and kind).
 pub fn index_names(backend: eventlog::Backend, schema: &Schema) -> Vec<String> {
     indexes(backend, schema).map(|(name, _)| name).collect()
+}
+
+/// How far an index's build is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexStatus {
+    /// The field it serves.
+    pub field: String,
+    pub name: String,
+    /// `building`, `ready` or `failed`.
+    pub status: String,
+    /// Why the last build failed.
+    pub error: Option<String>,
+}
+
+/// The indexes of `schema`'s indexed and unique fields, by field, with their builds' status
+/// (`building` for one not registered yet: the projector is behind the schema).
+pub async fn index_status(db: &Db, schema: &Schema) -> Result<Vec<IndexStatus>, sqlx::Error> {
+    let fields: Vec<(String, String)> = schema
+        .fields
+        .iter()
+        .filter(|(_, spec)| spec.indexed || spec.unique)
+        .filter_map(|(field, spec)| {
+            Kind::of(spec.kind).map(|kind| {
+                let (name, _) = index_statement(db.backend(), field, kind);
+                (field.clone(), name)
+            })
+        })
+        .collect();
+    if fields.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=fields.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT name, status, error FROM entity_indexes WHERE name IN ({})",
+        placeholders.join(", ")
+    );
+    let mut statement = Statement::new(&sql);
+    for (_, name) in &fields {
+        statement.push(name.as_str());
+    }
+    let known: Vec<(String, String, Option<String>)> = db.fetch_all_as(statement).await?;
+    Ok(fields
+        .into_iter()
+        .map(|(field, name)| {
+            let found = known.iter().find(|(known, _, _)| *known == name);
+            IndexStatus {
+                status: found.map_or_else(|| "building".to_string(), |(_, s, _)| s.clone()),
+                error: found.and_then(|(_, _, e)| e.clone()),
+                field,
+                name,
+            }
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -74,7 +123,7 @@ impl Projector for EntityTypesProjector {
             let decoded: EntityTypeEvent = crate::decode(event)?;
             let (EntityTypeEvent::EntityTypeDefined { name, schema }
             | EntityTypeEvent::EntityTypeChanged { name, schema }) = decoded;
-            let statements = index_statements(tx.backend(), &schema);
+            let indexes: Vec<(String, String)> = indexes(tx.backend(), &schema).collect();
             tx.execute(
                 Statement::new(&upsert)
                     .bind(event.tenant_id.as_str())
@@ -84,8 +133,18 @@ impl Projector for EntityTypesProjector {
                     .bind(event.recorded_at),
             )
             .await?;
-            for statement in &statements {
-                tx.execute(Statement::new(statement)).await?;
+            // Built in the background (workers::indexer); a query works without it meanwhile.
+            for (index, definition) in &indexes {
+                tx.execute(
+                    Statement::new(
+                        "INSERT INTO entity_indexes (name, definition, status, updated_at) \
+                         VALUES ($1, $2, 'building', $3) ON CONFLICT (name) DO NOTHING",
+                    )
+                    .bind(index.as_str())
+                    .bind(definition.as_str())
+                    .bind(event.recorded_at),
+                )
+                .await?;
             }
         }
         Ok(())

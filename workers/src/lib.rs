@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod consumer;
+pub mod indexer;
 pub mod listener;
 pub mod reaper;
 pub mod rebuild;

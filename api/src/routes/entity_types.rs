@@ -50,10 +50,42 @@ pub struct EntityTypeResponse {
     #[schema(value_type = Object)]
     pub schema: Schema,
     pub version: u64,
+    /// The index of each indexed or unique field and how far its build is (reads only; a
+    /// command's answer leaves it out). Queries on a field work while its index builds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<IndexResponse>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// An indexed or unique field's index.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IndexResponse {
+    #[schema(example = "country")]
+    pub field: String,
+    #[schema(example = "entities_country_t_idx")]
+    pub name: String,
+    /// `building` (in the background), `ready`, or `failed` (tried again a minute later, up
+    /// to five times).
+    #[schema(example = "ready")]
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+async fn indexes(state: &AppState, schema: &Schema) -> Result<Vec<IndexResponse>, ApiError> {
+    Ok(read_model::index_status(state.log.db(), schema)
+        .await?
+        .into_iter()
+        .map(|index| IndexResponse {
+            field: index.field,
+            name: index.name,
+            status: index.status,
+            error: index.error,
+        })
+        .collect())
 }
 
 /// The tenant's entity types.
@@ -126,6 +158,7 @@ fn respond(
             name: name.to_string(),
             schema: outcome.aggregate.schema().clone(),
             version: outcome.version,
+            indexes: Vec::new(),
             created_at: outcome.created_at,
             updated_at: outcome.updated_at,
         };
@@ -283,6 +316,7 @@ pub async fn get_entity_type(
     let body = EntityTypeResponse {
         name: name.to_string(),
         schema: loaded.aggregate.schema().clone(),
+        indexes: indexes(&state, loaded.aggregate.schema()).await?,
         version: loaded.version,
         created_at: loaded.created_at,
         updated_at: loaded.updated_at,
@@ -312,18 +346,18 @@ pub async fn list_entity_types(
 ) -> Result<Response, ApiError> {
     let lag = await_consistency(&state, consistency, read_model::NAME).await?;
     let records = read_model::list(state.log.db(), auth.tenant().as_str()).await?;
-    let body = EntityTypeList {
-        items: records
-            .into_iter()
-            .map(|r| EntityTypeResponse {
-                name: r.name,
-                schema: r.schema,
-                version: r.version as u64,
-                created_at: Some(r.created_at),
-                updated_at: Some(r.updated_at),
-            })
-            .collect(),
-    };
+    let mut items = Vec::with_capacity(records.len());
+    for r in records {
+        items.push(EntityTypeResponse {
+            name: r.name,
+            indexes: indexes(&state, &r.schema).await?,
+            schema: r.schema,
+            version: r.version as u64,
+            created_at: Some(r.created_at),
+            updated_at: Some(r.updated_at),
+        });
+    }
+    let body = EntityTypeList { items };
     Ok(with_lag(ApiJson(body).into_response(), lag))
 }
 
