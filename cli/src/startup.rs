@@ -81,7 +81,7 @@ impl Application {
         };
         workers.push(workers::indexer::spawn(
             log.db().clone(),
-            Duration::from_millis(500),
+            Duration::from_secs(2),
             shutdown.clone(),
         ));
         workers.push(workers::reaper::spawn(

@@ -76,6 +76,38 @@ fn no_legacy_record(tenant: &str, key: &str) -> String {
     )
 }
 
+/// States of [`Store::legacy_keys`].
+const LEGACY_UNKNOWN: u8 = 0;
+const LEGACY_PRESENT: u8 = 1;
+const LEGACY_GONE: u8 = 2;
+
+impl Store {
+    /// Whether legacy records may exist. Only the migration that scoped the keys wrote them, so
+    /// once none is left none ever comes back: the statements of every claim and group commit
+    /// then skip the legacy check (it would cost a more complex statement, planned each time,
+    /// in every group commit).
+    async fn legacy_records(&self) -> Result<bool, sqlx::Error> {
+        use std::sync::atomic::Ordering;
+        match self.legacy_keys().load(Ordering::Relaxed) {
+            LEGACY_GONE => return Ok(false),
+            LEGACY_PRESENT => return Ok(true),
+            _ => {}
+        }
+        let present = self
+            .db()
+            .fetch_optional(Statement::new(
+                "SELECT 1 FROM idempotency_records WHERE scope = '' LIMIT 1",
+            ))
+            .await?
+            .is_some();
+        self.legacy_keys().store(
+            if present { LEGACY_PRESENT } else { LEGACY_GONE },
+            Ordering::Relaxed,
+        );
+        Ok(present)
+    }
+}
+
 /// A record to insert under a key no request holds yet ([`EventLog::insert_new_many_in`]).
 #[derive(Debug, Clone, Copy)]
 pub enum NewRecord<'a> {
@@ -109,13 +141,23 @@ impl Store {
         let locked_until = now + chrono::Duration::from_std(lock_for).unwrap_or_default();
         // The usual case, a new key, is one statement in its own implicit transaction; only a
         // key seen before needs the transaction below.
-        let insert_sql = format!(
+        let legacy = self.legacy_records().await?;
+        let insert_sql = if legacy {
+            format!(
+                "INSERT INTO idempotency_records \
+                 (tenant_id, scope, idempotency_key, request_hash, state, locked_until, \
+                 created_at) \
+                 SELECT $1, $2, $3, $4, 'in_flight', $5, $6 WHERE {} \
+                 ON CONFLICT (tenant_id, scope, idempotency_key) DO NOTHING",
+                no_legacy_record("$1", "$3")
+            )
+        } else {
             "INSERT INTO idempotency_records \
              (tenant_id, scope, idempotency_key, request_hash, state, locked_until, created_at) \
-             SELECT $1, $2, $3, $4, 'in_flight', $5, $6 WHERE {} \
-             ON CONFLICT (tenant_id, scope, idempotency_key) DO NOTHING",
-            no_legacy_record("$1", "$3")
-        );
+             VALUES ($1, $2, $3, $4, 'in_flight', $5, $6) \
+             ON CONFLICT (tenant_id, scope, idempotency_key) DO NOTHING"
+                .to_string()
+        };
         let insert = || {
             Statement::new(&insert_sql)
                 .bind(key.tenant_id.as_str())
@@ -131,8 +173,10 @@ impl Store {
         }
         let mut tx = self.db().begin().await?;
         // A record stored before keys had a scope answers first (see [`LEGACY_SCOPE`]).
-        let legacy = tx
-            .fetch_optional_as::<(String,)>(
+        let legacy = if !legacy {
+            None
+        } else {
+            tx.fetch_optional_as::<(String,)>(
                 Statement::new(
                     "SELECT request_hash FROM idempotency_records \
                      WHERE tenant_id = $1 AND scope = '' AND idempotency_key = $2",
@@ -140,7 +184,8 @@ impl Store {
                 .bind(key.tenant_id.as_str())
                 .bind(key.key.as_str()),
             )
-            .await?;
+            .await?
+        };
         match legacy {
             Some((hash,)) if hash != key.request_hash => {
                 tx.rollback().await?;
@@ -231,36 +276,49 @@ impl Store {
             (&a.0.tenant_id, &a.0.scope, &a.0.key).cmp(&(&b.0.tenant_id, &b.0.scope, &b.0.key))
         });
         let now = Utc::now();
+        let legacy = self.legacy_records().await?;
         let mut inserted = std::collections::HashSet::with_capacity(keys.len());
         for chunk in keys.chunks(100) {
             // A key a legacy record holds counts as taken: the request then claims it, which
             // replays or refuses as the record says.
-            let rows = tx.backend().typed_values(
-                chunk.len(),
-                &[
-                    "text",
-                    "text",
-                    "text",
-                    "text",
-                    "text",
-                    "int4",
-                    "jsonb",
-                    "bytea",
-                    "timestamptz",
-                    "timestamptz",
-                ],
-            );
-            let sql = format!(
-                "WITH fresh (tenant_id, scope, idempotency_key, request_hash, state, status_code, \
-                 response_headers, response_body, locked_until, created_at) AS (VALUES {rows}) \
-                 INSERT INTO idempotency_records \
-                 (tenant_id, scope, idempotency_key, request_hash, state, status_code, \
-                 response_headers, response_body, locked_until, created_at) \
-                 SELECT * FROM fresh WHERE {} \
-                 ON CONFLICT (tenant_id, scope, idempotency_key) DO NOTHING \
-                 RETURNING tenant_id, scope, idempotency_key",
-                no_legacy_record("fresh.tenant_id", "fresh.idempotency_key")
-            );
+            let sql = if legacy {
+                let rows = tx.backend().typed_values(
+                    chunk.len(),
+                    &[
+                        "text",
+                        "text",
+                        "text",
+                        "text",
+                        "text",
+                        "int4",
+                        "jsonb",
+                        "bytea",
+                        "timestamptz",
+                        "timestamptz",
+                    ],
+                );
+                format!(
+                    "WITH fresh (tenant_id, scope, idempotency_key, request_hash, state, \
+                     status_code, response_headers, response_body, locked_until, created_at) \
+                     AS (VALUES {rows}) \
+                     INSERT INTO idempotency_records \
+                     (tenant_id, scope, idempotency_key, request_hash, state, status_code, \
+                     response_headers, response_body, locked_until, created_at) \
+                     SELECT * FROM fresh WHERE {} \
+                     ON CONFLICT (tenant_id, scope, idempotency_key) DO NOTHING \
+                     RETURNING tenant_id, scope, idempotency_key",
+                    no_legacy_record("fresh.tenant_id", "fresh.idempotency_key")
+                )
+            } else {
+                format!(
+                    "INSERT INTO idempotency_records \
+                     (tenant_id, scope, idempotency_key, request_hash, state, status_code, \
+                     response_headers, response_body, locked_until, created_at) \
+                     VALUES {} ON CONFLICT (tenant_id, scope, idempotency_key) DO NOTHING \
+                     RETURNING tenant_id, scope, idempotency_key",
+                    tx.backend().values(chunk.len(), 10)
+                )
+            };
             let mut insert = Statement::new(&sql).persistent(false);
             for (key, record) in chunk {
                 let (state, response, locked_until) = match record {
@@ -383,6 +441,11 @@ impl Store {
             )
             .await?;
         tx.commit().await?;
+        if deleted > 0 {
+            // Legacy records expire like the others: look again.
+            self.legacy_keys()
+                .store(LEGACY_UNKNOWN, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(deleted)
     }
 }

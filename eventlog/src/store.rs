@@ -242,6 +242,9 @@ pub(crate) struct Inner {
     stream_locks: Vec<tokio::sync::Mutex<()>>,
     hasher: std::hash::RandomState,
     inline: Vec<Arc<dyn InlineProjection>>,
+    /// Whether idempotency records from before keys had a scope may exist (the idempotency
+    /// module's state: unknown, present or gone; see `idempotency::LEGACY_SCOPE`).
+    legacy_keys: std::sync::atomic::AtomicU8,
 }
 
 /// A read model updated in the same transaction as the events it is made of, for the few
@@ -311,6 +314,11 @@ where
 }
 
 impl Store {
+    /// See [`Inner::legacy_keys`].
+    pub(crate) fn legacy_keys(&self) -> &std::sync::atomic::AtomicU8 {
+        &self.inner.legacy_keys
+    }
+
     /// A store that keeps `inline` projections up to date in the transaction of every append.
     pub fn with_inline(
         db: Db,
@@ -326,6 +334,7 @@ impl Store {
                 stream_locks: (0..STREAM_LOCKS).map(|_| Default::default()).collect(),
                 hasher: Default::default(),
                 inline,
+                legacy_keys: Default::default(),
             }),
         }
     }
