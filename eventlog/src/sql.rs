@@ -3,7 +3,7 @@
 //! A [`Statement`] is SQL that both dialects accept and the values bound to it; [`Db`] runs it
 //! on the read pool and [`Tx`] inside a write transaction, and both answer with [`Row`]s that
 //! read columns the same way whatever the engine. A value can be bound when both drivers
-//! encode its type ([`Value`]); a row can be decoded into any `sqlx::FromRow` type that both
+//! encode its type and it is one of [`Value`]'s; a row can be decoded into any `sqlx::FromRow` type that both
 //! drivers can build (`#[derive(FromRow)]` structs and tuples). Code that needs SQL of one
 //! dialect asks the connection's [`Backend`](crate::Backend) and builds the statement with it,
 //! in the module that owns the concern.
@@ -18,13 +18,79 @@ use crate::db::{Db, Tx};
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 
-/// A value both drivers can bind.
+/// A value both drivers can bind: the scalars statements bind (and their `Option`s, for
+/// `NULL`) are kept inline in the statement, without an allocation each; JSON documents are
+/// bound through a box. Another type needs a line in `inline_values!`.
 pub trait Value<'q>: Send + 'q {
+    fn into_bound(self) -> Bound<'q>;
+}
+
+/// A bound value.
+pub enum Bound<'q> {
+    Str(Option<&'q str>),
+    String(Option<String>),
+    I64(Option<i64>),
+    I32(Option<i32>),
+    F64(Option<f64>),
+    Bool(Option<bool>),
+    Uuid(Option<uuid::Uuid>),
+    Time(Option<chrono::DateTime<chrono::Utc>>),
+    Bytes(Option<&'q [u8]>),
+    Other(Box<dyn DynValue<'q>>),
+}
+
+macro_rules! inline_values {
+    ($($variant:ident: $type:ty),* $(,)?) => {$(
+        impl<'q> Value<'q> for $type {
+            fn into_bound(self) -> Bound<'q> {
+                Bound::$variant(Some(self))
+            }
+        }
+        impl<'q> Value<'q> for Option<$type> {
+            fn into_bound(self) -> Bound<'q> {
+                Bound::$variant(self)
+            }
+        }
+    )*};
+}
+
+inline_values!(
+    Str: &'q str,
+    String: String,
+    I64: i64,
+    I32: i32,
+    F64: f64,
+    Bool: bool,
+    Uuid: uuid::Uuid,
+    Time: chrono::DateTime<chrono::Utc>,
+    Bytes: &'q [u8],
+);
+
+impl<'q, T> Value<'q> for sqlx::types::Json<T>
+where
+    T: serde::Serialize + Send + Sync + 'q,
+{
+    fn into_bound(self) -> Bound<'q> {
+        Bound::Other(Box::new(self))
+    }
+}
+
+impl<'q, T> Value<'q> for Option<sqlx::types::Json<T>>
+where
+    T: serde::Serialize + Send + Sync + 'q,
+{
+    fn into_bound(self) -> Bound<'q> {
+        Bound::Other(Box::new(self))
+    }
+}
+
+/// A JSON document (or another value both drivers encode), bound through a box.
+pub trait DynValue<'q>: Send + 'q {
     fn add_postgres(self: Box<Self>, arguments: &mut PgArguments) -> Result<(), BoxDynError>;
     fn add_sqlite(self: Box<Self>, arguments: &mut SqliteArguments<'q>) -> Result<(), BoxDynError>;
 }
 
-impl<'q, T> Value<'q> for T
+impl<'q, T> DynValue<'q> for T
 where
     T: Encode<'q, Postgres> + Type<Postgres> + Encode<'q, Sqlite> + Type<Sqlite> + Send + 'q,
 {
@@ -37,10 +103,42 @@ where
     }
 }
 
+impl<'q> Bound<'q> {
+    fn add_postgres(self, arguments: &mut PgArguments) -> Result<(), BoxDynError> {
+        match self {
+            Bound::Str(v) => arguments.add(v),
+            Bound::String(v) => arguments.add(v),
+            Bound::I64(v) => arguments.add(v),
+            Bound::I32(v) => arguments.add(v),
+            Bound::F64(v) => arguments.add(v),
+            Bound::Bool(v) => arguments.add(v),
+            Bound::Uuid(v) => arguments.add(v),
+            Bound::Time(v) => arguments.add(v),
+            Bound::Bytes(v) => arguments.add(v),
+            Bound::Other(v) => v.add_postgres(arguments),
+        }
+    }
+
+    fn add_sqlite(self, arguments: &mut SqliteArguments<'q>) -> Result<(), BoxDynError> {
+        match self {
+            Bound::Str(v) => arguments.add(v),
+            Bound::String(v) => arguments.add(v),
+            Bound::I64(v) => arguments.add(v),
+            Bound::I32(v) => arguments.add(v),
+            Bound::F64(v) => arguments.add(v),
+            Bound::Bool(v) => arguments.add(v),
+            Bound::Uuid(v) => arguments.add(v),
+            Bound::Time(v) => arguments.add(v),
+            Bound::Bytes(v) => arguments.add(v),
+            Bound::Other(v) => v.add_sqlite(arguments),
+        }
+    }
+}
+
 /// SQL and its bound values, for either backend.
 pub struct Statement<'q> {
     sql: &'q str,
-    values: Vec<Box<dyn Value<'q>>>,
+    values: Vec<Bound<'q>>,
     persistent: bool,
 }
 
@@ -56,13 +154,13 @@ impl<'q> Statement<'q> {
     /// Binds the next placeholder (`$n`, or `?` in a list built by
     /// [`Backend::values`](crate::Backend::values)).
     pub fn bind(mut self, value: impl Value<'q>) -> Self {
-        self.values.push(Box::new(value));
+        self.values.push(value.into_bound());
         self
     }
 
     /// Binds the next placeholder in place, for statements built in a loop.
     pub fn push(&mut self, value: impl Value<'q>) {
-        self.values.push(Box::new(value));
+        self.values.push(value.into_bound());
     }
 
     /// Whether the driver keeps the prepared statement for reuse (the default). Statements of
