@@ -932,9 +932,10 @@ fn tail_sql(backend: Backend, by_tenant: bool) -> String {
     }
 }
 
-/// [`tail_sql`] with its values. Planned with the actual cursor each time: a cached generic
-/// plan does not know how far along the log the cursor is and may scan and sort the whole
-/// table.
+/// [`tail_sql`] with its values; `horizon` is PostgreSQL's. There the statement is planned
+/// with the actual cursor each time: a cached generic plan does not know how far along the log
+/// the cursor is and may scan and sort the whole table. SQLite's plan is the same for every
+/// cursor, and its statement is prepared once.
 fn tail_statement<'q>(
     sql: &'q str,
     after: Cursor,
@@ -943,7 +944,7 @@ fn tail_statement<'q>(
     tenant_id: Option<&'q str>,
 ) -> Statement<'q> {
     let mut statement = Statement::new(sql)
-        .persistent(false)
+        .persistent(horizon.is_none())
         .bind(after.transaction_id.to_string())
         .bind(after.position)
         .bind(limit as i64);
