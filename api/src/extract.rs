@@ -32,20 +32,23 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a s
         .map_err(ApiError::from)
 }
 
-/// The operation id of every route, by method and route pattern (from the OpenAPI document),
-/// installed on the router as a request extension: idempotency keys are scoped by it.
+/// The operation id of every route, by route pattern and method (from the OpenAPI document),
+/// installed on the router as a request extension: idempotency keys are scoped by it. Looked
+/// up without an allocation.
 #[derive(Debug, Clone, Default)]
-pub struct Operations(std::sync::Arc<std::collections::HashMap<(String, String), String>>);
+pub struct Operations(std::sync::Arc<OperationsByPath>);
+
+/// Route pattern → its methods' operation ids.
+type OperationsByPath = std::collections::HashMap<Box<str>, Vec<(axum::http::Method, String)>>;
 
 impl Operations {
-    /// `(method, route pattern, operation id)` triples; methods in upper case.
-    pub fn new(operations: impl IntoIterator<Item = (String, String, String)>) -> Self {
-        Self(std::sync::Arc::new(
-            operations
-                .into_iter()
-                .map(|(method, path, id)| ((method, path), id))
-                .collect(),
-        ))
+    /// `(method, route pattern, operation id)` triples.
+    pub fn new(operations: impl IntoIterator<Item = (axum::http::Method, String, String)>) -> Self {
+        let mut by_path = OperationsByPath::new();
+        for (method, path, id) in operations {
+            by_path.entry(path.into()).or_default().push((method, id));
+        }
+        Self(std::sync::Arc::new(by_path))
     }
 
     /// The request's operation: the route's operation id, or `METHOD pattern` for a route the
@@ -55,17 +58,15 @@ impl Operations {
             .extensions
             .get::<axum::extract::MatchedPath>()
             .map_or_else(|| parts.uri.path(), |path| path.as_str());
-        let method = parts.method.as_str();
         parts
             .extensions
             .get::<Operations>()
-            .and_then(|operations| {
-                operations
-                    .0
-                    .get(&(method.to_string(), pattern.to_string()))
-                    .cloned()
-            })
-            .unwrap_or_else(|| format!("{method} {pattern}"))
+            .and_then(|operations| operations.0.get(pattern))
+            .and_then(|methods| methods.iter().find(|(method, _)| *method == parts.method))
+            .map_or_else(
+                || format!("{} {pattern}", parts.method),
+                |(_, id)| id.clone(),
+            )
     }
 }
 

@@ -104,16 +104,17 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
 fn operations() -> crate::extract::Operations {
     let mut found = Vec::new();
     for (path, item) in &openapi().paths.paths {
+        use axum::http::Method;
         let operations = [
-            ("GET", &item.get),
-            ("PUT", &item.put),
-            ("POST", &item.post),
-            ("DELETE", &item.delete),
-            ("PATCH", &item.patch),
+            (Method::GET, &item.get),
+            (Method::PUT, &item.put),
+            (Method::POST, &item.post),
+            (Method::DELETE, &item.delete),
+            (Method::PATCH, &item.patch),
         ];
         for (method, operation) in operations {
             if let Some(id) = operation.as_ref().and_then(|o| o.operation_id.clone()) {
-                found.push((method.to_string(), path.clone(), id));
+                found.push((method, path.clone(), id));
             }
         }
     }
