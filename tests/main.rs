@@ -24,5 +24,6 @@ mod operations;
 mod projections;
 mod projectors;
 mod security;
+mod seeds;
 mod streams;
 mod usage;

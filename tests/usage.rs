@@ -32,7 +32,7 @@ async fn get(app: &TestApp, tenant: &str, path: &str) -> reqwest::Response {
 /// The usage projection once it has applied every event committed so far. The target is
 /// the newest committed event, read directly: `EventLog::head` stops below the oldest
 /// transaction still open anywhere on the PostgreSQL server, which other tests hold open.
-async fn settled(app: &TestApp) {
+pub(crate) async fn settled(app: &TestApp) {
     let log = app.db.log().await;
     let (transaction, position): (i64, i64) = match log.db() {
         eventlog::Db::Postgres(pool) => sqlx::query_as(
@@ -59,7 +59,7 @@ async fn settled(app: &TestApp) {
 }
 
 /// A rollup range around today.
-fn around_today() -> String {
+pub(crate) fn around_today() -> String {
     let today = Utc::now().date_naive();
     format!(
         "from={}&to={}",
