@@ -1,11 +1,34 @@
-//! Rules about a tenant's entity types that a single type's aggregate cannot see.
+//! Rules about a tenant's entity types that a single type's aggregate cannot see: the types a
+//! schema references, and the tenant's index budget.
 
 use domain::entity_type::Schema;
 use domain::names::{EntityTypeName, TenantId};
+use eventlog::EventLog;
 use projections::entity_types as read_model;
 
+use crate::entity_writes::load_type;
 use crate::error::{Error, FieldError};
 use crate::state::App;
+
+/// The types `schema` references that the tenant has not defined (the type itself aside),
+/// read from the log: what a define or change command must be told is missing.
+pub async fn missing_references(
+    log: &EventLog,
+    tenant: &TenantId,
+    name: &EntityTypeName,
+    schema: &Schema,
+) -> Result<Vec<EntityTypeName>, Error> {
+    let mut missing = Vec::new();
+    for (_, target) in schema.reference_fields() {
+        if target == name || missing.contains(target) {
+            continue;
+        }
+        if !load_type(log, tenant, target).await?.aggregate.exists() {
+            missing.push(target.clone());
+        }
+    }
+    Ok(missing)
+}
 
 /// Refuses schemas that would take the tenant's entity types over
 /// `GATEWAY_MAX_INDEXED_FIELDS_PER_TENANT` distinct indexes: indexes live on the table every

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use domain::entity_type::{EntityType, EntityTypeCommand, Schema};
-use domain::names::{EntityTypeName, TenantId};
+use domain::names::EntityTypeName;
 use eventlog::CommandOutcome;
 use eventlog::idempotency::StoredResponse;
 use projections::entity_types as read_model;
@@ -125,29 +125,6 @@ fn parse_schema(value: Value) -> Result<Schema, ApiError> {
         .map_err(ApiError::from)
 }
 
-/// The referenced types of `schema` that the tenant has not defined (the type itself aside).
-async fn missing_references(
-    state: &AppState,
-    tenant: &TenantId,
-    name: &EntityTypeName,
-    schema: &Schema,
-) -> Result<Vec<EntityTypeName>, ApiError> {
-    let mut missing = Vec::new();
-    for (_, target) in schema.reference_fields() {
-        if target == name || missing.contains(target) {
-            continue;
-        }
-        if !load_type(&state.log, tenant, target)
-            .await?
-            .aggregate
-            .exists()
-        {
-            missing.push(target.clone());
-        }
-    }
-    Ok(missing)
-}
-
 fn respond(
     status: StatusCode,
     name: &EntityTypeName,
@@ -237,7 +214,8 @@ pub async fn define_entity_type(
         .map_err(|e| AppError::InvalidEntityType(e.to_string()))?;
     let schema = parse_schema(request.schema)?;
     app::entity_types::check_index_budget(&state, &ctx.tenant, &[(&name, &schema)]).await?;
-    let missing_references = missing_references(&state, &ctx.tenant, &name, &schema).await?;
+    let missing_references =
+        app::entity_types::missing_references(&state.log, &ctx.tenant, &name, &schema).await?;
     let command = EntityTypeCommand::DefineEntityType {
         name: name.clone(),
         schema,
@@ -280,7 +258,8 @@ pub async fn change_entity_type(
     }
     let schema = parse_schema(raw)?;
     app::entity_types::check_index_budget(&state, &ctx.tenant, &[(&name, &schema)]).await?;
-    let missing_references = missing_references(&state, &ctx.tenant, &name, &schema).await?;
+    let missing_references =
+        app::entity_types::missing_references(&state.log, &ctx.tenant, &name, &schema).await?;
     let command = EntityTypeCommand::ChangeEntityType {
         schema,
         missing_references,
