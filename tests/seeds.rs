@@ -95,6 +95,10 @@ async fn seed_004s_readme_works_as_printed(backend: Backend) {
     };
     let sent = send().await.unwrap();
     assert_eq!(sent.status(), 201);
+    let position = sent.headers()["x-event-position"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let sent = json_of(sent).await;
     has(
         &sent["message"],
@@ -143,14 +147,18 @@ async fn seed_004s_readme_works_as_printed(backend: Backend) {
     assert_eq!(retried["metadata"]["idempotency"]["replayed"], true);
     assert_eq!(retried["message"], sent["message"]);
 
-    // 5. Get the session transcript.
-    let transcript = call(
-        &app,
-        Method::GET,
-        &format!("/v1/sessions/{session_id}/transcript"),
-        None,
-    )
-    .await;
+    // 5. Get the session transcript (read models follow the log: this read waits for the
+    // message's position, as a client that must see its own write does).
+    let transcript = app
+        .request(
+            Method::GET,
+            &format!("/v1/sessions/{session_id}/transcript"),
+            "acme",
+        )
+        .header("x-min-position", position)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(transcript.status(), 200);
 
     // 6. Usage rollup and events: one message billed once, whatever the retry.
