@@ -92,6 +92,19 @@ async fn ids(app: &TestApp, entity: &str, filter: Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// The `indexes` of the entity type that `get` reads, once every one of them is `ready`.
+async fn ready_indexes(get: impl Fn() -> reqwest::RequestBuilder) -> Vec<Value> {
+    eventually(Duration::from_secs(60), || async {
+        let entity_type: Value = get().send().await.ok()?.json().await.ok()?;
+        let indexes = entity_type["indexes"].as_array()?.clone();
+        indexes
+            .iter()
+            .all(|index| index["status"] == "ready")
+            .then_some(indexes)
+    })
+    .await
+}
+
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -1217,22 +1230,8 @@ async fn the_entity_seed_loads_through_the_command_path(backend: Backend) {
     assert!(items.iter().all(|i| i["data"]["category"] == "c07" && i["data"]["price"].as_i64().unwrap() >= 5000));
     // The indexes of the indexed fields are built in the background; the type reports them
     // `building`, then `ready`, and then they exist.
-    let statuses = eventually(Duration::from_secs(60), || async {
-        let item: Value = app
-            .with_key(Method::GET, "/v1/entity-types/items", &key)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let indexes = item["indexes"].as_array()?.clone();
-        indexes
-            .iter()
-            .all(|index| index["status"] == "ready")
-            .then_some(indexes)
-    })
-    .await;
+    let statuses =
+        ready_indexes(|| app.with_key(Method::GET, "/v1/entity-types/items", &key)).await;
     let fields: BTreeSet<&str> = statuses
         .iter()
         .map(|index| index["field"].as_str().unwrap())
@@ -1405,28 +1404,30 @@ async fn indexes_build_in_the_background_and_report_their_status(backend: Backen
         set(&["p1"]),
         "queries work whatever the index's state"
     );
-    let indexes = eventually(Duration::from_secs(60), || async {
-        let parcels: Value = app
-            .request(Method::GET, "/v1/entity-types/parcels", "acme")
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let indexes = parcels["indexes"].as_array()?.clone();
-        indexes
-            .iter()
-            .all(|index| index["status"] == "ready")
-            .then_some(indexes)
-    })
-    .await;
+    let indexes =
+        ready_indexes(|| app.request(Method::GET, "/v1/entity-types/parcels", "acme")).await;
     let fields: Vec<&str> = indexes
         .iter()
         .map(|index| index["field"].as_str().unwrap())
         .collect();
     assert_eq!(fields, ["weight", "zone"]);
     assert_eq!(indexes[1]["name"], "entities_zone_t_idx");
+    // The list reports them too (one query for every type's indexes).
+    let listed: Value = app
+        .request(Method::GET, "/v1/entity-types", "acme")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let parcels = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["name"] == "parcels")
+        .unwrap();
+    assert_eq!(parcels["indexes"], Value::Array(indexes.clone()));
     let log = app.db.log().await;
     let existing = workers::rebuild::index_names(log.db(), "entities")
         .await
@@ -1462,6 +1463,16 @@ async fn indexes_build_in_the_background_and_report_their_status(backend: Backen
     assert_eq!(failed.2, 1);
     // Not tried again before its minute has passed.
     assert_eq!(workers::indexer::build_pending(log.db()).await.unwrap(), 0);
+    let (attempts,): (i32,) = log
+        .db()
+        .fetch_one(eventlog::Statement::new(
+            "SELECT attempts FROM entity_indexes WHERE name = 'entities_broken_t_idx'",
+        ))
+        .await
+        .unwrap()
+        .decode()
+        .unwrap();
+    assert_eq!(attempts, 1, "no second try within the minute");
     log.db().close().await;
 }
 both_backends!(

@@ -145,8 +145,6 @@ pub async fn names(
     for id in ids {
         query = query.bind(id.as_str());
     }
-    let rows = db.fetch_all(query).await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get("id")?, row.try_get("name")?)))
-        .collect()
+    let rows: Vec<(String, String)> = db.fetch_all_as(query).await?;
+    Ok(rows.into_iter().collect())
 }

@@ -18,23 +18,19 @@ pub async fn ensure(db: &Db, name: &str) -> Result<(), sqlx::Error> {
 /// The checkpoint as last committed, or `None` when the row does not exist.
 pub async fn read(db: &Db, name: &str) -> Result<Option<Cursor>, sqlx::Error> {
     let sql = "SELECT transaction_id, global_position FROM projector_checkpoints WHERE name = $1";
-    let row = db
-        .fetch_optional(Statement::new(sql).bind(name))
-        .await?
-        .map(|row| Ok::<_, sqlx::Error>(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
-        .transpose()?;
-    Ok(row)
+    let found = db
+        .fetch_optional_as::<(i64, i64)>(Statement::new(sql).bind(name))
+        .await?;
+    Ok(found.map(|(transaction_id, position)| Cursor::new(transaction_id, position)))
 }
 
 /// The checkpoint as seen inside `tx`.
 pub async fn read_in(tx: &mut Tx, name: &str) -> Result<Option<Cursor>, sqlx::Error> {
     let sql = "SELECT transaction_id, global_position FROM projector_checkpoints WHERE name = $1";
-    let row = tx
-        .fetch_optional(Statement::new(sql).bind(name))
-        .await?
-        .map(|row| Ok::<_, sqlx::Error>(Cursor::new(row.try_get(0)?, row.try_get(1)?)))
-        .transpose()?;
-    Ok(row)
+    let found = tx
+        .fetch_optional_as::<(i64, i64)>(Statement::new(sql).bind(name))
+        .await?;
+    Ok(found.map(|(transaction_id, position)| Cursor::new(transaction_id, position)))
 }
 
 /// Moves the checkpoint inside `tx` (creating it when missing).
@@ -108,11 +104,8 @@ pub async fn read_many_in(
     for name in names {
         query = query.bind(*name);
     }
-    for row in tx.fetch_all(query).await? {
-        found.insert(
-            row.try_get::<String, _>(0)?,
-            Cursor::new(row.try_get(1)?, row.try_get(2)?),
-        );
+    for (name, transaction_id, position) in tx.fetch_all_as::<(String, i64, i64)>(query).await? {
+        found.insert(name, Cursor::new(transaction_id, position));
     }
     Ok(found)
 }

@@ -18,15 +18,26 @@ pub const NAME: &str = "entity_types";
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EntityTypesProjector;
 
-/// The names and `CREATE INDEX` statements of the indexes the indexed and unique fields of
-/// `schema` need.
-fn indexes(backend: eventlog::Backend, schema: &Schema) -> impl Iterator<Item = (String, String)> {
+/// The field, index name and `CREATE INDEX` statement of every index the indexed and unique
+/// fields of `schema` need.
+fn field_indexes(
+    backend: eventlog::Backend,
+    schema: &Schema,
+) -> impl Iterator<Item = (&str, String, String)> {
     schema
         .fields
         .iter()
         .filter(|(_, spec)| spec.indexed || spec.unique)
-        .filter_map(|(name, spec)| Kind::of(spec.kind).map(|kind| (name, kind)))
-        .map(move |(name, kind)| index_statement(backend, name, kind))
+        .filter_map(|(field, spec)| Kind::of(spec.kind).map(|kind| (field, kind)))
+        .map(move |(field, kind)| {
+            let (name, sql) = index_statement(backend, field, kind);
+            (field.as_str(), name, sql)
+        })
+}
+
+/// The names and `CREATE INDEX` statements of the indexes `schema` needs.
+fn indexes(backend: eventlog::Backend, schema: &Schema) -> impl Iterator<Item = (String, String)> {
+    field_indexes(backend, schema).map(|(_, name, sql)| (name, sql))
 }
 
 /// The names of the indexes the indexed and unique fields of `schema` need (one index serves
@@ -47,43 +58,55 @@ pub struct IndexStatus {
     pub error: Option<String>,
 }
 
-/// The indexes of `schema`'s indexed and unique fields, by field, with their builds' status
-/// (`building` for one not registered yet: the projector is behind the schema).
-pub async fn index_status(db: &Db, schema: &Schema) -> Result<Vec<IndexStatus>, sqlx::Error> {
-    let fields: Vec<(String, String)> = schema
-        .fields
+/// The indexes of each of `schemas`' indexed and unique fields, by field, with their builds'
+/// status (`building` for one not registered yet: the projector is behind the schema), read
+/// in one query.
+pub async fn index_status(
+    db: &Db,
+    schemas: &[&Schema],
+) -> Result<Vec<Vec<IndexStatus>>, sqlx::Error> {
+    let wanted: Vec<Vec<(String, String)>> = schemas
         .iter()
-        .filter(|(_, spec)| spec.indexed || spec.unique)
-        .filter_map(|(field, spec)| {
-            Kind::of(spec.kind).map(|kind| {
-                let (name, _) = index_statement(db.backend(), field, kind);
-                (field.clone(), name)
-            })
+        .map(|schema| {
+            field_indexes(db.backend(), schema)
+                .map(|(field, name, _)| (field.to_string(), name))
+                .collect()
         })
         .collect();
-    if fields.is_empty() {
-        return Ok(Vec::new());
-    }
-    let placeholders: Vec<String> = (1..=fields.len()).map(|i| format!("${i}")).collect();
-    let sql = format!(
-        "SELECT name, status, error FROM entity_indexes WHERE name IN ({})",
-        placeholders.join(", ")
-    );
-    let mut statement = Statement::new(&sql);
-    for (_, name) in &fields {
-        statement.push(name.as_str());
-    }
-    let known: Vec<(String, String, Option<String>)> = db.fetch_all_as(statement).await?;
-    Ok(fields
+    let names: std::collections::BTreeSet<&str> = wanted
+        .iter()
+        .flatten()
+        .map(|(_, name)| name.as_str())
+        .collect();
+    let known: Vec<(String, String, Option<String>)> = if names.is_empty() {
+        Vec::new()
+    } else {
+        let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT name, status, error FROM entity_indexes WHERE name IN ({})",
+            placeholders.join(", ")
+        );
+        let mut statement = Statement::new(&sql);
+        for name in &names {
+            statement.push(*name);
+        }
+        db.fetch_all_as(statement).await?
+    };
+    Ok(wanted
         .into_iter()
-        .map(|(field, name)| {
-            let found = known.iter().find(|(known, _, _)| *known == name);
-            IndexStatus {
-                status: found.map_or_else(|| "building".to_string(), |(_, s, _)| s.clone()),
-                error: found.and_then(|(_, _, e)| e.clone()),
-                field,
-                name,
-            }
+        .map(|fields| {
+            fields
+                .into_iter()
+                .map(|(field, name)| {
+                    let found = known.iter().find(|(known, _, _)| *known == name);
+                    IndexStatus {
+                        status: found.map_or_else(|| "building".into(), |(_, s, _)| s.clone()),
+                        error: found.and_then(|(_, _, e)| e.clone()),
+                        field,
+                        name,
+                    }
+                })
+                .collect()
         })
         .collect())
 }

@@ -120,8 +120,8 @@ pub fn month_of(at: DateTime<Utc>) -> String {
 /// A rollup key: tenant, bucket, provider, model, agent, key.
 pub type GroupKey = (String, DateTime<Utc>, String, String, String, String);
 
-/// Sums of a rollup row.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// Sums of a rollup row (read from the columns of the same names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct Sums {
     pub messages: i64,
@@ -830,12 +830,7 @@ pub async fn totals(
                     None
                 },
                 values,
-                sums: Sums {
-                    messages: row.try_get("messages")?,
-                    tokens_in: row.try_get("tokens_in")?,
-                    tokens_out: row.try_get("tokens_out")?,
-                    cost_micros: row.try_get("cost_micros")?,
-                },
+                sums: row.decode::<Sums>()?,
             })
         })
         .collect()
@@ -1137,35 +1132,22 @@ async fn read_rollup(db: &Db, table: &str) -> Result<Table, sqlx::Error> {
                     row.try_get("agent_id")?,
                     row.try_get("api_key")?,
                 ),
-                Sums {
-                    messages: row.try_get("messages")?,
-                    tokens_in: row.try_get("tokens_in")?,
-                    tokens_out: row.try_get("tokens_out")?,
-                    cost_micros: row.try_get("cost_micros")?,
-                },
+                row.decode::<Sums>()?,
             ))
         })
         .collect()
 }
 
 async fn read_spend(db: &Db) -> Result<BTreeMap<(String, String, String), i64>, sqlx::Error> {
-    let rows = db
-        .fetch_all(Statement::new(
+    let rows: Vec<(String, String, String, i64)> = db
+        .fetch_all_as(Statement::new(
             "SELECT tenant_id, scope, month, spent_micros FROM usage_spend",
         ))
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                (
-                    row.try_get("tenant_id")?,
-                    row.try_get("scope")?,
-                    row.try_get("month")?,
-                ),
-                row.try_get("spent_micros")?,
-            ))
-        })
-        .collect()
+    Ok(rows
+        .into_iter()
+        .map(|(tenant, scope, month, micros)| ((tenant, scope, month), micros))
+        .collect())
 }
 
 async fn read_records(db: &Db) -> Result<BTreeMap<String, Sums>, sqlx::Error> {
@@ -1179,61 +1161,41 @@ async fn read_records(db: &Db) -> Result<BTreeMap<String, Sums>, sqlx::Error> {
         ))
         .await?;
     rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get("tenant_id")?,
-                Sums {
-                    messages: row.try_get("messages")?,
-                    tokens_in: row.try_get("tokens_in")?,
-                    tokens_out: row.try_get("tokens_out")?,
-                    cost_micros: row.try_get("cost_micros")?,
-                },
-            ))
-        })
+        .map(|row| Ok((row.try_get("tenant_id")?, row.decode::<Sums>()?)))
         .collect()
 }
 
 async fn read_sessions(db: &Db) -> Result<BTreeSet<(GroupKey, String)>, sqlx::Error> {
-    let rows = db
-        .fetch_all(Statement::new(
-            "SELECT tenant_id, bucket, session_id, provider, model, agent_id, api_key \
-         FROM usage_sessions",
+    type Row = (
+        String,
+        DateTime<Utc>,
+        String,
+        String,
+        String,
+        String,
+        String,
+    );
+    let rows: Vec<Row> = db
+        .fetch_all_as(Statement::new(
+            "SELECT tenant_id, bucket, provider, model, agent_id, api_key, session_id \
+             FROM usage_sessions",
         ))
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                (
-                    row.try_get("tenant_id")?,
-                    row.try_get("bucket")?,
-                    row.try_get("provider")?,
-                    row.try_get("model")?,
-                    row.try_get("agent_id")?,
-                    row.try_get("api_key")?,
-                ),
-                row.try_get("session_id")?,
-            ))
+    Ok(rows
+        .into_iter()
+        .map(|(tenant, bucket, provider, model, agent, key, session)| {
+            ((tenant, bucket, provider, model, agent, key), session)
         })
-        .collect()
+        .collect())
 }
 
 async fn read_session_days(db: &Db) -> Result<BTreeSet<SessionDay>, sqlx::Error> {
-    let rows = db
-        .fetch_all(Statement::new(
+    let rows: Vec<SessionDay> = db
+        .fetch_all_as(Statement::new(
             "SELECT tenant_id, bucket, provider, agent_id, session_id FROM usage_session_days",
         ))
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get("tenant_id")?,
-                row.try_get("bucket")?,
-                row.try_get("provider")?,
-                row.try_get("agent_id")?,
-                row.try_get("session_id")?,
-            ))
-        })
-        .collect()
+    Ok(rows.into_iter().collect())
 }
 
 /// Every element of one set missing from the other, as mismatches.

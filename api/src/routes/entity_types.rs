@@ -75,15 +75,24 @@ pub struct IndexResponse {
     pub error: Option<String>,
 }
 
-async fn indexes(state: &AppState, schema: &Schema) -> Result<Vec<IndexResponse>, ApiError> {
-    Ok(read_model::index_status(state.log.db(), schema)
+/// The indexes of each of `schemas`, in one query.
+async fn indexes(
+    state: &AppState,
+    schemas: &[&Schema],
+) -> Result<Vec<Vec<IndexResponse>>, ApiError> {
+    Ok(read_model::index_status(state.log.db(), schemas)
         .await?
         .into_iter()
-        .map(|index| IndexResponse {
-            field: index.field,
-            name: index.name,
-            status: index.status,
-            error: index.error,
+        .map(|indexes| {
+            indexes
+                .into_iter()
+                .map(|index| IndexResponse {
+                    field: index.field,
+                    name: index.name,
+                    status: index.status,
+                    error: index.error,
+                })
+                .collect()
         })
         .collect())
 }
@@ -295,7 +304,10 @@ pub async fn get_entity_type(
     let body = EntityTypeResponse {
         name: name.to_string(),
         schema: loaded.aggregate.schema().clone(),
-        indexes: indexes(&state, loaded.aggregate.schema()).await?,
+        indexes: indexes(&state, &[loaded.aggregate.schema()])
+            .await?
+            .pop()
+            .unwrap_or_default(),
         version: loaded.version,
         created_at: loaded.created_at,
         updated_at: loaded.updated_at,
@@ -325,18 +337,22 @@ pub async fn list_entity_types(
 ) -> Result<Response, ApiError> {
     let lag = await_consistency(&state, consistency, read_model::NAME).await?;
     let records = read_model::list(state.log.db(), auth.tenant().as_str()).await?;
-    let mut items = Vec::with_capacity(records.len());
-    for r in records {
-        items.push(EntityTypeResponse {
-            name: r.name,
-            indexes: indexes(&state, &r.schema).await?,
-            schema: r.schema,
-            version: r.version as u64,
-            created_at: Some(r.created_at),
-            updated_at: Some(r.updated_at),
-        });
-    }
-    let body = EntityTypeList { items };
+    let schemas: Vec<&Schema> = records.iter().map(|r| &r.schema).collect();
+    let all_indexes = indexes(&state, &schemas).await?;
+    let body = EntityTypeList {
+        items: records
+            .into_iter()
+            .zip(all_indexes)
+            .map(|(r, indexes)| EntityTypeResponse {
+                name: r.name,
+                indexes,
+                schema: r.schema,
+                version: r.version as u64,
+                created_at: Some(r.created_at),
+                updated_at: Some(r.updated_at),
+            })
+            .collect(),
+    };
     Ok(with_lag(ApiJson(body).into_response(), lag))
 }
 
