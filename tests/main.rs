@@ -23,6 +23,7 @@ mod hostile;
 mod operations;
 mod projections;
 mod projectors;
+mod relations;
 mod security;
 mod seeds;
 mod streams;

@@ -249,6 +249,33 @@ fn app_parts(error: &app::Error) -> (StatusCode, &'static str, Value) {
             "REFERENCE_RESTRICTED",
             json!({ "entity": entity_type, "id": id, "referencedBy": referrers }),
         ),
+        RelationNotFound {
+            entity_type,
+            relation,
+        } => (
+            StatusCode::NOT_FOUND,
+            "RESOURCE_NOT_FOUND",
+            json!({ "resource": "relation", "entity": entity_type, "relation": relation }),
+        ),
+        EdgeNotFound {
+            entity_type,
+            id,
+            relation,
+            target_id,
+        } => (
+            StatusCode::NOT_FOUND,
+            "RESOURCE_NOT_FOUND",
+            json!({ "resource": "edge", "entity": entity_type, "id": id, "relation": relation, "targetId": target_id }),
+        ),
+        RelationLimit {
+            entity_type,
+            id,
+            limit,
+        } => (
+            StatusCode::CONFLICT,
+            "RELATION_LIMIT_EXCEEDED",
+            json!({ "entity": entity_type, "id": id, "limit": limit }),
+        ),
         OperationFailed { index, error } => {
             let (status, code, details) = app_parts(error);
             let mut merged = json!({ "operation": index });
@@ -601,6 +628,21 @@ mod tests {
                 entity_type: text(),
                 id: text(),
                 referrers: serde_json::Value::Null,
+            },
+            Error::RelationNotFound {
+                entity_type: text(),
+                relation: text(),
+            },
+            Error::EdgeNotFound {
+                entity_type: text(),
+                id: text(),
+                relation: text(),
+                target_id: text(),
+            },
+            Error::RelationLimit {
+                entity_type: text(),
+                id: text(),
+                limit: 1,
             },
             Error::OperationFailed {
                 index: 1,

@@ -195,7 +195,7 @@ pub async fn import(
                 existing.version(),
             );
             let mut missing_references = Vec::new();
-            for (_, target) in definition.schema.reference_fields() {
+            for target in definition.schema.referenced_types() {
                 if target == &definition.name
                     || missing_references.contains(target)
                     || types.iter().any(|t| &t.name == target)
@@ -318,8 +318,8 @@ mod tests {
             let defined: Vec<EntityTypeName> = types.iter().map(|t| t.name.clone()).collect();
             let missing: Vec<EntityTypeName> = definition
                 .schema
-                .reference_fields()
-                .map(|(_, target)| target.clone())
+                .referenced_types()
+                .cloned()
                 .filter(|target| !defined.contains(target))
                 .collect();
             assert!(missing.is_empty(), "{}: {missing:?}", definition.name);

@@ -19,7 +19,7 @@ pub async fn missing_references(
     schema: &Schema,
 ) -> Result<Vec<EntityTypeName>, Error> {
     let mut missing = Vec::new();
-    for (_, target) in schema.reference_fields() {
+    for target in schema.referenced_types() {
         if target == name || missing.contains(target) {
             continue;
         }

@@ -11,6 +11,11 @@
 //!   that record exists; deleting a record closes its stream, after refusing
 //!   (`onDelete: restrict`) or nullifying (`onDelete: nullify`) what references it.
 //!
+//! - a relation's edge (`link`, `unlink`) is kept on the `Links` stream of the record it
+//!   starts from and listed on the `References` stream of the record it points at; deleting a
+//!   record removes the edges that start at it, and those pointing at it (`onDelete: unlink`)
+//!   or is refused (`restrict`).
+//!
 //! When another writer changed a stream the unit of work read, everything is decided again
 //! (bounded); the operations' outcomes are those of the attempt that committed.
 
@@ -23,9 +28,12 @@ use domain::constraints::{
     UniqueValueError,
 };
 use domain::entity::{Entity, EntityCommand, EntityError};
-use domain::entity_type::{EntityType, FieldViolation, OnDelete, Schema};
+use domain::entity_type::{EntityType, FieldViolation, OnDelete, RelationOnDelete, Schema};
 use domain::metadata::EventMetadata;
 use domain::names::{EntityId, EntityTypeName, TenantId};
+use domain::relation::{
+    Edge, Links, LinksCommand, LinksError, MAX_INCOMING_PER_RECORD, MAX_LINKS_PER_RECORD,
+};
 use eventlog::command::MAX_ATTEMPTS;
 use eventlog::group_commit::KeyUse;
 use eventlog::idempotency::StoredResponse;
@@ -50,6 +58,10 @@ pub enum OpKind {
     Update,
     Replace,
     Delete,
+    /// Add an edge of a relation (the operation's `link`).
+    Link,
+    /// Remove an edge of a relation.
+    Unlink,
 }
 
 impl OpKind {
@@ -59,8 +71,17 @@ impl OpKind {
             Self::Update => "update",
             Self::Replace => "replace",
             Self::Delete => "delete",
+            Self::Link => "link",
+            Self::Unlink => "unlink",
         }
     }
+}
+
+/// The edge a `link` or `unlink` operation names, from the operation's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkTo {
+    pub relation: String,
+    pub target: EntityId,
 }
 
 /// One operation on one record.
@@ -76,9 +97,26 @@ pub struct Operation {
     /// The document (create, replace) or the merge patch (update).
     pub data: Map<String, Value>,
     pub expected_version: Option<u64>,
+    /// For `link` and `unlink`: the edge.
+    pub link: Option<LinkTo>,
 }
 
 impl Operation {
+    /// A `link` (or, with `unlink`, an `unlink`) of the record `id` to `target` by `relation`.
+    pub fn link(
+        unlink: bool,
+        entity_type: EntityTypeName,
+        id: EntityId,
+        relation: String,
+        target: EntityId,
+    ) -> Self {
+        let kind = if unlink { OpKind::Unlink } else { OpKind::Link };
+        Self {
+            link: Some(LinkTo { relation, target }),
+            ..Self::new(kind, entity_type, Some(id), Map::new(), None)
+        }
+    }
+
     pub fn new(
         kind: OpKind,
         entity_type: EntityTypeName,
@@ -94,6 +132,7 @@ impl Operation {
                 .expect("a uuid is a valid id"),
             data,
             expected_version,
+            link: None,
         }
     }
 
@@ -103,6 +142,8 @@ impl Operation {
             OpKind::Update => "UpdateEntity",
             OpKind::Replace => "ReplaceEntity",
             OpKind::Delete => "DeleteEntity",
+            OpKind::Link => "LinkRelation",
+            OpKind::Unlink => "UnlinkRelation",
         }
     }
 }
@@ -122,6 +163,8 @@ pub struct OpResult {
     pub updated_at: Option<DateTime<Utc>>,
     /// The record's last event before this commit (for an operation that changed nothing).
     pub cursor: Option<Cursor>,
+    /// For `link` and `unlink`: the edge, and whether this commit added (removed) it.
+    pub edge: Option<(Edge, bool)>,
 }
 
 impl OpResult {
@@ -174,6 +217,10 @@ fn references_stream(tenant: &TenantId, entity_type: &EntityTypeName, id: &Entit
         References::TYPE,
         format!("{entity_type}/{id}"),
     )
+}
+
+pub fn links_stream(tenant: &TenantId, entity_type: &EntityTypeName, id: &EntityId) -> StreamId {
+    StreamId::new(tenant.clone(), Links::TYPE, format!("{entity_type}/{id}"))
 }
 
 fn unique_stream(
@@ -328,6 +375,9 @@ impl<'a> Writer<'a> {
                 )]));
             }
         };
+        if let (OpKind::Link | OpKind::Unlink, Some(link)) = (op.kind, &op.link) {
+            return self.link(op.kind, &schema, entity_type, &id, link).await;
+        }
         let stream = entity_stream(&self.tenant, entity_type, &id);
         if op.kind == OpKind::Create {
             self.uow.assume_new(std::slice::from_ref(&stream));
@@ -353,6 +403,12 @@ impl<'a> Writer<'a> {
             OpKind::Delete => EntityCommand::DeleteEntity {
                 expected_version: op.expected_version,
             },
+            OpKind::Link | OpKind::Unlink => {
+                return Err(violations(vec![FieldViolation::new(
+                    "relation",
+                    "is required for this operation",
+                )]));
+            }
         };
         let staged = self
             .uow
@@ -374,6 +430,7 @@ impl<'a> Writer<'a> {
             created_at: staged.created_at,
             updated_at: if changed { None } else { staged.updated_at },
             cursor: staged.cursor,
+            edge: None,
         };
         if changed {
             let before = existed.then_some(before);
@@ -382,6 +439,9 @@ impl<'a> Writer<'a> {
             self.keep_references(&schema, entity_type, &id, before.as_ref(), after.as_ref())
                 .await?;
             if op.kind == OpKind::Delete {
+                if !schema.relations.is_empty() {
+                    self.close_links(entity_type, &id).await?;
+                }
                 self.release_referrers(entity_type, &id).await?;
             }
         }
@@ -462,6 +522,7 @@ impl<'a> Writer<'a> {
                 entity_type: entity_type.clone(),
                 id: id.clone(),
                 field: field.to_string(),
+                relation: false,
             };
             if let Some(old) = old {
                 let stream = references_stream(&self.tenant, target_type, &old);
@@ -505,6 +566,217 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Reads ahead, in one query, the records that the `link` operations among `operations`
+    /// point at (and their `References`), once their types are known.
+    async fn prefetch_links(&mut self, operations: &[Operation]) -> Result<(), Error> {
+        let mut streams = Vec::new();
+        for op in operations {
+            let (Some(link), Some(id)) = (&op.link, &op.id) else {
+                continue;
+            };
+            let Ok(schema) = self.schema(&op.entity_type).await else {
+                continue;
+            };
+            streams.push(entity_stream(&self.tenant, &op.entity_type, id));
+            if let Some(spec) = schema.relations.get(&link.relation) {
+                streams.push(entity_stream(&self.tenant, &spec.to, &link.target));
+                streams.push(references_stream(&self.tenant, &spec.to, &link.target));
+            }
+        }
+        if !streams.is_empty() {
+            self.uow.prefetch(&streams).await?;
+        }
+        Ok(())
+    }
+
+    /// A `link` or `unlink` of the record `id`: the edge on the record's `Links`, and on the
+    /// `References` of the record it points at.
+    async fn link(
+        &mut self,
+        kind: OpKind,
+        schema: &Schema,
+        entity_type: &EntityTypeName,
+        id: &EntityId,
+        link: &LinkTo,
+    ) -> Result<OpResult, Error> {
+        let spec = schema
+            .relations
+            .get(&link.relation)
+            .ok_or_else(|| Error::RelationNotFound {
+                entity_type: entity_type.to_string(),
+                relation: link.relation.clone(),
+            })?;
+        let not_found = |entity_type: &EntityTypeName, id: &EntityId| Error::EntityNotFound {
+            entity_type: entity_type.to_string(),
+            id: id.to_string(),
+        };
+        let (exists, _, _) = self
+            .entity(&entity_stream(&self.tenant, entity_type, id))
+            .await?;
+        if !exists {
+            return Err(not_found(entity_type, id));
+        }
+        let edge = Edge {
+            source_type: entity_type.clone(),
+            source_id: id.clone(),
+            relation: link.relation.clone(),
+            target_type: spec.to.clone(),
+            target_id: link.target.clone(),
+        };
+        let referrer = Referrer {
+            entity_type: entity_type.clone(),
+            id: id.clone(),
+            field: link.relation.clone(),
+            relation: true,
+        };
+        let source = links_stream(&self.tenant, entity_type, id);
+        let target = references_stream(&self.tenant, &edge.target_type, &edge.target_id);
+        let limit = |entity_type: &EntityTypeName, id: &EntityId, limit| Error::RelationLimit {
+            entity_type: entity_type.to_string(),
+            id: id.to_string(),
+            limit,
+        };
+        let command = if kind == OpKind::Link {
+            let (exists, _, _) = self
+                .entity(&entity_stream(
+                    &self.tenant,
+                    &edge.target_type,
+                    &edge.target_id,
+                ))
+                .await?;
+            if !exists {
+                return Err(not_found(&edge.target_type, &edge.target_id));
+            }
+            LinksCommand::Link { edge: edge.clone() }
+        } else {
+            LinksCommand::Unlink {
+                relation: link.relation.clone(),
+                target_id: link.target.clone(),
+            }
+        };
+        let before = self
+            .uow
+            .state::<Links>(&source)
+            .await
+            .map_err(|e| command_error(e, Error::internal))?
+            .version();
+        let staged = self
+            .uow
+            .execute::<Links>(&source, command, &())
+            .await
+            .map_err(|e| {
+                command_error(e, |e| match e {
+                    LinksError::SourceDeleted => not_found(entity_type, id),
+                    LinksError::TooMany => limit(entity_type, id, MAX_LINKS_PER_RECORD),
+                })
+            })?;
+        let (version, cursor) = (staged.version(), staged.cursor);
+        let changed = version != before;
+        if kind == OpKind::Unlink && !changed {
+            return Err(Error::EdgeNotFound {
+                entity_type: entity_type.to_string(),
+                id: id.to_string(),
+                relation: link.relation.clone(),
+                target_id: link.target.to_string(),
+            });
+        }
+        if changed {
+            let command = if kind == OpKind::Link {
+                let incoming = self
+                    .uow
+                    .state::<References>(&target)
+                    .await
+                    .map_err(|e| command_error(e, Error::internal))?
+                    .aggregate
+                    .referrers()
+                    .len();
+                if incoming >= MAX_INCOMING_PER_RECORD {
+                    return Err(limit(
+                        &edge.target_type,
+                        &edge.target_id,
+                        MAX_INCOMING_PER_RECORD,
+                    ));
+                }
+                ReferencesCommand::Add {
+                    target_type: edge.target_type.clone(),
+                    target_id: edge.target_id.clone(),
+                    referrer,
+                }
+            } else {
+                ReferencesCommand::Remove { referrer }
+            };
+            self.uow
+                .execute::<References>(&target, command, &())
+                .await
+                .map_err(|e| {
+                    command_error(e, |e| match e {
+                        ReferencesError::TargetDeleted => {
+                            not_found(&edge.target_type, &edge.target_id)
+                        }
+                        other => Error::internal(other),
+                    })
+                })?;
+        }
+        Ok(OpResult {
+            kind,
+            entity_type: entity_type.clone(),
+            id: id.clone(),
+            version,
+            data: Map::new(),
+            deleted: false,
+            created_at: None,
+            updated_at: None,
+            cursor,
+            edge: Some((edge, changed)),
+        })
+    }
+
+    /// Before a record with relations goes: every edge that starts at it is removed from the
+    /// record it points at, and its `Links` closed.
+    async fn close_links(
+        &mut self,
+        entity_type: &EntityTypeName,
+        id: &EntityId,
+    ) -> Result<(), Error> {
+        let stream = links_stream(&self.tenant, entity_type, id);
+        let edges: Vec<Edge> = self
+            .uow
+            .state::<Links>(&stream)
+            .await
+            .map_err(|e| command_error(e, Error::internal))?
+            .aggregate
+            .edges()
+            .iter()
+            .cloned()
+            .collect();
+        let targets: Vec<StreamId> = edges
+            .iter()
+            .map(|e| references_stream(&self.tenant, &e.target_type, &e.target_id))
+            .collect();
+        self.uow.prefetch(&targets).await?;
+        for (edge, target) in edges.into_iter().zip(targets) {
+            let referrer = Referrer {
+                entity_type: entity_type.clone(),
+                id: id.clone(),
+                field: edge.relation,
+                relation: true,
+            };
+            self.uow
+                .execute::<References>(&target, ReferencesCommand::Remove { referrer }, &())
+                .await
+                .map_err(|e| command_error(e, Error::internal))?;
+        }
+        let command = LinksCommand::Close {
+            source_type: entity_type.clone(),
+            source_id: id.clone(),
+        };
+        self.uow
+            .execute::<Links>(&stream, command, &())
+            .await
+            .map_err(|e| command_error(e, Error::internal))?;
+        Ok(())
+    }
+
     /// Before a record goes: refuse if a `restrict` reference points at it, nullify the
     /// `nullify` ones, then close its references.
     async fn release_referrers(
@@ -523,10 +795,30 @@ impl<'a> Writer<'a> {
             .iter()
             .cloned()
             .collect();
+        let sources: Vec<StreamId> = referrers
+            .iter()
+            .filter(|r| r.relation)
+            .map(|r| links_stream(&self.tenant, &r.entity_type, &r.id))
+            .collect();
+        if !sources.is_empty() {
+            self.uow.prefetch(&sources).await?;
+        }
         let mut restricting = Vec::new();
         let mut nullify = Vec::new();
+        let mut unlink = Vec::new();
         for referrer in referrers {
             let schema = self.schema(&referrer.entity_type).await?;
+            if referrer.relation {
+                let policy = schema
+                    .relations
+                    .get(&referrer.field)
+                    .map_or(RelationOnDelete::Restrict, |spec| spec.on_delete());
+                match policy {
+                    RelationOnDelete::Restrict => restricting.push(referrer),
+                    RelationOnDelete::Unlink => unlink.push(referrer),
+                }
+                continue;
+            }
             let policy = schema
                 .fields
                 .get(&referrer.field)
@@ -554,6 +846,21 @@ impl<'a> Writer<'a> {
                 None,
             );
             Box::pin(self.apply(&op)).await?;
+        }
+        for referrer in unlink {
+            let source = links_stream(&self.tenant, &referrer.entity_type, &referrer.id);
+            let command = LinksCommand::Unlink {
+                relation: referrer.field.clone(),
+                target_id: id.clone(),
+            };
+            self.uow
+                .execute::<Links>(&source, command, &())
+                .await
+                .map_err(|e| command_error(e, Error::internal))?;
+            self.uow
+                .execute::<References>(&stream, ReferencesCommand::Remove { referrer }, &())
+                .await
+                .map_err(|e| command_error(e, Error::internal))?;
         }
         let command = ReferencesCommand::Close {
             target_type: entity_type.clone(),
@@ -584,8 +891,15 @@ fn streams_read(tenant: &TenantId, operations: &[Operation]) -> Vec<StreamId> {
         streams.push(type_stream(tenant, &op.entity_type));
         let id = op.id.as_ref().unwrap_or(&op.generated_id);
         streams.push(entity_stream(tenant, &op.entity_type, id));
-        if op.kind == OpKind::Delete {
-            streams.push(references_stream(tenant, &op.entity_type, id));
+        match (op.kind, &op.link) {
+            (OpKind::Delete, _) => {
+                streams.push(references_stream(tenant, &op.entity_type, id));
+                streams.push(links_stream(tenant, &op.entity_type, id));
+            }
+            (OpKind::Link | OpKind::Unlink, Some(_)) => {
+                streams.push(links_stream(tenant, &op.entity_type, id));
+            }
+            _ => {}
         }
     }
     streams
@@ -649,6 +963,9 @@ pub async fn write(
         writer.uow.assume_new(&streams_created(tenant, operations));
         if let Err(error) = writer.uow.prefetch(&streams_read(tenant, operations)).await {
             return Err(failure(error.into(), None));
+        }
+        if let Err(error) = writer.prefetch_links(operations).await {
+            return Err(failure(error, None));
         }
         let mut results = Vec::with_capacity(operations.len());
         for (index, op) in operations.iter().enumerate() {

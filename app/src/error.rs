@@ -62,6 +62,27 @@ pub enum Error {
         id: String,
         referrers: Value,
     },
+    /// The entity type declares no such relation.
+    #[error("{entity_type} records have no relation '{relation}'")]
+    RelationNotFound {
+        entity_type: String,
+        relation: String,
+    },
+    /// The record has no such edge (unlink).
+    #[error("{entity_type} record '{id}' is not linked to '{target_id}' by '{relation}'")]
+    EdgeNotFound {
+        entity_type: String,
+        id: String,
+        relation: String,
+        target_id: String,
+    },
+    /// A record would have more relations than a record may have.
+    #[error("the {entity_type} record '{id}' has the most relations a record may have ({limit})")]
+    RelationLimit {
+        entity_type: String,
+        id: String,
+        limit: usize,
+    },
     #[error("operation {index} failed: {error}")]
     OperationFailed { index: usize, error: Box<Error> },
     /// The command expected the record at another version than its current one.
@@ -161,6 +182,9 @@ impl Error {
             | Error::IncompatibleSchemaChange(_)
             | Error::UniqueViolation { .. }
             | Error::ReferenceRestricted { .. }
+            | Error::RelationNotFound { .. }
+            | Error::EdgeNotFound { .. }
+            | Error::RelationLimit { .. }
             | Error::VersionConflict { .. }
             | Error::ConcurrentModification
             | Error::IdempotencyKeyRequired

@@ -8,7 +8,8 @@
 //! - [`References`]: one stream per referenced record, listing the records that reference it.
 //!   Referencing a record adds to its list; deleting it closes the list, which is refused while
 //!   the list is not empty (the gateway first nullifies or refuses, per the field's
-//!   `onDelete`), and a closed list takes no new references.
+//!   `onDelete`), and a closed list takes no new references. Relations that point at a
+//!   record are listed there too ([`crate::relation`]), so the same close guards them.
 
 use std::collections::BTreeSet;
 
@@ -152,13 +153,20 @@ impl Aggregate for UniqueValue {
     }
 }
 
-/// One referencing record: its type, id and the field that holds the reference.
+/// One referencing record: its type, id and the field that holds the reference, or, with
+/// `relation`, the name of the relation that links it (see [`crate::relation`]).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Referrer {
     pub entity_type: EntityTypeName,
     pub id: EntityId,
     pub field: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub relation: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -383,6 +391,7 @@ mod tests {
             entity_type: EntityTypeName::parse("orders").unwrap(),
             id: id("o1"),
             field: "user".into(),
+            relation: false,
         }
     }
 

@@ -25,6 +25,8 @@ pub const MAX_FIELDS: usize = 100;
 pub const MAX_KEY_FIELDS: usize = 5;
 /// At most this many values in an `enum`.
 pub const MAX_ENUM_VALUES: usize = 100;
+/// At most this many declared relations per type.
+pub const MAX_RELATIONS: usize = 20;
 
 /// One problem with a document or a schema, naming the field it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +77,37 @@ pub enum OnDelete {
     Restrict,
     /// The referencing field is removed from every referencing record, in the same commit.
     Nullify,
+}
+
+/// What deleting a record does to the relations of other records that point at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RelationOnDelete {
+    /// The relations pointing at the record are removed, in the same commit.
+    #[default]
+    Unlink,
+    /// The delete is refused while a relation points at the record.
+    Restrict,
+}
+
+/// One declared relation: typed, directed edges from records of this type to records of
+/// the type `to`, many to many. Edges are not fields of the document: they are linked and
+/// unlinked on their own (`/v1/{entity}/{id}/relations/{relation}/{target}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RelationSpec {
+    /// The type of the records the relation points at.
+    pub to: EntityTypeName,
+    /// What deleting a record this relation points at does (default `unlink`). Deleting the
+    /// record a relation starts from always removes its relations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_delete: Option<RelationOnDelete>,
+}
+
+impl RelationSpec {
+    pub fn on_delete(&self) -> RelationOnDelete {
+        self.on_delete.unwrap_or_default()
+    }
 }
 
 /// One declared field.
@@ -128,6 +161,9 @@ pub struct Schema {
     pub schemaless: bool,
     #[serde(default)]
     pub fields: BTreeMap<String, FieldSpec>,
+    /// The relations from records of this type, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub relations: BTreeMap<String, RelationSpec>,
 }
 
 /// Whether `name` can name a field: a letter or `_`, then up to 62 letters, digits or `_`.
@@ -291,12 +327,40 @@ impl Schema {
                 ));
             }
         }
+        if self.relations.len() > MAX_RELATIONS {
+            problems.push(FieldViolation::new(
+                "relations",
+                format!("at most {MAX_RELATIONS} relations"),
+            ));
+        }
+        for (name, spec) in &self.relations {
+            let at = |what: &str| format!("relations.{name}{what}");
+            if !valid_field_name(name) {
+                problems.push(FieldViolation::new(
+                    at(""),
+                    "a relation name starts with a letter or '_' and has at most 63 letters, digits or '_'",
+                ));
+            }
+            if self.fields.contains_key(name) || SYSTEM_FIELDS.contains(&name.as_str()) {
+                problems.push(FieldViolation::new(
+                    at(""),
+                    "a relation cannot have the name of a field",
+                ));
+            }
+            if spec.to != *own_name && !type_exists(&spec.to) {
+                problems.push(FieldViolation::new(
+                    at(".to"),
+                    format!("no entity type '{}'", spec.to),
+                ));
+            }
+        }
         problems
     }
 
     /// The changes from `self` to `new` that records written under `self` might not satisfy.
     /// Allowed: new optional fields, dropping `required` or `unique`, a longer or removed
-    /// maximum length, more enum values or none, and changes of `indexed` and `onDelete`.
+    /// maximum length, more enum values or none, changes of `indexed` and `onDelete`, and new relations
+    /// (a relation keeps its target type and is never removed).
     pub fn incompatibilities(&self, new: &Schema) -> Vec<FieldViolation> {
         let mut problems = Vec::new();
         if self.key != new.key {
@@ -356,6 +420,19 @@ impl Schema {
                     at(".enum"),
                     "enum values cannot be removed",
                 ));
+            }
+        }
+        for (name, old) in &self.relations {
+            match new.relations.get(name) {
+                None => problems.push(FieldViolation::new(
+                    format!("relations.{name}"),
+                    "a relation cannot be removed: records may be linked by it",
+                )),
+                Some(spec) if spec.to != old.to => problems.push(FieldViolation::new(
+                    format!("relations.{name}.to"),
+                    "the type a relation points at cannot change",
+                )),
+                Some(_) => {}
             }
         }
         for (name, spec) in &new.fields {
@@ -439,6 +516,14 @@ impl Schema {
             .iter()
             .filter(|(_, spec)| spec.unique)
             .map(|(name, _)| name.as_str())
+    }
+
+    /// Every type the schema points at, through reference fields or relations (possibly
+    /// more than once).
+    pub fn referenced_types(&self) -> impl Iterator<Item = &EntityTypeName> {
+        self.reference_fields()
+            .map(|(_, target)| target)
+            .chain(self.relations.values().map(|spec| &spec.to))
     }
 
     /// The reference fields and the types they reference.

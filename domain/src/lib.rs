@@ -23,6 +23,7 @@ pub mod merge_patch;
 pub mod metadata;
 pub mod names;
 pub mod provider;
+pub mod relation;
 pub mod roles;
 pub mod session;
 pub mod tenant;

@@ -46,7 +46,10 @@ const READER: Visibility = Visibility {
 /// The visibility of events of `event_type` on an aggregate of `aggregate_type`.
 pub fn of(aggregate_type: &str, event_type: &str) -> Visibility {
     match (aggregate_type, event_type) {
-        ("Entity" | "EntityType" | "UniqueValue" | "References" | "Agent" | "Session", _) => READER,
+        (
+            "Entity" | "EntityType" | "UniqueValue" | "References" | "Links" | "Agent" | "Session",
+            _,
+        ) => READER,
         ("Budget", _) => Visibility {
             role: Role::Analyst,
             internal_fields: &[],
@@ -75,6 +78,7 @@ mod tests {
             crate::entity_type::EntityType::TYPE,
             crate::constraints::UniqueValue::TYPE,
             crate::constraints::References::TYPE,
+            crate::relation::Links::TYPE,
             crate::agent::Agent::TYPE,
             crate::session::Session::TYPE,
         ] {

@@ -14,7 +14,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::collections::BTreeMap;
+
 use domain::entity_type::{FieldKind, Schema, normalize_timestamp};
+use domain::names::EntityTypeName;
 use eventlog::Backend;
 use serde_json::{Map, Number, Value};
 
@@ -146,6 +149,22 @@ pub enum Filter {
         field: FieldRef,
         is_null: bool,
     },
+    /// The record is linked, through `via`, to a record of `target` that matches `filter`
+    /// (one hop: `filter` itself does not hop).
+    Related {
+        via: Via,
+        target: EntityTypeName,
+        filter: Box<Filter>,
+    },
+}
+
+/// How a condition reaches related records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Via {
+    /// The record's reference field of this name.
+    Field(String),
+    /// The record's relation of this name (some edge reaches a matching record).
+    Relation(String),
 }
 
 const OPERATORS: &[&str] = &[
@@ -255,10 +274,54 @@ fn kind_for(field: &FieldRef, value: &Scalar) -> Kind {
 
 struct Parser<'a> {
     schema: &'a Schema,
+    /// The schemas of the types the record's references and relations point at; `None`
+    /// inside a hop (one hop at most).
+    related: Option<&'a BTreeMap<EntityTypeName, Schema>>,
     conditions: usize,
 }
 
 impl Parser<'_> {
+    /// `name`'s hop, when it is a reference field or a relation of the schema.
+    fn hop(&self, name: &str) -> Option<(Via, EntityTypeName)> {
+        if let Some(spec) = self.schema.relations.get(name) {
+            return Some((Via::Relation(name.to_string()), spec.to.clone()));
+        }
+        let spec = self.schema.fields.get(name)?;
+        Some((Via::Field(name.to_string()), spec.references.clone()?))
+    }
+
+    /// Parses `value` (with `inner` a condition or an object of conditions) against the
+    /// schema of the records `via` reaches.
+    fn related(
+        &mut self,
+        (via, target): (Via, EntityTypeName),
+        inner: impl FnOnce(&mut Parser<'_>) -> Result<Filter, QueryError>,
+    ) -> Result<Filter, QueryError> {
+        let name = match &via {
+            Via::Field(name) | Via::Relation(name) => name.clone(),
+        };
+        let Some(related) = self.related else {
+            return err(format!(
+                "'{name}': a condition follows at most one reference or relation"
+            ));
+        };
+        let Some(schema) = related.get(&target) else {
+            return err(format!("'{name}': no entity type '{target}'"));
+        };
+        let mut parser = Parser {
+            schema,
+            related: None,
+            conditions: self.conditions,
+        };
+        let filter = inner(&mut parser)?;
+        self.conditions = parser.conditions;
+        Ok(Filter::Related {
+            via,
+            target,
+            filter: Box::new(filter),
+        })
+    }
+
     fn count(&mut self) -> Result<(), QueryError> {
         self.conditions += 1;
         if self.conditions > MAX_CONDITIONS {
@@ -296,6 +359,19 @@ impl Parser<'_> {
                     }
                     _ => {}
                 }
+                // `{"owner": {"country": "DE"}}`: conditions on the related record.
+                if let (Some(hop), Value::Object(inner)) = (self.hop(key), value)
+                    && !inner.is_empty()
+                    && !inner.keys().any(|k| OPERATORS.contains(&k.as_str()))
+                {
+                    parts.push(self.related(hop, |parser| parser.node(value, ""))?);
+                    continue;
+                }
+                if self.schema.relations.contains_key(key) {
+                    return err(format!(
+                        "'{key}' is a relation: give conditions on its records, e.g. {{\"{key}\": {{\"id\": \"…\"}}}}"
+                    ));
+                }
             }
             let path = if prefix.is_empty() {
                 key.clone()
@@ -313,6 +389,13 @@ impl Parser<'_> {
 
     /// `"path": value` (equality), `"path": {"op": value, …}`, or `"path": {"nested": …}`.
     fn field(&mut self, path: &str, value: &Value) -> Result<Filter, QueryError> {
+        // `"owner.country": "DE"`: a condition on the related record.
+        if let Some((head, rest)) = path.split_once('.')
+            && let Some(hop) = self.hop(head)
+        {
+            let rest = rest.to_string();
+            return self.related(hop, |parser| parser.field(&rest, value));
+        }
         if let Value::Object(ops) = value {
             let operators = ops
                 .keys()
@@ -437,13 +520,24 @@ impl Parser<'_> {
     }
 }
 
-/// Parses a `where` document against `schema`.
+/// Parses a `where` document against `schema`, without conditions on related records.
 pub fn parse_where(value: &Value, schema: &Schema) -> Result<Filter, QueryError> {
+    parse_where_related(value, schema, &BTreeMap::new())
+}
+
+/// Parses a `where` document against `schema`; conditions may follow one reference field or
+/// relation to the records it reaches, whose types' schemas are in `related`.
+pub fn parse_where_related(
+    value: &Value,
+    schema: &Schema,
+    related: &BTreeMap<EntityTypeName, Schema>,
+) -> Result<Filter, QueryError> {
     if !value.is_object() {
         return err("where is a JSON object");
     }
     Parser {
         schema,
+        related: Some(related),
         conditions: 0,
     }
     .node(value, "")
@@ -894,6 +988,38 @@ pub fn compile(backend: Backend, filter: &Filter, sql: &mut Sql) {
                     sql.text.push_str(&format!("({e} >= {low} AND {starts})"));
                 }
             }
+        }
+        Filter::Related {
+            via,
+            target,
+            filter,
+        } => {
+            // Unqualified `id` and `data` inside the subquery are the related record's.
+            let target = sql.bind(backend, Scalar::Text(target.to_string()));
+            let matching = format!(
+                "SELECT id FROM entities WHERE tenant_id = $1 AND entity_type = {target} \
+                 AND deleted_at IS NULL AND "
+            );
+            match via {
+                Via::Field(field) => {
+                    let e = expression(backend, std::slice::from_ref(field), Kind::Text);
+                    sql.text.push_str(&format!("{e} IN ("));
+                }
+                Via::Relation(relation) => {
+                    let relation = sql.bind(backend, Scalar::Text(relation.clone()));
+                    sql.text.push_str(&format!(
+                        "id IN (SELECT source_id FROM relations WHERE tenant_id = $1 \
+                         AND source_type = $2 AND relation = {relation} \
+                         AND target_type = {target} AND target_id IN ("
+                    ));
+                }
+            }
+            sql.text.push_str(&matching);
+            compile(backend, filter, sql);
+            sql.text.push_str(match via {
+                Via::Field(_) => ")",
+                Via::Relation(_) => "))",
+            });
         }
         Filter::IsNull { field, is_null } => {
             let text = if field.is_id {

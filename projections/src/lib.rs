@@ -16,6 +16,7 @@ pub mod entities;
 pub mod entity_query;
 pub mod entity_types;
 pub mod progress;
+pub mod relations;
 pub mod sessions;
 pub mod tenants;
 pub mod usage;
@@ -103,6 +104,7 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projector>> {
     vec![
         std::sync::Arc::new(entities::EntitiesProjector),
         std::sync::Arc::new(entity_types::EntityTypesProjector),
+        std::sync::Arc::new(relations::RelationsProjector),
         std::sync::Arc::new(tenants::TenantsProjector),
         std::sync::Arc::new(api_keys::ApiKeysProjector),
         std::sync::Arc::new(agents::AgentsProjector),

@@ -29,6 +29,7 @@ use app::idempotency::{self};
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
 use crate::respond::{self};
+use crate::routes::relations::{EdgeResponse, edge_body};
 use crate::routes::support::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, await_consistency, with_lag};
 use crate::state::AppState;
 use app::entity_writes::{self, MAX_OPERATIONS, OpKind, OpResult, Operation};
@@ -374,6 +375,26 @@ pub async fn get_entity(
     Ok(with_lag(response, lag))
 }
 
+/// The schemas of the types `schema`'s reference fields and relations point at, for
+/// conditions that follow them (a type that no longer exists is left out).
+async fn related_schemas(
+    state: &AppState,
+    tenant: &TenantId,
+    schema: &Schema,
+) -> Result<std::collections::BTreeMap<EntityTypeName, Schema>, ApiError> {
+    let mut related = std::collections::BTreeMap::new();
+    for target in schema.referenced_types() {
+        if related.contains_key(target) {
+            continue;
+        }
+        let loaded = entity_writes::load_type(&state.log, tenant, target).await?;
+        if loaded.aggregate.exists() {
+            related.insert(target.clone(), loaded.aggregate.schema().clone());
+        }
+    }
+    Ok(related)
+}
+
 fn invalid(name: &'static str) -> impl Fn(QueryError) -> ApiError {
     move |e| {
         AppError::InvalidParameter {
@@ -441,18 +462,21 @@ pub async fn list_entities(
         }
     };
     let schema = schema_of(&state, tenant, &entity_type).await?;
-    let filter = query
-        .r#where
-        .as_deref()
-        .map(|raw| {
+    let filter = match query.r#where.as_deref() {
+        None => None,
+        Some(raw) => {
             let value: Value =
                 serde_json::from_str(raw).map_err(|e| AppError::InvalidParameter {
                     name: "where",
                     reason: format!("not JSON: {e}"),
                 })?;
-            entity_query::parse_where(&value, &schema).map_err(invalid("where"))
-        })
-        .transpose()?;
+            let related = related_schemas(&state, tenant, &schema).await?;
+            Some(
+                entity_query::parse_where_related(&value, &schema, &related)
+                    .map_err(invalid("where"))?,
+            )
+        }
+    };
     let order = entity_query::parse_order(query.order_by.as_deref(), &schema)
         .map_err(invalid("orderBy"))?;
     let after = query
@@ -718,7 +742,7 @@ pub async fn entity_history(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TransactOperation {
-    /// `create`, `update` (merge patch), `replace` or `delete`.
+    /// `create`, `update` (merge patch), `replace`, `delete`, `link` or `unlink`.
     #[schema(example = "create")]
     pub op: String,
     #[schema(example = "users")]
@@ -729,6 +753,10 @@ pub struct TransactOperation {
     pub data: Option<Value>,
     /// The version the record must still have (the number of its `ETag`).
     pub if_match: Option<u64>,
+    /// `link` and `unlink`: the relation of the record `id`.
+    pub relation: Option<String>,
+    /// `link` and `unlink`: the id of the record the edge points at.
+    pub target: Option<String>,
 }
 
 /// Body of `POST /v1/_transact`.
@@ -743,10 +771,14 @@ pub struct TransactRequest {
 #[serde(rename_all = "camelCase")]
 pub struct TransactResult {
     pub op: String,
-    /// 201 for a create, 200 otherwise.
+    /// 201 for a create or a new edge, 200 otherwise.
     pub status: u16,
+    /// The record (operations on records).
     #[serde(flatten)]
-    pub record: EntityResponse,
+    pub record: Option<EntityResponse>,
+    /// The edge (`link`, `unlink`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeResponse>,
 }
 
 /// Response of `POST /v1/_transact`.
@@ -765,14 +797,48 @@ fn operation_of(index: usize, raw: TransactOperation) -> Result<Operation, AppEr
         "update" => OpKind::Update,
         "replace" => OpKind::Replace,
         "delete" => OpKind::Delete,
+        "link" => OpKind::Link,
+        "unlink" => OpKind::Unlink,
         other => {
             return Err(at(AppError::Validation(vec![FieldError {
                 field: "op".into(),
-                message: format!("'{other}' is not one of create, update, replace, delete"),
+                message: format!(
+                    "'{other}' is not one of create, update, replace, delete, link, unlink"
+                ),
             }])));
         }
     };
     let entity_type = entity_type(raw.entity).map_err(at)?;
+    let required = |field: &str| {
+        at(AppError::Validation(vec![FieldError {
+            field: field.into(),
+            message: "is required for this operation".into(),
+        }]))
+    };
+    if matches!(kind, OpKind::Link | OpKind::Unlink) {
+        if raw.data.is_some() || raw.if_match.is_some() {
+            return Err(at(AppError::Validation(vec![FieldError {
+                field: "data".into(),
+                message: "a link or unlink takes relation and target, no data or ifMatch".into(),
+            }])));
+        }
+        let id = entity_id(raw.id.ok_or_else(|| required("id"))?).map_err(at)?;
+        let relation = raw.relation.ok_or_else(|| required("relation"))?;
+        let target = entity_id(raw.target.ok_or_else(|| required("target"))?).map_err(at)?;
+        return Ok(Operation::link(
+            kind == OpKind::Unlink,
+            entity_type,
+            id,
+            relation,
+            target,
+        ));
+    }
+    if raw.relation.is_some() || raw.target.is_some() {
+        return Err(at(AppError::Validation(vec![FieldError {
+            field: "relation".into(),
+            message: "only link and unlink take relation and target".into(),
+        }])));
+    }
     let mut data = match (kind, raw.data) {
         (OpKind::Delete, None) => Map::new(),
         (OpKind::Delete, Some(_)) => {
@@ -861,14 +927,27 @@ pub async fn transact(
         let body = TransactResponse {
             results: results
                 .iter()
-                .map(|result| TransactResult {
-                    op: result.kind.as_str().to_string(),
-                    status: if result.kind == OpKind::Create {
-                        201
-                    } else {
-                        200
+                .map(|result| match &result.edge {
+                    Some((_, changed)) => TransactResult {
+                        op: result.kind.as_str().to_string(),
+                        status: if result.kind == OpKind::Link && *changed {
+                            201
+                        } else {
+                            200
+                        },
+                        record: None,
+                        edge: Some(edge_body(result)),
                     },
-                    record: result_body(result, committed),
+                    None => TransactResult {
+                        op: result.kind.as_str().to_string(),
+                        status: if result.kind == OpKind::Create {
+                            201
+                        } else {
+                            200
+                        },
+                        record: Some(result_body(result, committed)),
+                        edge: None,
+                    },
                 })
                 .collect(),
         };

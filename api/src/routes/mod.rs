@@ -9,6 +9,7 @@ pub mod entity_types;
 pub mod events;
 pub mod me;
 pub mod ops;
+pub mod relations;
 pub mod sessions;
 pub mod support;
 pub mod tenants;
@@ -241,6 +242,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(budgets::router())
         .merge(entity_types::router())
         .merge(entities::router())
+        .merge(relations::router())
 }
 
 /// Refuses, before any other work, request targets over `GATEWAY_MAX_URI_BYTES` (414), a
