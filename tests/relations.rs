@@ -467,3 +467,81 @@ fn url_encode(raw: &str) -> String {
         })
         .collect()
 }
+
+async fn the_relation_seed_has_seed_003s_shape(backend: Backend) {
+    let db = crate::helpers::TestDb::new(backend).await;
+    let settings = db.settings();
+    let mut stages = std::collections::BTreeSet::new();
+    let shape = app::seed::RelationShape {
+        users: 400,
+        projects: 300,
+        resources: 300,
+        batch: 120,
+        concurrency: 3,
+    };
+    let report = app::seed::relations(&settings, "ddms", shape, |stage, _, _| {
+        stages.insert(stage.to_string());
+    })
+    .await
+    .expect("the seed runs");
+    assert_eq!(
+        (report.users, report.projects, report.resources),
+        (400, 300, 300)
+    );
+    // Two members per project and two users per resource: 1.2 edges per record.
+    assert_eq!(report.edges, 1_200);
+    // A record each, a reference each for projects and resources, two events per edge.
+    assert_eq!(report.events, 1_000 + 600 + 2 * 1_200);
+    for stage in ["users", "projects", "resources", "members", "relations"] {
+        assert!(stages.contains(stage), "{stage} in {stages:?}");
+    }
+    let again = app::seed::relations(&settings, "ddms", shape, |_, _, _| {}).await;
+    assert!(
+        again.is_err(),
+        "a second seed of the same tenant is refused"
+    );
+
+    let app = crate::helpers::spawn_app_on(db.share(), |_| {}).await;
+    let key = report.reader_key.clone();
+    let get = |path: String| {
+        let request = app.with_key(Method::GET, &path, &key);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let members = get("/v1/projects/project-0000007/relations/members".into()).await;
+    assert_eq!(members["items"].as_array().unwrap().len(), 2);
+    assert!(members["items"][0]["record"]["data"]["email"].is_string());
+    let user = members["items"][0]["id"].as_str().unwrap().to_string();
+    let incoming = get(format!("/v1/users/{user}/incoming/projects/members")).await;
+    assert!(ids(&incoming).contains(&"project-0000007".to_string()));
+
+    // One hop, both ways, agree with the records' own data.
+    let filter = url_encode(r#"{"owner":{"country":"DE"}}"#);
+    let page = get(format!("/v1/projects?where={filter}&limit=500&count=exact")).await;
+    let total = page["total"].as_i64().unwrap();
+    assert!(total > 0 && total < 300, "{total}");
+    for item in page["items"].as_array().unwrap() {
+        let owner = item["data"]["owner"].as_str().unwrap();
+        let owner = get(format!("/v1/users/{owner}")).await;
+        assert_eq!(owner["data"]["country"], "DE");
+    }
+    let filter = url_encode(r#"{"members":{"country":"DE"}}"#);
+    let page = get(format!("/v1/projects?where={filter}&limit=500&count=exact")).await;
+    assert!(page["total"].as_i64().unwrap() > 0);
+    let project = page["items"][0]["id"].as_str().unwrap();
+    let members = get(format!("/v1/projects/{project}/relations/members")).await;
+    assert!(
+        members["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["record"]["data"]["country"] == "DE")
+    );
+}
+both_backends!(
+    the_relation_seed_has_seed_003s_shape,
+    the_relation_seed_has_seed_003s_shape
+);

@@ -495,3 +495,307 @@ async fn benchmark_tenant(
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(key.token)
 }
+
+/// What `gateway seed relations` did.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelationSeed {
+    pub tenant: String,
+    /// A reader key of the tenant, for `gateway-bench --workload relation-queries`.
+    pub reader_key: String,
+    pub users: u64,
+    pub projects: u64,
+    pub resources: u64,
+    pub edges: u64,
+    pub events: u64,
+    pub batch: usize,
+    pub concurrency: usize,
+    pub record_seconds: f64,
+    pub records_per_second: f64,
+    pub edge_seconds: f64,
+    pub edges_per_second: f64,
+    pub projection_seconds: f64,
+}
+
+/// How many records of each type `gateway seed relations` creates.
+#[derive(Debug, Clone, Copy)]
+pub struct RelationShape {
+    pub users: u64,
+    pub projects: u64,
+    pub resources: u64,
+    /// Operations per commit.
+    pub batch: usize,
+    /// Commits in flight.
+    pub concurrency: usize,
+}
+
+/// The countries of seeded users: `DE` is one in ten.
+const COUNTRIES: [&str; 10] = ["DE", "FR", "US", "GB", "NL", "ES", "IT", "PL", "SE", "JP"];
+
+/// The kinds of seeded resources.
+const KINDS: [&str; 4] = ["dataset", "model", "notebook", "dashboard"];
+
+fn spread(n: u64) -> u64 {
+    n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16
+}
+
+/// Record `n`'s partner among `m` records: scattered, but distinct for distinct `n` below
+/// `m`, so that batches written at the same time touch different records (and do not
+/// conflict on their `References`).
+fn scatter(n: u64, m: u64) -> u64 {
+    if m == 0 {
+        return 0;
+    }
+    let step = [7919u64, 7907, 7901]
+        .into_iter()
+        .find(|p| m % p != 0)
+        .unwrap_or(1);
+    (n % m) * step % m
+}
+
+/// The types of seed 003's data set: `users`, `projects` (owned by a user, with `members`)
+/// and `resources` (in a project, with `users` that use them).
+fn relation_types() -> anyhow::Result<Vec<crate::catalogue::TypeDefinition>> {
+    let types = json!({"entityTypes": [
+        {"name": "users", "fields": {
+            "name": {"type": "string", "required": true},
+            "email": {"type": "string", "required": true},
+            "country": {"type": "string", "required": true, "indexed": true}
+        }},
+        {"name": "projects", "fields": {
+            "name": {"type": "string", "required": true},
+            "status": {"type": "string", "enum": ["active", "archived"], "indexed": true},
+            "owner": {"type": "reference", "references": "users", "required": true}
+        }, "relations": {"members": {"to": "users"}}},
+        {"name": "resources", "fields": {
+            "name": {"type": "string", "required": true},
+            "kind": {"type": "string", "indexed": true},
+            "project": {"type": "reference", "references": "projects", "required": true}
+        }, "relations": {"users": {"to": "users"}}}
+    ]});
+    crate::catalogue::parse(types).map_err(|e| anyhow::anyhow!("the seed's types: {e:?}"))
+}
+
+/// Runs `operations(b)` for every batch number `b` below `batches`, `concurrency` commits at
+/// a time; returns the operations and events written.
+async fn write_batches(
+    log: &eventlog::EventLog,
+    tenant: &TenantId,
+    batches: u64,
+    concurrency: usize,
+    operations: impl Fn(u64) -> Vec<crate::entity_writes::Operation>,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<(u64, u64)> {
+    use futures::StreamExt;
+
+    let metadata = EventMetadata::new(tenant.clone(), "seed", "seed-relations", "Transact");
+    let (mut written, mut events) = (0u64, 0u64);
+    let mut pending = futures::stream::iter((0..batches).map(|b| {
+        let operations = operations(b);
+        let metadata = &metadata;
+        async move {
+            let (_, committed, _) =
+                crate::entity_writes::write(log, tenant, &operations, metadata, None, |_, _| {
+                    eventlog::idempotency::StoredResponse {
+                        status: 200,
+                        headers: Vec::new(),
+                        body: Vec::new(),
+                    }
+                })
+                .await
+                .map_err(|failure| anyhow::anyhow!("batch {b}: {failure}"))?;
+            Ok::<_, anyhow::Error>((operations.len() as u64, committed.appended))
+        }
+    }))
+    .buffer_unordered(concurrency.max(1));
+    while let Some(result) = pending.next().await {
+        let (n, appended) = result?;
+        if let Some(cursor) = appended.last_cursor() {
+            log.notify_appended(cursor);
+        }
+        written += n;
+        events += appended.events.len() as u64;
+        progress(written);
+    }
+    Ok((written, events))
+}
+
+/// `gateway seed relations`: seed 003's data set for `tenant` (a new one): users, projects
+/// owned by users, resources in projects, and about 1.2 relation edges per record (two
+/// `members` per project, two `users` per resource), all through the command path in
+/// batches, then projected.
+pub async fn relations(
+    settings: &Settings,
+    tenant: &str,
+    shape: RelationShape,
+    mut progress: impl FnMut(&str, u64, u64),
+) -> anyhow::Result<RelationSeed> {
+    use domain::names::{EntityId, EntityTypeName};
+
+    use crate::entity_writes::{OpKind, Operation};
+
+    let log = crate::open_log(settings).await?;
+    let id = TenantId::parse(tenant)?;
+    let users_type = EntityTypeName::parse("users")?;
+    let exists = log
+        .version(&crate::entity_writes::type_stream(&id, &users_type))
+        .await?;
+    if exists > 0 {
+        bail!("tenant '{tenant}' already has a users type: seed a new tenant (--tenant)");
+    }
+    let reader = benchmark_tenant(
+        &log,
+        &id,
+        "relation benchmark",
+        "relation-bench-reader",
+        Role::Reader,
+    )
+    .await?;
+    let metadata = EventMetadata::new(id.clone(), "seed", "seed", "ImportEntityTypes");
+    crate::catalogue::import(&log, &id, &metadata, &relation_types()?, None, |_| {
+        eventlog::idempotency::StoredResponse {
+            status: 200,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("defining the seed's types: {e}"))?;
+
+    let batch = shape
+        .batch
+        .clamp(1, crate::entity_writes::MAX_OPERATIONS * 10) as u64;
+    let record =
+        |prefix: &str, n: u64| EntityId::parse(format!("{prefix}-{n:07}")).expect("a valid id");
+    let object = |value: Value| match value {
+        Value::Object(map) => map,
+        _ => unreachable!("an object literal"),
+    };
+    let started = std::time::Instant::now();
+    let mut events = 0u64;
+    let (users, projects, resources) = (shape.users, shape.projects, shape.resources);
+    let types = [
+        ("users", "user", users),
+        ("projects", "project", projects),
+        ("resources", "resource", resources),
+    ];
+    for (entity, prefix, count) in types {
+        let entity = EntityTypeName::parse(entity)?;
+        let data = |n: u64| -> Value {
+            let h = spread(n);
+            match prefix {
+                "user" => json!({
+                    "name": format!("User {n}"),
+                    "email": format!("user{n}@example.com"),
+                    "country": COUNTRIES[(h % 10) as usize],
+                }),
+                "project" => json!({
+                    "name": format!("Project {n}"),
+                    "status": if h % 5 == 0 { "archived" } else { "active" },
+                    "owner": record("user", scatter(n, users)).to_string(),
+                }),
+                _ => json!({
+                    "name": format!("Resource {n}"),
+                    "kind": KINDS[(h % 4) as usize],
+                    "project": record("project", scatter(n, projects)).to_string(),
+                }),
+            }
+        };
+        let (_, appended) = write_batches(
+            &log,
+            &id,
+            count.div_ceil(batch),
+            shape.concurrency,
+            |b| {
+                (b * batch..((b + 1) * batch).min(count))
+                    .map(|n| {
+                        Operation::new(
+                            OpKind::Create,
+                            entity.clone(),
+                            Some(record(prefix, n)),
+                            object(data(n)),
+                            None,
+                        )
+                    })
+                    .collect()
+            },
+            |done| progress(entity.as_str(), done, count),
+        )
+        .await?;
+        events += appended;
+    }
+    let record_seconds = started.elapsed().as_secs_f64();
+
+    // Two members per project and two users per resource, spread over the users.
+    let started = std::time::Instant::now();
+    let mut edges = 0u64;
+    for (entity, prefix, relation, count) in [
+        ("projects", "project", "members", projects),
+        ("resources", "resource", "users", resources),
+    ] {
+        if users == 0 {
+            break;
+        }
+        let entity = EntityTypeName::parse(entity)?;
+        let total = count * 2;
+        let (written, appended) = write_batches(
+            &log,
+            &id,
+            total.div_ceil(batch),
+            shape.concurrency,
+            |b| {
+                (b * batch..((b + 1) * batch).min(total))
+                    .map(|e| {
+                        let n = e / 2;
+                        let user = scatter(e, users);
+                        Operation::link(
+                            false,
+                            entity.clone(),
+                            record(prefix, n),
+                            relation.to_string(),
+                            record("user", user),
+                        )
+                    })
+                    .collect()
+            },
+            |done| progress(relation, done, total),
+        )
+        .await?;
+        edges += written;
+        events += appended;
+    }
+    let edge_seconds = started.elapsed().as_secs_f64();
+
+    let started = std::time::Instant::now();
+    project(
+        &log,
+        settings,
+        &[
+            projections::tenants::NAME,
+            projections::api_keys::NAME,
+            projections::entity_types::NAME,
+            projections::entities::NAME,
+            projections::relations::NAME,
+        ],
+        events,
+        &mut progress,
+    )
+    .await?;
+    let records = users + projects + resources;
+    Ok(RelationSeed {
+        tenant: tenant.to_string(),
+        reader_key: reader,
+        users,
+        projects,
+        resources,
+        edges,
+        events,
+        batch: batch as usize,
+        concurrency: shape.concurrency.max(1),
+        record_seconds,
+        records_per_second: records as f64 / record_seconds.max(f64::EPSILON),
+        edge_seconds,
+        edges_per_second: edges as f64 / edge_seconds.max(f64::EPSILON),
+        projection_seconds: started.elapsed().as_secs_f64(),
+    })
+}
