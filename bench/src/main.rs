@@ -36,6 +36,9 @@ enum Workload {
     /// Time filtered lists of `/v1/items` against a gateway holding `gateway seed entities`,
     /// one at a time: `--requests` of each, with `--api-key`.
     EntityQueries,
+    /// Time one-hop filters and relation pages against a gateway holding `gateway seed
+    /// relations`, one at a time: `--requests` of each, with `--api-key`.
+    RelationQueries,
 }
 
 #[derive(Debug, Parser)]
@@ -456,11 +459,6 @@ async fn usage_queries(args: &Args) -> anyhow::Result<()> {
 
 /// `entity-queries`: filtered, indexed lists over the records of `gateway seed entities`.
 async fn entity_queries(args: &Args) -> anyhow::Result<()> {
-    let key = args
-        .api_key
-        .clone()
-        .context("entity-queries needs --api-key (printed by `gateway seed entities`)")?;
-    let client = reqwest::Client::new();
     let queries = [
         ("category = c07, limit 50", r#"{"category":"c07"}"#, ""),
         (
@@ -479,18 +477,85 @@ async fn entity_queries(args: &Args) -> anyhow::Result<()> {
             "",
         ),
     ];
+    let queries: Vec<(&str, String, Vec<(&str, &str)>)> = queries
+        .iter()
+        .map(|(name, filter, order)| {
+            let mut query = vec![("where", *filter), ("limit", "50")];
+            if !order.is_empty() {
+                query.push(("orderBy", *order));
+            }
+            (*name, "/v1/items".to_string(), query)
+        })
+        .collect();
+    timed_queries(args, "gateway seed entities", &queries).await
+}
+
+/// `relation-queries`: one-hop filters and relation pages over `gateway seed relations`.
+async fn relation_queries(args: &Args) -> anyhow::Result<()> {
+    let limit = ("limit", "50");
+    let queries: Vec<(&str, String, Vec<(&str, &str)>)> = vec![
+        (
+            "projects whose owner's country is DE (reference), limit 50",
+            "/v1/projects".into(),
+            vec![("where", r#"{"owner":{"country":"DE"}}"#), limit],
+        ),
+        (
+            "projects with a member in DE (relation), limit 50",
+            "/v1/projects".into(),
+            vec![("where", r#"{"members":{"country":"DE"}}"#), limit],
+        ),
+        (
+            "archived projects with a member in JP, limit 50",
+            "/v1/projects".into(),
+            vec![
+                (
+                    "where",
+                    r#"{"status":"archived","members":{"country":"JP"}}"#,
+                ),
+                limit,
+            ],
+        ),
+        (
+            "resources of kind model used by a user in SE, limit 50",
+            "/v1/resources".into(),
+            vec![
+                ("where", r#"{"kind":"model","users":{"country":"SE"}}"#),
+                limit,
+            ],
+        ),
+        (
+            "a project's members (outgoing page)",
+            "/v1/projects/project-0123456/relations/members".into(),
+            vec![limit],
+        ),
+        (
+            "a user's projects (incoming page)",
+            "/v1/users/user-0123456/incoming/projects/members".into(),
+            vec![limit],
+        ),
+    ];
+    timed_queries(args, "gateway seed relations", &queries).await
+}
+
+/// Times `--requests` GETs of each query, one at a time, and prints their latencies.
+async fn timed_queries(
+    args: &Args,
+    seed: &str,
+    queries: &[(&str, String, Vec<(&str, &str)>)],
+) -> anyhow::Result<()> {
+    let key = args
+        .api_key
+        .clone()
+        .with_context(|| format!("this workload needs --api-key (printed by `{seed}`)"))?;
+    let client = reqwest::Client::new();
     let count = args.requests.unwrap_or(200);
     let mut results = Vec::new();
-    for (name, filter, order) in queries {
-        let mut query = vec![("where", filter), ("limit", "50")];
-        if !order.is_empty() {
-            query.push(("orderBy", order));
-        }
-        let url = format!("{}/v1/items", args.url);
+    for (name, path, query) in queries {
+        let url = format!("{}{path}", args.url);
         let send = || {
             client
                 .get(&url)
-                .query(&query)
+                .query(query)
                 .header("x-api-key", &key)
                 .send()
         };
@@ -627,6 +692,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.workload == Workload::EntityQueries {
         return entity_queries(&args).await;
+    }
+    if args.workload == Workload::RelationQueries {
+        return relation_queries(&args).await;
     }
     if args.workload == Workload::RelayDrain {
         return relay_drain(&args).await;
