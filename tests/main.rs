@@ -28,3 +28,4 @@ mod security;
 mod seeds;
 mod streams;
 mod usage;
+mod websocket;

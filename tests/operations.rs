@@ -92,6 +92,12 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/api-keys/{id}", "get"),
         ("/v1/api-keys/{id}", "delete"),
         ("/v1/events/stream", "get"),
+        ("/v1/ws", "get"),
+        ("/websocket.schema.json", "get"),
+        ("/v1/{entity}/{id}/relations/{relation}", "get"),
+        ("/v1/{entity}/{id}/relations/{relation}/{target}", "put"),
+        ("/v1/{entity}/{id}/relations/{relation}/{target}", "delete"),
+        ("/v1/{entity}/{id}/incoming/{source}/{relation}", "get"),
         ("/v1/agents", "get"),
         ("/v1/agents", "post"),
         ("/v1/agents/{agentId}", "get"),
@@ -133,7 +139,7 @@ async fn the_openapi_document_covers_every_route() {
         for (method, operation) in item.as_object().unwrap() {
             let public = matches!(
                 path.as_str(),
-                "/health" | "/ready" | "/metrics" | "/openapi.json"
+                "/health" | "/ready" | "/metrics" | "/openapi.json" | "/websocket.schema.json"
             );
             let security = operation["security"].as_array();
             assert_eq!(

@@ -67,6 +67,9 @@ pub enum ApiError {
     /// 415 `UNSUPPORTED_MEDIA_TYPE`: a JSON body without `Content-Type: application/json`.
     #[error("expected a body with Content-Type: application/json")]
     UnsupportedMediaType,
+    /// 426 `UPGRADE_REQUIRED`: `/v1/ws` asked for without a WebSocket upgrade.
+    #[error("this route speaks WebSocket: send an upgrade request")]
+    UpgradeRequired,
     /// What a use case answered.
     #[error(transparent)]
     App(#[from] app::Error),
@@ -155,6 +158,11 @@ impl ApiError {
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "UNSUPPORTED_MEDIA_TYPE",
+                Value::Null,
+            ),
+            UpgradeRequired => (
+                StatusCode::UPGRADE_REQUIRED,
+                "UPGRADE_REQUIRED",
                 Value::Null,
             ),
             App(error) => app_parts(error),

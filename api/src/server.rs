@@ -11,7 +11,9 @@
 //! - on shutdown, connections finish the request in hand and close; those still open after
 //!   the grace period are dropped.
 //!
-//! Each request carries its peer's address as [`ConnectInfo`].
+//! Each request carries its peer's address as [`ConnectInfo`], the router as [`Dispatch`]
+//! (a WebSocket connection sends its commands through it), and its connection's
+//! [`ConnectionSlot`]: a connection upgraded to a WebSocket keeps its slot until it closes.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,6 +33,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+/// The router serving the connection, so that a request can be run as HTTP would run it.
+#[derive(Clone)]
+pub struct Dispatch(pub Router);
+
+/// A connection's place among the `max_connections`; held as long as a clone of it lives.
+#[derive(Clone)]
+pub struct ConnectionSlot(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
 
 /// The server's limits (see the module's docs).
 #[derive(Debug, Clone, Copy)]
@@ -74,9 +84,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let slot = ConnectionSlot(Arc::new(permit));
+        let held = slot.clone();
         let service = TowerToHyperService::new(tower::service_fn(
             move |mut request: hyper::Request<Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
+                let extensions = request.extensions_mut();
+                extensions.insert(ConnectInfo(peer));
+                extensions.insert(Dispatch(router.clone()));
+                extensions.insert(slot.clone());
                 router.clone().oneshot(request.map(axum::body::Body::new))
             },
         ));
@@ -85,10 +100,10 @@ pub async fn serve(
             inner: stream,
             activity: activity.clone(),
         });
-        let connection = http.serve_connection(io, service);
+        let connection = http.serve_connection(io, service).with_upgrades();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            let _permit = permit;
+            let _slot = held;
             tokio::pin!(connection);
             let mut closing = false;
             loop {

@@ -86,6 +86,14 @@ pub struct Settings {
     pub budget_wait_ms: u64,
     /// How often a live stream checks its credentials again (revoked, expired, suspended).
     pub stream_recheck_ms: u64,
+    /// How often the WebSocket channel pings its clients; a connection that misses two pings
+    /// in a row is closed.
+    pub ws_heartbeat_ms: u64,
+    /// Messages a WebSocket connection holds for a client that reads slowly.
+    pub ws_buffer: usize,
+    /// How long a WebSocket connection's buffer may stay full (or one write take) before
+    /// the client is closed as a slow consumer.
+    pub ws_send_timeout_ms: u64,
     /// Lookups of well-formed but unknown API keys one client address may cause per minute;
     /// more are refused before they reach the database.
     pub unknown_key_lookups_per_minute: u32,
@@ -171,6 +179,9 @@ impl Default for Settings {
             max_header_bytes: 32 * 1024,
             unknown_key_lookups_per_minute: 60,
             stream_recheck_ms: 5_000,
+            ws_heartbeat_ms: 15_000,
+            ws_buffer: 256,
+            ws_send_timeout_ms: 10_000,
             budget_wait_ms: 10_000,
             max_indexed_fields_per_tenant: 32,
             admin_key: None,

@@ -1,7 +1,8 @@
 //! Authentication, authorization and rate limiting.
 //!
-//! Every route except the public ones (`/health`, `/ready`, `/openapi.json`, and `/metrics`
-//! unless `GATEWAY_METRICS_PUBLIC=false`) needs credentials; the [`authenticate`] middleware
+//! Every route except the public ones (`/health`, `/ready`, `/openapi.json`,
+//! `/websocket.schema.json`, and `/metrics` unless `GATEWAY_METRICS_PUBLIC=false`) needs
+//! credentials (`/v1/ws` may take them in its first message instead); the [`authenticate`] middleware
 //! turns them into a [`Principal`] or answers 401 `UNAUTHORIZED` without saying what was
 //! wrong (the reason is logged). Handlers then declare the role they need with an extractor,
 //! [`Auth<R>`] or [`crate::extract::CommandContext<R>`], whose `R` is one of the markers in
@@ -348,10 +349,31 @@ pub async fn recheck(
     Ok(())
 }
 
+/// Authenticates credentials given after the request (the first message of a WebSocket
+/// connection that a browser opened without headers), as the middleware would have.
+pub async fn sign_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+) -> Result<Principal, ApiError> {
+    let asking = Asking {
+        min_position: None,
+        peer,
+    };
+    Ok(identify(state, headers, asking).await?)
+}
+
+/// The WebSocket route: it may be opened without credentials (browsers cannot send headers
+/// with it) and then takes them in its first message; credentials in the headers are
+/// checked here as on every route.
+pub const WEBSOCKET_ROUTE: &str = "/v1/ws";
+
 /// Routes anyone may call.
 fn is_public(route: &str, metrics_public: bool) -> bool {
-    matches!(route, "/health" | "/ready" | "/openapi.json")
-        || (route == "/metrics" && metrics_public)
+    matches!(
+        route,
+        "/health" | "/ready" | "/openapi.json" | "/websocket.schema.json"
+    ) || (route == "/metrics" && metrics_public)
 }
 
 /// The middleware: authenticates, counts the request against the principal's budget, and
@@ -369,6 +391,12 @@ pub async fn authenticate(
         return next.run(request).await;
     };
     if is_public(&route, state.settings.metrics_public) {
+        return next.run(request).await;
+    }
+    if route == WEBSOCKET_ROUTE
+        && header(request.headers(), "x-api-key").is_none()
+        && header(request.headers(), "authorization").is_none()
+    {
         return next.run(request).await;
     }
     let asking = Asking {

@@ -53,7 +53,7 @@ pub struct StreamQuery {
     pub after: Option<String>,
 }
 
-struct Filter {
+pub(crate) struct Filter {
     types: Option<Vec<String>>,
     aggregate_type: Option<String>,
     entity_prefix: Option<String>,
@@ -61,7 +61,11 @@ struct Filter {
 
 impl Filter {
     /// From the query parameters: comma-separated `types`, `aggregateType`, `entity`.
-    fn new(types: Option<String>, aggregate_type: Option<String>, entity: Option<String>) -> Self {
+    pub(crate) fn new(
+        types: Option<String>,
+        aggregate_type: Option<String>,
+        entity: Option<String>,
+    ) -> Self {
         Self {
             types: types.map(|t| t.split(',').map(|s| s.trim().to_string()).collect()),
             aggregate_type,
@@ -83,7 +87,7 @@ impl Filter {
     }
 }
 
-fn parse_cursor(raw: &str) -> Result<Cursor, ApiError> {
+pub(crate) fn parse_cursor(raw: &str) -> Result<Cursor, ApiError> {
     if raw == "beginning" {
         return Ok(Cursor::START);
     }
@@ -120,26 +124,46 @@ pub async fn stream_events(
         Some(raw) => parse_cursor(raw)?,
         None => state.log.head().await?,
     };
-    let recheck = Duration::from_millis(state.settings.stream_recheck_ms.max(100));
-    let tail = Tail {
-        appended: state.log.subscribe(),
-        cursor,
-        tenant: auth.tenant().clone(),
-        filter: Filter::new(query.types, query.aggregate_type, query.entity),
-        roles: auth.principal.roles.clone(),
-        credentials: credential_headers(&headers),
-        next_check: tokio::time::Instant::now() + recheck,
-        recheck,
+    let tail = Tail::new(
         state,
-        finished: false,
-    };
+        &auth.principal.roles,
+        auth.tenant().clone(),
+        credential_headers(&headers),
+        Filter::new(query.types, query.aggregate_type, query.entity),
+        cursor,
+    );
     use futures::StreamExt;
-    let events = futures::stream::unfold(tail, Tail::next).flatten();
+    let events = futures::stream::unfold(Some(tail), |tail| async move {
+        let mut tail = tail?;
+        let batch = match tail.next().await {
+            Next::Events(batch) => batch
+                .iter()
+                .map(|event| {
+                    Ok(Event::default()
+                        .id(event.cursor.to_string())
+                        .event(event.event_type.clone())
+                        .data(event.envelope().to_string()))
+                })
+                .collect::<Vec<Result<Event, Infallible>>>(),
+            Next::Closed { code, message } => {
+                let data = serde_json::json!({
+                    "code": code,
+                    "message": message,
+                    "cursor": tail.cursor().to_string(),
+                });
+                let event = Event::default().event("close").data(data.to_string());
+                return Some((futures::stream::iter(vec![Ok(event)]), None));
+            }
+            Next::Failed => return None,
+        };
+        Some((futures::stream::iter(batch), Some(tail)))
+    })
+    .flatten();
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
 }
 
 /// The headers that authenticate a request, kept by a live stream to check them again.
-fn credential_headers(headers: &HeaderMap) -> HeaderMap {
+pub(crate) fn credential_headers(headers: &HeaderMap) -> HeaderMap {
     let mut kept = HeaderMap::new();
     for name in ["x-api-key", "authorization", crate::extract::TENANT_HEADER] {
         if let Some(value) = headers.get(name) {
@@ -149,8 +173,20 @@ fn credential_headers(headers: &HeaderMap) -> HeaderMap {
     kept
 }
 
-/// A live stream's position and what it checks as it goes.
-struct Tail {
+/// What a live stream does next.
+pub(crate) enum Next {
+    /// Events the principal may read and the filter lets through, in log order.
+    Events(Vec<RecordedEvent>),
+    /// The server ends the stream: why (a stable code), and the cursor to resume from is
+    /// [`Tail::cursor`].
+    Closed { code: String, message: String },
+    /// The log could not be read (logged); the stream ends without a word.
+    Failed,
+}
+
+/// A live stream's position and what it checks as it goes: the tail of the tenant's events
+/// shared by the Server-Sent Events stream and the WebSocket channel.
+pub(crate) struct Tail {
     state: AppState,
     appended: tokio::sync::watch::Receiver<Cursor>,
     cursor: Cursor,
@@ -161,24 +197,46 @@ struct Tail {
     credentials: HeaderMap,
     recheck: Duration,
     next_check: tokio::time::Instant,
-    finished: bool,
 }
 
-type Batch = futures::stream::Iter<std::vec::IntoIter<Result<Event, Infallible>>>;
-
 impl Tail {
-    /// The next events to send; `None` ends the stream. The last event of a stream the server
-    /// ends is `close`, with why and the cursor to resume from.
-    async fn next(mut self) -> Option<(Batch, Self)> {
-        if self.finished {
-            return None;
+    /// A tail after `cursor` for the principal whose `credentials` (the request's headers
+    /// that authenticate it) are checked again every `GATEWAY_STREAM_RECHECK_MS`.
+    pub(crate) fn new(
+        state: AppState,
+        roles: &[domain::roles::Role],
+        tenant: domain::names::TenantId,
+        credentials: HeaderMap,
+        filter: Filter,
+        cursor: Cursor,
+    ) -> Self {
+        let recheck = Duration::from_millis(state.settings.stream_recheck_ms.max(100));
+        Self {
+            appended: state.log.subscribe(),
+            cursor,
+            tenant,
+            filter,
+            roles: roles.to_vec(),
+            credentials,
+            next_check: tokio::time::Instant::now() + recheck,
+            recheck,
+            state,
         }
+    }
+
+    /// Where the stream is: the cursor to resume from after what it has handed out.
+    pub(crate) fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    /// Waits for the next events to hand out, or for a reason to end.
+    pub(crate) async fn next(&mut self) -> Next {
         loop {
             if self.state.shutdown.is_cancelled() {
-                return Some(self.close(
-                    "SERVER_STOPPING",
-                    "the server is stopping; reconnect with Last-Event-ID",
-                ));
+                return Next::Closed {
+                    code: "SERVER_STOPPING".into(),
+                    message: "the server is stopping; reconnect and resume from the cursor".into(),
+                };
             }
             if tokio::time::Instant::now() >= self.next_check {
                 match crate::auth::recheck(
@@ -200,7 +258,10 @@ impl Tail {
                             .ok()
                             .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
                             .unwrap_or_else(|| "UNAUTHORIZED".into());
-                        return Some(self.close(&code, &error.to_string()));
+                        return Next::Closed {
+                            code,
+                            message: error.to_string(),
+                        };
                     }
                 }
             }
@@ -211,7 +272,7 @@ impl Tail {
                 Ok(head) => head,
                 Err(error) => {
                     tracing::warn!(%error, "event stream read failed; closing the stream");
-                    return None;
+                    return Next::Failed;
                 }
             };
             let batch = match self
@@ -223,25 +284,19 @@ impl Tail {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::warn!(%error, "event stream read failed; closing the stream");
-                    return None;
+                    return Next::Failed;
                 }
             };
             if let Some(last) = batch.last() {
                 self.cursor = last.cursor;
-                let events: Vec<Result<Event, Infallible>> = batch
-                    .iter()
+                let events: Vec<RecordedEvent> = batch
+                    .into_iter()
                     .filter(|event| {
                         self.filter.matches(event) && event.visibility().readable_by(&self.roles)
                     })
-                    .map(|event| {
-                        Ok(Event::default()
-                            .id(event.cursor.to_string())
-                            .event(event.event_type.clone())
-                            .data(event.envelope().to_string()))
-                    })
                     .collect();
                 if !events.is_empty() {
-                    return Some((futures::stream::iter(events), self));
+                    return Next::Events(events);
                 }
                 continue;
             }
@@ -255,18 +310,6 @@ impl Tail {
                 _ = self.state.shutdown.cancelled() => {}
             }
         }
-    }
-
-    /// The stream's last event: `close`, with a code, a message and the cursor to resume from.
-    fn close(mut self, code: &str, message: &str) -> (Batch, Self) {
-        self.finished = true;
-        let data = serde_json::json!({
-            "code": code,
-            "message": message,
-            "cursor": self.cursor.to_string(),
-        });
-        let event = Event::default().event("close").data(data.to_string());
-        (futures::stream::iter(vec![Ok(event)]), self)
     }
 }
 

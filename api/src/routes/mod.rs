@@ -14,6 +14,7 @@ pub mod sessions;
 pub mod support;
 pub mod tenants;
 pub mod usage;
+pub mod ws;
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -44,6 +45,7 @@ use axum::response::Response;
     ),
     tags(
         (name = "entities", description = "Generic records of tenant-defined entity types"),
+        (name = "relations", description = "Typed, directed edges between records"),
         (name = "tenants", description = "Tenants (platform admins) and the caller's identity"),
         (name = "api-keys", description = "A tenant's API keys"),
         (name = "events", description = "The tenant's events, live"),
@@ -243,6 +245,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(entity_types::router())
         .merge(entities::router())
         .merge(relations::router())
+        .merge(ws::router())
 }
 
 /// Refuses, before any other work, request targets over `GATEWAY_MAX_URI_BYTES` (414), a
