@@ -403,3 +403,77 @@ both_backends!(
     a_client_that_misses_pings_is_closed,
     a_client_that_misses_pings_is_closed
 );
+
+async fn a_client_that_does_not_read_is_closed_with_its_cursor(backend: Backend) {
+    // Enough events to fill the socket's buffers on both sides many times over.
+    let db = crate::helpers::TestDb::new(backend).await;
+    let seeded = app::seed::entities(&db.settings(), "slow", 20_000, 1_000, 2, |_, _, _| {})
+        .await
+        .unwrap();
+    let app = crate::helpers::spawn_app_on(db.share(), |s| {
+        s.ws_buffer = 4;
+        s.ws_send_timeout_ms = 300;
+    })
+    .await;
+    let mut socket = connect(&app, Some(&seeded.reader_key)).await;
+    expect(&mut socket, "ready").await;
+    send(
+        &mut socket,
+        json!({"type": "subscribe", "id": "all", "after": "beginning", "entity": "items"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Reading now: what was written, then why it ended and where to resume.
+    let mut last = None;
+    let close = loop {
+        let message = next(&mut socket).await.expect("a close message");
+        match message["type"].as_str() {
+            Some("event") => last = Some(message["cursor"].clone()),
+            Some("close") => break message,
+            _ => {}
+        }
+    };
+    assert_eq!(close["code"], "SLOW_CONSUMER");
+    let resume = close["subscriptions"]["all"]["cursor"].clone();
+    assert_eq!(
+        Some(resume.clone()),
+        last,
+        "the cursor of the last event written"
+    );
+    assert_eq!(close_code(&mut socket).await, Some(CloseCode::from(4429)));
+
+    // Resuming from it continues with the next event, without a gap.
+    let mut socket = connect(&app, Some(&seeded.reader_key)).await;
+    expect(&mut socket, "ready").await;
+    send(
+        &mut socket,
+        json!({"type": "subscribe", "id": "rest", "after": resume, "entity": "items", "maxUnacked": 10}),
+    )
+    .await;
+    expect(&mut socket, "subscribed").await;
+    let event = expect(&mut socket, "event").await;
+    let resumed: eventlog::Cursor = event["cursor"].as_str().unwrap().parse().unwrap();
+    let from: eventlog::Cursor = resume.as_str().unwrap().parse().unwrap();
+    assert!(resumed > from);
+    // With `maxUnacked`, ten events come, then nothing until an ack.
+    let mut cursors = vec![event["cursor"].clone()];
+    for _ in 0..9 {
+        cursors.push(expect(&mut socket, "event").await["cursor"].clone());
+    }
+    send(&mut socket, json!({"type": "ping", "id": "window"})).await;
+    assert_eq!(expect(&mut socket, "pong").await["id"], "window");
+    send(
+        &mut socket,
+        json!({"type": "ack", "subscription": "rest", "cursor": cursors[4]}),
+    )
+    .await;
+    for _ in 0..5 {
+        expect(&mut socket, "event").await;
+    }
+    send(&mut socket, json!({"type": "ping", "id": "again"})).await;
+    assert_eq!(expect(&mut socket, "pong").await["id"], "again");
+}
+both_backends!(
+    a_client_that_does_not_read_is_closed_with_its_cursor,
+    a_client_that_does_not_read_is_closed_with_its_cursor
+);

@@ -16,9 +16,11 @@
 //!   a client that misses two pings in a row is closed; the client may `ping` (answered by
 //!   `pong`);
 //! - a client that does not read keeps at most `GATEWAY_WS_BUFFER` messages waiting; when
-//!   the buffer stays full for `GATEWAY_WS_SEND_TIMEOUT_MS`, the connection closes with
-//!   `SLOW_CONSUMER`; every close the server decides is preceded by a `close` message with
-//!   its code and each subscription's cursor to resume from.
+//!   the buffer stays full (or a write blocks) for `GATEWAY_WS_SEND_TIMEOUT_MS`, the
+//!   connection closes with `SLOW_CONSUMER`; every close the server decides is preceded by a
+//!   `close` message with its code and each subscription's cursor to resume from, which a
+//!   slow client gets after what was already written if it reads within ten times that
+//!   timeout.
 //!
 //! Events are read from the log by the live stream's tail, so the visibility rules and the
 //! credential re-checks are the live stream's own.
@@ -223,11 +225,6 @@ enum Outgoing {
         envelope: Value,
     },
     Message(Value),
-    /// A subscription's tail ended: the connection closes with this code.
-    Ended {
-        code: String,
-        message: String,
-    },
 }
 
 /// One subscription of a connection.
@@ -285,6 +282,8 @@ impl Connection {
         let heartbeat = Duration::from_millis(settings.ws_heartbeat_ms.max(50));
         let send_timeout = Duration::from_millis(settings.ws_send_timeout_ms.max(50));
         let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(settings.ws_buffer.max(1));
+        // Why a subscription ended, past a buffer that may be full.
+        let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(String, String)>();
         let requests = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
         let mut subscriptions: HashMap<String, Subscription> = HashMap::new();
         let mut ticker =
@@ -326,6 +325,14 @@ impl Connection {
                         "the server is stopping; reconnect and resume from the cursors",
                         close_code::GOING_AWAY,
                     ));
+                }
+                Some((code, message)) = ended_rx.recv() => {
+                    let frame = match code.as_str() {
+                        "SERVER_STOPPING" => close_code::GOING_AWAY,
+                        "SLOW_CONSUMER" => close_code::SLOW_CONSUMER,
+                        _ => close_code::POLICY,
+                    };
+                    break Some(Closing::new(&code, message, frame));
                 }
                 () = &mut auth_deadline, if self.session.is_none() => {
                     break Some(Closing::new(
@@ -394,7 +401,7 @@ impl Connection {
                                 Some(error(None, "INVALID_MESSAGE", "a subscription id has 1 to 64 bytes"))
                             } else {
                                 let filter = Filter::new(types.map(|t| t.join(",")), aggregate_type, entity);
-                                match self.subscribe(&id, filter, after.as_deref(), max_unacked, &out_tx).await {
+                                match self.subscribe(&id, filter, after.as_deref(), max_unacked, (&out_tx, &ended_tx)).await {
                                     Ok((subscription, start)) => {
                                         subscriptions.insert(id.clone(), subscription);
                                         Some(json!({"type": "subscribed", "id": id, "cursor": start.to_string()}))
@@ -461,14 +468,6 @@ impl Connection {
                             })));
                         }
                         Outgoing::Message(message) => write!(text(&message)),
-                        Outgoing::Ended { code, message } => {
-                            let frame = if code == "SERVER_STOPPING" {
-                                close_code::GOING_AWAY
-                            } else {
-                                close_code::POLICY
-                            };
-                            break Some(Closing::new(&code, message, frame));
-                        }
                     }
                 }
             }
@@ -501,8 +500,10 @@ impl Connection {
                 })))
                 .await
             };
-            // A slow client gets no more time than any other write.
-            if tokio::time::timeout(send_timeout, farewell).await.is_ok() {
+            // A slow client that still reads gets what was written, then why it ends; one
+            // that does not is dropped after a grace of ten writes' time (1 to 30 s).
+            let grace = (send_timeout * 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
+            if tokio::time::timeout(grace, farewell).await.is_ok() {
                 // The closing handshake: the client answers with its own close frame
                 // (reading until then lets it finish reading, rather than meet a reset).
                 let _ = tokio::time::timeout(send_timeout.min(Duration::from_secs(2)), async {
@@ -565,7 +566,10 @@ impl Connection {
         filter: Filter,
         after: Option<&str>,
         max_unacked: Option<usize>,
-        out: &mpsc::Sender<Outgoing>,
+        (out, ended): (
+            &mpsc::Sender<Outgoing>,
+            &mpsc::UnboundedSender<(String, String)>,
+        ),
     ) -> Result<(Subscription, Cursor), Value> {
         let session = self.session.as_ref().expect("subscribed after auth");
         let start = match after {
@@ -603,22 +607,22 @@ impl Connection {
             filter,
             start,
         );
-        let (out, name, paused) = (out.clone(), id.to_string(), window.clone());
+        let (out, ended, name, paused) =
+            (out.clone(), ended.clone(), id.to_string(), window.clone());
         let send_timeout = Duration::from_millis(self.state.settings.ws_send_timeout_ms.max(50));
         let task = tokio::spawn(async move {
             loop {
                 let batch = match tail.next().await {
                     Next::Events(batch) => batch,
                     Next::Closed { code, message } => {
-                        let _ = out.send(Outgoing::Ended { code, message }).await;
+                        let _ = ended.send((code, message));
                         return;
                     }
                     Next::Failed => {
-                        let ended = Outgoing::Ended {
-                            code: "DATABASE_UNAVAILABLE".into(),
-                            message: "the log could not be read; reconnect and resume".into(),
-                        };
-                        let _ = out.send(ended).await;
+                        let _ = ended.send((
+                            "DATABASE_UNAVAILABLE".into(),
+                            "the log could not be read; reconnect and resume".into(),
+                        ));
                         return;
                     }
                 };
@@ -639,11 +643,10 @@ impl Connection {
                     match out.send_timeout(outgoing, send_timeout).await {
                         Ok(()) => {}
                         Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                            let ended = Outgoing::Ended {
-                                code: "SLOW_CONSUMER".into(),
-                                message: "the client does not read its messages".into(),
-                            };
-                            let _ = out.try_send(ended);
+                            let _ = ended.send((
+                                "SLOW_CONSUMER".into(),
+                                "the client does not read its messages".into(),
+                            ));
                             return;
                         }
                         Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
