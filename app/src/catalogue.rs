@@ -319,8 +319,8 @@ mod tests {
             let missing: Vec<EntityTypeName> = definition
                 .schema
                 .referenced_types()
+                .filter(|&target| !defined.contains(target))
                 .cloned()
-                .filter(|target| !defined.contains(target))
                 .collect();
             assert!(missing.is_empty(), "{}: {missing:?}", definition.name);
             assert!(

@@ -548,7 +548,7 @@ fn scatter(n: u64, m: u64) -> u64 {
     }
     let step = [7919u64, 7907, 7901]
         .into_iter()
-        .find(|p| m % p != 0)
+        .find(|p| !m.is_multiple_of(*p))
         .unwrap_or(1);
     (n % m) * step % m
 }
@@ -691,7 +691,7 @@ pub async fn relations(
                 }),
                 "project" => json!({
                     "name": format!("Project {n}"),
-                    "status": if h % 5 == 0 { "archived" } else { "active" },
+                    "status": if h.is_multiple_of(5) { "archived" } else { "active" },
                     "owner": record("user", scatter(n, users)).to_string(),
                 }),
                 _ => json!({

@@ -813,13 +813,39 @@ impl Store {
         &self,
         cursor: Cursor,
     ) -> Result<(u64, Option<DateTime<Utc>>), sqlx::Error> {
+        self.backlog_counted(cursor, None).await
+    }
+
+    /// [`Store::backlog`], counting at most `limit` events: the cost of a lag measured on a
+    /// large log (a projector far behind, or new) stays bounded. A count of `limit` means
+    /// at least that many.
+    pub async fn backlog_up_to(
+        &self,
+        cursor: Cursor,
+        limit: u64,
+    ) -> Result<(u64, Option<DateTime<Utc>>), sqlx::Error> {
+        self.backlog_counted(cursor, Some(limit)).await
+    }
+
+    async fn backlog_counted(
+        &self,
+        cursor: Cursor,
+        limit: Option<u64>,
+    ) -> Result<(u64, Option<DateTime<Utc>>), sqlx::Error> {
         let db = &self.inner.db;
+        let bound = limit.map_or(String::new(), |l| {
+            format!(" LIMIT {}", l.min(i64::MAX as u64))
+        });
         let (behind, oldest): (i64, Option<DateTime<Utc>>) = match db.backend() {
             Backend::Postgres => {
-                let sql = "SELECT count(*) AS behind, min(recorded_at) AS oldest FROM events \
-                           WHERE (transaction_id, global_position) > ($1::text::xid8, $2)";
+                let after = "(transaction_id, global_position) > ($1::text::xid8, $2)";
+                let sql = format!(
+                    "SELECT (SELECT count(*) FROM (SELECT 1 FROM events WHERE {after}{bound}) AS b) \
+                     AS behind, (SELECT recorded_at FROM events WHERE {after} \
+                     ORDER BY transaction_id, global_position LIMIT 1) AS oldest"
+                );
                 db.fetch_one(
-                    Statement::new(sql)
+                    Statement::new(&sql)
                         .persistent(false)
                         .bind(cursor.transaction_id.to_string())
                         .bind(cursor.position),
@@ -828,9 +854,13 @@ impl Store {
                 .decode()?
             }
             Backend::Sqlite => {
-                let sql = "SELECT count(*) AS behind, min(recorded_at) AS oldest FROM events \
-                           WHERE global_position > $1";
-                db.fetch_one(Statement::new(sql).bind(cursor.position))
+                let sql = format!(
+                    "SELECT (SELECT count(*) FROM (SELECT 1 FROM events \
+                     WHERE global_position > $1{bound})) AS behind, (SELECT recorded_at \
+                     FROM events WHERE global_position > $1 ORDER BY global_position LIMIT 1) \
+                     AS oldest"
+                );
+                db.fetch_one(Statement::new(&sql).bind(cursor.position))
                     .await?
                     .decode()?
             }

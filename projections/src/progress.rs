@@ -115,8 +115,9 @@ pub async fn wait_until(
             return Ok(Freshness::Fresh);
         }
         if tokio::time::Instant::now() >= deadline {
-            let (behind, _) = log.backlog(checkpoint).await?;
-            let (beyond_target, _) = log.backlog(target).await?;
+            // Bounded: a stale answer must not wait for a count of the whole log.
+            let (behind, _) = log.backlog_up_to(checkpoint, MAX_COUNTED_LAG).await?;
+            let (beyond_target, _) = log.backlog_up_to(target, MAX_COUNTED_LAG).await?;
             return Ok(Freshness::Stale {
                 events_behind: behind.saturating_sub(beyond_target).max(1),
             });
@@ -141,12 +142,16 @@ pub struct Lag {
     pub seconds: f64,
 }
 
+/// The most events a lag counts: beyond it, `events` is this number and means at least as
+/// many (a lag is measured by `/ready` and `/metrics`, whose cost must not grow with the log).
+pub const MAX_COUNTED_LAG: u64 = 100_000;
+
 /// The lag of projector (or relay) `name`.
 pub async fn lag(log: &eventlog::EventLog, name: &str) -> Result<Lag, sqlx::Error> {
     let checkpoint = crate::checkpoints::read(log.db(), name)
         .await?
         .unwrap_or(Cursor::START);
-    let (events, oldest) = log.backlog(checkpoint).await?;
+    let (events, oldest) = log.backlog_up_to(checkpoint, MAX_COUNTED_LAG).await?;
     let seconds = oldest.map_or(0.0, |oldest| {
         (chrono::Utc::now() - oldest).num_milliseconds().max(0) as f64 / 1000.0
     });

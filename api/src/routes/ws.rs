@@ -198,14 +198,19 @@ enum ClientMessage {
     Ping {
         id: Option<Value>,
     },
-    Request {
-        id: String,
-        method: String,
-        path: String,
-        body: Option<Value>,
-        idempotency_key: Option<String>,
-        headers: Option<BTreeMap<String, String>>,
-    },
+    Request(RequestMessage),
+}
+
+/// A `request` message: an HTTP request of the API.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RequestMessage {
+    id: String,
+    method: String,
+    path: String,
+    body: Option<Value>,
+    idempotency_key: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
 }
 
 /// Request headers a client may set on a `request`; credentials are the connection's.
@@ -435,13 +440,13 @@ impl Connection {
                                 (_, Err(_)) => Some(error(Some(&subscription), "INVALID_MESSAGE", "not a cursor returned by the gateway")),
                             }
                         }
-                        ClientMessage::Request { id, method, path, body, idempotency_key, headers } => {
+                        ClientMessage::Request(request) => {
                             match requests.clone().try_acquire_owned() {
                                 Ok(permit) => {
-                                    self.request(permit, id, (method, path, body, idempotency_key, headers), &out_tx);
+                                    self.request(permit, request, &out_tx);
                                     None
                                 }
-                                Err(_) => Some(error(Some(&id), "TOO_MANY_REQUESTS_IN_FLIGHT", format!("at most {MAX_REQUESTS_IN_FLIGHT} at once"))),
+                                Err(_) => Some(error(Some(&request.id), "TOO_MANY_REQUESTS_IN_FLIGHT", format!("at most {MAX_REQUESTS_IN_FLIGHT} at once"))),
                             }
                         }
                     };
@@ -670,22 +675,12 @@ impl Connection {
     fn request(
         &self,
         permit: tokio::sync::OwnedSemaphorePermit,
-        id: String,
-        (method, path, body, idempotency_key, headers): (
-            String,
-            String,
-            Option<Value>,
-            Option<String>,
-            Option<BTreeMap<String, String>>,
-        ),
+        message: RequestMessage,
         out: &mpsc::Sender<Outgoing>,
     ) {
         let session = self.session.as_ref().expect("requests after auth");
-        let built = build_request(
-            &session.credentials,
-            self.peer,
-            (&method, &path, body, idempotency_key, headers),
-        );
+        let id = message.id.clone();
+        let built = build_request(&session.credentials, self.peer, message);
         let (dispatch, out) = (self.dispatch.clone(), out.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -723,14 +718,17 @@ fn ready(session: &Session, heartbeat: Duration) -> Value {
 fn build_request(
     credentials: &HeaderMap,
     peer: Option<SocketAddr>,
-    (method, path, body, idempotency_key, headers): (
-        &str,
-        &str,
-        Option<Value>,
-        Option<String>,
-        Option<BTreeMap<String, String>>,
-    ),
+    message: RequestMessage,
 ) -> Result<Request<Body>, String> {
+    let RequestMessage {
+        method,
+        path,
+        body,
+        idempotency_key,
+        headers,
+        ..
+    } = message;
+    let path = path.as_str();
     let method =
         Method::from_bytes(method.as_bytes()).map_err(|_| "not an HTTP method".to_string())?;
     if !path.starts_with("/v1/") && !path.starts_with("/health") && !path.starts_with("/ready") {
