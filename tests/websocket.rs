@@ -477,3 +477,37 @@ both_backends!(
     a_client_that_does_not_read_is_closed_with_its_cursor,
     a_client_that_does_not_read_is_closed_with_its_cursor
 );
+
+async fn shutting_down_closes_sockets_with_their_cursors(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    let key = app.keys["acme"].clone();
+    let mut socket = connect(&app, Some(&key)).await;
+    expect(&mut socket, "ready").await;
+    send(
+        &mut socket,
+        json!({"type": "subscribe", "id": "s", "after": "beginning"}),
+    )
+    .await;
+    expect(&mut socket, "subscribed").await;
+    app.shutdown.cancel();
+    let close = loop {
+        let message = next(&mut socket).await.expect("a close message");
+        if message["type"] == "close" {
+            break message;
+        }
+    };
+    assert_eq!(close["code"], "SERVER_STOPPING");
+    assert!(close["subscriptions"]["s"]["cursor"].is_string());
+    assert_eq!(close_code(&mut socket).await, Some(CloseCode::Away));
+    // The server waits for its sockets, then stops.
+    let server = std::mem::replace(&mut app.server, tokio::spawn(async { Ok(()) }));
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
+}
+both_backends!(
+    shutting_down_closes_sockets_with_their_cursors,
+    shutting_down_closes_sockets_with_their_cursors
+);

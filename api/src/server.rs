@@ -8,8 +8,8 @@
 //!   request in flight, if any (silent and idle keep-alive clients); live streams send a
 //!   heartbeat well within it;
 //! - the handler's time, body included, is bounded by the router's request timeout;
-//! - on shutdown, connections finish the request in hand and close; those still open after
-//!   the grace period are dropped.
+//! - on shutdown, connections finish the request in hand and close (WebSockets send their
+//!   `close` message); those still open after the grace period are dropped.
 //!
 //! Each request carries its peer's address as [`ConnectInfo`], the router as [`Dispatch`]
 //! (a WebSocket connection sends its commands through it), and its connection's
@@ -132,10 +132,14 @@ pub async fn serve(
     }
     drop(listener);
     connections.close();
-    if tokio::time::timeout(limits.grace, connections.wait())
-        .await
-        .is_err()
-    {
+    // Connections upgraded to WebSockets left the tracker but hold their slot until they have
+    // said goodbye: every slot back means every connection closed.
+    let all = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
+    let drained = async {
+        connections.wait().await;
+        let _ = permits.acquire_many(all).await;
+    };
+    if tokio::time::timeout(limits.grace, drained).await.is_err() {
         tracing::warn!(
             open = connections.len(),
             grace = ?limits.grace,
