@@ -315,7 +315,7 @@ pub async fn entities(
     use domain::entity_type::{EntityType, EntityTypeCommand, Schema};
     use domain::names::EntityTypeName;
 
-    use crate::entity_writes::{OpKind, Operation, type_stream, write};
+    use crate::entity_writes::{OpKind, Operation, type_stream};
 
     let log = crate::open_log(settings).await?;
     let id = TenantId::parse(tenant)?;
@@ -376,48 +376,26 @@ pub async fn entities(
 
     let started = std::time::Instant::now();
     let batch = batch.clamp(1, crate::entity_writes::MAX_OPERATIONS * 10);
-    let batches = count.div_ceil(batch as u64);
-    let metadata = EventMetadata::new(id.clone(), "seed", "seed-entities", "Transact");
-    let mut written = 0u64;
-    let mut events = 0u64;
-    let mut pending = futures::stream::iter((0..batches).map(|b| {
-        let (log, id, entity, metadata) = (&log, &id, &entity, &metadata);
-        async move {
+    let (written, events) = write_batches(
+        &log,
+        &id,
+        "seed-entities",
+        count.div_ceil(batch as u64),
+        concurrency,
+        |b| {
             let from = first + b * batch as u64;
             let to = (from + batch as u64).min(first + count);
-            let operations: Vec<Operation> = (from..to)
+            (from..to)
                 .map(|n| {
-                    let mut data = item(n);
                     let record =
                         domain::names::EntityId::parse(format!("item-{n:08}")).expect("a valid id");
-                    data.remove("id");
-                    Operation::new(OpKind::Create, entity.clone(), Some(record), data, None)
+                    Operation::new(OpKind::Create, entity.clone(), Some(record), item(n), None)
                 })
-                .collect();
-            let written = write(log, id, &operations, metadata, None, |_, _| {
-                eventlog::idempotency::StoredResponse {
-                    status: 200,
-                    headers: Vec::new(),
-                    body: Vec::new(),
-                }
-            })
-            .await
-            .map_err(|failure| anyhow::anyhow!("batch {b}: {failure}"))?;
-            Ok::<_, anyhow::Error>((operations.len() as u64, written.1.appended))
-        }
-    }))
-    .buffer_unordered(concurrency.max(1));
-    use futures::StreamExt;
-    while let Some(result) = pending.next().await {
-        let (n, appended) = result?;
-        if let Some(cursor) = appended.last_cursor() {
-            log.notify_appended(cursor);
-        }
-        written += n;
-        events += appended.events.len() as u64;
-        progress("create", written, count);
-    }
-    drop(pending);
+                .collect()
+        },
+        |done| progress("create", done, count),
+    )
+    .await?;
     let load_seconds = started.elapsed().as_secs_f64();
 
     let started = std::time::Instant::now();
@@ -581,6 +559,7 @@ fn relation_types() -> anyhow::Result<Vec<crate::catalogue::TypeDefinition>> {
 async fn write_batches(
     log: &eventlog::EventLog,
     tenant: &TenantId,
+    request: &str,
     batches: u64,
     concurrency: usize,
     operations: impl Fn(u64) -> Vec<crate::entity_writes::Operation>,
@@ -588,7 +567,7 @@ async fn write_batches(
 ) -> anyhow::Result<(u64, u64)> {
     use futures::StreamExt;
 
-    let metadata = EventMetadata::new(tenant.clone(), "seed", "seed-relations", "Transact");
+    let metadata = EventMetadata::new(tenant.clone(), "seed", request, "Transact");
     let (mut written, mut events) = (0u64, 0u64);
     let mut pending = futures::stream::iter((0..batches).map(|b| {
         let operations = operations(b);
@@ -704,6 +683,7 @@ pub async fn relations(
         let (_, appended) = write_batches(
             &log,
             &id,
+            "seed-relations",
             count.div_ceil(batch),
             shape.concurrency,
             |b| {
@@ -741,6 +721,7 @@ pub async fn relations(
         let (written, appended) = write_batches(
             &log,
             &id,
+            "seed-relations",
             total.div_ceil(batch),
             shape.concurrency,
             |b| {

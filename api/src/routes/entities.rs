@@ -116,11 +116,11 @@ pub struct ListQuery {
     pub expand: Option<String>,
 }
 
-fn entity_type(raw: String) -> Result<EntityTypeName, AppError> {
+pub(crate) fn entity_type(raw: String) -> Result<EntityTypeName, AppError> {
     EntityTypeName::parse(raw).map_err(|e| AppError::InvalidEntityType(e.to_string()))
 }
 
-fn entity_id(raw: String) -> Result<EntityId, AppError> {
+pub(crate) fn entity_id(raw: String) -> Result<EntityId, AppError> {
     EntityId::parse(raw).map_err(|e| AppError::InvalidId(e.to_string()))
 }
 

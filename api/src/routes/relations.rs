@@ -25,7 +25,7 @@ use crate::auth::{Auth, require};
 use crate::error::{ApiError, ApiJson, ErrorEnvelope};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER};
 use crate::respond;
-use crate::routes::entities::{EntityResponse, schema_of};
+use crate::routes::entities::{EntityResponse, entity_id, entity_type, schema_of};
 use crate::routes::support::{Page, await_consistency, page_cursor, with_lag};
 use crate::state::AppState;
 
@@ -86,14 +86,6 @@ pub struct EdgePage {
     pub limit: Option<u32>,
     /// `nextCursor` of the previous page.
     pub cursor: Option<String>,
-}
-
-fn entity_type(raw: String) -> Result<EntityTypeName, AppError> {
-    EntityTypeName::parse(raw).map_err(|e| AppError::InvalidEntityType(e.to_string()))
-}
-
-fn entity_id(raw: String) -> Result<EntityId, AppError> {
-    EntityId::parse(raw).map_err(|e| AppError::InvalidId(e.to_string()))
 }
 
 /// The body of an edge as a link or unlink left it.
@@ -352,7 +344,7 @@ pub async fn incoming(
 ) -> Result<Response, ApiError> {
     let entity_type = entity_type(entity)?;
     let id = entity_id(id)?;
-    let source = self::entity_type(source)?;
+    let source = crate::routes::entities::entity_type(source)?;
     page(
         &state,
         &auth,
