@@ -539,3 +539,27 @@ both_backends!(
     a_statement_reads_back_what_it_bound_on_either_backend,
     a_statement_reads_back_what_it_bound_on_either_backend
 );
+
+async fn a_bounded_backlog_counts_up_to_its_limit(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    let batch: Vec<StreamAppend> = (0..30)
+        .map(|i| append(stream(&format!("w{i}")), 0, vec![event("a")]))
+        .collect();
+    log.append(&batch).await.unwrap();
+    let (everything, _) = read_at_least(&log, Cursor::START, 30).await;
+    let (all, oldest) = log.backlog(Cursor::START).await.unwrap();
+    assert_eq!(all, 30);
+    let (bounded, bounded_oldest) = log.backlog_up_to(Cursor::START, 10).await.unwrap();
+    assert_eq!((bounded, bounded_oldest), (10, oldest));
+    assert_eq!(oldest, Some(everything[0].recorded_at));
+    // Near the end the bound does not matter, and at the end nothing is behind.
+    let (tail, _) = log.backlog_up_to(everything[24].cursor, 10).await.unwrap();
+    assert_eq!(tail, 5);
+    let (none, no_oldest) = log.backlog_up_to(everything[29].cursor, 10).await.unwrap();
+    assert_eq!((none, no_oldest), (0, None));
+}
+both_backends!(
+    a_bounded_backlog_counts_up_to_its_limit,
+    a_bounded_backlog_counts_up_to_its_limit
+);

@@ -839,9 +839,12 @@ impl Store {
         let (behind, oldest): (i64, Option<DateTime<Utc>>) = match db.backend() {
             Backend::Postgres => {
                 let after = "(transaction_id, global_position) > ($1::text::xid8, $2)";
+                // In the index's order: the planner cannot estimate the row comparison and
+                // would otherwise scan the whole table, even for a reader that is caught up.
                 let sql = format!(
-                    "SELECT (SELECT count(*) FROM (SELECT 1 FROM events WHERE {after}{bound}) AS b) \
-                     AS behind, (SELECT recorded_at FROM events WHERE {after} \
+                    "SELECT (SELECT count(*) FROM (SELECT 1 FROM events WHERE {after} \
+                     ORDER BY transaction_id, global_position{bound}) AS b) AS behind, \
+                     (SELECT recorded_at FROM events WHERE {after} \
                      ORDER BY transaction_id, global_position LIMIT 1) AS oldest"
                 );
                 db.fetch_one(

@@ -144,7 +144,7 @@ pub struct Lag {
 
 /// The most events a lag counts: beyond it, `events` is this number and means at least as
 /// many (a lag is measured by `/ready` and `/metrics`, whose cost must not grow with the log).
-pub const MAX_COUNTED_LAG: u64 = 100_000;
+pub const MAX_COUNTED_LAG: u64 = 10_000;
 
 /// The lag of projector (or relay) `name`.
 pub async fn lag(log: &eventlog::EventLog, name: &str) -> Result<Lag, sqlx::Error> {
