@@ -1433,6 +1433,19 @@ async fn indexes_build_in_the_background_and_report_their_status(backend: Backen
         .await
         .unwrap();
     assert!(existing.iter().any(|name| name == "entities_zone_t_idx"));
+    if backend == Backend::Postgres {
+        // The planner has the statistics of the indexed expression as soon as it is built.
+        let (analyzed,): (i64,) = log
+            .db()
+            .fetch_one(eventlog::Statement::new(
+                "SELECT count(*) FROM pg_stats WHERE tablename = 'entities_zone_t_idx'",
+            ))
+            .await
+            .unwrap()
+            .decode()
+            .unwrap();
+        assert_eq!(analyzed, 1);
+    }
 
     // A build that cannot succeed is `failed`, with its error, and its attempts counted.
     let mut tx = log.db().begin().await.unwrap();

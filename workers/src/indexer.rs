@@ -5,7 +5,9 @@
 //! `CREATE INDEX CONCURRENTLY`, so records are written and read meanwhile (queries on the field
 //! work, without the index); one gateway process builds a given index at a time (a session
 //! advisory lock), and the invalid leftover of a failed concurrent build is dropped before
-//! the next try. SQLite has no concurrent builds: the index is built in a write transaction.
+//! the next try, and the table is analyzed once the index is there (the planner's statistics
+//! of the indexed expression). SQLite has no concurrent builds: the index is built in a write
+//! transaction.
 //! A failed build is marked `failed` with its error and tried again, up to
 //! [`MAX_ATTEMPTS`] times, a minute apart.
 
@@ -115,6 +117,13 @@ async fn build_concurrently(pool: &sqlx::PgPool, index: &Pending) -> Result<bool
             .await?;
         }
         sqlx::query(&concurrent(&index.definition))
+            .execute(&mut *connection)
+            .await?;
+        // PostgreSQL keeps statistics of an index's expression only from the next ANALYZE:
+        // until then it guesses how selective a filter on the field is, and a guess off by
+        // twenty times turned one-hop filters from an index walk of 3 ms into a 400 ms join.
+        // Reads and writes go on during an ANALYZE.
+        sqlx::query("ANALYZE entities")
             .execute(&mut *connection)
             .await?;
         Ok::<_, sqlx::Error>(true)
