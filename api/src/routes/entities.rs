@@ -29,7 +29,6 @@ use app::idempotency::{self};
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
 use crate::respond::{self};
-use crate::routes::relations::{EdgeResponse, edge_body};
 use crate::routes::support::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, await_consistency, with_lag};
 use crate::state::AppState;
 use app::entity_writes::{self, MAX_OPERATIONS, OpKind, OpResult, Operation};
@@ -78,6 +77,35 @@ impl From<EntityRecord> for EntityResponse {
             deleted_at: record.deleted_at,
             expanded: None,
         }
+    }
+}
+
+/// One edge of a relation.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeResponse {
+    /// The type the edge starts from (the relation's type).
+    #[schema(example = "projects")]
+    pub entity: String,
+    #[schema(example = "proj-001")]
+    pub id: String,
+    #[schema(example = "members")]
+    pub relation: String,
+    #[schema(example = "users")]
+    pub target_entity: String,
+    #[schema(example = "user-001")]
+    pub target_id: String,
+}
+
+/// The body of an edge as a link or unlink left it.
+pub(crate) fn edge_body(result: &OpResult) -> EdgeResponse {
+    let (edge, _) = result.edge.as_ref().expect("a link operation's result");
+    EdgeResponse {
+        entity: edge.source_type.to_string(),
+        id: edge.source_id.to_string(),
+        relation: edge.relation.clone(),
+        target_entity: edge.target_type.to_string(),
+        target_id: edge.target_id.to_string(),
     }
 }
 

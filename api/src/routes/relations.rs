@@ -25,7 +25,9 @@ use crate::auth::{Auth, require};
 use crate::error::{ApiError, ApiJson, ErrorEnvelope};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER};
 use crate::respond;
-use crate::routes::entities::{EntityResponse, entity_id, entity_type, schema_of};
+use crate::routes::entities::{
+    EdgeResponse, EntityResponse, edge_body, entity_id, entity_type, schema_of,
+};
 use crate::routes::support::{Page, await_consistency, page_cursor, with_lag};
 use crate::state::AppState;
 
@@ -34,23 +36,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(link, unlink))
         .routes(routes!(outgoing))
         .routes(routes!(incoming))
-}
-
-/// One edge of a relation.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EdgeResponse {
-    /// The type the edge starts from (the relation's type).
-    #[schema(example = "projects")]
-    pub entity: String,
-    #[schema(example = "proj-001")]
-    pub id: String,
-    #[schema(example = "members")]
-    pub relation: String,
-    #[schema(example = "users")]
-    pub target_entity: String,
-    #[schema(example = "user-001")]
-    pub target_id: String,
 }
 
 /// The record at the other end of an edge.
@@ -86,18 +71,6 @@ pub struct EdgePage {
     pub limit: Option<u32>,
     /// `nextCursor` of the previous page.
     pub cursor: Option<String>,
-}
-
-/// The body of an edge as a link or unlink left it.
-pub(crate) fn edge_body(result: &OpResult) -> EdgeResponse {
-    let (edge, _) = result.edge.as_ref().expect("a link operation's result");
-    EdgeResponse {
-        entity: edge.source_type.to_string(),
-        id: edge.source_id.to_string(),
-        relation: edge.relation.clone(),
-        target_entity: edge.target_type.to_string(),
-        target_id: edge.target_id.to_string(),
-    }
 }
 
 async fn run(
