@@ -457,6 +457,9 @@ async fn usage_queries(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A timed query: its name, its path, and its query parameters.
+type NamedQuery<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
+
 /// `entity-queries`: filtered, indexed lists over the records of `gateway seed entities`.
 async fn entity_queries(args: &Args) -> anyhow::Result<()> {
     let queries = [
@@ -477,7 +480,7 @@ async fn entity_queries(args: &Args) -> anyhow::Result<()> {
             "",
         ),
     ];
-    let queries: Vec<(&str, String, Vec<(&str, &str)>)> = queries
+    let queries: Vec<NamedQuery> = queries
         .iter()
         .map(|(name, filter, order)| {
             let mut query = vec![("where", *filter), ("limit", "50")];
@@ -493,7 +496,7 @@ async fn entity_queries(args: &Args) -> anyhow::Result<()> {
 /// `relation-queries`: one-hop filters and relation pages over `gateway seed relations`.
 async fn relation_queries(args: &Args) -> anyhow::Result<()> {
     let limit = ("limit", "50");
-    let queries: Vec<(&str, String, Vec<(&str, &str)>)> = vec![
+    let queries: Vec<NamedQuery> = vec![
         (
             "projects whose owner's country is DE (reference), limit 50",
             "/v1/projects".into(),
@@ -538,11 +541,7 @@ async fn relation_queries(args: &Args) -> anyhow::Result<()> {
 }
 
 /// Times `--requests` GETs of each query, one at a time, and prints their latencies.
-async fn timed_queries(
-    args: &Args,
-    seed: &str,
-    queries: &[(&str, String, Vec<(&str, &str)>)],
-) -> anyhow::Result<()> {
+async fn timed_queries(args: &Args, seed: &str, queries: &[NamedQuery<'_>]) -> anyhow::Result<()> {
     let key = args
         .api_key
         .clone()
