@@ -12,6 +12,7 @@ mod helpers;
 mod agents;
 mod catalogue;
 mod cli;
+mod console;
 mod contract;
 mod entities;
 mod entity_query;

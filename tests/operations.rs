@@ -94,6 +94,8 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/events/stream", "get"),
         ("/v1/ws", "get"),
         ("/websocket.schema.json", "get"),
+        ("/console", "get"),
+        ("/console/{asset}", "get"),
         ("/v1/{entity}/{id}/relations/{relation}", "get"),
         ("/v1/{entity}/{id}/relations/{relation}/{target}", "put"),
         ("/v1/{entity}/{id}/relations/{relation}/{target}", "delete"),
@@ -139,7 +141,13 @@ async fn the_openapi_document_covers_every_route() {
         for (method, operation) in item.as_object().unwrap() {
             let public = matches!(
                 path.as_str(),
-                "/health" | "/ready" | "/metrics" | "/openapi.json" | "/websocket.schema.json"
+                "/health"
+                    | "/ready"
+                    | "/metrics"
+                    | "/openapi.json"
+                    | "/websocket.schema.json"
+                    | "/console"
+                    | "/console/{asset}"
             );
             let security = operation["security"].as_array();
             assert_eq!(

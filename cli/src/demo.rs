@@ -1,4 +1,5 @@
-//! `gateway seed demo`: a demo tenant with keys, agents, sessions and a few messages, made
+//! `gateway seed demo`: a demo tenant with keys, agents, sessions, a few messages, budgets
+//! and customer records, made
 //! through the real HTTP API of an in-process gateway, so every record is a command, every
 //! reply went through the provider path, and every read model is built by the projectors.
 
@@ -31,6 +32,12 @@ const AGENTS: &[(&str, &str, &str, &str)] = &[
         "vendorA",
         "You help prospects choose the right plan.",
     ),
+];
+/// The demo's customers: id, name, country, plan.
+const CUSTOMERS: &[(&str, &str, &str, &str)] = &[
+    ("customer_001", "Ada Lovelace", "GB", "pro"),
+    ("customer_002", "Grace Hopper", "US", "enterprise"),
+    ("customer_003", "Konrad Zuse", "DE", "free"),
 ];
 const MESSAGES: &[&str] = &[
     "Hello, how can you help me?",
@@ -72,7 +79,9 @@ pub async fn demo(settings: Settings, tenant: &str, name: &str) -> anyhow::Resul
     let mut until = created.appended.last_cursor().unwrap_or_default();
     for (key_name, roles) in [
         ("demo-writer", vec![Role::Writer]),
-        ("demo-analyst", vec![Role::Analyst]),
+        // An analyst of the console: usage and budgets, and the conversations and records
+        // behind them.
+        ("demo-analyst", vec![Role::Analyst, Role::Reader]),
     ] {
         let metadata = EventMetadata::new(id.clone(), "seed", "seed", "IssueApiKey");
         let (key, outcome) = bootstrap::issue_key(
@@ -131,9 +140,9 @@ pub async fn demo(settings: Settings, tenant: &str, name: &str) -> anyhow::Resul
 
 async fn populate(base: &str, key: &str) -> anyhow::Result<(Vec<Value>, Vec<Value>, usize)> {
     let client = reqwest::Client::new();
-    let post = |path: String, body: Value, idempotency: Option<String>| {
+    let call = |method: reqwest::Method, path: String, body: Value, idempotency: Option<String>| {
         let mut request = client
-            .post(format!("{base}{path}"))
+            .request(method.clone(), format!("{base}{path}"))
             .header("x-api-key", key)
             .json(&body);
         if let Some(idempotency) = idempotency {
@@ -144,10 +153,13 @@ async fn populate(base: &str, key: &str) -> anyhow::Result<(Vec<Value>, Vec<Valu
             let status = response.status();
             let body: Value = response.json().await?;
             if !status.is_success() {
-                bail!("POST {path} answered {status}: {body}");
+                bail!("{method} {path} answered {status}: {body}");
             }
             Ok::<_, anyhow::Error>(body)
         }
+    };
+    let post = |path: String, body: Value, idempotency: Option<String>| {
+        call(reqwest::Method::POST, path, body, idempotency)
     };
     let (mut agents, mut sessions, mut messages) = (Vec::new(), Vec::new(), 0);
     for (name, primary, fallback, prompt) in AGENTS {
@@ -191,6 +203,42 @@ async fn populate(base: &str, key: &str) -> anyhow::Result<(Vec<Value>, Vec<Valu
             }
             sessions.push(json!({ "id": session_id, "agentId": agent_id, "customerId": customer }));
         }
+    }
+    // Budgets (soft, so they never refuse a message): the tenant's, with room left, and the
+    // first agent's, already spent.
+    call(
+        reqwest::Method::PUT,
+        "/v1/budgets/tenant".into(),
+        json!({"monthlyLimitUsd": 5, "enforcement": "soft"}),
+        None,
+    )
+    .await?;
+    let first = agents[0]["id"].as_str().unwrap_or_default().to_string();
+    call(
+        reqwest::Method::PUT,
+        format!("/v1/budgets/agents/{first}"),
+        json!({"monthlyLimitUsd": 0.000001, "enforcement": "soft"}),
+        None,
+    )
+    .await?;
+    // The customers of the sessions, as records of a type of their own.
+    post(
+        "/v1/entity-types".into(),
+        json!({"name": "customers", "key": ["customerId"], "fields": {
+            "customerId": {"type": "string", "required": true},
+            "name": {"type": "string", "required": true},
+            "country": {"type": "string", "indexed": true},
+            "plan": {"type": "string", "enum": ["free", "pro", "enterprise"]}}}),
+        None,
+    )
+    .await?;
+    for (id, name, country, plan) in CUSTOMERS {
+        post(
+            "/v1/customers".into(),
+            json!({"customerId": id, "name": name, "country": country, "plan": plan}),
+            None,
+        )
+        .await?;
     }
     Ok((agents, sessions, messages))
 }

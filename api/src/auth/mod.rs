@@ -1,7 +1,8 @@
 //! Authentication, authorization and rate limiting.
 //!
 //! Every route except the public ones (`/health`, `/ready`, `/openapi.json`,
-//! `/websocket.schema.json`, and `/metrics` unless `GATEWAY_METRICS_PUBLIC=false`) needs
+//! `/websocket.schema.json`, the console's page and assets, and `/metrics` unless
+//! `GATEWAY_METRICS_PUBLIC=false`) needs
 //! credentials (`/v1/ws` may take them in its first message instead); the [`authenticate`] middleware
 //! turns them into a [`Principal`] or answers 401 `UNAUTHORIZED` without saying what was
 //! wrong (the reason is logged). Handlers then declare the role they need with an extractor,
@@ -372,7 +373,12 @@ pub const WEBSOCKET_ROUTE: &str = "/v1/ws";
 fn is_public(route: &str, metrics_public: bool) -> bool {
     matches!(
         route,
-        "/health" | "/ready" | "/openapi.json" | "/websocket.schema.json"
+        "/health"
+            | "/ready"
+            | "/openapi.json"
+            | "/websocket.schema.json"
+            | "/console"
+            | "/console/{asset}"
     ) || (route == "/metrics" && metrics_public)
 }
 

@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod api_keys;
 pub mod budgets;
+pub mod console;
 pub mod entities;
 pub mod entity_types;
 pub mod events;
@@ -246,6 +247,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(entities::router())
         .merge(relations::router())
         .merge(ws::router())
+        .merge(console::router())
 }
 
 /// Refuses, before any other work, request targets over `GATEWAY_MAX_URI_BYTES` (414), a
