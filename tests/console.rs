@@ -320,6 +320,19 @@ async fn the_console_shows_the_demo_in_a_real_browser() {
         .run("return document.getElementById('usage-total-messages').innerText")
         .await;
     assert_eq!(messages, "8");
+    // The CSV download is what the page shows: its amounts add up to the total.
+    let csv = browser.run("return usageCsv()").await;
+    let csv = csv.as_str().unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("windowStart,timeZone,group,costUsd"));
+    let micros: i64 = lines
+        .map(|line| {
+            let amount = line.rsplit(',').next().unwrap();
+            let (dollars, fraction) = amount.split_once('.').unwrap();
+            dollars.parse::<i64>().unwrap() * 1_000_000 + fraction.parse::<i64>().unwrap()
+        })
+        .sum();
+    assert_eq!(micros, cost, "{csv}");
     browser.screenshot("usage").await;
 
     // Budgets: the agent's is spent.
@@ -376,7 +389,15 @@ async fn the_console_shows_the_demo_in_a_real_browser() {
         )
         .await;
     assert!(filtered.as_str().unwrap().contains("customer_003"));
-    browser.click("#records tbody tr").await;
+    // From the keyboard: Enter on the row opens its history.
+    let row = browser.element("#records tbody tr").await;
+    browser
+        .call(
+            Method::POST,
+            &format!("/element/{row}/value"),
+            Some(json!({"text": "\u{E007}"})),
+        )
+        .await;
     browser
         .until(
             "the history",
@@ -412,6 +433,23 @@ async fn the_console_shows_the_demo_in_a_real_browser() {
         "{event}"
     );
     browser.screenshot("live").await;
+
+    // On a phone's screen.
+    browser
+        .call(
+            Method::POST,
+            "/window/rect",
+            Some(json!({"width": 390, "height": 844})),
+        )
+        .await;
+    browser.go(&app.url("/console#/sessions")).await;
+    browser
+        .until(
+            "the sessions on a phone",
+            "return document.querySelectorAll('#sessions tbody tr').length === 4",
+        )
+        .await;
+    browser.screenshot("phone-sessions").await;
 
     // Sign out: the key is gone from the tab.
     browser.click("#sign-out").await;

@@ -102,7 +102,8 @@ function table(columns, rows, onClick) {
     }
     return tr;
   });
-  return el("table", {}, el("thead", {}, head), el("tbody", {}, body));
+  // Wide tables scroll inside their box, not the page (phones).
+  return el("div", { class: "scroll" }, el("table", {}, el("thead", {}, head), el("tbody", {}, body)));
 }
 
 // Money is integer micro-dollars end to end; only display divides.
@@ -331,8 +332,9 @@ function legend(keys, label) {
   return el("div", { class: "legend" }, keys.map((k, j) => el("span", { style: `--swatch: ${COLORS[j % COLORS.length]}` }, label(k))));
 }
 
-function downloadCsv() {
-  if (!usageShown) return;
+// The CSV of what the usage page shows: one line per window and group.
+function usageCsv() {
+  if (!usageShown) return "";
   const { windows, keys, value, measure, label, zone } = usageShown;
   const quote = (s) => (/[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
   const number = (v) => (measure === "costMicros" ? usd(v).replace("$", "") : String(v));
@@ -340,7 +342,12 @@ function downloadCsv() {
   for (const w of windows) {
     for (const k of keys) lines.push([w, zone, quote(label(k)), number(value(w, k))].join(","));
   }
-  const blob = new Blob([lines.join("\n") + "\n"], { type: "text/csv" });
+  return lines.join("\n") + "\n";
+}
+
+function downloadCsv() {
+  if (!usageShown) return;
+  const blob = new Blob([usageCsv()], { type: "text/csv" });
   const link = el("a", { href: URL.createObjectURL(blob), download: "usage.csv" });
   document.body.append(link);
   link.click();
