@@ -21,6 +21,7 @@ mod eventlog;
 mod faults;
 mod fuzz;
 mod hostile;
+mod oidc;
 mod operations;
 mod projections;
 mod projectors;

@@ -17,6 +17,8 @@ pub struct AppState {
     pub unknown_keys: Arc<RateLimiter>,
     pub last_used: Arc<LastUsed>,
     pub credentials: Arc<CredentialCache>,
+    /// The identity provider's signing keys, when JWKS verification is configured.
+    pub jwks: Option<Arc<crate::auth::jwt::KeySet>>,
 }
 
 impl Deref for AppState {

@@ -101,13 +101,29 @@ pub struct Settings {
     /// first start and printed once.
     #[serde(serialize_with = "serialize_secret_option")]
     pub admin_key: Option<SecretString>,
-    /// HS256 secret of service JWTs; unset means JWTs are refused.
+    /// HS256 secret of service JWTs; unset means HS256 tokens are refused.
     #[serde(serialize_with = "serialize_secret_option")]
     pub jwt_secret: Option<SecretString>,
     /// Required `iss` of service JWTs, when set.
     pub jwt_issuer: Option<String>,
     /// Required `aud` of service JWTs, when set.
     pub jwt_audience: Option<String>,
+    /// Where the identity provider publishes its signing keys (a JWKS). Unset, with
+    /// `JWT_ISSUER` an `http(s)://` URL: found through the issuer's
+    /// `/.well-known/openid-configuration`.
+    pub jwt_jwks_url: Option<String>,
+    /// The claim (a dotted path) that holds a token's tenant.
+    pub jwt_tenant_claim: String,
+    /// The claims (comma-separated dotted paths) that hold a token's roles: arrays of
+    /// strings, or space-separated strings such as `scope`; roles found in any of them count.
+    pub jwt_roles_claim: String,
+    /// The claims (comma-separated, first present wins) that name a token's principal.
+    pub jwt_subject_claim: String,
+    /// How often the signing keys are fetched again, in milliseconds.
+    pub jwks_refresh_ms: u64,
+    /// The least time between two fetches of the keys that a token with an unknown `kid`
+    /// causes, in milliseconds.
+    pub jwks_min_refresh_ms: u64,
     /// Serve `/metrics` without credentials.
     pub metrics_public: bool,
     /// Requests per minute per API key or JWT service, unless the tenant has its own limit.
@@ -188,6 +204,12 @@ impl Default for Settings {
             jwt_secret: None,
             jwt_issuer: None,
             jwt_audience: None,
+            jwt_jwks_url: None,
+            jwt_tenant_claim: "tenant".into(),
+            jwt_roles_claim: "roles".into(),
+            jwt_subject_claim: "service,sub,azp,client_id".into(),
+            jwks_refresh_ms: 300_000,
+            jwks_min_refresh_ms: 10_000,
             metrics_public: true,
             rate_limit_per_minute: 6000,
             idempotency_retention_hours: 24,
@@ -232,6 +254,10 @@ impl Settings {
                         "JWT_SECRET",
                         "JWT_ISSUER",
                         "JWT_AUDIENCE",
+                        "JWT_JWKS_URL",
+                        "JWT_TENANT_CLAIM",
+                        "JWT_ROLES_CLAIM",
+                        "JWT_SUBJECT_CLAIM",
                         "NATS_URL",
                     ])
                     .map(|key| match key.as_str() {

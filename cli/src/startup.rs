@@ -117,6 +117,7 @@ impl Application {
             "gateway ready"
         );
         let credentials = Arc::new(CredentialCache::new(settings.credential_cache()));
+        let jwks = api::auth::jwt::KeySet::from_settings(&settings).map(Arc::new);
         let state = AppState {
             app: App {
                 log,
@@ -132,6 +133,7 @@ impl Application {
             },
             rate_limiter: Arc::new(RateLimiter::default()),
             unknown_keys: Arc::new(RateLimiter::default()),
+            jwks,
             last_used,
             credentials,
         };

@@ -266,27 +266,30 @@ async fn from_jwt(
     if let Some(position) = asking.min_position {
         credentials_reach(state, position).await?;
     }
-    let secret = state
-        .settings
-        .jwt_secret
-        .as_ref()
-        .ok_or(Denied::Unauthorized("JWT_SECRET is not configured"))?;
     let expect = jwt::Expectations {
         issuer: state.settings.jwt_issuer.clone(),
         audience: state.settings.jwt_audience.clone(),
     };
+    let names = jwt::ClaimNames::new(
+        &state.settings.jwt_tenant_claim,
+        &state.settings.jwt_roles_claim,
+        &state.settings.jwt_subject_claim,
+    );
+    let secret = state.settings.jwt_secret.as_ref();
     let claims = jwt::verify(
         token,
-        secret.expose_secret().as_bytes(),
+        secret.map(|s| s.expose_secret().as_bytes()),
+        state.jwks.as_deref(),
         &expect,
-        Utc::now().timestamp(),
+        &names,
     )
+    .await
     .map_err(|error| {
         tracing::info!(%error, "JWT refused");
         Denied::Unauthorized("invalid token")
     })?;
     let roles: Vec<Role> = claims.roles.iter().filter_map(|r| r.parse().ok()).collect();
-    let subject = format!("jwt:{}", claims.subject().unwrap_or_default());
+    let subject = format!("jwt:{}", claims.subject);
     let tenant = match (header(headers, TENANT_HEADER), claims.tenant.as_deref()) {
         (Some(named), Some(claimed)) if named != claimed => return Err(Denied::Mismatch),
         (Some(tenant), _) | (None, Some(tenant)) => {
