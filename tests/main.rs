@@ -29,5 +29,6 @@ mod relations;
 mod security;
 mod seeds;
 mod streams;
+mod tls;
 mod usage;
 mod websocket;

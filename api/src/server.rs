@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+pub use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -41,6 +42,67 @@ pub struct Dispatch(pub Router);
 /// A connection's place among the `max_connections`; held as long as a clone of it lives.
 #[derive(Clone)]
 pub struct ConnectionSlot(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+
+/// The certificate a client showed in the TLS handshake, verified against `TLS_CLIENT_CA`
+/// (DER).
+#[derive(Clone, Debug)]
+pub struct PeerCertificate(pub Arc<rustls::pki_types::CertificateDer<'static>>);
+
+/// The TLS acceptor of `TLS_CERT` and `TLS_KEY` (PEM files: the certificate chain, and its
+/// private key), asking clients for a certificate verified against `client_ca` when given.
+/// A client without a certificate may still connect (and authenticate otherwise); one whose
+/// certificate does not verify (another CA, expired) fails the handshake.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading TLS_CERT {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("TLS_CERT {} is not PEM certificates", cert.display()))?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "TLS_CERT {} holds no certificate",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the private key TLS_KEY {}", key.display()))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("reading TLS_CLIENT_CA {}", path.display()))?
+            {
+                roots
+                    .add(ca.with_context(|| format!("TLS_CLIENT_CA {}", path.display()))?)
+                    .with_context(|| format!("TLS_CLIENT_CA {}", path.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .context("the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .context("TLS_CERT and TLS_KEY do not match")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
 
 /// The server's limits (see the module's docs).
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +119,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -86,23 +149,54 @@ pub async fn serve(
         let router = router.clone();
         let slot = ConnectionSlot(Arc::new(permit));
         let held = slot.clone();
-        let service = TowerToHyperService::new(tower::service_fn(
-            move |mut request: hyper::Request<Incoming>| {
-                let extensions = request.extensions_mut();
-                extensions.insert(ConnectInfo(peer));
-                extensions.insert(Dispatch(router.clone()));
-                extensions.insert(slot.clone());
-                router.clone().oneshot(request.map(axum::body::Body::new))
-            },
-        ));
-        let activity = Activity::new();
-        let io = TokioIo::new(Tracked {
-            inner: stream,
-            activity: activity.clone(),
-        });
-        let connection = http.serve_connection(io, service).with_upgrades();
-        let shutdown = shutdown.clone();
+        let (http, shutdown, tls) = (http.clone(), shutdown.clone(), tls.clone());
         connections.spawn(async move {
+            // TLS: the handshake, bounded like a request's head, and the client's certificate
+            // when it showed one (verified against `TLS_CLIENT_CA`).
+            let (stream, certificate) = match tls {
+                None => (Stream::Plain(stream), None),
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            let certificate = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .map(|c| PeerCertificate(Arc::new(c.clone().into_owned())));
+                            (Stream::Tls(Box::new(tls)), certificate)
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, %peer, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake too slow");
+                            return;
+                        }
+                    }
+                }
+            };
+            let service = TowerToHyperService::new(tower::service_fn(
+                move |mut request: hyper::Request<Incoming>| {
+                    let extensions = request.extensions_mut();
+                    extensions.insert(ConnectInfo(peer));
+                    extensions.insert(Dispatch(router.clone()));
+                    extensions.insert(slot.clone());
+                    if let Some(certificate) = &certificate {
+                        extensions.insert(certificate.clone());
+                    }
+                    router.clone().oneshot(request.map(axum::body::Body::new))
+                },
+            ));
+            let activity = Activity::new();
+            let io = TokioIo::new(Tracked {
+                inner: stream,
+                activity: activity.clone(),
+            });
+            let connection = http.serve_connection(io, service).with_upgrades();
             let _slot = held;
             tokio::pin!(connection);
             let mut closing = false;
@@ -174,9 +268,64 @@ impl Activity {
     }
 }
 
-/// A TCP stream that records when bytes last moved.
+/// A connection's stream: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+macro_rules! either {
+    ($stream:expr, $s:ident => $body:expr) => {
+        match $stream {
+            Stream::Plain($s) => $body,
+            Stream::Tls($s) => $body,
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        either!(self, s => s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// A stream that records when bytes last moved.
 struct Tracked {
-    inner: TcpStream,
+    inner: Stream,
     activity: Activity,
 }
 

@@ -119,6 +119,13 @@ pub struct Settings {
     pub jwt_roles_claim: String,
     /// The claims (comma-separated, first present wins) that name a token's principal.
     pub jwt_subject_claim: String,
+    /// TLS on the listener: the certificate chain (PEM file). With `tls_key`; unset: plain HTTP.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `tls_cert` (PEM file).
+    pub tls_key: Option<std::path::PathBuf>,
+    /// CA certificates (PEM file) that client certificates are verified against; clients
+    /// may then show one (and the handshake fails for one that does not verify).
+    pub tls_client_ca: Option<std::path::PathBuf>,
     /// How often the signing keys are fetched again, in milliseconds.
     pub jwks_refresh_ms: u64,
     /// The least time between two fetches of the keys that a token with an unknown `kid`
@@ -205,6 +212,9 @@ impl Default for Settings {
             jwt_issuer: None,
             jwt_audience: None,
             jwt_jwks_url: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             jwt_tenant_claim: "tenant".into(),
             jwt_roles_claim: "roles".into(),
             jwt_subject_claim: "service,sub,azp,client_id".into(),
@@ -258,6 +268,9 @@ impl Settings {
                         "JWT_TENANT_CLAIM",
                         "JWT_ROLES_CLAIM",
                         "JWT_SUBJECT_CLAIM",
+                        "TLS_CERT",
+                        "TLS_KEY",
+                        "TLS_CLIENT_CA",
                         "NATS_URL",
                     ])
                     .map(|key| match key.as_str() {

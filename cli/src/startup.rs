@@ -28,6 +28,8 @@ pub struct Application {
     shutdown: CancellationToken,
     workers: Vec<JoinHandle<()>>,
     bootstrap_key: Option<String>,
+    /// TLS on the listener, when `TLS_CERT` and `TLS_KEY` are set.
+    tls: Option<api::server::TlsAcceptor>,
 }
 
 /// Most events the stream cache holds (a few tens of megabytes at most).
@@ -37,6 +39,19 @@ impl Application {
     /// Connects, migrates, starts the projectors (unless disabled) and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.check_secrets()?;
+        // Refused before anything starts: a listener half configured for TLS, or files that
+        // do not make a TLS configuration.
+        let tls = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => Some(api::server::tls_acceptor(
+                cert,
+                key,
+                settings.tls_client_ca.as_deref(),
+            )?),
+            (None, None) if settings.tls_client_ca.is_none() => None,
+            _ => {
+                anyhow::bail!("TLS needs both TLS_CERT and TLS_KEY (TLS_CLIENT_CA needs them too)")
+            }
+        };
         let providers =
             app::providers::from_settings(&settings).context("configuring the providers")?;
         let log = open_log(&settings).await?;
@@ -144,6 +159,7 @@ impl Application {
             shutdown,
             workers,
             bootstrap_key,
+            tls,
         })
     }
 
@@ -186,7 +202,14 @@ impl Application {
             tracing::info!("shutting down: draining requests");
             tokio::time::Instant::now() + grace
         });
-        api::server::serve(self.listener, router, limits, self.shutdown.clone()).await;
+        api::server::serve(
+            self.listener,
+            router,
+            limits,
+            self.tls,
+            self.shutdown.clone(),
+        )
+        .await;
         // The whole shutdown, requests and workers together, stays within the grace period.
         let deadline = stopping
             .await
