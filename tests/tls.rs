@@ -122,6 +122,86 @@ async fn the_listener_speaks_tls_and_verifies_client_certificates(backend: Backe
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    // The certificate alone authenticates once an admin registers it as a key.
+    let cert_client = client(&ca, Some(&good));
+    let unregistered = cert_client
+        .get(format!("{https}/v1/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::helpers::error_code(unregistered).await,
+        (401, "UNAUTHORIZED".into())
+    );
+    let registered = anonymous
+        .post(format!("{https}/v1/api-keys"))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!({"name": "billing", "roles": ["writer"],
+                                  "certificateSubject": "billing.svc"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    let registered: serde_json::Value = registered.json().await.unwrap();
+    assert!(
+        registered["apiKey"]["key"].is_null(),
+        "no secret: {registered}"
+    );
+    let key_id = registered["apiKey"]["id"].as_str().unwrap().to_string();
+    let me: serde_json::Value = cert_client
+        .get(format!("{https}/v1/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        me["principal"],
+        serde_json::json!({"type": "certificate", "id": key_id})
+    );
+    assert_eq!(me["roles"], serde_json::json!(["writer"]));
+    assert_eq!(me["tenant"]["id"], "acme");
+    // Its roles decide, and its writes carry it as the actor.
+    let created = cert_client
+        .post(format!("{https}/v1/users"))
+        .json(&serde_json::json!({"id": "from-cert"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    // Another certificate of the same CA is not that key.
+    let other = clients.issue(
+        &["other.svc"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        (2020, 2100),
+    );
+    let refused = client(&ca, Some(&other))
+        .get(format!("{https}/v1/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    // Revoked: the next request that knows of the revocation is refused.
+    let revoked = anonymous
+        .delete(format!("{https}/v1/api-keys/{key_id}"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success());
+    let position = revoked.headers()["x-event-position"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let after = cert_client
+        .get(format!("{https}/v1/me"))
+        .header("x-min-position", position)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401);
+
     // Another CA's, or an expired one, is refused in the handshake.
     let stranger = Authority::new("someone else").issue(
         &["billing.svc"],

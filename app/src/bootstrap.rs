@@ -89,6 +89,7 @@ pub async fn create_tenant(
             roles: vec![Role::Admin],
             expires_at: None,
             secret_hash: key.secret_hash.clone(),
+            certificate_subject: None,
         },
         clock,
     )
@@ -148,6 +149,7 @@ pub async fn issue_key(
                 roles,
                 expires_at,
                 secret_hash: key.secret_hash.clone(),
+                certificate_subject: None,
             },
             clock,
             metadata,
@@ -242,6 +244,7 @@ pub async fn ensure_platform_key(
                 roles: vec![Role::Superadmin],
                 expires_at: None,
                 secret_hash: key.secret_hash.clone(),
+                certificate_subject: None,
             },
             clock,
             &metadata,

@@ -67,6 +67,7 @@ pub fn api_key(id: &str) -> impl Fn(ApiKeyError) -> Error {
             ApiKeyError::NoRoles | ApiKeyError::SuperadminOutsidePlatform => "roles",
             ApiKeyError::InvalidName => "name",
             ApiKeyError::ExpiryInPast => "expiresAt",
+            ApiKeyError::InvalidCertificateSubject => "certificateSubject",
         };
         Error::Validation(vec![FieldError {
             field: field.into(),

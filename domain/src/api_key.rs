@@ -31,6 +31,9 @@ pub enum ApiKeyCommand {
         expires_at: Option<DateTime<Utc>>,
         /// Hex SHA-256 of the secret.
         secret_hash: String,
+        /// For a service that authenticates with a client certificate instead of the key's
+        /// secret: the certificate's subject common name or a DNS or URI name it carries.
+        certificate_subject: Option<String>,
     },
     RevokeApiKey,
 }
@@ -54,6 +57,8 @@ pub enum ApiKeyEvent {
         roles: Vec<Role>,
         expires_at: Option<DateTime<Utc>>,
         secret_hash: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        certificate_subject: Option<String>,
     },
     ApiKeyRevoked {
         id: String,
@@ -74,8 +79,15 @@ impl DomainEvent for ApiKeyEvent {
     }
 }
 
+/// Whether `subject` can name a certificate: 1 to 253 printable ASCII characters, no spaces.
+pub fn valid_certificate_subject(subject: &str) -> bool {
+    (1..=253).contains(&subject.len()) && subject.bytes().all(|b| b.is_ascii_graphic())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiKeyError {
+    #[error("a certificate subject has 1 to 253 printable ASCII characters and no spaces")]
+    InvalidCertificateSubject,
     #[error("a key with this id already exists")]
     AlreadyIssued,
     #[error("no such key")]
@@ -126,6 +138,7 @@ impl Aggregate for ApiKey {
                 roles,
                 expires_at,
                 secret_hash,
+                certificate_subject,
             } => {
                 if self.id.is_some() {
                     return Err(ApiKeyError::AlreadyIssued);
@@ -147,6 +160,12 @@ impl Aggregate for ApiKey {
                 if expires_at.is_some_and(|at| at <= clock.now()) {
                     return Err(ApiKeyError::ExpiryInPast);
                 }
+                if certificate_subject
+                    .as_ref()
+                    .is_some_and(|subject| !valid_certificate_subject(subject))
+                {
+                    return Err(ApiKeyError::InvalidCertificateSubject);
+                }
                 let event = ApiKeyEvent::ApiKeyIssued {
                     id,
                     tenant_id,
@@ -154,6 +173,7 @@ impl Aggregate for ApiKey {
                     roles,
                     expires_at,
                     secret_hash,
+                    certificate_subject,
                 };
                 sink.write(event, self).await;
             }
@@ -197,6 +217,7 @@ mod tests {
             roles,
             expires_at: None,
             secret_hash: "ab".into(),
+            certificate_subject: None,
         }
     }
 
@@ -208,6 +229,7 @@ mod tests {
             roles: vec![Role::Writer, Role::Reader],
             expires_at: None,
             secret_hash: "ab".into(),
+            certificate_subject: None,
         }
     }
 

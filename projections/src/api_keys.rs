@@ -49,7 +49,8 @@ impl Projector for ApiKeysProjector {
         let table = target.table("api_keys");
         let insert = format!(
             "INSERT INTO {table} (key_id, tenant_id, name, roles, secret_hash, expires_at, \
-             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key_id) DO NOTHING"
+             created_at, certificate_subject) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (key_id) DO NOTHING"
         );
         let revoke = format!(
             "UPDATE {table} SET revoked_at = $3 WHERE key_id = $1 AND tenant_id = $2 \
@@ -66,6 +67,7 @@ impl Projector for ApiKeysProjector {
                     roles,
                     expires_at,
                     secret_hash,
+                    certificate_subject,
                 } => {
                     tx.execute(
                         Statement::new(&insert)
@@ -75,7 +77,8 @@ impl Projector for ApiKeysProjector {
                             .bind(roles_text(roles))
                             .bind(secret_hash.as_str())
                             .bind(*expires_at)
-                            .bind(at),
+                            .bind(at)
+                            .bind(certificate_subject.as_deref()),
                     )
                     .await?;
                 }
@@ -108,36 +111,62 @@ pub struct Credential {
     pub tenant: Option<(String, Option<i64>)>,
 }
 
+/// The columns of a credential, with its tenant's status and rate limit.
+const CREDENTIAL_SQL: &str = "SELECT k.key_id, k.tenant_id, k.roles, k.secret_hash, k.expires_at, \
+     k.revoked_at, t.status AS tenant_status, t.rate_limit_per_minute \
+     FROM api_keys k LEFT JOIN tenants t ON t.tenant_id = k.tenant_id";
+
+fn credential_of(row: &eventlog::Row) -> Result<Credential, sqlx::Error> {
+    let roles: String = row.try_get("roles")?;
+    let revoked_at: Option<DateTime<Utc>> = row.try_get("revoked_at")?;
+    Ok(Credential {
+        key_id: row.try_get("key_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        roles: parse_roles(&roles),
+        secret_hash: row.try_get("secret_hash")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked: revoked_at.is_some(),
+        tenant: row
+            .try_get::<Option<String>, _>("tenant_status")?
+            .map(|status| Ok::<_, sqlx::Error>((status, row.try_get("rate_limit_per_minute")?)))
+            .transpose()?,
+    })
+}
+
 /// The key `key_id`, whatever its tenant.
 pub async fn credential(db: &Db, key_id: &str) -> Result<Option<Credential>, sqlx::Error> {
     // One round trip for what every request with an API key needs: the key and its tenant.
-    let sql = "SELECT k.key_id, k.tenant_id, k.roles, k.secret_hash, k.expires_at, \
-               k.revoked_at, t.status AS tenant_status, t.rate_limit_per_minute \
-               FROM api_keys k LEFT JOIN tenants t ON t.tenant_id = k.tenant_id \
-               WHERE k.key_id = $1";
-    Ok({
-        match db.fetch_optional(Statement::new(sql).bind(key_id)).await? {
-            Some(row) => {
-                let roles: String = row.try_get("roles")?;
-                let revoked_at: Option<DateTime<Utc>> = row.try_get("revoked_at")?;
-                Some(Credential {
-                    key_id: row.try_get("key_id")?,
-                    tenant_id: row.try_get("tenant_id")?,
-                    roles: parse_roles(&roles),
-                    secret_hash: row.try_get("secret_hash")?,
-                    expires_at: row.try_get("expires_at")?,
-                    revoked: revoked_at.is_some(),
-                    tenant: row
-                        .try_get::<Option<String>, _>("tenant_status")?
-                        .map(|status| {
-                            Ok::<_, sqlx::Error>((status, row.try_get("rate_limit_per_minute")?))
-                        })
-                        .transpose()?,
-                })
-            }
-            None => None,
-        }
-    })
+    let sql = format!("{CREDENTIAL_SQL} WHERE k.key_id = $1");
+    db.fetch_optional(Statement::new(&sql).bind(key_id))
+        .await?
+        .as_ref()
+        .map(credential_of)
+        .transpose()
+}
+
+/// The keys registered for a client certificate with any of `subjects` (its common name and
+/// the names it carries), whatever their tenant, revoked ones included.
+pub async fn certificate_credentials(
+    db: &Db,
+    subjects: &[String],
+) -> Result<Vec<Credential>, sqlx::Error> {
+    if subjects.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=subjects.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "{CREDENTIAL_SQL} WHERE k.certificate_subject IN ({}) ORDER BY k.key_id",
+        placeholders.join(", ")
+    );
+    let mut statement = Statement::new(&sql);
+    for subject in subjects {
+        statement.push(subject.as_str());
+    }
+    db.fetch_all(statement)
+        .await?
+        .iter()
+        .map(credential_of)
+        .collect()
 }
 
 /// A key as `GET /v1/api-keys` shows it (never the secret or its hash).

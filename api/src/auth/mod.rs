@@ -61,6 +61,8 @@ pub enum PrincipalKind {
     ApiKey,
     Jwt,
     AdminKey,
+    /// A client certificate registered as a key (`certificateSubject`).
+    Certificate,
 }
 
 impl PrincipalKind {
@@ -69,6 +71,7 @@ impl PrincipalKind {
             PrincipalKind::ApiKey => "apiKey",
             PrincipalKind::Jwt => "jwt",
             PrincipalKind::AdminKey => "adminKey",
+            PrincipalKind::Certificate => "certificate",
         }
     }
 }
@@ -310,9 +313,84 @@ async fn from_jwt(
     })
 }
 
+/// The names a client certificate answers to: its subject's common names, and the DNS and
+/// URI names of its subject alternative names.
+pub fn certificate_names(certificate: &crate::server::PeerCertificate) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(certificate.0.as_ref()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = parsed
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => names.push(dns.to_string()),
+                GeneralName::URI(uri) => names.push(uri.to_string()),
+                _ => {}
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// A client certificate (verified against `TLS_CLIENT_CA` in the handshake) registered as a
+/// key: exactly one key of any tenant must name one of its names and hold.
+async fn from_certificate(
+    state: &AppState,
+    headers: &HeaderMap,
+    certificate: &crate::server::PeerCertificate,
+    asking: Asking,
+) -> Result<Principal, Denied> {
+    let names = certificate_names(certificate);
+    if let Some(position) = asking.min_position {
+        credentials_reach(state, position).await?;
+    }
+    let found = read_fresh(state, || async {
+        let found = projections::api_keys::certificate_credentials(state.log.db(), &names).await?;
+        Ok((!found.is_empty()).then_some(found))
+    })
+    .await?
+    .unwrap_or_default();
+    let live: Vec<_> = found
+        .into_iter()
+        .filter(|c| !c.revoked && c.expires_at.is_none_or(|at| at > Utc::now()))
+        .collect();
+    let credential = match live.as_slice() {
+        [one] => one.clone(),
+        [] => return Err(Denied::Unauthorized("no live key for this certificate")),
+        _ => return Err(Denied::Unauthorized("several keys name this certificate")),
+    };
+    let tenant = TenantId::parse(credential.tenant_id.clone())
+        .map_err(|_| Denied::Unauthorized("key of a malformed tenant"))?;
+    if let Some(named) = header(headers, TENANT_HEADER)
+        && named != tenant.as_str()
+    {
+        return Err(Denied::Mismatch);
+    }
+    let (status, limit) = credential.tenant.as_ref().ok_or(Denied::UnknownTenant)?;
+    if status == TenantStatus::Suspended.as_str() {
+        return Err(Denied::Suspended);
+    }
+    state.last_used.touch(&credential.key_id);
+    Ok(Principal {
+        tenant: Some(tenant),
+        subject: credential.key_id.clone(),
+        roles: credential.roles.clone(),
+        kind: PrincipalKind::Certificate,
+        rate_limit_per_minute: limit.map_or(state.settings.rate_limit_per_minute, |l| l as u32),
+    })
+}
+
 async fn identify(
     state: &AppState,
     headers: &HeaderMap,
+    certificate: Option<&crate::server::PeerCertificate>,
     asking: Asking,
 ) -> Result<Principal, Denied> {
     if let Some(token) = header(headers, "x-api-key") {
@@ -325,6 +403,9 @@ async fn identify(
             .ok_or(Denied::Unauthorized("unsupported authorization scheme"))?;
         return from_jwt(state, headers, token.trim(), asking).await;
     }
+    if let Some(certificate) = certificate {
+        return from_certificate(state, headers, certificate, asking).await;
+    }
     Err(Denied::Unauthorized("no credentials"))
 }
 
@@ -335,6 +416,7 @@ async fn identify(
 pub async fn recheck(
     state: &AppState,
     headers: &HeaderMap,
+    certificate: Option<&crate::server::PeerCertificate>,
     role: Role,
     tenant: &TenantId,
 ) -> Result<(), ApiError> {
@@ -343,7 +425,7 @@ pub async fn recheck(
         min_position: Some(committed),
         peer: None,
     };
-    let principal = identify(state, headers, asking).await?;
+    let principal = identify(state, headers, certificate, asking).await?;
     if !Role::any_grants(&principal.roles, role) {
         return Err(ApiError::Forbidden { required: role });
     }
@@ -364,7 +446,7 @@ pub async fn sign_in(
         min_position: None,
         peer,
     };
-    Ok(identify(state, headers, asking).await?)
+    Ok(identify(state, headers, None, asking).await?)
 }
 
 /// The WebSocket route: it may be opened without credentials (browsers cannot send headers
@@ -405,6 +487,10 @@ pub async fn authenticate(
     if route == WEBSOCKET_ROUTE
         && header(request.headers(), "x-api-key").is_none()
         && header(request.headers(), "authorization").is_none()
+        && request
+            .extensions()
+            .get::<crate::server::PeerCertificate>()
+            .is_none()
     {
         return next.run(request).await;
     }
@@ -416,7 +502,11 @@ pub async fn authenticate(
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0.ip()),
     };
-    let principal = match identify(&state, request.headers(), asking).await {
+    let certificate = request
+        .extensions()
+        .get::<crate::server::PeerCertificate>()
+        .cloned();
+    let principal = match identify(&state, request.headers(), certificate.as_ref(), asking).await {
         Ok(principal) => principal,
         Err(denied) => return ApiError::from(denied).into_response(),
     };

@@ -122,6 +122,10 @@ pub struct CreateKey {
     #[schema(value_type = Vec<String>)]
     pub roles: Vec<Role>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// For a service that authenticates with a client certificate (`TLS_CLIENT_CA`): the
+    /// certificate's subject common name, or a DNS or URI name it carries. The key then has
+    /// no secret: `key` is `null`.
+    pub certificate_subject: Option<String>,
 }
 
 /// Issue a key. The secret (`key`) is in this response only.
@@ -152,6 +156,7 @@ pub async fn create_key(
         roles: request.roles.clone(),
         expires_at: request.expires_at,
         secret_hash: generated.secret_hash.clone(),
+        certificate_subject: request.certificate_subject.clone(),
     };
     let respond = |outcome: &eventlog::CommandOutcome<ApiKey>| {
         let mut roles = request.roles.clone();
@@ -195,6 +200,10 @@ pub async fn create_key(
     )
     .await
     {
+        // A certificate's key has no usable secret: the one generated is never shown.
+        Ok((_, stored)) if request.certificate_subject.is_some() => {
+            Ok(respond::to_response(&stored, false))
+        }
         Ok((_, stored)) => respond::with_secret(&stored, &generated.token),
         Err(refused) => Ok(respond::refused(refused)),
     }

@@ -114,6 +114,7 @@ pub async fn stream_events(
     State(state): State<AppState>,
     auth: Auth<require::Reader>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     Query(query): Query<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let resume = headers
@@ -128,7 +129,10 @@ pub async fn stream_events(
         state,
         &auth.principal.roles,
         auth.tenant().clone(),
-        credential_headers(&headers),
+        (
+            credential_headers(&headers),
+            extensions.get::<crate::server::PeerCertificate>().cloned(),
+        ),
         Filter::new(query.types, query.aggregate_type, query.entity),
         cursor,
     );
@@ -195,6 +199,8 @@ pub(crate) struct Tail {
     /// The roles of the stream's principal: events they may not read are skipped.
     roles: Vec<domain::roles::Role>,
     credentials: HeaderMap,
+    /// The client certificate the principal authenticated with, if any.
+    certificate: Option<crate::server::PeerCertificate>,
     recheck: Duration,
     next_check: tokio::time::Instant,
 }
@@ -206,7 +212,7 @@ impl Tail {
         state: AppState,
         roles: &[domain::roles::Role],
         tenant: domain::names::TenantId,
-        credentials: HeaderMap,
+        (credentials, certificate): (HeaderMap, Option<crate::server::PeerCertificate>),
         filter: Filter,
         cursor: Cursor,
     ) -> Self {
@@ -218,6 +224,7 @@ impl Tail {
             filter,
             roles: roles.to_vec(),
             credentials,
+            certificate,
             next_check: tokio::time::Instant::now() + recheck,
             recheck,
             state,
@@ -242,6 +249,7 @@ impl Tail {
                 match crate::auth::recheck(
                     &self.state,
                     &self.credentials,
+                    self.certificate.as_ref(),
                     domain::roles::Role::Reader,
                     &self.tenant,
                 )

@@ -47,7 +47,7 @@ use utoipa_axum::routes;
 use crate::auth::{self, Principal};
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::routes::events::{self, Filter, Next, Tail};
-use crate::server::{ConnectionSlot, Dispatch};
+use crate::server::{ConnectionSlot, Dispatch, PeerCertificate};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -118,6 +118,7 @@ pub async fn websocket(
         Some(principal) => Some(Session::new(
             principal.clone(),
             events::credential_headers(&headers),
+            extensions.get::<PeerCertificate>().cloned(),
         )?),
         None => None,
     };
@@ -147,10 +148,16 @@ struct Session {
     tenant: domain::names::TenantId,
     /// The headers that authenticate the connection's requests and re-checks.
     credentials: HeaderMap,
+    /// Or the client certificate.
+    certificate: Option<PeerCertificate>,
 }
 
 impl Session {
-    fn new(principal: Principal, credentials: HeaderMap) -> Result<Self, ApiError> {
+    fn new(
+        principal: Principal,
+        credentials: HeaderMap,
+        certificate: Option<PeerCertificate>,
+    ) -> Result<Self, ApiError> {
         if !domain::roles::Role::any_grants(&principal.roles, domain::roles::Role::Reader) {
             return Err(ApiError::Forbidden {
                 required: domain::roles::Role::Reader,
@@ -161,6 +168,7 @@ impl Session {
             principal,
             tenant,
             credentials,
+            certificate,
         })
     }
 }
@@ -561,7 +569,7 @@ impl Connection {
                     .unwrap_or_else(|| "UNAUTHORIZED".into());
                 Closing::new(&code, e.to_string(), close_code::UNAUTHORIZED)
             })?;
-        Session::new(principal, headers).map_err(|e| refused(e.to_string()))
+        Session::new(principal, headers, None).map_err(|e| refused(e.to_string()))
     }
 
     /// Starts a subscription's tail; the reply to send when it cannot start.
@@ -608,7 +616,7 @@ impl Connection {
             self.state.clone(),
             &session.principal.roles,
             session.tenant.clone(),
-            session.credentials.clone(),
+            (session.credentials.clone(), session.certificate.clone()),
             filter,
             start,
         );
@@ -680,7 +688,12 @@ impl Connection {
     ) {
         let session = self.session.as_ref().expect("requests after auth");
         let id = message.id.clone();
-        let built = build_request(&session.credentials, self.peer, message);
+        let built = build_request(&session.credentials, self.peer, message).map(|mut request| {
+            if let Some(certificate) = &session.certificate {
+                request.extensions_mut().insert(certificate.clone());
+            }
+            request
+        });
         let (dispatch, out) = (self.dispatch.clone(), out.clone());
         tokio::spawn(async move {
             let _permit = permit;
