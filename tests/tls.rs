@@ -162,6 +162,16 @@ async fn the_listener_speaks_tls_and_verifies_client_certificates(backend: Backe
     );
     assert_eq!(me["roles"], serde_json::json!(["writer"]));
     assert_eq!(me["tenant"]["id"], "acme");
+    let listed: serde_json::Value = anonymous
+        .get(format!("{https}/v1/api-keys/{key_id}"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["apiKey"]["certificateSubject"], "billing.svc");
     // Its roles decide, and its writes carry it as the actor.
     let created = cert_client
         .post(format!("{https}/v1/users"))

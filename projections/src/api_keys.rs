@@ -179,6 +179,8 @@ pub struct ApiKeyRecord {
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// For a client certificate's key: the name it answers to.
+    pub certificate_subject: Option<String>,
 }
 
 impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for ApiKeyRecord
@@ -197,12 +199,13 @@ where
             created_at: row.try_get("created_at")?,
             revoked_at: row.try_get("revoked_at")?,
             last_used_at: row.try_get("last_used_at")?,
+            certificate_subject: row.try_get("certificate_subject")?,
         })
     }
 }
 
 const SELECT: &str = "SELECT k.key_id, k.name, k.roles, k.expires_at, k.created_at, \
-                      k.revoked_at, u.last_used_at FROM api_keys k \
+                      k.revoked_at, u.last_used_at, k.certificate_subject FROM api_keys k \
                       LEFT JOIN api_key_last_used u ON u.key_id = k.key_id";
 
 /// The tenant's keys ordered by id, after `after`.

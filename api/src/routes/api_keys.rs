@@ -49,6 +49,9 @@ pub struct ApiKeyView {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Updated in the background, at most a few seconds late.
     pub last_used_at: Option<DateTime<Utc>>,
+    /// For a client certificate's key: the certificate name it answers to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_subject: Option<String>,
 }
 
 /// `{"apiKey": {...}}`.
@@ -109,6 +112,7 @@ impl From<ApiKeyRecord> for ApiKeyView {
             created_at: record.created_at,
             revoked_at: record.revoked_at,
             last_used_at: record.last_used_at,
+            certificate_subject: record.certificate_subject,
         }
     }
 }
@@ -174,6 +178,7 @@ pub async fn create_key(
                     created_at: created,
                     revoked_at: None,
                     last_used_at: None,
+                    certificate_subject: request.certificate_subject.clone(),
                 },
                 key: None,
             },
