@@ -26,6 +26,7 @@ mod operations;
 mod projections;
 mod projectors;
 mod relations;
+mod roles;
 mod security;
 mod seeds;
 mod streams;

@@ -40,6 +40,11 @@ struct ProjectorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailingEventLabels {
     projector: String,
     event_id: String,
@@ -68,6 +73,7 @@ pub struct Metrics {
     relay_healthy: Gauge,
     relay_lag_events: Gauge,
     relay_lag_seconds: Gauge<f64, AtomicU64>,
+    process_roles: Family<RoleLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -127,6 +133,12 @@ impl Default for Metrics {
         let relay_healthy = Gauge::default();
         let relay_lag_events = Gauge::default();
         let relay_lag_seconds = Gauge::<f64, AtomicU64>::default();
+        let process_roles = Family::<RoleLabels, Gauge>::default();
+        registry.register(
+            "process_role",
+            "1 for each role this process has (api, projectors, relay)",
+            process_roles.clone(),
+        );
         registry.register(
             "relay_healthy",
             "1 when the NATS relay's last publish or connection attempt succeeded",
@@ -144,6 +156,7 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            process_roles,
             relay_healthy,
             relay_lag_events,
             relay_lag_seconds,
@@ -231,6 +244,17 @@ impl Metrics {
         self.projector_lag_seconds
             .get_or_create(&labels)
             .set(seconds);
+    }
+
+    /// Records the process's roles.
+    pub fn roles(&self, roles: &[&str]) {
+        for role in roles {
+            self.process_roles
+                .get_or_create(&RoleLabels {
+                    role: role.to_string(),
+                })
+                .set(1);
+        }
     }
 
     pub fn relay(&self, healthy: bool, events: u64, seconds: f64) {

@@ -51,6 +51,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Run the projectors in this process.
     pub run_projectors: bool,
+    /// What this process does, comma-separated: `api` (the HTTP API), `projectors` (the
+    /// projector runners, the index builder and the idempotency reaper), `relay` (the NATS
+    /// relay, with `NATS_URL`). Every process serves `/health`, `/ready` and `/metrics`.
+    pub roles: String,
     /// Most events a projector applies in one transaction.
     pub projector_batch_size: usize,
     /// How often an idle projector looks at the log without a wake-up, in milliseconds.
@@ -187,6 +191,7 @@ impl Default for Settings {
             log_filter: "info".into(),
             log_format: LogFormat::Auto,
             run_projectors: true,
+            roles: "api,projectors,relay".into(),
             projector_batch_size: 500,
             projector_poll_ms: 500,
             projector_coalesce_ms: 5,
@@ -302,6 +307,32 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// The process's roles (`GATEWAY_ROLES`, `gateway serve --roles`); `run_projectors`
+    /// false takes `projectors` away. Refuses an unknown role or none at all.
+    pub fn process_roles(&self) -> anyhow::Result<ProcessRoles> {
+        let mut roles = ProcessRoles::default();
+        for role in self
+            .roles
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+        {
+            match role {
+                "api" => roles.api = true,
+                "projectors" => roles.projectors = true,
+                "relay" => roles.relay = true,
+                other => anyhow::bail!(
+                    "unknown process role '{other}' (GATEWAY_ROLES, --roles): use api, projectors, relay"
+                ),
+            }
+        }
+        roles.projectors &= self.run_projectors;
+        if !(roles.api || roles.projectors || roles.relay) {
+            anyhow::bail!("a process needs at least one role (api, projectors, relay)");
+        }
+        Ok(roles)
     }
 
     /// The database URL in effect: the configured one, or the embedded SQLite file.
@@ -599,5 +630,27 @@ default_model = "llama3"
             assert_eq!(settings.provider_retry.max_retries, 2);
             Ok(())
         });
+    }
+}
+
+/// What one gateway process does (see [`Settings::roles`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessRoles {
+    pub api: bool,
+    pub projectors: bool,
+    pub relay: bool,
+}
+
+impl ProcessRoles {
+    /// The roles' names, in a fixed order.
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (self.api, "api"),
+            (self.projectors, "projectors"),
+            (self.relay, "relay"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
     }
 }

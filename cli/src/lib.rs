@@ -36,8 +36,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve HTTP and run the projectors (the default).
-    Serve,
+    /// Serve HTTP and run the projectors and the relay (the default), or some of them.
+    Serve(serve::ServeArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Projection maintenance.
@@ -68,8 +68,11 @@ pub enum Command {
 /// Runs the command line after settings are loaded and logging is set up. What a command
 /// prints for its user goes to `out`.
 pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> anyhow::Result<()> {
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve::serve(settings).await,
+    match cli
+        .command
+        .unwrap_or(Command::Serve(serve::ServeArgs::default()))
+    {
+        Command::Serve(args) => serve::serve(args, settings).await,
         Command::Migrate => serve::migrate(settings).await,
         Command::Projections(command) => projections::run(command, settings, out).await,
         Command::Tenants(command) => tenants::run(command, settings, out).await,

@@ -14,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = app::settings::Settings::load(cli.config.as_deref())?;
     settings.check_secrets()?;
     let target = match cli.command {
-        None | Some(cli::Command::Serve) => cli::telemetry::LogTarget::Stdout,
+        None | Some(cli::Command::Serve(_)) => cli::telemetry::LogTarget::Stdout,
         Some(_) => cli::telemetry::LogTarget::Stderr,
     };
     cli::telemetry::init(&settings.log_filter, settings.log_format, target);

@@ -3,8 +3,20 @@
 use crate::startup::{self, Application};
 use app::settings::Settings;
 
+/// The arguments of `gateway serve`.
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// What this process does: `api`, `projectors`, `relay`, comma-separated (default: all;
+    /// also `GATEWAY_ROLES`). Projector and relay processes keep one leader per database.
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Option<Vec<String>>,
+}
+
 /// Serves HTTP and runs the workers until a shutdown signal.
-pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+pub async fn serve(args: ServeArgs, mut settings: Settings) -> anyhow::Result<()> {
+    if let Some(roles) = args.roles {
+        settings.roles = roles.join(",");
+    }
     let mut app = Application::build(settings).await?;
     if let Some(key) = app.take_bootstrap_key() {
         // On stderr, apart from the log stream (stdout), which is often shipped

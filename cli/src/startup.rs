@@ -89,23 +89,30 @@ impl Application {
         } else {
             None
         };
-        let mut workers = if settings.run_projectors {
-            workers::start(&log, &projectors, &progress, &settings.runner(), &shutdown)
-        } else {
-            Vec::new()
-        };
-        workers.push(workers::indexer::spawn(
-            log.db().clone(),
-            Duration::from_secs(2),
-            shutdown.clone(),
-        ));
-        workers.push(workers::reaper::spawn(
-            log.clone(),
-            settings.idempotency_retention(),
-            Duration::from_secs(60),
-            shutdown.clone(),
-        ));
-        let relay = settings.relay().map(|relay_settings| {
+        let roles = settings.process_roles()?;
+        let mut workers = Vec::new();
+        if roles.projectors {
+            workers.extend(workers::start(
+                &log,
+                &projectors,
+                &progress,
+                &settings.runner(),
+                &shutdown,
+            ));
+            workers.push(workers::indexer::spawn(
+                log.db().clone(),
+                Duration::from_secs(2),
+                shutdown.clone(),
+            ));
+            workers.push(workers::reaper::spawn(
+                log.clone(),
+                settings.idempotency_retention(),
+                Duration::from_secs(60),
+                shutdown.clone(),
+            ));
+        }
+        let relay_settings = settings.relay().filter(|_| roles.relay);
+        let relay = relay_settings.map(|relay_settings| {
             let status = Arc::new(workers::relay::RelayStatus::default());
             workers.push(workers::relay::spawn(
                 log.clone(),
@@ -128,7 +135,7 @@ impl Application {
         tracing::info!(
             port,
             backend = log.db().backend().as_str(),
-            projectors = settings.run_projectors,
+            roles = ?roles.names(),
             "gateway ready"
         );
         let credentials = Arc::new(CredentialCache::new(settings.credential_cache()));
@@ -137,7 +144,11 @@ impl Application {
             app: App {
                 log,
                 progress,
-                metrics: Arc::new(Metrics::default()),
+                metrics: {
+                    let metrics = Metrics::default();
+                    metrics.roles(&roles.names());
+                    Arc::new(metrics)
+                },
                 settings: Arc::new(settings),
                 projectors,
                 clock,
@@ -195,7 +206,12 @@ impl Application {
             max_connections: settings.max_connections,
             grace,
         };
-        let router = routes::router(self.state.clone());
+        // A process without the `api` role serves the operational routes only.
+        let router = if settings.process_roles()?.api {
+            routes::router(self.state.clone())
+        } else {
+            routes::operations_router(self.state.clone())
+        };
         let token = self.shutdown.clone();
         let stopping = tokio::spawn(async move {
             token.cancelled().await;

@@ -294,6 +294,19 @@ async fn request_limits(
 /// The application's router with all middleware.
 pub fn router(state: AppState) -> Router {
     let (router, _) = api_router().split_for_parts();
+    with_middleware(router, state)
+}
+
+/// The router of a process without the `api` role: `/health`, `/ready` and `/metrics`, with
+/// the same middleware; every other path answers 404.
+pub fn operations_router(state: AppState) -> Router {
+    let (router, _) = OpenApiRouter::<AppState>::new()
+        .merge(ops::router())
+        .split_for_parts();
+    with_middleware(router, state)
+}
+
+fn with_middleware(router: axum::Router<AppState>, state: AppState) -> Router {
     let timeout = Duration::from_millis(state.settings.request_timeout_ms);
     // The first layer is the innermost: panics and timeouts become responses; authentication
     // runs after routing (it needs the route pattern) and before any handler; the error

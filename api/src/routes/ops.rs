@@ -76,6 +76,8 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Readiness.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
+    /// What this process does: `api`, `projectors`, `relay`.
+    pub roles: Vec<&'static str>,
     /// `ready`; `degraded` when a projector is failing (commands and reads still work, and
     /// what it projects stands still until it recovers); `unavailable` when the database
     /// does not answer (503).
@@ -168,6 +170,11 @@ async fn projector_lags(state: &AppState) -> Option<BTreeMap<String, ProjectorLa
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let backend = state.log.db().backend().as_str();
+    let roles = state
+        .settings
+        .process_roles()
+        .map(|r| r.names())
+        .unwrap_or_default();
     // Within a second either way: a load balancer asking must not wait on a dead database.
     let (checked, relay) = tokio::join!(
         tokio::time::timeout(READY_TIMEOUT, async {
@@ -194,6 +201,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         Some(projectors) => (
             StatusCode::OK,
             Readiness {
+                roles: roles.clone(),
                 status: if projectors.values().any(|p| p.status == "failing") {
                     "degraded"
                 } else {
@@ -209,6 +217,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             Readiness {
+                roles,
                 status: "unavailable",
                 backend,
                 database: "unreachable",
