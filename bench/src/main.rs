@@ -44,7 +44,8 @@ enum Workload {
 #[derive(Debug, Parser)]
 #[command(name = "gateway-bench", version)]
 struct Args {
-    /// Base URL of a running gateway (ignored with --spawn).
+    /// Base URL of a running gateway (ignored with --spawn); several, comma-separated, share
+    /// the clients round-robin (API processes of one database).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
     /// Start this gateway binary on a free port, measure its RSS, stop it at the end.
@@ -292,9 +293,10 @@ async fn run_load(
 ) -> Outcome {
     let issued = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
+    let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+    for client_number in 0..args.concurrency {
         let client = client.clone();
-        let url = url.to_string();
+        let url = urls[client_number % urls.len()].to_string();
         let key = key.to_string();
         let issued = issued.clone();
         let agent = agent.map(str::to_string);
@@ -845,8 +847,10 @@ async fn main() -> anyhow::Result<()> {
         delivery.sort();
     }
 
+    // The first gateway's view (several URLs are processes of one database).
+    let first = url.split(',').next().unwrap_or(&url);
     let ready: Value = client
-        .get(format!("{url}/ready"))
+        .get(format!("{first}/ready"))
         .send()
         .await
         .context("GET /ready")?
