@@ -413,6 +413,11 @@ impl IntoResponse for ApiError {
 }
 
 impl ApiError {
+    /// The stable code a client reads in the envelope (`UNAUTHORIZED`, …).
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+
     /// The status and envelope body of this error, as the client receives it; used to store a
     /// refused command's answer for idempotent replay.
     pub fn render(&self, request_id: &str) -> (StatusCode, Vec<u8>) {

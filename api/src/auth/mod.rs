@@ -223,12 +223,29 @@ async fn from_api_key(
     if !app::keys::constant_time_eq(&app::keys::hash_secret(secret), &credential.secret_hash) {
         return Err(Denied::Unauthorized("wrong secret"));
     }
+    key_principal(state, headers, &credential, PrincipalKind::ApiKey)
+}
+
+/// Whether a key still authenticates: not revoked, not expired.
+fn live(credential: &projections::api_keys::Credential) -> Result<(), Denied> {
     if credential.revoked {
         return Err(Denied::Unauthorized("revoked key"));
     }
     if credential.expires_at.is_some_and(|at| at <= Utc::now()) {
         return Err(Denied::Unauthorized("expired key"));
     }
+    Ok(())
+}
+
+/// The principal of a key (its secret or its certificate already checked): live, of a
+/// tenant that is not suspended and that `x-tenant-id`, if sent, names.
+fn key_principal(
+    state: &AppState,
+    headers: &HeaderMap,
+    credential: &projections::api_keys::Credential,
+    kind: PrincipalKind,
+) -> Result<Principal, Denied> {
+    live(credential)?;
     state.last_used.touch(&credential.key_id);
     let tenant = TenantId::parse(credential.tenant_id.clone())
         .map_err(|_| Denied::Unauthorized("key of a malformed tenant"))?;
@@ -242,7 +259,7 @@ async fn from_api_key(
             tenant: None,
             subject: credential.key_id.clone(),
             roles: credential.roles.clone(),
-            kind: PrincipalKind::ApiKey,
+            kind,
             rate_limit_per_minute: state.settings.rate_limit_per_minute,
         });
     }
@@ -255,7 +272,7 @@ async fn from_api_key(
         tenant: Some(tenant),
         subject: credential.key_id.clone(),
         roles: credential.roles.clone(),
-        kind: PrincipalKind::ApiKey,
+        kind,
         rate_limit_per_minute,
     })
 }
@@ -357,34 +374,12 @@ async fn from_certificate(
     })
     .await?
     .unwrap_or_default();
-    let live: Vec<_> = found
-        .into_iter()
-        .filter(|c| !c.revoked && c.expires_at.is_none_or(|at| at > Utc::now()))
-        .collect();
-    let credential = match live.as_slice() {
-        [one] => one.clone(),
-        [] => return Err(Denied::Unauthorized("no live key for this certificate")),
-        _ => return Err(Denied::Unauthorized("several keys name this certificate")),
-    };
-    let tenant = TenantId::parse(credential.tenant_id.clone())
-        .map_err(|_| Denied::Unauthorized("key of a malformed tenant"))?;
-    if let Some(named) = header(headers, TENANT_HEADER)
-        && named != tenant.as_str()
-    {
-        return Err(Denied::Mismatch);
+    let live: Vec<_> = found.into_iter().filter(|c| live(c).is_ok()).collect();
+    match live.as_slice() {
+        [one] => key_principal(state, headers, one, PrincipalKind::Certificate),
+        [] => Err(Denied::Unauthorized("no live key for this certificate")),
+        _ => Err(Denied::Unauthorized("several keys name this certificate")),
     }
-    let (status, limit) = credential.tenant.as_ref().ok_or(Denied::UnknownTenant)?;
-    if status == TenantStatus::Suspended.as_str() {
-        return Err(Denied::Suspended);
-    }
-    state.last_used.touch(&credential.key_id);
-    Ok(Principal {
-        tenant: Some(tenant),
-        subject: credential.key_id.clone(),
-        roles: credential.roles.clone(),
-        kind: PrincipalKind::Certificate,
-        rate_limit_per_minute: limit.map_or(state.settings.rate_limit_per_minute, |l| l as u32),
-    })
 }
 
 async fn identify(

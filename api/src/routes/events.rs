@@ -261,13 +261,8 @@ impl Tail {
                         self.next_check = tokio::time::Instant::now() + self.recheck;
                     }
                     Err(error) => {
-                        let (_, body) = error.render("");
-                        let code = serde_json::from_slice::<Value>(&body)
-                            .ok()
-                            .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
-                            .unwrap_or_else(|| "UNAUTHORIZED".into());
                         return Next::Closed {
-                            code,
+                            code: error.code().to_string(),
                             message: error.to_string(),
                         };
                     }

@@ -307,7 +307,7 @@ impl Connection {
         let shutdown = self.state.shutdown.clone();
 
         // Writes one message, bounded in time: a client that does not read is slow.
-        macro_rules! write {
+        macro_rules! send_or_close {
             ($message:expr) => {
                 match tokio::time::timeout(send_timeout, sink.send($message)).await {
                     Ok(Ok(())) => {}
@@ -363,8 +363,8 @@ impl Connection {
                             close_code::TIMEOUT,
                         ));
                     }
-                    write!(Message::Ping(Default::default()));
-                    write!(text(&json!({"type": "heartbeat"})));
+                    send_or_close!(Message::Ping(Default::default()));
+                    send_or_close!(text(&json!({"type": "heartbeat"})));
                 }
                 frame = stream.next() => {
                     let Some(Ok(frame)) = frame else { break None };
@@ -384,7 +384,7 @@ impl Connection {
                     let message = match serde_json::from_str::<ClientMessage>(raw.as_str()) {
                         Ok(message) => message,
                         Err(e) => {
-                            write!(text(&error(None, "INVALID_MESSAGE", e.to_string())));
+                            send_or_close!(text(&error(None, "INVALID_MESSAGE", e.to_string())));
                             continue;
                         }
                     };
@@ -459,7 +459,7 @@ impl Connection {
                         }
                     };
                     if let Some(reply) = reply {
-                        write!(text(&reply));
+                        send_or_close!(text(&reply));
                     }
                 }
                 outgoing = out_rx.recv() => {
@@ -473,14 +473,14 @@ impl Connection {
                             if entry.window.is_some() {
                                 entry.unacked.push_back(cursor);
                             }
-                            write!(text(&json!({
+                            send_or_close!(text(&json!({
                                 "type": "event",
                                 "subscription": subscription,
                                 "cursor": cursor.to_string(),
                                 "event": envelope,
                             })));
                         }
-                        Outgoing::Message(message) => write!(text(&message)),
+                        Outgoing::Message(message) => send_or_close!(text(&message)),
                     }
                 }
             }
@@ -561,14 +561,7 @@ impl Connection {
         }
         let principal = auth::sign_in(&self.state, &headers, self.peer.map(|p| p.ip()))
             .await
-            .map_err(|e| {
-                let (_, body) = e.render("");
-                let code = serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "UNAUTHORIZED".into());
-                Closing::new(&code, e.to_string(), close_code::UNAUTHORIZED)
-            })?;
+            .map_err(|e| Closing::new(e.code(), e.to_string(), close_code::UNAUTHORIZED))?;
         Session::new(principal, headers, None).map_err(|e| refused(e.to_string()))
     }
 
