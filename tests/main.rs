@@ -31,5 +31,6 @@ mod security;
 mod seeds;
 mod streams;
 mod tls;
+mod transfer;
 mod usage;
 mod websocket;

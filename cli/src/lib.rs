@@ -6,6 +6,7 @@
 
 pub mod demo;
 pub mod keys;
+pub mod log;
 pub mod projections;
 pub mod relay;
 pub mod seed;
@@ -40,6 +41,10 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Apply database migrations and exit.
     Migrate,
+    /// Export the event log as JSON lines, or import such a file (moving to PostgreSQL,
+    /// backups and restores).
+    #[command(subcommand)]
+    Log(log::LogCommand),
     /// Projection maintenance.
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
@@ -74,6 +79,7 @@ pub async fn run(cli: Cli, settings: Settings, out: &mut dyn Write) -> anyhow::R
     {
         Command::Serve(args) => serve::serve(args, settings).await,
         Command::Migrate => serve::migrate(settings).await,
+        Command::Log(command) => log::run(command, settings, out).await,
         Command::Projections(command) => projections::run(command, settings, out).await,
         Command::Tenants(command) => tenants::run(command, settings, out).await,
         Command::Relay(command) => relay::run(command, settings, out).await,

@@ -36,46 +36,7 @@ pub async fn run(
                 let known: Vec<_> = all.iter().map(|p| p.name()).collect();
                 bail!("no projector named '{name}'; known: {}", known.join(", "));
             }
-            for projector in selected {
-                let bar = ProgressBar::new(0).with_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>12} [{bar:40}] {pos}/{len} events {per_sec} eta {eta}",
-                    )
-                    .context("progress bar template")?
-                    .progress_chars("=> "),
-                );
-                bar.set_prefix(projector.name());
-                bar.enable_steady_tick(Duration::from_millis(200));
-                let started = std::time::Instant::now();
-                let report = workers::rebuild::rebuild(
-                    &log,
-                    projector.as_ref(),
-                    settings.projector_batch_size.max(1),
-                    |done, total| {
-                        bar.set_length(total);
-                        bar.set_position(done);
-                    },
-                )
-                .await
-                .with_context(|| format!("rebuilding {}", projector.name()))?;
-                bar.finish();
-                let seconds = started.elapsed().as_secs_f64();
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::json!({
-                        "projector": projector.name(),
-                        "events": report.events,
-                        "seconds": seconds,
-                        "eventsPerSecond": report.events as f64 / seconds.max(1e-9),
-                        "checkpoint": report.cursor.to_string(),
-                        "fillSeconds": report.fill.as_secs_f64(),
-                        "indexSeconds": report.indexes.as_secs_f64(),
-                        "swapSeconds": report.swap.as_secs_f64(),
-                    })
-                )?;
-            }
-            Ok(())
+            rebuild(&log, &selected, settings.projector_batch_size.max(1), out).await
         }
         ProjectionsCommand::Status => {
             let log = app::open_log(&settings).await?;
@@ -95,4 +56,50 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// Rebuilds `selected` one after the other, with a progress bar each on stderr and a JSON
+/// line each on `out`.
+pub(crate) async fn rebuild(
+    log: &eventlog::EventLog,
+    selected: &[&std::sync::Arc<dyn projections::Projector>],
+    batch_size: usize,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    for projector in selected {
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "{prefix:>12} [{bar:40}] {pos}/{len} events {per_sec} eta {eta}",
+            )
+            .context("progress bar template")?
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(projector.name());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        let report =
+            workers::rebuild::rebuild(log, projector.as_ref(), batch_size, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await
+            .with_context(|| format!("rebuilding {}", projector.name()))?;
+        bar.finish();
+        let seconds = started.elapsed().as_secs_f64();
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "projector": projector.name(),
+                "events": report.events,
+                "seconds": seconds,
+                "eventsPerSecond": report.events as f64 / seconds.max(1e-9),
+                "checkpoint": report.cursor.to_string(),
+                "fillSeconds": report.fill.as_secs_f64(),
+                "indexSeconds": report.indexes.as_secs_f64(),
+                "swapSeconds": report.swap.as_secs_f64(),
+            })
+        )?;
+    }
+    Ok(())
 }

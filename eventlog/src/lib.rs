@@ -21,6 +21,8 @@
 //! - [`group_commit`]: what a commit is and its errors; the committer that commits many
 //!   concurrent commands in one transaction.
 //! - [`log`]: [`EventLog`]: the store with its committer and stream cache.
+//! - [`transfer`]: the log and its idempotency records exported as JSON lines, and imported
+//!   into another database of either backend.
 //! - [`unit_of_work`]: commands on several aggregates, committed together.
 //! - [`command`]: running one aggregate's command against the log, with optimistic
 //!   concurrency and bounded retries.
@@ -37,6 +39,7 @@ pub mod log;
 pub mod sql;
 pub mod store;
 pub mod stream_cache;
+pub mod transfer;
 pub mod unit_of_work;
 
 pub use aggregate::{CommandError, CommandOutcome};

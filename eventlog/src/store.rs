@@ -453,35 +453,26 @@ impl Store {
             &metadata[index]
         };
 
-        let mut written: HashMap<Uuid, (i64, i64)> = HashMap::with_capacity(rows.len());
-        let backend = tx.backend();
-        for chunk in ordered.chunks(INSERT_CHUNK) {
-            let sql = insert_sql(chunk.len(), backend);
-            let mut insert = Statement::new(&sql);
-            for (_, append, sequence, event) in chunk {
-                insert.push(event.event_id);
-                insert.push(append.stream.tenant_id.as_str());
-                insert.push(append.stream.aggregate_type.as_str());
-                insert.push(append.stream.aggregate_id.as_str());
-                insert.push(*sequence);
-                insert.push(event.event_type.as_str());
-                insert.push(event.event_version.as_str());
-                insert.push(Json(&event.payload));
-                insert.push(Json(metadata_of(append)));
-                insert.push(event.recorded_at.unwrap_or(recorded_at));
+        let stored = ordered.iter().map(|(_, append, sequence, event)| Stored {
+            event_id: event.event_id,
+            tenant_id: append.stream.tenant_id.as_str(),
+            aggregate_type: &append.stream.aggregate_type,
+            aggregate_id: &append.stream.aggregate_id,
+            sequence: *sequence,
+            event_type: &event.event_type,
+            event_version: &event.event_version,
+            payload: &event.payload,
+            metadata: metadata_of(append),
+            recorded_at: event.recorded_at.unwrap_or(recorded_at),
+        });
+        let written = match insert_rows(tx, stored).await {
+            Ok(written) => written,
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                let stream = (batch.len() == 1).then(|| batch[0].stream.clone());
+                return Err(AppendError::Conflict { stream });
             }
-            let result = tx.fetch_all_as::<(Uuid, i64, i64)>(insert).await;
-            match result {
-                Ok(ids) => {
-                    written.extend(ids.into_iter().map(|(id, tx, pos)| (id, (tx, pos))));
-                }
-                Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-                    let stream = (batch.len() == 1).then(|| batch[0].stream.clone());
-                    return Err(AppendError::Conflict { stream });
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
+            Err(error) => return Err(error.into()),
+        };
         if tx.backend() == Backend::Postgres && !rows.is_empty() {
             tx.execute(Statement::new("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL))
                 .await?;
@@ -510,6 +501,53 @@ impl Store {
             inline.apply(tx, &events).await?;
         }
         Ok(Appended { events })
+    }
+
+    /// Writes events read from an export (see [`crate::transfer`]) inside the caller's
+    /// transaction, in the order given, keeping their ids, streams, sequences, types, versions,
+    /// payloads, metadata and times; the log gives them new cursors, in that order. The inline
+    /// projections see them as they see any append. A stream position that is taken is a
+    /// [`AppendError::Conflict`]; the caller checks that streams continue without gaps.
+    pub async fn import_in(
+        &self,
+        tx: &mut Tx,
+        events: Vec<RecordedEvent>,
+    ) -> Result<Vec<RecordedEvent>, AppendError> {
+        let stored = events.iter().map(|event| Stored {
+            event_id: event.event_id,
+            tenant_id: &event.tenant_id,
+            aggregate_type: &event.aggregate_type,
+            aggregate_id: &event.aggregate_id,
+            sequence: event.sequence,
+            event_type: &event.event_type,
+            event_version: &event.event_version,
+            payload: &event.payload,
+            metadata: &event.metadata,
+            recorded_at: event.recorded_at,
+        });
+        let written = match insert_rows(tx, stored).await {
+            Ok(written) => written,
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                return Err(AppendError::Conflict { stream: None });
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if tx.backend() == Backend::Postgres && !events.is_empty() {
+            tx.execute(Statement::new("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL))
+                .await?;
+        }
+        let events: Vec<RecordedEvent> = events
+            .into_iter()
+            .map(|mut event| {
+                let (transaction_id, position) = written[&event.event_id];
+                event.cursor = Cursor::new(transaction_id, position);
+                event
+            })
+            .collect();
+        for inline in &self.inner.inline {
+            inline.apply(tx, &events).await?;
+        }
+        Ok(events)
     }
 
     /// After a failed batch: the first stream whose stored version moved past the expected one.
@@ -668,6 +706,17 @@ impl Store {
         after: Cursor,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        self.tail(None, after, limit)
+            .await
+            .map(|events| self.upcast_all(events))
+    }
+
+    /// [`Store::read_after`] without upcasting: the events exactly as stored (exports).
+    pub async fn read_stored_after(
+        &self,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         self.tail(None, after, limit).await
     }
 
@@ -678,9 +727,12 @@ impl Store {
         after: Cursor,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-        self.tail(Some(tenant_id), after, limit).await
+        self.tail(Some(tenant_id), after, limit)
+            .await
+            .map(|events| self.upcast_all(events))
     }
 
+    /// The events after `after` as stored, not upcast.
     async fn tail(
         &self,
         tenant_id: Option<&str>,
@@ -696,7 +748,7 @@ impl Store {
         let events = db
             .fetch_all_as(tail_statement(&sql, after, limit, horizon, tenant_id))
             .await?;
-        Ok(self.upcast_all(events))
+        Ok(events)
     }
 
     /// The cursor of the last readable event: a reader starting there sees every event that
@@ -996,6 +1048,50 @@ fn columns(backend: Backend) -> &'static str {
         Backend::Postgres => PG_COLUMNS,
         Backend::Sqlite => SQLITE_COLUMNS,
     }
+}
+
+/// One row of `events` about to be inserted.
+struct Stored<'a> {
+    event_id: Uuid,
+    tenant_id: &'a str,
+    aggregate_type: &'a str,
+    aggregate_id: &'a str,
+    sequence: i64,
+    event_type: &'a str,
+    event_version: &'a str,
+    payload: &'a Value,
+    metadata: &'a Value,
+    recorded_at: DateTime<Utc>,
+}
+
+/// Inserts `rows` in the order given, [`INSERT_CHUNK`] to a statement. Returns the cursor
+/// (transaction id and position) each event id was given.
+async fn insert_rows<'a>(
+    tx: &mut Tx,
+    rows: impl Iterator<Item = Stored<'a>>,
+) -> Result<HashMap<Uuid, (i64, i64)>, sqlx::Error> {
+    let rows: Vec<Stored<'a>> = rows.collect();
+    let mut written: HashMap<Uuid, (i64, i64)> = HashMap::with_capacity(rows.len());
+    let backend = tx.backend();
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let sql = insert_sql(chunk.len(), backend);
+        let mut insert = Statement::new(&sql);
+        for row in chunk {
+            insert.push(row.event_id);
+            insert.push(row.tenant_id);
+            insert.push(row.aggregate_type);
+            insert.push(row.aggregate_id);
+            insert.push(row.sequence);
+            insert.push(row.event_type);
+            insert.push(row.event_version);
+            insert.push(Json(row.payload));
+            insert.push(Json(row.metadata));
+            insert.push(row.recorded_at);
+        }
+        let ids = tx.fetch_all_as::<(Uuid, i64, i64)>(insert).await?;
+        written.extend(ids.into_iter().map(|(id, tx, pos)| (id, (tx, pos))));
+    }
+    Ok(written)
 }
 
 fn insert_sql(rows: usize, backend: Backend) -> String {
