@@ -17,6 +17,7 @@ mod contract;
 mod entities;
 mod entity_query;
 mod entity_types;
+mod event_catalogue;
 mod eventlog;
 mod faults;
 mod fuzz;

@@ -22,7 +22,7 @@ pub const MAX_PROMPT_LEN: usize = 20_000;
 pub const MAX_TOKENS_LIMIT: u32 = 128_000;
 
 /// An agent's configuration, as clients write it and events record it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentConfig {
     pub name: String,
@@ -180,11 +180,16 @@ impl AgentCommand {
 
 /// What happened to an agent. Each event carries the whole configuration, so a projection
 /// never needs an earlier event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all_fields = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum AgentEvent {
+    /// An agent was created with this configuration.
+    #[serde(rename_all = "camelCase")]
     AgentCreated { id: String, config: AgentConfig },
+    /// An agent's configuration was changed; the event carries the whole new configuration.
+    #[serde(rename_all = "camelCase")]
     AgentUpdated { id: String, config: AgentConfig },
+    /// An agent was archived: it keeps its sessions and takes no new ones.
+    #[serde(rename_all = "camelCase")]
     AgentArchived { id: String },
 }
 
@@ -199,8 +204,12 @@ impl DomainEvent for AgentEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_string()
+        <Self as crate::catalogue::Versioned>::VERSION.to_string()
     }
+}
+
+impl crate::catalogue::Versioned for AgentEvent {
+    const VERSION: &'static str = "1.0";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

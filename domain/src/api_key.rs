@@ -47,9 +47,10 @@ impl ApiKeyCommand {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all_fields = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ApiKeyEvent {
+    /// An API key was issued (its secret is never stored, only its hash, which is not published).
+    #[serde(rename_all = "camelCase")]
     ApiKeyIssued {
         id: String,
         tenant_id: TenantId,
@@ -60,9 +61,9 @@ pub enum ApiKeyEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         certificate_subject: Option<String>,
     },
-    ApiKeyRevoked {
-        id: String,
-    },
+    /// An API key was revoked; it no longer authenticates.
+    #[serde(rename_all = "camelCase")]
+    ApiKeyRevoked { id: String },
 }
 
 impl DomainEvent for ApiKeyEvent {
@@ -75,8 +76,12 @@ impl DomainEvent for ApiKeyEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_string()
+        <Self as crate::catalogue::Versioned>::VERSION.to_string()
     }
+}
+
+impl crate::catalogue::Versioned for ApiKeyEvent {
+    const VERSION: &'static str = "1.0";
 }
 
 /// Whether `subject` can name a certificate: 1 to 253 printable ASCII characters, no spaces.

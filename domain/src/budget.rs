@@ -20,7 +20,7 @@ pub fn agent_scope(agent_id: &str) -> String {
     format!("agent:{agent_id}")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Enforcement {
     /// Refuse messages once the limit is reached.
@@ -63,17 +63,20 @@ impl BudgetCommand {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all_fields = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum BudgetEvent {
+    /// A monthly budget was set (or changed) for the tenant or one agent.
+    #[serde(rename_all = "camelCase")]
     BudgetSet {
         scope: String,
         monthly_limit_micros: u64,
         enforcement: Enforcement,
     },
-    BudgetRemoved {
-        scope: String,
-    },
+    /// A monthly budget was removed.
+    #[serde(rename_all = "camelCase")]
+    BudgetRemoved { scope: String },
+    /// A month's spend reached a budget's limit.
+    #[serde(rename_all = "camelCase")]
     BudgetThresholdReached {
         scope: String,
         month: String,
@@ -94,8 +97,12 @@ impl DomainEvent for BudgetEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_string()
+        <Self as crate::catalogue::Versioned>::VERSION.to_string()
     }
+}
+
+impl crate::catalogue::Versioned for BudgetEvent {
+    const VERSION: &'static str = "1.0";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -34,15 +34,18 @@ pub enum UniqueValueCommand {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all_fields = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum UniqueValueEvent {
+    /// A record took a value of a unique field.
+    #[serde(rename_all = "camelCase")]
     UniqueValueClaimed {
         entity_type: EntityTypeName,
         field: String,
         value: Value,
         owner: EntityId,
     },
+    /// A record gave up a value of a unique field (changed or deleted).
+    #[serde(rename_all = "camelCase")]
     UniqueValueReleased {
         entity_type: EntityTypeName,
         field: String,
@@ -61,8 +64,12 @@ impl DomainEvent for UniqueValueEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_string()
+        <Self as crate::catalogue::Versioned>::VERSION.to_string()
     }
+}
+
+impl crate::catalogue::Versioned for UniqueValueEvent {
+    const VERSION: &'static str = "1.0";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,7 +162,9 @@ impl Aggregate for UniqueValue {
 
 /// One referencing record: its type, id and the field that holds the reference, or, with
 /// `relation`, the name of the relation that links it (see [`crate::relation`]).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Referrer {
     pub entity_type: EntityTypeName,
@@ -187,19 +196,24 @@ pub enum ReferencesCommand {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all_fields = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ReferencesEvent {
+    /// A record started referring to the target record (by a reference field or a relation).
+    #[serde(rename_all = "camelCase")]
     ReferenceAdded {
         target_type: EntityTypeName,
         target_id: EntityId,
         referrer: Referrer,
     },
+    /// A record stopped referring to the target record.
+    #[serde(rename_all = "camelCase")]
     ReferenceRemoved {
         target_type: EntityTypeName,
         target_id: EntityId,
         referrer: Referrer,
     },
+    /// The target record was deleted: no record may refer to it any more.
+    #[serde(rename_all = "camelCase")]
     ReferencesClosed {
         target_type: EntityTypeName,
         target_id: EntityId,
@@ -217,8 +231,12 @@ impl DomainEvent for ReferencesEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_string()
+        <Self as crate::catalogue::Versioned>::VERSION.to_string()
     }
+}
+
+impl crate::catalogue::Versioned for ReferencesEvent {
+    const VERSION: &'static str = "1.0";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

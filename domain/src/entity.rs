@@ -54,14 +54,17 @@ impl EntityCommand {
 
 /// What happened to a record. Payloads are self-contained: a projection never needs an earlier
 /// event to apply a later one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all_fields = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum EntityEvent {
+    /// A record was created.
+    #[serde(rename_all = "camelCase")]
     EntityCreated {
         entity_type: EntityTypeName,
         id: EntityId,
         data: Map<String, Value>,
     },
+    /// A record was changed by a merge patch.
+    #[serde(rename_all = "camelCase")]
     EntityUpdated {
         entity_type: EntityTypeName,
         id: EntityId,
@@ -70,12 +73,16 @@ pub enum EntityEvent {
         /// The whole document after the patch.
         data: Map<String, Value>,
     },
+    /// A record was replaced by a whole new document.
+    #[serde(rename_all = "camelCase")]
     EntityReplaced {
         entity_type: EntityTypeName,
         id: EntityId,
         /// The whole new document.
         data: Map<String, Value>,
     },
+    /// A record was deleted.
+    #[serde(rename_all = "camelCase")]
     EntityDeleted {
         entity_type: EntityTypeName,
         id: EntityId,
@@ -94,8 +101,12 @@ impl DomainEvent for EntityEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_string()
+        <Self as crate::catalogue::Versioned>::VERSION.to_string()
     }
+}
+
+impl crate::catalogue::Versioned for EntityEvent {
+    const VERSION: &'static str = "1.0";
 }
 
 /// Why a command on a record was refused.

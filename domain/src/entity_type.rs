@@ -45,7 +45,7 @@ impl FieldViolation {
 }
 
 /// The kind of value a field holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum FieldKind {
     String,
@@ -69,7 +69,7 @@ impl FieldKind {
 }
 
 /// What deleting a referenced record does to the records that reference it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum OnDelete {
     /// The delete is refused while a record references it.
@@ -80,7 +80,7 @@ pub enum OnDelete {
 }
 
 /// What deleting a record does to the relations of other records that point at it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum RelationOnDelete {
     /// The relations pointing at the record are removed, in the same commit.
@@ -93,7 +93,7 @@ pub enum RelationOnDelete {
 /// One declared relation: typed, directed edges from records of this type to records of
 /// the type `to`, many to many. Edges are not fields of the document: they are linked and
 /// unlinked on their own (`/v1/{entity}/{id}/relations/{relation}/{target}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RelationSpec {
     /// The type of the records the relation points at.
@@ -111,7 +111,7 @@ impl RelationSpec {
 }
 
 /// One declared field.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FieldSpec {
     #[serde(rename = "type")]
@@ -149,7 +149,7 @@ impl FieldSpec {
 }
 
 /// The schema of an entity type.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Schema {
     /// The fields whose values make the record id, joined with `:`. Empty: the id is the
@@ -606,13 +606,16 @@ impl EntityTypeCommand {
 }
 
 /// What happened to an entity type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all_fields = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum EntityTypeEvent {
+    /// An entity type was defined.
+    #[serde(rename_all = "camelCase")]
     EntityTypeDefined {
         name: EntityTypeName,
         schema: Schema,
     },
+    /// An entity type's schema was changed.
+    #[serde(rename_all = "camelCase")]
     EntityTypeChanged {
         name: EntityTypeName,
         schema: Schema,
@@ -629,8 +632,12 @@ impl DomainEvent for EntityTypeEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_string()
+        <Self as crate::catalogue::Versioned>::VERSION.to_string()
     }
+}
+
+impl crate::catalogue::Versioned for EntityTypeEvent {
+    const VERSION: &'static str = "1.0";
 }
 
 /// Why a command on an entity type was refused.

@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod api_key;
 pub mod budget;
+pub mod catalogue;
 pub mod clock;
 pub mod constraints;
 pub mod entity;

@@ -10,7 +10,7 @@ pub const METADATA_SCHEMA: u32 = 1;
 
 /// Metadata stored beside each event's payload. Every event of one command carries the same
 /// metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventMetadata {
     pub tenant_id: TenantId,

@@ -30,7 +30,9 @@ fn check_len(value: &str, max: usize) -> Result<(), NameError> {
 }
 
 /// A tenant identifier: 1 to 64 ASCII letters, digits, `-` or `_`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);
 
@@ -76,7 +78,9 @@ pub const RESERVED_ENTITY_TYPES: &[&str] = &[
 
 /// The plural, URL-safe name of an entity type (`users`, `agent-shared-states`): a lower-case
 /// ASCII letter followed by up to 62 lower-case letters, digits or `-`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct EntityTypeName(String);
 
@@ -114,7 +118,9 @@ impl EntityTypeName {
 
 /// The id of one record of an entity type: 1 to 255 printable characters without `/`
 /// (composite keys join their parts with `:`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct EntityId(String);
 

@@ -220,7 +220,7 @@ impl RetryPolicy {
 
 /// The price of a provider's tokens, in micro-dollars (millionths of a US dollar) per 1,000
 /// tokens, input and output alike: $0.002 per 1k tokens is 2,000.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Price {
     pub micro_usd_per_1k_tokens: u64,

@@ -25,7 +25,9 @@ pub const MAX_INCOMING_PER_RECORD: usize = 10_000;
 
 /// One edge, as its events carry it: self-contained, so that a projection needs nothing
 /// else to apply it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct Edge {
     pub source_type: EntityTypeName,
@@ -52,17 +54,22 @@ pub enum LinksCommand {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all_fields = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum LinksEvent {
+    /// A relation edge was linked from the source record to the target record.
+    #[serde(rename_all = "camelCase")]
     RelationLinked {
         #[serde(flatten)]
         edge: Edge,
     },
+    /// A relation edge was unlinked.
+    #[serde(rename_all = "camelCase")]
     RelationUnlinked {
         #[serde(flatten)]
         edge: Edge,
     },
+    /// The source record was deleted: its relations are gone.
+    #[serde(rename_all = "camelCase")]
     RelationsClosed {
         source_type: EntityTypeName,
         source_id: EntityId,
@@ -80,8 +87,12 @@ impl DomainEvent for LinksEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_string()
+        <Self as crate::catalogue::Versioned>::VERSION.to_string()
     }
+}
+
+impl crate::catalogue::Versioned for LinksEvent {
+    const VERSION: &'static str = "1.0";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -48,7 +48,7 @@ impl SessionStatus {
 }
 
 /// The outcome of one provider call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderAttempt {
     pub provider: String,
@@ -75,7 +75,7 @@ impl ProviderAttempt {
 }
 
 /// An assistant reply and what it cost.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AssistantReply {
     /// The reply's own message id.
@@ -146,9 +146,10 @@ impl SessionCommand {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all_fields = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum SessionEvent {
+    /// A conversation session with an agent was opened.
+    #[serde(rename_all = "camelCase")]
     SessionCreated {
         id: String,
         agent_id: String,
@@ -156,25 +157,33 @@ pub enum SessionEvent {
         customer_id: Option<String>,
         metadata: Map<String, Value>,
     },
-    SessionClosed {
-        id: String,
-    },
+    /// A session was closed; it takes no more messages.
+    #[serde(rename_all = "camelCase")]
+    SessionClosed { id: String },
+    /// A user's message was recorded, before it is sent to a provider.
+    #[serde(rename_all = "camelCase")]
     UserMessageRecorded {
         session_id: String,
         message_id: String,
         content: String,
     },
+    /// One call to a provider for a message, successful or not (retries and fallbacks each have one).
+    #[serde(rename_all = "camelCase")]
     ProviderCallAttempted {
         session_id: String,
         message_id: String,
         #[serde(flatten)]
         attempt: ProviderAttempt,
     },
+    /// The assistant's reply to a message, with the provider, tokens and exact cost that bill it.
+    #[serde(rename_all = "camelCase")]
     AssistantMessageRecorded {
         session_id: String,
         #[serde(flatten)]
         reply: AssistantReply,
     },
+    /// No provider could answer a message.
+    #[serde(rename_all = "camelCase")]
     MessageFailed {
         session_id: String,
         message_id: String,
@@ -196,8 +205,12 @@ impl DomainEvent for SessionEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_string()
+        <Self as crate::catalogue::Versioned>::VERSION.to_string()
     }
+}
+
+impl crate::catalogue::Versioned for SessionEvent {
+    const VERSION: &'static str = "1.0";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -53,24 +53,26 @@ impl TenantCommand {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all_fields = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum TenantEvent {
+    /// A tenant was created.
+    #[serde(rename_all = "camelCase")]
     TenantCreated {
         id: TenantId,
         name: String,
         rate_limit_per_minute: Option<u32>,
     },
-    TenantRenamed {
-        id: TenantId,
-        name: String,
-    },
-    TenantSuspended {
-        id: TenantId,
-    },
-    TenantReactivated {
-        id: TenantId,
-    },
+    /// A tenant was renamed.
+    #[serde(rename_all = "camelCase")]
+    TenantRenamed { id: TenantId, name: String },
+    /// A tenant was suspended: its credentials stop working.
+    #[serde(rename_all = "camelCase")]
+    TenantSuspended { id: TenantId },
+    /// A suspended tenant was reactivated.
+    #[serde(rename_all = "camelCase")]
+    TenantReactivated { id: TenantId },
+    /// A tenant's request rate limit was changed (null: the default).
+    #[serde(rename_all = "camelCase")]
     TenantRateLimitChanged {
         id: TenantId,
         rate_limit_per_minute: Option<u32>,
@@ -90,8 +92,12 @@ impl DomainEvent for TenantEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_string()
+        <Self as crate::catalogue::Versioned>::VERSION.to_string()
     }
+}
+
+impl crate::catalogue::Versioned for TenantEvent {
+    const VERSION: &'static str = "1.0";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

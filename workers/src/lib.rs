@@ -18,6 +18,7 @@
 //! Every loop stops at the next batch boundary when its `CancellationToken` is cancelled.
 #![forbid(unsafe_code)]
 
+pub mod catalogue;
 pub mod consumer;
 pub mod indexer;
 pub mod listener;

@@ -1,7 +1,7 @@
 //! Authentication, authorization and rate limiting.
 //!
 //! Every route except the public ones (`/health`, `/ready`, `/openapi.json`,
-//! `/websocket.schema.json`, the console's page and assets, and `/metrics` unless
+//! `/asyncapi.json`, `/websocket.schema.json`, the console's page and assets, and `/metrics` unless
 //! `GATEWAY_METRICS_PUBLIC=false`) needs
 //! credentials (`/v1/ws` may take them in its first message instead); the [`authenticate`] middleware
 //! turns them into a [`Principal`] or answers 401 `UNAUTHORIZED` without saying what was
@@ -456,6 +456,7 @@ fn is_public(route: &str, metrics_public: bool) -> bool {
         "/health"
             | "/ready"
             | "/openapi.json"
+            | "/asyncapi.json"
             | "/websocket.schema.json"
             | "/console"
             | "/console/{asset}"

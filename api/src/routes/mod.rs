@@ -94,6 +94,20 @@ pub async fn openapi_json() -> Response {
     axum::response::IntoResponse::into_response(axum::Json(openapi()))
 }
 
+/// The event catalogue: an AsyncAPI 3 document of every NATS subject, header and event type
+/// the relay publishes, generated from the code (`docs/events.md` is made from it).
+#[utoipa::path(get, path = "/asyncapi.json", tag = "operations",
+    responses((status = 200, description = "The AsyncAPI 3 document of every event published on NATS", content_type = "application/json")))]
+pub async fn asyncapi_json(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Response {
+    let document = workers::catalogue::asyncapi(
+        &state.settings.nats_subject_prefix,
+        &state.settings.nats_stream,
+    );
+    axum::response::IntoResponse::into_response(axum::Json(document))
+}
+
 /// The OpenAPI document of every route, built once.
 pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(|| {
@@ -235,6 +249,7 @@ fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(ops::router())
         .routes(utoipa_axum::routes!(openapi_json))
+        .routes(utoipa_axum::routes!(asyncapi_json))
         .merge(me::router())
         .merge(tenants::router())
         .merge(api_keys::router())
