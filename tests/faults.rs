@@ -232,15 +232,12 @@ fn restart_postgres_immediately() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_connections_cut_under_load() {
     let db = TestDb::new(Backend::Postgres).await;
-    let proxy = crate::streams::Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let server = crate::servers::address_of(&db.url);
+    let proxy = crate::streams::Proxy::start(server.parse().unwrap()).await;
     let mut settings = db.settings();
     settings.projector_poll_ms = 50;
     settings.database_acquire_timeout_ms = 500;
-    settings.database_url = Some(
-        db.url
-            .replace("127.0.0.1:5432", &proxy.address().to_string())
-            .into(),
-    );
+    settings.database_url = Some(db.url.replace(&server, &proxy.address().to_string()).into());
     let log = db.log().await;
     let key = create_tenant(&log, "acme").await;
     log.db().close().await;

@@ -57,8 +57,7 @@ impl Drop for TempDir {
 }
 
 fn postgres_admin_url() -> String {
-    std::env::var("GATEWAY_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    crate::servers::postgres_url()
 }
 
 impl TestDb {
@@ -80,7 +79,7 @@ impl TestDb {
                 let admin = postgres_admin_url();
                 let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
                     panic!(
-                        "PostgreSQL must be reachable at {admin} (set GATEWAY_TEST_DATABASE_URL): {e}"
+                        "PostgreSQL must be reachable at {admin} (GATEWAY_TEST_DATABASE_URL, or unset for a private server): {e}"
                     )
                 });
                 conn.execute(format!("CREATE DATABASE {name}").as_str())

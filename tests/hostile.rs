@@ -1015,11 +1015,9 @@ both_backends!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_database_the_gateway_fails_fast_and_recovers() {
     let db = crate::helpers::TestDb::new(Backend::Postgres).await;
-    let target: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
-    let proxy = crate::streams::Proxy::start(target).await;
-    let url = db
-        .url
-        .replace("127.0.0.1:5432", &proxy.address().to_string());
+    let server = crate::servers::address_of(&db.url);
+    let proxy = crate::streams::Proxy::start(server.parse().unwrap()).await;
+    let url = db.url.replace(&server, &proxy.address().to_string());
     let mut app = crate::helpers::spawn_app_on(db, |s| {
         s.database_url = Some(url.clone().into());
         s.database_acquire_timeout_ms = 500;
@@ -1094,8 +1092,7 @@ async fn listed(app: &TestApp, id: &str) -> bool {
 async fn only_the_gateways_own_transactions_hold_the_readers_back() {
     use sqlx::Connection;
     let app = spawn_app_with(Backend::Postgres, |s| s.projector_poll_ms = 50).await;
-    let admin = std::env::var("GATEWAY_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = crate::servers::postgres_url();
     let hold = |url: String| async move {
         let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
         sqlx::query("BEGIN").execute(&mut connection).await.unwrap();

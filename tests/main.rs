@@ -1,13 +1,14 @@
 //! The black-box suite. Each module covers one feature; `helpers` starts the real application
 //! on port 0 against a fresh SQLite file or a fresh PostgreSQL database.
 //!
-//! PostgreSQL and NATS are required: tests connect to `GATEWAY_TEST_DATABASE_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`) and `GATEWAY_TEST_NATS_URL` (default
-//! `nats://127.0.0.1:4222`) and fail when they are unreachable, so those paths are never
-//! skipped silently.
+//! PostgreSQL and NATS are required: tests connect to `GATEWAY_TEST_DATABASE_URL` and
+//! `GATEWAY_TEST_NATS_URL` when they are set, and otherwise start private servers for the
+//! run (`servers`); they fail when a server cannot be reached or started, so those paths are
+//! never skipped silently.
 #![forbid(unsafe_code)]
 
 mod helpers;
+mod servers;
 
 mod agents;
 mod catalogue;

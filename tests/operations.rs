@@ -94,6 +94,7 @@ async fn the_openapi_document_covers_every_route() {
         ("/v1/events/stream", "get"),
         ("/v1/ws", "get"),
         ("/websocket.schema.json", "get"),
+        ("/asyncapi.json", "get"),
         ("/console", "get"),
         ("/console/{asset}", "get"),
         ("/v1/{entity}/{id}/relations/{relation}", "get"),
@@ -145,6 +146,7 @@ async fn the_openapi_document_covers_every_route() {
                     | "/ready"
                     | "/metrics"
                     | "/openapi.json"
+                    | "/asyncapi.json"
                     | "/websocket.schema.json"
                     | "/console"
                     | "/console/{asset}"

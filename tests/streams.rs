@@ -1,5 +1,5 @@
-//! The NATS relay and the live event stream, against the real NATS JetStream of the machine
-//! (`GATEWAY_TEST_NATS_URL`, default `nats://127.0.0.1:4222`). Each test uses a stream and
+//! The NATS relay and the live event stream, against a real NATS JetStream
+//! (`GATEWAY_TEST_NATS_URL`, or a private server: see `servers`). Each test uses a stream and
 //! subject prefix of its own.
 
 use std::collections::{HashMap, HashSet};
@@ -21,7 +21,7 @@ use crate::both_backends;
 use crate::helpers::{Backend, Process, TestApp, TestDb, eventually, spawn_app_with};
 
 pub(crate) fn nats_url() -> String {
-    std::env::var("GATEWAY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+    crate::servers::nats_url()
 }
 
 /// A JetStream stream and subject prefix used by one test only.
@@ -52,7 +52,7 @@ impl Names {
     async fn jetstream(&self) -> jetstream::Context {
         let client = async_nats::connect(nats_url()).await.unwrap_or_else(|e| {
             panic!(
-                "NATS must be reachable at {} (GATEWAY_TEST_NATS_URL): {e}",
+                "NATS must be reachable at {} (GATEWAY_TEST_NATS_URL, or unset for a private server): {e}",
                 nats_url()
             )
         });
