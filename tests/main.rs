@@ -33,6 +33,7 @@ mod security;
 mod seeds;
 mod streams;
 mod tls;
+mod traces;
 mod transfer;
 mod usage;
 mod websocket;

@@ -129,12 +129,18 @@ impl<S: Send + Sync, R: RequiredRole> FromRequestParts<S> for CommandContext<R> 
                 tenant,
                 request_id,
                 idempotency_key,
-                traceparent: parts
-                    .headers
-                    .get("traceparent")
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|v| valid_traceparent(v))
-                    .map(str::to_string),
+                // The request's own span when spans are exported (its parent is the client's
+                // `traceparent`), else the client's `traceparent` as it came.
+                traceparent: workers::trace::traceparent_of(&tracing::Span::current()).or_else(
+                    || {
+                        parts
+                            .headers
+                            .get("traceparent")
+                            .and_then(|v| v.to_str().ok())
+                            .filter(|v| valid_traceparent(v))
+                            .map(str::to_string)
+                    },
+                ),
                 operation: Operations::of(parts),
                 method: parts.method.to_string(),
                 target: parts

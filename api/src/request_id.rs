@@ -52,15 +52,28 @@ pub async fn track(
     let method = request.method().clone();
     let span = tracing::info_span!(
         "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
         request_id = %id,
         method = %method,
         route = %route,
         tenant = tracing::field::Empty,
+        status = tracing::field::Empty,
     );
+    // The client's trace goes on through the gateway (see `workers::trace`).
+    if workers::trace::enabled()
+        && let Some(parent) = request
+            .headers()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+    {
+        workers::trace::set_parent(&span, parent);
+    }
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status();
+    span.record("status", status.as_u16());
     state
         .metrics
         .observe_request(method.as_str(), &route, status.as_u16(), elapsed);

@@ -49,6 +49,13 @@ pub struct Settings {
     /// `RUST_LOG`-style filter.
     pub log_filter: String,
     pub log_format: LogFormat,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the OTLP/HTTP collector spans are exported to (its base
+    /// URL; traces go to `<endpoint>/v1/traces`). Unset or empty: no export.
+    pub otel_exporter_otlp_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf` (the default) or `http/json`.
+    pub otel_exporter_otlp_protocol: String,
+    /// `OTEL_SERVICE_NAME`: the `service.name` of the exported spans.
+    pub otel_service_name: String,
     /// Run the projectors in this process.
     pub run_projectors: bool,
     /// What this process does, comma-separated: `api` (the HTTP API), `projectors` (the
@@ -190,6 +197,9 @@ impl Default for Settings {
             database_acquire_timeout_ms: 2_000,
             log_filter: "info".into(),
             log_format: LogFormat::Auto,
+            otel_exporter_otlp_endpoint: None,
+            otel_exporter_otlp_protocol: "http/protobuf".into(),
+            otel_service_name: "gateway".into(),
             run_projectors: true,
             roles: "api,projectors,relay".into(),
             projector_batch_size: 500,
@@ -277,6 +287,9 @@ impl Settings {
                         "TLS_KEY",
                         "TLS_CLIENT_CA",
                         "NATS_URL",
+                        "OTEL_EXPORTER_OTLP_ENDPOINT",
+                        "OTEL_EXPORTER_OTLP_PROTOCOL",
+                        "OTEL_SERVICE_NAME",
                     ])
                     .map(|key| match key.as_str() {
                         "RUST_LOG" => "log_filter".into(),

@@ -17,6 +17,6 @@ async fn main() -> anyhow::Result<()> {
         None | Some(cli::Command::Serve(_)) => cli::telemetry::LogTarget::Stdout,
         Some(_) => cli::telemetry::LogTarget::Stderr,
     };
-    cli::telemetry::init(&settings.log_filter, settings.log_format, target);
+    let _telemetry = cli::telemetry::init(&settings, target)?;
     cli::run(cli, settings, &mut std::io::stdout()).await
 }

@@ -80,10 +80,16 @@ impl EventLog {
     /// Commits through the committer task when the log has one, else in a transaction of its
     /// own.
     pub async fn commit_grouped(&self, commit: Commit, respond: Respond) -> Outcome {
-        match self.inner.committer.get() {
-            Some(committer) => committer.commit(&self.inner.store, commit, respond).await,
-            None => group_commit::commit_one(&self.inner.store, &commit, &respond).await,
+        use tracing::Instrument;
+        let span = tracing::info_span!("commit", grouped = self.inner.committer.get().is_some());
+        async {
+            match self.inner.committer.get() {
+                Some(committer) => committer.commit(&self.inner.store, commit, respond).await,
+                None => group_commit::commit_one(&self.inner.store, &commit, &respond).await,
+            }
         }
+        .instrument(span)
+        .await
     }
 
     /// Keeps aggregates of `aggregate_types`, weighing up to `capacity` events in all, in

@@ -391,6 +391,19 @@ impl Store {
         completion: Option<&crate::idempotency::IdempotencyKey>,
         respond: impl FnOnce(&Appended) -> Option<crate::idempotency::StoredResponse>,
     ) -> Result<(Appended, Option<crate::idempotency::StoredResponse>), AppendError> {
+        use tracing::Instrument;
+        let span = tracing::info_span!("commit", grouped = false);
+        self.append_completing_traced(batch, completion, respond)
+            .instrument(span)
+            .await
+    }
+
+    async fn append_completing_traced(
+        &self,
+        batch: &[StreamAppend],
+        completion: Option<&crate::idempotency::IdempotencyKey>,
+        respond: impl FnOnce(&Appended) -> Option<crate::idempotency::StoredResponse>,
+    ) -> Result<(Appended, Option<crate::idempotency::StoredResponse>), AppendError> {
         let mut tx = self.inner.db.begin().await?;
         let appended = match self.append_in(&mut tx, batch).await {
             Ok(appended) => appended,

@@ -26,6 +26,7 @@ pub mod reaper;
 pub mod rebuild;
 pub mod relay;
 pub mod runner;
+pub mod trace;
 
 use std::sync::Arc;
 

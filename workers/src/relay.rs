@@ -194,6 +194,11 @@ pub async fn run_batch(
         return Ok(RelayOutcome::Idle);
     };
     let cursor = last.cursor;
+    // Closed when this function returns: each traced command's span of the publish.
+    let _traced = crate::trace::spans_for(
+        &events,
+        || tracing::info_span!("publish", otel.name = %format!("publish {}", settings.subject_prefix), otel.kind = "producer"),
+    );
     for window in events.chunks(settings.max_in_flight.max(1)) {
         let mut acks = Vec::with_capacity(window.len());
         for event in window {

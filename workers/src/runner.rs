@@ -95,6 +95,11 @@ pub async fn run_batch(
         return Ok(BatchOutcome::Idle);
     };
     let cursor = last.cursor;
+    // Closed when this function returns: each traced command's span of this projector.
+    let _traced = crate::trace::spans_for(
+        &events,
+        || tracing::info_span!("project", otel.name = %format!("project {}", projector.name()), projector = projector.name()),
+    );
     let applied = match projector.apply(&mut tx, target, &events).await {
         Ok(()) => checkpoints::write_in(&mut tx, checkpoint, cursor)
             .await
@@ -250,6 +255,8 @@ pub async fn run_group(
         tx.rollback().await?;
         return Ok(outcome);
     }
+    // Closed when this function returns: each traced command's span of each projector.
+    let mut traced = Vec::new();
     for projector in projectors.iter().filter(|p| locked.contains(&p.name())) {
         let after = checkpoint_of(projector.name());
         let start = events.partition_point(|event| event.cursor <= after);
@@ -265,6 +272,9 @@ pub async fn run_group(
             outcome.applied.push((projector.name(), last.cursor, 0));
             continue;
         }
+        traced.extend(crate::trace::spans_for(&events[start..], || {
+            tracing::info_span!("project", otel.name = %format!("project {}", projector.name()), projector = projector.name())
+        }));
         execute(&mut tx, "SAVEPOINT projector").await?;
         match projector
             .apply(&mut tx, Target::Live, &events[start..])
@@ -289,6 +299,7 @@ pub async fn run_group(
         .collect();
     checkpoints::write_many_in(&mut tx, &moved).await?;
     tx.commit().await?;
+    drop(traced);
     Ok(outcome)
 }
 
