@@ -204,11 +204,11 @@ impl DomainEvent for AgentEvent {
     }
 
     fn event_version(&self) -> String {
-        <Self as crate::catalogue::Versioned>::VERSION.to_string()
+        <Self as crate::versioned::Versioned>::VERSION.to_string()
     }
 }
 
-impl crate::catalogue::Versioned for AgentEvent {
+impl crate::versioned::Versioned for AgentEvent {
     const VERSION: &'static str = "1.0";
 }
 

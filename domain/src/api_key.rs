@@ -76,11 +76,11 @@ impl DomainEvent for ApiKeyEvent {
     }
 
     fn event_version(&self) -> String {
-        <Self as crate::catalogue::Versioned>::VERSION.to_string()
+        <Self as crate::versioned::Versioned>::VERSION.to_string()
     }
 }
 
-impl crate::catalogue::Versioned for ApiKeyEvent {
+impl crate::versioned::Versioned for ApiKeyEvent {
     const VERSION: &'static str = "1.0";
 }
 

@@ -97,11 +97,11 @@ impl DomainEvent for BudgetEvent {
     }
 
     fn event_version(&self) -> String {
-        <Self as crate::catalogue::Versioned>::VERSION.to_string()
+        <Self as crate::versioned::Versioned>::VERSION.to_string()
     }
 }
 
-impl crate::catalogue::Versioned for BudgetEvent {
+impl crate::versioned::Versioned for BudgetEvent {
     const VERSION: &'static str = "1.0";
 }
 

@@ -7,12 +7,7 @@ use cqrs_es::Aggregate;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-/// The version an event enum's events are written with (`event_version`). Every variant of
-/// an enum shares it: a change of one event's shape raises it, with an upcaster for the old
-/// events (see [`crate::upcasters`]).
-pub trait Versioned {
-    const VERSION: &'static str;
-}
+use crate::versioned::Versioned;
 
 /// One event type: its aggregate, name, version and payload schema.
 #[derive(Debug, Clone, PartialEq)]

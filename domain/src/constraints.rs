@@ -64,11 +64,11 @@ impl DomainEvent for UniqueValueEvent {
     }
 
     fn event_version(&self) -> String {
-        <Self as crate::catalogue::Versioned>::VERSION.to_string()
+        <Self as crate::versioned::Versioned>::VERSION.to_string()
     }
 }
 
-impl crate::catalogue::Versioned for UniqueValueEvent {
+impl crate::versioned::Versioned for UniqueValueEvent {
     const VERSION: &'static str = "1.0";
 }
 
@@ -231,11 +231,11 @@ impl DomainEvent for ReferencesEvent {
     }
 
     fn event_version(&self) -> String {
-        <Self as crate::catalogue::Versioned>::VERSION.to_string()
+        <Self as crate::versioned::Versioned>::VERSION.to_string()
     }
 }
 
-impl crate::catalogue::Versioned for ReferencesEvent {
+impl crate::versioned::Versioned for ReferencesEvent {
     const VERSION: &'static str = "1.0";
 }
 

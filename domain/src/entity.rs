@@ -101,11 +101,11 @@ impl DomainEvent for EntityEvent {
     }
 
     fn event_version(&self) -> String {
-        <Self as crate::catalogue::Versioned>::VERSION.to_string()
+        <Self as crate::versioned::Versioned>::VERSION.to_string()
     }
 }
 
-impl crate::catalogue::Versioned for EntityEvent {
+impl crate::versioned::Versioned for EntityEvent {
     const VERSION: &'static str = "1.0";
 }
 

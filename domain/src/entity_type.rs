@@ -632,11 +632,11 @@ impl DomainEvent for EntityTypeEvent {
     }
 
     fn event_version(&self) -> String {
-        <Self as crate::catalogue::Versioned>::VERSION.to_string()
+        <Self as crate::versioned::Versioned>::VERSION.to_string()
     }
 }
 
-impl crate::catalogue::Versioned for EntityTypeEvent {
+impl crate::versioned::Versioned for EntityTypeEvent {
     const VERSION: &'static str = "1.0";
 }
 

@@ -29,6 +29,7 @@ pub mod roles;
 pub mod session;
 pub mod tenant;
 pub mod upcasters;
+pub mod versioned;
 pub mod visibility;
 
 pub use cqrs_es::{Aggregate, DomainEvent};

@@ -87,11 +87,11 @@ impl DomainEvent for LinksEvent {
     }
 
     fn event_version(&self) -> String {
-        <Self as crate::catalogue::Versioned>::VERSION.to_string()
+        <Self as crate::versioned::Versioned>::VERSION.to_string()
     }
 }
 
-impl crate::catalogue::Versioned for LinksEvent {
+impl crate::versioned::Versioned for LinksEvent {
     const VERSION: &'static str = "1.0";
 }
 

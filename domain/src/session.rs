@@ -205,11 +205,11 @@ impl DomainEvent for SessionEvent {
     }
 
     fn event_version(&self) -> String {
-        <Self as crate::catalogue::Versioned>::VERSION.to_string()
+        <Self as crate::versioned::Versioned>::VERSION.to_string()
     }
 }
 
-impl crate::catalogue::Versioned for SessionEvent {
+impl crate::versioned::Versioned for SessionEvent {
     const VERSION: &'static str = "1.0";
 }
 

@@ -92,11 +92,11 @@ impl DomainEvent for TenantEvent {
     }
 
     fn event_version(&self) -> String {
-        <Self as crate::catalogue::Versioned>::VERSION.to_string()
+        <Self as crate::versioned::Versioned>::VERSION.to_string()
     }
 }
 
-impl crate::catalogue::Versioned for TenantEvent {
+impl crate::versioned::Versioned for TenantEvent {
     const VERSION: &'static str = "1.0";
 }
 
