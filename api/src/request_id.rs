@@ -52,22 +52,26 @@ pub async fn track(
     let method = request.method().clone();
     let span = tracing::info_span!(
         "request",
-        otel.name = %format!("{method} {route}"),
-        otel.kind = "server",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
         request_id = %id,
         method = %method,
         route = %route,
         tenant = tracing::field::Empty,
         status = tracing::field::Empty,
     );
-    // The client's trace goes on through the gateway (see `workers::trace`).
-    if workers::trace::enabled()
-        && let Some(parent) = request
+    // The client's trace goes on through the gateway (see `workers::trace`); the span's
+    // exported name and kind are only worth formatting when spans are exported.
+    if workers::trace::enabled() {
+        span.record("otel.name", format!("{method} {route}"));
+        span.record("otel.kind", "server");
+        if let Some(parent) = request
             .headers()
             .get("traceparent")
             .and_then(|value| value.to_str().ok())
-    {
-        workers::trace::set_parent(&span, parent);
+        {
+            workers::trace::set_parent(&span, parent);
+        }
     }
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;

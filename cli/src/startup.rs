@@ -140,7 +140,7 @@ impl Application {
         );
         let credentials = Arc::new(CredentialCache::new(settings.credential_cache()));
         let jwks = api::auth::jwt::KeySet::from_settings(&settings).map(Arc::new);
-        let state = AppState {
+        let state = AppState::new(api::state::Services {
             app: App {
                 log,
                 progress,
@@ -162,7 +162,7 @@ impl Application {
             jwks,
             last_used,
             credentials,
-        };
+        });
         Ok(Self {
             port,
             listener,

@@ -8,6 +8,7 @@
 //! multi-aggregate atomic appends and appends that share a caller's transaction.
 //!
 //! Code map, in layers (a module uses only those above it in this list):
+//! - [`spans`]: whether spans are exported (traces), set once by the process.
 //! - [`cursor`], [`json`], [`db`]: positions in the global order; JSON columns read back
 //!   however deeply they nest; the connection pools of either backend, migrations, and write
 //!   transactions.
@@ -36,6 +37,7 @@ pub mod group_commit;
 pub mod idempotency;
 pub mod json;
 pub mod log;
+pub mod spans;
 pub mod sql;
 pub mod store;
 pub mod stream_cache;

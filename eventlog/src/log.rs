@@ -81,7 +81,7 @@ impl EventLog {
     /// own.
     pub async fn commit_grouped(&self, commit: Commit, respond: Respond) -> Outcome {
         use tracing::Instrument;
-        let span = tracing::info_span!("commit", grouped = self.inner.committer.get().is_some());
+        let span = crate::traced_span!("commit", grouped = self.inner.committer.get().is_some());
         async {
             match self.inner.committer.get() {
                 Some(committer) => committer.commit(&self.inner.store, commit, respond).await,

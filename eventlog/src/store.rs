@@ -392,7 +392,7 @@ impl Store {
         respond: impl FnOnce(&Appended) -> Option<crate::idempotency::StoredResponse>,
     ) -> Result<(Appended, Option<crate::idempotency::StoredResponse>), AppendError> {
         use tracing::Instrument;
-        let span = tracing::info_span!("commit", grouped = false);
+        let span = crate::traced_span!("commit", grouped = false);
         self.append_completing_traced(batch, completion, respond)
             .instrument(span)
             .await

@@ -6,23 +6,19 @@
 //! the process has an OpenTelemetry layer (`OTEL_EXPORTER_OTLP_ENDPOINT`); without one, this
 //! module costs a flag check.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
 use opentelemetry::{SpanId, TraceId};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-static ENABLED: AtomicBool = AtomicBool::new(false);
-
-/// Marks spans as exported: the projectors and the relay then open spans for the traced
-/// events they handle. Called by the process that installs the OpenTelemetry layer.
+/// Marks spans as exported: commits, the projectors and the relay then open spans for the
+/// traced commands they handle. Called by the process that installs the OpenTelemetry layer.
 pub fn enable() {
-    ENABLED.store(true, Ordering::Relaxed);
+    eventlog::spans::export();
 }
 
 /// Whether spans are exported.
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    eventlog::spans::exported()
 }
 
 /// The span context a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`) names.
