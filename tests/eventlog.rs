@@ -563,3 +563,62 @@ both_backends!(
     a_bounded_backlog_counts_up_to_its_limit,
     a_bounded_backlog_counts_up_to_its_limit
 );
+
+/// The events a process committed are read back from memory (see `eventlog::recent`) exactly
+/// as another process reads them from the database: same ids, positions, payloads (deep,
+/// large numbers, text in any script), metadata and times; a window that holds an event
+/// this process did not write is read from the database whole.
+async fn events_kept_in_memory_read_as_the_log_stores_them(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let writer = db.log().await;
+    let mut deep = json!("leaf");
+    for _ in 0..100 {
+        deep = json!({ "next": deep });
+    }
+    let payloads = [
+        json!({ "name": "plain" }),
+        json!({ "big": 18446744073709551615u64, "neg": -9007199254740993i64, "float": 1.5e300, "tiny": 5e-324 }),
+        json!({ "text": "Grüße, 世界, 🚀, \"quoted\" \\ slash", "empty": {}, "list": [null, true, 0.1] }),
+        deep,
+    ];
+    let events: Vec<NewEvent> = payloads
+        .iter()
+        .map(|payload| NewEvent {
+            payload: payload.clone(),
+            ..event("kept")
+        })
+        .collect();
+    writer
+        .append(&[append(stream("kept"), 0, events)])
+        .await
+        .unwrap();
+    let (from_memory, _) = read_at_least(&writer, Cursor::START, payloads.len()).await;
+    let reader = db.log().await;
+    let (from_database, _) = read_at_least(&reader, Cursor::START, payloads.len()).await;
+    assert_eq!(from_memory.len(), payloads.len());
+    assert_eq!(from_memory, from_database);
+
+    // Another process's event in the window: the writer reads the window from the database.
+    reader
+        .append(&[append(stream("other"), 0, vec![event("elsewhere")])])
+        .await
+        .unwrap();
+    writer
+        .append(&[append(
+            stream("kept"),
+            payloads.len() as u64,
+            vec![event("after")],
+        )])
+        .await
+        .unwrap();
+    let (mixed, _) = read_at_least(&writer, Cursor::START, payloads.len() + 2).await;
+    let (stored, _) = read_at_least(&reader, Cursor::START, payloads.len() + 2).await;
+    assert_eq!(mixed, stored);
+    assert!(mixed.iter().any(|e| e.payload["name"] == "elsewhere"));
+    writer.db().close().await;
+    reader.db().close().await;
+}
+both_backends!(
+    events_kept_in_memory_read_as_the_log_stores_them,
+    events_kept_in_memory_read_as_the_log_stores_them
+);

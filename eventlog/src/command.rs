@@ -187,9 +187,7 @@ impl EventLog {
                     updated_at: outcome.updated_at,
                 },
             );
-            if let Some(cursor) = cursor {
-                self.notify_appended(cursor);
-            }
+            self.committed(&outcome.events);
             return Ok((outcome, response));
         }
     }

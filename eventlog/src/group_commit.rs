@@ -382,9 +382,7 @@ async fn together(log: &Store, mut group: Vec<Job>) -> GroupEnd {
         }
         return GroupEnd::Done;
     }
-    if let Some(cursor) = shares.iter().filter_map(|c| c.appended.last_cursor()).max() {
-        log.notify_appended(cursor);
-    }
+    log.committed(shares.iter().flat_map(|c| &c.appended.events));
     for ((job, committed), response) in group.into_iter().zip(shares).zip(responses) {
         let _ = job.reply.send(Ok((committed, response)));
     }
@@ -436,8 +434,6 @@ pub async fn commit_one(store: &Store, commit: &Commit, respond: &Respond) -> Ou
         return Err(CommitError::KeyTaken);
     }
     tx.commit().await?;
-    if let Some(cursor) = committed.appended.last_cursor() {
-        store.notify_appended(cursor);
-    }
+    store.committed(&committed.appended.events);
     Ok((committed, response))
 }

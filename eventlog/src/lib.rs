@@ -15,7 +15,8 @@
 //! - [`sql`]: the storage port: a [`Statement`] of SQL both dialects accept, run on the read
 //!   pool or in a write transaction, answered with [`sql::Row`]s read the same way on both.
 //! - [`store`]: [`store::Store`]: the `events` table: append, load one stream, tail after a
-//!   cursor, inside a given transaction or in one of its own.
+//!   cursor, inside a given transaction or in one of its own; with `recent`, the events this
+//!   process committed last, which its readers take instead of decoding them again.
 //! - [`idempotency`]: idempotency records, written in the same transaction as the events.
 //! - [`aggregate`]: a stream folded into its cqrs-es aggregate; a command's outcome and errors.
 //! - [`stream_cache`]: aggregates kept in memory, checked at commit.
@@ -37,6 +38,7 @@ pub mod group_commit;
 pub mod idempotency;
 pub mod json;
 pub mod log;
+mod recent;
 pub mod spans;
 pub mod sql;
 pub mod store;

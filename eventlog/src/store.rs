@@ -245,6 +245,8 @@ pub(crate) struct Inner {
     /// Whether idempotency records from before keys had a scope may exist (the idempotency
     /// module's state: unknown, present or gone; see `idempotency::LEGACY_SCOPE`).
     legacy_keys: std::sync::atomic::AtomicU8,
+    /// The events this process committed last (see [`crate::recent`]).
+    recent: crate::recent::Recent,
 }
 
 /// A read model updated in the same transaction as the events it is made of, for the few
@@ -277,6 +279,17 @@ impl std::fmt::Debug for Store {
 const PG_COLUMNS: &str = "global_position, transaction_id::text::bigint AS transaction_id, \
      event_id, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, \
      payload, metadata, recorded_at";
+/// The cursor and id of each event (the light tail: see [`crate::recent`]), read as
+/// `PG_COLUMNS` and `SQLITE_COLUMNS` read them.
+fn id_columns(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => {
+            "transaction_id::text::bigint AS transaction_id, global_position, event_id"
+        }
+        Backend::Sqlite => "0 AS transaction_id, global_position, event_id",
+    }
+}
+
 const SQLITE_COLUMNS: &str = "global_position, 0 AS transaction_id, \
      event_id, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, \
      payload, metadata, recorded_at";
@@ -335,6 +348,7 @@ impl Store {
                 hasher: Default::default(),
                 inline,
                 legacy_keys: Default::default(),
+                recent: Default::default(),
             }),
         }
     }
@@ -366,6 +380,16 @@ impl Store {
     /// [`Store::notify_appended`].
     pub fn subscribe(&self) -> watch::Receiver<Cursor> {
         self.inner.appended.subscribe()
+    }
+
+    /// After a commit: keeps `events` for this process's readers (see [`crate::recent`]) and
+    /// wakes them.
+    pub fn committed<'e>(&self, events: impl IntoIterator<Item = &'e RecordedEvent>) {
+        let events: Vec<&RecordedEvent> = events.into_iter().collect();
+        self.inner.recent.remember(&events);
+        if let Some(cursor) = events.iter().map(|e| e.cursor).max() {
+            self.notify_appended(cursor);
+        }
     }
 
     /// Wakes every in-process reader of the log.
@@ -422,9 +446,7 @@ impl Store {
             self.complete_idempotency_in(&mut tx, key, response).await?;
         }
         tx.commit().await?;
-        if let Some(cursor) = appended.last_cursor() {
-            self.notify_appended(cursor);
-        }
+        self.committed(&appended.events);
         Ok((appended, response))
     }
 
@@ -757,11 +779,29 @@ impl Store {
             Backend::Postgres => Some(db.fetch_one(Statement::new(PG_HORIZON)).await?.try_get(0)?),
             Backend::Sqlite => None,
         };
-        let sql = tail_sql(db.backend(), tenant_id.is_some());
-        let events = db
-            .fetch_all_as(tail_statement(&sql, after, limit, horizon, tenant_id))
-            .await?;
-        Ok(events)
+        if tenant_id.is_none() && !self.inner.recent.is_empty() {
+            let sql = tail_sql(db.backend(), false, id_columns(db.backend()));
+            let ids = db
+                .fetch_all_as::<(i64, i64, Uuid)>(tail_statement(&sql, after, limit, horizon, None))
+                .await?;
+            if let Some(events) = self.kept(&ids) {
+                return Ok(events);
+            }
+        }
+        let sql = tail_sql(db.backend(), tenant_id.is_some(), columns(db.backend()));
+        db.fetch_all_as(tail_statement(&sql, after, limit, horizon, tenant_id))
+            .await
+    }
+
+    /// The events `ids` (cursor and id, in log order) names, when this process keeps every one
+    /// of them (see [`crate::recent`]).
+    fn kept(&self, ids: &[(i64, i64, Uuid)]) -> Option<Vec<RecordedEvent>> {
+        let wanted: Vec<Uuid> = ids.iter().map(|(_, _, id)| *id).collect();
+        let mut events = self.inner.recent.take(&wanted)?;
+        for (event, (transaction_id, position, _)) in events.iter_mut().zip(ids) {
+            event.cursor = Cursor::new(*transaction_id, *position);
+        }
+        Some(events)
     }
 
     /// The cursor of the last readable event: a reader starting there sees every event that
@@ -830,7 +870,16 @@ impl Store {
             ),
             Backend::Sqlite => None,
         };
-        let sql = tail_sql(tx.backend(), false);
+        if !self.inner.recent.is_empty() {
+            let sql = tail_sql(tx.backend(), false, id_columns(tx.backend()));
+            let ids = tx
+                .fetch_all_as::<(i64, i64, Uuid)>(tail_statement(&sql, after, limit, horizon, None))
+                .await?;
+            if let Some(events) = self.kept(&ids) {
+                return Ok(self.upcast_all(events));
+            }
+        }
+        let sql = tail_sql(tx.backend(), false, columns(tx.backend()));
         let events = tx
             .fetch_all_as(tail_statement(&sql, after, limit, horizon, None))
             .await?;
@@ -1008,12 +1057,12 @@ const PG_HORIZON: &str = "WITH snapshot AS MATERIALIZED (SELECT pg_current_snaps
 /// `transaction_id::text::bigint` alias, which no index orders, and every batch would sort
 /// the rest of the log. SQLite has one writer and orders by position alone (its
 /// statements leave the transaction id, `$1`, unused, as they may).
-fn tail_sql(backend: Backend, by_tenant: bool) -> String {
+fn tail_sql(backend: Backend, by_tenant: bool, columns: &str) -> String {
     match backend {
         Backend::Postgres => {
             let tenant = if by_tenant { "AND tenant_id = $5" } else { "" };
             format!(
-                "SELECT {PG_COLUMNS} FROM events \
+                "SELECT {columns} FROM events \
                  WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
                    AND transaction_id < $4::text::xid8 {tenant} \
                  ORDER BY events.transaction_id, events.global_position \
@@ -1023,7 +1072,7 @@ fn tail_sql(backend: Backend, by_tenant: bool) -> String {
         Backend::Sqlite => {
             let tenant = if by_tenant { "AND tenant_id = $4" } else { "" };
             format!(
-                "SELECT {SQLITE_COLUMNS} FROM events WHERE global_position > $2 {tenant} \
+                "SELECT {columns} FROM events WHERE global_position > $2 {tenant} \
                  ORDER BY global_position LIMIT $3"
             )
         }
