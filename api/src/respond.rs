@@ -33,7 +33,17 @@ pub async fn begin(state: &AppState, ctx: &app::Context, body: &Value) -> Result
 
 /// Turns a stored response into an HTTP response.
 pub fn to_response(stored: &StoredResponse, replay: bool) -> Response {
-    let mut response = Response::new(Body::from(stored.body.clone()));
+    with_body(stored, stored.body.clone(), replay)
+}
+
+/// [`to_response`] of a response used once: its body moves into the response.
+pub fn into_response(mut stored: StoredResponse, replay: bool) -> Response {
+    let body = std::mem::take(&mut stored.body);
+    with_body(&stored, body, replay)
+}
+
+fn with_body(stored: &StoredResponse, body: Vec<u8>, replay: bool) -> Response {
+    let mut response = Response::new(Body::from(body));
     response.extensions_mut().insert(FinalBody);
     *response.status_mut() =
         StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -58,8 +68,8 @@ pub fn to_response(stored: &StoredResponse, replay: bool) -> Response {
 /// The response to a command that did not succeed.
 pub fn refused(refused: Refused) -> Response {
     match refused {
-        Refused::Answered(stored) => to_response(&stored, false),
-        Refused::Replayed(stored) => to_response(&stored, true),
+        Refused::Answered(stored) => into_response(stored, false),
+        Refused::Replayed(stored) => into_response(stored, true),
         Refused::Failed(error) => ApiError::App(error).into_response(),
     }
 }
@@ -67,7 +77,7 @@ pub fn refused(refused: Refused) -> Response {
 /// The response to a command's answer.
 pub fn answer(result: Result<StoredResponse, Refused>) -> Response {
     match result {
-        Ok(stored) => to_response(&stored, false),
+        Ok(stored) => into_response(stored, false),
         Err(refused) => self::refused(refused),
     }
 }

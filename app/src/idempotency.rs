@@ -30,40 +30,42 @@ use crate::state::App;
 
 /// JSON with object keys sorted at every level, so that equal documents hash equally.
 pub fn canonical_json(value: &Value) -> String {
-    // Written out by hand: serde_json keeps insertion order when `preserve_order` is enabled
-    // anywhere in the build.
-    let mut out = String::new();
-    write_canonical(value, &mut out);
-    out
+    let mut out = Vec::new();
+    write_canonical(value, &mut out).expect("writing to memory does not fail");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// Writes [`canonical_json`] of `value` to `out`, without building it first (a request's
+/// hash is fed straight to the hasher). Written out by hand: serde_json keeps insertion
+/// order when `preserve_order` is enabled anywhere in the build. The bytes never change
+/// between versions: stored idempotency records hold hashes of them.
+fn write_canonical(value: &Value, out: &mut impl std::io::Write) -> std::io::Result<()> {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.write_all(b"{")?;
             for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.write_all(b",")?;
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(v, out);
+                serde_json::to_writer(&mut *out, k)?;
+                out.write_all(b":")?;
+                write_canonical(v, out)?;
             }
-            out.push('}');
+            out.write_all(b"}")
         }
         Value::Array(items) => {
-            out.push('[');
+            out.write_all(b"[")?;
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.write_all(b",")?;
                 }
-                write_canonical(v, out);
+                write_canonical(v, out)?;
             }
-            out.push(']');
+            out.write_all(b"]")
         }
-        other => out.push_str(&other.to_string()),
+        other => Ok(serde_json::to_writer(&mut *out, other)?),
     }
 }
 
@@ -71,10 +73,12 @@ fn write_canonical(value: &Value, out: &mut String) {
 /// tenant, and the canonical body.
 pub fn request_hash(method: &str, target: &str, tenant: &str, body: &Value) -> String {
     let mut hasher = Sha256::new();
-    for part in [method, target, tenant, &canonical_json(body)] {
+    for part in [method, target, tenant] {
         hasher.update(part.as_bytes());
         hasher.update([0u8]);
     }
+    write_canonical(body, &mut hasher).expect("hashing does not fail");
+    hasher.update([0u8]);
     hex(&hasher.finalize())
 }
 
@@ -259,6 +263,21 @@ pub async fn release(state: &App, key: &IdempotencyKey, error: Error) -> Error {
 
 #[cfg(test)]
 mod hex_tests {
+    #[test]
+    fn the_request_hash_never_changes_between_versions() {
+        // Stored records hold these hashes: a retry after an upgrade must hash the same.
+        let body =
+            serde_json::json!({"b": [1, 2.5, "x\"y"], "a": {"z": null, "y": true}, "é": "ü"});
+        assert_eq!(
+            super::canonical_json(&body),
+            r#"{"a":{"y":true,"z":null},"b":[1,2.5,"x\"y"],"é":"ü"}"#
+        );
+        assert_eq!(
+            super::request_hash("POST", "/v1/users?x=1", "acme", &body),
+            "d69c29440f806f2a3a7a29945682596d51e2a7a5f66ea4c18b255b6d001ce376"
+        );
+    }
+
     #[test]
     fn hex_is_two_lower_case_digits_per_byte() {
         assert_eq!(super::hex(&[]), "");
