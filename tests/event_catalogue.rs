@@ -4,7 +4,9 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, create_agent, create_session, quick, send, spawn_app_with};
+use crate::helpers::{
+    Backend, create_agent, create_session, define_types, quick, send, spawn_app_with,
+};
 
 /// The event types named in the domain's `event_type` implementations, read from the source
 /// (not from the types the catalogue is built from).
@@ -132,15 +134,7 @@ async fn event_catalogue_has_every_event_type_and_real_events_match_it() {
                "lead": {"type": "reference", "references": "people", "onDelete": "nullify"}},
                "relations": {"members": {"to": "people"}}}),
     ];
-    for body in types {
-        let response = app
-            .request(Method::POST, "/v1/entity-types", "acme")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    }
+    define_types(&app, "acme", &types).await;
     let requests = [
         (
             Method::POST,

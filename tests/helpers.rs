@@ -241,6 +241,19 @@ pub async fn create_tenant(log: &EventLog, tenant: &str) -> String {
     created.key.token
 }
 
+/// Defines each of `types` (`POST /v1/entity-types` bodies) for `tenant`, expecting 201.
+pub async fn define_types(app: &TestApp, tenant: &str, types: &[Value]) {
+    for body in types {
+        let response = app
+            .request(reqwest::Method::POST, "/v1/entity-types", tenant)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    }
+}
+
 /// Starts the application on a fresh database of `backend`.
 pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await

@@ -9,8 +9,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, TestApp, TestDb, create_agent, create_session, eventually, json_of, quick, send,
-    spawn_app_on, spawn_app_with,
+    Backend, TestApp, TestDb, create_agent, create_session, define_types, eventually, json_of,
+    quick, send, spawn_app_on, spawn_app_with,
 };
 
 /// Runs `gateway <args>` on `db`; what it printed.
@@ -133,15 +133,7 @@ async fn a_sqlite_gateway_moves_to_postgres_with_its_keys_and_idempotency_record
         json!({"name": "teams", "fields": {"name": {"type": "string"}},
                "relations": {"members": {"to": "users"}}}),
     ];
-    for body in types {
-        let response = source
-            .request(Method::POST, "/v1/entity-types", "acme")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    }
+    define_types(&source, "acme", &types).await;
     for (id, name) in [("ada", "Ada"), ("grace", "Grace"), ("gone", "Gone")] {
         let response = source
             .create("acme", "users", json!({"id": id, "name": name}))

@@ -14,42 +14,53 @@ use std::sync::Mutex;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::store::RecordedEvent;
-
 /// Most events kept.
 const MAX_EVENTS: usize = 4_096;
 /// Most bytes (estimated) kept; an event over a sixteenth of it is never kept.
 const MAX_BYTES: usize = 8 * 1024 * 1024;
 
-#[derive(Default)]
-pub(crate) struct Recent {
-    state: Mutex<State>,
+/// Items (the store's events) by id, with the bytes each is estimated to hold.
+pub(crate) struct Recent<T> {
+    state: Mutex<State<T>>,
 }
 
-#[derive(Default)]
-struct State {
-    by_id: HashMap<Uuid, (RecordedEvent, usize)>,
+impl<T> Default for Recent<T> {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State {
+                by_id: HashMap::new(),
+                order: VecDeque::new(),
+                bytes: 0,
+            }),
+        }
+    }
+}
+
+struct State<T> {
+    by_id: HashMap<Uuid, (T, usize)>,
     /// Insertion order, for eviction.
     order: VecDeque<Uuid>,
     bytes: usize,
 }
 
-impl Recent {
-    /// Keeps `events`, just committed, evicting the oldest beyond the bounds.
-    pub(crate) fn remember(&self, events: &[&RecordedEvent]) {
-        if events.is_empty() {
+impl<T: Clone> Recent<T> {
+    /// Keeps `items` (id, estimated bytes, item), just committed, evicting the oldest beyond
+    /// the bounds.
+    pub(crate) fn remember<'t>(&self, items: impl IntoIterator<Item = (Uuid, usize, &'t T)>)
+    where
+        T: 't,
+    {
+        let weighed: Vec<(Uuid, T, usize)> = items
+            .into_iter()
+            .filter(|(_, bytes, _)| *bytes <= MAX_BYTES / 16)
+            .map(|(id, bytes, item)| (id, item.clone(), bytes))
+            .collect();
+        if weighed.is_empty() {
             return;
         }
-        let weighed: Vec<(RecordedEvent, usize)> = events
-            .iter()
-            .map(|event| (*event, weight(event)))
-            .filter(|(_, bytes)| *bytes <= MAX_BYTES / 16)
-            .map(|(event, bytes)| (event.clone(), bytes))
-            .collect();
         let mut state = self.state.lock().expect("recent events lock poisoned");
-        for (event, bytes) in weighed {
-            let id = event.event_id;
-            if let Some((_, old)) = state.by_id.insert(id, (event, bytes)) {
+        for (id, item, bytes) in weighed {
+            if let Some((_, old)) = state.by_id.insert(id, (item, bytes)) {
                 state.bytes -= old;
             } else {
                 state.order.push_back(id);
@@ -75,8 +86,8 @@ impl Recent {
             .is_empty()
     }
 
-    /// The events `ids` names, in that order, when every one of them is kept.
-    pub(crate) fn take(&self, ids: &[Uuid]) -> Option<Vec<RecordedEvent>> {
+    /// The items `ids` names, in that order, when every one of them is kept.
+    pub(crate) fn take(&self, ids: &[Uuid]) -> Option<Vec<T>> {
         let state = self.state.lock().expect("recent events lock poisoned");
         ids.iter()
             .map(|id| state.by_id.get(id).map(|(event, _)| event.clone()))
@@ -84,17 +95,8 @@ impl Recent {
     }
 }
 
-/// An estimate of the heap an event holds.
-fn weight(event: &RecordedEvent) -> usize {
-    256 + event.tenant_id.len()
-        + event.aggregate_type.len()
-        + event.aggregate_id.len()
-        + event.event_type.len()
-        + value_weight(&event.payload)
-        + value_weight(&event.metadata)
-}
-
-fn value_weight(value: &Value) -> usize {
+/// An estimate of the heap a JSON value holds.
+pub(crate) fn value_weight(value: &Value) -> usize {
     // Iterative: payloads may nest a thousand levels deep.
     let mut total = 0;
     let mut pending = vec![value];
@@ -119,43 +121,55 @@ fn value_weight(value: &Value) -> usize {
 mod tests {
     use super::*;
 
-    fn event(payload: Value) -> RecordedEvent {
-        RecordedEvent {
-            cursor: crate::Cursor::new(0, 1),
-            event_id: Uuid::now_v7(),
-            tenant_id: "acme".into(),
-            aggregate_type: "Entity".into(),
-            aggregate_id: "users/u".into(),
-            sequence: 1,
-            event_type: "EntityCreated".into(),
-            event_version: "1.0".into(),
-            payload,
-            metadata: serde_json::json!({}),
-            recorded_at: chrono::Utc::now(),
-        }
+    fn keep(recent: &Recent<String>, items: &[(Uuid, String)]) {
+        recent.remember(items.iter().map(|(id, text)| (*id, 64 + text.len(), text)));
     }
 
     #[test]
     fn all_or_nothing_and_bounded() {
         let recent = Recent::default();
-        let (a, b) = (event(Value::Null), event(Value::Null));
-        recent.remember(&[&a, &b]);
-        assert_eq!(
-            recent.take(&[b.event_id, a.event_id]),
-            Some(vec![b.clone(), a.clone()])
+        let (a, b) = (
+            (Uuid::now_v7(), "a".to_string()),
+            (Uuid::now_v7(), "b".to_string()),
         );
-        assert_eq!(recent.take(&[a.event_id, Uuid::now_v7()]), None);
-        // A payload too large to keep is not kept.
-        let large = event(Value::String("x".repeat(MAX_BYTES / 8)));
-        recent.remember(&[&large]);
-        assert_eq!(recent.take(&[large.event_id]), None);
+        keep(&recent, &[a.clone(), b.clone()]);
+        assert_eq!(
+            recent.take(&[b.0, a.0]),
+            Some(vec![b.1.clone(), a.1.clone()])
+        );
+        assert_eq!(recent.take(&[a.0, Uuid::now_v7()]), None);
+        // An item too large to keep is not kept.
+        let large = (Uuid::now_v7(), "x".repeat(MAX_BYTES / 8));
+        keep(&recent, std::slice::from_ref(&large));
+        assert_eq!(recent.take(&[large.0]), None);
         // Count bound: the oldest go first.
-        let many: Vec<RecordedEvent> = (0..MAX_EVENTS + 10).map(|_| event(Value::Null)).collect();
-        recent.remember(&many.iter().collect::<Vec<_>>());
-        assert_eq!(recent.take(&[a.event_id]), None);
-        assert!(recent.take(&[many.last().unwrap().event_id]).is_some());
+        let many: Vec<(Uuid, String)> = (0..MAX_EVENTS + 10)
+            .map(|i| (Uuid::now_v7(), i.to_string()))
+            .collect();
+        keep(&recent, &many);
+        assert_eq!(recent.take(&[a.0]), None);
+        assert!(recent.take(&[many.last().unwrap().0]).is_some());
         let state = recent.state.lock().unwrap();
         assert_eq!(state.by_id.len(), MAX_EVENTS);
         assert_eq!(state.order.len(), MAX_EVENTS);
+        // Byte bound.
+        drop(state);
+        let heavy: Vec<(Uuid, String)> = (0..64)
+            .map(|_| (Uuid::now_v7(), "y".repeat(MAX_BYTES / 32)))
+            .collect();
+        keep(&recent, &heavy);
+        assert!(recent.state.lock().unwrap().bytes <= MAX_BYTES);
+    }
+
+    #[test]
+    fn json_weight_counts_text_and_nesting() {
+        let mut deep = Value::String("leaf".into());
+        for _ in 0..2_000 {
+            deep = Value::Array(vec![deep]);
+        }
+        assert!(value_weight(&deep) > 2_000 * 32);
+        assert!(value_weight(&serde_json::json!({"k": "x".repeat(1000)})) > 1000);
+        // Dropping it would recurse 2,000 levels on the test's small stack.
+        std::mem::forget(deep);
     }
 }

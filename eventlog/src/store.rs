@@ -185,6 +185,16 @@ impl RecordedEvent {
         })
     }
 
+    /// An estimate of the heap the event holds.
+    pub(crate) fn weight(&self) -> usize {
+        256 + self.tenant_id.len()
+            + self.aggregate_type.len()
+            + self.aggregate_id.len()
+            + self.event_type.len()
+            + crate::recent::value_weight(&self.payload)
+            + crate::recent::value_weight(&self.metadata)
+    }
+
     /// Who may read this event outside the gateway (see [`domain::visibility`]).
     pub fn visibility(&self) -> domain::visibility::Visibility {
         domain::visibility::of(&self.aggregate_type, &self.event_type)
@@ -246,7 +256,7 @@ pub(crate) struct Inner {
     /// module's state: unknown, present or gone; see `idempotency::LEGACY_SCOPE`).
     legacy_keys: std::sync::atomic::AtomicU8,
     /// The events this process committed last (see [`crate::recent`]).
-    recent: crate::recent::Recent,
+    recent: crate::recent::Recent<RecordedEvent>,
 }
 
 /// A read model updated in the same transaction as the events it is made of, for the few
@@ -386,7 +396,11 @@ impl Store {
     /// wakes them.
     pub fn committed<'e>(&self, events: impl IntoIterator<Item = &'e RecordedEvent>) {
         let events: Vec<&RecordedEvent> = events.into_iter().collect();
-        self.inner.recent.remember(&events);
+        self.inner.recent.remember(
+            events
+                .iter()
+                .map(|event| (event.event_id, event.weight(), *event)),
+        );
         if let Some(cursor) = events.iter().map(|e| e.cursor).max() {
             self.notify_appended(cursor);
         }
