@@ -319,7 +319,8 @@ impl Store {
                     tx.backend().values(chunk.len(), 10)
                 )
             };
-            let mut insert = Statement::new(&sql).persistent(false);
+            let mut insert =
+                Statement::new(&sql).persistent(!legacy && crate::sql::recurs(chunk.len(), 100));
             for (key, record) in chunk {
                 let (state, response, locked_until) = match record {
                     NewRecord::Completed(response) => ("completed", Some(*response), now),
@@ -388,7 +389,7 @@ impl Store {
                  AND idempotency_records.idempotency_key = done.idempotency_key",
                 rows
             );
-            let mut update = Statement::new(&sql).persistent(false);
+            let mut update = Statement::new(&sql).persistent(crate::sql::recurs(chunk.len(), 100));
             for (key, response) in chunk {
                 update.push(key.tenant_id.as_str());
                 update.push(key.scope.as_str());

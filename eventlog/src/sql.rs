@@ -135,6 +135,17 @@ impl<'q> Bound<'q> {
     }
 }
 
+/// Row counts up to this one recur (a group commit's or a projector batch's few rows).
+pub const RECURRING_ROWS: usize = 16;
+
+/// Whether a statement of `rows` rows, whose text changes with the row count, is worth keeping
+/// prepared: a small count recurs all the time (each kept statement then skips the server's
+/// parse and plan and the driver's describe), as does the full chunk of `chunk` rows; other
+/// counts are rare, and each kept one would take a slot of the connection's statement cache.
+pub fn recurs(rows: usize, chunk: usize) -> bool {
+    rows <= RECURRING_ROWS || rows == chunk
+}
+
 /// SQL and its bound values, for either backend.
 pub struct Statement<'q> {
     sql: &'q str,
@@ -164,7 +175,8 @@ impl<'q> Statement<'q> {
     }
 
     /// Whether the driver keeps the prepared statement for reuse (the default). Statements of
-    /// varying text (row counts, cursors that need a fresh plan) should not.
+    /// varying text (row counts, cursors that need a fresh plan) should not, except for the
+    /// row counts that recur (see [`recurs`]).
     pub fn persistent(mut self, persistent: bool) -> Self {
         self.persistent = persistent;
         self

@@ -146,7 +146,8 @@ async fn insert_created(
         );
         // Full chunks (rebuilds, catch-up) share one prepared statement; the sizes of
         // live batches vary too much to keep one per size.
-        let mut query = Statement::new(&sql).persistent(chunk.len() == INSERT_CHUNK);
+        let mut query =
+            Statement::new(&sql).persistent(eventlog::sql::recurs(chunk.len(), INSERT_CHUNK));
         for row in chunk {
             query = query
                 .bind(row.tenant.as_str())

@@ -88,7 +88,8 @@ async fn insert_linked(
              ON CONFLICT (tenant_id, source_type, source_id, relation, target_id) DO NOTHING",
             tx.backend().values(chunk.len(), 7)
         );
-        let mut query = Statement::new(&sql).persistent(chunk.len() == INSERT_CHUNK);
+        let mut query =
+            Statement::new(&sql).persistent(eventlog::sql::recurs(chunk.len(), INSERT_CHUNK));
         for (tenant, edge, at) in chunk {
             query = query
                 .bind(tenant.as_str())

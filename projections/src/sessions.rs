@@ -286,7 +286,8 @@ impl Projector for TranscriptsProjector {
                  ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING",
                 tx.backend().values(chunk.len(), 11)
             );
-            let mut query = Statement::new(&sql).persistent(chunk.len() == INSERT_CHUNK);
+            let mut query =
+                Statement::new(&sql).persistent(eventlog::sql::recurs(chunk.len(), INSERT_CHUNK));
             for (event, (id, role, content, reply_to, provider, model, usage)) in chunk {
                 query = query
                     .bind(event.tenant_id.as_str())
@@ -409,7 +410,8 @@ impl Projector for ProviderCallsProjector {
                  created_at) VALUES {} ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING",
                 tx.backend().values(chunk.len(), 13)
             );
-            let mut query = Statement::new(&sql).persistent(chunk.len() == INSERT_CHUNK);
+            let mut query =
+                Statement::new(&sql).persistent(eventlog::sql::recurs(chunk.len(), INSERT_CHUNK));
             for (event, message_id, attempt) in chunk {
                 query = query
                     .bind(event.tenant_id.as_str())
