@@ -30,9 +30,14 @@ fn projector(name: &str) -> Arc<dyn Projector> {
         .unwrap_or_else(|| panic!("no projector {name}"))
 }
 
-/// Applies everything in the log to projector `name` alone; returns how many events it read.
+/// Applies everything committed to the log so far to projector `name` alone; returns how many
+/// events it read. On PostgreSQL an event becomes readable once every older transaction of the
+/// cluster has ended (other tests hold some open), so an idle batch before the last committed
+/// event is waited out, not taken for the end.
 async fn project(log: &EventLog, name: &str) -> u64 {
     let projector = projector(name);
+    let target = log.last_committed().await.expect("the log's end");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut events = 0;
     loop {
         match runner::run_batch(log, projector.as_ref(), Target::Live, name, 500)
@@ -40,7 +45,20 @@ async fn project(log: &EventLog, name: &str) -> u64 {
             .expect("the batch applies")
         {
             BatchOutcome::Applied { events: n, .. } => events += n as u64,
-            BatchOutcome::Idle => return events,
+            BatchOutcome::Idle => {
+                let at = projections::checkpoints::read(log.db(), name)
+                    .await
+                    .expect("the checkpoint")
+                    .unwrap_or(eventlog::Cursor::START);
+                if at >= target {
+                    return events;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} did not reach the log's end"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
             BatchOutcome::Busy => panic!("no other runner holds {name}"),
         }
     }
