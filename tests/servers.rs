@@ -19,23 +19,27 @@ use std::time::{Duration, Instant};
 
 /// The PostgreSQL URL tests create their databases with.
 pub fn postgres_url() -> String {
-    if let Ok(url) = std::env::var("GATEWAY_TEST_DATABASE_URL") {
-        return url;
-    }
     static PRIVATE: OnceLock<Result<String, String>> = OnceLock::new();
-    match PRIVATE.get_or_init(start_postgres) {
-        Ok(url) => url.clone(),
-        Err(reason) => panic!("{reason}"),
-    }
+    named_or_private("GATEWAY_TEST_DATABASE_URL", &PRIVATE, start_postgres)
 }
 
 /// The NATS URL the relay and subscribers of the tests use.
 pub fn nats_url() -> String {
-    if let Ok(url) = std::env::var("GATEWAY_TEST_NATS_URL") {
+    static PRIVATE: OnceLock<Result<String, String>> = OnceLock::new();
+    named_or_private("GATEWAY_TEST_NATS_URL", &PRIVATE, start_nats)
+}
+
+/// The URL `variable` names, else the private server's, started on first use (once per test
+/// binary: `private` keeps the outcome, a failure included).
+fn named_or_private(
+    variable: &str,
+    private: &OnceLock<Result<String, String>>,
+    start: fn() -> Result<String, String>,
+) -> String {
+    if let Ok(url) = std::env::var(variable) {
         return url;
     }
-    static PRIVATE: OnceLock<Result<String, String>> = OnceLock::new();
-    match PRIVATE.get_or_init(start_nats) {
+    match private.get_or_init(start) {
         Ok(url) => url.clone(),
         Err(reason) => panic!("{reason}"),
     }

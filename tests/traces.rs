@@ -68,6 +68,9 @@ async fn one_trace_follows_a_command_through_commit_projectors_and_relay() {
         .expect("an endpoint is set");
     let subscriber = tracing_subscriber::registry().with(cli::telemetry::spans_layer(&provider));
     let _subscriber = tracing::subscriber::set_default(subscriber);
+    // Other tests on other threads register callsites concurrently, without this subscriber:
+    // have every callsite's interest asked again now that it is set.
+    tracing::callsite::rebuild_interest_cache();
 
     let log = db.log().await;
     let key = create_tenant(&log, "acme").await;

@@ -522,11 +522,6 @@ impl Store {
             }
             Err(error) => return Err(error.into()),
         };
-        if tx.backend() == Backend::Postgres && !rows.is_empty() {
-            tx.execute(Statement::new("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL))
-                .await?;
-        }
-
         let events: Vec<RecordedEvent> = rows
             .into_iter()
             .map(|(_, append, sequence, event)| {
@@ -546,9 +541,7 @@ impl Store {
                 }
             })
             .collect();
-        for inline in &self.inner.inline {
-            inline.apply(tx, &events).await?;
-        }
+        self.apply_inline(tx, &events).await?;
         Ok(Appended { events })
     }
 
@@ -581,10 +574,6 @@ impl Store {
             }
             Err(error) => return Err(error.into()),
         };
-        if tx.backend() == Backend::Postgres && !events.is_empty() {
-            tx.execute(Statement::new("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL))
-                .await?;
-        }
         let events: Vec<RecordedEvent> = events
             .into_iter()
             .map(|mut event| {
@@ -593,10 +582,16 @@ impl Store {
                 event
             })
             .collect();
-        for inline in &self.inner.inline {
-            inline.apply(tx, &events).await?;
-        }
+        self.apply_inline(tx, &events).await?;
         Ok(events)
+    }
+
+    /// Brings the inline projections up to date with `events`, just written in `tx`.
+    async fn apply_inline(&self, tx: &mut Tx, events: &[RecordedEvent]) -> Result<(), AppendError> {
+        for inline in &self.inner.inline {
+            inline.apply(tx, events).await?;
+        }
+        Ok(())
     }
 
     /// After a failed batch: the first stream whose stored version moved past the expected one.
@@ -1140,7 +1135,8 @@ struct Stored<'a> {
     recorded_at: DateTime<Utc>,
 }
 
-/// Inserts `rows` in the order given, [`INSERT_CHUNK`] to a statement. Returns the cursor
+/// Inserts `rows` in the order given, [`INSERT_CHUNK`] to a statement, and on PostgreSQL
+/// announces them on [`NOTIFY_CHANNEL`] (delivered at the commit). Returns the cursor
 /// (transaction id and position) each event id was given.
 async fn insert_rows<'a>(
     tx: &mut Tx,
@@ -1166,6 +1162,10 @@ async fn insert_rows<'a>(
         }
         let ids = tx.fetch_all_as::<(Uuid, i64, i64)>(insert).await?;
         written.extend(ids.into_iter().map(|(id, tx, pos)| (id, (tx, pos))));
+    }
+    if backend == Backend::Postgres && !rows.is_empty() {
+        tx.execute(Statement::new("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL))
+            .await?;
     }
     Ok(written)
 }

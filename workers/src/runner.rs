@@ -96,10 +96,7 @@ pub async fn run_batch(
     };
     let cursor = last.cursor;
     // Closed when this function returns: each traced command's span of this projector.
-    let _traced = crate::trace::spans_for(
-        &events,
-        || tracing::info_span!("project", otel.name = %format!("project {}", projector.name()), projector = projector.name()),
-    );
+    let _traced = crate::trace::project_spans(&events, projector.name());
     let applied = match projector.apply(&mut tx, target, &events).await {
         Ok(()) => checkpoints::write_in(&mut tx, checkpoint, cursor)
             .await
@@ -272,9 +269,10 @@ pub async fn run_group(
             outcome.applied.push((projector.name(), last.cursor, 0));
             continue;
         }
-        traced.extend(crate::trace::spans_for(&events[start..], || {
-            tracing::info_span!("project", otel.name = %format!("project {}", projector.name()), projector = projector.name())
-        }));
+        traced.extend(crate::trace::project_spans(
+            &events[start..],
+            projector.name(),
+        ));
         execute(&mut tx, "SAVEPOINT projector").await?;
         match projector
             .apply(&mut tx, Target::Live, &events[start..])

@@ -58,9 +58,12 @@ pub fn set_parent(span: &tracing::Span, traceparent: &str) {
     }
 }
 
-/// The `traceparent` of `span`, when it is exported (without an OpenTelemetry layer a span
-/// has no trace id).
+/// The `traceparent` of `span`, when spans are exported (otherwise a span has no trace id,
+/// and looking costs every request for nothing).
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    if !enabled() {
+        return None;
+    }
     let context = span.context();
     let span_context = context.span().span_context().clone();
     span_context.is_valid().then(|| {
@@ -98,6 +101,14 @@ pub fn spans_for(
             span
         })
         .collect()
+}
+
+/// [`spans_for`] a projector's batch: `project <name>` in each traced command's trace.
+pub fn project_spans(events: &[eventlog::RecordedEvent], projector: &str) -> Vec<tracing::Span> {
+    spans_for(
+        events,
+        || tracing::info_span!("project", otel.name = %format!("project {projector}"), projector),
+    )
 }
 
 #[cfg(test)]
