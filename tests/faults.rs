@@ -347,3 +347,43 @@ both_backends!(
     projectors_killed_while_catching_up,
     projectors_killed_while_catching_up
 );
+
+/// A pooled PostgreSQL connection that the database dropped while it sat idle (a restart, a
+/// proxy's idle timeout) is found dead and replaced before the next command uses it: the
+/// pool skips the test of a connection used less than a second ago, never of one idle longer.
+#[tokio::test]
+async fn an_idle_connection_the_database_dropped_is_replaced_before_use() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let pool = eventlog::Db::connect(&db.url, &Default::default())
+        .await
+        .unwrap();
+    let eventlog::Db::Postgres(pg) = &pool else {
+        unreachable!("a PostgreSQL URL");
+    };
+    let backend = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+    };
+    let first = backend(pg.clone()).await.unwrap();
+    // The connection goes back to the pool once sqlx has tested it on its return.
+    crate::helpers::eventually(Duration::from_secs(10), || async {
+        (pg.size() == 1 && pg.num_idle() == 1).then_some(())
+    })
+    .await;
+    let admin = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert!(terminated);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = backend(pg.clone())
+        .await
+        .expect("the dead connection is replaced, not handed out");
+    assert_ne!(first, second);
+    let mut tx = pool.begin().await.expect("a write transaction begins");
+    tx.execute(Statement::new("SELECT 1")).await.unwrap();
+    tx.commit().await.unwrap();
+}

@@ -1,6 +1,8 @@
 //! `gateway-bench`: drives the gateway's HTTP API with C concurrent connections for N
 //! requests or T seconds, and prints throughput, latency percentiles, errors, the projection
-//! lag at the end, and, when it started the server itself, the server's peak RSS.
+//! lag at the end, and, when it started the server itself, the server's idle and peak RSS and
+//! what the measured requests cost it: CPU time (user and kernel) and context switches per
+//! request, and with `--syscalls` system calls per request (counted by `perf stat`).
 //!
 //! Only loopback targets are meant: the load is bounded by `--requests` or `--duration`.
 #![forbid(unsafe_code)]
@@ -78,6 +80,10 @@ struct Args {
     /// Log size of `relay-drain`.
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+    /// Count the spawned server's system calls and context switches over the measured
+    /// requests with `perf stat` (Linux `perf`, allowed to attach to the process).
+    #[arg(long, requires = "spawn")]
+    syscalls: bool,
 }
 
 struct Server {
@@ -111,6 +117,99 @@ fn rss(pid: u32) -> Option<(u64, u64)> {
             .map(|kb| kb * 1024)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// What a process has cost so far, from `/proc`: CPU time and context switches of its live
+/// threads (a thread that has exited takes its switches with it; `perf stat` counts them).
+#[derive(Debug, Clone, Copy, Default)]
+struct ProcessCost {
+    user_seconds: f64,
+    system_seconds: f64,
+    voluntary_switches: u64,
+    involuntary_switches: u64,
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on every Linux the bench
+/// runs on).
+const USER_HZ: f64 = 100.0;
+
+fn process_cost(pid: u32) -> Option<ProcessCost> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();
+    let mut cost = ProcessCost {
+        user_seconds: ticks(14)? / USER_HZ,
+        system_seconds: ticks(15)? / USER_HZ,
+        ..ProcessCost::default()
+    };
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(name), Some(value)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let value = value.parse::<u64>().unwrap_or(0);
+            match name {
+                "voluntary_ctxt_switches:" => cost.voluntary_switches += value,
+                "nonvoluntary_ctxt_switches:" => cost.involuntary_switches += value,
+                _ => {}
+            }
+        }
+    }
+    Some(cost)
+}
+
+/// `perf stat` attached to the server for the measured requests.
+struct SyscallCounter {
+    child: Child,
+}
+
+impl SyscallCounter {
+    async fn attach(pid: u32) -> anyhow::Result<Self> {
+        let child = Command::new("perf")
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                "raw_syscalls:sys_enter,context-switches",
+            ])
+            .args(["-p", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting perf stat (is perf installed?)")?;
+        // perf prints nothing until it stops; give it a moment to attach to every thread.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(Self { child })
+    }
+
+    /// Stops perf (SIGINT makes it print its counts); returns (system calls, context switches).
+    async fn finish(self) -> anyhow::Result<(u64, u64)> {
+        let pid = self.child.id().context("perf stat exited early")?;
+        std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .context("signalling perf")?;
+        let output = self.child.wait_with_output().await?;
+        let text = String::from_utf8_lossy(&output.stderr);
+        let count = |event: &str| {
+            text.lines()
+                .find(|line| line.contains(event))
+                .and_then(|line| line.split(',').next())
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .with_context(|| format!("no {event} count in perf's output: {text}"))
+        };
+        Ok((count("raw_syscalls:sys_enter")?, count("context-switches")?))
+    }
 }
 
 /// The environment of a spawned gateway (and of its CLI).
@@ -817,9 +916,19 @@ async fn main() -> anyhow::Result<()> {
         (Some(n), None) => (Some(n), None),
         (None, None) => (Some(10_000), None),
     };
+    let counter = match (&server, args.syscalls) {
+        (Some(server), true) => Some(SyscallCounter::attach(server.pid).await?),
+        _ => None,
+    };
+    let cost_before = server.as_ref().and_then(|s| process_cost(s.pid));
     let started = Instant::now();
     let mut outcome = run_load(&client, &url, &key, &args, agent.as_deref(), total, until).await;
     let elapsed = started.elapsed().as_secs_f64();
+    let cost_after = server.as_ref().and_then(|s| process_cost(s.pid));
+    let kernel_counts = match counter {
+        Some(counter) => Some(counter.finish().await?),
+        None => None,
+    };
     let mut delivery = Vec::new();
     if let Some(subscriber) = subscriber {
         // Wait (bounded) for the last events to arrive, then match them to their commits.
@@ -874,6 +983,17 @@ async fn main() -> anyhow::Result<()> {
 
     outcome.latencies.sort();
     let count = outcome.latencies.len();
+    let per_request = |n: f64| n / count.max(1) as f64;
+    let server_cost = cost_before.zip(cost_after).map(|(before, after)| {
+        json!({
+            "userCpuUs": per_request((after.user_seconds - before.user_seconds) * 1e6),
+            "systemCpuUs": per_request((after.system_seconds - before.system_seconds) * 1e6),
+            "voluntarySwitches": per_request(after.voluntary_switches.saturating_sub(before.voluntary_switches) as f64),
+            "involuntarySwitches": per_request(after.involuntary_switches.saturating_sub(before.involuntary_switches) as f64),
+            "syscalls": kernel_counts.map(|(calls, _)| per_request(calls as f64)),
+            "contextSwitches": kernel_counts.map(|(_, switches)| per_request(switches as f64)),
+        })
+    });
     let report = json!({
         "workload": format!("{:?}", args.workload),
         "concurrency": args.concurrency,
@@ -896,6 +1016,7 @@ async fn main() -> anyhow::Result<()> {
             "max": percentile(&delivery, 1.0),
         })),
         "serverPeakRssMb": peak_rss.map(|b| b as f64 / 1048576.0),
+        "serverCostPerRequest": server_cost,
     });
     println!(
         "{:?} c={} n={} errors={} {:.0} req/s p50={:.2}ms p99={:.2}ms max={:.2}ms lag={} peak_rss={}",
