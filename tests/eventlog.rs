@@ -622,3 +622,57 @@ both_backends!(
     events_kept_in_memory_read_as_the_log_stores_them,
     events_kept_in_memory_read_as_the_log_stores_them
 );
+
+/// Every committed append is announced on PostgreSQL's `NOTIFY` channel, once per
+/// transaction however many insert statements it took, and a rolled-back one never is:
+/// projectors and relays of other processes wake up on it.
+#[tokio::test]
+async fn commits_are_announced_once_and_rollbacks_never() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let log = db.log().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener
+        .listen(eventlog::store::NOTIFY_CHANNEL)
+        .await
+        .unwrap();
+
+    let mut rolled_back = log.db().begin().await.unwrap();
+    log.append_in(
+        &mut rolled_back,
+        &[append(stream("gone"), 0, vec![event("gone")])],
+    )
+    .await
+    .unwrap();
+    rolled_back.rollback().await.unwrap();
+    // More events than one insert statement takes, in one transaction.
+    let many: Vec<StreamAppend> = (0..1_200)
+        .map(|i| append(stream(&format!("w{i}")), 0, vec![event("x")]))
+        .collect();
+    log.append(&many).await.unwrap();
+    let marker = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(eventlog::store::NOTIFY_CHANNEL)
+        .execute(&marker)
+        .await
+        .unwrap();
+
+    let commit = received(&mut listener).await;
+    assert_eq!(
+        commit.payload(),
+        "",
+        "the commit's announcement comes first"
+    );
+    let next = received(&mut listener).await;
+    assert_eq!(
+        next.payload(),
+        "marker",
+        "one announcement for the commit, none for the rollback"
+    );
+}
+
+async fn received(listener: &mut sqlx::postgres::PgListener) -> sqlx::postgres::PgNotification {
+    tokio::time::timeout(Duration::from_secs(20), listener.recv())
+        .await
+        .expect("a notification")
+        .unwrap()
+}

@@ -36,7 +36,7 @@ use domain::relation::{
 };
 use eventlog::command::MAX_ATTEMPTS;
 use eventlog::group_commit::KeyUse;
-use eventlog::idempotency::StoredResponse;
+use eventlog::idempotency::{IdempotencyKey, StoredResponse};
 use eventlog::unit_of_work::{CommitError, Committed, UnitOfWork};
 use eventlog::{CommandError, Cursor, EventLog, StreamId};
 use serde_json::{Map, Value};
@@ -1009,7 +1009,8 @@ pub async fn write(
 }
 
 /// Runs the record commands of one request with its idempotency key, and gives its answer.
-/// `hashed` identifies the request for its idempotency key (see [`idempotency::claim`]).
+/// `request_key` is the request's idempotency key, made by [`idempotency::key_of`] (from the body
+/// before it was taken apart into the operations).
 ///
 /// A request's key is claimed in the commit that holds its events (see
 /// [`eventlog::group_commit`]): a new key costs nothing before the command runs. When the key
@@ -1019,14 +1020,14 @@ pub async fn write(
 pub async fn run(
     state: &App,
     ctx: &Context,
-    hashed: &Value,
+    request_key: Option<IdempotencyKey>,
     name: &str,
     operations: &[Operation],
     render: impl Fn(&[OpResult], &Committed) -> StoredResponse + Send + Sync + 'static,
 ) -> Result<StoredResponse, Refused> {
     let metadata = ctx.metadata(name);
     let render = std::sync::Arc::new(render);
-    let mut key = idempotency::key_of(ctx, hashed).map(KeyUse::Unclaimed);
+    let mut key = request_key.clone().map(KeyUse::Unclaimed);
     loop {
         let render = render.clone();
         let result = write(
@@ -1046,14 +1047,16 @@ pub async fn run(
                     .events_appended(Entity::TYPE, committed.appended.events.len());
                 return Ok(response);
             }
-            Err(WriteFailure::KeyTaken) => match idempotency::claim(state, ctx, hashed).await {
-                Ok(Claimed::Replay(stored)) => return Err(Refused::Replayed(stored)),
-                Ok(Claimed::Run(claimed)) => {
-                    key = claimed.map(KeyUse::Claimed);
-                    continue;
+            Err(WriteFailure::KeyTaken) => {
+                match idempotency::claim_key(state, request_key.clone()).await {
+                    Ok(Claimed::Replay(stored)) => return Err(Refused::Replayed(stored)),
+                    Ok(Claimed::Run(claimed)) => {
+                        key = claimed.map(KeyUse::Claimed);
+                        continue;
+                    }
+                    Err(error) => return Err(error.into()),
                 }
-                Err(error) => return Err(error.into()),
-            },
+            }
             Err(WriteFailure::Failed { error, operation }) => (error, operation),
         };
         let refused = error.is_refusal();
@@ -1077,7 +1080,7 @@ pub async fn run(
             // The refusal is the key's answer: claim the key to store it, unless the key
             // already has one.
             Some(KeyUse::Unclaimed(_)) if refused => {
-                match idempotency::claim(state, ctx, hashed).await {
+                match idempotency::claim_key(state, request_key.clone()).await {
                     Ok(Claimed::Replay(stored)) => Refused::Replayed(stored),
                     Ok(Claimed::Run(key)) => {
                         idempotency::refuse(state, &ctx.request_id, key.as_ref(), error).await

@@ -105,7 +105,12 @@ pub enum Claimed {
 /// request besides its method, target and tenant: the request body as JSON (`Value::Null`
 /// for body-less requests).
 pub async fn claim(state: &App, ctx: &Context, body: &Value) -> Result<Claimed, Error> {
-    let Some(key) = key_of(ctx, body) else {
+    claim_key(state, key_of(ctx, body)).await
+}
+
+/// [`claim`] of a key made by [`key_of`] (`None`: the request has no key).
+pub async fn claim_key(state: &App, key: Option<IdempotencyKey>) -> Result<Claimed, Error> {
+    let Some(key) = key else {
         return Ok(Claimed::Run(None));
     };
     match state

@@ -312,9 +312,9 @@ async fn together(log: &Store, mut group: Vec<Job>) -> GroupEnd {
     }
 
     // 2. Every remaining command's events, split back per command afterwards.
-    let batch: Vec<StreamAppend> = group
+    let batch: Vec<&StreamAppend> = group
         .iter()
-        .flat_map(|job| job.commit.batch.iter().cloned())
+        .flat_map(|job| job.commit.batch.iter())
         .collect();
     let appended = if batch.is_empty() {
         Appended { events: Vec::new() }

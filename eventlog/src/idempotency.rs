@@ -20,6 +20,7 @@
 //! A request that dies between claim and commit leaves an `in_flight` record and no events;
 //! when its lock expires, a retry takes the record over and runs the command afresh.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -27,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 
 use crate::db::Tx;
-use crate::sql::Statement;
+use crate::sql::{Statement, Texts};
 use crate::store::Store;
 
 /// A response as stored for replay.
@@ -281,8 +282,20 @@ impl Store {
         for chunk in keys.chunks(100) {
             // A key a legacy record holds counts as taken: the request then claims it, which
             // replays or refuses as the record says.
+            static TEXTS: Texts = Texts::new(100);
+            let backend = tx.backend();
+            let insert_sql = || {
+                format!(
+                    "INSERT INTO idempotency_records \
+                     (tenant_id, scope, idempotency_key, request_hash, state, status_code, \
+                     response_headers, response_body, locked_until, created_at) \
+                     VALUES {} ON CONFLICT (tenant_id, scope, idempotency_key) DO NOTHING \
+                     RETURNING tenant_id, scope, idempotency_key",
+                    backend.values(chunk.len(), 10)
+                )
+            };
             let sql = if legacy {
-                let rows = tx.backend().typed_values(
+                let rows = backend.typed_values(
                     chunk.len(),
                     &[
                         "text",
@@ -297,7 +310,7 @@ impl Store {
                         "timestamptz",
                     ],
                 );
-                format!(
+                Cow::Owned(format!(
                     "WITH fresh (tenant_id, scope, idempotency_key, request_hash, state, \
                      status_code, response_headers, response_body, locked_until, created_at) \
                      AS (VALUES {rows}) \
@@ -308,19 +321,11 @@ impl Store {
                      ON CONFLICT (tenant_id, scope, idempotency_key) DO NOTHING \
                      RETURNING tenant_id, scope, idempotency_key",
                     no_legacy_record("fresh.tenant_id", "fresh.idempotency_key")
-                )
+                ))
             } else {
-                format!(
-                    "INSERT INTO idempotency_records \
-                     (tenant_id, scope, idempotency_key, request_hash, state, status_code, \
-                     response_headers, response_body, locked_until, created_at) \
-                     VALUES {} ON CONFLICT (tenant_id, scope, idempotency_key) DO NOTHING \
-                     RETURNING tenant_id, scope, idempotency_key",
-                    tx.backend().values(chunk.len(), 10)
-                )
+                TEXTS.get(backend, chunk.len(), insert_sql)
             };
-            let mut insert =
-                Statement::new(&sql).persistent(!legacy && crate::sql::recurs(chunk.len(), 100));
+            let mut insert = Statement::new(&sql).persistent(!legacy && TEXTS.recurs(chunk.len()));
             for (key, record) in chunk {
                 let (state, response, locked_until) = match record {
                     NewRecord::Completed(response) => ("completed", Some(*response), now),
@@ -373,23 +378,26 @@ impl Store {
         tx: &mut Tx,
         completions: &[(&IdempotencyKey, &StoredResponse)],
     ) -> Result<(), sqlx::Error> {
+        static TEXTS: Texts = Texts::new(100);
+        let backend = tx.backend();
         for chunk in completions.chunks(100) {
-            let rows = tx.backend().typed_values(
-                chunk.len(),
-                &["text", "text", "text", "int4", "jsonb", "bytea"],
-            );
-            let sql = format!(
-                "WITH done (tenant_id, scope, idempotency_key, status_code, response_headers, \
-                 response_body) AS (VALUES {}) \
-                 UPDATE idempotency_records SET state = 'completed', \
-                 status_code = done.status_code, response_headers = done.response_headers, \
-                 response_body = done.response_body \
-                 FROM done WHERE idempotency_records.tenant_id = done.tenant_id \
-                 AND idempotency_records.scope = done.scope \
-                 AND idempotency_records.idempotency_key = done.idempotency_key",
-                rows
-            );
-            let mut update = Statement::new(&sql).persistent(crate::sql::recurs(chunk.len(), 100));
+            let sql = TEXTS.get(backend, chunk.len(), || {
+                let rows = backend.typed_values(
+                    chunk.len(),
+                    &["text", "text", "text", "int4", "jsonb", "bytea"],
+                );
+                format!(
+                    "WITH done (tenant_id, scope, idempotency_key, status_code, \
+                     response_headers, response_body) AS (VALUES {rows}) \
+                     UPDATE idempotency_records SET state = 'completed', \
+                     status_code = done.status_code, response_headers = done.response_headers, \
+                     response_body = done.response_body \
+                     FROM done WHERE idempotency_records.tenant_id = done.tenant_id \
+                     AND idempotency_records.scope = done.scope \
+                     AND idempotency_records.idempotency_key = done.idempotency_key"
+                )
+            });
+            let mut update = Statement::new(&sql).persistent(TEXTS.recurs(chunk.len()));
             for (key, response) in chunk {
                 update.push(key.tenant_id.as_str());
                 update.push(key.scope.as_str());

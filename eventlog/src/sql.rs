@@ -13,6 +13,10 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Arguments, ColumnIndex, Decode, Encode, FromRow, Postgres, Sqlite, Type};
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+use crate::Backend;
 use crate::db::{Db, Tx};
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
@@ -144,6 +148,51 @@ pub const RECURRING_ROWS: usize = 16;
 /// counts are rare, and each kept one would take a slot of the connection's statement cache.
 pub fn recurs(rows: usize, chunk: usize) -> bool {
     rows <= RECURRING_ROWS || rows == chunk
+}
+
+/// The texts of one statement whose text changes with the row count (a multi-row `VALUES`
+/// list), built once per backend for each count that [`recurs`] and kept for the process:
+/// building one costs thousands of instructions, and a group commit runs several.
+pub struct Texts {
+    chunk: usize,
+    /// Per backend: 0..=[`RECURRING_ROWS`] rows, then the full chunk.
+    kept: [[OnceLock<String>; RECURRING_ROWS + 2]; 2],
+}
+
+impl Texts {
+    /// For statements of up to `chunk` rows.
+    pub const fn new(chunk: usize) -> Self {
+        Self {
+            chunk,
+            kept: [const { [const { OnceLock::new() }; RECURRING_ROWS + 2] }; 2],
+        }
+    }
+
+    /// The text for `rows` rows on `backend`: `build`'s, kept when the count recurs.
+    pub fn get(
+        &'static self,
+        backend: Backend,
+        rows: usize,
+        build: impl FnOnce() -> String,
+    ) -> Cow<'static, str> {
+        let slot = if rows <= RECURRING_ROWS {
+            rows
+        } else if rows == self.chunk {
+            RECURRING_ROWS + 1
+        } else {
+            return Cow::Owned(build());
+        };
+        let backend = match backend {
+            Backend::Postgres => 0,
+            Backend::Sqlite => 1,
+        };
+        Cow::Borrowed(self.kept[backend][slot].get_or_init(build))
+    }
+
+    /// Whether a statement of `rows` rows is worth keeping prepared ([`recurs`]).
+    pub fn recurs(&self, rows: usize) -> bool {
+        recurs(rows, self.chunk)
+    }
 }
 
 /// SQL and its bound values, for either backend.
@@ -420,5 +469,42 @@ impl Tx {
             .await?
             .map(|row| row.decode())
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::{RECURRING_ROWS, Texts};
+    use crate::Backend;
+
+    #[test]
+    fn texts_of_recurring_counts_are_built_once_per_backend() {
+        static TEXTS: Texts = Texts::new(100);
+        let built = std::cell::Cell::new(0);
+        let text = |backend: Backend, rows: usize| {
+            TEXTS.get(backend, rows, || {
+                built.set(built.get() + 1);
+                format!("{} {}", backend.as_str(), backend.values(rows, 2))
+            })
+        };
+        for rows in [1, RECURRING_ROWS, 100] {
+            let first = text(Backend::Postgres, rows);
+            assert!(matches!(first, Cow::Borrowed(_)));
+            assert_eq!(text(Backend::Postgres, rows), first);
+            assert!(TEXTS.recurs(rows));
+        }
+        assert_eq!(built.get(), 3);
+        // Each backend keeps its own text for the same count.
+        assert_eq!(text(Backend::Sqlite, 1), "sqlite (?, ?)");
+        assert_eq!(text(Backend::Postgres, 1), "postgres ($1, $2)");
+        assert_eq!(built.get(), 4);
+        // Other counts are built every time and not kept.
+        let rare = text(Backend::Postgres, RECURRING_ROWS + 1);
+        assert!(matches!(rare, Cow::Owned(_)));
+        assert!(!TEXTS.recurs(RECURRING_ROWS + 1));
+        text(Backend::Postgres, RECURRING_ROWS + 1);
+        assert_eq!(built.get(), 6);
     }
 }

@@ -37,7 +37,7 @@ use uuid::Uuid;
 use crate::cursor::Cursor;
 use crate::db::{Backend, Db, Tx};
 use crate::json::DeepJson;
-use crate::sql::Statement;
+use crate::sql::{Statement, Texts};
 
 /// The PostgreSQL `NOTIFY` channel on which every append is announced, so that projectors
 /// and relays in other processes wake up at once.
@@ -468,22 +468,25 @@ impl Store {
     /// commits; after the commit, the caller should call [`Store::notify_appended`].
     /// On [`AppendError::Conflict`] the transaction is no longer usable on PostgreSQL and must
     /// be rolled back (or the append wrapped in a savepoint).
-    pub async fn append_in(
+    pub async fn append_in<A: std::borrow::Borrow<StreamAppend>>(
         &self,
         tx: &mut Tx,
-        batch: &[StreamAppend],
+        batch: &[A],
     ) -> Result<Appended, AppendError> {
-        // Fixed insertion order: by stream, then sequence. Two batches that touch the same
-        // streams take their index locks in the same order and cannot deadlock.
-        let mut rows: Vec<(usize, &StreamAppend, i64, &NewEvent)> = Vec::new();
-        for append in batch {
+        // Each event with the index of its append, in the order given.
+        let mut rows: Vec<(usize, i64, &NewEvent)> = Vec::new();
+        for (index, append) in batch.iter().enumerate() {
+            let append = append.borrow();
             for (offset, event) in append.events.iter().enumerate() {
                 let sequence = append.expected_version as i64 + offset as i64 + 1;
-                rows.push((rows.len(), append, sequence, event));
+                rows.push((index, sequence, event));
             }
         }
+        let stream_of = |index: usize| &batch[index].borrow().stream;
+        // Fixed insertion order: by stream, then sequence. Two batches that touch the same
+        // streams take their index locks in the same order and cannot deadlock.
         let mut ordered = rows.clone();
-        ordered.sort_by(|a, b| (&a.1.stream, a.2).cmp(&(&b.1.stream, b.2)));
+        ordered.sort_by(|a, b| (stream_of(a.0), a.1).cmp(&(stream_of(b.0), b.1)));
 
         // Both engines store microseconds; truncating here makes what is returned to the
         // caller identical to what a later read gives.
@@ -492,51 +495,48 @@ impl Store {
             .unwrap_or_else(|_| Utc::now());
         let metadata: Vec<Value> = batch
             .iter()
-            .map(|append| serde_json::to_value(&append.metadata))
+            .map(|append| serde_json::to_value(&append.borrow().metadata))
             .collect::<Result<_, _>>()?;
-        let metadata_of = |append: &StreamAppend| -> &Value {
-            let index = batch
-                .iter()
-                .position(|candidate| std::ptr::eq(candidate, append))
-                .expect("append belongs to the batch");
-            &metadata[index]
-        };
 
-        let stored = ordered.iter().map(|(_, append, sequence, event)| Stored {
-            event_id: event.event_id,
-            tenant_id: append.stream.tenant_id.as_str(),
-            aggregate_type: &append.stream.aggregate_type,
-            aggregate_id: &append.stream.aggregate_id,
-            sequence: *sequence,
-            event_type: &event.event_type,
-            event_version: &event.event_version,
-            payload: &event.payload,
-            metadata: metadata_of(append),
-            recorded_at: event.recorded_at.unwrap_or(recorded_at),
+        let stored = ordered.iter().map(|&(index, sequence, event)| {
+            let stream = stream_of(index);
+            Stored {
+                event_id: event.event_id,
+                tenant_id: stream.tenant_id.as_str(),
+                aggregate_type: &stream.aggregate_type,
+                aggregate_id: &stream.aggregate_id,
+                sequence,
+                event_type: &event.event_type,
+                event_version: &event.event_version,
+                payload: &event.payload,
+                metadata: &metadata[index],
+                recorded_at: event.recorded_at.unwrap_or(recorded_at),
+            }
         });
         let written = match insert_rows(tx, stored).await {
             Ok(written) => written,
             Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-                let stream = (batch.len() == 1).then(|| batch[0].stream.clone());
+                let stream = (batch.len() == 1).then(|| stream_of(0).clone());
                 return Err(AppendError::Conflict { stream });
             }
             Err(error) => return Err(error.into()),
         };
         let events: Vec<RecordedEvent> = rows
             .into_iter()
-            .map(|(_, append, sequence, event)| {
+            .map(|(index, sequence, event)| {
+                let stream = stream_of(index);
                 let (transaction_id, position) = written[&event.event_id];
                 RecordedEvent {
                     cursor: Cursor::new(transaction_id, position),
                     event_id: event.event_id,
-                    tenant_id: append.stream.tenant_id.to_string(),
-                    aggregate_type: append.stream.aggregate_type.clone(),
-                    aggregate_id: append.stream.aggregate_id.clone(),
+                    tenant_id: stream.tenant_id.to_string(),
+                    aggregate_type: stream.aggregate_type.clone(),
+                    aggregate_id: stream.aggregate_id.clone(),
                     sequence,
                     event_type: event.event_type.clone(),
                     event_version: event.event_version.clone(),
                     payload: event.payload.clone(),
-                    metadata: metadata_of(append).clone(),
+                    metadata: metadata[index].clone(),
                     recorded_at: event.recorded_at.unwrap_or(recorded_at),
                 }
             })
@@ -1136,8 +1136,9 @@ struct Stored<'a> {
 }
 
 /// Inserts `rows` in the order given, [`INSERT_CHUNK`] to a statement, and on PostgreSQL
-/// announces them on [`NOTIFY_CHANNEL`] (delivered at the commit). Returns the cursor
-/// (transaction id and position) each event id was given.
+/// announces them on [`NOTIFY_CHANNEL`] in the same statement (delivered at the commit; one
+/// notification however many statements, as PostgreSQL folds a transaction's identical ones).
+/// Returns the cursor (transaction id and position) each event id was given.
 async fn insert_rows<'a>(
     tx: &mut Tx,
     rows: impl Iterator<Item = Stored<'a>>,
@@ -1145,9 +1146,10 @@ async fn insert_rows<'a>(
     let rows: Vec<Stored<'a>> = rows.collect();
     let mut written: HashMap<Uuid, (i64, i64)> = HashMap::with_capacity(rows.len());
     let backend = tx.backend();
+    static TEXTS: Texts = Texts::new(INSERT_CHUNK);
     for chunk in rows.chunks(INSERT_CHUNK) {
-        let sql = insert_sql(chunk.len(), backend);
-        let mut insert = Statement::new(&sql);
+        let sql = TEXTS.get(backend, chunk.len(), || insert_sql(chunk.len(), backend));
+        let mut insert = Statement::new(&sql).persistent(TEXTS.recurs(chunk.len()));
         for row in chunk {
             insert.push(row.event_id);
             insert.push(row.tenant_id);
@@ -1163,25 +1165,26 @@ async fn insert_rows<'a>(
         let ids = tx.fetch_all_as::<(Uuid, i64, i64)>(insert).await?;
         written.extend(ids.into_iter().map(|(id, tx, pos)| (id, (tx, pos))));
     }
-    if backend == Backend::Postgres && !rows.is_empty() {
-        tx.execute(Statement::new("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL))
-            .await?;
-    }
     Ok(written)
 }
 
 fn insert_sql(rows: usize, backend: Backend) -> String {
     const COLUMNS: usize = 10;
-    let mut sql = String::from(
-        "INSERT INTO events (event_id, tenant_id, aggregate_type, aggregate_id, sequence, \
-         event_type, event_version, payload, metadata, recorded_at) VALUES ",
-    );
-    sql.push_str(&backend.values(rows, COLUMNS));
-    sql.push_str(match backend {
-        Backend::Postgres => {
-            " RETURNING event_id, transaction_id::text::bigint AS transaction_id, global_position"
+    const INSERT: &str = "INSERT INTO events (event_id, tenant_id, aggregate_type, \
+         aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at) \
+         VALUES ";
+    let values = backend.values(rows, COLUMNS);
+    match backend {
+        // The announcement rides in the insert's round trip: a CTE of its own, materialized so
+        // that it runs once, joined so that it runs at all.
+        Backend::Postgres => format!(
+            "WITH inserted AS ({INSERT}{values} RETURNING event_id, \
+             transaction_id::text::bigint AS transaction_id, global_position), \
+             announced AS MATERIALIZED (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) \
+             SELECT event_id, transaction_id, global_position FROM inserted, announced"
+        ),
+        Backend::Sqlite => {
+            format!("{INSERT}{values} RETURNING event_id, 0 AS transaction_id, global_position")
         }
-        Backend::Sqlite => " RETURNING event_id, 0 AS transaction_id, global_position",
-    });
-    sql
+    }
 }

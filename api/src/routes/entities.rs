@@ -25,6 +25,7 @@ use app::Error as AppError;
 
 use crate::auth::{Auth, require};
 use app::idempotency::{self};
+use eventlog::idempotency::IdempotencyKey;
 
 use crate::error::{ApiError, ApiJson, ErrorEnvelope, FieldError};
 use crate::extract::{CommandContext, Consistency, EVENT_POSITION_HEADER, IfMatch, etag};
@@ -211,7 +212,7 @@ pub(crate) fn result_body(result: &OpResult, committed: &Committed) -> EntityRes
 async fn run(
     state: &AppState,
     ctx: &CommandContext<require::Writer>,
-    hashed: &Value,
+    key: Option<IdempotencyKey>,
     status: StatusCode,
     operation: Operation,
 ) -> Response {
@@ -231,7 +232,7 @@ async fn run(
         }
         idempotency::json_response(status.as_u16(), headers, &result_body(result, committed))
     };
-    respond::answer(entity_writes::run(state, ctx, hashed, name, &operations, render).await)
+    respond::answer(entity_writes::run(state, ctx, key, name, &operations, render).await)
 }
 
 /// Create a record.
@@ -262,10 +263,11 @@ pub async fn create_entity(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let entity_type = entity_type(entity)?;
-    let mut data = object(body.clone())?;
+    let key = idempotency::key_of(&ctx, &body);
+    let mut data = object(body)?;
     let id = take_id(&mut data)?;
     let operation = Operation::new(OpKind::Create, entity_type, id, data, None);
-    Ok(run(&state, &ctx, &body, StatusCode::CREATED, operation).await)
+    Ok(run(&state, &ctx, key, StatusCode::CREATED, operation).await)
 }
 
 /// Query of `GET /v1/{entity}/{id}`.
@@ -581,7 +583,14 @@ pub async fn patch_entity(
     );
     // If-Match is part of the request: the same key with another If-Match is another request.
     let hashed = serde_json::json!({ "body": body, "ifMatch": expected_version });
-    Ok(run(&state, &ctx, &hashed, StatusCode::OK, operation).await)
+    Ok(run(
+        &state,
+        &ctx,
+        idempotency::key_of(&ctx, &hashed),
+        StatusCode::OK,
+        operation,
+    )
+    .await)
 }
 
 /// Replace a record's document.
@@ -631,7 +640,14 @@ pub async fn put_entity(
         expected_version,
     );
     let hashed = serde_json::json!({ "body": body, "ifMatch": expected_version });
-    Ok(run(&state, &ctx, &hashed, StatusCode::OK, operation).await)
+    Ok(run(
+        &state,
+        &ctx,
+        idempotency::key_of(&ctx, &hashed),
+        StatusCode::OK,
+        operation,
+    )
+    .await)
 }
 
 /// Delete a record. The log keeps its history; reads answer 404 from now on.
@@ -668,7 +684,14 @@ pub async fn delete_entity(
         expected_version,
     );
     let hashed = serde_json::json!({ "ifMatch": expected_version });
-    Ok(run(&state, &ctx, &hashed, StatusCode::OK, operation).await)
+    Ok(run(
+        &state,
+        &ctx,
+        idempotency::key_of(&ctx, &hashed),
+        StatusCode::OK,
+        operation,
+    )
+    .await)
 }
 
 /// One event of a record's history.
@@ -986,6 +1009,14 @@ pub async fn transact(
         idempotency::json_response(StatusCode::OK.as_u16(), headers, &body)
     };
     Ok(respond::answer(
-        entity_writes::run(&state, &ctx, &body, "Transact", &operations, render).await,
+        entity_writes::run(
+            &state,
+            &ctx,
+            idempotency::key_of(&ctx, &body),
+            "Transact",
+            &operations,
+            render,
+        )
+        .await,
     ))
 }

@@ -103,7 +103,15 @@ async fn run(
         idempotency::json_response(status.as_u16(), headers, &edge_body(result))
     };
     Ok(respond::answer(
-        entity_writes::run(state, ctx, &Value::Null, name, &operations, render).await,
+        entity_writes::run(
+            state,
+            ctx,
+            idempotency::key_of(ctx, &Value::Null),
+            name,
+            &operations,
+            render,
+        )
+        .await,
     ))
 }
 
