@@ -299,10 +299,8 @@ async fn every_event_carries_its_metadata(backend: Backend) {
         .await
         .unwrap();
     let (stored, _) = read_at_least(&log, Cursor::START, 2).await;
-    assert_eq!(
-        stored, appended.events,
-        "what was returned is what was stored"
-    );
+    let returned: Vec<RecordedEvent> = appended.events.iter().map(|e| (**e).clone()).collect();
+    assert_eq!(stored, returned, "what was returned is what was stored");
     for event in stored {
         assert_eq!(event.tenant_id, "tenant-a");
         assert_eq!(event.event_metadata().unwrap(), meta);

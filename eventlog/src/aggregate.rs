@@ -17,7 +17,7 @@ pub struct CommandOutcome<A> {
     /// The stream's version after the command.
     pub version: u64,
     /// The events the command recorded (empty when it changed nothing).
-    pub events: Vec<RecordedEvent>,
+    pub events: Vec<std::sync::Arc<RecordedEvent>>,
     /// The cursor of the stream's last event: the one just written, or, when the command
     /// changed nothing, the latest one already there.
     pub cursor: Option<Cursor>,

@@ -209,8 +209,9 @@ impl RecordedEvent {
 /// What an append wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Appended {
-    /// The events in the order they were given.
-    pub events: Vec<RecordedEvent>,
+    /// The events in the order they were given, shared with the events this process keeps
+    /// for its readers (see [`crate::recent`]).
+    pub events: Vec<Arc<RecordedEvent>>,
 }
 
 impl Appended {
@@ -256,7 +257,7 @@ pub(crate) struct Inner {
     /// module's state: unknown, present or gone; see `idempotency::LEGACY_SCOPE`).
     legacy_keys: std::sync::atomic::AtomicU8,
     /// The events this process committed last (see [`crate::recent`]).
-    recent: crate::recent::Recent<RecordedEvent>,
+    recent: crate::recent::Recent<Arc<RecordedEvent>>,
 }
 
 /// A read model updated in the same transaction as the events it is made of, for the few
@@ -394,8 +395,8 @@ impl Store {
 
     /// After a commit: keeps `events` for this process's readers (see [`crate::recent`]) and
     /// wakes them.
-    pub fn committed<'e>(&self, events: impl IntoIterator<Item = &'e RecordedEvent>) {
-        let events: Vec<&RecordedEvent> = events.into_iter().collect();
+    pub fn committed<'e>(&self, events: impl IntoIterator<Item = &'e Arc<RecordedEvent>>) {
+        let events: Vec<&Arc<RecordedEvent>> = events.into_iter().collect();
         self.inner.recent.remember(
             events
                 .iter()
@@ -542,7 +543,9 @@ impl Store {
             })
             .collect();
         self.apply_inline(tx, &events).await?;
-        Ok(Appended { events })
+        Ok(Appended {
+            events: events.into_iter().map(Arc::new).collect(),
+        })
     }
 
     /// Writes events read from an export (see [`crate::transfer`]) inside the caller's
@@ -806,11 +809,17 @@ impl Store {
     /// of them (see [`crate::recent`]).
     fn kept(&self, ids: &[(i64, i64, Uuid)]) -> Option<Vec<RecordedEvent>> {
         let wanted: Vec<Uuid> = ids.iter().map(|(_, _, id)| *id).collect();
-        let mut events = self.inner.recent.take(&wanted)?;
-        for (event, (transaction_id, position, _)) in events.iter_mut().zip(ids) {
-            event.cursor = Cursor::new(*transaction_id, *position);
-        }
-        Some(events)
+        let kept = self.inner.recent.take(&wanted)?;
+        Some(
+            kept.into_iter()
+                .zip(ids)
+                .map(|(event, (transaction_id, position, _))| {
+                    let mut event = Arc::unwrap_or_clone(event);
+                    event.cursor = Cursor::new(*transaction_id, *position);
+                    event
+                })
+                .collect(),
+        )
     }
 
     /// The cursor of the last readable event: a reader starting there sees every event that

@@ -11,6 +11,7 @@
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -54,7 +55,7 @@ trait AnyStaged: Send + Sync {
         self: Box<Self>,
         log: &EventLog,
         stream: &StreamId,
-        appended: &[RecordedEvent],
+        appended: &[Arc<RecordedEvent>],
     );
 }
 
@@ -63,10 +64,11 @@ impl<A: Aggregate + Clone + 'static> AnyStaged for Staged<A> {
         self: Box<Self>,
         log: &EventLog,
         stream: &StreamId,
-        appended: &[RecordedEvent],
+        appended: &[Arc<RecordedEvent>],
     ) {
         let mine: Vec<&RecordedEvent> = appended
             .iter()
+            .map(|event| &**event)
             .filter(|e| {
                 e.aggregate_id == stream.aggregate_id
                     && e.aggregate_type == stream.aggregate_type
