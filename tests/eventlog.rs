@@ -674,3 +674,34 @@ async fn received(listener: &mut sqlx::postgres::PgListener) -> sqlx::postgres::
         .expect("a notification")
         .unwrap()
 }
+
+/// Another process's append wakes this process's readers through `LISTEN` (its own appends
+/// wake them in-process at the commit).
+#[tokio::test]
+async fn another_process_append_wakes_the_readers_here() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let here = db.log().await;
+    let there = db.log().await;
+    let eventlog::Db::Postgres(pool) = here.db().clone() else {
+        unreachable!("a PostgreSQL test database");
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let listener = workers::listener::spawn(pool, here.clone(), shutdown.clone());
+    let mut woken = here.subscribe();
+    // The listener wakes the readers once it listens (notifications from before are lost).
+    tokio::time::timeout(Duration::from_secs(20), woken.changed())
+        .await
+        .expect("the listener starts")
+        .unwrap();
+    woken.borrow_and_update();
+    there
+        .append(&[append(stream("elsewhere"), 0, vec![event("x")])])
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), woken.changed())
+        .await
+        .expect("another process's append wakes the readers here")
+        .unwrap();
+    shutdown.cancel();
+    listener.await.unwrap();
+}
