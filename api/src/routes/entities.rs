@@ -208,6 +208,20 @@ pub(crate) fn result_body(result: &OpResult, committed: &Committed) -> EntityRes
     }
 }
 
+/// The idempotency key of a write to one record: `If-Match` is part of the request, so the same
+/// key with another `If-Match` is another request.
+fn record_key(
+    ctx: &CommandContext<require::Writer>,
+    body: Option<Value>,
+    expected_version: Option<u64>,
+) -> Option<IdempotencyKey> {
+    let hashed = match body {
+        Some(body) => serde_json::json!({ "body": body, "ifMatch": expected_version }),
+        None => serde_json::json!({ "ifMatch": expected_version }),
+    };
+    idempotency::key_of(ctx, &hashed)
+}
+
 /// Runs one operation; answers with the record.
 async fn run(
     state: &AppState,
@@ -581,16 +595,8 @@ pub async fn patch_entity(
         patch,
         expected_version,
     );
-    // If-Match is part of the request: the same key with another If-Match is another request.
-    let hashed = serde_json::json!({ "body": body, "ifMatch": expected_version });
-    Ok(run(
-        &state,
-        &ctx,
-        idempotency::key_of(&ctx, &hashed),
-        StatusCode::OK,
-        operation,
-    )
-    .await)
+    let key = record_key(&ctx, Some(body), expected_version);
+    Ok(run(&state, &ctx, key, StatusCode::OK, operation).await)
 }
 
 /// Replace a record's document.
@@ -639,15 +645,8 @@ pub async fn put_entity(
         data,
         expected_version,
     );
-    let hashed = serde_json::json!({ "body": body, "ifMatch": expected_version });
-    Ok(run(
-        &state,
-        &ctx,
-        idempotency::key_of(&ctx, &hashed),
-        StatusCode::OK,
-        operation,
-    )
-    .await)
+    let key = record_key(&ctx, Some(body), expected_version);
+    Ok(run(&state, &ctx, key, StatusCode::OK, operation).await)
 }
 
 /// Delete a record. The log keeps its history; reads answer 404 from now on.
@@ -683,15 +682,8 @@ pub async fn delete_entity(
         Map::new(),
         expected_version,
     );
-    let hashed = serde_json::json!({ "ifMatch": expected_version });
-    Ok(run(
-        &state,
-        &ctx,
-        idempotency::key_of(&ctx, &hashed),
-        StatusCode::OK,
-        operation,
-    )
-    .await)
+    let key = record_key(&ctx, None, expected_version);
+    Ok(run(&state, &ctx, key, StatusCode::OK, operation).await)
 }
 
 /// One event of a record's history.
