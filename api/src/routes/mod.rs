@@ -323,29 +323,34 @@ pub fn operations_router(state: AppState) -> Router {
 
 fn with_middleware(router: axum::Router<AppState>, state: AppState) -> Router {
     let timeout = Duration::from_millis(state.settings.request_timeout_ms);
-    // The first layer is the innermost: panics and timeouts become responses; authentication
-    // runs after routing (it needs the route pattern) and before any handler; the error
-    // envelope wraps every error; the request-id layer sees every final response.
+    // From the outermost in: the request-id layer sees every final response; the error
+    // envelope wraps every error; authentication runs after routing (it needs the route
+    // pattern) and before any handler; panics and timeouts become responses. One
+    // `ServiceBuilder` makes them one service per route, boxed once, instead of a box per
+    // layer cloned for every request.
     router
-        .layer(axum::Extension(operations()))
-        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
-        .layer(CatchPanicLayer::new())
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            request_limits,
-        ))
-        .layer(middleware::from_fn(error::envelope))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            request_id::track,
-        ))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    request_id::track,
+                ))
+                .layer(middleware::from_fn(error::envelope))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    request_limits,
+                ))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    auth::authenticate,
+                ))
+                .layer(CatchPanicLayer::new())
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    timeout,
+                ))
+                .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+                .layer(axum::Extension(operations())),
+        )
         .with_state(state)
 }
