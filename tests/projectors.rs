@@ -299,14 +299,15 @@ async fn record_writes_without_http(backend: Backend) {
             None,
         )
     };
-    let render = |_: &[entity_writes::OpResult], _: &eventlog::unit_of_work::Committed| {
+    // The response says how many results it was rendered from.
+    let render = |results: &[entity_writes::OpResult], _: &eventlog::unit_of_work::Committed| {
         eventlog::idempotency::StoredResponse {
             status: 201,
             headers: Vec::new(),
-            body: Vec::new(),
+            body: results.len().to_string().into_bytes(),
         }
     };
-    let (results, committed, _) = entity_writes::write(
+    let (committed, response) = entity_writes::write(
         &log,
         &tenant(),
         &[create("u1", "a@example.com")],
@@ -316,7 +317,7 @@ async fn record_writes_without_http(backend: Backend) {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(results.len(), 1);
+    assert_eq!(response.body, b"1");
     assert!(committed.appended.last_cursor().is_some());
 
     let taken = entity_writes::write(

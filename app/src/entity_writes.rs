@@ -940,7 +940,7 @@ pub async fn write(
     metadata: &EventMetadata,
     key: Option<KeyUse>,
     render: impl Fn(&[OpResult], &Committed) -> StoredResponse + Send + Sync + 'static,
-) -> Result<(Vec<OpResult>, Committed, StoredResponse), WriteFailure> {
+) -> Result<(Committed, StoredResponse), WriteFailure> {
     let render = std::sync::Arc::new(render);
     let failure =
         |error: Error, operation: Option<usize>| WriteFailure::Failed { error, operation };
@@ -979,15 +979,15 @@ pub async fn write(
                 Err(error) => return Err(failure(error, Some(index))),
             }
         }
-        let (render, snapshot) = (render.clone(), results.clone());
+        let render = render.clone();
         match writer
             .uow
             .commit(metadata, key.clone(), move |committed| {
-                render(&snapshot, committed)
+                render(&results, committed)
             })
             .await
         {
-            Ok((committed, response)) => return Ok((results, committed, response)),
+            Ok((committed, response)) => return Ok((committed, response)),
             Err(CommitError::Conflict) => {
                 conflicts += 1;
                 if conflicts >= MAX_ATTEMPTS {
@@ -1040,7 +1040,7 @@ pub async fn run(
         )
         .await;
         let (error, operation) = match result {
-            Ok((_, committed, response)) => {
+            Ok((committed, response)) => {
                 state.metrics.command(name, "accepted");
                 state
                     .metrics

@@ -573,7 +573,7 @@ async fn write_batches(
         let operations = operations(b);
         let metadata = &metadata;
         async move {
-            let (_, committed, _) =
+            let (committed, _) =
                 crate::entity_writes::write(log, tenant, &operations, metadata, None, |_, _| {
                     eventlog::idempotency::StoredResponse {
                         status: 200,
