@@ -279,21 +279,11 @@ impl Store {
         let now = Utc::now();
         let legacy = self.legacy_records().await?;
         let mut inserted = std::collections::HashSet::with_capacity(keys.len());
+        static TEXTS: Texts = Texts::new(100);
+        let backend = tx.backend();
         for chunk in keys.chunks(100) {
             // A key a legacy record holds counts as taken: the request then claims it, which
             // replays or refuses as the record says.
-            static TEXTS: Texts = Texts::new(100);
-            let backend = tx.backend();
-            let insert_sql = || {
-                format!(
-                    "INSERT INTO idempotency_records \
-                     (tenant_id, scope, idempotency_key, request_hash, state, status_code, \
-                     response_headers, response_body, locked_until, created_at) \
-                     VALUES {} ON CONFLICT (tenant_id, scope, idempotency_key) DO NOTHING \
-                     RETURNING tenant_id, scope, idempotency_key",
-                    backend.values(chunk.len(), 10)
-                )
-            };
             let sql = if legacy {
                 let rows = backend.typed_values(
                     chunk.len(),
@@ -323,7 +313,16 @@ impl Store {
                     no_legacy_record("fresh.tenant_id", "fresh.idempotency_key")
                 ))
             } else {
-                TEXTS.get(backend, chunk.len(), insert_sql)
+                TEXTS.get(backend, chunk.len(), || {
+                    format!(
+                        "INSERT INTO idempotency_records \
+                         (tenant_id, scope, idempotency_key, request_hash, state, status_code, \
+                         response_headers, response_body, locked_until, created_at) \
+                         VALUES {} ON CONFLICT (tenant_id, scope, idempotency_key) DO NOTHING \
+                         RETURNING tenant_id, scope, idempotency_key",
+                        backend.values(chunk.len(), 10)
+                    )
+                })
             };
             let mut insert = Statement::new(&sql).persistent(!legacy && TEXTS.recurs(chunk.len()));
             for (key, record) in chunk {
