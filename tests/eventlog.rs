@@ -464,6 +464,119 @@ both_backends!(
     repeated_reads_of_a_moved_stream_are_each_reported
 );
 
+/// A command decided on a stream it did not read (a cached entity type) commits only while
+/// that stream is at the version it decided on; the check rides in the insert. A stale read
+/// writes nothing, whatever the batch's size (the check is in its first statement of
+/// several); in a group, only the commands whose reads moved are refused.
+async fn an_append_whose_read_moved_writes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    log.append(&[append(stream("schema"), 0, vec![event("v1")])])
+        .await
+        .unwrap();
+    log.append(&[append(stream("schema"), 1, vec![event("v2")])])
+        .await
+        .unwrap();
+    let stale = vec![(stream("never-written"), 0), (stream("schema"), 1)];
+    let fresh = vec![
+        (stream("schema"), 2),
+        (stream("never-written"), 0),
+        (stream("schema"), 2),
+    ];
+    // 501 events: two insert statements.
+    let big = |id: &str| {
+        vec![append(
+            stream(id),
+            0,
+            (0..501).map(|n| event(&format!("e{n}"))).collect(),
+        )]
+    };
+    for (batch, reads, writes) in [
+        (big("big-stale"), &stale, false),
+        (
+            vec![append(stream("small-stale"), 0, vec![event("x")])],
+            &stale,
+            false,
+        ),
+        (Vec::new(), &stale, false),
+        (big("big-fresh"), &fresh, true),
+        (
+            vec![append(stream("small-fresh"), 0, vec![event("x")])],
+            &fresh,
+            true,
+        ),
+        (Vec::new(), &fresh, true),
+    ] {
+        let mut tx = log.db().begin().await.unwrap();
+        let appended = log
+            .append_unless_moved_in(&mut tx, &batch, reads)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let expected: usize = batch.iter().map(|a| a.events.len()).sum();
+        match appended {
+            Some(appended) => {
+                assert!(writes, "a stale read was let through");
+                assert_eq!(appended.events.len(), expected);
+            }
+            None => assert!(!writes, "a fresh read was refused"),
+        }
+        for append in &batch {
+            let stored = log.load(&append.stream, 0).await.unwrap();
+            assert_eq!(stored.len(), if writes { expected } else { 0 });
+            // In the order given: positions grow with sequences.
+            assert!(
+                stored
+                    .windows(2)
+                    .all(|pair| pair[0].sequence < pair[1].sequence
+                        && pair[0].cursor < pair[1].cursor)
+            );
+        }
+    }
+
+    // Concurrent commands through the committer: those that decided on the moved stream are
+    // refused, those that decided on a current one committed, however the groups form.
+    log.append(&[append(stream("current"), 0, vec![event("c")])])
+        .await
+        .unwrap();
+    log.start_group_commit();
+    let commits = (0..40).map(|i| {
+        let log = log.clone();
+        async move {
+            let commit = eventlog::group_commit::Commit {
+                batch: vec![append(stream(&format!("g{i}")), 0, vec![event("x")])],
+                key: None,
+                reads: vec![if i % 2 == 0 {
+                    (stream("schema"), 1)
+                } else {
+                    (stream("current"), 1)
+                }],
+            };
+            let response =
+                |_: &eventlog::unit_of_work::Committed| eventlog::idempotency::StoredResponse {
+                    status: 200,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                };
+            (i, log.commit_grouped(commit, Box::new(response)).await)
+        }
+    });
+    for (i, result) in futures::future::join_all(commits).await {
+        let stored = log.load(&stream(&format!("g{i}")), 0).await.unwrap();
+        match result {
+            Ok(_) if i % 2 == 1 => assert_eq!(stored.len(), 1),
+            Err(eventlog::unit_of_work::CommitError::Conflict) if i % 2 == 0 => {
+                assert!(stored.is_empty())
+            }
+            other => panic!("command {i}: {:?}", other.map(|_| ())),
+        }
+    }
+}
+both_backends!(
+    an_append_whose_read_moved_writes_nothing,
+    an_append_whose_read_moved_writes_nothing
+);
+
 /// The storage port: one statement, bound and read the same way on both engines, in a
 /// transaction and on the read pool, by column name, by position and as a tuple.
 async fn a_statement_reads_back_what_it_bound_on_either_backend(backend: Backend) {

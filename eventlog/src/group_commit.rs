@@ -7,7 +7,8 @@
 //! 1. checks the versions of the streams the commands decided on unread (cached or assumed
 //!    new, see [`crate::stream_cache`]); a command whose stream moved fails with
 //!    [`CommitError::Conflict`] and is decided again by its caller on a fresh read;
-//! 2. appends every remaining command's events;
+//! 2. appends every remaining command's events (in the common case, where no stream moved,
+//!    steps 1 and 2 are one statement: the insert checks the versions itself);
 //! 3. stores each command's response with its idempotency key (claimed before, or new), or
 //!    claims a new key for a command that answers later ([`KeyUse::Claim`]), and commits. When another request holds a new key, the group is rolled back, that command
 //!    fails with [`CommitError::KeyTaken`] (its caller then replays the stored response) and
@@ -288,16 +289,27 @@ async fn together(log: &Store, mut group: Vec<Job>) -> GroupEnd {
         };
     }
 
-    // 1. Commands decided on streams that moved since are decided again.
+    // 1. and 2. Every command's events (split back per command afterwards), appended in one
+    // statement with the check of the streams the commands decided on unread.
     let reads: Vec<(StreamId, u64)> = group
         .iter()
         .flat_map(|job| job.commit.reads.iter().cloned())
         .collect();
-    if !reads.is_empty() {
-        let stale: HashSet<StreamId> = or_alone!(log.stale_reads_in(&mut tx, &reads).await)
-            .into_iter()
+    let unless_moved = {
+        let batch: Vec<&StreamAppend> = group
+            .iter()
+            .flat_map(|job| job.commit.batch.iter())
             .collect();
-        if !stale.is_empty() {
+        or_alone!(log.append_unless_moved_in(&mut tx, &batch, &reads).await)
+    };
+    let appended = match unless_moved {
+        Some(appended) => appended,
+        None => {
+            // Nothing was written: the commands whose streams moved are decided again by
+            // their callers, and the others are appended.
+            let stale: HashSet<StreamId> = or_alone!(log.stale_reads_in(&mut tx, &reads).await)
+                .into_iter()
+                .collect();
             let (moved, rest): (Vec<Job>, Vec<Job>) = group.into_iter().partition(|job| {
                 job.commit
                     .reads
@@ -308,18 +320,12 @@ async fn together(log: &Store, mut group: Vec<Job>) -> GroupEnd {
             for job in moved {
                 let _ = job.reply.send(Err(CommitError::Conflict));
             }
+            let batch: Vec<&StreamAppend> = group
+                .iter()
+                .flat_map(|job| job.commit.batch.iter())
+                .collect();
+            or_alone!(log.append_in(&mut tx, &batch).await)
         }
-    }
-
-    // 2. Every remaining command's events, split back per command afterwards.
-    let batch: Vec<&StreamAppend> = group
-        .iter()
-        .flat_map(|job| job.commit.batch.iter())
-        .collect();
-    let appended = if batch.is_empty() {
-        Appended { events: Vec::new() }
-    } else {
-        or_alone!(log.append_in(&mut tx, &batch).await)
     };
     let mut events = appended.events.into_iter();
     let shares: Vec<Committed> = group
@@ -403,19 +409,15 @@ pub async fn commit_one(store: &Store, commit: &Commit, respond: &Respond) -> Ou
         return Ok((committed, response));
     }
     let mut tx = store.db().begin().await?;
-    if !reads.is_empty() && !store.stale_reads_in(&mut tx, reads).await?.is_empty() {
-        tx.rollback().await?;
-        return Err(CommitError::Conflict);
-    }
-    let appended = if batch.is_empty() {
-        Appended { events: Vec::new() }
-    } else {
-        match store.append_in(&mut tx, batch).await {
-            Ok(appended) => appended,
-            Err(error) => {
-                tx.rollback().await?;
-                return Err(error.into());
-            }
+    let appended = match store.append_unless_moved_in(&mut tx, batch, reads).await {
+        Ok(Some(appended)) => appended,
+        Ok(None) => {
+            tx.rollback().await?;
+            return Err(CommitError::Conflict);
+        }
+        Err(error) => {
+            tx.rollback().await?;
+            return Err(error.into());
         }
     };
     let committed = Committed::new(appended);

@@ -474,6 +474,22 @@ impl Store {
         tx: &mut Tx,
         batch: &[A],
     ) -> Result<Appended, AppendError> {
+        // Without reads to check, every row is written or the statement fails.
+        self.append_unless_moved_in(tx, batch, &[])
+            .await?
+            .ok_or(AppendError::Conflict { stream: None })
+    }
+
+    /// [`Store::append_in`], unless a stream of `reads` (a stream and the version a command
+    /// decided on without reading it) has another version now: then nothing is written and
+    /// the answer is `None` ([`Store::stale_reads_in`] tells which moved). The check rides in
+    /// the first insert statement, so a group commit's common case is one round trip fewer.
+    pub async fn append_unless_moved_in<A: std::borrow::Borrow<StreamAppend>>(
+        &self,
+        tx: &mut Tx,
+        batch: &[A],
+        reads: &[(StreamId, u64)],
+    ) -> Result<Option<Appended>, AppendError> {
         // Each event with the index of its append, in the order given.
         let mut rows: Vec<(usize, i64, &NewEvent)> = Vec::new();
         for (index, append) in batch.iter().enumerate() {
@@ -482,6 +498,10 @@ impl Store {
                 let sequence = append.expected_version as i64 + offset as i64 + 1;
                 rows.push((index, sequence, event));
             }
+        }
+        if rows.is_empty() {
+            let moved = !reads.is_empty() && !self.stale_reads_in(tx, reads).await?.is_empty();
+            return Ok((!moved).then(|| Appended { events: Vec::new() }));
         }
         let stream_of = |index: usize| &batch[index].borrow().stream;
         // Fixed insertion order: by stream, then sequence. Two batches that touch the same
@@ -514,8 +534,9 @@ impl Store {
                 recorded_at: event.recorded_at.unwrap_or(recorded_at),
             }
         });
-        let written = match insert_rows(tx, stored).await {
-            Ok(written) => written,
+        let written = match insert_rows(tx, stored, reads).await {
+            Ok(Some(written)) => written,
+            Ok(None) => return Ok(None),
             Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
                 let stream = (batch.len() == 1).then(|| stream_of(0).clone());
                 return Err(AppendError::Conflict { stream });
@@ -543,9 +564,9 @@ impl Store {
             })
             .collect();
         self.apply_inline(tx, &events).await?;
-        Ok(Appended {
+        Ok(Some(Appended {
             events: events.into_iter().map(Arc::new).collect(),
-        })
+        }))
     }
 
     /// Writes events read from an export (see [`crate::transfer`]) inside the caller's
@@ -570,8 +591,9 @@ impl Store {
             metadata: &event.metadata,
             recorded_at: event.recorded_at,
         });
-        let written = match insert_rows(tx, stored).await {
-            Ok(written) => written,
+        let written = match insert_rows(tx, stored, &[]).await {
+            Ok(Some(written)) => written,
+            Ok(None) => return Err(AppendError::Conflict { stream: None }),
             Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
                 return Err(AppendError::Conflict { stream: None });
             }
@@ -1147,18 +1169,45 @@ struct Stored<'a> {
 /// Inserts `rows` in the order given, [`INSERT_CHUNK`] to a statement, and on PostgreSQL
 /// announces them on [`NOTIFY_CHANNEL`] in the same statement (delivered at the commit; one
 /// notification however many statements, as PostgreSQL folds a transaction's identical ones).
-/// Returns the cursor (transaction id and position) each event id was given.
+/// Returns the cursor (transaction id and position) each event id was given; `None`, with
+/// nothing inserted, when a stream of `reads` is at another version (checked in the first
+/// statement).
 async fn insert_rows<'a>(
     tx: &mut Tx,
     rows: impl Iterator<Item = Stored<'a>>,
-) -> Result<HashMap<Uuid, (i64, i64)>, sqlx::Error> {
+    reads: &[(StreamId, u64)],
+) -> Result<Option<HashMap<Uuid, (i64, i64)>>, sqlx::Error> {
     let rows: Vec<Stored<'a>> = rows.collect();
     let mut written: HashMap<Uuid, (i64, i64)> = HashMap::with_capacity(rows.len());
     let backend = tx.backend();
     static TEXTS: Texts = Texts::new(INSERT_CHUNK);
+    static CHECKED: Texts = Texts::new(INSERT_CHUNK);
+    // Each distinct read once, as `[tenant, type, id, version]` rows of one JSON parameter:
+    // one statement text whatever the number of reads.
+    let mut check = (!reads.is_empty()).then(|| {
+        let mut seen = HashSet::with_capacity(reads.len());
+        Json(
+            reads
+                .iter()
+                .filter(|read| seen.insert(*read))
+                .map(|(stream, version)| {
+                    (
+                        stream.tenant_id.as_str(),
+                        stream.aggregate_type.as_str(),
+                        stream.aggregate_id.as_str(),
+                        *version as i64,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+    });
     for chunk in rows.chunks(INSERT_CHUNK) {
-        let sql = TEXTS.get(backend, chunk.len(), || insert_sql(chunk.len(), backend));
-        let mut insert = Statement::new(&sql).persistent(TEXTS.recurs(chunk.len()));
+        let checked = check.take();
+        let texts = if checked.is_some() { &CHECKED } else { &TEXTS };
+        let sql = texts.get(backend, chunk.len(), || {
+            insert_sql(chunk.len(), backend, checked.is_some())
+        });
+        let mut insert = Statement::new(&sql).persistent(texts.recurs(chunk.len()));
         for row in chunk {
             insert.push(row.event_id);
             insert.push(row.tenant_id);
@@ -1171,29 +1220,77 @@ async fn insert_rows<'a>(
             insert.push(Json(row.metadata));
             insert.push(row.recorded_at);
         }
+        let was_checked = checked.is_some();
+        if let Some(reads) = checked {
+            insert.push(reads);
+        }
         let ids = tx.fetch_all_as::<(Uuid, i64, i64)>(insert).await?;
+        if was_checked && ids.is_empty() {
+            // Every row of an insert comes back: none means a read had moved.
+            return Ok(None);
+        }
         written.extend(ids.into_iter().map(|(id, tx, pos)| (id, (tx, pos))));
     }
-    Ok(written)
+    Ok(Some(written))
 }
 
-fn insert_sql(rows: usize, backend: Backend) -> String {
-    const COLUMNS: usize = 10;
+/// The events insert of `rows` rows; `checked`: only when no stream of the reads bound last
+/// (a JSON array of `[tenant, type, id, version]`) is at another version.
+fn insert_sql(rows: usize, backend: Backend, checked: bool) -> String {
     const INSERT: &str = "INSERT INTO events (event_id, tenant_id, aggregate_type, \
-         aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at) \
-         VALUES ";
-    let values = backend.values(rows, COLUMNS);
+         aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at) ";
+    const TYPES: [&str; 10] = [
+        "uuid",
+        "text",
+        "text",
+        "text",
+        "int8",
+        "text",
+        "text",
+        "jsonb",
+        "jsonb",
+        "timestamptz",
+    ];
+    // A values scan under a one-time filter keeps the rows' order, as `VALUES` alone does.
+    let rows_sql = if checked {
+        let (reads, element) = match backend {
+            Backend::Postgres => (
+                format!(
+                    "jsonb_array_elements(${}::jsonb) AS r",
+                    rows * TYPES.len() + 1
+                ),
+                "r",
+            ),
+            Backend::Sqlite => ("json_each(?) AS r".to_string(), "r.value"),
+        };
+        let field = |n: usize| format!("({element}->>{n})");
+        let version = match backend {
+            Backend::Postgres => format!("{}::int8", field(3)),
+            Backend::Sqlite => field(3),
+        };
+        format!(
+            "SELECT * FROM (VALUES {}) AS v WHERE NOT EXISTS (SELECT 1 FROM {reads} \
+             WHERE {version} <> coalesce((SELECT max(sequence) FROM events \
+             WHERE tenant_id = {} AND aggregate_type = {} AND aggregate_id = {}), 0))",
+            backend.typed_values(rows, &TYPES),
+            field(0),
+            field(1),
+            field(2),
+        )
+    } else {
+        format!("VALUES {}", backend.values(rows, TYPES.len()))
+    };
     match backend {
         // The announcement rides in the insert's round trip: a CTE of its own, materialized so
         // that it runs once, joined so that it runs at all.
         Backend::Postgres => format!(
-            "WITH inserted AS ({INSERT}{values} RETURNING event_id, \
+            "WITH inserted AS ({INSERT}{rows_sql} RETURNING event_id, \
              transaction_id::text::bigint AS transaction_id, global_position), \
              announced AS MATERIALIZED (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) \
              SELECT event_id, transaction_id, global_position FROM inserted, announced"
         ),
         Backend::Sqlite => {
-            format!("{INSERT}{values} RETURNING event_id, 0 AS transaction_id, global_position")
+            format!("{INSERT}{rows_sql} RETURNING event_id, 0 AS transaction_id, global_position")
         }
     }
 }
