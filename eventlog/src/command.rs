@@ -176,7 +176,7 @@ impl EventLog {
             if let (Some(key), Some(response)) = (idempotency, &response) {
                 self.complete_idempotency_in(&mut tx, key, response).await?;
             }
-            tx.commit().await?;
+            self.commit_appended(tx, &outcome.events).await?;
             self.remember(
                 stream,
                 &Loaded {
@@ -187,7 +187,6 @@ impl EventLog {
                     updated_at: outcome.updated_at,
                 },
             );
-            self.committed(&outcome.events);
             return Ok((outcome, response));
         }
     }

@@ -380,7 +380,10 @@ async fn together(log: &Store, mut group: Vec<Job>) -> GroupEnd {
             return GroupEnd::Again(rest);
         }
     }
-    if let Err(error) = tx.commit().await {
+    if let Err(error) = log
+        .commit_appended(tx, shares.iter().flat_map(|c| &c.appended.events))
+        .await
+    {
         // Whether a failed commit took effect is unknown: no command may be run again.
         let error = CommitError::from(error);
         for job in group {
@@ -388,7 +391,6 @@ async fn together(log: &Store, mut group: Vec<Job>) -> GroupEnd {
         }
         return GroupEnd::Done;
     }
-    log.committed(shares.iter().flat_map(|c| &c.appended.events));
     for ((job, committed), response) in group.into_iter().zip(shares).zip(responses) {
         let _ = job.reply.send(Ok((committed, response)));
     }
@@ -435,7 +437,8 @@ pub async fn commit_one(store: &Store, commit: &Commit, respond: &Respond) -> Ou
         tx.rollback().await?;
         return Err(CommitError::KeyTaken);
     }
-    tx.commit().await?;
-    store.committed(&committed.appended.events);
+    store
+        .commit_appended(tx, &committed.appended.events)
+        .await?;
     Ok((committed, response))
 }

@@ -1,4 +1,5 @@
-//! The events this process committed last, kept in memory so that its projectors and relay
+//! The events this process committed last (kept just before their commit, see
+//! `Store::commit_appended`), kept in memory so that its projectors and relay
 //! need not read them back and decode them again. The log stays the source of truth: a reader
 //! asks the database which events come next (their positions and ids only, under the same
 //! horizon) and takes them from here only when every one of them is here; otherwise it reads
@@ -74,6 +75,22 @@ impl<T: Clone> Recent<T> {
             if let Some((_, bytes)) = state.by_id.remove(&oldest) {
                 state.bytes -= bytes;
             }
+        }
+    }
+
+    /// Forgets `ids` (the events of a commit that failed).
+    pub(crate) fn forget(&self, ids: impl IntoIterator<Item = Uuid>) {
+        let mut state = self.state.lock().expect("recent events lock poisoned");
+        let mut forgotten = Vec::new();
+        for id in ids {
+            if let Some((_, bytes)) = state.by_id.remove(&id) {
+                state.bytes -= bytes;
+                forgotten.push(id);
+            }
+        }
+        // Rare (a failed commit): a scan of the bounded order is fine.
+        if !forgotten.is_empty() {
+            state.order.retain(|id| !forgotten.contains(id));
         }
     }
 
@@ -159,6 +176,24 @@ mod tests {
             .collect();
         keep(&recent, &heavy);
         assert!(recent.state.lock().unwrap().bytes <= MAX_BYTES);
+    }
+
+    #[test]
+    fn forgotten_items_are_gone_and_the_rest_kept() {
+        let recent = Recent::default();
+        let items: Vec<(Uuid, String)> = (0..3).map(|i| (Uuid::now_v7(), i.to_string())).collect();
+        keep(&recent, &items);
+        recent.forget([items[0].0, items[2].0, Uuid::now_v7()]);
+        assert_eq!(recent.take(&[items[0].0]), None);
+        assert_eq!(recent.take(&[items[2].0]), None);
+        assert_eq!(recent.take(&[items[1].0]), Some(vec![items[1].1.clone()]));
+        let state = recent.state.lock().unwrap();
+        assert_eq!(state.order, [items[1].0]);
+        assert_eq!(state.bytes, 64 + items[1].1.len());
+        drop(state);
+        // Kept again (the same commit, retried), each is kept once.
+        keep(&recent, &items[..1]);
+        assert_eq!(recent.state.lock().unwrap().order.len(), 2);
     }
 
     #[test]

@@ -393,18 +393,32 @@ impl Store {
         self.inner.appended.subscribe()
     }
 
-    /// After a commit: keeps `events` for this process's readers (see [`crate::recent`]) and
-    /// wakes them.
-    pub fn committed<'e>(&self, events: impl IntoIterator<Item = &'e Arc<RecordedEvent>>) {
+    /// Commits `tx`, in which `events` were appended, and wakes this process's readers. The
+    /// events are kept for those readers before the commit, so that a reader the commit
+    /// wakes another way (PostgreSQL's announcement, or a reader already running) finds them
+    /// instead of reading them back; a reader takes only events the log shows committed, and
+    /// a failed commit forgets them.
+    pub async fn commit_appended<'e>(
+        &self,
+        tx: Tx,
+        events: impl IntoIterator<Item = &'e Arc<RecordedEvent>>,
+    ) -> Result<(), sqlx::Error> {
         let events: Vec<&Arc<RecordedEvent>> = events.into_iter().collect();
         self.inner.recent.remember(
             events
                 .iter()
                 .map(|event| (event.event_id, event.weight(), *event)),
         );
+        if let Err(error) = tx.commit().await {
+            self.inner
+                .recent
+                .forget(events.iter().map(|event| event.event_id));
+            return Err(error);
+        }
         if let Some(cursor) = events.iter().map(|e| e.cursor).max() {
             self.notify_appended(cursor);
         }
+        Ok(())
     }
 
     /// Wakes every in-process reader of the log.
@@ -460,8 +474,7 @@ impl Store {
         if let (Some(key), Some(response)) = (completion, &response) {
             self.complete_idempotency_in(&mut tx, key, response).await?;
         }
-        tx.commit().await?;
-        self.committed(&appended.events);
+        self.commit_appended(tx, &appended.events).await?;
         Ok((appended, response))
     }
 
