@@ -30,6 +30,27 @@ async fn connect(app: &TestApp, key: Option<&str>) -> Socket {
     socket
 }
 
+/// [`connect`] with a receive buffer of a few KiB (the kernel does not grow it): a client
+/// that stops reading blocks the server after a few messages, however fast the server and the
+/// kernel's buffers are.
+async fn connect_small_buffer(app: &TestApp, key: &str) -> Socket {
+    let url = app.url("/v1/ws").replacen("http://", "ws://", 1);
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-api-key", key.parse().unwrap());
+    let address = app.address.trim_start_matches("http://").parse().unwrap();
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let stream = tcp.connect(address).await.unwrap();
+    let (socket, response) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    assert_eq!(response.status(), 101);
+    socket
+}
+
 /// The published schema of the channel's messages.
 fn schema() -> Value {
     serde_json::from_str(include_str!("../docs/websocket.schema.json")).unwrap()
@@ -415,7 +436,9 @@ async fn a_client_that_does_not_read_is_closed_with_its_cursor(backend: Backend)
         s.ws_send_timeout_ms = 300;
     })
     .await;
-    let mut socket = connect(&app, Some(&seeded.reader_key)).await;
+    // A small receive buffer: the kernel's grown buffers could otherwise hold every event,
+    // and the server, never blocked, would not close.
+    let mut socket = connect_small_buffer(&app, &seeded.reader_key).await;
     expect(&mut socket, "ready").await;
     send(
         &mut socket,
@@ -425,14 +448,19 @@ async fn a_client_that_does_not_read_is_closed_with_its_cursor(backend: Backend)
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Reading now: what was written, then why it ended and where to resume.
     let mut last = None;
-    let close = loop {
-        let message = next(&mut socket).await.expect("a close message");
-        match message["type"].as_str() {
-            Some("event") => last = Some(message["cursor"].clone()),
-            Some("close") => break message,
-            _ => {}
+    // Bounded: a server that never blocked would stream the rest and then heartbeats forever.
+    let close = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let message = next(&mut socket).await.expect("a close message");
+            match message["type"].as_str() {
+                Some("event") => last = Some(message["cursor"].clone()),
+                Some("close") => break message,
+                _ => {}
+            }
         }
-    };
+    })
+    .await
+    .expect("the server closes a client that did not read");
     assert_eq!(close["code"], "SLOW_CONSUMER");
     let resume = close["subscriptions"]["all"]["cursor"].clone();
     assert_eq!(
