@@ -59,7 +59,7 @@ impl Projector for Counting {
         &self,
         tx: &mut Tx,
         target: Target,
-        events: &[RecordedEvent],
+        events: &[std::sync::Arc<RecordedEvent>],
     ) -> Result<(), ProjectionError> {
         let sql = format!(
             "INSERT INTO {} (event_id) VALUES ($1)",

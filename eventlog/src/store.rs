@@ -843,15 +843,30 @@ impl Store {
     /// The events `ids` (cursor and id, in log order) names, when this process keeps every one
     /// of them (see [`crate::recent`]).
     fn kept(&self, ids: &[(i64, i64, Uuid)]) -> Option<Vec<RecordedEvent>> {
+        Some(
+            self.kept_shared(ids)?
+                .into_iter()
+                .map(Arc::unwrap_or_clone)
+                .collect(),
+        )
+    }
+
+    /// [`Store::kept`], shared: each event as kept, with the cursor the log gave it (the one
+    /// its insert returned, so a copy is made only if they ever differ).
+    fn kept_shared(&self, ids: &[(i64, i64, Uuid)]) -> Option<Vec<Arc<RecordedEvent>>> {
         let wanted: Vec<Uuid> = ids.iter().map(|(_, _, id)| *id).collect();
         let kept = self.inner.recent.take(&wanted)?;
         Some(
             kept.into_iter()
                 .zip(ids)
                 .map(|(event, (transaction_id, position, _))| {
+                    let cursor = Cursor::new(*transaction_id, *position);
+                    if event.cursor == cursor {
+                        return event;
+                    }
                     let mut event = Arc::unwrap_or_clone(event);
-                    event.cursor = Cursor::new(*transaction_id, *position);
-                    event
+                    event.cursor = cursor;
+                    Arc::new(event)
                 })
                 .collect(),
         )
@@ -907,13 +922,14 @@ impl Store {
     }
 
     /// [`Store::read_after`] inside a transaction, so that a projector reads and applies
-    /// under the same lock. On SQLite the write transaction sees every committed event.
+    /// under the same lock. On SQLite the write transaction sees every committed event. The
+    /// events are shared: those this process kept are handed out as kept, not copied.
     pub async fn read_after_in(
         &self,
         tx: &mut Tx,
         after: Cursor,
         limit: usize,
-    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    ) -> Result<Vec<Arc<RecordedEvent>>, sqlx::Error> {
         let horizon = match tx.backend() {
             Backend::Postgres => Some(
                 tx.fetch_optional(Statement::new(PG_HORIZON))
@@ -928,15 +944,15 @@ impl Store {
             let ids = tx
                 .fetch_all_as::<(i64, i64, Uuid)>(tail_statement(&sql, after, limit, horizon, None))
                 .await?;
-            if let Some(events) = self.kept(&ids) {
-                return Ok(self.upcast_all(events));
+            if let Some(events) = self.kept_shared(&ids) {
+                return Ok(events.into_iter().map(|e| self.upcast_shared(e)).collect());
             }
         }
         let sql = tail_sql(tx.backend(), false, columns(tx.backend()));
         let events = tx
             .fetch_all_as(tail_statement(&sql, after, limit, horizon, None))
             .await?;
-        Ok(self.upcast_all(events))
+        Ok(self.upcast_all(events).into_iter().map(Arc::new).collect())
     }
 
     /// Every committed event of `aggregate_type` after `after` that `tx` sees, at most `limit`,
@@ -1043,6 +1059,19 @@ impl Store {
             return events;
         }
         events.into_iter().map(|event| self.upcast(event)).collect()
+    }
+
+    /// [`Store::upcast`] of a shared event, copied only when an upcaster applies.
+    fn upcast_shared(&self, event: Arc<RecordedEvent>) -> Arc<RecordedEvent> {
+        let needs_upcast = self
+            .inner
+            .upcasters
+            .iter()
+            .any(|u| u.can_upcast(&event.event_type, &event.event_version));
+        if !needs_upcast {
+            return event;
+        }
+        Arc::new(self.upcast(Arc::unwrap_or_clone(event)))
     }
 
     fn upcast(&self, event: RecordedEvent) -> RecordedEvent {

@@ -1,5 +1,7 @@
 //! The `agents` read model: every agent's current configuration and status.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -32,7 +34,7 @@ impl Projector for AgentsProjector {
         &self,
         tx: &mut Tx,
         target: Target,
-        events: &[RecordedEvent],
+        events: &[Arc<RecordedEvent>],
     ) -> Result<(), ProjectionError> {
         let table = target.table("agents");
         let insert = format!(

@@ -1,5 +1,7 @@
 //! The `api_keys` read model, and the credential lookup every authenticated request makes.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -44,7 +46,7 @@ impl Projector for ApiKeysProjector {
         &self,
         tx: &mut Tx,
         target: Target,
-        events: &[RecordedEvent],
+        events: &[Arc<RecordedEvent>],
     ) -> Result<(), ProjectionError> {
         let table = target.table("api_keys");
         let insert = format!(

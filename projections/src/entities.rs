@@ -4,6 +4,8 @@
 //! row with `deleted_at` set, so the API can answer 404 for them while admins may still list
 //! them. Timestamps come from the events, so a rebuild reproduces the table row for row.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -40,7 +42,7 @@ impl Projector for EntitiesProjector {
         &self,
         tx: &mut Tx,
         target: Target,
-        events: &[RecordedEvent],
+        events: &[Arc<RecordedEvent>],
     ) -> Result<(), ProjectionError> {
         let table = target.table("entities");
         let update = format!(

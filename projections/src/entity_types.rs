@@ -3,6 +3,8 @@
 //! or `unique` field needs, on the same expression the query compiler reads the field with
 //! ([`crate::entity_query`]); `workers::indexer` builds it in the background.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -129,7 +131,7 @@ impl Projector for EntityTypesProjector {
         &self,
         tx: &mut Tx,
         target: Target,
-        events: &[RecordedEvent],
+        events: &[Arc<RecordedEvent>],
     ) -> Result<(), ProjectionError> {
         let table = target.table("entity_types");
         let upsert = format!(

@@ -21,6 +21,8 @@ pub mod sessions;
 pub mod tenants;
 pub mod usage;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use eventlog::{RecordedEvent, Tx};
 
@@ -85,7 +87,7 @@ pub trait Projector: Send + Sync + 'static {
         &self,
         tx: &mut Tx,
         target: Target,
-        events: &[RecordedEvent],
+        events: &[Arc<RecordedEvent>],
     ) -> Result<(), ProjectionError>;
 }
 

@@ -3,6 +3,8 @@
 //! and incoming edges, a page at a time in the other record's id order, each with the other
 //! record as the `entities` read model holds it.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -40,7 +42,7 @@ impl Projector for RelationsProjector {
         &self,
         tx: &mut Tx,
         target: Target,
-        events: &[RecordedEvent],
+        events: &[Arc<RecordedEvent>],
     ) -> Result<(), ProjectionError> {
         let table = target.table("relations");
         let delete = format!(

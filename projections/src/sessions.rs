@@ -7,6 +7,8 @@
 //! Rows are keyed by the event's place in its session's stream, so applying an event twice
 //! changes nothing, and timestamps come from the events, so a rebuild reproduces every row.
 
+use std::sync::Arc;
+
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
@@ -23,8 +25,11 @@ pub const SESSIONS: &str = "sessions";
 pub const TRANSCRIPTS: &str = "transcripts";
 pub const PROVIDER_CALLS: &str = "provider_calls";
 
-fn session_events(events: &[RecordedEvent]) -> impl Iterator<Item = &RecordedEvent> {
-    events.iter().filter(|e| e.aggregate_type == Session::TYPE)
+fn session_events(events: &[Arc<RecordedEvent>]) -> impl Iterator<Item = &RecordedEvent> {
+    events
+        .iter()
+        .map(|e| &**e)
+        .filter(|e| e.aggregate_type == Session::TYPE)
 }
 
 /// Builds `sessions`.
@@ -49,7 +54,7 @@ impl Projector for SessionsProjector {
         &self,
         tx: &mut Tx,
         target: Target,
-        events: &[RecordedEvent],
+        events: &[Arc<RecordedEvent>],
     ) -> Result<(), ProjectionError> {
         let table = target.table("sessions");
         let insert = format!(
@@ -241,7 +246,7 @@ impl Projector for TranscriptsProjector {
         &self,
         tx: &mut Tx,
         target: Target,
-        events: &[RecordedEvent],
+        events: &[Arc<RecordedEvent>],
     ) -> Result<(), ProjectionError> {
         let table = target.table("transcript_messages");
         let mut rows = Vec::new();
@@ -388,7 +393,7 @@ impl Projector for ProviderCallsProjector {
         &self,
         tx: &mut Tx,
         target: Target,
-        events: &[RecordedEvent],
+        events: &[Arc<RecordedEvent>],
     ) -> Result<(), ProjectionError> {
         let table = target.table("provider_calls");
         let mut calls = Vec::new();

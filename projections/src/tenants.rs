@@ -1,5 +1,7 @@
 //! The `tenants` read model: one row per tenant with its name, status and rate limit.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
@@ -31,7 +33,7 @@ impl Projector for TenantsProjector {
         &self,
         tx: &mut Tx,
         target: Target,
-        events: &[RecordedEvent],
+        events: &[Arc<RecordedEvent>],
     ) -> Result<(), ProjectionError> {
         let table = target.table("tenants");
         let insert = format!(

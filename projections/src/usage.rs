@@ -10,6 +10,8 @@
 //! - [`BudgetsProjector`] (`budgets`): `budgets`, from `Budget*` events.
 //! - [`verify`]: recomputes everything from the log and compares.
 
+use std::sync::Arc;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
@@ -185,7 +187,7 @@ impl Projector for UsageProjector {
         &self,
         tx: &mut Tx,
         target: Target,
-        events: &[RecordedEvent],
+        events: &[Arc<RecordedEvent>],
     ) -> Result<(), ProjectionError> {
         let mut records = Vec::new();
         for event in events {
@@ -632,7 +634,7 @@ impl Projector for BudgetsProjector {
         &self,
         tx: &mut Tx,
         target: Target,
-        events: &[RecordedEvent],
+        events: &[Arc<RecordedEvent>],
     ) -> Result<(), ProjectionError> {
         let table = target.table("budgets");
         let upsert = format!(

@@ -7,6 +7,8 @@
 //! checkpoint to where the rebuild stopped. Readers see the old tables or the new ones, never
 //! a half-built one.
 
+use std::sync::Arc;
+
 use eventlog::{Cursor, Db, EventLog, RecordedEvent, Tx};
 use projections::{ProjectionError, Projector, Target, checkpoints};
 use sqlx::Row;
@@ -74,7 +76,7 @@ pub async fn rebuild(
     let started = std::time::Instant::now();
     on_progress(0, total);
     while let Some(batch) = ready.recv().await {
-        let events = batch?;
+        let events: Vec<Arc<RecordedEvent>> = batch?.into_iter().map(Arc::new).collect();
         apply_batch(log, projector, &shadow_checkpoint, &events).await?;
         replayed += events.len() as u64;
         on_progress(replayed, total.max(replayed));
@@ -136,7 +138,7 @@ async fn apply_batch(
     log: &EventLog,
     projector: &dyn Projector,
     checkpoint: &str,
-    events: &[RecordedEvent],
+    events: &[Arc<RecordedEvent>],
 ) -> Result<(), ProjectionError> {
     let Some(last) = events.last() else {
         return Ok(());

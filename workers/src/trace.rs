@@ -79,8 +79,8 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 /// Spans, one per distinct `traceparent` among `events`' metadata, each a child of the span it
 /// names: what a projector or the relay does with a batch, in each command's trace. Empty when
 /// spans are not exported.
-pub fn spans_for(
-    events: &[eventlog::RecordedEvent],
+pub fn spans_for<E: std::borrow::Borrow<eventlog::RecordedEvent>>(
+    events: &[E],
     make: impl Fn() -> tracing::Span,
 ) -> Vec<tracing::Span> {
     if !enabled() {
@@ -88,7 +88,7 @@ pub fn spans_for(
     }
     let mut seen: Vec<&str> = Vec::new();
     for event in events {
-        if let Some(parent) = event.metadata["traceparent"].as_str()
+        if let Some(parent) = event.borrow().metadata["traceparent"].as_str()
             && !seen.contains(&parent)
         {
             seen.push(parent);
@@ -104,7 +104,10 @@ pub fn spans_for(
 }
 
 /// [`spans_for`] a projector's batch: `project <name>` in each traced command's trace.
-pub fn project_spans(events: &[eventlog::RecordedEvent], projector: &str) -> Vec<tracing::Span> {
+pub fn project_spans(
+    events: &[std::sync::Arc<eventlog::RecordedEvent>],
+    projector: &str,
+) -> Vec<tracing::Span> {
     spans_for(
         events,
         || tracing::info_span!("project", otel.name = %format!("project {projector}"), projector),
