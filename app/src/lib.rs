@@ -35,6 +35,7 @@ pub mod refusals;
 pub mod seed;
 pub mod settings;
 pub mod state;
+pub mod timestamps;
 pub mod usage;
 
 pub use context::Context;

@@ -920,6 +920,7 @@ pub struct AnswerBody<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct AnswerMessage<'a> {
     pub content: &'a str,
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub created_at: DateTime<Utc>,
     pub id: &'a str,
     /// The provider's stream broke: the part received was recorded and billed.

@@ -56,9 +56,14 @@ pub struct EntityResponse {
     /// The record's document.
     #[schema(value_type = Object)]
     pub data: Value,
+    #[serde(serialize_with = "app::timestamps::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "app::timestamps::serialize")]
     pub updated_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "app::timestamps::serialize_option"
+    )]
     pub deleted_at: Option<DateTime<Utc>>,
     /// With `expand`: the referenced records by field (`null` when the record is gone).
     #[serde(skip_serializing_if = "Option::is_none")]
