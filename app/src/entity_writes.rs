@@ -203,8 +203,23 @@ impl std::fmt::Display for WriteFailure {
     }
 }
 
+/// `<entity type>/<id>`, the id of a record's streams (what `format!` writes, without the
+/// formatting machinery: a request names these streams several times).
+fn record_stream_id(entity_type: &EntityTypeName, id: &EntityId) -> String {
+    let (entity_type, id) = (entity_type.as_str(), id.as_str());
+    let mut joined = String::with_capacity(entity_type.len() + 1 + id.len());
+    joined.push_str(entity_type);
+    joined.push('/');
+    joined.push_str(id);
+    joined
+}
+
 pub fn entity_stream(tenant: &TenantId, entity_type: &EntityTypeName, id: &EntityId) -> StreamId {
-    StreamId::new(tenant.clone(), Entity::TYPE, format!("{entity_type}/{id}"))
+    StreamId::new(
+        tenant.clone(),
+        Entity::TYPE,
+        record_stream_id(entity_type, id),
+    )
 }
 
 pub fn type_stream(tenant: &TenantId, entity_type: &EntityTypeName) -> StreamId {
@@ -215,12 +230,16 @@ fn references_stream(tenant: &TenantId, entity_type: &EntityTypeName, id: &Entit
     StreamId::new(
         tenant.clone(),
         References::TYPE,
-        format!("{entity_type}/{id}"),
+        record_stream_id(entity_type, id),
     )
 }
 
 pub fn links_stream(tenant: &TenantId, entity_type: &EntityTypeName, id: &EntityId) -> StreamId {
-    StreamId::new(tenant.clone(), Links::TYPE, format!("{entity_type}/{id}"))
+    StreamId::new(
+        tenant.clone(),
+        Links::TYPE,
+        record_stream_id(entity_type, id),
+    )
 }
 
 fn unique_stream(
