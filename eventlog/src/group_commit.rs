@@ -233,14 +233,29 @@ fn start(log: Weak<crate::store::Inner>, backend: crate::Backend) -> Queue {
 
 async fn commit_group(log: &Store, group: Vec<Job>) {
     // A second command of the group with the same new key waits for the first one's outcome.
-    let mut keys = HashSet::new();
-    let (mut group, repeated): (Vec<Job>, Vec<Job>) =
-        group.into_iter().partition(|job| {
-            match job.commit.key.as_ref().and_then(KeyUse::to_claim) {
-                Some(key) => keys.insert(key.id()),
-                None => true,
-            }
-        });
+    let first_of_key: Vec<bool> = {
+        let mut keys = HashSet::new();
+        group
+            .iter()
+            .map(
+                |job| match job.commit.key.as_ref().and_then(KeyUse::to_claim) {
+                    Some(key) => {
+                        keys.insert((key.tenant_id.as_str(), key.scope.as_str(), key.key.as_str()))
+                    }
+                    None => true,
+                },
+            )
+            .collect()
+    };
+    let (mut firsts, mut repeated) = (Vec::with_capacity(group.len()), Vec::new());
+    for (job, first) in group.into_iter().zip(first_of_key) {
+        if first {
+            firsts.push(job);
+        } else {
+            repeated.push(job);
+        }
+    }
+    let mut group = firsts;
     while group.len() > 1 {
         match together(log, group).await {
             GroupEnd::Done => group = Vec::new(),
@@ -363,8 +378,8 @@ async fn together(log: &Store, mut group: Vec<Job>) -> GroupEnd {
             .await
     );
     if !new_records.is_empty() {
-        let stored = or_alone!(log.insert_new_many_in(&mut tx, &new_records).await);
-        if stored.len() < new_records.len() {
+        let taken = or_alone!(log.insert_new_many_in(&mut tx, &new_records).await);
+        if !taken.is_empty() {
             // Keys that another request holds: their commands must write nothing.
             let _ = tx.rollback().await;
             let (taken, rest): (Vec<Job>, Vec<Job>) = group.into_iter().partition(|job| {
@@ -372,7 +387,7 @@ async fn together(log: &Store, mut group: Vec<Job>) -> GroupEnd {
                     .key
                     .as_ref()
                     .and_then(KeyUse::to_claim)
-                    .is_some_and(|key| !stored.contains(&key.id()))
+                    .is_some_and(|key| taken.contains(&key.id()))
             });
             for job in taken {
                 let _ = job.reply.send(Err(CommitError::KeyTaken));
@@ -429,7 +444,7 @@ pub async fn commit_one(store: &Store, commit: &Commit, respond: &Respond) -> Ou
             .complete_idempotency_in(&mut tx, key, &response)
             .await?;
     } else if let Some(record) = key.as_ref().and_then(|k| k.new_record(&response))
-        && store
+        && !store
             .insert_new_many_in(&mut tx, &[record])
             .await?
             .is_empty()

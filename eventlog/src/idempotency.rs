@@ -55,7 +55,7 @@ pub struct IdempotencyKey {
 }
 
 impl IdempotencyKey {
-    /// The key as the set [`EventLog::insert_new_many_in`] answers holds it.
+    /// The key as the set of taken keys [`EventLog::insert_new_many_in`] answers holds it.
     pub fn id(&self) -> (String, String, String) {
         (self.tenant_id.clone(), self.scope.clone(), self.key.clone())
     }
@@ -264,8 +264,9 @@ impl Store {
 
     /// Inserts a record for each of `keys` inside `tx` (the transaction that appends the
     /// commands' events), for keys that no request holds yet: completed with its response,
-    /// or in flight. Returns the keys inserted; the others were taken already and the caller
-    /// must not commit their commands. One statement per 100 keys, in key order, so that two
+    /// or in flight. Returns the keys that were taken already (usually none: the rows the
+    /// insert returns are read only when some are missing); the caller must not commit their
+    /// commands. One statement per 100 keys, in key order, so that two
     /// transactions inserting the same keys cannot deadlock. The keys must be distinct.
     pub async fn insert_new_many_in(
         &self,
@@ -278,7 +279,7 @@ impl Store {
         });
         let now = Utc::now();
         let legacy = self.legacy_records().await?;
-        let mut inserted = std::collections::HashSet::with_capacity(keys.len());
+        let mut taken = std::collections::HashSet::new();
         static TEXTS: Texts = Texts::new(100);
         let backend = tx.backend();
         for chunk in keys.chunks(100) {
@@ -341,9 +342,21 @@ impl Store {
                 insert.push(locked_until);
                 insert.push(now);
             }
-            inserted.extend(tx.fetch_all_as::<(String, String, String)>(insert).await?);
+            let rows = tx.fetch_all(insert).await?;
+            if rows.len() < chunk.len() {
+                let inserted = rows
+                    .iter()
+                    .map(|row| row.decode::<(String, String, String)>())
+                    .collect::<Result<std::collections::HashSet<_>, _>>()?;
+                taken.extend(
+                    chunk
+                        .iter()
+                        .map(|(key, _)| key.id())
+                        .filter(|id| !inserted.contains(id)),
+                );
+            }
         }
-        Ok(inserted)
+        Ok(taken)
     }
 
     /// Stores the response of a claimed key inside `tx` (the command's own transaction).
