@@ -55,9 +55,9 @@ fn write<'b>(at: &DateTime<Utc>, buffer: &'b mut [u8; 32]) -> Option<&'b str> {
     }
     if nano != 0 {
         text.byte(b'.');
-        if nano % 1_000_000 == 0 {
+        if nano.is_multiple_of(1_000_000) {
             text.digits(nano / 1_000_000, 3);
-        } else if nano % 1_000 == 0 {
+        } else if nano.is_multiple_of(1_000) {
             text.digits(nano / 1_000, 6);
         } else {
             text.digits(nano, 9);
