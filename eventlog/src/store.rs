@@ -1061,26 +1061,24 @@ impl Store {
         events.into_iter().map(|event| self.upcast(event)).collect()
     }
 
-    /// [`Store::upcast`] of a shared event, copied only when an upcaster applies.
-    fn upcast_shared(&self, event: Arc<RecordedEvent>) -> Arc<RecordedEvent> {
-        let needs_upcast = self
-            .inner
+    /// Whether an upcaster applies to `event`.
+    fn needs_upcast(&self, event: &RecordedEvent) -> bool {
+        self.inner
             .upcasters
             .iter()
-            .any(|u| u.can_upcast(&event.event_type, &event.event_version));
-        if !needs_upcast {
+            .any(|u| u.can_upcast(&event.event_type, &event.event_version))
+    }
+
+    /// [`Store::upcast`] of a shared event, copied only when an upcaster applies.
+    fn upcast_shared(&self, event: Arc<RecordedEvent>) -> Arc<RecordedEvent> {
+        if !self.needs_upcast(&event) {
             return event;
         }
         Arc::new(self.upcast(Arc::unwrap_or_clone(event)))
     }
 
     fn upcast(&self, event: RecordedEvent) -> RecordedEvent {
-        let needs_upcast = self
-            .inner
-            .upcasters
-            .iter()
-            .any(|u| u.can_upcast(&event.event_type, &event.event_version));
-        if !needs_upcast {
+        if !self.needs_upcast(&event) {
             return event;
         }
         let mut serialized = SerializedEvent::new(
