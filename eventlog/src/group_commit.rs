@@ -237,25 +237,21 @@ async fn commit_group(log: &Store, group: Vec<Job>) {
         let mut keys = HashSet::new();
         group
             .iter()
-            .map(
-                |job| match job.commit.key.as_ref().and_then(KeyUse::to_claim) {
-                    Some(key) => {
+            .map(|job| {
+                job.commit
+                    .key
+                    .as_ref()
+                    .and_then(KeyUse::to_claim)
+                    .is_none_or(|key| {
                         keys.insert((key.tenant_id.as_str(), key.scope.as_str(), key.key.as_str()))
-                    }
-                    None => true,
-                },
-            )
+                    })
+            })
             .collect()
     };
-    let (mut firsts, mut repeated) = (Vec::with_capacity(group.len()), Vec::new());
-    for (job, first) in group.into_iter().zip(first_of_key) {
-        if first {
-            firsts.push(job);
-        } else {
-            repeated.push(job);
-        }
-    }
-    let mut group = firsts;
+    let mut first_of_key = first_of_key.into_iter();
+    let (mut group, repeated): (Vec<Job>, Vec<Job>) = group
+        .into_iter()
+        .partition(|_| first_of_key.next().unwrap_or(true));
     while group.len() > 1 {
         match together(log, group).await {
             GroupEnd::Done => group = Vec::new(),
@@ -310,13 +306,10 @@ async fn together(log: &Store, mut group: Vec<Job>) -> GroupEnd {
         .iter()
         .flat_map(|job| job.commit.reads.iter().cloned())
         .collect();
-    let unless_moved = {
-        let batch: Vec<&StreamAppend> = group
-            .iter()
-            .flat_map(|job| job.commit.batch.iter())
-            .collect();
-        or_alone!(log.append_unless_moved_in(&mut tx, &batch, &reads).await)
-    };
+    let unless_moved = or_alone!(
+        log.append_unless_moved_in(&mut tx, &appends(&group), &reads)
+            .await
+    );
     let appended = match unless_moved {
         Some(appended) => appended,
         None => {
@@ -335,11 +328,7 @@ async fn together(log: &Store, mut group: Vec<Job>) -> GroupEnd {
             for job in moved {
                 let _ = job.reply.send(Err(CommitError::Conflict));
             }
-            let batch: Vec<&StreamAppend> = group
-                .iter()
-                .flat_map(|job| job.commit.batch.iter())
-                .collect();
-            or_alone!(log.append_in(&mut tx, &batch).await)
+            or_alone!(log.append_in(&mut tx, &appends(&group)).await)
         }
     };
     let mut events = appended.events.into_iter();
@@ -410,6 +399,14 @@ async fn together(log: &Store, mut group: Vec<Job>) -> GroupEnd {
         let _ = job.reply.send(Ok((committed, response)));
     }
     GroupEnd::Done
+}
+
+/// Every command's appends, in the group's order.
+fn appends(group: &[Job]) -> Vec<&StreamAppend> {
+    group
+        .iter()
+        .flat_map(|job| job.commit.batch.iter())
+        .collect()
 }
 
 /// The same failure for every command of a failed group.

@@ -43,6 +43,12 @@ use crate::sql::{Statement, Texts};
 /// and relays in other processes wake up at once.
 pub const NOTIFY_CHANNEL: &str = "gateway_events";
 
+/// The streams of `read (t, a, i, v)` (tenant, aggregate type, id, and the version a command
+/// decided on) that are at another version now: the check of reads made without reading.
+const MOVED_READS: &str = "SELECT t, a, i FROM read WHERE v <> coalesce((SELECT max(sequence) \
+     FROM events WHERE tenant_id = read.t AND aggregate_type = read.a \
+     AND aggregate_id = read.i), 0)";
+
 /// Most rows in one `INSERT` statement (keeps well under both engines' bind limits).
 const INSERT_CHUNK: usize = 500;
 
@@ -697,9 +703,6 @@ impl Store {
         tx: &mut Tx,
         reads: &[(StreamId, u64)],
     ) -> Result<Vec<StreamId>, sqlx::Error> {
-        const MOVED: &str = "SELECT t, a, i FROM read WHERE v <> coalesce((SELECT max(sequence) \
-             FROM events WHERE tenant_id = read.t AND aggregate_type = read.a \
-             AND aggregate_id = read.i), 0)";
         let mut seen = HashSet::with_capacity(reads.len());
         let distinct: Vec<&(StreamId, u64)> = reads.iter().filter(|r| seen.insert(*r)).collect();
         let moved: Vec<(String, String, String)> = match tx {
@@ -710,7 +713,7 @@ impl Store {
                 let versions: Vec<i64> = distinct.iter().map(|(_, v)| *v as i64).collect();
                 sqlx::query_as(&format!(
                     "WITH read (t, a, i, v) AS (SELECT * FROM \
-                     unnest($1::text[], $2::text[], $3::text[], $4::int8[])) {MOVED}"
+                     unnest($1::text[], $2::text[], $3::text[], $4::int8[])) {MOVED_READS}"
                 ))
                 .bind(column(|(s, _)| s.tenant_id.as_str()))
                 .bind(column(|(s, _)| s.aggregate_type.as_str()))
@@ -723,7 +726,7 @@ impl Store {
                 let mut moved = Vec::new();
                 for chunk in distinct.chunks(300) {
                     let sql = format!(
-                        "WITH read (t, a, i, v) AS (VALUES {}) {MOVED}",
+                        "WITH read (t, a, i, v) AS (VALUES {}) {MOVED_READS}",
                         crate::Backend::Sqlite.values(chunk.len(), 4)
                     );
                     let mut query = sqlx::query_as(&sql).persistent(false);
@@ -1243,9 +1246,10 @@ async fn insert_rows<'a>(
     });
     for chunk in rows.chunks(INSERT_CHUNK) {
         let checked = check.take();
-        let texts = if checked.is_some() { &CHECKED } else { &TEXTS };
+        let is_checked = checked.is_some();
+        let texts = if is_checked { &CHECKED } else { &TEXTS };
         let sql = texts.get(backend, chunk.len(), || {
-            insert_sql(chunk.len(), backend, checked.is_some())
+            insert_sql(chunk.len(), backend, is_checked)
         });
         let mut insert = Statement::new(&sql).persistent(texts.recurs(chunk.len()));
         for row in chunk {
@@ -1260,12 +1264,11 @@ async fn insert_rows<'a>(
             insert.push(Json(row.metadata));
             insert.push(row.recorded_at);
         }
-        let was_checked = checked.is_some();
         if let Some(reads) = checked {
             insert.push(reads);
         }
         let ids = tx.fetch_all_as::<(Uuid, i64, i64)>(insert).await?;
-        if was_checked && ids.is_empty() {
+        if is_checked && ids.is_empty() {
             // Every row of an insert comes back: none means a read had moved.
             return Ok(None);
         }
@@ -1293,29 +1296,19 @@ fn insert_sql(rows: usize, backend: Backend, checked: bool) -> String {
     ];
     // A values scan under a one-time filter keeps the rows' order, as `VALUES` alone does.
     let rows_sql = if checked {
-        let (reads, element) = match backend {
-            Backend::Postgres => (
-                format!(
-                    "jsonb_array_elements(${}::jsonb) AS r",
-                    rows * TYPES.len() + 1
-                ),
-                "r",
+        let reads = match backend {
+            Backend::Postgres => format!(
+                "SELECT r->>0, r->>1, r->>2, (r->>3)::int8 FROM jsonb_array_elements(${}::jsonb) r",
+                rows * TYPES.len() + 1
             ),
-            Backend::Sqlite => ("json_each(?) AS r".to_string(), "r.value"),
-        };
-        let field = |n: usize| format!("({element}->>{n})");
-        let version = match backend {
-            Backend::Postgres => format!("{}::int8", field(3)),
-            Backend::Sqlite => field(3),
+            Backend::Sqlite => {
+                "SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?)".to_string()
+            }
         };
         format!(
-            "SELECT * FROM (VALUES {}) AS v WHERE NOT EXISTS (SELECT 1 FROM {reads} \
-             WHERE {version} <> coalesce((SELECT max(sequence) FROM events \
-             WHERE tenant_id = {} AND aggregate_type = {} AND aggregate_id = {}), 0))",
+            "SELECT * FROM (VALUES {}) AS new_rows WHERE NOT EXISTS \
+             (WITH read (t, a, i, v) AS ({reads}) {MOVED_READS})",
             backend.typed_values(rows, &TYPES),
-            field(0),
-            field(1),
-            field(2),
         )
     } else {
         format!("VALUES {}", backend.values(rows, TYPES.len()))
