@@ -187,6 +187,7 @@ impl Db {
         {
             std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
         }
+        const SQLITE_ROW_BUFFER: usize = 1024;
         let base = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -195,7 +196,11 @@ impl Db {
             // are on disk.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // A connection's thread hands its rows over a bounded channel: at the default 50 it
+            // stops and waits for the reading task every 50 rows, two context switches each
+            // time, where a batch read from the log is hundreds of rows.
+            .row_buffer_size(SQLITE_ROW_BUFFER);
         // A SQLite connection is a file, not a peer that can go away: no test before use (it
         // would be a round trip to the connection's thread).
         let writer = SqlitePoolOptions::new()
