@@ -434,10 +434,6 @@ impl<'a> Writer<'a> {
             .execute::<Entity>(&stream, command, &())
             .await
             .map_err(|e| command_error(e, entity_refusal(entity_type, &id)))?;
-        let after = staged
-            .aggregate
-            .exists()
-            .then(|| staged.aggregate.data().clone());
         let changed = staged.version() != version_before;
         let result = OpResult {
             kind: op.kind,
@@ -452,10 +448,11 @@ impl<'a> Writer<'a> {
             edge: None,
         };
         if changed {
-            let before = existed.then_some(before);
-            self.keep_unique(&schema, entity_type, &id, before.as_ref(), after.as_ref())
+            let before = existed.then_some(&before);
+            let after = (!result.deleted).then_some(&result.data);
+            self.keep_unique(&schema, entity_type, &id, before, after)
                 .await?;
-            self.keep_references(&schema, entity_type, &id, before.as_ref(), after.as_ref())
+            self.keep_references(&schema, entity_type, &id, before, after)
                 .await?;
             if op.kind == OpKind::Delete {
                 if !schema.relations.is_empty() {

@@ -56,17 +56,29 @@ pub fn nesting_depth(bytes: &[u8]) -> usize {
 /// Parses a JSON text of at most [`MAX_READ_DEPTH`] levels, however deep beyond serde_json's
 /// own limit of 128.
 pub fn parse_deep(bytes: &[u8]) -> Result<Value, BoxDynError> {
+    parse_within_depth(bytes, serde_json::de::SliceRead::new(bytes))
+}
+
+/// [`parse_deep`] of a text already known to be UTF-8 (a SQLite `TEXT` column, checked when it
+/// was read as a `str`): its strings are not checked again.
+pub fn parse_deep_str(text: &str) -> Result<Value, BoxDynError> {
+    parse_within_depth(text.as_bytes(), serde_json::de::StrRead::new(text))
+}
+
+fn parse_within_depth<'a>(
+    bytes: &[u8],
+    read: impl serde_json::de::Read<'a>,
+) -> Result<Value, BoxDynError> {
     let depth = nesting_depth(bytes);
     if depth > MAX_READ_DEPTH {
         return Err(
             format!("a JSON document nested {depth} levels deep (most: {MAX_READ_DEPTH})").into(),
         );
     }
-    if depth < 120 {
-        return Ok(serde_json::from_slice(bytes)?);
+    let mut deserializer = serde_json::Deserializer::new(read);
+    if depth >= 120 {
+        deserializer.disable_recursion_limit();
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    deserializer.disable_recursion_limit();
     let value = serde::Deserialize::deserialize(&mut deserializer)?;
     deserializer.end()?;
     Ok(value)
@@ -117,7 +129,7 @@ impl Type<Sqlite> for DeepJson {
 impl<'r> Decode<'r, Sqlite> for DeepJson {
     fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
         let text = <&str as Decode<Sqlite>>::decode(value)?;
-        parse_deep(text.as_bytes()).map(Self)
+        parse_deep_str(text).map(Self)
     }
 }
 
@@ -143,11 +155,15 @@ mod tests {
         let value = parse_deep(nested(200).as_bytes()).unwrap();
         assert_eq!(serde_json::to_string(&value).unwrap(), nested(200));
         assert_eq!(parse_deep(nested(3).as_bytes()).unwrap()["a"]["a"]["a"], 1);
+        assert_eq!(parse_deep_str(&nested(200)).unwrap(), value);
+        assert_eq!(parse_deep_str("{\"é\": \"\\u00e9\"}").unwrap()["é"], "é");
     }
 
     #[test]
     fn documents_beyond_the_read_depth_are_an_error_not_a_crash() {
         assert!(parse_deep(nested(MAX_READ_DEPTH + 1).as_bytes()).is_err());
         assert!(parse_deep(b"{\"a\": 1} trailing").is_err());
+        assert!(parse_deep_str(&nested(MAX_READ_DEPTH + 1)).is_err());
+        assert!(parse_deep_str("{\"a\": 1} trailing").is_err());
     }
 }
