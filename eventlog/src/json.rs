@@ -56,33 +56,51 @@ pub fn nesting_depth(bytes: &[u8]) -> usize {
 /// Parses a JSON text of at most [`MAX_READ_DEPTH`] levels, however deep beyond serde_json's
 /// own limit of 128.
 pub fn parse_deep(bytes: &[u8]) -> Result<Value, BoxDynError> {
-    parse_within_depth(bytes, serde_json::de::SliceRead::new(bytes))
+    parse_within_depth(bytes, || serde_json::de::SliceRead::new(bytes))
 }
 
 /// [`parse_deep`] of a text already known to be UTF-8 (a SQLite `TEXT` column, checked when it
 /// was read as a `str`): its strings are not checked again.
 pub fn parse_deep_str(text: &str) -> Result<Value, BoxDynError> {
-    parse_within_depth(text.as_bytes(), serde_json::de::StrRead::new(text))
+    parse_within_depth(text.as_bytes(), || serde_json::de::StrRead::new(text))
 }
 
-fn parse_within_depth<'a>(
+/// Parses with serde_json's own limit first, which every document of ordinary depth passes in
+/// one pass; only a document it refuses is measured ([`nesting_depth`]) and, within
+/// [`MAX_READ_DEPTH`], parsed again without the limit.
+fn parse_within_depth<'a, R: serde_json::de::Read<'a>>(
     bytes: &[u8],
-    read: impl serde_json::de::Read<'a>,
+    read: impl Fn() -> R,
 ) -> Result<Value, BoxDynError> {
+    let parse = |unlimited: bool| -> Result<Value, serde_json::Error> {
+        let mut deserializer = serde_json::Deserializer::new(read());
+        if unlimited {
+            deserializer.disable_recursion_limit();
+        }
+        let value = serde::Deserialize::deserialize(&mut deserializer)?;
+        deserializer.end()?;
+        Ok(value)
+    };
+    let error = match parse(false) {
+        Ok(value) => return Ok(value),
+        Err(error) => error,
+    };
     let depth = nesting_depth(bytes);
     if depth > MAX_READ_DEPTH {
         return Err(
             format!("a JSON document nested {depth} levels deep (most: {MAX_READ_DEPTH})").into(),
         );
     }
-    let mut deserializer = serde_json::Deserializer::new(read);
-    if depth >= 120 {
-        deserializer.disable_recursion_limit();
+    if depth < SERDE_JSON_DEPTH {
+        // Refused for another reason than its depth.
+        return Err(error.into());
     }
-    let value = serde::Deserialize::deserialize(&mut deserializer)?;
-    deserializer.end()?;
-    Ok(value)
+    Ok(parse(true)?)
 }
+
+/// The nesting serde_json refuses by default (its recursion limit, 128), less a margin: a
+/// document at least this deep that it refused is parsed again without the limit.
+const SERDE_JSON_DEPTH: usize = 120;
 
 impl From<DeepJson> for Value {
     fn from(json: DeepJson) -> Value {
@@ -156,6 +174,13 @@ mod tests {
         assert_eq!(serde_json::to_string(&value).unwrap(), nested(200));
         assert_eq!(parse_deep(nested(3).as_bytes()).unwrap()["a"]["a"]["a"], 1);
         assert_eq!(parse_deep_str(&nested(200)).unwrap(), value);
+        // On either side of serde_json's own limit, where the first parse gives way.
+        for depth in 115..=135 {
+            assert_eq!(
+                parse_deep(nested(depth).as_bytes()).unwrap(),
+                parse_deep_str(&nested(depth)).unwrap()
+            );
+        }
         assert_eq!(parse_deep_str("{\"é\": \"\\u00e9\"}").unwrap()["é"], "é");
     }
 
