@@ -308,6 +308,24 @@ async fn every_event_carries_its_metadata(backend: Backend) {
         assert_eq!(event.metadata["requestId"], "req_test");
         assert_eq!(event.metadata["correlationId"], "corr-1");
     }
+    // A reader that leaves the metadata out (a rebuild) gets the same events, without it.
+    let reader = db.log().await;
+    let lean = reader
+        .read_after_without_metadata(Cursor::START, 10)
+        .await
+        .unwrap();
+    assert_eq!(lean.len(), 2);
+    for (lean, whole) in lean.into_iter().zip(returned) {
+        assert_eq!(lean.metadata, serde_json::Value::Null);
+        assert_eq!(
+            lean,
+            RecordedEvent {
+                metadata: serde_json::Value::Null,
+                ..whole
+            }
+        );
+    }
+    reader.db().close().await;
 }
 both_backends!(
     every_event_carries_its_metadata,

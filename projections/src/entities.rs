@@ -34,6 +34,10 @@ impl Projector for EntitiesProjector {
         &["entities"]
     }
 
+    fn reads_metadata(&self) -> bool {
+        false
+    }
+
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[Entity::TYPE]
     }
@@ -443,13 +447,25 @@ mod tests {
             data: document(),
         });
         event.payload = serde_json::json!({"entityType": "users", "id": "u1", "data": [1]});
-        assert!(matches!(Change::read(&event), Err(ProjectionError::Decode { .. })));
+        assert!(matches!(
+            Change::read(&event),
+            Err(ProjectionError::Decode { .. })
+        ));
         event.payload = serde_json::json!({"entityType": "users", "id": "u1"});
-        assert!(matches!(Change::read(&event), Err(ProjectionError::Decode { .. })));
+        assert!(matches!(
+            Change::read(&event),
+            Err(ProjectionError::Decode { .. })
+        ));
         event.payload = serde_json::json!({"id": "u1", "data": {}});
-        assert!(matches!(Change::read(&event), Err(ProjectionError::Decode { .. })));
+        assert!(matches!(
+            Change::read(&event),
+            Err(ProjectionError::Decode { .. })
+        ));
         event.event_type = "EntityRenamed".into();
         event.payload = serde_json::json!({"entityType": "users", "id": "u1", "data": {}});
-        assert!(matches!(Change::read(&event), Err(ProjectionError::Decode { .. })));
+        assert!(matches!(
+            Change::read(&event),
+            Err(ProjectionError::Decode { .. })
+        ));
     }
 }

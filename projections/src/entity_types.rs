@@ -123,6 +123,10 @@ impl Projector for EntityTypesProjector {
         &["entity_types"]
     }
 
+    fn reads_metadata(&self) -> bool {
+        false
+    }
+
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[EntityType::TYPE]
     }

@@ -81,6 +81,13 @@ pub trait Projector: Send + Sync + 'static {
     /// (its checkpoint still moves past them).
     fn aggregate_types(&self) -> &'static [&'static str];
 
+    /// Whether it reads the events' metadata. A rebuild of a projector that does not reads the
+    /// log without it (see [`eventlog::store::Store::read_after_without_metadata`]): its
+    /// events' `metadata` is then `null`.
+    fn reads_metadata(&self) -> bool {
+        true
+    }
+
     /// Applies a batch of events, in log order, inside `tx`. Events the projector does not
     /// care about are skipped.
     async fn apply(

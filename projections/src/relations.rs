@@ -34,6 +34,10 @@ impl Projector for RelationsProjector {
         &["relations"]
     }
 
+    fn reads_metadata(&self) -> bool {
+        false
+    }
+
     fn aggregate_types(&self) -> &'static [&'static str] {
         &[Links::TYPE]
     }

@@ -55,10 +55,15 @@ pub async fn rebuild(
         tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>, sqlx::Error>>(2);
     let reader = {
         let log = log.clone();
+        let metadata = projector.reads_metadata();
         tokio::spawn(async move {
             let mut cursor = Cursor::START;
             loop {
-                let batch = log.read_after(cursor, batch_size).await;
+                let batch = if metadata {
+                    log.read_after(cursor, batch_size).await
+                } else {
+                    log.read_after_without_metadata(cursor, batch_size).await
+                };
                 if let Ok(events) = &batch {
                     match events.last() {
                         Some(last) => cursor = last.cursor,
