@@ -191,15 +191,26 @@ pub enum SessionEvent {
     },
 }
 
+/// The recorded type of each [`SessionEvent`] (its `event_type`): a reader that wants some
+/// of a session's events tells them by it before it decodes any.
+impl SessionEvent {
+    pub const SESSION_CREATED: &'static str = "SessionCreated";
+    pub const SESSION_CLOSED: &'static str = "SessionClosed";
+    pub const USER_MESSAGE_RECORDED: &'static str = "UserMessageRecorded";
+    pub const PROVIDER_CALL_ATTEMPTED: &'static str = "ProviderCallAttempted";
+    pub const ASSISTANT_MESSAGE_RECORDED: &'static str = "AssistantMessageRecorded";
+    pub const MESSAGE_FAILED: &'static str = "MessageFailed";
+}
+
 impl DomainEvent for SessionEvent {
     fn event_type(&self) -> String {
         match self {
-            Self::SessionCreated { .. } => "SessionCreated",
-            Self::SessionClosed { .. } => "SessionClosed",
-            Self::UserMessageRecorded { .. } => "UserMessageRecorded",
-            Self::ProviderCallAttempted { .. } => "ProviderCallAttempted",
-            Self::AssistantMessageRecorded { .. } => "AssistantMessageRecorded",
-            Self::MessageFailed { .. } => "MessageFailed",
+            Self::SessionCreated { .. } => Self::SESSION_CREATED,
+            Self::SessionClosed { .. } => Self::SESSION_CLOSED,
+            Self::UserMessageRecorded { .. } => Self::USER_MESSAGE_RECORDED,
+            Self::ProviderCallAttempted { .. } => Self::PROVIDER_CALL_ATTEMPTED,
+            Self::AssistantMessageRecorded { .. } => Self::ASSISTANT_MESSAGE_RECORDED,
+            Self::MessageFailed { .. } => Self::MESSAGE_FAILED,
         }
         .to_string()
     }
@@ -514,6 +525,31 @@ impl Aggregate for Session {
 #[cfg(test)]
 mod tests {
     use cqrs_es::test::TestFramework;
+
+    /// Each recorded type a reader tells events apart by is the name the event is stored and
+    /// decoded under (a renamed variant fails here, not as events a projector never sees).
+    #[test]
+    fn every_recorded_type_names_a_variant() {
+        let types = [
+            SessionEvent::SESSION_CREATED,
+            SessionEvent::SESSION_CLOSED,
+            SessionEvent::USER_MESSAGE_RECORDED,
+            SessionEvent::PROVIDER_CALL_ATTEMPTED,
+            SessionEvent::ASSISTANT_MESSAGE_RECORDED,
+            SessionEvent::MESSAGE_FAILED,
+        ];
+        for name in types {
+            let error = serde_json::from_value::<SessionEvent>(serde_json::json!({ name: {} }))
+                .expect_err("an empty payload lacks fields");
+            assert!(
+                error.to_string().contains("missing field"),
+                "{name}: {error}"
+            );
+        }
+        let error =
+            serde_json::from_value::<SessionEvent>(serde_json::json!({ "Nope": {} })).unwrap_err();
+        assert!(error.to_string().contains("unknown variant"), "{error}");
+    }
 
     use super::*;
 

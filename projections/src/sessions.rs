@@ -80,24 +80,28 @@ impl Projector for SessionsProjector {
             let tenant = event.tenant_id.as_str();
             let session = event.aggregate_id.as_str();
             let (version, at) = (event.sequence, event.recorded_at);
-            let decoded: SessionEvent = crate::decode(event)?;
-            if let SessionEvent::UserMessageRecorded { .. }
-            | SessionEvent::AssistantMessageRecorded { .. }
-            | SessionEvent::ProviderCallAttempted { .. }
-            | SessionEvent::MessageFailed { .. } = &decoded
+            // Messages and provider calls are counted by their type, without being decoded.
+            let message = [
+                SessionEvent::USER_MESSAGE_RECORDED,
+                SessionEvent::ASSISTANT_MESSAGE_RECORDED,
+            ]
+            .contains(&event.event_type.as_str());
+            if message
+                || [
+                    SessionEvent::PROVIDER_CALL_ATTEMPTED,
+                    SessionEvent::MESSAGE_FAILED,
+                ]
+                .contains(&event.event_type.as_str())
             {
                 let entry = moved.entry((tenant, session)).or_default();
                 entry.version = version;
-                if matches!(
-                    decoded,
-                    SessionEvent::UserMessageRecorded { .. }
-                        | SessionEvent::AssistantMessageRecorded { .. }
-                ) {
+                if message {
                     entry.messages += 1;
                     entry.last_activity = Some(at);
                 }
                 continue;
             }
+            let decoded: SessionEvent = crate::decode(event)?;
             write_progress(tx, &progress, &mut moved).await?;
             let query = match &decoded {
                 SessionEvent::SessionCreated {
@@ -119,7 +123,8 @@ impl Projector for SessionsProjector {
                     .bind(SessionStatus::Closed.as_str())
                     .bind(at)
                     .bind(version),
-                _ => unreachable!("summed above"),
+                // An event decodes as the variant its recorded type names: counted above.
+                _ => unreachable!("counted above by their type"),
             };
             tx.execute(query).await?;
         }
@@ -250,7 +255,11 @@ impl Projector for TranscriptsProjector {
     ) -> Result<(), ProjectionError> {
         let table = target.table("transcript_messages");
         let mut rows = Vec::new();
-        for event in session_events(events) {
+        let messages = [
+            SessionEvent::USER_MESSAGE_RECORDED,
+            SessionEvent::ASSISTANT_MESSAGE_RECORDED,
+        ];
+        for event in session_events(events).filter(|e| messages.contains(&e.event_type.as_str())) {
             let decoded: SessionEvent = crate::decode(event)?;
             let row = match decoded {
                 SessionEvent::UserMessageRecorded {
@@ -397,7 +406,9 @@ impl Projector for ProviderCallsProjector {
     ) -> Result<(), ProjectionError> {
         let table = target.table("provider_calls");
         let mut calls = Vec::new();
-        for event in session_events(events) {
+        for event in
+            session_events(events).filter(|e| e.event_type == SessionEvent::PROVIDER_CALL_ATTEMPTED)
+        {
             if let SessionEvent::ProviderCallAttempted {
                 message_id,
                 attempt,

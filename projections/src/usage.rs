@@ -59,7 +59,9 @@ pub fn record_of(event: &RecordedEvent) -> Result<Option<UsageRecord>, Projectio
 
 /// The usage record of a billed reply and the user message it answers.
 fn reply_of(event: &RecordedEvent) -> Result<Option<(UsageRecord, String)>, serde_json::Error> {
-    if event.aggregate_type != Session::TYPE || event.event_type != "AssistantMessageRecorded" {
+    if event.aggregate_type != Session::TYPE
+        || event.event_type != SessionEvent::ASSISTANT_MESSAGE_RECORDED
+    {
         return Ok(None);
     }
     let SessionEvent::AssistantMessageRecorded { session_id, reply } = event.decode()? else {
