@@ -745,7 +745,11 @@ impl Exchange {
             .map_err(|_| None)?;
         let exchange = staged.aggregate.exchange(&self.message_id).cloned();
         let answer = self.answer_parts();
-        answer.render(exchange.as_ref(), None).ok_or(None)?;
+        // What `render` needs, checked without rendering: the answer is rendered once, in the
+        // commit.
+        if exchange.as_ref().and_then(|e| e.reply.as_ref()).is_none() {
+            return Err(None);
+        }
         let respond = move |committed: &Committed| {
             let mut stored = answer
                 .render(exchange.as_ref(), Some(committed.recorded_at))
