@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::entity::Entity;
+use eventlog::sql::Texts;
 use eventlog::{Backend, Db, RecordedEvent, Statement, Tx};
 use serde_json::Value;
 use sqlx::types::Json;
@@ -73,7 +74,7 @@ impl Projector for EntitiesProjector {
                 });
                 continue;
             }
-            insert_created(tx, &table, &mut created).await?;
+            insert_created(tx, target, &mut created).await?;
             match change {
                 Change::Created(_) => unreachable!("inserted above"),
                 Change::Written(record) => {
@@ -101,7 +102,7 @@ impl Projector for EntitiesProjector {
                 }
             }
         }
-        insert_created(tx, &table, &mut created).await?;
+        insert_created(tx, target, &mut created).await?;
         Ok(())
     }
 }
@@ -187,15 +188,19 @@ const INSERT_CHUNK: usize = 500;
 /// already in the table is left as it is.
 async fn insert_created(
     tx: &mut Tx,
-    table: &str,
+    target: Target,
     rows: &mut Vec<NewRow<'_>>,
 ) -> Result<(), ProjectionError> {
+    static INSERT: Texts = Texts::new(INSERT_CHUNK);
     for chunk in rows.chunks(INSERT_CHUNK) {
-        let sql = format!(
-            "INSERT INTO {table} (tenant_id, entity_type, id, data, version, created_at, updated_at) \
-             VALUES {} ON CONFLICT (tenant_id, entity_type, id) DO NOTHING",
-            tx.backend().values(chunk.len(), 7)
-        );
+        let sql = crate::rows_text(&INSERT, tx, target, chunk.len(), || {
+            format!(
+                "INSERT INTO {} (tenant_id, entity_type, id, data, version, created_at, \
+                 updated_at) VALUES {} ON CONFLICT (tenant_id, entity_type, id) DO NOTHING",
+                target.table("entities"),
+                tx.backend().values(chunk.len(), 7)
+            )
+        });
         // Full chunks (rebuilds, catch-up) share one prepared statement; the sizes of
         // live batches vary too much to keep one per size.
         let mut query =

@@ -98,6 +98,22 @@ pub trait Projector: Send + Sync + 'static {
     ) -> Result<(), ProjectionError>;
 }
 
+/// The text of a projector's statement whose text changes with its row count (a multi-row
+/// `VALUES` list), for `rows` rows: for the live tables kept for the process in `texts` (see
+/// [`eventlog::sql::Texts`]), for a rebuild's shadow tables (other names) built each time.
+pub(crate) fn rows_text(
+    texts: &'static eventlog::sql::Texts,
+    tx: &Tx,
+    target: Target,
+    rows: usize,
+    build: impl FnOnce() -> String,
+) -> std::borrow::Cow<'static, str> {
+    match target {
+        Target::Live => texts.get(tx.backend(), rows, build),
+        Target::Rebuild => std::borrow::Cow::Owned(build()),
+    }
+}
+
 /// Decodes a recorded event as the domain event enum `E`.
 pub(crate) fn decode<E: cqrs_es::DomainEvent>(event: &RecordedEvent) -> Result<E, ProjectionError> {
     event

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::relation::{Edge, Links, LinksEvent};
 use eventlog::json::DeepJson;
+use eventlog::sql::Texts;
 use eventlog::{Db, RecordedEvent, Statement, Tx};
 
 use crate::{ProjectionError, Projector, Target};
@@ -62,7 +63,7 @@ impl Projector for RelationsProjector {
                     linked.push((event.tenant_id.clone(), edge, event.recorded_at));
                 }
                 LinksEvent::RelationUnlinked { edge } => {
-                    insert_linked(tx, &table, &mut linked).await?;
+                    insert_linked(tx, target, &mut linked).await?;
                     tx.execute(
                         Statement::new(&delete)
                             .bind(event.tenant_id.as_str())
@@ -76,7 +77,7 @@ impl Projector for RelationsProjector {
                 LinksEvent::RelationsClosed { .. } => {}
             }
         }
-        insert_linked(tx, &table, &mut linked).await?;
+        insert_linked(tx, target, &mut linked).await?;
         Ok(())
     }
 }
@@ -84,16 +85,20 @@ impl Projector for RelationsProjector {
 /// Inserts (and empties) `rows`; an edge already in the table keeps its row.
 async fn insert_linked(
     tx: &mut Tx,
-    table: &str,
+    target: Target,
     rows: &mut Vec<(String, Edge, DateTime<Utc>)>,
 ) -> Result<(), ProjectionError> {
+    static INSERT: Texts = Texts::new(INSERT_CHUNK);
     for chunk in rows.chunks(INSERT_CHUNK) {
-        let sql = format!(
-            "INSERT INTO {table} (tenant_id, source_type, source_id, relation, target_type, \
-             target_id, created_at) VALUES {} \
-             ON CONFLICT (tenant_id, source_type, source_id, relation, target_id) DO NOTHING",
-            tx.backend().values(chunk.len(), 7)
-        );
+        let sql = crate::rows_text(&INSERT, tx, target, chunk.len(), || {
+            format!(
+                "INSERT INTO {} (tenant_id, source_type, source_id, relation, target_type, \
+                 target_id, created_at) VALUES {} \
+                 ON CONFLICT (tenant_id, source_type, source_id, relation, target_id) DO NOTHING",
+                target.table("relations"),
+                tx.backend().values(chunk.len(), 7)
+            )
+        });
         let mut query =
             Statement::new(&sql).persistent(eventlog::sql::recurs(chunk.len(), INSERT_CHUNK));
         for (tenant, edge, at) in chunk {

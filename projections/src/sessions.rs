@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::session::{Session, SessionEvent, SessionStatus};
+use eventlog::sql::Texts;
 use eventlog::{Db, RecordedEvent, Statement, Tx};
 use serde_json::{Map, Value, json};
 use sqlx::types::Json;
@@ -293,13 +294,16 @@ impl Projector for TranscriptsProjector {
             rows.push((event, row));
         }
         // One statement per chunk of messages.
+        static INSERT: Texts = Texts::new(INSERT_CHUNK);
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let sql = format!(
-                "INSERT INTO {table} (tenant_id, session_id, sequence, id, role, content, \
-                 reply_to, provider, model, usage, created_at) VALUES {} \
-                 ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING",
-                tx.backend().values(chunk.len(), 11)
-            );
+            let sql = crate::rows_text(&INSERT, tx, target, chunk.len(), || {
+                format!(
+                    "INSERT INTO {table} (tenant_id, session_id, sequence, id, role, content, \
+                     reply_to, provider, model, usage, created_at) VALUES {} \
+                     ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING",
+                    tx.backend().values(chunk.len(), 11)
+                )
+            });
             let mut query =
                 Statement::new(&sql).persistent(eventlog::sql::recurs(chunk.len(), INSERT_CHUNK));
             for (event, (id, role, content, reply_to, provider, model, usage)) in chunk {
@@ -419,13 +423,17 @@ impl Projector for ProviderCallsProjector {
             }
         }
         // One statement per chunk of calls.
+        static INSERT: Texts = Texts::new(INSERT_CHUNK);
         for chunk in calls.chunks(INSERT_CHUNK) {
-            let sql = format!(
-                "INSERT INTO {table} (tenant_id, session_id, sequence, message_id, provider, \
-                 model, attempt, status, http_status, latency_ms, error_code, retry_after_ms, \
-                 created_at) VALUES {} ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING",
-                tx.backend().values(chunk.len(), 13)
-            );
+            let sql = crate::rows_text(&INSERT, tx, target, chunk.len(), || {
+                format!(
+                    "INSERT INTO {table} (tenant_id, session_id, sequence, message_id, provider, \
+                     model, attempt, status, http_status, latency_ms, error_code, \
+                     retry_after_ms, created_at) VALUES {} \
+                     ON CONFLICT (tenant_id, session_id, sequence) DO NOTHING",
+                    tx.backend().values(chunk.len(), 13)
+                )
+            });
             let mut query =
                 Statement::new(&sql).persistent(eventlog::sql::recurs(chunk.len(), INSERT_CHUNK));
             for (event, message_id, attempt) in chunk {

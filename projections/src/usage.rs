@@ -19,6 +19,7 @@ use chrono::{DateTime, Datelike, DurationRound, TimeDelta, TimeZone, Utc};
 use cqrs_es::Aggregate;
 use domain::budget::{Budget, BudgetEvent, TENANT_SCOPE, agent_scope};
 use domain::session::{AssistantReply, Session, SessionEvent};
+use eventlog::sql::Texts;
 use eventlog::{
     AppendError, Backend, Cursor, Db, EventLog, InlineProjection, RecordedEvent, Statement, Tx,
 };
@@ -199,15 +200,18 @@ impl Projector for UsageProjector {
         }
         // Only records inserted now count, so applying an event twice changes nothing.
         let mut inserted: BTreeSet<(String, String)> = BTreeSet::new();
+        static RECORDS: Texts = Texts::new(CHUNK);
         for chunk in records.chunks(CHUNK) {
-            let sql = format!(
-                "INSERT INTO {} (tenant_id, message_id, session_id, agent_id, provider, model, \
-                 api_key, tokens_in, tokens_out, cost_micros, price_micros_per_1k, recorded_at) \
-                 VALUES {} ON CONFLICT (tenant_id, message_id) DO NOTHING \
-                 RETURNING tenant_id, message_id",
-                target.table("usage_records"),
-                tx.backend().values(chunk.len(), 12)
-            );
+            let sql = crate::rows_text(&RECORDS, tx, target, chunk.len(), || {
+                format!(
+                    "INSERT INTO {} (tenant_id, message_id, session_id, agent_id, provider, \
+                     model, api_key, tokens_in, tokens_out, cost_micros, price_micros_per_1k, \
+                     recorded_at) VALUES {} ON CONFLICT (tenant_id, message_id) DO NOTHING \
+                     RETURNING tenant_id, message_id",
+                    target.table("usage_records"),
+                    tx.backend().values(chunk.len(), 12)
+                )
+            });
             let mut query = Statement::new(&sql);
             for r in chunk {
                 query = query
@@ -245,20 +249,27 @@ impl Projector for UsageProjector {
             sessions.insert((key(record, hour), record.session_id.clone()));
             session_days.insert(session_day(record));
         }
-        for (table, sums) in [("usage_hourly", &hourly), ("usage_daily", &daily)] {
+        static HOURLY: Texts = Texts::new(CHUNK);
+        static DAILY: Texts = Texts::new(CHUNK);
+        for (table, texts, sums) in [
+            ("usage_hourly", &HOURLY, &hourly),
+            ("usage_daily", &DAILY, &daily),
+        ] {
             let rows: Vec<_> = sums.iter().collect();
             for chunk in rows.chunks(CHUNK) {
-                let sql = format!(
-                    "INSERT INTO {} AS t (tenant_id, bucket, provider, model, agent_id, api_key, \
+                let sql = crate::rows_text(texts, tx, target, chunk.len(), || {
+                    format!(
+                        "INSERT INTO {} AS t (tenant_id, bucket, provider, model, agent_id, api_key, \
                      messages, tokens_in, tokens_out, cost_micros) VALUES {} \
                      ON CONFLICT (tenant_id, bucket, provider, model, agent_id, api_key) \
                      DO UPDATE SET messages = t.messages + excluded.messages, \
                      tokens_in = t.tokens_in + excluded.tokens_in, \
                      tokens_out = t.tokens_out + excluded.tokens_out, \
                      cost_micros = t.cost_micros + excluded.cost_micros",
-                    target.table(table),
-                    tx.backend().values(chunk.len(), 10)
-                );
+                        target.table(table),
+                        tx.backend().values(chunk.len(), 10)
+                    )
+                });
                 let mut query = Statement::new(&sql);
                 for ((tenant, bucket, provider, model, agent, api_key), sums) in chunk {
                     query = query
@@ -277,13 +288,16 @@ impl Projector for UsageProjector {
             }
         }
         let sessions: Vec<_> = sessions.into_iter().collect();
+        static SESSIONS: Texts = Texts::new(CHUNK);
         for chunk in sessions.chunks(CHUNK) {
-            let sql = format!(
-                "INSERT INTO {} (tenant_id, bucket, session_id, provider, model, agent_id, \
-                 api_key) VALUES {} ON CONFLICT DO NOTHING",
-                target.table("usage_sessions"),
-                tx.backend().values(chunk.len(), 7)
-            );
+            let sql = crate::rows_text(&SESSIONS, tx, target, chunk.len(), || {
+                format!(
+                    "INSERT INTO {} (tenant_id, bucket, session_id, provider, model, agent_id, \
+                     api_key) VALUES {} ON CONFLICT DO NOTHING",
+                    target.table("usage_sessions"),
+                    tx.backend().values(chunk.len(), 7)
+                )
+            });
             let mut query = Statement::new(&sql);
             for ((tenant, bucket, provider, model, agent, api_key), session) in chunk {
                 query = query
@@ -298,13 +312,16 @@ impl Projector for UsageProjector {
             tx.execute(query).await?;
         }
         let session_days: Vec<_> = session_days.into_iter().collect();
+        static SESSION_DAYS: Texts = Texts::new(CHUNK);
         for chunk in session_days.chunks(CHUNK) {
-            let sql = format!(
-                "INSERT INTO {} (tenant_id, bucket, provider, agent_id, session_id) VALUES {} \
-                 ON CONFLICT DO NOTHING",
-                target.table("usage_session_days"),
-                tx.backend().values(chunk.len(), 5)
-            );
+            let sql = crate::rows_text(&SESSION_DAYS, tx, target, chunk.len(), || {
+                format!(
+                    "INSERT INTO {} (tenant_id, bucket, provider, agent_id, session_id) \
+                     VALUES {} ON CONFLICT DO NOTHING",
+                    target.table("usage_session_days"),
+                    tx.backend().values(chunk.len(), 5)
+                )
+            });
             let mut query = Statement::new(&sql);
             for (tenant, bucket, provider, agent, session) in chunk {
                 query = query
@@ -402,11 +419,15 @@ impl InlineProjection for SpendProjection {
             add_spend(tx, &spend).await?;
             // A message's budget reservation ends with its reply (billed above, in the same
             // transaction) or its failure: one statement for the whole append.
+            static SETTLED: Texts = Texts::new(CHUNK);
             for chunk in settled.chunks(CHUNK) {
-                let sql = format!(
-                    "DELETE FROM budget_reservations WHERE (tenant_id, message_id) IN (VALUES {})",
-                    tx.backend().values(chunk.len(), 2)
-                );
+                let sql = SETTLED.get(tx.backend(), chunk.len(), || {
+                    format!(
+                        "DELETE FROM budget_reservations WHERE (tenant_id, message_id) \
+                         IN (VALUES {})",
+                        tx.backend().values(chunk.len(), 2)
+                    )
+                });
                 let mut query = Statement::new(&sql);
                 for (tenant, message_id) in chunk {
                     query = query.bind(*tenant).bind(message_id.as_str());
