@@ -191,8 +191,9 @@ pub enum SessionEvent {
     },
 }
 
-/// The recorded type of each [`SessionEvent`] (its `event_type`): a reader that wants some
-/// of a session's events tells them by it before it decodes any.
+/// The recorded type of each [`SessionEvent`] (its `event_type`, the name it is stored and
+/// decoded under; pinned to the variants by a test): a reader that wants some of a session's
+/// events tells them by it before it decodes any.
 impl SessionEvent {
     pub const SESSION_CREATED: &'static str = "SessionCreated";
     pub const SESSION_CLOSED: &'static str = "SessionClosed";
@@ -205,12 +206,12 @@ impl SessionEvent {
 impl DomainEvent for SessionEvent {
     fn event_type(&self) -> String {
         match self {
-            Self::SessionCreated { .. } => Self::SESSION_CREATED,
-            Self::SessionClosed { .. } => Self::SESSION_CLOSED,
-            Self::UserMessageRecorded { .. } => Self::USER_MESSAGE_RECORDED,
-            Self::ProviderCallAttempted { .. } => Self::PROVIDER_CALL_ATTEMPTED,
-            Self::AssistantMessageRecorded { .. } => Self::ASSISTANT_MESSAGE_RECORDED,
-            Self::MessageFailed { .. } => Self::MESSAGE_FAILED,
+            Self::SessionCreated { .. } => "SessionCreated",
+            Self::SessionClosed { .. } => "SessionClosed",
+            Self::UserMessageRecorded { .. } => "UserMessageRecorded",
+            Self::ProviderCallAttempted { .. } => "ProviderCallAttempted",
+            Self::AssistantMessageRecorded { .. } => "AssistantMessageRecorded",
+            Self::MessageFailed { .. } => "MessageFailed",
         }
         .to_string()
     }
