@@ -11,6 +11,12 @@
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The hasher of a unit of work's maps: its keys are the streams of one command (a bounded
+/// number), hashed several times each, so a fast hasher serves better than the standard one,
+/// whose resistance to crafted collisions only matters for maps that grow with what clients
+/// send over time.
+type Hasher = foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -124,10 +130,10 @@ pub struct UnitOfWork<'a> {
     log: &'a EventLog,
     streams: BTreeMap<StreamId, Box<dyn AnyStaged>>,
     /// Streams read ahead by [`UnitOfWork::prefetch`] (or assumed new), not yet staged.
-    prefetched: HashMap<StreamId, Vec<RecordedEvent>>,
+    prefetched: HashMap<StreamId, Vec<RecordedEvent>, Hasher>,
     speculative: bool,
     /// Streams taken from the cache or assumed new instead of read.
-    unread: HashSet<StreamId>,
+    unread: HashSet<StreamId, Hasher>,
 }
 
 impl<'a> UnitOfWork<'a> {
@@ -135,9 +141,9 @@ impl<'a> UnitOfWork<'a> {
         Self {
             log,
             streams: BTreeMap::new(),
-            prefetched: HashMap::new(),
+            prefetched: HashMap::default(),
             speculative: false,
-            unread: HashSet::new(),
+            unread: HashSet::default(),
         }
     }
 
@@ -201,7 +207,7 @@ impl<'a> UnitOfWork<'a> {
         wanted.sort();
         wanted.dedup();
         for chunk in wanted.chunks(PREFETCH_CHUNK) {
-            let mut read: HashMap<StreamId, Vec<_>> =
+            let mut read: HashMap<StreamId, Vec<_>, Hasher> =
                 chunk.iter().map(|s| (s.clone(), Vec::new())).collect();
             for event in self.log.load_many(chunk).await? {
                 let stream = StreamId::new(
