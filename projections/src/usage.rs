@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Datelike, DurationRound, TimeDelta, TimeZone, Utc};
 use cqrs_es::Aggregate;
 use domain::budget::{Budget, BudgetEvent, TENANT_SCOPE, agent_scope};
-use domain::session::{AssistantReply, Session, SessionEvent};
+use domain::session::{Session, SessionEvent};
 use eventlog::sql::Texts;
 use eventlog::{
     AppendError, Backend, Cursor, Db, EventLog, InlineProjection, RecordedEvent, Statement, Tx,
@@ -65,37 +65,44 @@ fn reply_of(event: &RecordedEvent) -> Result<Option<(UsageRecord, String)>, serd
     {
         return Ok(None);
     }
-    let SessionEvent::AssistantMessageRecorded { session_id, reply } = event.decode()? else {
-        return Ok(None);
-    };
-    let AssistantReply {
-        reply_to,
-        message_id,
-        agent_id,
-        provider,
-        model,
-        tokens_in,
-        tokens_out,
-        cost_micros,
-        price,
-        ..
-    } = reply;
+    let reply = <BilledReply as serde::Deserialize>::deserialize(&event.payload)?;
     let api_key = event.event_metadata().map(|m| m.actor).unwrap_or_default();
     let record = UsageRecord {
         tenant_id: event.tenant_id.clone(),
-        message_id,
-        session_id,
-        agent_id,
-        provider,
-        model,
+        message_id: reply.message_id.to_owned(),
+        session_id: reply.session_id.to_owned(),
+        agent_id: reply.agent_id.to_owned(),
+        provider: reply.provider.to_owned(),
+        model: reply.model.to_owned(),
         api_key,
-        tokens_in: stored(tokens_in),
-        tokens_out: stored(tokens_out),
-        cost_micros: stored(cost_micros),
-        price_micros_per_1k: stored(price.micro_usd_per_1k_tokens),
+        tokens_in: stored(reply.tokens_in),
+        tokens_out: stored(reply.tokens_out),
+        cost_micros: stored(reply.cost_micros),
+        price_micros_per_1k: stored(reply.price.micro_usd_per_1k_tokens),
         recorded_at: event.recorded_at,
     };
-    Ok(Some((record, reply_to)))
+    Ok(Some((record, reply.reply_to.to_owned())))
+}
+
+/// What a usage record takes of an `AssistantMessageRecorded` payload, borrowed from it: the
+/// reply's content and flags are skipped, not copied. The payload is flat
+/// ([`domain::session::AssistantReply`] is flattened into
+/// [`SessionEvent::AssistantMessageRecorded`]), so the names are the reply's and the
+/// session's (pinned by a test).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BilledReply<'a> {
+    session_id: &'a str,
+    message_id: &'a str,
+    reply_to: &'a str,
+    #[serde(default)]
+    agent_id: &'a str,
+    provider: &'a str,
+    model: &'a str,
+    tokens_in: u64,
+    tokens_out: u64,
+    cost_micros: u64,
+    price: domain::provider::Price,
 }
 
 /// A count or amount as the signed integer the tables store. The gateway bounds what it
@@ -1437,4 +1444,85 @@ pub async fn verify(log: &EventLog, batch: usize) -> Result<VerifyReport, Projec
         return Ok(report);
     }
     Err(ProjectionError::Unsettled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::provider::Price;
+    use domain::session::AssistantReply;
+    use eventlog::NewEvent;
+
+    /// A usage record read in place from a recorded reply holds what the domain event holds.
+    #[test]
+    fn a_billed_reply_reads_in_place_as_the_domain_writes_it() {
+        for agent_id in ["agent-1", ""] {
+            let reply = AssistantReply {
+                message_id: "msg_2".into(),
+                reply_to: "msg_1".into(),
+                agent_id: agent_id.into(),
+                content: "hi \"there\"".into(),
+                provider: "vendorB".into(),
+                model: "m-1".into(),
+                tokens_in: 12,
+                tokens_out: 30,
+                cost_micros: 1_260,
+                price: Price {
+                    micro_usd_per_1k_tokens: 30_000,
+                },
+                fallback_used: true,
+                streamed: false,
+                client_disconnected: false,
+                incomplete: false,
+            };
+            let new = NewEvent::from_domain(&SessionEvent::AssistantMessageRecorded {
+                session_id: "sess-1".into(),
+                reply: reply.clone(),
+            })
+            .unwrap();
+            let mut payload = new.payload;
+            if agent_id.is_empty() {
+                // Replies recorded before the agent was part of them.
+                payload.as_object_mut().unwrap().remove("agentId");
+            }
+            let event = RecordedEvent {
+                cursor: Cursor::START,
+                event_id: new.event_id,
+                tenant_id: "acme".into(),
+                aggregate_type: Session::TYPE.into(),
+                aggregate_id: "sess-1".into(),
+                sequence: 4,
+                event_type: new.event_type,
+                event_version: new.event_version,
+                payload,
+                metadata: serde_json::to_value(domain::metadata::EventMetadata::new(
+                    domain::names::TenantId::parse("acme").unwrap(),
+                    "key_1",
+                    "req-1",
+                    "SendMessage",
+                ))
+                .unwrap(),
+                recorded_at: Utc::now(),
+            };
+            let (record, reply_to) = reply_of(&event).unwrap().unwrap();
+            assert_eq!(reply_to, reply.reply_to);
+            assert_eq!(
+                record,
+                UsageRecord {
+                    tenant_id: "acme".into(),
+                    message_id: reply.message_id,
+                    session_id: "sess-1".into(),
+                    agent_id: reply.agent_id,
+                    provider: reply.provider,
+                    model: reply.model,
+                    api_key: "key_1".into(),
+                    tokens_in: 12,
+                    tokens_out: 30,
+                    cost_micros: 1_260,
+                    price_micros_per_1k: 30_000,
+                    recorded_at: event.recorded_at,
+                }
+            );
+        }
+    }
 }
