@@ -1449,7 +1449,6 @@ pub async fn verify(log: &EventLog, batch: usize) -> Result<VerifyReport, Projec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::provider::Price;
     use domain::session::AssistantReply;
     use eventlog::NewEvent;
 
@@ -1457,24 +1456,14 @@ mod tests {
     #[test]
     fn a_billed_reply_reads_in_place_as_the_domain_writes_it() {
         for agent_id in ["agent-1", ""] {
-            let reply = AssistantReply {
-                message_id: "msg_2".into(),
-                reply_to: "msg_1".into(),
-                agent_id: agent_id.into(),
-                content: "hi \"there\"".into(),
-                provider: "vendorB".into(),
-                model: "m-1".into(),
-                tokens_in: 12,
-                tokens_out: 30,
-                cost_micros: 1_260,
-                price: Price {
-                    micro_usd_per_1k_tokens: 30_000,
-                },
-                fallback_used: true,
-                streamed: false,
-                client_disconnected: false,
-                incomplete: false,
-            };
+            // The domain's reply, serialized by the domain below: the payload as recorded.
+            let reply: AssistantReply = serde_json::from_value(serde_json::json!({
+                "messageId": "msg_2", "replyTo": "msg_1", "agentId": agent_id,
+                "content": "Grüße \"there\"", "provider": "vendorB", "model": "m-1",
+                "tokensIn": 12, "tokensOut": 30, "costMicros": 1_260,
+                "price": {"microUsdPer1kTokens": 30_000}, "fallbackUsed": true, "streamed": true,
+            }))
+            .unwrap();
             let new = NewEvent::from_domain(&SessionEvent::AssistantMessageRecorded {
                 session_id: "sess-1".into(),
                 reply: reply.clone(),
