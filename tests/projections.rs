@@ -210,7 +210,7 @@ async fn a_failed_batch_leaves_no_effect_and_is_applied_once_on_retry(backend: B
 
     let failed =
         runner::run_batch(&log, projector.as_ref(), Target::Live, "test_counting", 3).await;
-    assert!(failed.is_err());
+    assert!(failed.is_err(), "the batch should fail: {failed:?}");
     assert_eq!(
         applied(&log).await,
         (0, 0),
