@@ -11,12 +11,6 @@
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
-
-/// The hasher of a unit of work's maps: its keys are the streams of one command (a bounded
-/// number), hashed several times each, so a fast hasher serves better than the standard one,
-/// whose resistance to crafted collisions only matters for maps that grow with what clients
-/// send over time.
-type Hasher = foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -116,6 +110,12 @@ impl<A: Aggregate + Clone + 'static> AnyStaged for Staged<A> {
 
 /// Most streams read by one prefetch query (two bound values each).
 const PREFETCH_CHUNK: usize = 500;
+
+/// The hasher of a unit of work's maps: its keys are the streams of one command (a bounded
+/// number), hashed several times each, so a fast hasher serves better than the standard one,
+/// whose resistance to crafted collisions only matters for maps that grow with what clients
+/// send over time.
+type Hasher = foldhash::fast::RandomState;
 
 /// Commands on several streams, committed in one transaction.
 ///

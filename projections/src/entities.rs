@@ -113,11 +113,10 @@ enum Change<'a> {
     Created(Fields<'a>),
     /// Updated or replaced: the whole document after the change.
     Written(Fields<'a>),
-    /// Deleted: no document (`data` is empty).
-    Deleted(Fields<'a>),
+    Deleted(Names<'a>),
 }
 
-/// The fields every `Entity` event names, and its document (`data`) when it has one.
+/// A record's names and its document (`data`), as an event that writes one holds them.
 #[derive(Debug, PartialEq)]
 struct Fields<'a> {
     entity_type: &'a str,
@@ -125,8 +124,9 @@ struct Fields<'a> {
     data: &'a serde_json::Map<String, Value>,
 }
 
-/// The names of an `Entity` event's payload ([`domain::entity::EntityEvent`] serialized), borrowed.
-#[derive(serde::Deserialize)]
+/// The names every `Entity` event's payload holds ([`domain::entity::EntityEvent`]
+/// serialized), borrowed.
+#[derive(Debug, PartialEq, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Names<'a> {
     entity_type: &'a str,
@@ -137,8 +137,6 @@ impl<'a> Change<'a> {
     fn read(event: &'a RecordedEvent) -> Result<Self, ProjectionError> {
         use serde::Deserialize;
         use serde::de::Error as _;
-        static EMPTY: std::sync::LazyLock<serde_json::Map<String, Value>> =
-            std::sync::LazyLock::new(serde_json::Map::new);
         let failed = |source| ProjectionError::Decode {
             event_id: event.event_id,
             source,
@@ -157,7 +155,7 @@ impl<'a> Change<'a> {
         Ok(match event.event_type.as_str() {
             "EntityCreated" => Change::Created(fields(data()?)),
             "EntityUpdated" | "EntityReplaced" => Change::Written(fields(data()?)),
-            "EntityDeleted" => Change::Deleted(fields(&EMPTY)),
+            "EntityDeleted" => Change::Deleted(names),
             other => {
                 return Err(failed(serde_json::Error::unknown_variant(
                     other,
@@ -440,8 +438,12 @@ mod tests {
         });
         assert!(matches!(Change::read(&replaced), Ok(Change::Written(f)) if f == expected(&data)));
         let deleted = recorded(&EntityEvent::EntityDeleted { entity_type, id });
-        let empty = serde_json::Map::new();
-        assert!(matches!(Change::read(&deleted), Ok(Change::Deleted(f)) if f == expected(&empty)));
+        assert!(
+            matches!(Change::read(&deleted), Ok(Change::Deleted(n)) if n == Names {
+                entity_type: "users",
+                id: "u1",
+            })
+        );
     }
 
     #[test]

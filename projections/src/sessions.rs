@@ -7,9 +7,8 @@
 //! Rows are keyed by the event's place in its session's stream, so applying an event twice
 //! changes nothing, and timestamps come from the events, so a rebuild reproduces every row.
 
-use std::sync::Arc;
-
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -82,18 +81,16 @@ impl Projector for SessionsProjector {
             let session = event.aggregate_id.as_str();
             let (version, at) = (event.sequence, event.recorded_at);
             // Messages and provider calls are counted by their type, without being decoded.
-            let message = [
-                SessionEvent::USER_MESSAGE_RECORDED,
-                SessionEvent::ASSISTANT_MESSAGE_RECORDED,
-            ]
-            .contains(&event.event_type.as_str());
-            if message
-                || [
-                    SessionEvent::PROVIDER_CALL_ATTEMPTED,
-                    SessionEvent::MESSAGE_FAILED,
-                ]
-                .contains(&event.event_type.as_str())
-            {
+            let (counted, message) = match event.event_type.as_str() {
+                SessionEvent::USER_MESSAGE_RECORDED | SessionEvent::ASSISTANT_MESSAGE_RECORDED => {
+                    (true, true)
+                }
+                SessionEvent::PROVIDER_CALL_ATTEMPTED | SessionEvent::MESSAGE_FAILED => {
+                    (true, false)
+                }
+                _ => (false, false),
+            };
+            if counted {
                 let entry = moved.entry((tenant, session)).or_default();
                 entry.version = version;
                 if message {
@@ -256,11 +253,12 @@ impl Projector for TranscriptsProjector {
     ) -> Result<(), ProjectionError> {
         let table = target.table("transcript_messages");
         let mut rows = Vec::new();
-        let messages = [
-            SessionEvent::USER_MESSAGE_RECORDED,
-            SessionEvent::ASSISTANT_MESSAGE_RECORDED,
-        ];
-        for event in session_events(events).filter(|e| messages.contains(&e.event_type.as_str())) {
+        for event in session_events(events).filter(|e| {
+            matches!(
+                e.event_type.as_str(),
+                SessionEvent::USER_MESSAGE_RECORDED | SessionEvent::ASSISTANT_MESSAGE_RECORDED
+            )
+        }) {
             let decoded: SessionEvent = crate::decode(event)?;
             let row = match decoded {
                 SessionEvent::UserMessageRecorded {

@@ -10,9 +10,8 @@
 //! - [`BudgetsProjector`] (`budgets`): `budgets`, from `Budget*` events.
 //! - [`verify`]: recomputes everything from the log and compares.
 
-use std::sync::Arc;
-
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, DurationRound, TimeDelta, TimeZone, Utc};
@@ -266,13 +265,13 @@ impl Projector for UsageProjector {
             for chunk in rows.chunks(CHUNK) {
                 let sql = crate::rows_text(texts, tx, target, chunk.len(), || {
                     format!(
-                        "INSERT INTO {} AS t (tenant_id, bucket, provider, model, agent_id, api_key, \
-                     messages, tokens_in, tokens_out, cost_micros) VALUES {} \
-                     ON CONFLICT (tenant_id, bucket, provider, model, agent_id, api_key) \
-                     DO UPDATE SET messages = t.messages + excluded.messages, \
-                     tokens_in = t.tokens_in + excluded.tokens_in, \
-                     tokens_out = t.tokens_out + excluded.tokens_out, \
-                     cost_micros = t.cost_micros + excluded.cost_micros",
+                        "INSERT INTO {} AS t (tenant_id, bucket, provider, model, agent_id, \
+                         api_key, messages, tokens_in, tokens_out, cost_micros) VALUES {} \
+                         ON CONFLICT (tenant_id, bucket, provider, model, agent_id, api_key) \
+                         DO UPDATE SET messages = t.messages + excluded.messages, \
+                         tokens_in = t.tokens_in + excluded.tokens_in, \
+                         tokens_out = t.tokens_out + excluded.tokens_out, \
+                         cost_micros = t.cost_micros + excluded.cost_micros",
                         target.table(table),
                         tx.backend().values(chunk.len(), 10)
                     )
