@@ -2,7 +2,7 @@
 //! rebuilds that reproduce the live read model.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,8 +23,8 @@ use crate::helpers::{Backend, TestDb, eventually, spawn_app};
 struct Counting {
     name: &'static str,
     tables: &'static [&'static str],
-    /// Fail the next batch once, after writing its rows, when set.
-    fail_once: AtomicBool,
+    /// Batches still to fail, each after writing its rows.
+    failures: AtomicU32,
 }
 
 impl Counting {
@@ -36,7 +36,7 @@ impl Counting {
         Arc::new(Self {
             name,
             tables,
-            fail_once: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
         })
     }
 }
@@ -69,7 +69,11 @@ impl Projector for Counting {
             tx.execute(Statement::new(&sql).bind(event.event_id.to_string()))
                 .await?;
         }
-        if self.fail_once.swap(false, Ordering::SeqCst) {
+        if self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
             return Err(ProjectionError::Database(sqlx::Error::Protocol(
                 "injected failure".into(),
             )));
@@ -202,7 +206,7 @@ async fn a_failed_batch_leaves_no_effect_and_is_applied_once_on_retry(backend: B
     create_counting_table(&log).await;
     append_events(&log, "s", 5).await;
     let projector = Counting::new();
-    projector.fail_once.store(true, Ordering::SeqCst);
+    projector.failures.store(1, Ordering::SeqCst);
     eventually(Duration::from_secs(20), || async {
         (log.read_after(Cursor::START, 10).await.unwrap().len() == 5).then_some(())
     })
@@ -258,7 +262,8 @@ async fn a_failing_projector_of_a_group_is_rolled_back_alone_and_catches_up(back
     .await;
     let steady = Counting::named("test_steady", &["test_steady"]);
     let flaky = Counting::named("test_flaky", &["test_flaky"]);
-    flaky.fail_once.store(true, Ordering::SeqCst);
+    // Twice: the batch applied with every projector together, then in savepoints.
+    flaky.failures.store(2, Ordering::SeqCst);
     let group: Vec<Arc<dyn Projector>> = vec![steady.clone(), flaky.clone()];
     let applied_names = |outcome: &runner::GroupOutcome| -> Vec<(&str, usize)> {
         outcome
@@ -310,6 +315,44 @@ async fn a_failing_projector_of_a_group_is_rolled_back_alone_and_catches_up(back
 both_backends!(
     a_failing_projector_of_a_group_is_rolled_back_alone_and_catches_up,
     a_failing_projector_of_a_group_is_rolled_back_alone_and_catches_up
+);
+
+async fn a_group_batch_that_fails_once_is_applied_again_in_savepoints(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let log = db.log().await;
+    create_table(&log, "test_steady").await;
+    create_table(&log, "test_flaky").await;
+    append_events(&log, "s", 5).await;
+    eventually(Duration::from_secs(20), || async {
+        (log.read_after(Cursor::START, 10).await.unwrap().len() == 5).then_some(())
+    })
+    .await;
+    let steady = Counting::named("test_steady", &["test_steady"]);
+    let flaky = Counting::named("test_flaky", &["test_flaky"]);
+    flaky.failures.store(1, Ordering::SeqCst);
+    let group: Vec<Arc<dyn Projector>> = vec![steady.clone(), flaky.clone()];
+
+    // The first attempt (every projector together) fails and is rolled back whole, rows
+    // the steady projector wrote in it included; the second, in savepoints, applies both.
+    let outcome = runner::run_group(&log, &group, 5).await.unwrap();
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    let applied: Vec<(&str, usize)> = outcome
+        .applied
+        .iter()
+        .map(|(name, _, events)| (*name, *events))
+        .collect();
+    assert_eq!(applied, [("test_steady", 5), ("test_flaky", 5)]);
+    assert_eq!(
+        flaky.failures.load(Ordering::SeqCst),
+        0,
+        "the failure was used"
+    );
+    assert_eq!(applied_in(&log, "test_steady").await, (5, 5));
+    assert_eq!(applied_in(&log, "test_flaky").await, (5, 5));
+}
+both_backends!(
+    a_group_batch_that_fails_once_is_applied_again_in_savepoints,
+    a_group_batch_that_fails_once_is_applied_again_in_savepoints
 );
 
 type Timestamp = chrono::DateTime<chrono::Utc>;
