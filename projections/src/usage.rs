@@ -363,25 +363,34 @@ const CHUNK: usize = 500;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SpendProjection;
 
-const SPEND_UPSERT: &str = "INSERT INTO usage_spend AS s (tenant_id, scope, month, spent_micros) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, scope, month) \
-     DO UPDATE SET spent_micros = s.spent_micros + excluded.spent_micros";
-
-/// Adds `spend` (micro-dollars by tenant, scope and month) to `usage_spend`, row by row in
-/// key order, so that concurrent appends lock rows in the same order and cannot deadlock.
+/// Adds `spend` (micro-dollars by tenant, scope and month) to `usage_spend`: one upsert for
+/// up to [`CHUNK`] rows, its rows in key order (an insert takes its rows' locks in the order
+/// of its `VALUES`), so that concurrent appends lock rows in the same order and cannot
+/// deadlock. The keys are distinct, as one statement may touch a row only once.
 async fn add_spend(
     tx: &mut Tx,
     spend: &BTreeMap<(String, String, String), i64>,
 ) -> Result<(), sqlx::Error> {
-    for ((tenant, scope, month), micros) in spend {
-        tx.execute(
-            Statement::new(SPEND_UPSERT)
+    static SPEND_UPSERT: Texts = Texts::new(CHUNK);
+    let rows: Vec<_> = spend.iter().collect();
+    for chunk in rows.chunks(CHUNK) {
+        let sql = SPEND_UPSERT.get(tx.backend(), chunk.len(), || {
+            format!(
+                "INSERT INTO usage_spend AS s (tenant_id, scope, month, spent_micros) \
+                 VALUES {} ON CONFLICT (tenant_id, scope, month) \
+                 DO UPDATE SET spent_micros = s.spent_micros + excluded.spent_micros",
+                tx.backend().values(chunk.len(), 4)
+            )
+        });
+        let mut upsert = Statement::new(&sql);
+        for ((tenant, scope, month), micros) in chunk {
+            upsert = upsert
                 .bind(tenant.as_str())
                 .bind(scope.as_str())
                 .bind(month.as_str())
-                .bind(*micros),
-        )
-        .await?;
+                .bind(**micros);
+        }
+        tx.execute(upsert).await?;
     }
     Ok(())
 }
