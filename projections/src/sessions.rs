@@ -68,13 +68,8 @@ impl Projector for SessionsProjector {
              WHERE tenant_id = $1 AND id = $2 AND version < $5"
         );
         // Messages and provider calls only move a session's counters: they are summed per
-        // session and written in one update each, before the batch's next creation or
+        // session and written in one update for all, before the batch's next creation or
         // closing (so every session's events still apply in log order).
-        let progress = format!(
-            "UPDATE {table} SET message_count = message_count + $3, \
-             last_activity_at = coalesce($4, last_activity_at), version = $5 \
-             WHERE tenant_id = $1 AND id = $2 AND version < $5"
-        );
         let mut moved: BTreeMap<(&str, &str), Progress> = BTreeMap::new();
         for event in session_events(events) {
             let tenant = event.tenant_id.as_str();
@@ -100,7 +95,7 @@ impl Projector for SessionsProjector {
                 continue;
             }
             let decoded: SessionEvent = crate::decode(event)?;
-            write_progress(tx, &progress, &mut moved).await?;
+            write_progress(tx, target, &mut moved).await?;
             let query = match &decoded {
                 SessionEvent::SessionCreated {
                     agent_id,
@@ -126,7 +121,7 @@ impl Projector for SessionsProjector {
             };
             tx.execute(query).await?;
         }
-        write_progress(tx, &progress, &mut moved).await?;
+        write_progress(tx, target, &mut moved).await?;
         Ok(())
     }
 }
@@ -140,22 +135,44 @@ struct Progress {
     version: i64,
 }
 
-/// Writes (and empties) `moved` with the `progress` statement.
+/// Most sessions moved in one statement of [`write_progress`].
+const PROGRESS_CHUNK: usize = 500;
+
+/// Writes (and empties) `moved`: one update for up to [`PROGRESS_CHUNK`] sessions, each row
+/// moved only when the change is newer than its version.
 async fn write_progress(
     tx: &mut Tx,
-    progress: &str,
+    target: Target,
     moved: &mut BTreeMap<(&str, &str), Progress>,
 ) -> Result<(), ProjectionError> {
-    for ((tenant, session), change) in std::mem::take(moved) {
-        tx.execute(
-            Statement::new(progress)
-                .bind(tenant)
-                .bind(session)
+    static TEXTS: Texts = Texts::new(PROGRESS_CHUNK);
+    let moved: Vec<_> = std::mem::take(moved).into_iter().collect();
+    for chunk in moved.chunks(PROGRESS_CHUNK) {
+        // A `VALUES` list's columns are `column1`, `column2`… on both backends.
+        let sql = crate::rows_text(&TEXTS, tx, target, chunk.len(), || {
+            format!(
+                "UPDATE {} AS s SET message_count = s.message_count + v.column3, \
+                 last_activity_at = coalesce(v.column4, s.last_activity_at), \
+                 version = v.column5 \
+                 FROM (VALUES {}) AS v \
+                 WHERE s.tenant_id = v.column1 AND s.id = v.column2 AND s.version < v.column5",
+                target.table("sessions"),
+                tx.backend().typed_values(
+                    chunk.len(),
+                    &["text", "text", "int8", "timestamptz", "int8"]
+                )
+            )
+        });
+        let mut update = Statement::new(&sql);
+        for ((tenant, session), change) in chunk {
+            update = update
+                .bind(*tenant)
+                .bind(*session)
                 .bind(change.messages)
                 .bind(change.last_activity)
-                .bind(change.version),
-        )
-        .await?;
+                .bind(change.version);
+        }
+        tx.execute(update).await?;
     }
     Ok(())
 }

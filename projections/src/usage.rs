@@ -23,6 +23,7 @@ use eventlog::{
     AppendError, Backend, Cursor, Db, EventLog, InlineProjection, RecordedEvent, Statement, Tx,
 };
 use serde::Serialize;
+use sqlx::types::Json;
 
 use crate::{ProjectionError, Projector, Target};
 
@@ -371,15 +372,57 @@ async fn add_spend(
     tx: &mut Tx,
     spend: &BTreeMap<(String, String, String), i64>,
 ) -> Result<(), sqlx::Error> {
+    settle_and_add_spend(tx, &[], spend).await
+}
+
+/// Ends the budget reservations of `settled` (tenant, user message id) and adds `spend` (see
+/// [`add_spend`]). On PostgreSQL the reservations go in the first upsert's statement (a
+/// data-modifying `WITH`, which runs whether or not the insert reads it): one round trip
+/// for a batch of replies.
+async fn settle_and_add_spend(
+    tx: &mut Tx,
+    settled: &[(&str, String)],
+    spend: &BTreeMap<(String, String, String), i64>,
+) -> Result<(), sqlx::Error> {
     static SPEND_UPSERT: Texts = Texts::new(CHUNK);
+    static SETTLING_UPSERT: Texts = Texts::new(CHUNK);
+    let backend = tx.backend();
+    // The reservations as one JSON parameter, `[[tenant, message id], …]`: one statement
+    // text whatever their number.
+    let mut settled = (!settled.is_empty()).then(|| {
+        Json(
+            settled
+                .iter()
+                .map(|(tenant, message)| [*tenant, message.as_str()])
+                .collect::<Vec<_>>(),
+        )
+    });
     let rows: Vec<_> = spend.iter().collect();
     for chunk in rows.chunks(CHUNK) {
-        let sql = SPEND_UPSERT.get(tx.backend(), chunk.len(), || {
+        let settling = if backend == Backend::Postgres {
+            settled.take()
+        } else {
+            None
+        };
+        let texts = if settling.is_some() {
+            &SETTLING_UPSERT
+        } else {
+            &SPEND_UPSERT
+        };
+        let sql = texts.get(backend, chunk.len(), || {
+            let settle = if settling.is_some() {
+                format!(
+                    "WITH settled AS ({}) ",
+                    settled_delete(backend, chunk.len() * 4 + 1)
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "INSERT INTO usage_spend AS s (tenant_id, scope, month, spent_micros) \
+                "{settle}INSERT INTO usage_spend AS s (tenant_id, scope, month, spent_micros) \
                  VALUES {} ON CONFLICT (tenant_id, scope, month) \
                  DO UPDATE SET spent_micros = s.spent_micros + excluded.spent_micros",
-                tx.backend().values(chunk.len(), 4)
+                backend.values(chunk.len(), 4)
             )
         });
         let mut upsert = Statement::new(&sql);
@@ -390,9 +433,28 @@ async fn add_spend(
                 .bind(month.as_str())
                 .bind(**micros);
         }
+        if let Some(settling) = settling {
+            upsert = upsert.bind(settling);
+        }
         tx.execute(upsert).await?;
     }
+    if let Some(settled) = settled {
+        let sql = settled_delete(backend, 1);
+        tx.execute(Statement::new(&sql).bind(settled)).await?;
+    }
     Ok(())
+}
+
+/// The delete of the budget reservations given as parameter `parameter`, a JSON array of
+/// `[tenant, message id]` pairs.
+fn settled_delete(backend: Backend, parameter: usize) -> String {
+    let pairs = match backend {
+        Backend::Postgres => {
+            format!("SELECT r->>0, r->>1 FROM jsonb_array_elements(${parameter}::jsonb) r")
+        }
+        Backend::Sqlite => "SELECT value->>0, value->>1 FROM json_each(?)".to_string(),
+    };
+    format!("DELETE FROM budget_reservations WHERE (tenant_id, message_id) IN ({pairs})")
 }
 
 impl InlineProjection for SpendProjection {
@@ -431,24 +493,9 @@ impl InlineProjection for SpendProjection {
                         .or_default() += record.cost_micros;
                 }
             }
-            add_spend(tx, &spend).await?;
-            // A message's budget reservation ends with its reply (billed above, in the same
-            // transaction) or its failure: one statement for the whole append.
-            static SETTLED: Texts = Texts::new(CHUNK);
-            for chunk in settled.chunks(CHUNK) {
-                let sql = SETTLED.get(tx.backend(), chunk.len(), || {
-                    format!(
-                        "DELETE FROM budget_reservations WHERE (tenant_id, message_id) \
-                         IN (VALUES {})",
-                        tx.backend().values(chunk.len(), 2)
-                    )
-                });
-                let mut query = Statement::new(&sql);
-                for (tenant, message_id) in chunk {
-                    query = query.bind(*tenant).bind(message_id.as_str());
-                }
-                tx.execute(query).await?;
-            }
+            // A message's budget reservation ends with its reply (billed here, in the same
+            // transaction) or its failure.
+            settle_and_add_spend(tx, &settled, &spend).await?;
             Ok(())
         })
     }
