@@ -250,7 +250,12 @@ both_backends!(
     a_failed_batch_leaves_no_effect_and_is_applied_once_on_retry
 );
 
-async fn a_failing_projector_of_a_group_is_rolled_back_alone_and_catches_up(backend: Backend) {
+/// A log of five events and a group of two projectors over them: `test_steady`, and
+/// `test_flaky`, which fails its next `failures` batches (the group's).
+async fn steady_and_flaky(
+    backend: Backend,
+    failures: u32,
+) -> (TestDb, EventLog, Arc<Counting>, Vec<Arc<dyn Projector>>) {
     let db = TestDb::new(backend).await;
     let log = db.log().await;
     create_table(&log, "test_steady").await;
@@ -262,16 +267,23 @@ async fn a_failing_projector_of_a_group_is_rolled_back_alone_and_catches_up(back
     .await;
     let steady = Counting::named("test_steady", &["test_steady"]);
     let flaky = Counting::named("test_flaky", &["test_flaky"]);
+    flaky.failures.store(failures, Ordering::SeqCst);
+    let group: Vec<Arc<dyn Projector>> = vec![steady, flaky.clone()];
+    (db, log, flaky, group)
+}
+
+/// The projectors a group batch applied, with the events each was given.
+fn applied_names(outcome: &runner::GroupOutcome) -> Vec<(&str, usize)> {
+    outcome
+        .applied
+        .iter()
+        .map(|(name, _, events)| (*name, *events))
+        .collect()
+}
+
+async fn a_failing_projector_of_a_group_is_rolled_back_alone_and_catches_up(backend: Backend) {
     // Twice: the batch applied with every projector together, then in savepoints.
-    flaky.failures.store(2, Ordering::SeqCst);
-    let group: Vec<Arc<dyn Projector>> = vec![steady.clone(), flaky.clone()];
-    let applied_names = |outcome: &runner::GroupOutcome| -> Vec<(&str, usize)> {
-        outcome
-            .applied
-            .iter()
-            .map(|(name, _, events)| (*name, *events))
-            .collect()
-    };
+    let (_db, log, _flaky, group) = steady_and_flaky(backend, 2).await;
 
     // The flaky projector fails: its rows and checkpoint are rolled back, the steady one commits.
     let first = runner::run_group(&log, &group, 3).await.unwrap();
@@ -318,30 +330,19 @@ both_backends!(
 );
 
 async fn a_group_batch_that_fails_once_is_applied_again_in_savepoints(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let log = db.log().await;
-    create_table(&log, "test_steady").await;
-    create_table(&log, "test_flaky").await;
-    append_events(&log, "s", 5).await;
-    eventually(Duration::from_secs(20), || async {
-        (log.read_after(Cursor::START, 10).await.unwrap().len() == 5).then_some(())
-    })
-    .await;
-    let steady = Counting::named("test_steady", &["test_steady"]);
-    let flaky = Counting::named("test_flaky", &["test_flaky"]);
-    flaky.failures.store(1, Ordering::SeqCst);
-    let group: Vec<Arc<dyn Projector>> = vec![steady.clone(), flaky.clone()];
+    let (_db, log, flaky, group) = steady_and_flaky(backend, 1).await;
 
     // The first attempt (every projector together) fails and is rolled back whole, rows
     // the steady projector wrote in it included; the second, in savepoints, applies both.
     let outcome = runner::run_group(&log, &group, 5).await.unwrap();
     assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
-    let applied: Vec<(&str, usize)> = outcome
-        .applied
-        .iter()
-        .map(|(name, _, events)| (*name, *events))
-        .collect();
-    assert_eq!(applied, [("test_steady", 5), ("test_flaky", 5)]);
+    assert_eq!(
+        applied_names(&outcome),
+        [("test_steady", 5), ("test_flaky", 5)],
+        "events read: {}, failures left: {}",
+        outcome.read,
+        flaky.failures.load(Ordering::SeqCst)
+    );
     assert_eq!(
         flaky.failures.load(Ordering::SeqCst),
         0,
