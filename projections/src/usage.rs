@@ -439,7 +439,8 @@ async fn settle_and_add_spend(
         tx.execute(upsert).await?;
     }
     if let Some(settled) = settled {
-        let sql = settled_delete(backend, 1);
+        static SETTLED_DELETE: Texts = Texts::new(1);
+        let sql = SETTLED_DELETE.get(backend, 1, || settled_delete(backend, 1));
         tx.execute(Statement::new(&sql).bind(settled)).await?;
     }
     Ok(())
