@@ -192,6 +192,48 @@ pub async fn prepare(
             succeeded: Default::default(),
         });
     }
+    // Boxed: the step-by-step path is the rare one, and its future, inline, would make every
+    // message's future (copied as it moves through the router) twice its size.
+    Box::pin(prepare_step_by_step(
+        state,
+        ctx,
+        Request {
+            session_id,
+            content,
+            identity,
+            stream,
+            message_id,
+            reply_id,
+        },
+    ))
+    .await
+}
+
+/// What [`prepare_step_by_step`] is given besides the state and the context.
+struct Request {
+    session_id: String,
+    content: String,
+    identity: Value,
+    stream: StreamId,
+    message_id: String,
+    reply_id: String,
+}
+
+/// [`prepare`] when the message could not be claimed and recorded in one commit: the key is
+/// claimed first, then the message recorded on state read from the log.
+async fn prepare_step_by_step(
+    state: &App,
+    ctx: Ctx,
+    request: Request,
+) -> Result<Exchange, Refused> {
+    let Request {
+        session_id,
+        content,
+        identity,
+        stream,
+        message_id,
+        reply_id,
+    } = request;
     let key = match idempotency::claim(state, &ctx, &identity).await {
         Ok(Claimed::Run(Some(key))) => key,
         Ok(Claimed::Run(None)) => unreachable!("the request has a key"),
@@ -605,28 +647,8 @@ impl Exchange {
             .providers
             .call(&plan, &Recorder { exchange: &self }, on_chunk)
             .await;
-        let reject = session_error(&self.session_id, &self.agent_id);
         let Some(answer) = answer else {
-            self.record_succeeded().await;
-            let command = SessionCommand::RecordMessageFailure {
-                message_id: self.message_id.clone(),
-            };
-            let metadata = self.ctx.metadata(command.name());
-            let attempts = match state
-                .log
-                .execute::<Session>(&self.stream, command, &(), &metadata)
-                .await
-            {
-                Ok(outcome) => attempts_of(&outcome.aggregate, &self.message_id),
-                Err(error) => {
-                    tracing::warn!(%error, "a failed message could not be recorded");
-                    self.attempts().await
-                }
-            };
-            let error = Error::AllProvidersFailed {
-                attempts: summarise(&attempts),
-            };
-            return Err(idempotency::release(&state, &self.key, error).await);
+            return Err(Box::pin(self.record_failure()).await);
         };
         let price = state
             .providers
@@ -657,13 +679,51 @@ impl Exchange {
         match self.record_reply(command.clone(), &metadata).await {
             Ok(stored) => {
                 self.record_thresholds().await;
-                return Ok(stored);
+                Ok(stored)
             }
-            Err(None) => self.record_succeeded().await,
-            Err(Some(error)) => {
-                return Err(idempotency::release(&state, &self.key, error).await);
-            }
+            // Boxed, as the failure above: rare paths that would otherwise set the size of
+            // every message's future.
+            Err(None) => Box::pin(self.record_reply_step_by_step(command, &metadata)).await,
+            Err(Some(error)) => Err(Box::pin(idempotency::release(&state, &self.key, error)).await),
         }
+    }
+
+    /// Records a failed message (every provider failed): its attempts, then the failure;
+    /// the error to answer with.
+    async fn record_failure(&self) -> Error {
+        let state = &self.state;
+        self.record_succeeded().await;
+        let command = SessionCommand::RecordMessageFailure {
+            message_id: self.message_id.clone(),
+        };
+        let metadata = self.ctx.metadata(command.name());
+        let attempts = match state
+            .log
+            .execute::<Session>(&self.stream, command, &(), &metadata)
+            .await
+        {
+            Ok(outcome) => attempts_of(&outcome.aggregate, &self.message_id),
+            Err(error) => {
+                tracing::warn!(%error, "a failed message could not be recorded");
+                self.attempts().await
+            }
+        };
+        let error = Error::AllProvidersFailed {
+            attempts: summarise(&attempts),
+        };
+        idempotency::release(state, &self.key, error).await
+    }
+
+    /// [`Exchange::record_reply`] when the reply could not be recorded on the cached session:
+    /// the attempts one by one, then the reply on the session read from the log.
+    async fn record_reply_step_by_step(
+        &self,
+        command: SessionCommand,
+        metadata: &domain::metadata::EventMetadata,
+    ) -> Result<StoredResponse, Error> {
+        let state = &self.state;
+        let reject = session_error(&self.session_id, &self.agent_id);
+        self.record_succeeded().await;
         let respond = |outcome: &eventlog::CommandOutcome<Session>| {
             let mut stored = self.respond(&outcome.aggregate, outcome.updated_at)?;
             if let Some(cursor) = outcome.cursor {
@@ -679,7 +739,7 @@ impl Exchange {
                 &self.stream,
                 command,
                 &(),
-                &metadata,
+                metadata,
                 Some(&self.key),
                 respond,
             )
@@ -693,7 +753,7 @@ impl Exchange {
                 Ok(stored)
             }
             Ok((_, None)) => Err(idempotency::release(
-                &state,
+                state,
                 &self.key,
                 Error::internal(anyhow::anyhow!("a recorded reply is missing")),
             )
@@ -710,7 +770,7 @@ impl Exchange {
                     .ok_or_else(|| Error::internal(anyhow::anyhow!("reply vanished")))
             }
             Err(error) => {
-                Err(idempotency::release(&state, &self.key, command_error(error, &reject)).await)
+                Err(idempotency::release(state, &self.key, command_error(error, &reject)).await)
             }
         }
     }
@@ -815,11 +875,15 @@ impl Exchange {
                 spent_micros: spent as u64,
             };
             let metadata = self.ctx.metadata(command.name());
-            if let Err(error) = self
-                .state
-                .log
-                .execute::<Budget>(stream, command, &(), &metadata)
-                .await
+            // Boxed: once a month per budget, and its future would otherwise be most of
+            // this one's (which every reply awaits).
+            if let Err(error) = Box::pin(self.state.log.execute::<Budget>(
+                stream,
+                command,
+                &(),
+                &metadata,
+            ))
+            .await
             {
                 tracing::warn!(%error, "could not record a budget threshold");
             }

@@ -196,7 +196,10 @@ impl Committer {
             reply,
         };
         if let Err(mpsc::error::SendError(job)) = self.queue.send(job) {
-            return commit_one(store, &job.commit, &job.respond).await;
+            // Boxed: inline, this rare path's future (its transaction's statements) made
+            // this one about ten times its size, and with it every command's future, which
+            // is copied as it is handed down the layers of the router.
+            return Box::pin(commit_one(store, &job.commit, &job.respond)).await;
         }
         answer.await.map_err(|_| CommitError::Stopped)?
     }

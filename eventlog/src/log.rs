@@ -85,7 +85,16 @@ impl EventLog {
         async {
             match self.inner.committer.get() {
                 Some(committer) => committer.commit(&self.inner.store, commit, respond).await,
-                None => group_commit::commit_one(&self.inner.store, &commit, &respond).await,
+                // Boxed: a rare path whose future would otherwise set the size of every
+                // command's future (see `Committer::commit`).
+                None => {
+                    Box::pin(group_commit::commit_one(
+                        &self.inner.store,
+                        &commit,
+                        &respond,
+                    ))
+                    .await
+                }
             }
         }
         .instrument(span)
