@@ -709,7 +709,8 @@ impl Exchange {
             }
         };
         let error = Error::AllProvidersFailed {
-            attempts: summarise(&attempts),
+            attempts: serde_json::to_value(summarise(&attempts))
+                .expect("attempts serialize to JSON"),
         };
         idempotency::release(state, &self.key, error).await
     }
@@ -1006,7 +1007,7 @@ pub struct AnswerMetadata<'a> {
     pub agent_id: &'a str,
     /// One entry per provider asked, in order, with its calls.
     #[schema(value_type = Vec<Object>)]
-    pub attempts: Value,
+    pub attempts: Vec<ProviderSummary<'a>>,
     pub client_disconnected: bool,
     pub fallback_attempted: Option<&'a str>,
     pub fallback_used: bool,
@@ -1051,7 +1052,7 @@ fn attempts_of(session: &Session, message_id: &str) -> Vec<ProviderAttempt> {
 
 /// Seed 004's `attempts[]`: one entry per provider asked, in order, with its retries, the
 /// total latency, the last HTTP status and, when it failed, the last error code.
-pub fn summarise(attempts: &[ProviderAttempt]) -> Value {
+pub fn summarise(attempts: &[ProviderAttempt]) -> Vec<ProviderSummary<'_>> {
     let mut providers: Vec<&str> = Vec::new();
     for attempt in attempts {
         if !providers.contains(&attempt.provider.as_str()) {
@@ -1061,22 +1062,74 @@ pub fn summarise(attempts: &[ProviderAttempt]) -> Value {
     providers
         .into_iter()
         .map(|provider| {
-            let calls: Vec<&ProviderAttempt> =
-                attempts.iter().filter(|a| a.provider == provider).collect();
-            let last = calls.last().expect("at least one call per provider");
+            let calls: Vec<Call<'_>> = attempts
+                .iter()
+                .filter(|a| a.provider == provider)
+                .map(Call)
+                .collect();
+            let last = calls.last().expect("at least one call per provider").0;
             let succeeded = last.succeeded();
-            json!({
-                "provider": provider,
-                "status": if succeeded { "success" } else { "error" },
-                "httpStatus": last.http_status,
-                "latencyMs": calls.iter().map(|a| a.latency_ms).sum::<u64>(),
-                "retries": calls.len() - 1,
-                "errorCode": if succeeded { None } else { last.error_code.clone() },
-                "calls": calls,
-            })
+            ProviderSummary {
+                error_code: if succeeded {
+                    None
+                } else {
+                    last.error_code.as_deref()
+                },
+                http_status: last.http_status,
+                latency_ms: calls.iter().map(|c| c.0.latency_ms).sum(),
+                provider,
+                retries: calls.len() - 1,
+                status: if succeeded { "success" } else { "error" },
+                calls,
+            }
         })
-        .collect::<Vec<_>>()
-        .into()
+        .collect()
+}
+
+// Serialized straight from the attempts, as the answer's body is (no `Value` tree built and
+// dropped per message), with fields in alphabetical order: the order a `serde_json::Value`
+// object, which these once were, serializes its keys in.
+
+/// One provider's entry of [`summarise`].
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderSummary<'a> {
+    calls: Vec<Call<'a>>,
+    error_code: Option<&'a str>,
+    http_status: Option<u16>,
+    latency_ms: u64,
+    provider: &'a str,
+    retries: usize,
+    /// `success` or `error`: how the provider's last call ended.
+    status: &'static str,
+}
+
+/// One call of a [`ProviderSummary`]: a [`ProviderAttempt`] with its fields in alphabetical
+/// order.
+#[derive(Debug)]
+pub struct Call<'a>(&'a ProviderAttempt);
+
+impl serde::Serialize for Call<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let a = self.0;
+        let mut call = serializer.serialize_struct("ProviderAttempt", 8)?;
+        call.serialize_field("attempt", &a.attempt)?;
+        call.serialize_field("errorCode", &a.error_code)?;
+        call.serialize_field("httpStatus", &a.http_status)?;
+        call.serialize_field("latencyMs", &a.latency_ms)?;
+        match &a.model {
+            Some(model) => call.serialize_field("model", model)?,
+            None => call.skip_field("model")?,
+        }
+        call.serialize_field("provider", &a.provider)?;
+        match &a.retry_after_ms {
+            Some(after) => call.serialize_field("retryAfterMs", after)?,
+            None => call.skip_field("retryAfterMs")?,
+        }
+        call.serialize_field("status", &a.status)?;
+        call.end()
+    }
 }
 
 #[cfg(test)]
@@ -1105,7 +1158,18 @@ mod tests {
         for incomplete in [false, true] {
             let exchange = Exchange {
                 content: "hello".into(),
-                attempts: vec![attempt("vendorA", "error"), attempt("vendorB", "success")],
+                attempts: vec![
+                    ProviderAttempt {
+                        model: None,
+                        retry_after_ms: Some(250),
+                        ..attempt("vendorA", "error")
+                    },
+                    ProviderAttempt {
+                        attempt: 2,
+                        ..attempt("vendorA", "error")
+                    },
+                    attempt("vendorB", "success"),
+                ],
                 reply: Some(AssistantReply {
                     message_id: "msg_2".into(),
                     reply_to: "msg_1".into(),
@@ -1150,6 +1214,14 @@ mod tests {
             );
             assert_eq!(value["metadata"]["fallbackAttempted"], "vendorB");
             assert_eq!(value["message"]["createdAt"], "2026-11-23T10:00:00.123456Z");
+            let attempts = &value["metadata"]["attempts"];
+            assert_eq!(attempts[0]["retries"], 1);
+            assert_eq!(attempts[0]["latencyMs"], 14);
+            assert_eq!(attempts[0]["errorCode"], "PROVIDER_ERROR");
+            assert_eq!(attempts[0]["calls"][0]["retryAfterMs"], 250);
+            assert!(attempts[0]["calls"][0].get("model").is_none());
+            assert_eq!(attempts[1]["calls"][0]["model"], "m-1");
+            assert_eq!(attempts[1]["errorCode"], Value::Null);
         }
     }
 }
