@@ -167,12 +167,7 @@ pub async fn prepare(
     let Some(raw_key) = ctx.idempotency_key.clone() else {
         return Err(Error::IdempotencyKeyRequired.into());
     };
-    // What identifies the request: the message, not how its answer is delivered.
-    let identity = json!({ "role": "user", "content": content });
-    let stream = session_stream(&ctx.tenant, &session_id);
-    let tenant = ctx.tenant.to_string();
-    let message_id = derived_id(&[&tenant, &session_id, &raw_key]);
-    let reply_id = derived_id(&[&tenant, &session_id, &raw_key, "reply"]);
+    let (identity, stream, message_id, reply_id) = names(&ctx, &raw_key, &session_id, &content);
     if let Some(key) = idempotency::key_of(&ctx, &identity)
         && let Some(recorded) =
             claim_and_record(state, &ctx, &key, &stream, &message_id, &content).await
@@ -195,28 +190,27 @@ pub async fn prepare(
     // Boxed: the step-by-step path is the rare one, and its future, inline, would make every
     // message's future (copied as it moves through the router) twice its size.
     Box::pin(prepare_step_by_step(
-        state,
-        ctx,
-        Request {
-            session_id,
-            content,
-            identity,
-            stream,
-            message_id,
-            reply_id,
-        },
+        state, ctx, raw_key, session_id, content,
     ))
     .await
 }
 
-/// What [`prepare_step_by_step`] is given besides the state and the context.
-struct Request {
-    session_id: String,
-    content: String,
-    identity: Value,
-    stream: StreamId,
-    message_id: String,
-    reply_id: String,
+/// What identifies a message (its idempotency identity: the message, not how its answer is
+/// delivered), its session's stream, and the ids of the message and of its reply (derived
+/// from the key, so that a retry names the same ones).
+fn names(
+    ctx: &Ctx,
+    raw_key: &str,
+    session_id: &str,
+    content: &str,
+) -> (Value, StreamId, String, String) {
+    let tenant = ctx.tenant.to_string();
+    (
+        json!({ "role": "user", "content": content }),
+        session_stream(&ctx.tenant, session_id),
+        derived_id(&[tenant.as_str(), session_id, raw_key]),
+        derived_id(&[tenant.as_str(), session_id, raw_key, "reply"]),
+    )
 }
 
 /// [`prepare`] when the message could not be claimed and recorded in one commit: the key is
@@ -224,16 +218,11 @@ struct Request {
 async fn prepare_step_by_step(
     state: &App,
     ctx: Ctx,
-    request: Request,
+    raw_key: String,
+    session_id: String,
+    content: String,
 ) -> Result<Exchange, Refused> {
-    let Request {
-        session_id,
-        content,
-        identity,
-        stream,
-        message_id,
-        reply_id,
-    } = request;
+    let (identity, stream, message_id, reply_id) = names(&ctx, &raw_key, &session_id, &content);
     let key = match idempotency::claim(state, &ctx, &identity).await {
         Ok(Claimed::Run(Some(key))) => key,
         Ok(Claimed::Run(None)) => unreachable!("the request has a key"),
