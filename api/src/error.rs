@@ -11,7 +11,6 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -455,15 +454,19 @@ fn envelope_body(code: &str, message: String, details: Value, request_id: String
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-/// Writes the error envelope of every error response, with the request id, and logs the
-/// internal cause of server errors.
-pub async fn envelope(request: Request, next: Next) -> Response {
+/// Writes the error envelope of every error response `next` answers, with the request id,
+/// and logs the internal cause of server errors (a step of `routes::middleware`).
+pub async fn envelope<F, Fut>(request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let request_id = request
         .extensions()
         .get::<RequestId>()
         .map(|id| id.0.clone())
         .unwrap_or_default();
-    let mut response = next.run(request).await;
+    let mut response = next(request).await;
     if response.extensions().get::<FinalBody>().is_some() {
         return response;
     }

@@ -8,8 +8,9 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use std::future::Future;
+
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
@@ -32,13 +33,15 @@ fn accept_client_id(value: &HeaderValue) -> Option<String> {
     ok.then(|| value.to_string())
 }
 
-/// The middleware. Route patterns come from [`MatchedPath`] so that metrics and logs group
-/// `/v1/users/u-1` and `/v1/users/u-2` together.
-pub async fn track(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// The outermost step of the middleware (see `routes::middleware`): runs `next` with the
+/// request id in the request and the request's span around it. Route patterns come from
+/// [`MatchedPath`] so that metrics and logs group `/v1/users/u-1` and `/v1/users/u-2`
+/// together.
+pub async fn track<F, Fut>(state: &AppState, mut request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let id = request
         .headers()
         .get(HEADER)
@@ -74,7 +77,7 @@ pub async fn track(
         }
     }
     let started = Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = next(request).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     let status = response.status();
     span.record("status", status.as_u16());

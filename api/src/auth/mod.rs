@@ -24,7 +24,7 @@ pub mod jwt;
 use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
@@ -465,11 +465,7 @@ fn is_public(route: &str, metrics_public: bool) -> bool {
 
 /// The middleware: authenticates, counts the request against the principal's budget, and
 /// adds the `RateLimit-*` headers to the response.
-pub async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn authenticate(state: &AppState, mut request: Request, next: Next) -> Response {
     let Some(route) = request
         .extensions()
         .get::<MatchedPath>()
@@ -502,7 +498,7 @@ pub async fn authenticate(
         .extensions()
         .get::<crate::server::PeerCertificate>()
         .cloned();
-    let principal = match identify(&state, request.headers(), certificate.as_ref(), asking).await {
+    let principal = match identify(state, request.headers(), certificate.as_ref(), asking).await {
         Ok(principal) => principal,
         Err(denied) => return ApiError::from(denied).into_response(),
     };

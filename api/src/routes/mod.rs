@@ -265,14 +265,36 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(console::router())
 }
 
-/// Refuses, before any other work, request targets over `GATEWAY_MAX_URI_BYTES` (414), a
-/// `%00` in the path or query (400) and headers over `GATEWAY_MAX_HEADER_BYTES` (431), in the
-/// error envelope.
-async fn request_limits(
+/// The gateway's own middleware, one layer in four steps, from the outermost in: the request
+/// id, span, access log and metrics see every final response ([`request_id::track`]); the
+/// error envelope wraps every error ([`error::envelope`]); the request's limits are checked
+/// ([`refuse_over_limits`]); the caller is authenticated and counted against its rate limit
+/// ([`auth::authenticate`]). One layer, not four, so that a request pays for one boxed
+/// service and future where four paid for four, each cloned per request.
+async fn gateway_middleware(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> axum::response::Response {
+    let state = &state;
+    request_id::track(state, request, |request| {
+        error::envelope(request, |request| async move {
+            match refuse_over_limits(state, &request) {
+                Some(refused) => refused,
+                None => auth::authenticate(state, request, next).await,
+            }
+        })
+    })
+    .await
+}
+
+/// Refuses, before any other work, request targets over `GATEWAY_MAX_URI_BYTES` (414), a
+/// `%00` in the path or query (400) and headers over `GATEWAY_MAX_HEADER_BYTES` (431), in the
+/// error envelope.
+fn refuse_over_limits(
+    state: &AppState,
+    request: &axum::extract::Request,
+) -> Option<axum::response::Response> {
     use axum::response::IntoResponse;
     let length = request
         .uri()
@@ -280,18 +302,20 @@ async fn request_limits(
         .map_or(0, |p| p.as_str().len());
     let limit = state.settings.max_uri_bytes;
     if length > limit {
-        return error::ApiError::UriTooLong { length, limit }.into_response();
+        return Some(error::ApiError::UriTooLong { length, limit }.into_response());
     }
     // PostgreSQL's text holds no U+0000: a path segment or query value with one could only
     // fail deeper down, so it is refused here, on both backends.
     let uri = request.uri();
     for (part, raw) in [("path", Some(uri.path())), ("query", uri.query())] {
         if raw.is_some_and(|raw| raw.contains("%00")) {
-            return ApiError::from(app::Error::InvalidParameter {
-                name: part,
-                reason: "U+0000 (%00) is not allowed".into(),
-            })
-            .into_response();
+            return Some(
+                ApiError::from(app::Error::InvalidParameter {
+                    name: part,
+                    reason: "U+0000 (%00) is not allowed".into(),
+                })
+                .into_response(),
+            );
         }
     }
     let length: usize = request
@@ -301,9 +325,9 @@ async fn request_limits(
         .sum();
     let limit = state.settings.max_header_bytes;
     if length > limit {
-        return error::ApiError::HeadersTooLarge { length, limit }.into_response();
+        return Some(error::ApiError::HeadersTooLarge { length, limit }.into_response());
     }
-    next.run(request).await
+    None
 }
 
 /// The application's router with all middleware.
@@ -323,26 +347,17 @@ pub fn operations_router(state: AppState) -> Router {
 
 fn with_middleware(router: axum::Router<AppState>, state: AppState) -> Router {
     let timeout = Duration::from_millis(state.settings.request_timeout_ms);
-    // From the outermost in: the request-id layer sees every final response; the error
-    // envelope wraps every error; authentication runs after routing (it needs the route
-    // pattern) and before any handler; panics and timeouts become responses. One
-    // `ServiceBuilder` makes them one service per route, boxed once, instead of a box per
-    // layer cloned for every request.
+    // From the outermost in: the gateway's middleware (request id, error envelope, limits,
+    // authentication; after routing, as authentication needs the route pattern, and before
+    // any handler); panics and timeouts become responses. One `ServiceBuilder` makes them
+    // one service per route, boxed once, instead of a box per layer cloned for every
+    // request.
     router
         .layer(
             tower::ServiceBuilder::new()
                 .layer(middleware::from_fn_with_state(
                     state.clone(),
-                    request_id::track,
-                ))
-                .layer(middleware::from_fn(error::envelope))
-                .layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    request_limits,
-                ))
-                .layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    auth::authenticate,
+                    gateway_middleware,
                 ))
                 .layer(CatchPanicLayer::new())
                 .layer(TimeoutLayer::with_status_code(
