@@ -1,5 +1,6 @@
 //! The `projector_checkpoints` table: how far each projector (or relay) has read the log.
 
+use eventlog::sql::Texts;
 use eventlog::{Cursor, Db, Statement, Tx};
 
 /// Creates the checkpoint row at the start of the log if it does not exist yet.
@@ -94,12 +95,16 @@ pub async fn read_many_in(
     if names.is_empty() {
         return Ok(found);
     }
-    let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
-    let sql = format!(
-        "SELECT name, transaction_id, global_position FROM projector_checkpoints \
-         WHERE name IN ({})",
-        placeholders.join(", ")
-    );
+    // One text per count of names (the projectors of a group: the same count every batch).
+    static TEXTS: Texts = Texts::new(1);
+    let backend = tx.backend();
+    let sql = TEXTS.get(backend, names.len(), || {
+        format!(
+            "SELECT name, transaction_id, global_position FROM projector_checkpoints \
+             WHERE name IN {}",
+            backend.values(1, names.len())
+        )
+    });
     let mut query = Statement::new(&sql);
     for name in names {
         query = query.bind(*name);
@@ -116,24 +121,17 @@ pub async fn write_many_in(tx: &mut Tx, moved: &[(&str, Cursor)]) -> Result<(), 
         return Ok(());
     }
     let now = chrono::Utc::now();
-    let rows: Vec<String> = (0..moved.len())
-        .map(|i| {
-            format!(
-                "(${}, ${}, ${}, ${})",
-                i * 4 + 1,
-                i * 4 + 2,
-                i * 4 + 3,
-                i * 4 + 4
-            )
-        })
-        .collect();
-    let sql = format!(
-        "INSERT INTO projector_checkpoints (name, transaction_id, global_position, updated_at) \
-         VALUES {} \
-         ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
-         global_position = excluded.global_position, updated_at = excluded.updated_at",
-        rows.join(", ")
-    );
+    static TEXTS: Texts = Texts::new(1);
+    let backend = tx.backend();
+    let sql = TEXTS.get(backend, moved.len(), || {
+        format!(
+            "INSERT INTO projector_checkpoints (name, transaction_id, global_position, \
+             updated_at) VALUES {} \
+             ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, \
+             global_position = excluded.global_position, updated_at = excluded.updated_at",
+            backend.values(moved.len(), 4)
+        )
+    });
     let mut query = Statement::new(&sql);
     for (name, cursor) in moved {
         query = query
