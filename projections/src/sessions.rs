@@ -16,7 +16,7 @@ use cqrs_es::Aggregate;
 use domain::session::{Session, SessionEvent, SessionStatus};
 use eventlog::sql::Texts;
 use eventlog::{Db, RecordedEvent, Statement, Tx};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use sqlx::types::Json;
 
 use crate::{ProjectionError, Projector, Target};
@@ -270,43 +270,17 @@ impl Projector for TranscriptsProjector {
     ) -> Result<(), ProjectionError> {
         let table = target.table("transcript_messages");
         let mut rows = Vec::new();
-        for event in session_events(events).filter(|e| {
-            matches!(
-                e.event_type.as_str(),
-                SessionEvent::USER_MESSAGE_RECORDED | SessionEvent::ASSISTANT_MESSAGE_RECORDED
-            )
-        }) {
-            let decoded: SessionEvent = crate::decode(event)?;
-            let row = match decoded {
-                SessionEvent::UserMessageRecorded {
-                    message_id,
-                    content,
-                    ..
-                } => (message_id, "user", content, None, None, None, None),
-                SessionEvent::AssistantMessageRecorded { reply, .. } => {
-                    let usage = json!({
-                        "tokensIn": reply.tokens_in,
-                        "tokensOut": reply.tokens_out,
-                        "costMicros": reply.cost_micros,
-                        "priceMicroUsdPer1kTokens": reply.price.micro_usd_per_1k_tokens,
-                        "fallbackUsed": reply.fallback_used,
-                        "streamed": reply.streamed,
-                        "clientDisconnected": reply.client_disconnected,
-                        "incomplete": reply.incomplete,
-                    });
-                    (
-                        reply.message_id,
-                        "assistant",
-                        reply.content,
-                        Some(reply.reply_to),
-                        Some(reply.provider),
-                        Some(reply.model),
-                        Some(usage),
-                    )
-                }
+        for event in session_events(events) {
+            let line = match event.event_type.as_str() {
+                SessionEvent::USER_MESSAGE_RECORDED => TranscriptLine::user(event),
+                SessionEvent::ASSISTANT_MESSAGE_RECORDED => TranscriptLine::assistant(event),
                 _ => continue,
             };
-            rows.push((event, row));
+            let line = line.map_err(|source| ProjectionError::Decode {
+                event_id: event.event_id,
+                source,
+            })?;
+            rows.push((event, line));
         }
         // One statement per chunk of messages.
         static INSERT: Texts = Texts::new(INSERT_CHUNK);
@@ -321,24 +295,125 @@ impl Projector for TranscriptsProjector {
             });
             let mut query =
                 Statement::new(&sql).persistent(eventlog::sql::recurs(chunk.len(), INSERT_CHUNK));
-            for (event, (id, role, content, reply_to, provider, model, usage)) in chunk {
+            for (event, line) in chunk {
+                let reply = line.reply();
                 query = query
                     .bind(event.tenant_id.as_str())
                     .bind(event.aggregate_id.as_str())
                     .bind(event.sequence)
-                    .bind(id.as_str())
-                    .bind(*role)
-                    .bind(content.as_str())
-                    .bind(reply_to.as_deref())
-                    .bind(provider.as_deref())
-                    .bind(model.as_deref())
-                    .bind(usage.as_ref().map(Json))
+                    .bind(line.message_id())
+                    .bind(if reply.is_some() { "assistant" } else { "user" })
+                    .bind(line.content())
+                    .bind(reply.map(|reply| reply.reply_to))
+                    .bind(reply.map(|reply| reply.provider))
+                    .bind(reply.map(|reply| reply.model))
+                    .bind(reply.map(|reply| Json(reply.usage())))
                     .bind(event.recorded_at);
             }
             tx.execute(query).await?;
         }
         Ok(())
     }
+}
+
+/// What a transcript row takes of a `UserMessageRecorded` or `AssistantMessageRecorded`
+/// payload, borrowed from it rather than decoded into the domain event. The payloads are flat
+/// ([`domain::session::AssistantReply`] is flattened into
+/// [`SessionEvent::AssistantMessageRecorded`]), so the names are the domain's (pinned by a
+/// test).
+enum TranscriptLine<'a> {
+    User(UserLine<'a>),
+    Assistant(ReplyLine<'a>),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UserLine<'a> {
+    message_id: &'a str,
+    content: &'a str,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReplyLine<'a> {
+    message_id: &'a str,
+    content: &'a str,
+    reply_to: &'a str,
+    provider: &'a str,
+    model: &'a str,
+    tokens_in: u64,
+    tokens_out: u64,
+    cost_micros: u64,
+    price: domain::provider::Price,
+    fallback_used: bool,
+    #[serde(default)]
+    streamed: bool,
+    #[serde(default)]
+    client_disconnected: bool,
+    #[serde(default)]
+    incomplete: bool,
+}
+
+impl<'a> TranscriptLine<'a> {
+    fn user(event: &'a RecordedEvent) -> Result<Self, serde_json::Error> {
+        serde::Deserialize::deserialize(&event.payload).map(Self::User)
+    }
+
+    fn assistant(event: &'a RecordedEvent) -> Result<Self, serde_json::Error> {
+        serde::Deserialize::deserialize(&event.payload).map(Self::Assistant)
+    }
+
+    fn message_id(&self) -> &'a str {
+        match self {
+            Self::User(line) => line.message_id,
+            Self::Assistant(line) => line.message_id,
+        }
+    }
+
+    fn content(&self) -> &'a str {
+        match self {
+            Self::User(line) => line.content,
+            Self::Assistant(line) => line.content,
+        }
+    }
+
+    fn reply(&self) -> Option<&ReplyLine<'a>> {
+        match self {
+            Self::User(_) => None,
+            Self::Assistant(line) => Some(line),
+        }
+    }
+}
+
+impl ReplyLine<'_> {
+    fn usage(&self) -> ReplyUsage {
+        ReplyUsage {
+            client_disconnected: self.client_disconnected,
+            cost_micros: self.cost_micros,
+            fallback_used: self.fallback_used,
+            incomplete: self.incomplete,
+            price_micro_usd_per_1k_tokens: self.price.micro_usd_per_1k_tokens,
+            streamed: self.streamed,
+            tokens_in: self.tokens_in,
+            tokens_out: self.tokens_out,
+        }
+    }
+}
+
+/// The `usage` column of an assistant's row. The fields are in the order of their names, so
+/// that the document's bytes are those of a sorted JSON object, as every row before had them.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReplyUsage {
+    client_disconnected: bool,
+    cost_micros: u64,
+    fallback_used: bool,
+    incomplete: bool,
+    #[serde(rename = "priceMicroUsdPer1kTokens")]
+    price_micro_usd_per_1k_tokens: u64,
+    streamed: bool,
+    tokens_in: u64,
+    tokens_out: u64,
 }
 
 /// Most rows in one insert of a projector of this module.
@@ -516,4 +591,90 @@ pub async fn provider_calls(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::session::AssistantReply;
+    use eventlog::{Cursor, NewEvent};
+    use serde_json::json;
+
+    fn recorded(event: &SessionEvent) -> RecordedEvent {
+        let new = NewEvent::from_domain(event).unwrap();
+        RecordedEvent {
+            cursor: Cursor::START,
+            event_id: new.event_id,
+            tenant_id: "acme".into(),
+            aggregate_type: Session::TYPE.into(),
+            aggregate_id: "sess-1".into(),
+            sequence: 3,
+            event_type: new.event_type,
+            event_version: new.event_version,
+            payload: new.payload,
+            metadata: Value::Null,
+            recorded_at: Utc::now(),
+        }
+    }
+
+    /// A transcript row read in place from the recorded events holds what the domain events
+    /// hold, and the usage document is the sorted object it always was.
+    #[test]
+    fn transcript_lines_read_in_place_as_the_domain_writes_them() {
+        let user = recorded(&SessionEvent::UserMessageRecorded {
+            session_id: "sess-1".into(),
+            message_id: "msg_1".into(),
+            content: "Grüße \"there\"\n".into(),
+        });
+        let line = TranscriptLine::user(&user).unwrap();
+        assert_eq!(line.message_id(), "msg_1");
+        assert_eq!(line.content(), "Grüße \"there\"\n");
+        assert!(line.reply().is_none());
+
+        for (streamed, incomplete) in [(false, false), (true, true)] {
+            let reply: AssistantReply = serde_json::from_value(json!({
+                "messageId": "msg_2", "replyTo": "msg_1", "agentId": "agent-1",
+                "content": "hello", "provider": "vendorB", "model": "m-1",
+                "tokensIn": 12, "tokensOut": 30, "costMicros": 1_260,
+                "price": {"microUsdPer1kTokens": 30_000}, "fallbackUsed": true,
+                "streamed": streamed, "clientDisconnected": streamed, "incomplete": incomplete,
+            }))
+            .unwrap();
+            let assistant = recorded(&SessionEvent::AssistantMessageRecorded {
+                session_id: "sess-1".into(),
+                reply: reply.clone(),
+            });
+            let line = TranscriptLine::assistant(&assistant).unwrap();
+            assert_eq!(line.message_id(), reply.message_id);
+            assert_eq!(line.content(), reply.content);
+            let answer = line.reply().unwrap();
+            assert_eq!(answer.reply_to, reply.reply_to);
+            assert_eq!(answer.provider, reply.provider);
+            assert_eq!(answer.model, reply.model);
+            // The document as a JSON map (sorted keys) wrote it before.
+            let sorted = json!({
+                "tokensIn": reply.tokens_in,
+                "tokensOut": reply.tokens_out,
+                "costMicros": reply.cost_micros,
+                "priceMicroUsdPer1kTokens": reply.price.micro_usd_per_1k_tokens,
+                "fallbackUsed": reply.fallback_used,
+                "streamed": reply.streamed,
+                "clientDisconnected": reply.client_disconnected,
+                "incomplete": reply.incomplete,
+            });
+            assert_eq!(
+                serde_json::to_string(&answer.usage()).unwrap(),
+                serde_json::to_string(&sorted).unwrap()
+            );
+        }
+
+        // A reply missing a field the domain requires is refused, not defaulted.
+        let mut broken = recorded(&SessionEvent::UserMessageRecorded {
+            session_id: "sess-1".into(),
+            message_id: "msg_1".into(),
+            content: "hi".into(),
+        });
+        broken.event_type = SessionEvent::ASSISTANT_MESSAGE_RECORDED.into();
+        assert!(TranscriptLine::assistant(&broken).is_err());
+    }
 }
