@@ -503,14 +503,13 @@ impl Projector for ProviderCallsProjector {
         for event in
             session_events(events).filter(|e| e.event_type == SessionEvent::PROVIDER_CALL_ATTEMPTED)
         {
-            if let SessionEvent::ProviderCallAttempted {
-                message_id,
-                attempt,
-                ..
-            } = crate::decode(event)?
-            {
-                calls.push((event, message_id, attempt));
-            }
+            let call = <CallLine as serde::Deserialize>::deserialize(&event.payload).map_err(
+                |source| ProjectionError::Decode {
+                    event_id: event.event_id,
+                    source,
+                },
+            )?;
+            calls.push((event, call));
         }
         // One statement per chunk of calls.
         static INSERT: Texts = Texts::new(INSERT_CHUNK);
@@ -526,26 +525,47 @@ impl Projector for ProviderCallsProjector {
             });
             let mut query =
                 Statement::new(&sql).persistent(eventlog::sql::recurs(chunk.len(), INSERT_CHUNK));
-            for (event, message_id, attempt) in chunk {
+            for (event, call) in chunk {
                 query = query
                     .bind(event.tenant_id.as_str())
                     .bind(event.aggregate_id.as_str())
                     .bind(event.sequence)
-                    .bind(message_id.as_str())
-                    .bind(attempt.provider.as_str())
-                    .bind(attempt.model.as_deref())
-                    .bind(attempt.attempt as i32)
-                    .bind(attempt.status.as_str())
-                    .bind(attempt.http_status.map(i32::from))
-                    .bind(attempt.latency_ms as i64)
-                    .bind(attempt.error_code.as_deref())
-                    .bind(attempt.retry_after_ms.map(|ms| ms as i64))
+                    .bind(call.message_id)
+                    .bind(call.provider)
+                    .bind(call.model)
+                    .bind(call.attempt as i32)
+                    .bind(call.status)
+                    .bind(call.http_status.map(i32::from))
+                    .bind(call.latency_ms as i64)
+                    .bind(call.error_code)
+                    .bind(call.retry_after_ms.map(|ms| ms as i64))
                     .bind(event.recorded_at);
             }
             tx.execute(query).await?;
         }
         Ok(())
     }
+}
+
+/// What a `provider_calls` row takes of a `ProviderCallAttempted` payload, borrowed from it
+/// rather than decoded into the domain event (whose attempt is flattened into it, which serde
+/// reads through a buffer). The names are the domain's (pinned by a test).
+#[derive(Debug, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CallLine<'a> {
+    message_id: &'a str,
+    provider: &'a str,
+    #[serde(default)]
+    model: Option<&'a str>,
+    attempt: u32,
+    status: &'a str,
+    #[serde(default)]
+    http_status: Option<u16>,
+    latency_ms: u64,
+    #[serde(default)]
+    error_code: Option<&'a str>,
+    #[serde(default)]
+    retry_after_ms: Option<u64>,
 }
 
 /// One provider call of the log.
@@ -596,7 +616,7 @@ pub async fn provider_calls(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::session::AssistantReply;
+    use domain::session::{AssistantReply, ProviderAttempt};
     use eventlog::{Cursor, NewEvent};
     use serde_json::json;
 
@@ -676,5 +696,55 @@ mod tests {
         });
         broken.event_type = SessionEvent::ASSISTANT_MESSAGE_RECORDED.into();
         assert!(TranscriptLine::assistant(&broken).is_err());
+    }
+
+    /// A provider call read in place holds what the domain event holds, with and without
+    /// its optional fields.
+    #[test]
+    fn provider_calls_read_in_place_as_the_domain_writes_them() {
+        let attempts = [
+            ProviderAttempt {
+                provider: "vendorA".into(),
+                model: Some("m-1".into()),
+                attempt: 2,
+                status: "error".into(),
+                http_status: Some(429),
+                latency_ms: 31,
+                error_code: Some("RATE_LIMITED".into()),
+                retry_after_ms: Some(1_500),
+            },
+            ProviderAttempt {
+                provider: "vendorB".into(),
+                model: None,
+                attempt: 1,
+                status: "success".into(),
+                http_status: None,
+                latency_ms: 7,
+                error_code: None,
+                retry_after_ms: None,
+            },
+        ];
+        for attempt in attempts {
+            let event = recorded(&SessionEvent::ProviderCallAttempted {
+                session_id: "sess-1".into(),
+                message_id: "msg_1".into(),
+                attempt: attempt.clone(),
+            });
+            let call = <CallLine as serde::Deserialize>::deserialize(&event.payload).unwrap();
+            assert_eq!(
+                call,
+                CallLine {
+                    message_id: "msg_1",
+                    provider: &attempt.provider,
+                    model: attempt.model.as_deref(),
+                    attempt: attempt.attempt,
+                    status: &attempt.status,
+                    http_status: attempt.http_status,
+                    latency_ms: attempt.latency_ms,
+                    error_code: attempt.error_code.as_deref(),
+                    retry_after_ms: attempt.retry_after_ms,
+                }
+            );
+        }
     }
 }
