@@ -563,7 +563,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
     if depth > MAX_JSON_DEPTH {
         return Err(ApiError::JsonTooDeep { depth });
     }
-    if has_nul_escape(bytes) {
+    if eventlog::json::has_nul_escape(bytes) {
         return Err(ApiError::JsonNulCharacter);
     }
     serde_json::from_slice(bytes).map_err(|e| {
@@ -571,27 +571,6 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
             "Failed to deserialize the JSON body into the target type: {e}"
         ))
     })
-}
-
-/// Whether a JSON text has `\u0000` in a string (a raw NUL byte is not JSON at all).
-fn has_nul_escape(bytes: &[u8]) -> bool {
-    let mut in_string = false;
-    let mut i = 0;
-    while i < bytes.len() {
-        match (in_string, bytes[i]) {
-            (false, b'"') => in_string = true,
-            (true, b'"') => in_string = false,
-            (true, b'\\') => {
-                if bytes.get(i + 1..i + 6) == Some(b"u0000".as_slice()) {
-                    return true;
-                }
-                i += 1;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    false
 }
 
 impl<T: Serialize> IntoResponse for ApiJson<T> {

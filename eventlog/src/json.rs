@@ -27,21 +27,24 @@ pub struct DeepJson(pub Value);
 /// strings do not count. Does not validate the text: a parser does that afterwards.
 pub fn nesting_depth(bytes: &[u8]) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // A string ends at the first quote not escaped: jump from one quote or
+                // backslash to the next instead of looking at every byte of it.
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &bytes[i.min(bytes.len())..]) {
+                        None => return deepest,
+                        Some(at) if bytes[i + at] == b'\\' => i += at + 2,
+                        Some(at) => {
+                            i += at;
+                            break;
+                        }
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -49,8 +52,27 @@ pub fn nesting_depth(bytes: &[u8]) -> usize {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     deepest
+}
+
+/// Whether a JSON text has `\u0000` in a string (a raw NUL byte is not JSON at all). An
+/// escaped backslash followed by `u0000` (`\\u0000`, the six characters) is not one.
+pub fn has_nul_escape(bytes: &[u8]) -> bool {
+    // The searcher is built once (building one costs as much as searching a short body).
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\\u0000"));
+    FINDER.find_iter(bytes).any(|at| {
+        // The backslash at `at` starts an escape when the backslashes that end there are odd
+        // in number (the others escape one another).
+        let run = bytes[..=at]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        run % 2 == 1
+    })
 }
 
 /// Parses a JSON text of at most [`MAX_READ_DEPTH`] levels, however deep beyond serde_json's
@@ -165,6 +187,24 @@ mod tests {
         assert_eq!(nesting_depth(br#"{"a":[1,{"b":2}]}"#), 3);
         assert_eq!(nesting_depth(br#"{"a":"[[[{{{\"]]]"}"#), 1);
         assert_eq!(nesting_depth(nested(200).as_bytes()), 200);
+        // Escaped backslashes and quotes inside strings, and texts cut off inside a string
+        // or just after a backslash.
+        assert_eq!(nesting_depth(br#"{"a":"\\","b":[["\\\"[["]]}"#), 3);
+        assert_eq!(nesting_depth(br#"[{"a":"x\"#), 2);
+        assert_eq!(nesting_depth(br#"[{"a":"x\""#), 2);
+        assert_eq!(nesting_depth(br#"[["#), 2);
+        assert_eq!(nesting_depth(b""), 0);
+    }
+
+    #[test]
+    fn nul_escapes_are_found_and_escaped_backslashes_are_not_one() {
+        assert!(has_nul_escape(br#"{"text":"a\u0000b"}"#));
+        assert!(has_nul_escape(br#"{"a\u0000b":1}"#));
+        assert!(has_nul_escape(br#"{"t":"\\\u0000"}"#));
+        assert!(!has_nul_escape(br#"{"text":"a\\u0000b"}"#));
+        assert!(!has_nul_escape(br#"{"text":"u0000"}"#));
+        assert!(!has_nul_escape(br#"{"text":"\u00001"}"#.split_at(12).0));
+        assert!(!has_nul_escape(b""));
     }
 
     #[test]
