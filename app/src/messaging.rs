@@ -93,15 +93,20 @@ struct Recorded {
     budgets: Vec<(StreamId, Budget)>,
 }
 
-/// `msg_` and 32 hex digits of a hash of the parts: the same request gets the same ids.
-fn derived_id(parts: &[&str]) -> String {
+/// The ids of a message and of its reply: `msg_` and 32 hex digits of a hash of the parts
+/// (and of the parts and `reply`), so that the same request gets the same ids. The reply's
+/// hash goes on from a copy of the message's, so the parts are hashed once.
+fn derived_ids(parts: &[&str]) -> (String, String) {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update(part.as_bytes());
         hasher.update([0u8]);
     }
-    let digest = hasher.finalize();
-    format!("msg_{}", idempotency::hex(&digest[..16]))
+    let message = hasher.clone().finalize();
+    hasher.update(b"reply\0");
+    let reply = hasher.finalize();
+    let id = |digest: &[u8]| format!("msg_{}", idempotency::hex(&digest[..16]));
+    (id(&message), id(&reply))
 }
 
 /// The stream of a session.
@@ -204,12 +209,12 @@ fn names(
     session_id: &str,
     content: &str,
 ) -> (Value, StreamId, String, String) {
-    let tenant = ctx.tenant.to_string();
+    let (message_id, reply_id) = derived_ids(&[ctx.tenant.as_str(), session_id, raw_key]);
     (
         json!({ "role": "user", "content": content }),
         session_stream(&ctx.tenant, session_id),
-        derived_id(&[tenant.as_str(), session_id, raw_key]),
-        derived_id(&[tenant.as_str(), session_id, raw_key, "reply"]),
+        message_id,
+        reply_id,
     )
 }
 
@@ -1126,6 +1131,28 @@ mod tests {
     use super::*;
     use domain::provider::Price;
     use domain::session::Exchange;
+
+    /// The ids a retried message is recognised by never change between versions: SHA-256 of
+    /// the NUL-terminated parts (and `reply`), as computed elsewhere (Python's hashlib).
+    #[test]
+    fn message_ids_are_the_hashes_of_their_parts() {
+        assert_eq!(
+            derived_ids(&["acme", "sess-1", "key-1"]),
+            (
+                "msg_3721f1bd9536396b8e2d5ad022617eaf".to_string(),
+                "msg_0fea63b1f9134b1d33eb7034455f6d55".to_string()
+            )
+        );
+        // Parts longer than one block of the hash.
+        let (session, key) = ("s".repeat(70), "k".repeat(100));
+        assert_eq!(
+            derived_ids(&["acme", &session, &key]),
+            (
+                "msg_676af59f106410f80191419de3253af5".to_string(),
+                "msg_18419f705309d601d21a6881ec61e299".to_string()
+            )
+        );
+    }
 
     fn attempt(provider: &str, status: &str) -> ProviderAttempt {
         ProviderAttempt {
