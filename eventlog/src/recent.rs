@@ -114,7 +114,35 @@ impl<T: Clone> Recent<T> {
 
 /// An estimate of the heap a JSON value holds.
 pub(crate) fn value_weight(value: &Value) -> usize {
-    // Iterative: payloads may nest a thousand levels deep.
+    weight_within(value, 0)
+}
+
+/// Levels [`value_weight`] walks by recursion (no allocation), before going on with a stack
+/// of its own: payloads may nest a thousand levels deep.
+const RECURSIVE_LEVELS: usize = 16;
+
+fn weight_within(value: &Value, level: usize) -> usize {
+    match value {
+        Value::String(text) => 32 + text.len(),
+        Value::Array(_) | Value::Object(_) if level >= RECURSIVE_LEVELS => weight_iterative(value),
+        Value::Array(items) => {
+            32 + items
+                .iter()
+                .map(|item| weight_within(item, level + 1))
+                .sum::<usize>()
+        }
+        Value::Object(fields) => {
+            32 + fields
+                .iter()
+                .map(|(name, field)| name.len() + 32 + weight_within(field, level + 1))
+                .sum::<usize>()
+        }
+        _ => 32,
+    }
+}
+
+/// [`value_weight`] with a stack on the heap, for any depth.
+fn weight_iterative(value: &Value) -> usize {
     let mut total = 0;
     let mut pending = vec![value];
     while let Some(value) = pending.pop() {
@@ -204,6 +232,23 @@ mod tests {
         }
         assert!(value_weight(&deep) > 2_000 * 32);
         assert!(value_weight(&serde_json::json!({"k": "x".repeat(1000)})) > 1000);
+        // Recursion and the heap stack weigh alike, on either side of where one hands over
+        // to the other.
+        assert_eq!(value_weight(&deep), weight_iterative(&deep));
+        let mut mixed = serde_json::json!({"a": [1, "two", {"three": null}], "b": true});
+        for level in 0..40 {
+            assert_eq!(
+                value_weight(&mixed),
+                weight_iterative(&mixed),
+                "{level} levels"
+            );
+            mixed = serde_json::json!({"k": [mixed, "x"], "n": level});
+        }
+        assert_eq!(value_weight(&serde_json::json!("abc")), 35);
+        assert_eq!(
+            value_weight(&serde_json::json!({"ab": 1})),
+            32 + 2 + 32 + 32
+        );
         // Dropping it would recurse 2,000 levels on the test's small stack.
         std::mem::forget(deep);
     }
