@@ -29,7 +29,7 @@ fn event(name: &str) -> NewEvent {
         event_id: uuid::Uuid::now_v7(),
         event_type: "WidgetRenamed".into(),
         event_version: "1.0".into(),
-        payload: json!({ "name": name }),
+        payload: json!({ "name": name }).into(),
         recorded_at: None,
     }
 }
@@ -316,11 +316,11 @@ async fn every_event_carries_its_metadata(backend: Backend) {
         .unwrap();
     assert_eq!(lean.len(), 2);
     for (lean, whole) in lean.into_iter().zip(returned) {
-        assert_eq!(lean.metadata, serde_json::Value::Null);
+        assert_eq!(*lean.metadata, serde_json::Value::Null);
         assert_eq!(
             lean,
             RecordedEvent {
-                metadata: serde_json::Value::Null,
+                metadata: serde_json::Value::Null.into(),
                 ..whole
             }
         );
@@ -375,7 +375,7 @@ async fn a_stored_version_1_event_loads_as_version_2(backend: Backend) {
         }
     );
     let (tailed, _) = read_at_least(&log, Cursor::START, 1).await;
-    assert_eq!(tailed[0].payload, json!({ "newName": "legacy" }));
+    assert_eq!(*tailed[0].payload, json!({ "newName": "legacy" }));
 
     // The stored row itself is unchanged: upcasting happens on read.
     let plain = db.log().await;
@@ -713,7 +713,7 @@ async fn events_kept_in_memory_read_as_the_log_stores_them(backend: Backend) {
     let events: Vec<NewEvent> = payloads
         .iter()
         .map(|payload| NewEvent {
-            payload: payload.clone(),
+            payload: payload.clone().into(),
             ..event("kept")
         })
         .collect();

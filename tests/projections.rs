@@ -120,7 +120,7 @@ async fn append_events(log: &EventLog, stream_id: &str, count: usize) {
                 event_id: uuid::Uuid::now_v7(),
                 event_type: "ThingHappened".into(),
                 event_version: "1.0".into(),
-                payload: json!({ "i": i }),
+                payload: json!({ "i": i }).into(),
                 recorded_at: None,
             }],
             metadata: EventMetadata::new(tenant(), "test", "req", "DoThing"),

@@ -331,7 +331,7 @@ async fn append_backlog(log: &EventLog, events: usize) {
                     event_id: uuid::Uuid::now_v7(),
                     event_type: "BacklogFilled".into(),
                     event_version: "1.0".into(),
-                    payload: json!({ "chunk": chunk, "i": i }),
+                    payload: json!({ "chunk": chunk, "i": i }).into(),
                     recorded_at: None,
                 }],
                 metadata: EventMetadata::new(tenant.clone(), "test", "req", "FillBacklog"),

@@ -710,7 +710,7 @@ async fn relay_drain(args: &Args) -> anyhow::Result<()> {
                     event_id: uuid::Uuid::now_v7(),
                     event_type: "BacklogFilled".into(),
                     event_version: "1.0".into(),
-                    payload: json!({ "n": written + i as u64, "text": "lorem ipsum dolor sit amet consectetur" }),
+                    payload: json!({ "n": written + i as u64, "text": "lorem ipsum dolor sit amet consectetur" }).into(),
                     recorded_at: None,
                 }],
                 metadata: domain::metadata::EventMetadata::new(tenant.clone(), "bench", "bench", "FillBacklog"),

@@ -80,8 +80,9 @@ pub struct NewEvent {
     pub event_id: Uuid,
     pub event_type: String,
     pub event_version: String,
-    /// The event's fields, without the enum tag (which is `event_type`).
-    pub payload: Value,
+    /// The event's fields, without the enum tag (which is `event_type`); shared with the
+    /// recorded event the append returns.
+    pub payload: Arc<Value>,
     /// When the event happened, for imports and seeds that carry their original times;
     /// `None` (every command) records the time of the append.
     pub recorded_at: Option<DateTime<Utc>>,
@@ -104,7 +105,7 @@ impl NewEvent {
             event_id: Uuid::now_v7(),
             event_type,
             event_version: event.event_version(),
-            payload,
+            payload: Arc::new(payload),
             recorded_at: None,
         })
     }
@@ -131,8 +132,10 @@ pub struct RecordedEvent {
     pub sequence: i64,
     pub event_type: String,
     pub event_version: String,
-    pub payload: Value,
-    pub metadata: Value,
+    /// Shared with the event as appended, and with the log's in-memory copies.
+    pub payload: Arc<Value>,
+    /// Shared by the events of one command.
+    pub metadata: Arc<Value>,
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -152,7 +155,7 @@ impl RecordedEvent {
             _,
             serde_json::Error,
         >::new(std::iter::once(
-            (self.event_type.as_str(), &self.payload),
+            (self.event_type.as_str(), &*self.payload),
         ))))
     }
 
@@ -161,7 +164,7 @@ impl RecordedEvent {
     /// payload fields its visibility keeps inside the gateway (a key's hash).
     pub fn envelope(&self) -> Value {
         let visibility = self.visibility();
-        let payload = match &self.payload {
+        let payload = match &*self.payload {
             Value::Object(fields)
                 if visibility
                     .internal_fields
@@ -174,7 +177,7 @@ impl RecordedEvent {
                 }
                 Value::Object(fields)
             }
-            _ => self.payload.clone(),
+            _ => Value::clone(&self.payload),
         };
         serde_json::json!({
             "eventId": self.event_id,
@@ -208,7 +211,7 @@ impl RecordedEvent {
 
     /// The metadata, when it has the current shape.
     pub fn event_metadata(&self) -> Option<EventMetadata> {
-        serde::Deserialize::deserialize(&self.metadata).ok()
+        serde::Deserialize::deserialize(&*self.metadata).ok()
     }
 }
 
@@ -357,8 +360,8 @@ where
             sequence: row.try_get("sequence")?,
             event_type: row.try_get("event_type")?,
             event_version: row.try_get("event_version")?,
-            payload: payload.0,
-            metadata: metadata.0,
+            payload: Arc::new(payload.0),
+            metadata: Arc::new(metadata.0),
             recorded_at: row.try_get("recorded_at")?,
         })
     }
@@ -554,9 +557,9 @@ impl Store {
         let recorded_at = Utc::now()
             .duration_trunc(chrono::TimeDelta::microseconds(1))
             .unwrap_or_else(|_| Utc::now());
-        let metadata: Vec<Value> = batch
+        let metadata: Vec<Arc<Value>> = batch
             .iter()
-            .map(|append| serde_json::to_value(&append.borrow().metadata))
+            .map(|append| serde_json::to_value(&append.borrow().metadata).map(Arc::new))
             .collect::<Result<_, _>>()?;
 
         let stored = ordered.iter().map(|&(index, sequence, event)| {
@@ -1135,8 +1138,8 @@ impl Store {
             event.aggregate_type.clone(),
             event.event_type.clone(),
             event.event_version.clone(),
-            event.payload.clone(),
-            event.metadata.clone(),
+            Value::clone(&event.payload),
+            Value::clone(&event.metadata),
         );
         for upcaster in &self.inner.upcasters {
             if upcaster.can_upcast(&serialized.event_type, &serialized.event_version) {
@@ -1146,8 +1149,8 @@ impl Store {
         RecordedEvent {
             event_type: serialized.event_type,
             event_version: serialized.event_version,
-            payload: serialized.payload,
-            metadata: serialized.metadata,
+            payload: Arc::new(serialized.payload),
+            metadata: Arc::new(serialized.metadata),
             ..event
         }
     }

@@ -21,6 +21,7 @@
 //! it is written (names, sequences, sizes, nesting); event ids stay unique.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -134,8 +135,8 @@ impl From<RecordedEvent> for ExportedEvent {
             event_type: event.event_type,
             event_version: event.event_version,
             recorded_at: event.recorded_at,
-            payload: event.payload,
-            metadata: event.metadata,
+            payload: Arc::unwrap_or_clone(event.payload),
+            metadata: Arc::unwrap_or_clone(event.metadata),
         }
     }
 }
@@ -468,8 +469,8 @@ impl<'s> Importer<'s> {
             sequence: event.sequence,
             event_type: event.event_type,
             event_version: event.event_version,
-            payload: event.payload,
-            metadata: event.metadata,
+            payload: Arc::new(event.payload),
+            metadata: Arc::new(event.metadata),
             recorded_at: event.recorded_at,
         });
         if self.pending.len() >= IMPORT_BATCH {

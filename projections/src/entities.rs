@@ -141,7 +141,7 @@ impl<'a> Change<'a> {
             event_id: event.event_id,
             source,
         };
-        let names = Names::deserialize(&event.payload).map_err(failed)?;
+        let names = Names::deserialize(&*event.payload).map_err(failed)?;
         let data = || match event.payload.get("data") {
             Some(Value::Object(data)) => Ok(data),
             Some(_) => Err(failed(serde_json::Error::custom("'data' is not an object"))),
@@ -392,7 +392,7 @@ mod tests {
             event_type: new.event_type,
             event_version: new.event_version,
             payload: new.payload,
-            metadata: Value::Null,
+            metadata: Arc::new(Value::Null),
             recorded_at: Utc::now(),
         }
     }
@@ -453,23 +453,25 @@ mod tests {
             id: EntityId::parse("u1").unwrap(),
             data: document(),
         });
-        event.payload = serde_json::json!({"entityType": "users", "id": "u1", "data": [1]});
+        event.payload =
+            Arc::new(serde_json::json!({"entityType": "users", "id": "u1", "data": [1]}));
         assert!(matches!(
             Change::read(&event),
             Err(ProjectionError::Decode { .. })
         ));
-        event.payload = serde_json::json!({"entityType": "users", "id": "u1"});
+        event.payload = Arc::new(serde_json::json!({"entityType": "users", "id": "u1"}));
         assert!(matches!(
             Change::read(&event),
             Err(ProjectionError::Decode { .. })
         ));
-        event.payload = serde_json::json!({"id": "u1", "data": {}});
+        event.payload = Arc::new(serde_json::json!({"id": "u1", "data": {}}));
         assert!(matches!(
             Change::read(&event),
             Err(ProjectionError::Decode { .. })
         ));
         event.event_type = "EntityRenamed".into();
-        event.payload = serde_json::json!({"entityType": "users", "id": "u1", "data": {}});
+        event.payload =
+            Arc::new(serde_json::json!({"entityType": "users", "id": "u1", "data": {}}));
         assert!(matches!(
             Change::read(&event),
             Err(ProjectionError::Decode { .. })

@@ -356,11 +356,11 @@ struct ReplyLine<'a> {
 
 impl<'a> TranscriptLine<'a> {
     fn user(event: &'a RecordedEvent) -> Result<Self, serde_json::Error> {
-        serde::Deserialize::deserialize(&event.payload).map(Self::User)
+        serde::Deserialize::deserialize(&*event.payload).map(Self::User)
     }
 
     fn assistant(event: &'a RecordedEvent) -> Result<Self, serde_json::Error> {
-        serde::Deserialize::deserialize(&event.payload).map(Self::Assistant)
+        serde::Deserialize::deserialize(&*event.payload).map(Self::Assistant)
     }
 
     fn message_id(&self) -> &'a str {
@@ -503,7 +503,7 @@ impl Projector for ProviderCallsProjector {
         for event in
             session_events(events).filter(|e| e.event_type == SessionEvent::PROVIDER_CALL_ATTEMPTED)
         {
-            let call = <CallLine as serde::Deserialize>::deserialize(&event.payload).map_err(
+            let call = <CallLine as serde::Deserialize>::deserialize(&*event.payload).map_err(
                 |source| ProjectionError::Decode {
                     event_id: event.event_id,
                     source,
@@ -632,7 +632,7 @@ mod tests {
             event_type: new.event_type,
             event_version: new.event_version,
             payload: new.payload,
-            metadata: Value::Null,
+            metadata: Arc::new(Value::Null),
             recorded_at: Utc::now(),
         }
     }
@@ -730,7 +730,7 @@ mod tests {
                 message_id: "msg_1".into(),
                 attempt: attempt.clone(),
             });
-            let call = <CallLine as serde::Deserialize>::deserialize(&event.payload).unwrap();
+            let call = <CallLine as serde::Deserialize>::deserialize(&*event.payload).unwrap();
             assert_eq!(
                 call,
                 CallLine {

@@ -65,7 +65,7 @@ fn reply_of(event: &RecordedEvent) -> Result<Option<(UsageRecord, String)>, serd
     {
         return Ok(None);
     }
-    let reply = <BilledReply as serde::Deserialize>::deserialize(&event.payload)?;
+    let reply = <BilledReply as serde::Deserialize>::deserialize(&*event.payload)?;
     let api_key = event.event_metadata().map(|m| m.actor).unwrap_or_default();
     let record = UsageRecord {
         tenant_id: event.tenant_id.clone(),
@@ -1528,7 +1528,10 @@ mod tests {
             let mut payload = new.payload;
             if agent_id.is_empty() {
                 // Replies recorded before the agent was part of them.
-                payload.as_object_mut().unwrap().remove("agentId");
+                Arc::make_mut(&mut payload)
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("agentId");
             }
             let event = RecordedEvent {
                 cursor: Cursor::START,
@@ -1540,13 +1543,15 @@ mod tests {
                 event_type: new.event_type,
                 event_version: new.event_version,
                 payload,
-                metadata: serde_json::to_value(domain::metadata::EventMetadata::new(
-                    domain::names::TenantId::parse("acme").unwrap(),
-                    "key_1",
-                    "req-1",
-                    "SendMessage",
-                ))
-                .unwrap(),
+                metadata: Arc::new(
+                    serde_json::to_value(domain::metadata::EventMetadata::new(
+                        domain::names::TenantId::parse("acme").unwrap(),
+                        "key_1",
+                        "req-1",
+                        "SendMessage",
+                    ))
+                    .unwrap(),
+                ),
                 recorded_at: Utc::now(),
             };
             let (record, reply_to) = reply_of(&event).unwrap().unwrap();

@@ -476,8 +476,8 @@ mod tests {
             sequence: 1,
             event_type: "EntityCreated".into(),
             event_version: "1.0".into(),
-            payload: json!({}),
-            metadata: json!({"requestId": "req_1", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}),
+            payload: json!({}).into(),
+            metadata: json!({"requestId": "req_1", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}).into(),
             recorded_at: chrono::Utc::now(),
         };
         let headers = crate::relay::headers(&event);
