@@ -250,7 +250,7 @@ fn start(log: Weak<crate::store::Inner>, backend: crate::Backend) -> Queue {
 async fn commit_group(log: &Store, group: Vec<Job>, mut turn: Turn) {
     // A second command of the group with the same new key waits for the first one's outcome.
     let first_of_key: Vec<bool> = {
-        let mut keys = HashSet::new();
+        let mut keys = HashSet::with_hasher(crate::FastHasher::default());
         group
             .iter()
             .map(|job| {
@@ -331,9 +331,10 @@ async fn together(log: &Store, mut group: Vec<Job>, turn: &mut Turn) -> GroupEnd
         None => {
             // Nothing was written: the commands whose streams moved are decided again by
             // their callers, and the others are appended.
-            let stale: HashSet<StreamId> = or_alone!(log.stale_reads_in(&mut tx, &reads).await)
-                .into_iter()
-                .collect();
+            let stale: HashSet<StreamId, crate::FastHasher> =
+                or_alone!(log.stale_reads_in(&mut tx, &reads).await)
+                    .into_iter()
+                    .collect();
             let (moved, rest): (Vec<Job>, Vec<Job>) = group.into_iter().partition(|job| {
                 job.commit
                     .reads

@@ -272,14 +272,15 @@ impl Store {
         &self,
         tx: &mut Tx,
         keys: &[(&IdempotencyKey, NewRecord<'_>)],
-    ) -> Result<std::collections::HashSet<(String, String, String)>, sqlx::Error> {
+    ) -> Result<std::collections::HashSet<(String, String, String), crate::FastHasher>, sqlx::Error>
+    {
         let mut keys = keys.to_vec();
         keys.sort_by(|a, b| {
             (&a.0.tenant_id, &a.0.scope, &a.0.key).cmp(&(&b.0.tenant_id, &b.0.scope, &b.0.key))
         });
         let now = Utc::now();
         let legacy = self.legacy_records().await?;
-        let mut taken = std::collections::HashSet::new();
+        let mut taken = std::collections::HashSet::default();
         static TEXTS: Texts = Texts::new(100);
         let backend = tx.backend();
         for chunk in keys.chunks(100) {
@@ -347,7 +348,7 @@ impl Store {
                 let inserted = rows
                     .iter()
                     .map(|row| row.decode::<(String, String, String)>())
-                    .collect::<Result<std::collections::HashSet<_>, _>>()?;
+                    .collect::<Result<std::collections::HashSet<_, crate::FastHasher>, _>>()?;
                 taken.extend(
                     chunk
                         .iter()

@@ -46,6 +46,12 @@ pub mod stream_cache;
 pub mod transfer;
 pub mod unit_of_work;
 
+/// The hasher of the log's maps whose keys are bounded per command or group, or chosen by the
+/// gateway (event ids, the streams and keys of one commit group, one command's streams):
+/// faster than the standard one, whose resistance to crafted collisions only matters for maps
+/// that grow with what clients send over time (the stream cache keeps it).
+pub(crate) type FastHasher = foldhash::fast::RandomState;
+
 pub use aggregate::{CommandError, CommandOutcome};
 pub use cursor::Cursor;
 pub use db::{Backend, Db, Tx};

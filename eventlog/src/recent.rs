@@ -29,7 +29,7 @@ impl<T> Default for Recent<T> {
     fn default() -> Self {
         Self {
             state: Mutex::new(State {
-                by_id: HashMap::new(),
+                by_id: HashMap::default(),
                 order: VecDeque::new(),
                 bytes: 0,
             }),
@@ -38,7 +38,8 @@ impl<T> Default for Recent<T> {
 }
 
 struct State<T> {
-    by_id: HashMap<Uuid, (T, usize)>,
+    /// Event ids: chosen by the gateway (or by an export it wrote), not by clients.
+    by_id: HashMap<Uuid, (T, usize), crate::FastHasher>,
     /// Insertion order, for eviction.
     order: VecDeque<Uuid>,
     bytes: usize,

@@ -727,7 +727,7 @@ impl Store {
         tx: &mut Tx,
         reads: &[(StreamId, u64)],
     ) -> Result<Vec<StreamId>, sqlx::Error> {
-        let mut seen = HashSet::with_capacity(reads.len());
+        let mut seen = HashSet::with_capacity_and_hasher(reads.len(), crate::FastHasher::default());
         let distinct: Vec<&(StreamId, u64)> = reads.iter().filter(|r| seen.insert(*r)).collect();
         let moved: Vec<(String, String, String)> = match tx {
             Tx::Postgres(conn) => {
@@ -1275,16 +1275,17 @@ async fn insert_rows<'a>(
     tx: &mut Tx,
     rows: impl Iterator<Item = Stored<'a>>,
     reads: &[(StreamId, u64)],
-) -> Result<Option<HashMap<Uuid, (i64, i64)>>, sqlx::Error> {
+) -> Result<Option<HashMap<Uuid, (i64, i64), crate::FastHasher>>, sqlx::Error> {
     let rows: Vec<Stored<'a>> = rows.collect();
-    let mut written: HashMap<Uuid, (i64, i64)> = HashMap::with_capacity(rows.len());
+    let mut written: HashMap<Uuid, (i64, i64), crate::FastHasher> =
+        HashMap::with_capacity_and_hasher(rows.len(), crate::FastHasher::default());
     let backend = tx.backend();
     static TEXTS: Texts = Texts::new(INSERT_CHUNK);
     static CHECKED: Texts = Texts::new(INSERT_CHUNK);
     // Each distinct read once, as `[tenant, type, id, version]` rows of one JSON parameter:
     // one statement text whatever the number of reads.
     let mut check = (!reads.is_empty()).then(|| {
-        let mut seen = HashSet::with_capacity(reads.len());
+        let mut seen = HashSet::with_capacity_and_hasher(reads.len(), crate::FastHasher::default());
         Json(
             reads
                 .iter()

@@ -23,7 +23,7 @@
 //! half of its entries. Streams longer than [`MAX_CACHED_STREAM`] events are not kept.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -54,9 +54,10 @@ impl Entry {
 
 /// Aggregates kept in memory (see the module documentation).
 pub struct StreamCache {
-    aggregate_types: HashSet<String>,
+    /// A handful of names, compared in turn: cheaper than hashing the name at every lookup.
+    aggregate_types: Box<[String]>,
     /// Types whose aggregate is taken out of the cache by its reader, not copied.
-    handed_out: HashSet<String>,
+    handed_out: Box<[String]>,
     /// Most weight held.
     capacity: usize,
     entries: Mutex<Entries>,

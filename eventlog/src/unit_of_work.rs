@@ -112,10 +112,8 @@ impl<A: Aggregate + Clone + 'static> AnyStaged for Staged<A> {
 const PREFETCH_CHUNK: usize = 500;
 
 /// The hasher of a unit of work's maps: its keys are the streams of one command (a bounded
-/// number), hashed several times each, so a fast hasher serves better than the standard one,
-/// whose resistance to crafted collisions only matters for maps that grow with what clients
-/// send over time.
-type Hasher = foldhash::fast::RandomState;
+/// number), hashed several times each.
+type Hasher = crate::FastHasher;
 
 /// Commands on several streams, committed in one transaction.
 ///
