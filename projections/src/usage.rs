@@ -159,13 +159,28 @@ impl Sums {
 }
 
 fn key(record: &UsageRecord, bucket: DateTime<Utc>) -> GroupKey {
+    let (tenant, bucket, provider, model, agent, api_key) = key_ref(record, bucket);
     (
-        record.tenant_id.clone(),
+        tenant.to_owned(),
         bucket,
-        record.provider.clone(),
-        record.model.clone(),
-        record.agent_id.clone(),
-        record.api_key.clone(),
+        provider.to_owned(),
+        model.to_owned(),
+        agent.to_owned(),
+        api_key.to_owned(),
+    )
+}
+
+/// A [`GroupKey`] borrowed from its record.
+type KeyRef<'a> = (&'a str, DateTime<Utc>, &'a str, &'a str, &'a str, &'a str);
+
+fn key_ref(record: &UsageRecord, bucket: DateTime<Utc>) -> KeyRef<'_> {
+    (
+        &record.tenant_id,
+        bucket,
+        &record.provider,
+        &record.model,
+        &record.agent_id,
+        &record.api_key,
     )
 }
 
@@ -206,7 +221,7 @@ impl Projector for UsageProjector {
             }
         }
         // Only records inserted now count, so applying an event twice changes nothing.
-        let mut inserted: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut inserted: Vec<(String, String)> = Vec::new();
         static RECORDS: Texts = Texts::new(CHUNK);
         for chunk in records.chunks(CHUNK) {
             let sql = crate::rows_text(&RECORDS, tx, target, chunk.len(), || {
@@ -236,25 +251,30 @@ impl Projector for UsageProjector {
                     .bind(r.recorded_at);
             }
             for row in tx.fetch_all(query).await? {
-                inserted.insert((row.try_get(0)?, row.try_get(1)?));
+                inserted.push((row.try_get(0)?, row.try_get(1)?));
             }
         }
-        let mut hourly: BTreeMap<GroupKey, Sums> = BTreeMap::new();
-        let mut daily: BTreeMap<GroupKey, Sums> = BTreeMap::new();
-        let mut sessions: BTreeSet<(GroupKey, String)> = BTreeSet::new();
-        let mut session_days: BTreeSet<SessionDay> = BTreeSet::new();
+        // Keys borrowed from the records: the rows are written from them, nothing is kept.
+        let inserted: BTreeSet<(&str, &str)> = inserted
+            .iter()
+            .map(|(tenant, message)| (tenant.as_str(), message.as_str()))
+            .collect();
+        let mut hourly: BTreeMap<KeyRef<'_>, Sums> = BTreeMap::new();
+        let mut daily: BTreeMap<KeyRef<'_>, Sums> = BTreeMap::new();
+        let mut sessions: BTreeSet<(KeyRef<'_>, &str)> = BTreeSet::new();
+        let mut session_days: BTreeSet<SessionDayRef<'_>> = BTreeSet::new();
         for record in &records {
-            if !inserted.contains(&(record.tenant_id.clone(), record.message_id.clone())) {
+            if !inserted.contains(&(record.tenant_id.as_str(), record.message_id.as_str())) {
                 continue;
             }
             let hour = hour_of(record.recorded_at);
-            hourly.entry(key(record, hour)).or_default().add(record);
+            hourly.entry(key_ref(record, hour)).or_default().add(record);
             daily
-                .entry(key(record, day_of(record.recorded_at)))
+                .entry(key_ref(record, day_of(record.recorded_at)))
                 .or_default()
                 .add(record);
-            sessions.insert((key(record, hour), record.session_id.clone()));
-            session_days.insert(session_day(record));
+            sessions.insert((key_ref(record, hour), record.session_id.as_str()));
+            session_days.insert(session_day_ref(record));
         }
         static HOURLY: Texts = Texts::new(CHUNK);
         static DAILY: Texts = Texts::new(CHUNK);
@@ -280,12 +300,12 @@ impl Projector for UsageProjector {
                 let mut query = Statement::new(&sql);
                 for ((tenant, bucket, provider, model, agent, api_key), sums) in chunk {
                     query = query
-                        .bind(tenant.as_str())
+                        .bind(*tenant)
                         .bind(*bucket)
-                        .bind(provider.as_str())
-                        .bind(model.as_str())
-                        .bind(agent.as_str())
-                        .bind(api_key.as_str())
+                        .bind(*provider)
+                        .bind(*model)
+                        .bind(*agent)
+                        .bind(*api_key)
                         .bind(sums.messages)
                         .bind(sums.tokens_in)
                         .bind(sums.tokens_out)
@@ -308,13 +328,13 @@ impl Projector for UsageProjector {
             let mut query = Statement::new(&sql);
             for ((tenant, bucket, provider, model, agent, api_key), session) in chunk {
                 query = query
-                    .bind(tenant.as_str())
+                    .bind(*tenant)
                     .bind(*bucket)
-                    .bind(session.as_str())
-                    .bind(provider.as_str())
-                    .bind(model.as_str())
-                    .bind(agent.as_str())
-                    .bind(api_key.as_str());
+                    .bind(*session)
+                    .bind(*provider)
+                    .bind(*model)
+                    .bind(*agent)
+                    .bind(*api_key);
             }
             tx.execute(query).await?;
         }
@@ -332,11 +352,11 @@ impl Projector for UsageProjector {
             let mut query = Statement::new(&sql);
             for (tenant, bucket, provider, agent, session) in chunk {
                 query = query
-                    .bind(tenant.as_str())
+                    .bind(*tenant)
                     .bind(*bucket)
-                    .bind(provider.as_str())
-                    .bind(agent.as_str())
-                    .bind(session.as_str());
+                    .bind(*provider)
+                    .bind(*agent)
+                    .bind(*session);
             }
             tx.execute(query).await?;
         }
@@ -348,12 +368,26 @@ impl Projector for UsageProjector {
 type SessionDay = (String, DateTime<Utc>, String, String, String);
 
 fn session_day(record: &UsageRecord) -> SessionDay {
+    let (tenant, day, provider, agent, session) = session_day_ref(record);
     (
-        record.tenant_id.clone(),
+        tenant.to_owned(),
+        day,
+        provider.to_owned(),
+        agent.to_owned(),
+        session.to_owned(),
+    )
+}
+
+/// A [`SessionDay`] borrowed from its record.
+type SessionDayRef<'a> = (&'a str, DateTime<Utc>, &'a str, &'a str, &'a str);
+
+fn session_day_ref(record: &UsageRecord) -> SessionDayRef<'_> {
+    (
+        &record.tenant_id,
         day_of(record.recorded_at),
-        record.provider.clone(),
-        record.agent_id.clone(),
-        record.session_id.clone(),
+        &record.provider,
+        &record.agent_id,
+        &record.session_id,
     )
 }
 
