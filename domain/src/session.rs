@@ -310,10 +310,11 @@ impl Session {
     /// The conversation before `message_id` (at most the last `limit` messages), then
     /// `message_id` itself.
     pub fn context_for(&self, message_id: &str, limit: usize) -> Vec<ChatMessage> {
+        // From the end: the message asked about is almost always the last one.
         let Some(at) = self
             .conversation
             .iter()
-            .position(|(id, _)| id == message_id)
+            .rposition(|(id, _)| id == message_id)
         else {
             return Vec::new();
         };

@@ -126,7 +126,29 @@ pub fn day_of(at: DateTime<Utc>) -> DateTime<Utc> {
 
 /// The UTC month of a time, `YYYY-MM`: the period of budgets.
 pub fn month_of(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m").to_string()
+    let year = at.year();
+    if !(0..=9999).contains(&year) {
+        // Signed and wider years, as chrono writes them; rare enough for its formatter.
+        return at.format("%Y-%m").to_string();
+    }
+    // Written digit by digit: `format!` costs more than the rest of a usage record.
+    let (year, month) = (year as u32, at.month());
+    let digits = [
+        year / 1000,
+        year / 100 % 10,
+        year / 10 % 10,
+        year % 10,
+        10,
+        month / 10,
+        month % 10,
+    ];
+    digits
+        .iter()
+        .map(|&digit| match digit {
+            10 => '-',
+            digit => char::from(b'0' + digit as u8),
+        })
+        .collect()
 }
 
 /// A rollup key: tenant, bucket, provider, model, agent, key.
@@ -1541,6 +1563,27 @@ mod tests {
     use super::*;
     use domain::session::AssistantReply;
     use eventlog::NewEvent;
+
+    /// The month is written as chrono's `%Y-%m` writes it, for every year.
+    #[test]
+    fn months_are_written_as_chrono_writes_them() {
+        for (year, month) in [
+            (2026, 12),
+            (1970, 1),
+            (0, 7),
+            (999, 3),
+            (9999, 12),
+            (10_000, 1),
+            (-1, 5),
+        ] {
+            let at = Utc.with_ymd_and_hms(year, month, 28, 23, 59, 59).unwrap();
+            assert_eq!(
+                month_of(at),
+                at.format("%Y-%m").to_string(),
+                "{year}-{month}"
+            );
+        }
+    }
 
     /// A usage record read in place from a recorded reply holds what the domain event holds.
     #[test]
