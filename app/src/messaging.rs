@@ -614,7 +614,7 @@ impl Exchange {
     /// together. `on_chunk` streams the reply; `disconnected` tells whether the client of a
     /// stream has gone (the reply is still taken whole and billed).
     pub async fn answer(
-        self,
+        mut self,
         on_chunk: Option<ChunkSink<'_>>,
         disconnected: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<StoredResponse, Error> {
@@ -626,14 +626,14 @@ impl Exchange {
                 content: prompt.clone(),
             });
         }
-        messages.extend(self.context.iter().cloned());
+        messages.append(&mut self.context);
         let plan = CallPlan {
             providers: self
                 .agent
                 .providers()
                 .map(|p| (p.to_string(), self.agent.model_for(p).map(String::from)))
                 .collect(),
-            messages,
+            messages: messages.into(),
             temperature: self.agent.temperature,
             max_tokens: self.agent.max_tokens,
         };

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,8 +41,9 @@ pub struct ChatMessage {
 pub struct CompletionRequest {
     /// The model to use; `None` lets the provider use its configured default.
     pub model: Option<String>,
-    /// System prompt first, then the conversation, ending with the new user message.
-    pub messages: Vec<ChatMessage>,
+    /// System prompt first, then the conversation, ending with the new user message; shared
+    /// by the requests of one message's providers and retries.
+    pub messages: Arc<[ChatMessage]>,
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,
 }

@@ -44,7 +44,8 @@ pub trait AttemptRecorder: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct CallPlan {
     pub providers: Vec<(String, Option<String>)>,
-    pub messages: Vec<ChatMessage>,
+    /// Shared with every request made from the plan.
+    pub messages: std::sync::Arc<[ChatMessage]>,
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,
 }
