@@ -140,3 +140,33 @@ pub fn all() -> Vec<std::sync::Arc<dyn Projector>> {
         std::sync::Arc::new(usage::BudgetsProjector),
     ]
 }
+
+/// An `AssistantMessageRecorded` payload read in place, borrowed rather than decoded into the
+/// domain's event: what the transcripts and the usage tables take of a reply. The payload is
+/// flat ([`domain::session::AssistantReply`] is flattened into
+/// [`domain::session::SessionEvent::AssistantMessageRecorded`]), so the names are the reply's
+/// and the session's (pinned by the tests of `sessions` and `usage`).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RecordedReply<'a> {
+    pub session_id: &'a str,
+    pub message_id: &'a str,
+    pub reply_to: &'a str,
+    /// Absent from replies recorded before the agent was part of them.
+    #[serde(default)]
+    pub agent_id: &'a str,
+    pub content: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost_micros: u64,
+    pub price: domain::provider::Price,
+    pub fallback_used: bool,
+    #[serde(default)]
+    pub streamed: bool,
+    #[serde(default)]
+    pub client_disconnected: bool,
+    #[serde(default)]
+    pub incomplete: bool,
+}

@@ -19,7 +19,7 @@ use eventlog::{Db, RecordedEvent, Statement, Tx};
 use serde_json::{Map, Value};
 use sqlx::types::Json;
 
-use crate::{ProjectionError, Projector, Target};
+use crate::{ProjectionError, Projector, RecordedReply, Target};
 
 pub const SESSIONS: &str = "sessions";
 pub const TRANSCRIPTS: &str = "transcripts";
@@ -323,7 +323,7 @@ impl Projector for TranscriptsProjector {
 /// test).
 enum TranscriptLine<'a> {
     User(UserLine<'a>),
-    Assistant(ReplyLine<'a>),
+    Assistant(RecordedReply<'a>),
 }
 
 #[derive(serde::Deserialize)]
@@ -331,27 +331,6 @@ enum TranscriptLine<'a> {
 struct UserLine<'a> {
     message_id: &'a str,
     content: &'a str,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ReplyLine<'a> {
-    message_id: &'a str,
-    content: &'a str,
-    reply_to: &'a str,
-    provider: &'a str,
-    model: &'a str,
-    tokens_in: u64,
-    tokens_out: u64,
-    cost_micros: u64,
-    price: domain::provider::Price,
-    fallback_used: bool,
-    #[serde(default)]
-    streamed: bool,
-    #[serde(default)]
-    client_disconnected: bool,
-    #[serde(default)]
-    incomplete: bool,
 }
 
 impl<'a> TranscriptLine<'a> {
@@ -377,7 +356,7 @@ impl<'a> TranscriptLine<'a> {
         }
     }
 
-    fn reply(&self) -> Option<&ReplyLine<'a>> {
+    fn reply(&self) -> Option<&RecordedReply<'a>> {
         match self {
             Self::User(_) => None,
             Self::Assistant(line) => Some(line),
@@ -385,7 +364,8 @@ impl<'a> TranscriptLine<'a> {
     }
 }
 
-impl ReplyLine<'_> {
+impl RecordedReply<'_> {
+    /// The `usage` column of the reply's transcript row.
     fn usage(&self) -> ReplyUsage {
         ReplyUsage {
             client_disconnected: self.client_disconnected,

@@ -65,7 +65,7 @@ fn reply_of(event: &RecordedEvent) -> Result<Option<(UsageRecord, String)>, serd
     {
         return Ok(None);
     }
-    let reply = <BilledReply as serde::Deserialize>::deserialize(&*event.payload)?;
+    let reply = <crate::RecordedReply as serde::Deserialize>::deserialize(&*event.payload)?;
     let api_key = event.event_metadata().map(|m| m.actor).unwrap_or_default();
     let record = UsageRecord {
         tenant_id: event.tenant_id.clone(),
@@ -82,27 +82,6 @@ fn reply_of(event: &RecordedEvent) -> Result<Option<(UsageRecord, String)>, serd
         recorded_at: event.recorded_at,
     };
     Ok(Some((record, reply.reply_to.to_owned())))
-}
-
-/// What a usage record takes of an `AssistantMessageRecorded` payload, borrowed from it: the
-/// reply's content and flags are skipped, not copied. The payload is flat
-/// ([`domain::session::AssistantReply`] is flattened into
-/// [`SessionEvent::AssistantMessageRecorded`]), so the names are the reply's and the
-/// session's (pinned by a test).
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct BilledReply<'a> {
-    session_id: &'a str,
-    message_id: &'a str,
-    reply_to: &'a str,
-    #[serde(default)]
-    agent_id: &'a str,
-    provider: &'a str,
-    model: &'a str,
-    tokens_in: u64,
-    tokens_out: u64,
-    cost_micros: u64,
-    price: domain::provider::Price,
 }
 
 /// A count or amount as the signed integer the tables store. The gateway bounds what it
