@@ -455,7 +455,7 @@ fn envelope_body(code: &str, message: String, details: Value, request_id: String
 }
 
 /// Writes the error envelope of every error response `next` answers, with the request id,
-/// and logs the internal cause of server errors (a step of `routes::middleware`).
+/// and logs the internal cause of server errors (a step of `routes::gateway_middleware`).
 pub async fn envelope<F, Fut>(request: Request, next: F) -> Response
 where
     F: FnOnce(Request) -> Fut,

@@ -5,11 +5,10 @@
 //! (which copy it into event metadata), in the span every log line of the request carries,
 //! and in the response's `x-request-id`.
 
+use std::future::Future;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use std::future::Future;
-
 use axum::http::HeaderValue;
 use axum::response::Response;
 use tracing::Instrument;
@@ -33,10 +32,10 @@ fn accept_client_id(value: &HeaderValue) -> Option<String> {
     ok.then(|| value.to_string())
 }
 
-/// The outermost step of the middleware (see `routes::middleware`): runs `next` with the
-/// request id in the request and the request's span around it. Route patterns come from
-/// [`MatchedPath`] so that metrics and logs group `/v1/users/u-1` and `/v1/users/u-2`
-/// together.
+/// The outermost step of the gateway's middleware (`routes::gateway_middleware`): runs
+/// `next` with the request id in the request and the request's span around it. Route
+/// patterns come from [`MatchedPath`] so that metrics and logs group `/v1/users/u-1` and
+/// `/v1/users/u-2` together.
 pub async fn track<F, Fut>(state: &AppState, mut request: Request, next: F) -> Response
 where
     F: FnOnce(Request) -> Fut,

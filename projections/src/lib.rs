@@ -124,6 +124,17 @@ pub(crate) fn decode<E: cqrs_es::DomainEvent>(event: &RecordedEvent) -> Result<E
         })
 }
 
+/// Reads a recorded event's payload in place as `T`, a view borrowing its strings (the
+/// payload's names, without decoding the domain event into copies of them).
+pub(crate) fn read<'a, T: serde::Deserialize<'a>>(
+    event: &'a RecordedEvent,
+) -> Result<T, ProjectionError> {
+    T::deserialize(&*event.payload).map_err(|source| ProjectionError::Decode {
+        event_id: event.event_id,
+        source,
+    })
+}
+
 /// Every projector of the gateway.
 pub fn all() -> Vec<std::sync::Arc<dyn Projector>> {
     vec![

@@ -272,14 +272,10 @@ impl Projector for TranscriptsProjector {
         let mut rows = Vec::new();
         for event in session_events(events) {
             let line = match event.event_type.as_str() {
-                SessionEvent::USER_MESSAGE_RECORDED => TranscriptLine::user(event),
-                SessionEvent::ASSISTANT_MESSAGE_RECORDED => TranscriptLine::assistant(event),
+                SessionEvent::USER_MESSAGE_RECORDED => TranscriptLine::user(event)?,
+                SessionEvent::ASSISTANT_MESSAGE_RECORDED => TranscriptLine::assistant(event)?,
                 _ => continue,
             };
-            let line = line.map_err(|source| ProjectionError::Decode {
-                event_id: event.event_id,
-                source,
-            })?;
             rows.push((event, line));
         }
         // One statement per chunk of messages.
@@ -334,12 +330,12 @@ struct UserLine<'a> {
 }
 
 impl<'a> TranscriptLine<'a> {
-    fn user(event: &'a RecordedEvent) -> Result<Self, serde_json::Error> {
-        serde::Deserialize::deserialize(&*event.payload).map(Self::User)
+    fn user(event: &'a RecordedEvent) -> Result<Self, ProjectionError> {
+        crate::read(event).map(Self::User)
     }
 
-    fn assistant(event: &'a RecordedEvent) -> Result<Self, serde_json::Error> {
-        serde::Deserialize::deserialize(&*event.payload).map(Self::Assistant)
+    fn assistant(event: &'a RecordedEvent) -> Result<Self, ProjectionError> {
+        crate::read(event).map(Self::Assistant)
     }
 
     fn message_id(&self) -> &'a str {
@@ -483,12 +479,7 @@ impl Projector for ProviderCallsProjector {
         for event in
             session_events(events).filter(|e| e.event_type == SessionEvent::PROVIDER_CALL_ATTEMPTED)
         {
-            let call = <CallLine as serde::Deserialize>::deserialize(&*event.payload).map_err(
-                |source| ProjectionError::Decode {
-                    event_id: event.event_id,
-                    source,
-                },
-            )?;
+            let call: CallLine = crate::read(event)?;
             calls.push((event, call));
         }
         // One statement per chunk of calls.

@@ -112,22 +112,18 @@ pub fn month_of(at: DateTime<Utc>) -> String {
     }
     // Written digit by digit: `format!` costs more than the rest of a usage record.
     let (year, month) = (year as u32, at.month());
-    let digits = [
-        year / 1000,
-        year / 100 % 10,
-        year / 10 % 10,
-        year % 10,
-        10,
-        month / 10,
-        month % 10,
-    ];
-    digits
-        .iter()
-        .map(|&digit| match digit {
-            10 => '-',
-            digit => char::from(b'0' + digit as u8),
-        })
-        .collect()
+    let digit = |n: u32| char::from_digit(n % 10, 10).expect("a decimal digit");
+    [
+        digit(year / 1000),
+        digit(year / 100),
+        digit(year / 10),
+        digit(year),
+        '-',
+        digit(month / 10),
+        digit(month),
+    ]
+    .iter()
+    .collect()
 }
 
 /// A rollup key: tenant, bucket, provider, model, agent, key.

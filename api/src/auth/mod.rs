@@ -463,8 +463,9 @@ fn is_public(route: &str, metrics_public: bool) -> bool {
     ) || (route == "/metrics" && metrics_public)
 }
 
-/// The middleware: authenticates, counts the request against the principal's budget, and
-/// adds the `RateLimit-*` headers to the response.
+/// The authentication step of the gateway's middleware (`routes::gateway_middleware`):
+/// authenticates, counts the request against the principal's budget, and adds the
+/// `RateLimit-*` headers to the response.
 pub async fn authenticate(state: &AppState, mut request: Request, next: Next) -> Response {
     let Some(route) = request
         .extensions()
