@@ -458,47 +458,67 @@ async fn every_parameter_error_is_a_clear_400() {
 /// Appends one billed reply for `tenant` at `at` (as an import would), in a session of its
 /// own.
 async fn reply_at(log: &eventlog::EventLog, tenant: &str, at: DateTime<Utc>, tokens: u64) {
-    let tenant = TenantId::parse(tenant).unwrap();
     let session = format!("ses_at{}", at.timestamp());
+    replies_in(log, tenant, &session, &[(at, tokens)]).await;
+}
+
+/// Appends a new session `session` of `tenant` with one billed reply (and the message it
+/// answers) at each time given, with its input tokens, as an import would.
+async fn replies_in(
+    log: &eventlog::EventLog,
+    tenant: &str,
+    session: &str,
+    replies: &[(DateTime<Utc>, u64)],
+) {
+    let tenant = TenantId::parse(tenant).unwrap();
     let price = Price {
         micro_usd_per_1k_tokens: 2000,
     };
-    let events = [
+    let mut events = vec![(
+        replies[0].0,
         SessionEvent::SessionCreated {
-            id: session.clone(),
+            id: session.to_string(),
             agent_id: "agt_dst".into(),
             customer_id: None,
             metadata: Default::default(),
         },
-        SessionEvent::UserMessageRecorded {
-            session_id: session.clone(),
-            message_id: format!("{session}-m"),
-            content: "hi".into(),
-        },
-        SessionEvent::AssistantMessageRecorded {
-            session_id: session.clone(),
-            reply: AssistantReply {
-                message_id: format!("{session}-r"),
-                reply_to: format!("{session}-m"),
-                agent_id: "agt_dst".into(),
-                content: "hello".into(),
-                provider: "vendorA".into(),
-                model: "vendor-a-1".into(),
-                tokens_in: tokens,
-                tokens_out: 0,
-                cost_micros: price.cost_micros(tokens, 0).unwrap(),
-                price,
-                fallback_used: false,
-                streamed: false,
-                client_disconnected: false,
-                incomplete: false,
+    )];
+    for (n, &(at, tokens)) in replies.iter().enumerate() {
+        events.push((
+            at,
+            SessionEvent::UserMessageRecorded {
+                session_id: session.to_string(),
+                message_id: format!("{session}-m{n}"),
+                content: "hi".into(),
             },
-        },
-    ];
+        ));
+        events.push((
+            at,
+            SessionEvent::AssistantMessageRecorded {
+                session_id: session.to_string(),
+                reply: AssistantReply {
+                    message_id: format!("{session}-r{n}"),
+                    reply_to: format!("{session}-m{n}"),
+                    agent_id: "agt_dst".into(),
+                    content: "hello".into(),
+                    provider: "vendorA".into(),
+                    model: "vendor-a-1".into(),
+                    tokens_in: tokens,
+                    tokens_out: 0,
+                    cost_micros: price.cost_micros(tokens, 0).unwrap(),
+                    price,
+                    fallback_used: false,
+                    streamed: false,
+                    client_disconnected: false,
+                    incomplete: false,
+                },
+            },
+        ));
+    }
     let events = events
         .iter()
-        .map(|e| NewEvent {
-            recorded_at: Some(at),
+        .map(|(at, e)| NewEvent {
+            recorded_at: Some(*at),
             ..NewEvent::from_domain(e).unwrap()
         })
         .collect();
@@ -510,6 +530,161 @@ async fn reply_at(log: &eventlog::EventLog, tenant: &str, at: DateTime<Utc>, tok
     }])
     .await
     .unwrap();
+}
+
+/// Many replies applied by the usage projector in one batch: replies that share an hour, a
+/// day and a session are summed into one row each; the batch applied a second time changes
+/// nothing; a reply dated beyond the year 9999 (which an import may carry) is counted like
+/// any other. `usage verify` recomputes every table from the log and compares.
+async fn a_batch_of_replies_is_summed_once(backend: Backend) {
+    let db = crate::helpers::TestDb::new(backend).await;
+    // As the gateway keeps it: with the spend, which `usage verify` checks too.
+    let log = eventlog::EventLog::with_inline(
+        db.log().await.db().clone(),
+        Vec::new(),
+        vec![std::sync::Arc::new(projections::usage::SpendProjection)],
+    );
+    let utc = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    let ten = utc("2026-05-01T10:00:00Z");
+    let minutes = |m: i64| ten + chrono::Duration::minutes(m);
+    replies_in(
+        &log,
+        "acme",
+        "ses_a",
+        &[(minutes(1), 100), (minutes(2), 200), (minutes(70), 400)],
+    )
+    .await;
+    replies_in(
+        &log,
+        "acme",
+        "ses_b",
+        &[(minutes(3), 1000), (minutes(1500), 2000)],
+    )
+    .await;
+    replies_in(&log, "globex", "ses_c", &[(minutes(4), 7)]).await;
+    let usage = projections::all()
+        .into_iter()
+        .find(|p| p.name() == projections::usage::NAME)
+        .unwrap();
+    let shared = |events: Vec<eventlog::RecordedEvent>| -> Vec<_> {
+        events.into_iter().map(std::sync::Arc::new).collect()
+    };
+    let events = shared(log.read_after(eventlog::Cursor::START, 500).await.unwrap());
+    for _ in 0..2 {
+        let mut tx = log.db().begin().await.unwrap();
+        usage
+            .apply(&mut tx, projections::Target::Live, &events)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let hourly: Vec<(String, DateTime<Utc>, i64, i64)> = sqlx_rows(
+        &log,
+        "SELECT tenant_id, bucket, messages, tokens_in FROM usage_hourly \
+         ORDER BY tenant_id, bucket",
+    )
+    .await;
+    assert_eq!(
+        hourly,
+        [
+            ("acme".into(), ten, 3, 1300),
+            ("acme".into(), minutes(60), 1, 400),
+            ("acme".into(), minutes(1500), 1, 2000),
+            ("globex".into(), ten, 1, 7),
+        ]
+    );
+    let daily: Vec<(String, DateTime<Utc>, i64, i64)> = sqlx_rows(
+        &log,
+        "SELECT tenant_id, bucket, messages, tokens_in FROM usage_daily \
+         ORDER BY tenant_id, bucket",
+    )
+    .await;
+    let may = |day: u32| Utc.with_ymd_and_hms(2026, 5, day, 0, 0, 0).unwrap();
+    assert_eq!(
+        daily,
+        [
+            ("acme".into(), may(1), 4, 1700),
+            ("acme".into(), may(2), 1, 2000),
+            ("globex".into(), may(1), 1, 7),
+        ]
+    );
+    let sessions: Vec<(String, DateTime<Utc>, String)> = sqlx_rows(
+        &log,
+        "SELECT tenant_id, bucket, session_id FROM usage_sessions \
+         ORDER BY tenant_id, bucket, session_id",
+    )
+    .await;
+    assert_eq!(
+        sessions,
+        [
+            ("acme".into(), ten, "ses_a".into()),
+            ("acme".into(), ten, "ses_b".into()),
+            ("acme".into(), minutes(60), "ses_a".into()),
+            ("acme".into(), minutes(1500), "ses_b".into()),
+            ("globex".into(), ten, "ses_c".into()),
+        ]
+    );
+    let session_days: Vec<(String, DateTime<Utc>, String)> = sqlx_rows(
+        &log,
+        "SELECT tenant_id, bucket, session_id FROM usage_session_days \
+         ORDER BY tenant_id, bucket, session_id",
+    )
+    .await;
+    assert_eq!(
+        session_days,
+        [
+            ("acme".into(), may(1), "ses_a".into()),
+            ("acme".into(), may(1), "ses_b".into()),
+            ("acme".into(), may(2), "ses_b".into()),
+            ("globex".into(), may(1), "ses_c".into()),
+        ]
+    );
+
+    // A reply of the year 10,000 beside one of today, in the batch after.
+    let far = utc("9999-12-31T23:30:00Z") + chrono::Duration::hours(1);
+    replies_in(
+        &log,
+        "acme",
+        "ses_far",
+        &[(far, 5), (utc("2026-05-01T10:30:00Z"), 11)],
+    )
+    .await;
+    let cursor = events.last().unwrap().cursor;
+    let later = shared(log.read_after(cursor, 500).await.unwrap());
+    let mut tx = log.db().begin().await.unwrap();
+    usage
+        .apply(&mut tx, projections::Target::Live, &later)
+        .await
+        .unwrap();
+    let last = later.last().unwrap().cursor;
+    projections::checkpoints::write_in(&mut tx, projections::usage::NAME, last)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let report = projections::usage::verify(&log, 50).await.unwrap();
+    assert_eq!(report.mismatches, Vec::new());
+    assert_eq!(report.replies, 8);
+    let far_rows: Vec<(DateTime<Utc>, i64)> = sqlx_rows(
+        &log,
+        "SELECT bucket, tokens_in FROM usage_hourly WHERE tokens_in = 5",
+    )
+    .await;
+    assert_eq!(
+        far_rows,
+        [(utc("9999-12-31T23:00:00Z") + chrono::Duration::hours(1), 5)]
+    );
+}
+both_backends!(
+    a_batch_of_replies_is_summed_once,
+    a_batch_of_replies_is_summed_once
+);
+
+/// The rows `sql` selects, as `T`s.
+async fn sqlx_rows<T: eventlog::sql::Record>(log: &eventlog::EventLog, sql: &str) -> Vec<T> {
+    log.db()
+        .fetch_all_as::<T>(eventlog::Statement::new(sql))
+        .await
+        .unwrap()
 }
 
 async fn day_windows_follow_daylight_saving_time(backend: Backend) {

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Datelike, DurationRound, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
 use cqrs_es::Aggregate;
 use domain::budget::{Budget, BudgetEvent, TENANT_SCOPE, agent_scope};
 use domain::session::{Session, SessionEvent};
@@ -93,7 +93,10 @@ fn stored(value: u64) -> i64 {
 
 /// The UTC hour a time falls in.
 pub fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
-    at.duration_trunc(TimeDelta::hours(1)).unwrap_or(at)
+    // In whole seconds: chrono's `duration_trunc` counts in nanoseconds, which end in 2262
+    // (beyond, it failed and the time was its own bucket).
+    let seconds = at.timestamp();
+    DateTime::from_timestamp(seconds - seconds.rem_euclid(3600), 0).unwrap_or(at)
 }
 
 /// The UTC day a time falls in.
@@ -216,6 +219,12 @@ impl Projector for UsageProjector {
             if let Some(record) = record_of(event)? {
                 records.push(record);
             }
+        }
+        if let Tx::Postgres(conn) = tx {
+            for chunk in records.chunks(CHUNK) {
+                apply_in_one_statement(conn, target, chunk).await?;
+            }
+            return Ok(());
         }
         // Only records inserted now count, so applying an event twice changes nothing.
         let mut inserted: Vec<(String, String)> = Vec::new();
@@ -359,6 +368,102 @@ impl Projector for UsageProjector {
         }
         Ok(())
     }
+}
+
+/// On PostgreSQL, a batch's usage rows in one statement (one round trip instead of six): the
+/// records, with their hour and day (bucketed here, as on SQLite), are bound as one array per
+/// column; the records are inserted, and only those inserted now (so applying an event twice
+/// changes nothing) are summed into the rollups by data-modifying `WITH`s reading the
+/// insert's `RETURNING`. Each rollup's rows go in key order, as on SQLite, and its keys are
+/// distinct (grouped), as one statement may touch a row only once.
+async fn apply_in_one_statement(
+    conn: &mut sqlx::PgConnection,
+    target: Target,
+    records: &[UsageRecord],
+) -> Result<(), sqlx::Error> {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text =
+        |column: fn(&UsageRecord) -> &str| -> Vec<&str> { records.iter().map(column).collect() };
+    let number =
+        |column: fn(&UsageRecord) -> i64| -> Vec<i64> { records.iter().map(column).collect() };
+    let time = |bucket: fn(DateTime<Utc>) -> DateTime<Utc>| -> Vec<DateTime<Utc>> {
+        records.iter().map(|r| bucket(r.recorded_at)).collect()
+    };
+    let (sql, persistent) = match target {
+        Target::Live => (
+            std::borrow::Cow::Borrowed(TEXT.get_or_init(|| one_statement(target)).as_str()),
+            true,
+        ),
+        Target::Rebuild => (std::borrow::Cow::Owned(one_statement(target)), false),
+    };
+    sqlx::query(&sql)
+        .persistent(persistent)
+        .bind(text(|r| &r.tenant_id))
+        .bind(text(|r| &r.message_id))
+        .bind(text(|r| &r.session_id))
+        .bind(text(|r| &r.agent_id))
+        .bind(text(|r| &r.provider))
+        .bind(text(|r| &r.model))
+        .bind(text(|r| &r.api_key))
+        .bind(number(|r| r.tokens_in))
+        .bind(number(|r| r.tokens_out))
+        .bind(number(|r| r.cost_micros))
+        .bind(number(|r| r.price_micros_per_1k))
+        .bind(time(|at| at))
+        .bind(time(hour_of))
+        .bind(time(day_of))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The text of [`apply_in_one_statement`] for `target`'s tables.
+fn one_statement(target: Target) -> String {
+    let rollup = |table: &str, bucket: &str| {
+        format!(
+            "INSERT INTO {} AS t (tenant_id, bucket, provider, model, agent_id, api_key, \
+             messages, tokens_in, tokens_out, cost_micros) \
+             SELECT tenant_id, {bucket}, provider, model, agent_id, api_key, count(*), \
+             sum(tokens_in)::bigint, sum(tokens_out)::bigint, sum(cost_micros)::bigint \
+             FROM fresh GROUP BY tenant_id, {bucket}, provider, model, agent_id, api_key \
+             ORDER BY tenant_id, {bucket}, provider, model, agent_id, api_key \
+             ON CONFLICT (tenant_id, bucket, provider, model, agent_id, api_key) \
+             DO UPDATE SET messages = t.messages + excluded.messages, \
+             tokens_in = t.tokens_in + excluded.tokens_in, \
+             tokens_out = t.tokens_out + excluded.tokens_out, \
+             cost_micros = t.cost_micros + excluded.cost_micros",
+            target.table(table)
+        )
+    };
+    format!(
+        "WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+         $5::text[], $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
+         $12::timestamptz[], $13::timestamptz[], $14::timestamptz[]) AS r (tenant_id, \
+         message_id, session_id, agent_id, provider, model, api_key, tokens_in, tokens_out, \
+         cost_micros, price_micros_per_1k, recorded_at, hour, day)), \
+         inserted AS (INSERT INTO {records} (tenant_id, message_id, session_id, agent_id, \
+         provider, model, api_key, tokens_in, tokens_out, cost_micros, price_micros_per_1k, \
+         recorded_at) SELECT tenant_id, message_id, session_id, agent_id, provider, model, \
+         api_key, tokens_in, tokens_out, cost_micros, price_micros_per_1k, recorded_at \
+         FROM r ORDER BY tenant_id, message_id \
+         ON CONFLICT (tenant_id, message_id) DO NOTHING RETURNING tenant_id, message_id), \
+         fresh AS (SELECT r.* FROM r JOIN inserted i \
+         ON i.tenant_id = r.tenant_id AND i.message_id = r.message_id), \
+         hourly AS ({hourly}), daily AS ({daily}), \
+         sessions AS (INSERT INTO {sessions} (tenant_id, bucket, session_id, provider, model, \
+         agent_id, api_key) SELECT DISTINCT tenant_id, hour, session_id, provider, model, \
+         agent_id, api_key FROM fresh \
+         ORDER BY tenant_id, hour, session_id, provider, model, agent_id, api_key \
+         ON CONFLICT DO NOTHING) \
+         INSERT INTO {session_days} (tenant_id, bucket, provider, agent_id, session_id) \
+         SELECT DISTINCT tenant_id, day, provider, agent_id, session_id FROM fresh \
+         ORDER BY tenant_id, day, provider, agent_id, session_id ON CONFLICT DO NOTHING",
+        records = target.table("usage_records"),
+        hourly = rollup("usage_hourly", "hour"),
+        daily = rollup("usage_daily", "day"),
+        sessions = target.table("usage_sessions"),
+        session_days = target.table("usage_session_days"),
+    )
 }
 
 /// A row of `usage_session_days`: tenant, UTC day, provider, agent, session.
@@ -1557,6 +1662,19 @@ mod tests {
                 at.format("%Y-%m").to_string(),
                 "{year}-{month}"
             );
+        }
+    }
+
+    /// An hour's bucket is its start, before 1677 and after 2262 (chrono's nanosecond range)
+    /// as well as between.
+    #[test]
+    fn hours_start_on_the_hour_in_every_year() {
+        for year in [-5000, 1000, 1677, 1970, 2026, 2262, 2263, 10_000, 200_000] {
+            let at = Utc.with_ymd_and_hms(year, 3, 9, 17, 42, 7).unwrap()
+                + chrono::Duration::microseconds(123_456);
+            let hour = Utc.with_ymd_and_hms(year, 3, 9, 17, 0, 0).unwrap();
+            assert_eq!(hour_of(at), hour, "{year}");
+            assert_eq!(hour_of(hour), hour, "{year}");
         }
     }
 
