@@ -59,4 +59,5 @@ pub use log::EventLog;
 pub use sql::{Row, Statement};
 pub use store::{
     AppendError, Appended, InlineProjection, NewEvent, RecordedEvent, StreamAppend, StreamId,
+    StreamKey,
 };

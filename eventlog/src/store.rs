@@ -52,9 +52,15 @@ const MOVED_READS: &str = "SELECT t, a, i FROM read WHERE v <> coalesce((SELECT 
 /// Most rows in one `INSERT` statement (keeps well under both engines' bind limits).
 const INSERT_CHUNK: usize = 500;
 
-/// One aggregate instance's stream of events.
+/// One aggregate instance's stream of events: its [`StreamKey`], shared. A command's stream is
+/// handed around a dozen times (the unit of work, its cache, the group commit, the reads it
+/// checks); each copy is a reference count, not three strings.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(Arc<StreamKey>);
+
+/// What names a stream: its tenant, aggregate type and aggregate id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StreamId {
+pub struct StreamKey {
     pub tenant_id: TenantId,
     pub aggregate_type: String,
     pub aggregate_id: String,
@@ -66,11 +72,25 @@ impl StreamId {
         aggregate_type: impl Into<String>,
         aggregate_id: impl Into<String>,
     ) -> Self {
-        Self {
+        Self(Arc::new(StreamKey {
             tenant_id,
             aggregate_type: aggregate_type.into(),
             aggregate_id: aggregate_id.into(),
-        }
+        }))
+    }
+}
+
+impl std::ops::Deref for StreamId {
+    type Target = StreamKey;
+
+    fn deref(&self) -> &StreamKey {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }
 
