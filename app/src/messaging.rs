@@ -623,7 +623,7 @@ impl Exchange {
         if let Some(prompt) = self.agent.system_prompt.as_ref().filter(|p| !p.is_empty()) {
             messages.push(ChatMessage {
                 role: ChatRole::System,
-                content: prompt.clone(),
+                content: prompt.as_str().into(),
             });
         }
         messages.append(&mut self.context);

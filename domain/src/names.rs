@@ -30,10 +30,8 @@ fn check_len(value: &str, max: usize) -> Result<(), NameError> {
 }
 
 /// A tenant identifier: 1 to 64 ASCII letters, digits, `-` or `_`.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "String")]
 pub struct TenantId(String);
 
 impl TenantId {
@@ -78,10 +76,8 @@ pub const RESERVED_ENTITY_TYPES: &[&str] = &[
 
 /// The plural, URL-safe name of an entity type (`users`, `agent-shared-states`): a lower-case
 /// ASCII letter followed by up to 62 lower-case letters, digits or `-`.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "String")]
 pub struct EntityTypeName(String);
 
 impl EntityTypeName {
@@ -118,10 +114,8 @@ impl EntityTypeName {
 
 /// The id of one record of an entity type: 1 to 255 printable characters without `/`
 /// (composite keys join their parts with `:`).
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "String")]
 pub struct EntityId(String);
 
 impl EntityId {
@@ -167,6 +161,12 @@ macro_rules! string_newtype_impls {
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
                 &self.0
+            }
+        }
+        /// Written as its string, without a copy of it.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
             }
         }
     )*};

@@ -29,11 +29,12 @@ impl ChatRole {
     }
 }
 
-/// One message sent to a provider.
+/// One message sent to a provider. Its content is shared: a session's conversation is copied
+/// into the context of each of its messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: ChatRole,
-    pub content: String,
+    pub content: std::sync::Arc<str>,
 }
 
 /// What is asked of a provider: a chat completion.

@@ -483,7 +483,7 @@ impl Aggregate for Session {
                     message_id.clone(),
                     ChatMessage {
                         role: ChatRole::User,
-                        content: content.clone(),
+                        content: content.as_str().into(),
                     },
                 ));
                 self.exchanges.insert(
@@ -508,7 +508,7 @@ impl Aggregate for Session {
                     reply.message_id.clone(),
                     ChatMessage {
                         role: ChatRole::Assistant,
-                        content: reply.content.clone(),
+                        content: reply.content.as_str().into(),
                     },
                 ));
                 if let Some(exchange) = self.exchanges.get_mut(&reply.reply_to) {
@@ -687,7 +687,7 @@ mod tests {
             content: "Two".into(),
         });
         let context = session.context_for("msg_2", 10);
-        let contents: Vec<&str> = context.iter().map(|m| m.content.as_str()).collect();
+        let contents: Vec<&str> = context.iter().map(|m| &*m.content).collect();
         assert_eq!(contents, ["One", "Hi!", "Two"]);
         assert_eq!(session.context_for("msg_2", 1).len(), 2);
     }

@@ -111,7 +111,7 @@ impl SimulatedVendor {
             .iter()
             .rev()
             .find(|m| m.role == ChatRole::User)
-            .map(|m| m.content.as_str())
+            .map(|m| &*m.content)
             .unwrap_or("");
         format!(
             "[{}] Thanks for your message. You said: \"{}\". How else can I help?",
