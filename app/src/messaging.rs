@@ -798,7 +798,7 @@ impl Exchange {
             .execute::<Session>(&self.stream, reply, &())
             .await
             .map_err(|_| None)?;
-        let exchange = staged.aggregate.exchange(&self.message_id).cloned();
+        let exchange = staged.aggregate.shared_exchange(&self.message_id);
         let answer = self.answer_parts();
         // What `render` needs, checked without rendering: the answer is rendered once, in the
         // commit.
@@ -807,7 +807,7 @@ impl Exchange {
         }
         let respond = move |committed: &Committed| {
             let mut stored = answer
-                .render(exchange.as_ref(), Some(committed.recorded_at))
+                .render(exchange.as_deref(), Some(committed.recorded_at))
                 .expect("checked before the commit");
             if let Some(cursor) = committed.appended.last_cursor() {
                 stored

@@ -260,7 +260,8 @@ pub struct Session {
     customer_id: Option<String>,
     metadata: Map<String, Value>,
     status: SessionStatus,
-    exchanges: BTreeMap<String, Exchange>,
+    /// Shared: the answer to a message is rendered from its exchange after the session moves on.
+    exchanges: BTreeMap<String, std::sync::Arc<Exchange>>,
     /// The conversation so far, in order, by message id: what a provider is shown as
     /// context.
     conversation: Vec<(String, ChatMessage)>,
@@ -293,7 +294,12 @@ impl Session {
     }
 
     pub fn exchange(&self, message_id: &str) -> Option<&Exchange> {
-        self.exchanges.get(message_id)
+        self.exchanges.get(message_id).map(|e| &**e)
+    }
+
+    /// [`Session::exchange`], shared (a reference count, not a copy of its messages).
+    pub fn shared_exchange(&self, message_id: &str) -> Option<std::sync::Arc<Exchange>> {
+        self.exchanges.get(message_id).cloned()
     }
 
     /// The tokens of the last `limit` messages of the conversation, estimated as the
@@ -488,10 +494,10 @@ impl Aggregate for Session {
                 ));
                 self.exchanges.insert(
                     message_id,
-                    Exchange {
+                    std::sync::Arc::new(Exchange {
                         content,
                         ..Exchange::default()
-                    },
+                    }),
                 );
             }
             SessionEvent::ProviderCallAttempted {
@@ -500,7 +506,7 @@ impl Aggregate for Session {
                 ..
             } => {
                 if let Some(exchange) = self.exchanges.get_mut(&message_id) {
-                    exchange.attempts.push(attempt);
+                    std::sync::Arc::make_mut(exchange).attempts.push(attempt);
                 }
             }
             SessionEvent::AssistantMessageRecorded { reply, .. } => {
@@ -512,12 +518,12 @@ impl Aggregate for Session {
                     },
                 ));
                 if let Some(exchange) = self.exchanges.get_mut(&reply.reply_to) {
-                    exchange.reply = Some(reply);
+                    std::sync::Arc::make_mut(exchange).reply = Some(reply);
                 }
             }
             SessionEvent::MessageFailed { message_id, .. } => {
                 if let Some(exchange) = self.exchanges.get_mut(&message_id) {
-                    exchange.failed = true;
+                    std::sync::Arc::make_mut(exchange).failed = true;
                 }
             }
         }
