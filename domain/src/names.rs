@@ -39,7 +39,17 @@ impl TenantId {
 
     pub fn parse(value: impl Into<String>) -> Result<Self, NameError> {
         let value = value.into();
-        check_len(&value, Self::MAX_LEN)?;
+        Self::check(&value)?;
+        Ok(Self(value))
+    }
+
+    /// Whether `value` is a tenant id ([`TenantId::parse`] without making one).
+    pub fn is_valid(value: &str) -> bool {
+        Self::check(value).is_ok()
+    }
+
+    fn check(value: &str) -> Result<(), NameError> {
+        check_len(value, Self::MAX_LEN)?;
         if !value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -48,7 +58,7 @@ impl TenantId {
                 "may contain only ASCII letters, digits, '-' and '_'",
             ));
         }
-        Ok(Self(value))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {

@@ -60,13 +60,9 @@ pub fn record_of(event: &RecordedEvent) -> Result<Option<UsageRecord>, Projectio
 
 /// The usage record of a billed reply and the user message it answers.
 fn reply_of(event: &RecordedEvent) -> Result<Option<(UsageRecord, String)>, serde_json::Error> {
-    if event.aggregate_type != Session::TYPE
-        || event.event_type != SessionEvent::ASSISTANT_MESSAGE_RECORDED
-    {
+    let Some(reply) = billed(event)? else {
         return Ok(None);
-    }
-    let reply = <crate::RecordedReply as serde::Deserialize>::deserialize(&*event.payload)?;
-    let api_key = event.event_metadata().map(|m| m.actor).unwrap_or_default();
+    };
     let record = UsageRecord {
         tenant_id: event.tenant_id.clone(),
         message_id: reply.message_id.to_owned(),
@@ -74,7 +70,7 @@ fn reply_of(event: &RecordedEvent) -> Result<Option<(UsageRecord, String)>, serd
         agent_id: reply.agent_id.to_owned(),
         provider: reply.provider.to_owned(),
         model: reply.model.to_owned(),
-        api_key,
+        api_key: actor_of(event).to_owned(),
         tokens_in: stored(reply.tokens_in),
         tokens_out: stored(reply.tokens_out),
         cost_micros: stored(reply.cost_micros),
@@ -82,6 +78,45 @@ fn reply_of(event: &RecordedEvent) -> Result<Option<(UsageRecord, String)>, serd
         recorded_at: event.recorded_at,
     };
     Ok(Some((record, reply.reply_to.to_owned())))
+}
+
+/// A billed reply, read in place from its event.
+fn billed(event: &RecordedEvent) -> Result<Option<crate::RecordedReply<'_>>, serde_json::Error> {
+    if event.aggregate_type != Session::TYPE
+        || event.event_type != SessionEvent::ASSISTANT_MESSAGE_RECORDED
+    {
+        return Ok(None);
+    }
+    <crate::RecordedReply as serde::Deserialize>::deserialize(&*event.payload).map(Some)
+}
+
+/// The metadata as [`RecordedEvent::event_metadata`] reads it, its strings borrowed: the same
+/// fields, required and optional, of the same types (a unit test compares the two).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // Read to check the document's shape, as the owned metadata's are.
+struct MetadataView<'a> {
+    tenant_id: &'a str,
+    actor: &'a str,
+    request_id: &'a str,
+    correlation_id: &'a str,
+    #[serde(default)]
+    causation_id: Option<&'a str>,
+    #[serde(default)]
+    idempotency_key: Option<&'a str>,
+    command: &'a str,
+    #[serde(default)]
+    traceparent: Option<&'a str>,
+    schema: u32,
+}
+
+/// Who sent the message of a reply (its API key id or service): the actor of its metadata,
+/// empty when the metadata does not have the current shape.
+fn actor_of(event: &RecordedEvent) -> &str {
+    match <MetadataView as serde::Deserialize>::deserialize(&*event.metadata) {
+        Ok(view) if domain::names::TenantId::is_valid(view.tenant_id) => view.actor,
+        _ => "",
+    }
 }
 
 /// A count or amount as the signed integer the tables store. The gateway bounds what it
@@ -614,20 +649,20 @@ impl InlineProjection for SpendProjection {
                     settled.push(failed);
                     continue;
                 }
-                let reply = reply_of(event).map_err(|source| AppendError::Inline {
+                let reply = billed(event).map_err(|source| AppendError::Inline {
                     projection: "usage_spend",
                     event_id: event.event_id,
                     source,
                 })?;
-                let Some((record, reply_to)) = reply else {
+                let Some(reply) = reply else {
                     continue;
                 };
-                settled.push((event.tenant_id.as_str(), reply_to));
-                let month = month_of(record.recorded_at);
-                for scope in [TENANT_SCOPE.to_string(), agent_scope(&record.agent_id)] {
+                settled.push((event.tenant_id.as_str(), reply.reply_to.to_owned()));
+                let month = month_of(event.recorded_at);
+                for scope in [TENANT_SCOPE.to_string(), agent_scope(reply.agent_id)] {
                     *spend
-                        .entry((record.tenant_id.clone(), scope, month.clone()))
-                        .or_default() += record.cost_micros;
+                        .entry((event.tenant_id.clone(), scope, month.clone()))
+                        .or_default() += stored(reply.cost_micros);
                 }
             }
             // A message's budget reservation ends with its reply (billed here, in the same
@@ -1675,6 +1710,70 @@ mod tests {
             let hour = Utc.with_ymd_and_hms(year, 3, 9, 17, 0, 0).unwrap();
             assert_eq!(hour_of(at), hour, "{year}");
             assert_eq!(hour_of(hour), hour, "{year}");
+        }
+    }
+
+    /// The actor read in place is the one the owned metadata gives, whatever the document:
+    /// complete, with optional fields, with unknown ones, or not of the metadata's shape.
+    #[test]
+    fn the_actor_read_in_place_is_the_metadatas() {
+        use serde_json::{Value, json};
+        let full = json!({"tenantId": "acme", "actor": "key_1", "requestId": "r",
+            "correlationId": "c", "command": "SendMessage", "schema": 1});
+        let with = |field: &str, value: Value| {
+            let mut doc = full.clone();
+            doc[field] = value;
+            doc
+        };
+        let without = |field: &str| {
+            let mut doc = full.clone();
+            doc.as_object_mut().unwrap().remove(field);
+            doc
+        };
+        let documents = [
+            full.clone(),
+            with("causationId", json!("e1")),
+            with("causationId", Value::Null),
+            with("idempotencyKey", json!("k")),
+            with("traceparent", json!("00-ab-cd-01")),
+            with("extra", json!({"deep": [1, 2]})),
+            with("actor", json!("")),
+            with("actor", json!("ключ \"1\"")),
+            with("actor", json!(7)),
+            with("tenantId", json!("a.b")),
+            with("tenantId", json!("")),
+            with("tenantId", json!("x".repeat(65))),
+            with("schema", json!(-1)),
+            with("schema", json!("1")),
+            with("traceparent", json!(5)),
+            without("actor"),
+            without("requestId"),
+            without("correlationId"),
+            without("command"),
+            without("schema"),
+            json!(null),
+            json!([]),
+            json!("actor"),
+        ];
+        for metadata in documents {
+            let event = RecordedEvent {
+                cursor: Cursor::START,
+                event_id: uuid::Uuid::nil(),
+                tenant_id: "acme".into(),
+                aggregate_type: Session::TYPE.into(),
+                aggregate_id: "sess-1".into(),
+                sequence: 1,
+                event_type: SessionEvent::ASSISTANT_MESSAGE_RECORDED.into(),
+                event_version: "1".into(),
+                payload: Arc::new(Value::Null),
+                metadata: Arc::new(metadata.clone()),
+                recorded_at: Utc::now(),
+            };
+            assert_eq!(
+                actor_of(&event),
+                event.event_metadata().map(|m| m.actor).unwrap_or_default(),
+                "{metadata}"
+            );
         }
     }
 
