@@ -105,7 +105,12 @@ fn derived_ids(parts: &[&str]) -> (String, String) {
     let message = hasher.clone().finalize();
     hasher.update(b"reply\0");
     let reply = hasher.finalize();
-    let id = |digest: &[u8]| format!("msg_{}", idempotency::hex(&digest[..16]));
+    let id = |digest: &[u8]| {
+        let mut id = String::with_capacity(4 + 32);
+        id.push_str("msg_");
+        idempotency::push_hex(&mut id, &digest[..16]);
+        id
+    };
     (id(&message), id(&reply))
 }
 
