@@ -256,7 +256,7 @@ pub async fn import(
             }
         };
         match uow
-            .commit(metadata.clone(), key.cloned().map(KeyUse::Claimed), render)
+            .commit(metadata, key.cloned().map(KeyUse::Claimed), render)
             .await
         {
             Ok((committed, response)) => {

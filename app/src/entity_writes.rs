@@ -998,7 +998,7 @@ pub async fn write(
         let render = render.clone();
         match writer
             .uow
-            .commit(metadata.clone(), key.clone(), move |committed| {
+            .commit(metadata, key.clone(), move |committed| {
                 render(&results, committed)
             })
             .await

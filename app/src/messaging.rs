@@ -417,7 +417,7 @@ async fn claim_and_record(
     };
     match uow
         .commit(
-            ctx.metadata("RecordUserMessage"),
+            &ctx.metadata("RecordUserMessage"),
             Some(KeyUse::Claim(key.clone(), until)),
             unused,
         )
@@ -674,17 +674,15 @@ impl Exchange {
             incomplete: answer.incomplete,
         };
         let command = SessionCommand::RecordAssistantReply(reply);
-        match self.record_reply(command.clone()).await {
+        let metadata = self.ctx.metadata(command.name());
+        match self.record_reply(command.clone(), &metadata).await {
             Ok(stored) => {
                 self.record_thresholds().await;
                 Ok(stored)
             }
             // Boxed, as the failure above: rare paths that would otherwise set the size of
             // every message's future.
-            Err(None) => {
-                let metadata = self.ctx.metadata(command.name());
-                Box::pin(self.record_reply_step_by_step(command, &metadata)).await
-            }
+            Err(None) => Box::pin(self.record_reply_step_by_step(command, &metadata)).await,
             Err(Some(error)) => Err(Box::pin(idempotency::release(&state, &self.key, error)).await),
         }
     }
@@ -780,9 +778,12 @@ impl Exchange {
     /// Records the successful attempts and the reply, completing the key, in one group
     /// commit, deciding on the cached session. `Err(None)` when the reply needs the
     /// step-by-step path (nothing was written); `Err(Some(_))` when the commit failed.
-    async fn record_reply(&self, reply: SessionCommand) -> Result<StoredResponse, Option<Error>> {
+    async fn record_reply(
+        &self,
+        reply: SessionCommand,
+        metadata: &domain::metadata::EventMetadata,
+    ) -> Result<StoredResponse, Option<Error>> {
         let log = &self.state.log;
-        let metadata = self.ctx.metadata(reply.name());
         let mut uow = UnitOfWork::speculative(log);
         let attempts = self
             .succeeded

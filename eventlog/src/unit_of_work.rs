@@ -307,41 +307,26 @@ impl<'a> UnitOfWork<'a> {
     /// group commit started, that transaction may hold other commands' appends too.
     pub async fn commit(
         self,
-        metadata: EventMetadata,
+        metadata: &EventMetadata,
         key: Option<KeyUse>,
         respond: impl Fn(&Committed) -> StoredResponse + Send + Sync + 'static,
     ) -> Result<(Committed, StoredResponse), CommitError> {
-        let mut appends = Vec::new();
+        let mut batch = Vec::new();
         let mut reads = Vec::new();
         for (stream, staged) in &self.streams {
             let (expected_version, events) = staged
                 .new_events()
                 .map_err(|e| CommitError::Append(AppendError::from(e)))?;
             if !events.is_empty() {
-                appends.push((stream.clone(), expected_version, events));
+                batch.push(StreamAppend {
+                    stream: stream.clone(),
+                    expected_version,
+                    events,
+                    metadata: metadata.clone(),
+                });
             } else if self.unread.contains(stream) {
                 reads.push((stream.clone(), expected_version));
             }
-        }
-        // The metadata goes to the last append; the others (a command that writes several
-        // streams) take copies.
-        let last = appends.pop();
-        let mut batch: Vec<StreamAppend> = appends
-            .into_iter()
-            .map(|(stream, expected_version, events)| StreamAppend {
-                stream,
-                expected_version,
-                events,
-                metadata: metadata.clone(),
-            })
-            .collect();
-        if let Some((stream, expected_version, events)) = last {
-            batch.push(StreamAppend {
-                stream,
-                expected_version,
-                events,
-                metadata,
-            });
         }
         let commit = Commit { batch, key, reads };
         let result = self.log.commit_grouped(commit, Box::new(respond)).await;
