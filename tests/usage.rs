@@ -578,14 +578,8 @@ async fn a_batch_of_replies_is_summed_once(backend: Backend) {
             .unwrap();
         tx.commit().await.unwrap();
     }
-    let hourly: Vec<(String, DateTime<Utc>, i64, i64)> = sqlx_rows(
-        &log,
-        "SELECT tenant_id, bucket, messages, tokens_in FROM usage_hourly \
-         ORDER BY tenant_id, bucket",
-    )
-    .await;
     assert_eq!(
-        hourly,
+        rollup_rows(&log, "usage_hourly").await,
         [
             ("acme".into(), ten, 3, 1300),
             ("acme".into(), minutes(60), 1, 400),
@@ -593,29 +587,17 @@ async fn a_batch_of_replies_is_summed_once(backend: Backend) {
             ("globex".into(), ten, 1, 7),
         ]
     );
-    let daily: Vec<(String, DateTime<Utc>, i64, i64)> = sqlx_rows(
-        &log,
-        "SELECT tenant_id, bucket, messages, tokens_in FROM usage_daily \
-         ORDER BY tenant_id, bucket",
-    )
-    .await;
     let may = |day: u32| Utc.with_ymd_and_hms(2026, 5, day, 0, 0, 0).unwrap();
     assert_eq!(
-        daily,
+        rollup_rows(&log, "usage_daily").await,
         [
             ("acme".into(), may(1), 4, 1700),
             ("acme".into(), may(2), 1, 2000),
             ("globex".into(), may(1), 1, 7),
         ]
     );
-    let sessions: Vec<(String, DateTime<Utc>, String)> = sqlx_rows(
-        &log,
-        "SELECT tenant_id, bucket, session_id FROM usage_sessions \
-         ORDER BY tenant_id, bucket, session_id",
-    )
-    .await;
     assert_eq!(
-        sessions,
+        session_rows(&log, "usage_sessions").await,
         [
             ("acme".into(), ten, "ses_a".into()),
             ("acme".into(), ten, "ses_b".into()),
@@ -624,14 +606,8 @@ async fn a_batch_of_replies_is_summed_once(backend: Backend) {
             ("globex".into(), ten, "ses_c".into()),
         ]
     );
-    let session_days: Vec<(String, DateTime<Utc>, String)> = sqlx_rows(
-        &log,
-        "SELECT tenant_id, bucket, session_id FROM usage_session_days \
-         ORDER BY tenant_id, bucket, session_id",
-    )
-    .await;
     assert_eq!(
-        session_days,
+        session_rows(&log, "usage_session_days").await,
         [
             ("acme".into(), may(1), "ses_a".into()),
             ("acme".into(), may(1), "ses_b".into()),
@@ -678,6 +654,28 @@ both_backends!(
     a_batch_of_replies_is_summed_once,
     a_batch_of_replies_is_summed_once
 );
+
+/// A rollup table's tenant, bucket, messages and input tokens, row by row in key order.
+async fn rollup_rows(
+    log: &eventlog::EventLog,
+    table: &str,
+) -> Vec<(String, DateTime<Utc>, i64, i64)> {
+    let sql = format!(
+        "SELECT tenant_id, bucket, messages, tokens_in FROM {table} ORDER BY tenant_id, bucket"
+    );
+    sqlx_rows(log, &sql).await
+}
+
+/// A session activity table's tenant, bucket and session, row by row in key order.
+async fn session_rows(
+    log: &eventlog::EventLog,
+    table: &str,
+) -> Vec<(String, DateTime<Utc>, String)> {
+    let sql = format!(
+        "SELECT tenant_id, bucket, session_id FROM {table} ORDER BY tenant_id, bucket, session_id"
+    );
+    sqlx_rows(log, &sql).await
+}
 
 /// The rows `sql` selects, as `T`s.
 async fn sqlx_rows<T: eventlog::sql::Record>(log: &eventlog::EventLog, sql: &str) -> Vec<T> {

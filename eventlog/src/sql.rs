@@ -40,8 +40,29 @@ pub enum Bound<'q> {
     Uuid(Option<uuid::Uuid>),
     Time(Option<chrono::DateTime<chrono::Utc>>),
     Bytes(Option<&'q [u8]>),
+    /// Arrays, for statements written for PostgreSQL alone (`unnest($1::text[], …)`);
+    /// SQLite has no arrays, and a statement binding one fails there.
+    Texts(Vec<&'q str>),
+    I64s(Vec<i64>),
+    Times(Vec<chrono::DateTime<chrono::Utc>>),
     Other(Box<dyn DynValue<'q>>),
 }
+
+macro_rules! array_values {
+    ($($variant:ident: $type:ty),* $(,)?) => {$(
+        impl<'q> Value<'q> for $type {
+            fn into_bound(self) -> Bound<'q> {
+                Bound::$variant(self)
+            }
+        }
+    )*};
+}
+
+array_values!(
+    Texts: Vec<&'q str>,
+    I64s: Vec<i64>,
+    Times: Vec<chrono::DateTime<chrono::Utc>>,
+);
 
 macro_rules! inline_values {
     ($($variant:ident: $type:ty),* $(,)?) => {$(
@@ -119,6 +140,9 @@ impl<'q> Bound<'q> {
             Bound::Uuid(v) => arguments.add(v),
             Bound::Time(v) => arguments.add(v),
             Bound::Bytes(v) => arguments.add(v),
+            Bound::Texts(v) => arguments.add(v),
+            Bound::I64s(v) => arguments.add(v),
+            Bound::Times(v) => arguments.add(v),
             Bound::Other(v) => v.add_postgres(arguments),
         }
     }
@@ -134,6 +158,9 @@ impl<'q> Bound<'q> {
             Bound::Uuid(v) => arguments.add(v),
             Bound::Time(v) => arguments.add(v),
             Bound::Bytes(v) => arguments.add(v),
+            Bound::Texts(_) | Bound::I64s(_) | Bound::Times(_) => {
+                Err("an array is bound on PostgreSQL only".into())
+            }
             Bound::Other(v) => v.add_sqlite(arguments),
         }
     }

@@ -255,9 +255,9 @@ impl Projector for UsageProjector {
                 records.push(record);
             }
         }
-        if let Tx::Postgres(conn) = tx {
+        if tx.backend() == Backend::Postgres {
             for chunk in records.chunks(CHUNK) {
-                apply_in_one_statement(conn, target, chunk).await?;
+                apply_in_one_statement(tx, target, chunk).await?;
             }
             return Ok(());
         }
@@ -412,7 +412,7 @@ impl Projector for UsageProjector {
 /// insert's `RETURNING`. Each rollup's rows go in key order, as on SQLite, and its keys are
 /// distinct (grouped), as one statement may touch a row only once.
 async fn apply_in_one_statement(
-    conn: &mut sqlx::PgConnection,
+    tx: &mut Tx,
     target: Target,
     records: &[UsageRecord],
 ) -> Result<(), sqlx::Error> {
@@ -431,7 +431,7 @@ async fn apply_in_one_statement(
         ),
         Target::Rebuild => (std::borrow::Cow::Owned(one_statement(target)), false),
     };
-    sqlx::query(&sql)
+    let statement = Statement::new(&sql)
         .persistent(persistent)
         .bind(text(|r| &r.tenant_id))
         .bind(text(|r| &r.message_id))
@@ -446,9 +446,8 @@ async fn apply_in_one_statement(
         .bind(number(|r| r.price_micros_per_1k))
         .bind(time(|at| at))
         .bind(time(hour_of))
-        .bind(time(day_of))
-        .execute(conn)
-        .await?;
+        .bind(time(day_of));
+    tx.execute(statement).await?;
     Ok(())
 }
 
