@@ -100,9 +100,9 @@ where
 /// directly: `format!` costs more than the UUID).
 fn new_id() -> String {
     let mut digits = [0u8; uuid::fmt::Simple::LENGTH];
-    let digits = uuid::Uuid::now_v7().simple().encode_lower(&mut digits);
-    let mut id = String::with_capacity(4 + digits.len());
-    id.push_str("req_");
-    id.push_str(digits);
-    id
+    [
+        "req_",
+        uuid::Uuid::now_v7().simple().encode_lower(&mut digits),
+    ]
+    .concat()
 }

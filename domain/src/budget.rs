@@ -18,10 +18,7 @@ pub const TENANT_SCOPE: &str = "tenant";
 /// The scope of an agent's budget.
 pub fn agent_scope(agent_id: &str) -> String {
     // Not `format!`: this runs for every message and every billed reply.
-    let mut scope = String::with_capacity(6 + agent_id.len());
-    scope.push_str("agent:");
-    scope.push_str(agent_id);
-    scope
+    ["agent:", agent_id].concat()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

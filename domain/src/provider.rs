@@ -34,7 +34,7 @@ impl ChatRole {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: ChatRole,
-    pub content: std::sync::Arc<str>,
+    pub content: Arc<str>,
 }
 
 /// What is asked of a provider: a chat completion.

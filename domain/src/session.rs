@@ -15,6 +15,7 @@
 //! no messages to, an archived agent.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -261,7 +262,7 @@ pub struct Session {
     metadata: Map<String, Value>,
     status: SessionStatus,
     /// Shared: the answer to a message is rendered from its exchange after the session moves on.
-    exchanges: BTreeMap<String, std::sync::Arc<Exchange>>,
+    exchanges: BTreeMap<String, Arc<Exchange>>,
     /// The conversation so far, in order, by message id: what a provider is shown as
     /// context.
     conversation: Vec<(String, ChatMessage)>,
@@ -294,11 +295,11 @@ impl Session {
     }
 
     pub fn exchange(&self, message_id: &str) -> Option<&Exchange> {
-        self.exchanges.get(message_id).map(|e| &**e)
+        self.exchanges.get(message_id).map(Arc::as_ref)
     }
 
     /// [`Session::exchange`], shared (a reference count, not a copy of its messages).
-    pub fn shared_exchange(&self, message_id: &str) -> Option<std::sync::Arc<Exchange>> {
+    pub fn shared_exchange(&self, message_id: &str) -> Option<Arc<Exchange>> {
         self.exchanges.get(message_id).cloned()
     }
 
@@ -494,7 +495,7 @@ impl Aggregate for Session {
                 ));
                 self.exchanges.insert(
                     message_id,
-                    std::sync::Arc::new(Exchange {
+                    Arc::new(Exchange {
                         content,
                         ..Exchange::default()
                     }),
@@ -506,7 +507,7 @@ impl Aggregate for Session {
                 ..
             } => {
                 if let Some(exchange) = self.exchanges.get_mut(&message_id) {
-                    std::sync::Arc::make_mut(exchange).attempts.push(attempt);
+                    Arc::make_mut(exchange).attempts.push(attempt);
                 }
             }
             SessionEvent::AssistantMessageRecorded { reply, .. } => {
@@ -518,12 +519,12 @@ impl Aggregate for Session {
                     },
                 ));
                 if let Some(exchange) = self.exchanges.get_mut(&reply.reply_to) {
-                    std::sync::Arc::make_mut(exchange).reply = Some(reply);
+                    Arc::make_mut(exchange).reply = Some(reply);
                 }
             }
             SessionEvent::MessageFailed { message_id, .. } => {
                 if let Some(exchange) = self.exchanges.get_mut(&message_id) {
-                    std::sync::Arc::make_mut(exchange).failed = true;
+                    Arc::make_mut(exchange).failed = true;
                 }
             }
         }

@@ -750,20 +750,22 @@ impl Store {
         let mut seen = HashSet::with_capacity_and_hasher(reads.len(), crate::FastHasher::default());
         let distinct: Vec<&(StreamId, u64)> = reads.iter().filter(|r| seen.insert(*r)).collect();
         let moved: Vec<(String, String, String)> = match tx {
-            Tx::Postgres(conn) => {
+            Tx::Postgres(_) => {
                 let column = |f: fn(&(StreamId, u64)) -> &str| -> Vec<&str> {
                     distinct.iter().map(|read| f(read)).collect()
                 };
                 let versions: Vec<i64> = distinct.iter().map(|(_, v)| *v as i64).collect();
-                sqlx::query_as(&format!(
+                let sql = format!(
                     "WITH read (t, a, i, v) AS (SELECT * FROM \
                      unnest($1::text[], $2::text[], $3::text[], $4::int8[])) {MOVED_READS}"
-                ))
-                .bind(column(|(s, _)| s.tenant_id.as_str()))
-                .bind(column(|(s, _)| s.aggregate_type.as_str()))
-                .bind(column(|(s, _)| s.aggregate_id.as_str()))
-                .bind(versions)
-                .fetch_all(&mut **conn)
+                );
+                tx.fetch_all_as(
+                    Statement::new(&sql)
+                        .bind(column(|(s, _)| s.tenant_id.as_str()))
+                        .bind(column(|(s, _)| s.aggregate_type.as_str()))
+                        .bind(column(|(s, _)| s.aggregate_id.as_str()))
+                        .bind(versions),
+                )
                 .await?
             }
             Tx::Sqlite(conn) => {

@@ -111,10 +111,6 @@ impl<A: Aggregate + Clone + 'static> AnyStaged for Staged<A> {
 /// Most streams read by one prefetch query (two bound values each).
 const PREFETCH_CHUNK: usize = 500;
 
-/// The hasher of a unit of work's maps: its keys are the streams of one command (a bounded
-/// number), hashed several times each.
-type Hasher = crate::FastHasher;
-
 /// Commands on several streams, committed in one transaction.
 ///
 /// A speculative unit of work ([`UnitOfWork::speculative`]) may decide without reading: on
@@ -128,10 +124,10 @@ pub struct UnitOfWork<'a> {
     log: &'a EventLog,
     streams: BTreeMap<StreamId, Box<dyn AnyStaged>>,
     /// Streams read ahead by [`UnitOfWork::prefetch`] (or assumed new), not yet staged.
-    prefetched: HashMap<StreamId, Vec<RecordedEvent>, Hasher>,
+    prefetched: HashMap<StreamId, Vec<RecordedEvent>, crate::FastHasher>,
     speculative: bool,
     /// Streams taken from the cache or assumed new instead of read.
-    unread: HashSet<StreamId, Hasher>,
+    unread: HashSet<StreamId, crate::FastHasher>,
 }
 
 impl<'a> UnitOfWork<'a> {
@@ -205,7 +201,7 @@ impl<'a> UnitOfWork<'a> {
         wanted.sort();
         wanted.dedup();
         for chunk in wanted.chunks(PREFETCH_CHUNK) {
-            let mut read: HashMap<StreamId, Vec<_>, Hasher> =
+            let mut read: HashMap<StreamId, Vec<_>, crate::FastHasher> =
                 chunk.iter().map(|s| (s.clone(), Vec::new())).collect();
             for event in self.log.load_many(chunk).await? {
                 let stream = StreamId::new(

@@ -416,7 +416,7 @@ async fn apply_in_one_statement(
     target: Target,
     records: &[UsageRecord],
 ) -> Result<(), sqlx::Error> {
-    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static TEXT: Texts = Texts::new(1);
     let text =
         |column: fn(&UsageRecord) -> &str| -> Vec<&str> { records.iter().map(column).collect() };
     let number =
@@ -424,15 +424,9 @@ async fn apply_in_one_statement(
     let time = |bucket: fn(DateTime<Utc>) -> DateTime<Utc>| -> Vec<DateTime<Utc>> {
         records.iter().map(|r| bucket(r.recorded_at)).collect()
     };
-    let (sql, persistent) = match target {
-        Target::Live => (
-            std::borrow::Cow::Borrowed(TEXT.get_or_init(|| one_statement(target)).as_str()),
-            true,
-        ),
-        Target::Rebuild => (std::borrow::Cow::Owned(one_statement(target)), false),
-    };
+    // One text whatever the number of records.
+    let sql = crate::rows_text(&TEXT, tx, target, 1, || one_statement(target));
     let statement = Statement::new(&sql)
-        .persistent(persistent)
         .bind(text(|r| &r.tenant_id))
         .bind(text(|r| &r.message_id))
         .bind(text(|r| &r.session_id))
