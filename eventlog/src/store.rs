@@ -15,10 +15,12 @@
 //!   (every gateway write transaction holds [`crate::db::APPENDER_LOCK`] from its first
 //!   statement, before it has an id; a running transaction whose id lock belongs to a
 //!   backend without it is not the gateway's), or the snapshot's next id. The horizon is
-//!   read in a statement of its own before the tail: every transaction below it had finished
-//!   by then, so the tail's later snapshot sees its events. A transaction that is still open
-//!   can therefore never commit "behind" a reader, and transactions of other databases, or of
-//!   other programs, never hold readers back.
+//!   read by the tail's own statement, from the snapshot the tail reads: every gateway
+//!   transaction below it had finished in that snapshot, so the tail sees its events (a
+//!   transaction that ends between the snapshot and the read of `pg_locks` still counts as
+//!   running, which only lowers the horizon). A transaction that is still open can therefore
+//!   never commit "behind" a reader, and transactions of other databases, or of other
+//!   programs, never hold readers back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -895,21 +897,23 @@ impl Store {
         columns: fn(Backend) -> &'static str,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         let db = &self.inner.db;
-        let horizon = match db.backend() {
-            Backend::Postgres => Some(db.fetch_one(Statement::new(PG_HORIZON)).await?.try_get(0)?),
-            Backend::Sqlite => None,
-        };
         if tenant_id.is_none() && !self.inner.recent.is_empty() {
             let sql = tail_sql(db.backend(), false, id_columns(db.backend()));
             let ids = db
-                .fetch_all_as::<(i64, i64, Uuid)>(tail_statement(&sql, after, limit, horizon, None))
+                .fetch_all_as::<(i64, i64, Uuid)>(tail_statement(
+                    &sql,
+                    db.backend(),
+                    after,
+                    limit,
+                    None,
+                ))
                 .await?;
             if let Some(events) = self.kept(&ids) {
                 return Ok(events);
             }
         }
         let sql = tail_sql(db.backend(), tenant_id.is_some(), columns(db.backend()));
-        db.fetch_all_as(tail_statement(&sql, after, limit, horizon, tenant_id))
+        db.fetch_all_as(tail_statement(&sql, db.backend(), after, limit, tenant_id))
             .await
     }
 
@@ -951,12 +955,13 @@ impl Store {
         let db = &self.inner.db;
         let last = match db.backend() {
             Backend::Postgres => {
-                let horizon: i64 = db.fetch_one(Statement::new(PG_HORIZON)).await?.try_get(0)?;
-                let sql = "SELECT transaction_id::text::bigint AS transaction_id, global_position \
-                           FROM events WHERE transaction_id < $1::text::xid8 \
-                           ORDER BY events.transaction_id DESC, events.global_position DESC \
-                           LIMIT 1";
-                db.fetch_optional_as::<(i64, i64)>(Statement::new(sql).bind(horizon.to_string()))
+                let sql = format!(
+                    "SELECT transaction_id::text::bigint AS transaction_id, global_position \
+                     FROM events WHERE transaction_id < ({PG_HORIZON})::text::xid8 \
+                     ORDER BY events.transaction_id DESC, events.global_position DESC \
+                     LIMIT 1"
+                );
+                db.fetch_optional_as::<(i64, i64)>(Statement::new(&sql))
                     .await?
             }
             Backend::Sqlite => {
@@ -1003,27 +1008,19 @@ impl Store {
         after: Cursor,
         limit: usize,
     ) -> Result<Vec<Arc<RecordedEvent>>, sqlx::Error> {
-        let horizon = match tx.backend() {
-            Backend::Postgres => Some(
-                tx.fetch_optional(Statement::new(PG_HORIZON))
-                    .await?
-                    .ok_or(sqlx::Error::RowNotFound)?
-                    .try_get(0)?,
-            ),
-            Backend::Sqlite => None,
-        };
+        let backend = tx.backend();
         if !self.inner.recent.is_empty() {
-            let sql = tail_sql(tx.backend(), false, id_columns(tx.backend()));
+            let sql = tail_sql(backend, false, id_columns(backend));
             let ids = tx
-                .fetch_all_as::<(i64, i64, Uuid)>(tail_statement(&sql, after, limit, horizon, None))
+                .fetch_all_as::<(i64, i64, Uuid)>(tail_statement(&sql, backend, after, limit, None))
                 .await?;
             if let Some(events) = self.kept_shared(&ids) {
                 return Ok(events.into_iter().map(|e| self.upcast_shared(e)).collect());
             }
         }
-        let sql = tail_sql(tx.backend(), false, columns(tx.backend()));
+        let sql = tail_sql(backend, false, columns(backend));
         let events = tx
-            .fetch_all_as(tail_statement(&sql, after, limit, horizon, None))
+            .fetch_all_as(tail_statement(&sql, backend, after, limit, None))
             .await?;
         Ok(self.upcast_all(events).into_iter().map(Arc::new).collect())
     }
@@ -1185,8 +1182,8 @@ impl Store {
 /// their `BEGIN`, before they have an id, so one with an id and without the lock is never
 /// the gateway's); the snapshot's next id when there is none. A running transaction that
 /// cannot be told apart (its id not yet in `pg_locks`, an instant after it got it) counts as
-/// an appender: the horizon errs towards waiting, never towards skipping. Must run as a
-/// statement of its own, before the tail reads below it (see the module's docs).
+/// an appender: the horizon errs towards waiting, never towards skipping. A subquery of the
+/// statement that reads below it, so that both see one snapshot (see the module's docs).
 const PG_HORIZON: &str = "WITH snapshot AS MATERIALIZED (SELECT pg_current_snapshot() AS s), \
      others AS ( \
        SELECT own.transactionid::text::bigint AS low FROM pg_locks own \
@@ -1205,52 +1202,45 @@ const PG_HORIZON: &str = "WITH snapshot AS MATERIALIZED (SELECT pg_current_snaps
         WHERE (running.id & 4294967295) NOT IN (SELECT low FROM others))) AS horizon";
 
 /// The tail query: `$1` and `$2` the cursor (its transaction id as text, its position), `$3`
-/// the limit; on PostgreSQL `$4` the horizon; with `by_tenant`, the tenant last. On
-/// PostgreSQL, `ORDER BY` names the table's columns: the bare name would be the selected
+/// the limit; with `by_tenant`, the tenant as `$4`. On PostgreSQL the horizon
+/// ([`PG_HORIZON`]) is read by the same statement, from the snapshot the tail reads, and
+/// `ORDER BY` names the table's columns: the bare name would be the selected
 /// `transaction_id::text::bigint` alias, which no index orders, and every batch would sort
 /// the rest of the log. SQLite has one writer and orders by position alone (its
 /// statements leave the transaction id, `$1`, unused, as they may).
 fn tail_sql(backend: Backend, by_tenant: bool, columns: &str) -> String {
+    let tenant = if by_tenant { "AND tenant_id = $4" } else { "" };
     match backend {
-        Backend::Postgres => {
-            let tenant = if by_tenant { "AND tenant_id = $5" } else { "" };
-            format!(
-                "SELECT {columns} FROM events \
-                 WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
-                   AND transaction_id < $4::text::xid8 {tenant} \
-                 ORDER BY events.transaction_id, events.global_position \
-                 LIMIT $3"
-            )
-        }
-        Backend::Sqlite => {
-            let tenant = if by_tenant { "AND tenant_id = $4" } else { "" };
-            format!(
-                "SELECT {columns} FROM events WHERE global_position > $2 {tenant} \
-                 ORDER BY global_position LIMIT $3"
-            )
-        }
+        Backend::Postgres => format!(
+            "SELECT {columns} FROM events \
+             WHERE (transaction_id, global_position) > ($1::text::xid8, $2) \
+               AND transaction_id < ({PG_HORIZON})::text::xid8 {tenant} \
+             ORDER BY events.transaction_id, events.global_position \
+             LIMIT $3"
+        ),
+        Backend::Sqlite => format!(
+            "SELECT {columns} FROM events WHERE global_position > $2 {tenant} \
+             ORDER BY global_position LIMIT $3"
+        ),
     }
 }
 
-/// [`tail_sql`] with its values; `horizon` is PostgreSQL's. There the statement is planned
-/// with the actual cursor each time: a cached generic plan does not know how far along the log
-/// the cursor is and may scan and sort the whole table. SQLite's plan is the same for every
-/// cursor, and its statement is prepared once.
+/// [`tail_sql`] with its values. On PostgreSQL the statement is planned with the actual
+/// cursor each time: a cached generic plan does not know how far along the log the cursor is
+/// and may scan and sort the whole table. SQLite's plan is the same for every cursor, and its
+/// statement is prepared once.
 fn tail_statement<'q>(
     sql: &'q str,
+    backend: Backend,
     after: Cursor,
     limit: usize,
-    horizon: Option<i64>,
     tenant_id: Option<&'q str>,
 ) -> Statement<'q> {
     let mut statement = Statement::new(sql)
-        .persistent(horizon.is_none())
+        .persistent(backend == Backend::Sqlite)
         .bind(after.transaction_id.to_string())
         .bind(after.position)
         .bind(limit as i64);
-    if let Some(horizon) = horizon {
-        statement.push(horizon.to_string());
-    }
     if let Some(tenant_id) = tenant_id {
         statement.push(tenant_id);
     }
