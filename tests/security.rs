@@ -616,7 +616,7 @@ async fn records_stored_before_keys_had_a_scope_still_answer(backend: Backend) {
         tenant_id: "acme".into(),
         scope: eventlog::idempotency::LEGACY_SCOPE.into(),
         key: "before-the-upgrade".into(),
-        request_hash: app::idempotency::request_hash("POST", "/v1/users", "acme", &body),
+        request_hash: app::idempotency::request_hash("POST", "/v1/users", "acme", &body).into(),
     };
     let stored = eventlog::idempotency::StoredResponse {
         status: 201,
@@ -743,7 +743,7 @@ async fn a_key_held_by_a_request_that_died_is_taken_over_after_its_lock(backend:
         tenant_id: "acme".into(),
         scope: "create_entity".into(),
         key: "orphaned".into(),
-        request_hash: app::idempotency::request_hash("POST", "/v1/users", "acme", &body),
+        request_hash: app::idempotency::request_hash("POST", "/v1/users", "acme", &body).into(),
     };
     let claim = log
         .claim_idempotency(&key, Duration::from_secs(1))

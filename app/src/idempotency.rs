@@ -133,10 +133,10 @@ pub async fn claim_key(state: &App, key: Option<IdempotencyKey>) -> Result<Claim
 /// The request's idempotency key, if it has one, not claimed yet. `body` as for [`claim`].
 pub fn key_of(ctx: &Context, body: &Value) -> Option<IdempotencyKey> {
     ctx.idempotency_key.as_ref().map(|key| IdempotencyKey {
-        tenant_id: ctx.tenant.to_string(),
-        scope: ctx.operation.clone(),
-        key: key.clone(),
-        request_hash: request_hash(&ctx.method, &ctx.target, ctx.tenant.as_str(), body),
+        tenant_id: ctx.tenant.as_str().into(),
+        scope: ctx.operation.as_str().into(),
+        key: key.as_str().into(),
+        request_hash: request_hash(&ctx.method, &ctx.target, ctx.tenant.as_str(), body).into(),
     })
 }
 

@@ -914,7 +914,7 @@ impl Exchange {
             agent_id: self.agent_id.clone(),
             primary_provider: self.agent.primary_provider.clone(),
             fallback_provider: self.agent.fallback_provider.clone(),
-            key: self.key.key.clone(),
+            key: self.key.key.to_string(),
             request_id: self.ctx.request_id.clone(),
         }
     }

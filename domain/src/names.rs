@@ -1,8 +1,11 @@
 //! Validated identifiers that come from the outside world: tenant ids, entity type names and
 //! record ids. Parsing them once, at the edge, means the rest of the code can rely on them
 //! being well formed (for example, safe to use as a NATS subject token or a URL segment).
+//! Each holds its string shared (`Arc<str>`): a command's tenant, type and id are copied into
+//! its streams, events, metadata and answer, and each copy is a reference count.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +35,8 @@ fn check_len(value: &str, max: usize) -> Result<(), NameError> {
 /// A tenant identifier: 1 to 64 ASCII letters, digits, `-` or `_`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String")]
-pub struct TenantId(String);
+#[schema(value_type = String)]
+pub struct TenantId(Arc<str>);
 
 impl TenantId {
     pub const MAX_LEN: usize = 64;
@@ -40,7 +44,7 @@ impl TenantId {
     pub fn parse(value: impl Into<String>) -> Result<Self, NameError> {
         let value = value.into();
         Self::check(&value)?;
-        Ok(Self(value))
+        Ok(Self(value.into()))
     }
 
     /// Whether `value` is a tenant id ([`TenantId::parse`] without making one).
@@ -88,7 +92,8 @@ pub const RESERVED_ENTITY_TYPES: &[&str] = &[
 /// ASCII letter followed by up to 62 lower-case letters, digits or `-`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String")]
-pub struct EntityTypeName(String);
+#[schema(value_type = String)]
+pub struct EntityTypeName(Arc<str>);
 
 impl EntityTypeName {
     pub const MAX_LEN: usize = 63;
@@ -97,7 +102,7 @@ impl EntityTypeName {
     pub fn parse(value: impl Into<String>) -> Result<Self, NameError> {
         let name = Self::parse_stored(value)?;
         if RESERVED_ENTITY_TYPES.contains(&name.as_str()) {
-            return Err(NameError::Reserved(name.0));
+            return Err(NameError::Reserved(name.0.to_string()));
         }
         Ok(name)
     }
@@ -114,7 +119,7 @@ impl EntityTypeName {
                 "must start with a lower-case letter and contain only lower-case letters, digits and '-'",
             ));
         }
-        Ok(Self(value))
+        Ok(Self(value.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -126,7 +131,8 @@ impl EntityTypeName {
 /// (composite keys join their parts with `:`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String")]
-pub struct EntityId(String);
+#[schema(value_type = String)]
+pub struct EntityId(Arc<str>);
 
 impl EntityId {
     pub const MAX_LEN: usize = 255;
@@ -142,7 +148,7 @@ impl EntityId {
                 "must not contain '/', white space or control characters",
             ));
         }
-        Ok(Self(value))
+        Ok(Self(value.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -160,7 +166,7 @@ macro_rules! string_newtype_impls {
         }
         impl From<$name> for String {
             fn from(value: $name) -> Self {
-                value.0
+                value.0.to_string()
             }
         }
         impl fmt::Display for $name {

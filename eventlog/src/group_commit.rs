@@ -258,9 +258,7 @@ async fn commit_group(log: &Store, group: Vec<Job>, mut turn: Turn) {
                     .key
                     .as_ref()
                     .and_then(KeyUse::to_claim)
-                    .is_none_or(|key| {
-                        keys.insert((key.tenant_id.as_str(), key.scope.as_str(), key.key.as_str()))
-                    })
+                    .is_none_or(|key| keys.insert((&*key.tenant_id, &*key.scope, &*key.key)))
             })
             .collect()
     };

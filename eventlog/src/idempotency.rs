@@ -21,6 +21,7 @@
 //! when its lock expires, a retry takes the record over and runs the command afresh.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -40,24 +41,29 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
 }
 
-/// Identifies one idempotency record.
+/// Identifies one idempotency record. Its strings are shared: a request's key is copied into
+/// each attempt of its command and into its commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey {
-    pub tenant_id: String,
+    pub tenant_id: Arc<str>,
     /// The operation the key is used for (an HTTP route's operation id): a key names one
     /// request per tenant and operation, so the same key on two operations gives two
     /// independent results. Never empty: the empty scope is that of records written before
     /// keys had one (see [`LEGACY_SCOPE`]).
-    pub scope: String,
-    pub key: String,
+    pub scope: Arc<str>,
+    pub key: Arc<str>,
     /// Hash of method, path, tenant and canonical body.
-    pub request_hash: String,
+    pub request_hash: Arc<str>,
 }
 
 impl IdempotencyKey {
     /// The key as the set of taken keys [`EventLog::insert_new_many_in`] answers holds it.
     pub fn id(&self) -> (String, String, String) {
-        (self.tenant_id.clone(), self.scope.clone(), self.key.clone())
+        (
+            self.tenant_id.to_string(),
+            self.scope.to_string(),
+            self.key.to_string(),
+        )
     }
 }
 
@@ -161,10 +167,10 @@ impl Store {
         };
         let insert = || {
             Statement::new(&insert_sql)
-                .bind(key.tenant_id.as_str())
-                .bind(key.scope.as_str())
-                .bind(key.key.as_str())
-                .bind(key.request_hash.as_str())
+                .bind(&*key.tenant_id)
+                .bind(&*key.scope)
+                .bind(&*key.key)
+                .bind(&*key.request_hash)
                 .bind(locked_until)
                 .bind(now)
         };
@@ -182,13 +188,13 @@ impl Store {
                     "SELECT request_hash FROM idempotency_records \
                      WHERE tenant_id = $1 AND scope = '' AND idempotency_key = $2",
                 )
-                .bind(key.tenant_id.as_str())
-                .bind(key.key.as_str()),
+                .bind(&*key.tenant_id)
+                .bind(&*key.key),
             )
             .await?
         };
         match legacy {
-            Some((hash,)) if hash != key.request_hash => {
+            Some((hash,)) if *hash != *key.request_hash => {
                 tx.rollback().await?;
                 return Ok(Claim::Mismatch);
             }
@@ -198,9 +204,9 @@ impl Store {
                         "UPDATE idempotency_records SET scope = $2 \
                          WHERE tenant_id = $1 AND scope = '' AND idempotency_key = $3",
                     )
-                    .bind(key.tenant_id.as_str())
-                    .bind(key.scope.as_str())
-                    .bind(key.key.as_str()),
+                    .bind(&*key.tenant_id)
+                    .bind(&*key.scope)
+                    .bind(&*key.key),
                 )
                 .await?;
             }
@@ -217,15 +223,15 @@ impl Store {
                          response_body FROM idempotency_records \
                          WHERE tenant_id = $1 AND scope = $2 AND idempotency_key = $3",
                     )
-                    .bind(key.tenant_id.as_str())
-                    .bind(key.scope.as_str())
-                    .bind(key.key.as_str()),
+                    .bind(&*key.tenant_id)
+                    .bind(&*key.scope)
+                    .bind(&*key.key),
                 )
                 .await?
                 .ok_or(sqlx::Error::RowNotFound)?;
             let hash: String = row.try_get("request_hash")?;
             let state: String = row.try_get("state")?;
-            if hash != key.request_hash {
+            if *hash != *key.request_hash {
                 Claim::Mismatch
             } else if state == "completed" {
                 let status: i32 = row.try_get("status_code")?;
@@ -244,9 +250,9 @@ impl Store {
                              WHERE tenant_id = $1 AND scope = $2 AND idempotency_key = $3 \
                              AND state = 'in_flight' AND locked_until < $5",
                         )
-                        .bind(key.tenant_id.as_str())
-                        .bind(key.scope.as_str())
-                        .bind(key.key.as_str())
+                        .bind(&*key.tenant_id)
+                        .bind(&*key.scope)
+                        .bind(&*key.key)
                         .bind(locked_until)
                         .bind(now),
                     )
@@ -332,10 +338,10 @@ impl Store {
                     NewRecord::Completed(response) => ("completed", Some(*response), now),
                     NewRecord::InFlight { locked_until } => ("in_flight", None, *locked_until),
                 };
-                insert.push(key.tenant_id.as_str());
-                insert.push(key.scope.as_str());
-                insert.push(key.key.as_str());
-                insert.push(key.request_hash.as_str());
+                insert.push(&*key.tenant_id);
+                insert.push(&*key.scope);
+                insert.push(&*key.key);
+                insert.push(&*key.request_hash);
                 insert.push(state);
                 insert.push(response.map(|r| i32::from(r.status)));
                 insert.push(response.map(|r| Json(&r.headers)));
@@ -373,9 +379,9 @@ impl Store {
                  response_headers = $5, response_body = $6 \
                  WHERE tenant_id = $1 AND scope = $2 AND idempotency_key = $3",
             )
-            .bind(key.tenant_id.as_str())
-            .bind(key.scope.as_str())
-            .bind(key.key.as_str())
+            .bind(&*key.tenant_id)
+            .bind(&*key.scope)
+            .bind(&*key.key)
             .bind(i32::from(response.status))
             .bind(Json(&response.headers))
             .bind(response.body.as_slice()),
@@ -412,9 +418,9 @@ impl Store {
             });
             let mut update = Statement::new(&sql).persistent(TEXTS.recurs(chunk.len()));
             for (key, response) in chunk {
-                update.push(key.tenant_id.as_str());
-                update.push(key.scope.as_str());
-                update.push(key.key.as_str());
+                update.push(&*key.tenant_id);
+                update.push(&*key.scope);
+                update.push(&*key.key);
                 update.push(i32::from(response.status));
                 update.push(Json(&response.headers));
                 update.push(response.body.as_slice());
@@ -445,9 +451,9 @@ impl Store {
                  WHERE tenant_id = $1 AND scope = $2 AND idempotency_key = $3 \
                  AND state = 'in_flight'",
             )
-            .bind(key.tenant_id.as_str())
-            .bind(key.scope.as_str())
-            .bind(key.key.as_str()),
+            .bind(&*key.tenant_id)
+            .bind(&*key.scope)
+            .bind(&*key.key),
         )
         .await?;
         tx.commit().await
