@@ -47,10 +47,9 @@ where
         .and_then(accept_client_id)
         .unwrap_or_else(new_id);
     request.extensions_mut().insert(RequestId(id.clone()));
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    // The template is shared (a `MatchedPath` clone is a reference count).
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = request.method().clone();
     let span = tracing::info_span!(
         "request",
@@ -82,7 +81,7 @@ where
     span.record("status", status.as_u16());
     state
         .metrics
-        .observe_request(method.as_str(), &route, status.as_u16(), elapsed);
+        .observe_request(method.as_str(), route, status.as_u16(), elapsed);
     span.in_scope(|| {
         tracing::info!(
             status = status.as_u16(),

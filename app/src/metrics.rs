@@ -10,28 +10,69 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+// The labels of the per-request series are `&'static str`s (see [`label`]): a series is
+// looked up on every request, and its key is then built without copying a string.
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: &'static str,
     status: u16,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
-    command: String,
-    outcome: String,
+    command: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AggregateLabels {
-    aggregate_type: String,
+    aggregate_type: &'static str,
+}
+
+/// Most distinct values [`label`] keeps; later ones are labelled `other`.
+const MAX_LABELS: usize = 4096;
+
+/// `value` as a label kept for the life of the process, each distinct value once. The values
+/// labelled this way come from finite sets (route templates, command names and outcomes,
+/// aggregate types); should one ever carry outside input, the number kept is still bounded
+/// by [`MAX_LABELS`], past which a new value is labelled `other`.
+fn label(value: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{LazyLock, RwLock};
+    static KEPT: LazyLock<RwLock<HashSet<&'static str>>> = LazyLock::new(Default::default);
+    if let Some(kept) = KEPT.read().expect("labels lock").get(value) {
+        return kept;
+    }
+    let mut kept = KEPT.write().expect("labels lock");
+    if let Some(kept) = kept.get(value) {
+        return kept;
+    }
+    if kept.len() >= MAX_LABELS {
+        return "other";
+    }
+    let value: &'static str = Box::leak(value.into());
+    kept.insert(value);
+    value
+}
+
+/// An HTTP method as a label: a standard method's name, else `other` (a client may send any
+/// token as a method, and each would otherwise start series of its own).
+fn method_label(method: &str) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|standard| *standard == method)
+        .unwrap_or("other")
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -174,27 +215,26 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A request answered: `route` is its route's template (or `unmatched`), never its path.
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let (method, route) = (method_label(method), label(route));
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.to_string(),
-                route: route.to_string(),
+                method,
+                route,
                 status,
             })
             .inc();
         self.request_seconds
-            .get_or_create(&RouteLabels {
-                method: method.to_string(),
-                route: route.to_string(),
-            })
+            .get_or_create(&RouteLabels { method, route })
             .observe(elapsed.as_secs_f64());
     }
 
     pub fn command(&self, command: &str, outcome: &str) {
         self.commands
             .get_or_create(&CommandLabels {
-                command: command.to_string(),
-                outcome: outcome.to_string(),
+                command: label(command),
+                outcome: label(outcome),
             })
             .inc();
     }
@@ -202,7 +242,7 @@ impl Metrics {
     pub fn events_appended(&self, aggregate_type: &str, count: usize) {
         self.events_appended
             .get_or_create(&AggregateLabels {
-                aggregate_type: aggregate_type.to_string(),
+                aggregate_type: label(aggregate_type),
             })
             .inc_by(count as u64);
     }
@@ -269,5 +309,27 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_is_kept_once() {
+        let first = label("/v1/{entity}");
+        let again = label(&String::from("/v1/{entity}"));
+        assert_eq!(first, "/v1/{entity}");
+        assert!(std::ptr::eq(first, again));
+    }
+
+    #[test]
+    fn methods_outside_the_standard_ones_share_a_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("BREW"), "other");
+        assert_eq!(method_label("get"), "other");
+        assert_eq!(method_label(""), "other");
     }
 }
