@@ -497,8 +497,8 @@ async fn replies_in(
             SessionEvent::AssistantMessageRecorded {
                 session_id: session.to_string(),
                 reply: AssistantReply {
-                    message_id: format!("{session}-r{n}"),
-                    reply_to: format!("{session}-m{n}"),
+                    message_id: format!("{session}-r{n}").into(),
+                    reply_to: format!("{session}-m{n}").into(),
                     agent_id: "agt_dst".into(),
                     content: "hello".into(),
                     provider: "vendorA".into(),

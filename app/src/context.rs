@@ -34,8 +34,8 @@ impl Context {
             self.request_id.clone(),
             command,
         );
-        metadata.idempotency_key = self.idempotency_key.clone();
-        metadata.traceparent = self.traceparent.clone();
+        metadata.idempotency_key = self.idempotency_key.as_deref().map(Into::into);
+        metadata.traceparent = self.traceparent.as_deref().map(Into::into);
         metadata
     }
 }

@@ -654,17 +654,17 @@ impl Exchange {
             .price(&answer.provider, &answer.completion.model);
         let completion = answer.completion;
         let reply = AssistantReply {
-            message_id: self.reply_id.clone(),
-            reply_to: self.message_id.clone(),
-            agent_id: self.agent_id.clone(),
+            message_id: self.reply_id.as_str().into(),
+            reply_to: self.message_id.as_str().into(),
+            agent_id: self.agent_id.as_str().into(),
             // Within MAX_REPORTED_TOKENS (checked as the provider answered) and
             // MAX_PRICE_MICROS_PER_1K (checked at start), every cost fits.
             cost_micros: price
                 .cost_micros(completion.tokens_in, completion.tokens_out)
                 .unwrap_or(i64::MAX as u64),
-            content: completion.content,
-            provider: answer.provider,
-            model: completion.model,
+            content: completion.content.into(),
+            provider: answer.provider.into(),
+            model: completion.model.into(),
             tokens_in: completion.tokens_in,
             tokens_out: completion.tokens_out,
             price,

@@ -147,9 +147,9 @@ pub async fn usage(
                     ..NewEvent::from_domain(&SessionEvent::AssistantMessageRecorded {
                         session_id: session_id.clone(),
                         reply: AssistantReply {
-                            message_id: format!("{message_id}r"),
-                            reply_to: message_id,
-                            agent_id: agent_id.clone(),
+                            message_id: format!("{message_id}r").into(),
+                            reply_to: message_id.into(),
+                            agent_id: agent_id.as_str().into(),
                             content: "The large plan costs 40 dollars a month.".into(),
                             provider: provider.into(),
                             model: models[(m % 2) as usize].into(),

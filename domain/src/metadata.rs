@@ -1,6 +1,8 @@
 //! Metadata recorded with every event: who asked, on whose behalf, and which request and
 //! conversation of commands it belongs to.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::names::TenantId;
@@ -10,27 +12,36 @@ pub const METADATA_SCHEMA: u32 = 1;
 
 /// Metadata stored beside each event's payload. Every event of one command carries the same
 /// metadata.
+// Its strings are shared (`Arc<str>`): a command's metadata is copied into each of its
+// attempts, its unit of work and its commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventMetadata {
     pub tenant_id: TenantId,
     /// The principal that issued the command: an API key id, a JWT subject, or `system`.
-    pub actor: String,
+    #[schema(value_type = String)]
+    pub actor: Arc<str>,
     /// The HTTP request id (`x-request-id`) or the id of the job that issued the command.
-    pub request_id: String,
+    #[schema(value_type = String)]
+    pub request_id: Arc<str>,
     /// Shared by every event caused, directly or not, by one original request.
-    pub correlation_id: String,
+    #[schema(value_type = String)]
+    pub correlation_id: Arc<str>,
     /// The event or command that directly caused this one, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub causation_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub causation_id: Option<Arc<str>>,
     /// The client's `Idempotency-Key`, when the command came with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub idempotency_key: Option<Arc<str>>,
     /// The command's name, e.g. `CreateEntity`.
-    pub command: String,
+    #[schema(value_type = String)]
+    pub command: Arc<str>,
     /// The W3C `traceparent` of the request, when it came with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traceparent: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub traceparent: Option<Arc<str>>,
     pub schema: u32,
 }
 
@@ -39,9 +50,9 @@ impl EventMetadata {
     /// correlation id).
     pub fn new(
         tenant_id: TenantId,
-        actor: impl Into<String>,
-        request_id: impl Into<String>,
-        command: impl Into<String>,
+        actor: impl Into<Arc<str>>,
+        request_id: impl Into<Arc<str>>,
+        command: impl Into<Arc<str>>,
     ) -> Self {
         let request_id = request_id.into();
         Self {

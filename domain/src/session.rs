@@ -76,19 +76,27 @@ impl ProviderAttempt {
 }
 
 /// An assistant reply and what it cost.
+// Its strings are shared: a reply is copied into the command kept for a fallback and into
+// the event the session applies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AssistantReply {
     /// The reply's own message id.
-    pub message_id: String,
+    #[schema(value_type = String)]
+    pub message_id: Arc<str>,
     /// The user message it answers.
-    pub reply_to: String,
+    #[schema(value_type = String)]
+    pub reply_to: Arc<str>,
     /// The agent of the session, so that usage can be attributed without another stream.
     #[serde(default)]
-    pub agent_id: String,
-    pub content: String,
-    pub provider: String,
-    pub model: String,
+    #[schema(value_type = String)]
+    pub agent_id: Arc<str>,
+    #[schema(value_type = String)]
+    pub content: Arc<str>,
+    #[schema(value_type = String)]
+    pub provider: Arc<str>,
+    #[schema(value_type = String)]
+    pub model: Arc<str>,
     pub tokens_in: u64,
     pub tokens_out: u64,
     /// `price.cost_micros(tokens_in, tokens_out)`, fixed when the reply was recorded.
@@ -512,13 +520,13 @@ impl Aggregate for Session {
             }
             SessionEvent::AssistantMessageRecorded { reply, .. } => {
                 self.conversation.push((
-                    reply.message_id.clone(),
+                    reply.message_id.to_string(),
                     ChatMessage {
                         role: ChatRole::Assistant,
-                        content: reply.content.as_str().into(),
+                        content: reply.content.clone(),
                     },
                 ));
-                if let Some(exchange) = self.exchanges.get_mut(&reply.reply_to) {
+                if let Some(exchange) = self.exchanges.get_mut(&*reply.reply_to) {
                     Arc::make_mut(exchange).reply = Some(reply);
                 }
             }
@@ -581,7 +589,7 @@ mod tests {
 
     fn reply(to: &str) -> AssistantReply {
         AssistantReply {
-            message_id: format!("{to}-reply"),
+            message_id: format!("{to}-reply").into(),
             reply_to: to.into(),
             agent_id: "agt_1".into(),
             content: "Hi!".into(),

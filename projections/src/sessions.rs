@@ -636,12 +636,12 @@ mod tests {
                 reply: reply.clone(),
             });
             let line = TranscriptLine::assistant(&assistant).unwrap();
-            assert_eq!(line.message_id(), reply.message_id);
-            assert_eq!(line.content(), reply.content);
+            assert_eq!(line.message_id(), &*reply.message_id);
+            assert_eq!(line.content(), &*reply.content);
             let answer = line.reply().unwrap();
-            assert_eq!(answer.reply_to, reply.reply_to);
-            assert_eq!(answer.provider, reply.provider);
-            assert_eq!(answer.model, reply.model);
+            assert_eq!(answer.reply_to, &*reply.reply_to);
+            assert_eq!(answer.provider, &*reply.provider);
+            assert_eq!(answer.model, &*reply.model);
             // The document as a JSON map (sorted keys) wrote it before.
             let sorted = json!({
                 "tokensIn": reply.tokens_in,

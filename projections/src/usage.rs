@@ -1764,7 +1764,7 @@ mod tests {
             };
             assert_eq!(
                 actor_of(&event),
-                event.event_metadata().map(|m| m.actor).unwrap_or_default(),
+                &*event.event_metadata().map(|m| m.actor).unwrap_or_default(),
                 "{metadata}"
             );
         }
@@ -1817,16 +1817,16 @@ mod tests {
                 recorded_at: Utc::now(),
             };
             let (record, reply_to) = reply_of(&event).unwrap().unwrap();
-            assert_eq!(reply_to, reply.reply_to);
+            assert_eq!(reply_to, &*reply.reply_to);
             assert_eq!(
                 record,
                 UsageRecord {
                     tenant_id: "acme".into(),
-                    message_id: reply.message_id,
+                    message_id: reply.message_id.to_string(),
                     session_id: "sess-1".into(),
-                    agent_id: reply.agent_id,
-                    provider: reply.provider,
-                    model: reply.model,
+                    agent_id: reply.agent_id.to_string(),
+                    provider: reply.provider.to_string(),
+                    model: reply.model.to_string(),
                     api_key: "key_1".into(),
                     tokens_in: 12,
                     tokens_out: 30,

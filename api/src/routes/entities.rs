@@ -809,9 +809,9 @@ pub async fn entity_history(
                 version: event.sequence as u64,
                 event_type: event.event_type.clone(),
                 recorded_at: event.recorded_at,
-                actor: metadata.as_ref().map(|m| m.actor.clone()),
-                request_id: metadata.as_ref().map(|m| m.request_id.clone()),
-                command: metadata.as_ref().map(|m| m.command.clone()),
+                actor: metadata.as_ref().map(|m| m.actor.to_string()),
+                request_id: metadata.as_ref().map(|m| m.request_id.to_string()),
+                command: metadata.as_ref().map(|m| m.command.to_string()),
                 changes: changes.unwrap_or(Value::Null),
                 cursor: event.cursor.to_string(),
             }
