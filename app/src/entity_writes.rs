@@ -1037,7 +1037,7 @@ pub async fn run(
     state: &App,
     ctx: &Context,
     request_key: Option<IdempotencyKey>,
-    name: &str,
+    name: &'static str,
     operations: &[Operation],
     render: impl Fn(&[OpResult], &Committed) -> StoredResponse + Send + Sync + 'static,
 ) -> Result<StoredResponse, Refused> {

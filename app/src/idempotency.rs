@@ -181,7 +181,7 @@ pub async fn run<A>(
     ctx: &Context,
     key: Option<IdempotencyKey>,
     stream: &StreamId,
-    name: &str,
+    name: &'static str,
     command: A::Command,
     services: &A::Services,
     respond: impl Fn(&CommandOutcome<A>) -> StoredResponse,

@@ -10,8 +10,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-// The labels of the per-request series are `&'static str`s (see [`label`]): a series is
-// looked up on every request, and its key is then built without copying a string.
+// The labels of the per-request series are `&'static str`s (routes through [`label`]): a
+// series is looked up on every request, and its key is then built without copying a string.
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -40,10 +40,10 @@ struct AggregateLabels {
 /// Most distinct values [`label`] keeps; later ones are labelled `other`.
 const MAX_LABELS: usize = 4096;
 
-/// `value` as a label kept for the life of the process, each distinct value once. The values
-/// labelled this way come from finite sets (route templates, command names and outcomes,
-/// aggregate types); should one ever carry outside input, the number kept is still bounded
-/// by [`MAX_LABELS`], past which a new value is labelled `other`.
+/// `value` as a label kept for the life of the process, each distinct value once: route
+/// templates, a finite set (command names, outcomes and aggregate types are `&'static str`
+/// already). Should it ever be given outside input, the number kept is still bounded by
+/// [`MAX_LABELS`], past which a new value is labelled `other`.
 fn label(value: &str) -> &'static str {
     use std::collections::HashSet;
     use std::sync::{LazyLock, RwLock};
@@ -230,20 +230,15 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn command(&self, command: &str, outcome: &str) {
+    pub fn command(&self, command: &'static str, outcome: &'static str) {
         self.commands
-            .get_or_create(&CommandLabels {
-                command: label(command),
-                outcome: label(outcome),
-            })
+            .get_or_create(&CommandLabels { command, outcome })
             .inc();
     }
 
-    pub fn events_appended(&self, aggregate_type: &str, count: usize) {
+    pub fn events_appended(&self, aggregate_type: &'static str, count: usize) {
         self.events_appended
-            .get_or_create(&AggregateLabels {
-                aggregate_type: label(aggregate_type),
-            })
+            .get_or_create(&AggregateLabels { aggregate_type })
             .inc_by(count as u64);
     }
 
