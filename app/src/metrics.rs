@@ -40,10 +40,10 @@ struct AggregateLabels {
 /// Most distinct values [`label`] keeps; later ones are labelled `other`.
 const MAX_LABELS: usize = 4096;
 
-/// `value` as a label kept for the life of the process, each distinct value once: route
-/// templates, a finite set (command names, outcomes and aggregate types are `&'static str`
-/// already). Should it ever be given outside input, the number kept is still bounded by
-/// [`MAX_LABELS`], past which a new value is labelled `other`.
+/// `value` as a label kept for the life of the process, each distinct value once. It is given
+/// route templates, a finite set (command names, outcomes and aggregate types are
+/// `&'static str`s already); were it ever given outside input, it would still keep at most
+/// [`MAX_LABELS`] values and label later ones `other`.
 fn label(value: &str) -> &'static str {
     use std::collections::HashSet;
     use std::sync::{LazyLock, RwLock};

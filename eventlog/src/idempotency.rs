@@ -194,7 +194,7 @@ impl Store {
             .await?
         };
         match legacy {
-            Some((hash,)) if *hash != *key.request_hash => {
+            Some((hash,)) if hash != *key.request_hash => {
                 tx.rollback().await?;
                 return Ok(Claim::Mismatch);
             }
@@ -231,7 +231,7 @@ impl Store {
                 .ok_or(sqlx::Error::RowNotFound)?;
             let hash: String = row.try_get("request_hash")?;
             let state: String = row.try_get("state")?;
-            if *hash != *key.request_hash {
+            if hash != *key.request_hash {
                 Claim::Mismatch
             } else if state == "completed" {
                 let status: i32 = row.try_get("status_code")?;
