@@ -17,8 +17,9 @@
 //!   backend without it is not the gateway's), or the snapshot's next id. The horizon is
 //!   read by the tail's own statement, from the snapshot the tail reads: every gateway
 //!   transaction below it had finished in that snapshot, so the tail sees its events (a
-//!   transaction that ends between the snapshot and the read of `pg_locks` still counts as
-//!   running, which only lowers the horizon). A transaction that is still open can therefore
+//!   transaction that ends between the snapshot and the one read of `pg_locks` still counts
+//!   as running, which only lowers the horizon; `pg_locks` is read once per statement, so a
+//!   transaction's id lock and appender lock are seen at one instant). A transaction that is still open can therefore
 //!   never commit "behind" a reader, and transactions of other databases, or of other
 //!   programs, never hold readers back.
 
@@ -1182,16 +1183,24 @@ impl Store {
 /// their `BEGIN`, before they have an id, so one with an id and without the lock is never
 /// the gateway's); the snapshot's next id when there is none. A running transaction that
 /// cannot be told apart (its id not yet in `pg_locks`, an instant after it got it) counts as
-/// an appender: the horizon errs towards waiting, never towards skipping. A subquery of the
+/// an appender: the horizon errs towards waiting, never towards skipping. `pg_locks` is read
+/// once (`locks`, materialized), so a transaction's id lock and its appender lock are seen at
+/// one instant: two reads could find the id lock in the first and the appender lock already
+/// released in the second, and take a transaction that was running in the snapshot, and
+/// whose events the snapshot does not see, for another program's. A subquery of the
 /// statement that reads below it, so that both see one snapshot (see the module's docs).
 const PG_HORIZON: &str = "WITH snapshot AS MATERIALIZED (SELECT pg_current_snapshot() AS s), \
+     locks AS MATERIALIZED ( \
+       SELECT virtualtransaction, locktype, transactionid, classid, objid, objsubid, database \
+       FROM pg_locks WHERE granted \
+         AND (locktype = 'transactionid' AND mode = 'ExclusiveLock' OR locktype = 'advisory')), \
      others AS ( \
-       SELECT own.transactionid::text::bigint AS low FROM pg_locks own \
-       WHERE own.locktype = 'transactionid' AND own.mode = 'ExclusiveLock' AND own.granted \
+       SELECT own.transactionid::text::bigint AS low FROM locks own \
+       WHERE own.locktype = 'transactionid' \
          AND NOT EXISTS ( \
-           SELECT 1 FROM pg_locks appender \
+           SELECT 1 FROM locks appender \
            WHERE appender.virtualtransaction = own.virtualtransaction \
-             AND appender.locktype = 'advisory' AND appender.granted \
+             AND appender.locktype = 'advisory' \
              AND appender.classid = 0 AND appender.objid = 4675404 AND appender.objsubid = 1 \
              AND appender.database = \
                  (SELECT oid FROM pg_database WHERE datname = current_database()))) \
