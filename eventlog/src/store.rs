@@ -1405,3 +1405,14 @@ fn insert_sql(rows: usize, backend: Backend, checked: bool) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The horizon must see a transaction's id lock and its appender lock at one instant:
+    /// two reads of `pg_locks` in one statement can disagree (see [`super::PG_HORIZON`]).
+    #[test]
+    fn the_horizon_reads_the_lock_table_once() {
+        assert_eq!(super::PG_HORIZON.matches("pg_locks").count(), 1);
+        assert!(super::PG_HORIZON.contains("locks AS MATERIALIZED"));
+    }
+}
