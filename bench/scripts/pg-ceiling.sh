@@ -31,7 +31,19 @@ psql "$PG_URL/$DB" -q -v ON_ERROR_STOP=1 -c "INSERT INTO sessions (tenant_id, id
   message_count, version, created_at, last_activity_at)
   SELECT 'bench-t', 's' || n, 'agt_1', '{}', 'active', 0, 1, now(), now() FROM generate_series(1, $SESSIONS) n"
 
-tps() { pgbench -n -j 2 -T "$SECONDS_EACH" "$@" "$PG_URL/$DB" 2>/dev/null | awk '/^tps = / {print $3; exit}'; }
+# A run that aborts (a statement the schema no longer takes) stops the script with
+# pgbench's own error, instead of a rate that is not there.
+tps() {
+  local out rate
+  out=$(pgbench -n -j 2 -T "$SECONDS_EACH" "$@" "$PG_URL/$DB" 2>&1) || true
+  rate=$(awk '/^tps = / {print $3; exit}' <<<"$out")
+  if [ -z "$rate" ] || grep -q 'aborted' <<<"$out"; then
+    echo "pgbench failed ($*):" >&2
+    grep -m 3 -E 'ERROR|error' <<<"$out" >&2 || tail -3 <<<"$out" >&2
+    exit 1
+  fi
+  echo "$rate"
+}
 
 single=$(tps -c "$CLIENTS" -f "$SQL/single-row.sql")
 echo "single-row inserts, $CLIENTS clients: $single transactions/s"

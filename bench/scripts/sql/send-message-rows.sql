@@ -14,8 +14,8 @@ SELECT gen_random_uuid(), 'bench-t', 'Session', 's' || (:s + g) || '-' || :base,
   '{"actor": "key_nvz1fxd3e2mc1p4udzn8", "schema": 1, "command": "SendMessage", "tenantId": "bench-43c06cec", "requestId": "req_01a2331828e972a28b735847bb85828d", "correlationId": "req_01a2331828e972a28b735847bb85828d", "idempotencyKey": "0ed6e40b-f11b-4bf9-9fcc-478f52b09668"}'::jsonb,
   now()
 FROM generate_series(1, :group) g;
-INSERT INTO idempotency_records (tenant_id, idempotency_key, request_hash, state, locked_until, created_at)
-SELECT 'bench-t', 'k' || :client_id || '-' || :base || '-' || g, '57fd04af385ae4b08b11f74d7b51cbfdbaca2c6aae274dfb9b87dfda58ca8b4a', 'in_flight', now() + interval '1 minute', now()
+INSERT INTO idempotency_records (tenant_id, scope, idempotency_key, request_hash, state, locked_until, created_at)
+SELECT 'bench-t', 'send_message', 'k' || :client_id || '-' || :base || '-' || g, '57fd04af385ae4b08b11f74d7b51cbfdbaca2c6aae274dfb9b87dfda58ca8b4a', 'in_flight', now() + interval '1 minute', now()
 FROM generate_series(1, :group) g
 ON CONFLICT DO NOTHING;
 COMMIT;
@@ -30,7 +30,7 @@ FROM generate_series(1, :group) g, generate_series(1, 2) e;
 UPDATE idempotency_records SET state = 'completed', status_code = 201,
   response_headers = '[["x-event-position", "AAAAAAACyyIAAAAAAAAABQ"], ["content-type", "application/json"]]'::jsonb,
   response_body = convert_to(repeat('{"reply": "This is the simulated reply of vendorA to your message, word for word."}', 12), 'UTF8')
-WHERE tenant_id = 'bench-t' AND idempotency_key IN (SELECT 'k' || :client_id || '-' || :base || '-' || g FROM generate_series(1, :group) g);
+WHERE tenant_id = 'bench-t' AND scope = 'send_message' AND idempotency_key IN (SELECT 'k' || :client_id || '-' || :base || '-' || g FROM generate_series(1, :group) g);
 INSERT INTO usage_spend AS s (tenant_id, scope, month, spent_micros) VALUES ('bench-t', 'tenant', '2026-12', 920 * :group), ('bench-t', 'agent:agt_1', '2026-12', 920 * :group)
 ON CONFLICT (tenant_id, scope, month) DO UPDATE SET spent_micros = s.spent_micros + excluded.spent_micros;
 COMMIT;
