@@ -11,6 +11,7 @@ mod helpers;
 mod servers;
 
 mod agents;
+mod benchmarks;
 mod catalogue;
 mod cli;
 mod console;

@@ -134,8 +134,9 @@ fn temporary_folder(kind: &str) -> Result<PathBuf, String> {
     Ok(folder)
 }
 
-fn start_postgres() -> Result<String, String> {
-    // Debian keeps the server programs of each major version in its own folder.
+/// A PostgreSQL program (`initdb`, `pgbench`, …): on the `PATH`, else in Debian's folder of
+/// each major version's programs, the newest first.
+pub fn postgres_program(program: &str) -> Option<PathBuf> {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|entries| {
             entries
@@ -153,7 +154,11 @@ fn start_postgres() -> Result<String, String> {
                 .unwrap_or(0),
         )
     });
-    let (Some(initdb), Some(postgres)) = (find("initdb", &versions), find("postgres", &versions))
+    find(program, &versions)
+}
+
+fn start_postgres() -> Result<String, String> {
+    let (Some(initdb), Some(postgres)) = (postgres_program("initdb"), postgres_program("postgres"))
     else {
         return Err(
             "the tests need PostgreSQL's server programs (initdb, postgres) to start a \
