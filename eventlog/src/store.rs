@@ -1187,7 +1187,10 @@ impl Store {
 /// once (`locks`, materialized), so a transaction's id lock and its appender lock are seen at
 /// one instant: two reads could find the id lock in the first and the appender lock already
 /// released in the second, and take a transaction that was running in the snapshot, and
-/// whose events the snapshot does not see, for another program's. A subquery of the
+/// whose events the snapshot does not see, for another program's. Read at one instant, a
+/// transaction that was running in the snapshot shows both locks or no id lock (PostgreSQL
+/// releases a transaction's id lock before its advisory locks: `ProcReleaseLocks`), and is
+/// counted either way. A subquery of the
 /// statement that reads below it, so that both see one snapshot (see the module's docs).
 const PG_HORIZON: &str = "WITH snapshot AS MATERIALIZED (SELECT pg_current_snapshot() AS s), \
      locks AS MATERIALIZED ( \
