@@ -9,10 +9,7 @@ use std::process::Command;
 /// migrations' schema; one second per run, groups of two.
 #[test]
 fn the_ceiling_script_runs_on_the_current_schema() {
-    let admin = crate::servers::postgres_url();
-    let server = admin
-        .rsplit_once('/')
-        .map_or(admin.as_str(), |(base, _)| base);
+    let server = crate::helpers::postgres_server_url();
     let pgbench = crate::servers::postgres_program("pgbench")
         .expect("the ceiling script needs pgbench (Debian: apt-get install postgresql)");
     let folder = pgbench.parent().expect("pgbench's folder");
@@ -26,7 +23,7 @@ fn the_ceiling_script_runs_on_the_current_schema() {
     let output = Command::new("bash")
         .arg(root.join("bench/scripts/pg-ceiling.sh"))
         .args(["1", "2"])
-        .env("PG_URL", server)
+        .env("PG_URL", &server)
         .env("PATH", path)
         .env("CLIENTS", "2")
         .env("WRITERS", "1")

@@ -60,6 +60,16 @@ fn postgres_admin_url() -> String {
     crate::servers::postgres_url()
 }
 
+/// The PostgreSQL server of the tests, without a database: its URL is followed by
+/// `/<database>`.
+pub fn postgres_server_url() -> String {
+    let admin = postgres_admin_url();
+    admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(server, _)| server)
+        .to_owned()
+}
+
 impl TestDb {
     pub async fn new(backend: Backend) -> Self {
         let name = format!("gw_test_{}", uuid::Uuid::new_v4().simple());
@@ -85,11 +95,8 @@ impl TestDb {
                 conn.execute(format!("CREATE DATABASE {name}").as_str())
                     .await
                     .expect("create the test database");
-                let base = admin
-                    .rsplit_once('/')
-                    .map_or(admin.as_str(), |(base, _)| base);
                 Self {
-                    url: format!("{base}/{name}"),
+                    url: format!("{}/{name}", postgres_server_url()),
                     backend,
                     _dir: None,
                     owner: true,

@@ -19,9 +19,9 @@
 //!   transaction below it had finished in that snapshot, so the tail sees its events (a
 //!   transaction that ends between the snapshot and the one read of `pg_locks` still counts
 //!   as running, which only lowers the horizon; `pg_locks` is read once per statement, so a
-//!   transaction's id lock and appender lock are seen at one instant). A transaction that is still open can therefore
-//!   never commit "behind" a reader, and transactions of other databases, or of other
-//!   programs, never hold readers back.
+//!   transaction's id lock and appender lock are seen at one instant). A transaction that is
+//!   still open can therefore never commit "behind" a reader, and transactions of other
+//!   databases, or of other programs, never hold readers back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -1190,8 +1190,8 @@ impl Store {
 /// whose events the snapshot does not see, for another program's. Read at one instant, a
 /// transaction that was running in the snapshot shows both locks or no id lock (PostgreSQL
 /// releases a transaction's id lock before its advisory locks: `ProcReleaseLocks`), and is
-/// counted either way. A subquery of the
-/// statement that reads below it, so that both see one snapshot (see the module's docs).
+/// counted either way. A subquery of the statement that reads below it, so that both see
+/// one snapshot (see the module's docs).
 const PG_HORIZON: &str = "WITH snapshot AS MATERIALIZED (SELECT pg_current_snapshot() AS s), \
      locks AS MATERIALIZED ( \
        SELECT virtualtransaction, locktype, transactionid, classid, objid, objsubid, database \
